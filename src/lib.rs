@@ -1,0 +1,10 @@
+//! mailmunge-rs: a drop-in reimplementation of the Mailmunge milter framework.
+//!
+//! One module owns each wire format; see `protocol/README.md` for the map.
+pub mod cnum;
+pub mod mxclient;
+pub mod percent;
+pub mod sockspec;
+
+/// The upstream version we are compatible with; reported by `version`, `-v` and `prcap`.
+pub const VERSION: &str = "3.09";

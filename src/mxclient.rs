@@ -1,0 +1,125 @@
+//! The client side of the multiplexor control socket (milter.md §7.1,
+//! mm-mx-ctrl.md §2): one connection per request, one request line out, the
+//! reply read until the multiplexor closes the connection.
+//!
+//! Upstream's client has no timeouts; ours takes one so that a wedged
+//! multiplexor turns into a temporary failure instead of a hung SMTP session.
+
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::percent;
+
+/// Replies longer than this are truncated, as upstream's milter does.
+pub const MAX_REPLY: usize = 8190;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MxError {
+    #[error("connect: {0}: Is multiplexor running?")]
+    Connect(#[source] std::io::Error),
+    #[error("write: {0}: Is multiplexor running?")]
+    Write(#[source] std::io::Error),
+    #[error("read: {0}: Is multiplexor running?")]
+    Read(#[source] std::io::Error),
+    #[error("timed out after {0:?} waiting for the multiplexor")]
+    Timeout(Duration),
+}
+
+/// A reply, with a note of whether it had to be truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// Builds a request line: the command word, then each argument
+/// percent-encoded (command variant), separated by single spaces, ending in
+/// `\n`.
+pub fn request_line<A: AsRef<[u8]>>(command: &str, args: &[A]) -> Vec<u8> {
+    let mut line = command.as_bytes().to_vec();
+    for a in args {
+        line.push(b' ');
+        percent::encode_into(&mut line, a.as_ref(), percent::Variant::Command);
+    }
+    line.push(b'\n');
+    line
+}
+
+/// Sends one request line (which must end in `\n`) and reads the whole reply.
+/// `timeout` bounds the whole exchange; `None` waits forever, as upstream.
+pub async fn request(socket: &Path, line: &[u8], timeout: Option<Duration>) -> Result<Reply, MxError> {
+    let exchange = async {
+        let mut s = UnixStream::connect(socket).await.map_err(MxError::Connect)?;
+        s.write_all(line).await.map_err(MxError::Write)?;
+        read_reply(&mut s).await
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| MxError::Timeout(t))?,
+        None => exchange.await,
+    }
+}
+
+async fn read_reply(s: &mut UnixStream) -> Result<Reply, MxError> {
+    let mut bytes = Vec::with_capacity(256);
+    let mut buf = [0u8; 4096];
+    let mut truncated = false;
+    loop {
+        let n = s.read(&mut buf).await.map_err(MxError::Read)?;
+        if n == 0 {
+            return Ok(Reply { bytes, truncated });
+        }
+        let room = MAX_REPLY - bytes.len();
+        if n > room {
+            truncated = true;
+        }
+        bytes.extend_from_slice(&buf[..n.min(room)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    #[test]
+    fn encodes_arguments() {
+        assert_eq!(request_line("senderok", &["<a b@c>", "1.2.3.4"]), b"senderok <a%20b@c> 1.2.3.4\n");
+        assert_eq!(request_line::<&str>("free", &[]), b"free\n");
+        assert_eq!(request_line("x", &["", "y"]), b"x  y\n");
+    }
+
+    #[tokio::test]
+    async fn one_request_per_connection_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mx.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            for reply in [b"3\n".to_vec(), vec![b'x'; 10000]] {
+                let (s, _) = l.accept().await.unwrap();
+                let mut r = tokio::io::BufReader::new(s);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                r.get_mut().write_all(&reply).await.unwrap();
+            }
+        });
+        let r = request(&path, b"free\n", Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(r, Reply { bytes: b"3\n".to_vec(), truncated: false });
+        let r = request(&path, b"big\n", None).await.unwrap();
+        assert_eq!(r.bytes.len(), MAX_REPLY);
+        assert!(r.truncated);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn errors_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = request(&dir.path().join("none"), b"free\n", None).await.unwrap_err();
+        assert!(matches!(e, MxError::Connect(_)));
+        let path = dir.path().join("silent.sock");
+        let _l = tokio::net::UnixListener::bind(&path).unwrap();
+        let e = request(&path, b"free\n", Some(Duration::from_millis(200))).await.unwrap_err();
+        assert!(matches!(e, MxError::Timeout(_)));
+    }
+}
