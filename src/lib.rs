@@ -2,9 +2,11 @@
 //!
 //! One module owns each wire format; see `protocol/README.md` for the map.
 pub mod cnum;
+pub mod envfile;
 pub mod mxclient;
 pub mod percent;
 pub mod sockspec;
+pub mod startargs;
 
 /// The upstream version we are compatible with; reported by `version`, `-v` and `prcap`.
 pub const VERSION: &str = "3.09";

@@ -1,0 +1,113 @@
+//! `mailmunge-start`: runs `mailmunge` or `mailmunge-multiplexor` with the
+//! command line that `/etc/default/mailmunge` asks for.
+//!
+//! The systemd units and the sysvinit script call it instead of assembling
+//! the command line in shell (see protocol/deployment.md). The variables come
+//! from the environment (systemd's `Environment=`/`EnvironmentFile=`, or the
+//! sysv script's exported shell variables), then from `--env-file`s.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use mailmunge::envfile;
+use mailmunge::startargs::{self, Daemon, StaleSocket, Vars};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mailmunge-start",
+    version = mailmunge::VERSION,
+    about = "Start a Mailmunge daemon with the options /etc/default/mailmunge asks for",
+    after_help = "DAEMON is `milter` (mailmunge) or `multiplexor` (mailmunge-multiplexor).\n\
+                  Variables are read from the environment, then from each --env-file in order \
+                  (later values win). See mailmunge-start in mailmunge(8)."
+)]
+struct Cli {
+    /// Pass -D (stay in the foreground), as the systemd units do.
+    #[arg(short = 'D', long)]
+    foreground: bool,
+    /// Read NAME=VALUE lines from FILE; a leading `-` means "skip if missing".
+    #[arg(long = "env-file", value_name = "FILE", allow_hyphen_values = true)]
+    env_files: Vec<String>,
+    /// Directory holding the daemons (default: this program's directory).
+    #[arg(long, value_name = "DIR")]
+    bindir: Option<PathBuf>,
+    /// Print the command line instead of running it.
+    #[arg(long)]
+    print: bool,
+    /// Only remove the daemon's socket if it is a stale UNIX socket, then exit.
+    #[arg(long, conflicts_with = "print")]
+    cleanup: bool,
+    /// `milter` or `multiplexor`.
+    #[arg(value_name = "DAEMON")]
+    daemon: String,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("mailmunge-start: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let Some(daemon) = Daemon::from_name(&cli.daemon) else {
+        bail!("unknown daemon {:?} (expected `milter` or `multiplexor`)", cli.daemon);
+    };
+    let mut vars = Vars::from_env();
+    let mut from_files: Vec<(String, OsString)> = Vec::new();
+    for spec in &cli.env_files {
+        let (optional, path) = match spec.strip_prefix('-') {
+            Some(p) => (true, p),
+            None => (false, spec.as_str()),
+        };
+        let snapshot = vars.clone();
+        let lookup = move |n: &str| snapshot.raw(n).map(|v| v.to_owned());
+        if let Some(assignments) = envfile::read_file(path.as_ref(), optional, &lookup)? {
+            for a in assignments {
+                vars.set(&a.name, a.value.clone());
+                from_files.push((a.name, a.value));
+            }
+        }
+    }
+    let vars = vars.with_launcher_defaults();
+
+    if cli.cleanup {
+        let sock = vars.listen_socket(daemon);
+        match startargs::remove_stale_socket(&sock).with_context(|| format!("checking {}", sock.to_string_lossy()))? {
+            StaleSocket::InUse => eprintln!("mailmunge-start: {} is in use; left alone", sock.to_string_lossy()),
+            StaleSocket::NotASocket => eprintln!("mailmunge-start: {} is not a socket; left alone", sock.to_string_lossy()),
+            StaleSocket::Removed | StaleSocket::Nothing => {}
+        }
+        return Ok(());
+    }
+
+    let bindir = match cli.bindir {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .context("locating this program")?
+            .parent()
+            .map(PathBuf::from)
+            .context("this program has no directory")?,
+    };
+    let program = bindir.join(daemon.program());
+    let args = startargs::argv(daemon, &vars, cli.foreground);
+    if cli.print {
+        let mut words = vec![program.into_os_string()];
+        words.extend(args);
+        println!("{}", startargs::shell_line(&words));
+        return Ok(());
+    }
+
+    // A socket left by a crash would make the daemon fail to bind.
+    let sock = vars.listen_socket(daemon);
+    if let Err(e) = startargs::remove_stale_socket(&sock) {
+        eprintln!("mailmunge-start: checking {}: {e}", sock.to_string_lossy());
+    }
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&args).envs(from_files).envs(startargs::extra_env(&vars));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("cannot execute {}", program.display()))
+}
