@@ -17,6 +17,15 @@ my $REPO = abs_path(File::Spec->catdir(__FILE__, File::Spec->updir, File::Spec->
 
 sub repo { return $REPO; }
 
+# Percent-encode one command argument the way the milter does.
+sub encode
+{
+	my ($class, $s) = @_;
+	$s = '' unless defined($s);
+	$s =~ s/([^\x21-\x7E]|[%\\'"])/sprintf('%%%02X', ord($1))/ge;
+	return $s;
+}
+
 # new(filter => PATH, mode => '-server', env => {...}, status_file => PATH)
 sub new
 {
