@@ -3,6 +3,7 @@
 //! One module owns each wire format; see `protocol/README.md` for the map.
 pub mod cnum;
 pub mod envfile;
+pub mod ctrl;
 pub mod mxclient;
 pub mod percent;
 pub mod sockspec;

@@ -7,10 +7,11 @@
 
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::percent;
+use crate::sockspec::SockSpec;
 
 /// Replies longer than this are truncated, as upstream's milter does.
 pub const MAX_REPLY: usize = 8190;
@@ -53,7 +54,7 @@ pub async fn request(socket: &Path, line: &[u8], timeout: Option<Duration>) -> R
     let exchange = async {
         let mut s = UnixStream::connect(socket).await.map_err(MxError::Connect)?;
         s.write_all(line).await.map_err(MxError::Write)?;
-        read_reply(&mut s).await
+        read_reply(&mut s, MAX_REPLY).await
     };
     match timeout {
         Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| MxError::Timeout(t))?,
@@ -61,7 +62,21 @@ pub async fn request(socket: &Path, line: &[u8], timeout: Option<Duration>) -> R
     }
 }
 
-async fn read_reply(s: &mut UnixStream) -> Result<Reply, MxError> {
+/// Like [`request`], for any socket specification and with the caller's
+/// reply limit (mm-mx-ctrl accepts far longer replies than the milter).
+pub async fn request_spec(spec: &SockSpec, line: &[u8], timeout: Option<Duration>, max_reply: usize) -> Result<Reply, MxError> {
+    let exchange = async {
+        let mut s = spec.connect().await.map_err(MxError::Connect)?;
+        s.write_all(line).await.map_err(MxError::Write)?;
+        read_reply(&mut s, max_reply).await
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| MxError::Timeout(t))?,
+        None => exchange.await,
+    }
+}
+
+async fn read_reply<S: AsyncRead + Unpin>(s: &mut S, max_reply: usize) -> Result<Reply, MxError> {
     let mut bytes = Vec::with_capacity(256);
     let mut buf = [0u8; 4096];
     let mut truncated = false;
@@ -70,7 +85,7 @@ async fn read_reply(s: &mut UnixStream) -> Result<Reply, MxError> {
         if n == 0 {
             return Ok(Reply { bytes, truncated });
         }
-        let room = MAX_REPLY - bytes.len();
+        let room = max_reply - bytes.len();
         if n > room {
             truncated = true;
         }

@@ -101,6 +101,18 @@ impl SockSpec {
         }
     }
 
+    /// Connects to the socket as a client (mm-mx-ctrl, tests).
+    pub async fn connect(&self) -> std::io::Result<Stream> {
+        match self {
+            SockSpec::Unix(path) => Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?)),
+            SockSpec::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+
     pub fn is_tcp(&self) -> bool {
         matches!(self, SockSpec::Tcp(_))
     }

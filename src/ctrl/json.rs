@@ -1,0 +1,272 @@
+//! Machine-readable variants of the client-side formats (our extension,
+//! documented in protocol/mm-mx-ctrl.md): the same replies as `status`,
+//! `load*`, `hload*` and `load1`, printed as one JSON object per line.
+
+use serde::Serialize;
+
+use super::cscan::Conv;
+use super::format::{self, LoadKind, Rendered, LOAD1_PATTERN};
+
+fn state_name(c: u8) -> &'static str {
+    match c {
+        b'I' => "idle",
+        b'B' => "busy",
+        b'S' => "stopped",
+        b'K' => "killed",
+        _ => "unknown",
+    }
+}
+
+fn emit<T: Serialize>(value: &T, bracket: bool) -> Rendered {
+    // Serialising plain structs of numbers and strings cannot fail.
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    format::wrap(bracket, body)
+}
+
+#[derive(Serialize)]
+struct Counts {
+    busy: i64,
+    idle: i64,
+    stopped: i64,
+    killed: i64,
+}
+
+#[derive(Serialize)]
+struct Status {
+    max_workers: usize,
+    workers: Vec<&'static str>,
+    busy: usize,
+    idle: usize,
+    stopped: usize,
+    killed: usize,
+    msgs: Option<i64>,
+    activations: Option<i64>,
+    queue_size: Option<i64>,
+    queued: Option<i64>,
+    uptime: Option<i64>,
+}
+
+/// `jsonstatus`: the `status` reply as JSON.
+pub fn status(reply: &[u8], bracket: bool) -> Rendered {
+    let Some((letters, n)) = format::status_numbers(reply) else {
+        return format::state_error(reply);
+    };
+    let count = |c: u8| letters.iter().filter(|&&b| b == c).count();
+    emit(
+        &Status {
+            max_workers: letters.len(),
+            workers: letters.iter().map(|&c| state_name(c)).collect(),
+            busy: count(b'B'),
+            idle: count(b'I'),
+            stopped: count(b'S'),
+            killed: count(b'K'),
+            msgs: n[0],
+            activations: n[1],
+            queue_size: n[2],
+            queued: n[3],
+            uptime: n[4],
+        },
+        bracket,
+    )
+}
+
+#[derive(Serialize)]
+struct LoadWindow {
+    seconds: i64,
+    count: i64,
+    per_second: f64,
+    avg_busy_workers: f64,
+    avg_ms: f64,
+    activated: i64,
+    reaped: i64,
+}
+
+#[derive(Serialize)]
+struct Load {
+    command: &'static str,
+    windows: Vec<LoadWindow>,
+    workers: Counts,
+    msgs: i64,
+    activations: i64,
+    queue_size: i64,
+    queued: i64,
+    uptime: i64,
+}
+
+/// `jsonload[-relayok|-senderok|-recipok]`: all 29 numbers of the `load` reply.
+pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
+    let mut pattern = vec![Conv::Int; 4];
+    pattern.extend([Conv::Float; 8]);
+    pattern.extend([Conv::Int; 17]);
+    let Some(n) = format::scan_all(reply, &pattern) else {
+        return format::interpret_error(reply);
+    };
+    let i = |k: usize| n[k].as_i32() as i64;
+    let windows = [10, 60, 300, 600]
+        .into_iter()
+        .enumerate()
+        .map(|(w, secs)| LoadWindow {
+            seconds: secs,
+            count: i(w),
+            per_second: i(w) as f64 / secs as f64,
+            avg_busy_workers: n[4 + w].as_f64(),
+            avg_ms: n[8 + w].as_f64(),
+            activated: i(12 + w),
+            reaped: i(16 + w),
+        })
+        .collect();
+    emit(
+        &Load {
+            command: kind.command(),
+            windows,
+            workers: Counts { busy: i(20), idle: i(21), stopped: i(22), killed: i(23) },
+            msgs: i(24),
+            activations: i(25),
+            queue_size: i(26),
+            queued: i(27),
+            uptime: i(28),
+        },
+        bracket,
+    )
+}
+
+#[derive(Serialize)]
+struct HourWindow {
+    hours: i64,
+    count: i64,
+    elapsed_seconds: i64,
+    per_second: f64,
+    avg_busy_workers: f64,
+    avg_ms: f64,
+}
+
+#[derive(Serialize)]
+struct HLoad {
+    command: &'static str,
+    windows: Vec<HourWindow>,
+}
+
+/// `jsonhload[-relayok|-senderok|-recipok]`: the 16 numbers of `hload`.
+pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
+    let mut pattern = vec![Conv::Int; 4];
+    pattern.extend([Conv::Float; 8]);
+    pattern.extend([Conv::Int; 4]);
+    let Some(n) = format::scan_all(reply, &pattern) else {
+        return format::interpret_error(reply);
+    };
+    let windows = [1, 4, 12, 24]
+        .into_iter()
+        .enumerate()
+        .map(|(w, hours)| {
+            let (count, secs) = (n[w].as_i32() as i64, n[12 + w].as_i32() as i64);
+            HourWindow {
+                hours,
+                count,
+                elapsed_seconds: secs,
+                per_second: if secs != 0 { count as f64 / secs as f64 } else { 0.0 },
+                avg_busy_workers: n[4 + w].as_f64(),
+                avg_ms: n[8 + w].as_f64(),
+            }
+        })
+        .collect();
+    emit(&HLoad { command: kind.command(), windows }, bracket)
+}
+
+#[derive(Serialize)]
+struct CmdLoad {
+    command: &'static str,
+    count: i64,
+    per_second: f64,
+    avg_busy_workers: f64,
+    avg_ms: f64,
+    busy_now: i64,
+}
+
+#[derive(Serialize)]
+struct Load1 {
+    seconds: i64,
+    commands: Vec<CmdLoad>,
+    workers: Counts,
+    msgs: i64,
+    activations: i64,
+    queue_size: i64,
+    queued: i64,
+    uptime: i64,
+}
+
+/// `jsonload1 N`: the 26 numbers of `load1 N`.
+pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
+    let Some(n) = format::scan_all(reply, &LOAD1_PATTERN) else {
+        return format::interpret_error(reply);
+    };
+    let i = |k: usize| n[k].as_i32() as i64;
+    let back = i(21);
+    let commands = LoadKind::ALL
+        .into_iter()
+        .enumerate()
+        .map(|(k, kind)| CmdLoad {
+            command: kind.command(),
+            count: i(3 * k),
+            per_second: if back != 0 { i(3 * k) as f64 / back as f64 } else { 0.0 },
+            avg_busy_workers: n[3 * k + 1].as_f64(),
+            avg_ms: n[3 * k + 2].as_f64(),
+            busy_now: i(22 + k),
+        })
+        .collect();
+    emit(
+        &Load1 {
+            seconds: back,
+            commands,
+            workers: Counts { busy: i(12), idle: i(13), stopped: i(14), killed: i(15) },
+            msgs: i(16),
+            activations: i(17),
+            queue_size: i(18),
+            queued: i(19),
+            uptime: i(20),
+        },
+        bracket,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(r: &Rendered) -> &str {
+        std::str::from_utf8(&r.out).unwrap()
+    }
+
+    #[test]
+    fn status_json() {
+        let r = status(b"IBSK 12 3 2 1 60\n", false);
+        assert_eq!(
+            s(&r),
+            "{\"max_workers\":4,\"workers\":[\"idle\",\"busy\",\"stopped\",\"killed\"],\"busy\":1,\"idle\":1,\"stopped\":1,\"killed\":1,\"msgs\":12,\"activations\":3,\"queue_size\":2,\"queued\":1,\"uptime\":60}\n"
+        );
+        assert_eq!(status(b"error: x\n", false).err, b"ERROR error: x\n");
+    }
+
+    #[test]
+    fn load_json() {
+        let r = load(LoadKind::Scan, b"3 6 6 6 2.000000 1.5 1.5 1.5 10.5 8.0 8.0 8.0 1 2 2 2 0 0 1 1 1 2 1 0 6 2 0 0 99\n", true);
+        let t = s(&r);
+        assert!(t.starts_with("<\n{\"command\":\"scan\",\"windows\":[{\"seconds\":10,\"count\":3,\"per_second\":0.3,\"avg_busy_workers\":2.0,\"avg_ms\":10.5,\"activated\":1,\"reaped\":0},"), "{t}");
+        assert!(t.ends_with("\"workers\":{\"busy\":1,\"idle\":2,\"stopped\":1,\"killed\":0},\"msgs\":6,\"activations\":2,\"queue_size\":0,\"queued\":0,\"uptime\":99}\n>\n"), "{t}");
+        let r = load(LoadKind::Scan, b"0 0 0 0 1.0\n", false);
+        assert!(!r.ok);
+        assert_eq!(s(&r), "Could not interpret response: 0 0 0 0 1.0\n");
+    }
+
+    #[test]
+    fn hload_and_load1_json() {
+        let r = hload(LoadKind::Recipok, b"8 8 8 8 1 1 1 1 5 5 5 5 4 4 4 0\n", false);
+        assert!(s(&r).starts_with("{\"command\":\"recipok\",\"windows\":[{\"hours\":1,\"count\":8,\"elapsed_seconds\":4,\"per_second\":2.0,\"avg_busy_workers\":1.0,\"avg_ms\":5.0},"));
+        assert!(s(&r).contains("{\"hours\":24,\"count\":8,\"elapsed_seconds\":0,\"per_second\":0.0,"));
+        let r = load1(b"1 1.000000 0.000000 1 1.000000 0.000000 0 0.000000 0.000000 4 2.000000 1502.500000 0 3 1 0 1 2 2 0 60 60 0 0 0 1\n", false);
+        let t = s(&r);
+        assert!(t.starts_with("{\"seconds\":60,\"commands\":[{\"command\":\"scan\",\"count\":1,"), "{t}");
+        assert!(t.contains("{\"command\":\"recipok\",\"count\":4,\"per_second\":0.06666666666666667,\"avg_busy_workers\":2.0,\"avg_ms\":1502.5,\"busy_now\":1}"), "{t}");
+        assert!(t.ends_with("\"queue_size\":2,\"queued\":0,\"uptime\":60}\n"), "{t}");
+    }
+}
