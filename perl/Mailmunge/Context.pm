@@ -82,7 +82,7 @@ it first.  An undefined argument never clears a field.
 
 =item bounced, discarded, tempfailed
 
-Set to 1 by L</action_bounce>, L</action_discard> and L</action_tempfail>.
+Set to 1 by C<action_bounce>, C<action_discard> and C<action_tempfail>.
 
 =item client_port, my_ip, my_port
 
@@ -164,7 +164,7 @@ F<Work> directory.
 
 =item message_quarantined
 
-The quarantine directory once L</action_quarantine_entire_message> ran.
+The quarantine directory once C<action_quarantine_entire_message> ran.
 
 =item in_filter_wrapup
 
@@ -190,7 +190,7 @@ C<filter_sender> onwards.
 
 =head2 mta_macro($name [, $value])
 
-Another name for L</sendmail_macro>.
+Another name for C<sendmail_macro>.
 
 =cut
 
@@ -454,7 +454,7 @@ sub _log_if_postfix
 
 These may only be used while a message is being scanned (C<filter_message>,
 C<filter_wrapup> and what they call).  Elsewhere they log a warning and
-return 0 (undef for L</action_quarantine_entire_message>).
+return 0 (undef for C<action_quarantine_entire_message>).
 
 =head2 action_bounce([$text [, $code [, $dsn]]])
 
@@ -639,7 +639,7 @@ sub action_add_header
 =head2 action_insert_header($name, $value [, $position])
 
 Inserts a header at C<$position> (0 = before all others).  A missing or
-C<-1> position appends, like L</action_add_header>.  Returns 1.
+C<-1> position appends, like C<action_add_header>.  Returns 1.
 
 =cut
 
@@ -690,8 +690,8 @@ sub action_quarantine_entire_message
 
 =head2 action_from_response($response)
 
-Carries out a L<Mailmunge::Response>: TEMPFAIL becomes L</action_tempfail>,
-REJECT L</action_bounce> and DISCARD L</action_discard> (each with the
+Carries out a L<Mailmunge::Response>: TEMPFAIL becomes C<action_tempfail>,
+REJECT C<action_bounce> and DISCARD C<action_discard> (each with the
 Response's message only), returning 1.  Other statuses, or anything that
 is not a Response, return 0.
 

@@ -60,7 +60,7 @@ Mailmunge::Filter - base class of Mailmunge filters
 =head1 DESCRIPTION
 
 A filter file defines a subclass of Mailmunge::Filter that overrides some
-of the C<filter_*> callbacks, creates one object and calls L</run>.  The
+of the C<filter_*> callbacks, creates one object and calls C<run>.  The
 multiplexor runs the file as a worker process (with one of the arguments
 C<-server>, C<-serveru>, C<-embserver> or C<-embserveru>) and feeds it one
 command per line on standard input; each command ends up in a callback and
@@ -161,7 +161,7 @@ sub _open_status_handle
 
 =head2 run()
 
-Calls L</prefork_initialize>, then either serves commands until standard
+Calls C<prefork_initialize>, then either serves commands until standard
 input ends (C<-server>, C<-serveru>; the process then exits) or registers
 the object as C<$main::MAILMUNGE_FILTER> and returns 0 (embedded modes, or
 no mode under a test harness).
@@ -679,7 +679,7 @@ database handles, here.
 
 =head2 prefork_initialize()
 
-Called by L</run> before anything else.  In embedded mode this happens
+Called by C<run> before anything else.  In embedded mode this happens
 once, before workers are forked, so it suits read-only data that can be
 shared.
 
@@ -1117,7 +1117,7 @@ sub synthesize_received_header
 
 Per-process private storage on the filter object: stores C<$value> under
 C<$key> when it is defined and returns the current value.  Handy for
-resources opened in L</initialize>.
+resources opened in C<initialize>.
 
 =cut
 

@@ -37,7 +37,7 @@ Builds a Response by calling the accessor named by each key, in the order
 given (so an unknown key dies as an unknown method).  Afterwards C<delay>
 becomes 0 unless it is a whole number, C<message> becomes the empty string
 if it was never set and C<status> becomes C<CONTINUE> if it was never set.
-C<code> and C<dsn> stay unset until L</fix_code_dsn> fills them in.
+C<code> and C<dsn> stay unset until C<fix_code_dsn> fills them in.
 
 =cut
 
@@ -59,7 +59,7 @@ sub new
 =head2 CONTINUE(...)
 
 A Response that lets the SMTP transaction go on; message defaults to C<ok>.
-Extra key/value pairs are passed to L</new> after the defaults, so they win.
+Extra key/value pairs are passed to C<new> after the defaults, so they win.
 
 =cut
 
