@@ -5,7 +5,9 @@ pub mod cnum;
 pub mod envfile;
 pub mod ctrl;
 pub mod mxclient;
+pub mod notify;
 pub mod percent;
+pub mod socketmap;
 pub mod sockspec;
 pub mod startargs;
 
