@@ -4,6 +4,8 @@
 pub mod cnum;
 pub mod envfile;
 pub mod ctrl;
+pub mod daemon;
+pub mod mux;
 pub mod mxclient;
 pub mod notify;
 pub mod percent;

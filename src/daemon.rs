@@ -1,0 +1,363 @@
+//! Process plumbing shared by the daemons (multiplexor now, milter later):
+//! umask, set-id checks, privilege drop, PID and lock files, daemonising with
+//! a readiness pipe (multiplexor.md §2.1–§2.4) and syslog.
+//!
+//! Everything here is synchronous and meant to run before the tokio runtime
+//! exists (forking a multi-threaded process is unsafe), except [`log`], which
+//! may be called from anywhere.
+//!
+//! Typical start-up of a daemon:
+//! 1. [`set_umask`], [`check_not_setid`];
+//! 2. [`PidFile::open`] (as the invoking user, normally root);
+//! 3. [`drop_privileges`], [`refuse_root`];
+//! 4. [`daemonize`] unless running in the foreground — it returns a
+//!    [`Readiness`] handle in the daemon;
+//! 5. build the runtime, [`lock_file`], [`PidFile::write_pid`], open sockets;
+//! 6. [`Readiness::ready`] (or [`Readiness::fail`] with the message the
+//!    launcher prints as `Error from child: <message>`).
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("Unknown user '{0}'")]
+    UnknownUser(String),
+    #[error("{what}: {source}")]
+    Sys { what: String, source: std::io::Error },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Sys { what, source }
+}
+
+/// Sets the process umask and returns the previous one.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask(2) cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// Refuses set-uid/set-gid execution: `Err(message)` with upstream's text
+/// when real and effective ids differ.
+pub fn check_not_setid(argv0: &str) -> Result<(), String> {
+    // SAFETY: these getters cannot fail.
+    let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+    if uid != euid {
+        return Err(format!("ERROR: {argv0} is NOT intended to run suid! Exiting."));
+    }
+    if gid != egid {
+        return Err(format!("ERROR: {argv0} is NOT intended to run sgid! Exiting."));
+    }
+    Ok(())
+}
+
+/// True when the real or effective user is root.
+pub fn running_as_root() -> bool {
+    // SAFETY: these getters cannot fail.
+    unsafe { libc::getuid() == 0 || libc::geteuid() == 0 }
+}
+
+/// The uid, gid and home of a user, from the password database.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let u = nix::unistd::User::from_name(name).ok()??;
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// initgroups + setgid + setuid to `user` (c/drop_privs.c). Does nothing
+/// when we already are that user.
+pub fn drop_privileges(user: &str) -> Result<(), DaemonError> {
+    let (uid, gid) = lookup_user(user).ok_or_else(|| DaemonError::UnknownUser(user.to_string()))?;
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } == uid && unsafe { libc::getuid() } == uid {
+        return Ok(());
+    }
+    let cuser = CString::new(user).map_err(|_| DaemonError::UnknownUser(user.to_string()))?;
+    // SAFETY: valid C string; the calls only change process credentials.
+    unsafe {
+        if libc::initgroups(cuser.as_ptr(), gid) != 0 {
+            return Err(sys("initgroups")(std::io::Error::last_os_error()));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(sys("setgid")(std::io::Error::last_os_error()));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(sys("setuid")(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// A PID file opened early (before privileges are dropped) and filled in
+/// once the daemon is running.
+#[derive(Debug)]
+pub struct PidFile {
+    file: File,
+    pub path: PathBuf,
+}
+
+impl PidFile {
+    /// Opens (creating) the PID file read-write, mode 0644.
+    pub fn open(path: &Path) -> Result<PidFile, DaemonError> {
+        let what = format!("Could not open PID file {}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .open(path)
+            .map_err(sys(what.clone()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(sys(what))?;
+        Ok(PidFile { file, path: path.to_path_buf() })
+    }
+
+    /// Truncates the file and writes `<pid>\n`; the descriptor is closed.
+    pub fn write_pid(mut self, pid: u32) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.write_all(format!("{pid}\n").as_bytes())
+    }
+}
+
+/// Opens (creating, mode 0666 & ~umask) and write-locks a whole file with
+/// `fcntl(F_SETLK)`. Keep the returned file open for as long as the lock
+/// must be held.
+pub fn lock_file(path: &Path) -> Result<File, DaemonError> {
+    let what = format!("Could not lock lockfile file {}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(path)
+        .map_err(sys(what.clone()))?;
+    // SAFETY: zeroed flock is a valid "whole file" request once the type is set.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    // SAFETY: valid descriptor and struct.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
+        return Err(sys(what)(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// The daemon's end of the readiness pipe (§2.2): exactly one report, `X`
+/// for ready or `E<message>` for a start-up failure.
+#[derive(Debug)]
+pub struct Readiness {
+    pipe: Option<File>,
+}
+
+impl Readiness {
+    /// A handle that reports nothing (foreground mode).
+    pub fn foreground() -> Readiness {
+        Readiness { pipe: None }
+    }
+
+    /// True when a launcher is waiting for the report.
+    pub fn is_daemon(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Tells the launcher the daemon is up; it exits 0.
+    pub fn ready(&mut self) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(b"X");
+        }
+    }
+
+    /// Tells the launcher start-up failed; it prints
+    /// `Error from child: <msg>` and exits 1. In the foreground the message
+    /// goes to stderr instead.
+    pub fn fail(&mut self, msg: &str) {
+        match self.pipe.take() {
+            Some(mut p) => {
+                let _ = p.write_all(format!("E{msg}").as_bytes());
+            }
+            None => eprintln!("{msg}"),
+        }
+    }
+}
+
+/// Forks into the background (fork, setsid, ignore SIGHUP, fork again).
+/// The original process waits for the daemon's report and exits: 0 on `X`,
+/// 1 after printing the error otherwise. Returns only in the daemon, whose
+/// stdin/stdout/stderr are then reopened on /dev/null.
+///
+/// Must be called while the process is single-threaded.
+pub fn daemonize() -> Result<Readiness, DaemonError> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys("pipe")(e.into()))?;
+    // SAFETY: single-threaded at this point (documented precondition).
+    match unsafe { nix::unistd::fork() }.map_err(|e| sys("fork")(e.into()))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(wr);
+            std::process::exit(wait_for_report(rd));
+        }
+        nix::unistd::ForkResult::Child => {}
+    }
+    drop(rd);
+    let _ = nix::unistd::setsid();
+    // SAFETY: setting a disposition to SIG_IGN is always sound.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    // SAFETY: still single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            // SAFETY: leave without running atexit handlers or destructors.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => {
+            let mut r = Readiness { pipe: Some(File::from(wr)) };
+            r.fail(&format!("fork: {e}"));
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) }
+        }
+    }
+    stdio_to_devnull();
+    Ok(Readiness { pipe: Some(File::from(wr)) })
+}
+
+/// The launcher's side: read the report and return the exit status.
+fn wait_for_report(rd: OwnedFd) -> i32 {
+    let mut f = File::from(rd);
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    match buf.first() {
+        Some(b'X') => 0,
+        Some(b'E') => {
+            eprintln!("Error from child: {}", String::from_utf8_lossy(&buf[1..]));
+            1
+        }
+        _ => {
+            eprintln!("Unknown reply from child: {}", String::from_utf8_lossy(&buf));
+            1
+        }
+    }
+}
+
+/// Reopens descriptors 0, 1 and 2 on /dev/null.
+pub fn stdio_to_devnull() {
+    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(f.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Removes a file, ignoring errors (used at shutdown).
+pub fn unlink_quietly(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Removes a UNIX socket left by us, but never a regular file (§20.18).
+pub fn remove_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- syslog
+
+/// Syslog priorities used by the daemons.
+pub use libc::{LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_NOTICE, LOG_WARNING};
+
+/// Maps a facility name (§2 `-S`) to its value: the plain names, `security`
+/// (= auth), `local0`..`local7`, or the `LOG_*` spellings, case-insensitive.
+pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
+    let lower = name.to_ascii_lowercase();
+    let n = lower.strip_prefix("log_").unwrap_or(&lower);
+    Some(match n {
+        "auth" | "security" => libc::LOG_AUTH,
+        "authpriv" => libc::LOG_AUTHPRIV,
+        "cron" => libc::LOG_CRON,
+        "daemon" => libc::LOG_DAEMON,
+        "ftp" => libc::LOG_FTP,
+        "kern" => libc::LOG_KERN,
+        "lpr" => libc::LOG_LPR,
+        "mail" => libc::LOG_MAIL,
+        "news" => libc::LOG_NEWS,
+        "syslog" => libc::LOG_SYSLOG,
+        "user" => libc::LOG_USER,
+        "uucp" => libc::LOG_UUCP,
+        "local0" => libc::LOG_LOCAL0,
+        "local1" => libc::LOG_LOCAL1,
+        "local2" => libc::LOG_LOCAL2,
+        "local3" => libc::LOG_LOCAL3,
+        "local4" => libc::LOG_LOCAL4,
+        "local5" => libc::LOG_LOCAL5,
+        "local6" => libc::LOG_LOCAL6,
+        "local7" => libc::LOG_LOCAL7,
+        _ => return None,
+    })
+}
+
+/// openlog() keeps the ident pointer, so it must live forever.
+static IDENT: Mutex<Option<CString>> = Mutex::new(None);
+
+/// Opens syslog with LOG_PID|LOG_NDELAY. When the environment variable
+/// `MAILMUNGE_LOG_STDERR` is set, messages are copied to stderr as well
+/// (LOG_PERROR) — handy with `-D` when debugging.
+pub fn open_syslog(ident: &str, facility: libc::c_int) {
+    let c = CString::new(ident.replace('\0', "")).unwrap_or_default();
+    let mut opts = libc::LOG_PID | libc::LOG_NDELAY;
+    if std::env::var_os("MAILMUNGE_LOG_STDERR").is_some() {
+        opts |= libc::LOG_PERROR;
+    }
+    let mut g = IDENT.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the CString is stored in a static and never dropped while open.
+    unsafe { libc::openlog(c.as_ptr(), opts, facility) };
+    *g = Some(c);
+}
+
+/// Logs one message (any bytes; NULs are dropped).
+pub fn log(priority: libc::c_int, msg: &str) {
+    let c = CString::new(msg.replace('\0', "")).unwrap_or_default();
+    let fmt: &CStr = c"%s";
+    // SAFETY: constant format with one string argument.
+    unsafe { libc::syslog(priority, fmt.as_ptr(), c.as_ptr()) };
+}
+
+/// Wraps an already-open raw descriptor that the caller owns.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else.
+pub unsafe fn owned(fd: i32) -> OwnedFd {
+    OwnedFd::from_raw_fd(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facilities() {
+        assert_eq!(syslog_facility("mail"), Some(libc::LOG_MAIL));
+        assert_eq!(syslog_facility("LOG_LOCAL3"), Some(libc::LOG_LOCAL3));
+        assert_eq!(syslog_facility("Security"), Some(libc::LOG_AUTH));
+        assert_eq!(syslog_facility("log_authpriv"), Some(libc::LOG_AUTHPRIV));
+        assert_eq!(syslog_facility("local8"), None);
+        assert_eq!(syslog_facility("bogus"), None);
+    }
+
+    #[test]
+    fn pid_file_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pid");
+        std::fs::write(&p, "123456789\n").unwrap();
+        PidFile::open(&p).unwrap().write_pid(42).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "42\n");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+}

@@ -1,0 +1,215 @@
+//! The control sockets `-s` (privileged) and `-a` (unprivileged): request
+//! framing (multiplexor.md §4.1), the dispatch table (§4.3) and forwarding
+//! to workers (§6).
+//!
+//! Differences from upstream that no client can observe (§20.3): a request
+//! must end in `\n`; a connection that closes before sending one is dropped
+//! without being dispatched.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::pool::{epoch_now, replies, Job, JobKind, Mux, Outcome};
+use super::{report, Class};
+use crate::daemon::{self, LOG_ERR};
+use crate::sockspec::{Listener, Stream};
+
+/// Request buffer size; a line of 4095 bytes or more is "too long".
+pub const MAX_CMD_LEN: usize = 4096;
+/// Unprivileged connections that may wait for their request line at once.
+pub const MAX_UNPRIV_CONNS: usize = 20;
+
+/// Which socket a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Privileged,
+    Unprivileged,
+}
+
+/// Accepts connections forever, one task per connection.
+pub async fn serve(mux: Arc<Mux>, listener: Listener, access: Access) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                daemon::log(LOG_ERR, &format!("accept: {e}"));
+                // Typically EMFILE: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if access == Access::Unprivileged && pending.load(Ordering::SeqCst) >= MAX_UNPRIV_CONNS {
+            drop(stream);
+            continue;
+        }
+        let (mux, pending) = (mux.clone(), pending.clone());
+        tokio::spawn(async move {
+            if access == Access::Unprivileged {
+                pending.fetch_add(1, Ordering::SeqCst);
+            }
+            handle(mux, stream, access, &pending).await;
+        });
+    }
+}
+
+/// Reads the request line: up to the first `\n`, keeping at most
+/// `MAX_CMD_LEN - 1` bytes (the rest of an overlong line is discarded);
+/// `None` on timeout, error or EOF before `\n`.
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Option<Vec<u8>> {
+    let work = async {
+        let mut line = Vec::with_capacity(128);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = r.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            let chunk = &buf[..n];
+            let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(p) => (&chunk[..p], true),
+                None => (chunk, false),
+            };
+            let room = (MAX_CMD_LEN - 1).saturating_sub(line.len());
+            line.extend_from_slice(&part[..part.len().min(room)]);
+            if done {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Some(line);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work).await.ok().flatten()
+}
+
+async fn handle(mux: Arc<Mux>, mut stream: Stream, access: Access, pending: &AtomicUsize) {
+    let req = read_request(&mut stream, mux.opts.cmd_timeout()).await;
+    if access == Access::Unprivileged {
+        pending.fetch_sub(1, Ordering::SeqCst);
+    }
+    let Some(line) = req else { return };
+    let reply = dispatch(&mux, &line, access).await;
+    if !reply.is_empty() {
+        let _ = tokio::time::timeout(mux.opts.cmd_timeout(), stream.write_all(&reply)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// Answers one request line (already trimmed of `\n` and one `\r`).
+pub async fn dispatch(mux: &Arc<Mux>, line: &[u8], access: Access) -> Vec<u8> {
+    if let Some(r) = builtin(mux, line, access) {
+        return r;
+    }
+    if access == Access::Unprivileged {
+        return b"error: Attempt to use privileged command on unprivileged socket\n".to_vec();
+    }
+    if line == b"reread" {
+        mux.lock().reread();
+        return b"Forced reread of filter rules\n".to_vec();
+    }
+    forward(mux, line).await
+}
+
+/// The built-in commands of both sockets (§4.3 rows 1–15).
+fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let prefix = |w: &str| text.strip_prefix(w).filter(|rest| !rest.is_empty());
+    let p = mux.lock();
+    let now = epoch_now();
+    let s = match text {
+        "help" => report::help(access == Access::Privileged),
+        "free" => format!("{}\n", p.free()),
+        "version" => crate::VERSION.to_string(),
+        "tick" => "error: External agents may not invoke 'tick'\n".into(),
+        _ if text.starts_with("tick ") => "error: External agents may not invoke 'tick'\n".into(),
+        "status" => report::status(&p),
+        "workers" => report::workers(&p, false),
+        "busyworkers" => report::workers(&p, true),
+        "load" => report::load(&p, Class::Scan, now),
+        "load-relayok" => report::load(&p, Class::RelayOk, now),
+        "load-senderok" => report::load(&p, Class::SenderOk, now),
+        "load-recipok" => report::load(&p, Class::RecipOk, now),
+        "hload" => report::hload(&p, Class::Scan, now),
+        "hload-relayok" => report::hload(&p, Class::RelayOk, now),
+        "hload-senderok" => report::hload(&p, Class::SenderOk, now),
+        "hload-recipok" => report::hload(&p, Class::RecipOk, now),
+        "histo" => report::histo(&p),
+        "msgs" => format!("{}\n", p.msgs),
+        "foo_no_such_command" => "error: Unknown command\n".into(),
+        _ => {
+            if let Some(rest) = prefix("load1 ") {
+                report::load1(&p, rest, now)
+            } else if let Some(rest) = prefix("workerinfo ") {
+                report::workerinfo(&p, rest)
+            } else {
+                return None;
+            }
+        }
+    };
+    Some(s.into_bytes())
+}
+
+/// Sends a line to a worker (queueing if allowed) and waits for the reply.
+pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
+    if line.len() >= MAX_CMD_LEN - 1 {
+        return replies::TOO_LONG.to_vec();
+    }
+    let mut l = line.to_vec();
+    l.push(b'\n');
+    let (job, mut rx) = Job::new(l, JobKind::Client);
+    let queued = mux.lock().submit(job, true);
+    let outcome = match queued {
+        None => rx.await.unwrap_or(Outcome::NoResponse),
+        Some(id) => {
+            let limit = Duration::from_secs(mux.opts.queue_timeout);
+            match tokio::time::timeout(limit, &mut rx).await {
+                Ok(r) => r.unwrap_or(Outcome::NoResponse),
+                Err(_) => {
+                    if mux.lock().unqueue(id) {
+                        Outcome::QueueTimeout
+                    } else {
+                        rx.await.unwrap_or(Outcome::NoResponse)
+                    }
+                }
+            }
+        }
+    };
+    outcome.client_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn req(input: &[u8]) -> Option<Vec<u8>> {
+        let (mut w, mut r) = tokio::io::duplex(1 << 16);
+        w.write_all(input).await.unwrap();
+        drop(w);
+        read_request(&mut r, Duration::from_secs(1)).await
+    }
+
+    #[tokio::test]
+    async fn framing() {
+        assert_eq!(req(b"free\n").await.unwrap(), b"free");
+        assert_eq!(req(b"free\r\n").await.unwrap(), b"free");
+        assert_eq!(req(b"a\rb\r\r\n").await.unwrap(), b"a\rb\r");
+        assert_eq!(req(b"one\ntwo\n").await.unwrap(), b"one");
+        assert_eq!(req(b"\n").await.unwrap(), b"");
+        // No newline: never dispatched.
+        assert_eq!(req(b"free").await, None);
+        assert_eq!(req(b"").await, None);
+        let mut long = vec![b'x'; 5000];
+        long.push(b'\n');
+        assert_eq!(req(&long).await.unwrap().len(), MAX_CMD_LEN - 1);
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out() {
+        let (_w, mut r) = tokio::io::duplex(64);
+        assert_eq!(read_request(&mut r, Duration::from_millis(50)).await, None);
+    }
+}

@@ -1,0 +1,976 @@
+//! Worker slots, their states and every decision about them: choosing a
+//! worker, activation, completion bookkeeping, retirement, reaping, the
+//! request queue, idle reaping and generations (multiplexor.md §7, §10, §11).
+//!
+//! All of it is synchronous and runs under the [`Mux`] mutex; the actual
+//! pipe I/O happens in the per-worker tasks of [`super::worker`], which call
+//! back into [`Pool::complete`] and [`Pool::reaped`].
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::history::History;
+use super::options::Options;
+use super::statsfile::{sanitize_reason, StatsFile};
+use super::worker::{self, ToWorker};
+use super::{Class, State};
+use crate::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
+
+/// Consecutive exit-42/43 workers before the multiplexor gives up.
+pub const MAX_SYNTAX_ERROR_EXITS: u32 = 10;
+/// Maximum status tag length.
+pub const MAX_STATUS_LEN: usize = 63;
+
+/// Multiplexor-generated replies on the forwarding path (§6.4).
+pub mod replies {
+    pub const TOO_LONG: &[u8] = b"error: Command too long\n";
+    pub const NO_FREE: &[u8] = b"error: No free workers\n";
+    pub const QUEUE_TIMEOUT: &[u8] = b"error: Queued request timed out\n";
+    pub const ACTIVATE_FAILED: &[u8] = b"error: Unable to activate worker\n";
+    pub const WRITE_FAILED: &[u8] = b"error: Error talking to worker process\n";
+    pub const TIMEOUT_OVERLOADED: &[u8] = b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n";
+    pub const TIMEOUT: &[u8] = b"ERR Filter timed out - check filter rules or system load\n";
+    pub const NO_RESPONSE: &[u8] = b"ERR No response from worker\n";
+    pub const RECIPOK_LIMIT: &[u8] = b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n";
+    pub const SHUTTING_DOWN: &[u8] = b"error: Multiplexor is shutting down\n";
+}
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The worker's reply bytes, relayed verbatim (normally one line with
+    /// its `\n`; a partial or truncated line otherwise).
+    Reply(Vec<u8>),
+    /// The worker closed stdout without a byte.
+    NoResponse,
+    /// No reply within `-b`; `overloaded` when more than 3 workers were busy.
+    Timeout { overloaded: bool },
+    /// The command could not be written within `-c`.
+    WriteFailed,
+    /// No worker could be had.
+    NoFree,
+    /// Activating a worker failed.
+    ActivateFailed,
+    /// Refused by the per-domain recipok limit.
+    RecipokLimit,
+    /// Waited in the queue longer than `-Q`.
+    QueueTimeout,
+    /// The multiplexor is stopping.
+    ShuttingDown,
+}
+
+impl Outcome {
+    /// The bytes a control-socket client receives.
+    pub fn client_bytes(&self) -> Vec<u8> {
+        use replies::*;
+        match self {
+            Outcome::Reply(b) => b.clone(),
+            Outcome::NoResponse => NO_RESPONSE.to_vec(),
+            Outcome::Timeout { overloaded: true } => TIMEOUT_OVERLOADED.to_vec(),
+            Outcome::Timeout { overloaded: false } => TIMEOUT.to_vec(),
+            Outcome::WriteFailed => WRITE_FAILED.to_vec(),
+            Outcome::NoFree => NO_FREE.to_vec(),
+            Outcome::ActivateFailed => ACTIVATE_FAILED.to_vec(),
+            Outcome::RecipokLimit => RECIPOK_LIMIT.to_vec(),
+            Outcome::QueueTimeout => QUEUE_TIMEOUT.to_vec(),
+            Outcome::ShuttingDown => SHUTTING_DOWN.to_vec(),
+        }
+    }
+}
+
+/// Who asked for a job; decides notifications and statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Client,
+    Map,
+    Tick(u32),
+}
+
+/// One command for one worker.
+#[derive(Debug)]
+pub struct Job {
+    /// The command line including its `\n`.
+    pub line: Vec<u8>,
+    pub class: Class,
+    pub kind: JobKind,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+impl Job {
+    pub fn new(line: Vec<u8>, kind: JobKind) -> (Job, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let class = if kind == JobKind::Client { Class::of(&line) } else { Class::Other };
+        (Job { line, class, kind, reply: tx }, rx)
+    }
+}
+
+/// How a worker's reply went, as seen by its task.
+#[derive(Debug)]
+pub enum Completion {
+    /// A reply (possibly partial); `violation` when the worker broke the
+    /// one-line protocol (overlong line, extra output) and must be retired.
+    Reply { bytes: Vec<u8>, violation: Option<&'static str> },
+    NoResponse,
+    Timeout,
+    WriteFailed,
+}
+
+/// One worker slot.
+#[derive(Debug)]
+pub struct Slot {
+    pub state: State,
+    pub pid: Option<u32>,
+    /// Identity of the current process (unique per activation).
+    pub wid: u64,
+    pub tx: Option<mpsc::UnboundedSender<ToWorker>>,
+    pub activated: Option<Instant>,
+    pub activation_seq: u64,
+    pub first_request: Option<Instant>,
+    pub last_change: Instant,
+    pub idle_since: Instant,
+    pub num_requests: u64,
+    pub num_scans: u64,
+    /// Last tracked command class of this process (survives into Stopped).
+    pub last_class: Option<Class>,
+    /// Class of the command being executed.
+    pub cur_class: Option<Class>,
+    pub tag: String,
+    pub generation: u64,
+    pub qid: String,
+    pub recip_domain: String,
+    /// Position in its state's LIFO list (higher = nearer the head).
+    pub list_seq: u64,
+    /// Set when we asked the process to go; an exit then is not a surprise.
+    pub expected_exit: bool,
+    /// Retire as soon as the current command completes (shutdown).
+    pub retire_after: bool,
+    pub oom: bool,
+}
+
+/// A request waiting for a worker (§10).
+#[derive(Debug)]
+pub struct Queued {
+    pub id: u64,
+    pub job: Job,
+}
+
+/// Receives notifier messages (`-O`, §14): `S 0 StateChange Idle -> Busy`,
+/// `F 3`, `B`, … without the trailing newline.
+pub type EventSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Everything shared by the multiplexor's tasks.
+pub struct Mux {
+    pub opts: Arc<Options>,
+    pub pool: Mutex<Pool>,
+    /// Wakes the minimum filler.
+    pub fill: Notify,
+    /// Wakes the shutdown sequence (SIGTERM or too many failures).
+    pub shutdown: Notify,
+}
+
+impl Mux {
+    pub fn new(opts: Options) -> Arc<Mux> {
+        let opts = Arc::new(opts);
+        Arc::new_cyclic(|me| Mux {
+            opts: opts.clone(),
+            pool: Mutex::new(Pool::new(opts.clone(), me.clone())),
+            fill: Notify::new(),
+            shutdown: Notify::new(),
+        })
+    }
+
+    /// Locks the pool (a panic elsewhere must not wedge the daemon).
+    pub fn lock(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Seconds since the epoch.
+pub fn epoch_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub struct Pool {
+    pub opts: Arc<Options>,
+    me: Weak<Mux>,
+    pub slots: Vec<Slot>,
+    pub activations: u64,
+    pub msgs: u64,
+    pub generation: u64,
+    pub started: Instant,
+    seq: u64,
+    next_wid: u64,
+    last_activation: Option<Instant>,
+    pub queue: VecDeque<Queued>,
+    next_queue_id: u64,
+    pub history: History,
+    pub histo: Vec<u64>,
+    failures: u32,
+    last_free: Option<usize>,
+    pub shutting_down: bool,
+    pub notify: Option<EventSink>,
+    pub stats: StatsFile,
+    /// Spawns worker processes (exec or zygote).
+    pub spawner: worker::Spawner,
+}
+
+impl Pool {
+    fn new(opts: Arc<Options>, me: Weak<Mux>) -> Pool {
+        let now = Instant::now();
+        let n = opts.max_workers;
+        let slots = (0..n)
+            .map(|i| Slot {
+                state: State::Stopped,
+                pid: None,
+                wid: 0,
+                tx: None,
+                activated: None,
+                activation_seq: 0,
+                first_request: None,
+                last_change: now,
+                idle_since: now,
+                num_requests: 0,
+                num_scans: 0,
+                last_class: None,
+                cur_class: None,
+                tag: String::new(),
+                generation: 0,
+                qid: String::new(),
+                recip_domain: String::new(),
+                // Initially the Stopped list is 0, 1, 2, …: slot 0 at the head.
+                list_seq: (n - i) as u64,
+                expected_exit: false,
+                retire_after: false,
+                oom: false,
+            })
+            .collect();
+        Pool {
+            stats: StatsFile::open(opts.stats_file.clone(), opts.stats_flush, opts.stats_syslog),
+            spawner: worker::Spawner::Exec,
+            opts,
+            me,
+            slots,
+            activations: 0,
+            msgs: 0,
+            generation: 0,
+            started: now,
+            seq: n as u64 + 1,
+            next_wid: 1,
+            last_activation: None,
+            queue: VecDeque::new(),
+            next_queue_id: 1,
+            history: History::default(),
+            histo: vec![0; n],
+            failures: 0,
+            last_free: None,
+            shutting_down: false,
+            notify: None,
+        }
+    }
+
+    // ------------------------------------------------------------ counts
+
+    pub fn count(&self, st: State) -> usize {
+        self.slots.iter().filter(|s| s.state == st).count()
+    }
+    /// Idle + Stopped.
+    pub fn free(&self) -> usize {
+        self.count(State::Idle) + self.count(State::Stopped)
+    }
+    /// Idle + Busy + Killed.
+    pub fn running(&self) -> usize {
+        self.slots.len() - self.count(State::Stopped)
+    }
+    pub fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn emit(&self, msg: &str) {
+        if let Some(n) = &self.notify {
+            n(msg);
+        }
+    }
+
+    fn stat(&mut self, event: &str, i: usize, extra: &str) {
+        if self.stats.active() {
+            let (nw, nb) = (self.running(), self.count(State::Busy));
+            self.stats.event(event, i, nw, nb, extra);
+        }
+    }
+
+    fn verbose(&self, msg: &str) {
+        if self.opts.verbose {
+            daemon::log(LOG_INFO, msg);
+        }
+    }
+
+    // ------------------------------------------------------------ states
+
+    fn set_state(&mut self, i: usize, st: State) {
+        let now = Instant::now();
+        self.seq += 1;
+        let seq = self.seq;
+        let s = &mut self.slots[i];
+        let old = s.state;
+        s.state = st;
+        s.tag.clear();
+        s.last_change = now;
+        s.list_seq = seq;
+        if st == State::Busy {
+            if s.first_request.is_none() {
+                s.first_request = Some(now);
+            }
+            let busy = self.count(State::Busy);
+            if let Some(h) = self.histo.get_mut(busy.saturating_sub(1)) {
+                *h += 1;
+            }
+        }
+        if self.notify.is_some() {
+            self.emit(&format!("S {i} StateChange {} -> {}", old.name(), st.name()));
+            let free = self.free();
+            if self.last_free != Some(free) {
+                self.emit(&format!("F {free}"));
+            }
+            if free == 0 {
+                self.emit("Z");
+            }
+            if self.last_free == Some(0) && free > 0 {
+                self.emit("Y");
+            }
+            self.last_free = Some(free);
+        }
+    }
+
+    /// Sets a worker's status tag (sanitised, at most 63 bytes) and tells
+    /// the notifier listeners.
+    pub fn set_tag(&mut self, i: usize, tag: &str, announce: bool) {
+        let mut t: String = tag.chars().map(|c| if (' '..='~').contains(&c) { c } else { ' ' }).collect();
+        t.truncate(MAX_STATUS_LEN);
+        self.slots[i].tag = t;
+        if announce && !self.slots[i].tag.is_empty() {
+            let msg = format!("S {i} {}", self.slots[i].tag);
+            self.emit(&msg);
+        }
+    }
+
+    // ------------------------------------------------------------ choosing
+
+    /// Picks a worker for a class (§7.2): an idle one (preferring one that
+    /// last ran the same class, then the oldest), else the head of the
+    /// Stopped list.
+    pub fn find_free(&self, class: Class) -> Option<usize> {
+        let want = class.tracked_index().map(|_| class);
+        let mut best: Option<usize> = None;
+        let mut same: Option<usize> = None;
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.state != State::Idle {
+                continue;
+            }
+            if best.is_none_or(|b| s.activation_seq < self.slots[b].activation_seq) {
+                best = Some(i);
+            }
+            if s.last_class == want || s.last_class.is_none() {
+                let replace = match same {
+                    None => true,
+                    Some(c) => self.slots[c].last_class != want || s.activation_seq < self.slots[c].activation_seq,
+                };
+                if replace {
+                    same = Some(i);
+                }
+            }
+        }
+        if let Some(i) = same.or(best) {
+            return Some(i);
+        }
+        if self.shutting_down {
+            return None;
+        }
+        self.slots.iter().enumerate().filter(|(_, s)| s.state == State::Stopped).max_by_key(|(_, s)| s.list_seq).map(|(i, _)| i)
+    }
+
+    // ------------------------------------------------------------ activation
+
+    /// Starts a worker process in a Stopped slot.
+    pub fn activate(&mut self, i: usize, reason: &str) -> Result<(), ()> {
+        if self.shutting_down || self.slots[i].state != State::Stopped {
+            return Err(());
+        }
+        let now = Instant::now();
+        if self.opts.wait > 0 {
+            if let Some(last) = self.last_activation {
+                if now.duration_since(last).as_secs() < self.opts.wait {
+                    daemon::log(
+                        LOG_INFO,
+                        &format!("Did not start worker {i}: Not enough time elapsed since last worker activation. (wait={})", self.opts.wait),
+                    );
+                    return Err(());
+                }
+            }
+        }
+        let Some(me) = self.me.upgrade() else { return Err(()) };
+        self.last_activation = Some(now);
+        let spawned = match self.spawner.spawn(&self.opts, i) {
+            Ok(s) => s,
+            Err(e) => {
+                daemon::log(LOG_ERR, &format!("Could not execute {}: {e}", self.opts.filter.display()));
+                self.count_failure(43);
+                return Err(());
+            }
+        };
+        self.activations += 1;
+        self.history.activated(epoch_now());
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pid = spawned.pid;
+        let generation = self.generation;
+        let seq = self.activations;
+        {
+            let s = &mut self.slots[i];
+            s.pid = Some(pid);
+            s.wid = wid;
+            s.tx = Some(tx);
+            s.activated = Some(now);
+            s.activation_seq = seq;
+            s.first_request = None;
+            s.idle_since = now;
+            s.num_requests = 0;
+            s.num_scans = 0;
+            s.last_class = None;
+            s.cur_class = None;
+            s.generation = generation;
+            s.qid.clear();
+            s.expected_exit = false;
+            s.retire_after = false;
+            s.oom = false;
+        }
+        self.set_state(i, State::Idle);
+        tokio::spawn(worker::run(me, i, wid, spawned, rx));
+        self.verbose(&format!("Starting worker {i} (pid {pid}) ({} running): {reason}", self.running()));
+        self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
+        Ok(())
+    }
+
+    /// Activates one worker if fewer than the minimum run; returns true
+    /// when still below the minimum afterwards (§7.10).
+    pub fn fill_once(&mut self) -> bool {
+        if self.shutting_down || self.running() >= self.opts.min_workers {
+            return false;
+        }
+        if let Some(i) = self.slots.iter().enumerate().filter(|(_, s)| s.state == State::Stopped).max_by_key(|(_, s)| s.list_seq).map(|(i, _)| i) {
+            let reason = format!("Bringing workers up to minWorkers ({})", self.opts.min_workers);
+            let _ = self.activate(i, &reason);
+            self.pump_queue();
+        }
+        self.running() < self.opts.min_workers
+    }
+
+    fn count_failure(&mut self, code: i32) {
+        self.failures += 1;
+        if self.failures >= MAX_SYNTAX_ERROR_EXITS && !self.shutting_down {
+            let msg = "Too many consecutive filter failures.  MULTIPLEXOR IS TERMINATING.";
+            daemon::log(LOG_ERR, msg);
+            eprintln!("{msg}");
+            if let Some(me) = self.me.upgrade() {
+                me.shutdown.notify_one();
+            }
+        }
+        let _ = code;
+    }
+
+    // ------------------------------------------------------------ dispatch
+
+    /// Sends a job to a worker now, queues it, or answers it with an error
+    /// (§6.1, §10). Returns the queue id when queued.
+    pub fn submit(&mut self, job: Job, allow_queue: bool) -> Option<u64> {
+        if self.shutting_down {
+            let _ = job.reply.send(Outcome::ShuttingDown);
+            return None;
+        }
+        let domain = if job.class == Class::RecipOk && self.opts.recipok_per_domain > 0 { recipient_domain(&job.line) } else { String::new() };
+        if !domain.is_empty() {
+            let n = self
+                .slots
+                .iter()
+                .filter(|s| s.state == State::Busy && s.cur_class == Some(Class::RecipOk) && s.recip_domain.eq_ignore_ascii_case(&domain))
+                .count();
+            if n >= self.opts.recipok_per_domain {
+                daemon::log(LOG_INFO, &format!("Hit per-domain recipok limit ({}) for domain {domain}", self.opts.recipok_per_domain));
+                let _ = job.reply.send(Outcome::RecipokLimit);
+                return None;
+            }
+        }
+        let Some(i) = self.find_free(job.class) else {
+            if allow_queue && job.kind == JobKind::Client && self.queue.len() < self.opts.queue_size {
+                let id = self.next_queue_id;
+                self.next_queue_id += 1;
+                self.queue.push_back(Queued { id, job });
+                daemon::log(LOG_INFO, &format!("All workers are busy: Queueing request ({} queued)", self.queue.len()));
+                return Some(id);
+            }
+            if allow_queue && self.opts.queue_size > 0 && job.kind == JobKind::Client {
+                daemon::log(LOG_WARNING, "Cannot queue request: request queue is full");
+            }
+            daemon::log(LOG_WARNING, "No free workers");
+            let _ = job.reply.send(Outcome::NoFree);
+            return None;
+        };
+        if self.opts.log_scheduling {
+            let s = &self.slots[i];
+            daemon::log(
+                LOG_INFO,
+                &format!("Scheduling {} worker {i} for cmdno {} (activated={}, last={})", s.state.name(), job.class.name(), s.activation_seq, s.last_class.map(Class::name).unwrap_or("none")),
+            );
+        }
+        if self.slots[i].state == State::Stopped {
+            let reason = match job.kind {
+                JobKind::Tick(_) => "About to run tick".to_string(),
+                JobKind::Map => "About to handle map request".to_string(),
+                JobKind::Client if job.class == Class::Scan => "About to perform scan".to_string(),
+                JobKind::Client => {
+                    let head = &job.line[..job.line.len().min(100)];
+                    format!("About to execute command '{}'", sanitize_reason(head))
+                }
+            };
+            if self.activate(i, &reason).is_err() {
+                let _ = job.reply.send(Outcome::ActivateFailed);
+                return None;
+            }
+        }
+        self.start_job(i, job, domain);
+        None
+    }
+
+    fn start_job(&mut self, i: usize, job: Job, domain: String) {
+        self.set_state(i, State::Busy);
+        let line = job.line.strip_suffix(b"\n").unwrap_or(&job.line);
+        {
+            let s = &mut self.slots[i];
+            s.cur_class = Some(job.class);
+            s.last_class = job.class.tracked_index().map(|_| job.class);
+            s.recip_domain = domain;
+            s.qid = match job.kind {
+                JobKind::Client => queue_id(job.class, line),
+                _ => String::new(),
+            };
+        }
+        match job.kind {
+            JobKind::Tick(n) => self.set_tag(i, &format!("tick {n}"), false),
+            _ => {
+                let tag = tag_from_command(line);
+                self.set_tag(i, &tag, true);
+            }
+        }
+        if job.class == Class::Scan {
+            self.stat("StartFilter", i, "");
+        }
+        let tx = self.slots[i].tx.clone();
+        if let Some(tx) = tx {
+            if let Err(mpsc::error::SendError(ToWorker::Job(job))) = tx.send(ToWorker::Job(job)) {
+                // The task is gone (cannot normally happen while the slot is
+                // not Stopped): answer instead of losing the request.
+                let _ = job.reply.send(Outcome::NoResponse);
+            }
+        }
+    }
+
+    /// Removes a queued request that timed out; false when it already left
+    /// the queue (it is then being served).
+    pub fn unqueue(&mut self, id: u64) -> bool {
+        if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
+            self.queue.remove(pos);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Hands queued requests to free workers (after completions, reaps and
+    /// activations — §20.4).
+    pub fn pump_queue(&mut self) {
+        while let Some(front) = self.queue.front() {
+            if self.shutting_down {
+                break;
+            }
+            if self.find_free(front.job.class).is_none() {
+                break;
+            }
+            let Some(q) = self.queue.pop_front() else { break };
+            self.submit(q.job, false);
+        }
+    }
+
+    // ------------------------------------------------------------ completion
+
+    /// Bookkeeping when a worker's task finished a job (§7.7, §7.8).
+    /// Returns what the requester gets.
+    pub fn complete(&mut self, i: usize, wid: u64, job: &Job, how: Completion, started: Instant) -> Outcome {
+        let busy = self.count(State::Busy);
+        let current = self.slots[i].wid == wid && self.slots[i].state == State::Busy;
+        if current {
+            self.slots[i].num_requests += 1;
+            if job.kind == JobKind::Client && job.class.tracked_index().is_some() {
+                let ms = started.elapsed().as_millis() as u64;
+                self.history.record(job.class, epoch_now(), busy, ms);
+                if job.class == Class::Scan {
+                    self.slots[i].num_scans += 1;
+                    self.msgs += 1;
+                }
+            }
+        }
+        let outcome = match how {
+            Completion::Reply { bytes, violation } => {
+                if let Some(why) = violation {
+                    daemon::log(LOG_WARNING, &format!("Worker {i}: {why}; retiring it"));
+                    if current {
+                        self.kill(i, why);
+                    }
+                }
+                Outcome::Reply(bytes)
+            }
+            Completion::NoResponse => {
+                if current {
+                    // The process is going away on its own: keep it out of
+                    // reach until it is reaped, but report the exit as a
+                    // surprise.
+                    self.set_state(i, State::Killed);
+                    self.slots[i].expected_exit = false;
+                    if let Some(tx) = &self.slots[i].tx {
+                        let _ = tx.send(ToWorker::Retire { busy: false });
+                    }
+                }
+                Outcome::NoResponse
+            }
+            Completion::Timeout => {
+                if job.kind == JobKind::Client {
+                    self.emit("B");
+                }
+                if current {
+                    self.kill(i, "Busy timeout");
+                }
+                Outcome::Timeout { overloaded: busy > 3 }
+            }
+            Completion::WriteFailed => {
+                if current {
+                    self.kill(i, "Error writing command to worker");
+                }
+                Outcome::WriteFailed
+            }
+        };
+        if current && self.slots[i].state == State::Busy {
+            self.set_state(i, State::Idle);
+            self.slots[i].idle_since = Instant::now();
+            self.slots[i].cur_class = None;
+        }
+        if current && job.class == Class::Scan && job.kind == JobKind::Client {
+            let n = self.slots[i].num_requests;
+            self.stat("EndFilter", i, &format!("numRequests={n}"));
+        }
+        if current && self.slots[i].state == State::Idle {
+            self.check_expiry(i);
+        }
+        self.pump_queue();
+        outcome
+    }
+
+    fn check_expiry(&mut self, i: usize) {
+        let s = &self.slots[i];
+        if self.shutting_down || s.retire_after {
+            self.kill(i, "Multiplexor is shutting down");
+        } else if s.num_requests >= self.opts.max_requests {
+            let n = s.num_requests;
+            self.kill(i, &format!("Worker has processed {n} requests"));
+        } else if let Some(life) = self.opts.max_lifetime.filter(|&l| s.first_request.is_some_and(|f| f.elapsed().as_secs() > l)) {
+            self.kill(i, &format!("Worker has exceeded maximum lifetime of {life} seconds"));
+        } else if s.generation < self.generation {
+            self.kill(i, "New generation -- forcing reread of filter rules");
+        }
+    }
+
+    // ------------------------------------------------------------ retirement
+
+    /// Retires a worker (§7.12): stdin closed; a busy one gets SIGTERM at
+    /// once, an idle one 10 s later; SIGKILL after another 10 s.
+    pub fn kill(&mut self, i: usize, reason: &str) {
+        let s = &self.slots[i];
+        if matches!(s.state, State::Killed | State::Stopped) {
+            return;
+        }
+        let busy = s.state == State::Busy;
+        let age = s.activated.map(|a| a.elapsed().as_secs()).unwrap_or(0);
+        let req_age = s.first_request.map(|a| a.elapsed().as_secs()).unwrap_or(0);
+        let req = s.num_requests;
+        if self.opts.verbose {
+            let cmd = match (busy, s.cur_class.and_then(|c| c.tracked_index().map(|_| c))) {
+                (true, Some(c)) => format!("cmd={} ", c.name()),
+                _ => String::new(),
+            };
+            daemon::log(
+                LOG_INFO,
+                &format!("Killing {} worker {i} pid={} {cmd}req={req} age={age} req_age={req_age}: {reason}", s.state.name().to_ascii_lowercase(), s.pid.unwrap_or(0)),
+            );
+        }
+        if let Some(pid) = s.pid {
+            signal(pid, libc::SIGCONT);
+        }
+        if let Some(tx) = &s.tx {
+            let _ = tx.send(ToWorker::Retire { busy });
+        }
+        self.set_state(i, State::Killed);
+        self.slots[i].expected_exit = true;
+        self.slots[i].cur_class = None;
+        self.stat("KillWorker", i, &format!("req={req} age={age} reason=\"{}\"", sanitize_reason(reason.as_bytes())));
+    }
+
+    /// The worker task saw its process exit (§7.13).
+    pub fn reaped(&mut self, i: usize, wid: u64, status: std::process::ExitStatus) {
+        use std::os::unix::process::ExitStatusExt;
+        if self.slots[i].wid != wid || self.slots[i].state == State::Stopped {
+            return;
+        }
+        let pid = self.slots[i].pid.unwrap_or(0);
+        let was_killed = self.slots[i].state == State::Killed;
+        let expected = was_killed && self.slots[i].expected_exit;
+        let suffix = if expected { "" } else { " (WORKER DIED UNEXPECTEDLY)" };
+        if was_killed {
+            self.failures = 0;
+        }
+        if let Some(code) = status.code() {
+            let prio = if expected { LOG_DEBUG } else { LOG_ERR };
+            if self.opts.verbose || !expected {
+                daemon::log(prio, &format!("Reap: worker {i} (pid {pid}) exited normally with status {code}{suffix}"));
+            }
+            match code {
+                42 => {
+                    daemon::log(LOG_ERR, &format!("You may have a syntax error in {}.  Check it with 'perl -c'", self.opts.filter.display()));
+                    self.count_failure(42);
+                }
+                43 => {
+                    daemon::log(LOG_ERR, &format!("Could not execute {}", self.opts.filter.display()));
+                    self.count_failure(43);
+                }
+                _ => self.failures = 0,
+            }
+        } else if let Some(sig) = status.signal() {
+            if sig == libc::SIGTERM || sig == libc::SIGKILL {
+                self.verbose(&format!("Reap: worker {i} (pid {pid}) exited due to SIGTERM/SIGKILL as expected."));
+            } else {
+                daemon::log(LOG_ERR, &format!("Reap: worker {i} (pid {pid}) exited due to signal {sig}{suffix}"));
+            }
+            self.failures = 0;
+        }
+        if !expected {
+            self.emit("U");
+            if self.slots[i].num_requests == 0 {
+                if self.slots[i].oom {
+                    daemon::log(LOG_ERR, &format!("Worker {i} ran out of memory -- possible DoS attack due to complex MIME?"));
+                } else if self.opts.verbose {
+                    daemon::log(LOG_ERR, &format!("Worker {i} died prematurely -- check your filter rules"));
+                } else {
+                    daemon::log(
+                        LOG_ERR,
+                        &format!("Worker {i} died prematurely -- check your filter rules and use the '-l' flag on mailmunge-multiplexor to see Perl error messages"),
+                    );
+                }
+            }
+        }
+        {
+            let s = &mut self.slots[i];
+            s.pid = None;
+            s.tx = None;
+            s.activated = None;
+            s.first_request = None;
+            s.cur_class = None;
+        }
+        self.set_state(i, State::Stopped);
+        self.history.reaped(epoch_now());
+        self.stat("ReapWorker", i, "");
+        self.pump_queue();
+        if self.running() < self.opts.min_workers {
+            if let Some(me) = self.me.upgrade() {
+                me.fill.notify_one();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// The idle timer (§7.9).
+    pub fn idle_sweep(&mut self) {
+        if let Some(life) = self.opts.max_lifetime {
+            for i in 0..self.slots.len() {
+                let s = &self.slots[i];
+                if s.state == State::Idle && s.first_request.is_some_and(|f| f.elapsed().as_secs() > life) {
+                    self.kill(i, &format!("Worker has exceeded maximum lifetime of {life} seconds"));
+                }
+            }
+        }
+        let mut running = self.count(State::Idle) + self.count(State::Busy);
+        let mut idle: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].state == State::Idle).collect();
+        idle.sort_by_key(|&i| std::cmp::Reverse(self.slots[i].list_seq));
+        for i in idle {
+            if running <= self.opts.min_workers {
+                break;
+            }
+            if self.slots[i].idle_since.elapsed().as_secs() >= self.opts.idle_time {
+                self.kill(i, "Idle timeout");
+                running -= 1;
+            }
+        }
+        if self.running() < self.opts.min_workers {
+            if let Some(me) = self.me.upgrade() {
+                me.fill.notify_one();
+            }
+        }
+    }
+
+    /// `reread` / SIGINT (§7.11).
+    pub fn reread(&mut self) {
+        self.generation += 1;
+        if let Err(e) = self.spawner.rebuild(&self.opts) {
+            daemon::log(LOG_ERR, &format!("Could not reload the filter: {e}"));
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].state == State::Idle {
+                self.kill(i, "Forcing reread of filter rules");
+            }
+        }
+        self.emit("R");
+        if let Some(me) = self.me.upgrade() {
+            me.fill.notify_one();
+        }
+    }
+
+    /// Starts the SIGTERM shutdown: no new work, idle workers retired now,
+    /// busy ones when their command completes, queued requests answered.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        while let Some(q) = self.queue.pop_front() {
+            let _ = q.job.reply.send(Outcome::ShuttingDown);
+        }
+        for i in 0..self.slots.len() {
+            match self.slots[i].state {
+                State::Idle => self.kill(i, "Multiplexor is shutting down"),
+                State::Busy => self.slots[i].retire_after = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Pids of processes not yet reaped.
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.slots.iter().filter_map(|s| s.pid).collect()
+    }
+
+    /// The `-L` status line (§15.3).
+    pub fn status_log_line(&self) -> String {
+        format!(
+            "Worker status: Stopped={} Idle={} Busy={} Killed={} Queued={} Msgs={} Activations={}",
+            self.count(State::Stopped),
+            self.count(State::Idle),
+            self.count(State::Busy),
+            self.count(State::Killed),
+            self.queue.len(),
+            self.msgs,
+            self.activations
+        )
+    }
+}
+
+/// Sends a signal to a process, ignoring errors (it may be gone already).
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a pid we started.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// The status tag for a dispatched command (§8): first word and first
+/// argument, percent-decoded, control bytes blanked, at most 63 bytes.
+pub fn tag_from_command(line: &[u8]) -> String {
+    let end = line.iter().enumerate().filter(|(_, &b)| b == b' ').nth(1).map(|(p, _)| p).unwrap_or(line.len());
+    let head = &line[..end.min(MAX_STATUS_LEN)];
+    let decoded = crate::percent::decode(head);
+    let mut s: String = decoded.iter().map(|&b| if (0x20..=0x7e).contains(&b) { b as char } else { ' ' }).collect();
+    s.truncate(MAX_STATUS_LEN);
+    s
+}
+
+/// The queue id remembered for logging (§6.1), still percent-encoded.
+pub fn queue_id(class: Class, line: &[u8]) -> String {
+    let idx = match class {
+        Class::RelayOk => 6,
+        Class::SenderOk => 6,
+        Class::RecipOk => 8,
+        Class::Scan => 1,
+        Class::Other => return String::new(),
+    };
+    let w = line.split(|&b| b == b' ').nth(idx).unwrap_or(b"");
+    let mut s = String::from_utf8_lossy(w).into_owned();
+    s.truncate(31);
+    s
+}
+
+/// The recipient domain of a `recipok` line for `-y` (§11, with §20.5's
+/// fix): the first argument, percent-decoded, the part after its last `@`
+/// up to `>`; lower-cased; at most 127 bytes; empty when there is none.
+pub fn recipient_domain(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let Some(arg) = line.split(|&b| b == b' ').nth(1) else { return String::new() };
+    let rcpt = crate::percent::decode(arg);
+    let Some(at) = rcpt.iter().rposition(|&b| b == b'@') else { return String::new() };
+    let dom: Vec<u8> = rcpt[at + 1..].iter().copied().take_while(|&b| b != b'>' && b != b' ').collect();
+    let mut s = String::from_utf8_lossy(&dom).to_ascii_lowercase();
+    s.truncate(127);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag_from_command(b"scan NOQUEUE /var/spool/x"), "scan NOQUEUE");
+        assert_eq!(tag_from_command(b"recipok <a@example.com> <b@c>"), "recipok <a@example.com>");
+        assert_eq!(tag_from_command(b"sleep 2"), "sleep 2");
+        assert_eq!(tag_from_command(b"map virt%0Auser key"), "map virt user");
+        assert_eq!(tag_from_command(&[b'x'; 100]).len(), 63);
+    }
+
+    #[test]
+    fn queue_ids() {
+        assert_eq!(queue_id(Class::RelayOk, b"relayok 1.2.3.4 h 25 5.6.7.8 25 QID1"), "QID1");
+        assert_eq!(queue_id(Class::SenderOk, b"senderok <a> ip name helo dir QID2 X"), "QID2");
+        assert_eq!(queue_id(Class::RecipOk, b"recipok <r> <s> ip name first helo dir QID3 m h a"), "QID3");
+        assert_eq!(queue_id(Class::Scan, b"scan QID4 /dir"), "QID4");
+        assert_eq!(queue_id(Class::Other, b"ping"), "");
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(recipient_domain(b"recipok <a@Example.COM> <s@other.org> x\n"), "example.com");
+        assert_eq!(recipient_domain(b"recipok <a%40b@c.d> x"), "c.d");
+        assert_eq!(recipient_domain(b"recipok <postmaster> <s@other.org>"), "");
+        assert_eq!(recipient_domain(b"recipok"), "");
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(Class::of(b"scan a b\n"), Class::Scan);
+        assert_eq!(Class::of(b"relayok x"), Class::RelayOk);
+        assert_eq!(Class::of(b"senderok x"), Class::SenderOk);
+        assert_eq!(Class::of(b"recipok x"), Class::RecipOk);
+        assert_eq!(Class::of(b"scan"), Class::Other);
+        assert_eq!(Class::of(b"helook x"), Class::Other);
+    }
+
+    #[test]
+    fn client_texts() {
+        assert_eq!(Outcome::NoResponse.client_bytes(), b"ERR No response from worker\n");
+        assert_eq!(Outcome::Timeout { overloaded: false }.client_bytes(), b"ERR Filter timed out - check filter rules or system load\n");
+        assert_eq!(Outcome::NoFree.client_bytes(), b"error: No free workers\n");
+        assert_eq!(Outcome::Reply(b"ok\n".to_vec()).client_bytes(), b"ok\n");
+    }
+}

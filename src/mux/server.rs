@@ -1,0 +1,369 @@
+//! Start-up, timers, signals and shutdown of the multiplexor
+//! (multiplexor.md §2.1, §7.9, §7.10, §15.3, §16).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal as unix_signal, SignalKind};
+
+use super::control::{self, Access};
+use super::options::{usage, Exit, Options};
+use super::pool::{signal, Mux};
+use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO};
+use crate::sockspec::{Listener, SockSpec};
+
+/// `strerror` text of an I/O error (without Rust's " (os error N)").
+pub fn strerror(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn access_ok(path: &Path, mode: libc::c_int) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: valid C string.
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+}
+
+/// The filter checks of §2.1 step 8.
+fn check_filter(o: &Options) -> Result<(), String> {
+    let f = &o.filter;
+    let a0 = &o.argv0;
+    let m = std::fs::metadata(f).map_err(|e| format!("{a0}: Unable to stat({}): {}", f.display(), strerror(&e)))?;
+    if !m.is_file() {
+        return Err(format!("{a0}: Filter program {} is not a regular file.", f.display()));
+    }
+    if !access_ok(f, libc::R_OK) {
+        return Err(format!("{a0}: Filter program {} is not readable.", f.display()));
+    }
+    if !o.embedded && !access_ok(f, libc::X_OK) {
+        return Err(format!("{a0}: Filter program {} is not executable.", f.display()));
+    }
+    Ok(())
+}
+
+/// The whole program; returns the exit status.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    daemon::set_umask(0o077);
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let argv0 = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "mailmunge-multiplexor".into());
+    if let Err(m) = daemon::check_not_setid(&argv0) {
+        eprintln!("{m}");
+        return 1;
+    }
+    let mut opts = match Options::parse(args) {
+        Ok(o) => o,
+        Err(Exit::Version(v)) => {
+            print!("{v}");
+            return 0;
+        }
+        Err(Exit::Usage(msg)) => {
+            if let Some(m) = msg {
+                eprintln!("{m}\n");
+            }
+            eprint!("{}", usage(&argv0));
+            return 1;
+        }
+        Err(Exit::Fatal(m)) => {
+            eprintln!("{m}");
+            return 1;
+        }
+    };
+    if opts.embedded {
+        // Preloaded workers are not available yet: behave like upstream's
+        // build without embedded Perl.
+        eprintln!("mailmunge-multiplexor compiled without support for embedded perl.  Ignoring -E flag.");
+        opts.embedded = false;
+    }
+    let pidfile = match &opts.pid_file {
+        None => None,
+        Some(p) => match PidFile::open(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                daemon::log(LOG_ERR, &e.to_string());
+                return 1;
+            }
+        },
+    };
+    if let Some(u) = &opts.user {
+        if let Err(e) = daemon::drop_privileges(u) {
+            eprintln!("{argv0}: {e}");
+            return 1;
+        }
+    }
+    if daemon::running_as_root() {
+        eprintln!("ERROR: You must not run mailmunge-multiplexor as root.\nUse the -U option to set a non-root user.");
+        return 1;
+    }
+    if let Err(e) = std::env::set_current_dir(&opts.spool_dir) {
+        eprintln!("{argv0}: Unable to chdir({}): {}", opts.spool_dir.display(), strerror(&e));
+        return 1;
+    }
+    if let Err(m) = check_filter(&opts) {
+        eprintln!("{m}");
+        return 1;
+    }
+    let readiness = if opts.foreground {
+        Readiness::foreground()
+    } else {
+        match daemon::daemonize() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                return 1;
+            }
+        }
+    };
+    super::worker::reserve_low_fds();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let mut r = readiness;
+            r.fail(&format!("Unable to start the runtime: {e}"));
+            return 1;
+        }
+    };
+    let code = rt.block_on(serve(opts, pidfile, readiness));
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+/// Paths to clean up at exit.
+struct Cleanup {
+    pid_file: Option<PathBuf>,
+    lock_file: Option<PathBuf>,
+    sockets: Vec<PathBuf>,
+}
+
+impl Cleanup {
+    fn files(&self) {
+        for p in self.pid_file.iter().chain(self.lock_file.iter()) {
+            daemon::unlink_quietly(p);
+        }
+    }
+}
+
+fn bind_with_umask(spec: &SockSpec, backlog: i32, mask: u32, file_mask: u32) -> std::io::Result<Listener> {
+    daemon::set_umask(mask);
+    let r = spec.bind(backlog);
+    daemon::set_umask(file_mask);
+    r
+}
+
+async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) -> i32 {
+    let file_mask = if opts.group_perms { 0o027 } else { 0o077 };
+    let sock_mask = if opts.group_perms { 0o007 } else { 0o077 };
+    daemon::set_umask(file_mask);
+    daemon::open_syslog(&opts.ident, opts.facility);
+    let mut cleanup = Cleanup { pid_file: opts.pid_file.clone(), lock_file: opts.lock_file.clone(), sockets: Vec::new() };
+    let fail = |ready: &mut Readiness, cleanup: &Cleanup, msg: &str| -> i32 {
+        daemon::log(LOG_ERR, msg);
+        ready.fail(msg);
+        cleanup.files();
+        1
+    };
+
+    let _lock = match opts.effective_lock_file() {
+        None => None,
+        Some(lf) => match daemon::lock_file(&lf) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                daemon::log(LOG_ERR, &format!("{e}.  Is another copy running?"));
+                // The lock belongs to the other copy: leave its files alone.
+                ready.fail("Cannot lock lockfile: Is another copy running?");
+                return 1;
+            }
+        },
+    };
+    if let Some(pf) = pidfile {
+        if let Err(e) = pf.write_pid(std::process::id()) {
+            daemon::log(LOG_ERR, &format!("Could not write PID file: {e}"));
+        }
+    }
+
+    let spec = match SockSpec::parse_mux(&opts.socket) {
+        Ok(s) => s,
+        Err(_) => return fail(&mut ready, &cleanup, "Unable to create listening socket."),
+    };
+    if spec.is_tcp() {
+        return fail(&mut ready, &cleanup, "Argument to -s option must be a UNIX-domain socket, not a TCP socket.");
+    }
+    let main_listener = match bind_with_umask(&spec, opts.backlog, sock_mask, file_mask) {
+        Ok(l) => l,
+        Err(e) => {
+            daemon::log(LOG_ERR, &format!("{}: {e}", opts.socket));
+            return fail(&mut ready, &cleanup, "Unable to create listening socket.");
+        }
+    };
+    cleanup.sockets.extend(main_listener.path().map(Path::to_path_buf));
+    let unpriv = match &opts.unpriv_socket {
+        None => None,
+        Some(a) => match SockSpec::parse_mux(a).map_err(|e| std::io::Error::other(e.to_string())).and_then(|s| bind_with_umask(&s, opts.backlog, 0, file_mask)) {
+            Ok(l) => {
+                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
+                Some(l)
+            }
+            Err(e) => {
+                daemon::log(LOG_ERR, &format!("{a}: {e}"));
+                return fail(&mut ready, &cleanup, "Unable to create unprivileged listening socket");
+            }
+        },
+    };
+
+    let mut sigterm = match unix_signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return fail(&mut ready, &cleanup, &format!("Unable to handle SIGTERM: {e}")),
+    };
+    if opts.verbose {
+        daemon::log(
+            LOG_INFO,
+            &format!(
+                "started; minWorkers={}, maxWorkers={}, maxRequests={}, maxLifetime={}, maxIdleTime={}, busyTimeout={}, clientTimeout={}",
+                opts.min_workers,
+                opts.max_workers,
+                opts.max_requests,
+                opts.max_lifetime.map(|l| l as i64).unwrap_or(-1),
+                opts.idle_time,
+                opts.busy_time,
+                opts.cmd_time
+            ),
+        );
+    }
+
+    let mux = Mux::new(opts.clone());
+    spawn_signal_tasks(&mux);
+    tokio::spawn(filler(mux.clone()));
+    tokio::spawn(idle_timer(mux.clone()));
+    if opts.log_interval > 0 {
+        tokio::spawn(status_logger(mux.clone()));
+    }
+    // The first worker starts before we report ready (§2.2).
+    if mux.lock().fill_once() {
+        mux.fill.notify_one();
+    }
+    tokio::spawn(control::serve(mux.clone(), main_listener, Access::Privileged));
+    if let Some(l) = unpriv {
+        tokio::spawn(control::serve(mux.clone(), l, Access::Unprivileged));
+    }
+    ready.ready();
+    tokio::spawn(log_alive());
+
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = mux.shutdown.notified() => {}
+    }
+    shutdown(&mux, &cleanup).await
+}
+
+fn spawn_signal_tasks(mux: &Arc<Mux>) {
+    if let Ok(mut hup) = unix_signal(SignalKind::hangup()) {
+        let m = mux.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                m.lock().stats.reopen();
+            }
+        });
+    }
+    if let Ok(mut int) = unix_signal(SignalKind::interrupt()) {
+        let m = mux.clone();
+        tokio::spawn(async move {
+            while int.recv().await.is_some() {
+                m.lock().reread();
+            }
+        });
+    }
+}
+
+/// Keeps at least `-m` workers running, one activation per `-w` seconds.
+async fn filler(mux: Arc<Mux>) {
+    loop {
+        mux.fill.notified().await;
+        loop {
+            tokio::time::sleep(Duration::from_secs(mux.opts.slew)).await;
+            if !mux.lock().fill_once() {
+                break;
+            }
+        }
+    }
+}
+
+async fn idle_timer(mux: Arc<Mux>) {
+    let period = Duration::from_secs(mux.opts.idle_time);
+    loop {
+        tokio::time::sleep(period).await;
+        mux.lock().idle_sweep();
+    }
+}
+
+async fn status_logger(mux: Arc<Mux>) {
+    let period = Duration::from_secs(mux.opts.log_interval);
+    loop {
+        tokio::time::sleep(period).await;
+        let line = mux.lock().status_log_line();
+        daemon::log(LOG_INFO, &line);
+    }
+}
+
+/// Logs the `alive` line with the detected MTA, off the event loop (§20.16).
+async fn log_alive() {
+    let mta = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(detect_mta)).await;
+    let what = match mta {
+        Ok(Ok(Some(name))) => format!("MTA appears to be: {name}"),
+        _ => "MTA could not be identified".to_string(),
+    };
+    daemon::log(LOG_INFO, &format!("mailmunge-multiplexor {} alive.  {what}", crate::VERSION));
+}
+
+fn detect_mta() -> Option<&'static str> {
+    let postfix = access_ok(Path::new("/etc/postfix/main.cf"), libc::R_OK);
+    let sendmail = access_ok(Path::new("/etc/mail/sendmail.cf"), libc::R_OK);
+    match (postfix, sendmail) {
+        (true, false) => return Some("Postfix"),
+        (false, true) => return Some("Sendmail"),
+        _ => {}
+    }
+    let bin = ["/usr/sbin/sendmail", "/usr/lib/sendmail"].into_iter().find(|p| access_ok(Path::new(p), libc::X_OK))?;
+    let out = std::process::Command::new(bin).arg("-bt").stdin(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase() + &String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    if text.contains("unsupported: -bt") {
+        Some("Postfix")
+    } else if text.contains("address test mode") {
+        Some("Sendmail")
+    } else {
+        None
+    }
+}
+
+/// SIGTERM (§16): clean up files, retire workers, escalate, exit 0.
+async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup) -> i32 {
+    daemon::log(LOG_INFO, "Received SIGTERM: Stopping workers and terminating");
+    cleanup.files();
+    for s in &cleanup.sockets {
+        daemon::remove_socket(s);
+    }
+    mux.lock().begin_shutdown();
+    for (sig, msg) in [(0, ""), (libc::SIGTERM, "Still some workers alive: Sending SIGTERM"), (libc::SIGKILL, "Still some workers alive: Sending SIGKILL")] {
+        if sig != 0 {
+            daemon::log(LOG_INFO, msg);
+            for pid in mux.lock().live_pids() {
+                signal(pid, libc::SIGCONT);
+                signal(pid, sig);
+            }
+        }
+        for _ in 0..40 {
+            if mux.lock().live_pids().is_empty() {
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    0
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/perl
+# A minimal worker speaking the multiplexor's line protocol
+# (worker-protocol.md §2), with extra commands that misbehave on request.
+# Used by tests/mux_*.rs; depends on nothing but core Perl.
+#
+# Start-up behaviour is steered by files in the current directory (the
+# spool dir): "worker-exit-at-start" holds an exit code to die with at once.
+use strict;
+use warnings;
+use Cwd qw(getcwd);
+use IO::Handle;
+
+STDOUT->autoflush(1);
+STDERR->autoflush(1);
+
+my $mode = $ARGV[0] // '';
+my $status;
+if ($mode eq '-serveru') {
+    if (open($status, '>&=', 3)) {
+        $status->autoflush(1);
+    } else {
+        undef $status;
+    }
+}
+
+if (-e 'worker-exit-at-start') {
+    open(my $f, '<', 'worker-exit-at-start') or die;
+    my $code = <$f> // 0;
+    exit($code + 0);
+}
+
+sub out { print STDOUT "$_[0]\n"; }
+
+my $served = 0;
+while (defined(my $line = <STDIN>)) {
+    chomp $line;
+    $served++;
+    my ($cmd, @args) = split(/ /, $line, -1);
+    $cmd //= '';
+    if    ($cmd eq 'ping')     { out('PONG'); }
+    elsif ($cmd eq 'echo')     { out(join(' ', @args)); }
+    elsif ($cmd eq 'sleep')    { select(undef, undef, undef, $args[0]); out("slept $args[0]"); }
+    elsif ($cmd eq 'die')      { exit 3; }
+    elsif ($cmd eq 'hang')     { sleep 1000 while 1; }
+    elsif ($cmd eq 'big')      { out('x' x $args[0]); }
+    elsif ($cmd eq 'partial')  { print 'part'; select(undef, undef, undef, $args[0] // 2); out('ial'); }
+    elsif ($cmd eq 'twolines') { print "one\ntwo\n"; }
+    elsif ($cmd eq 'halfexit') { print 'half'; exit 0; }
+    elsif ($cmd eq 'pid')      { out($$); }
+    elsif ($cmd eq 'count')    { out($served); }
+    elsif ($cmd eq 'argv')     { out(join(' ', @ARGV)); }
+    elsif ($cmd eq 'cwd')      { out(getcwd()); }
+    elsif ($cmd eq 'umask')    { out(sprintf('%04o', umask)); }
+    elsif ($cmd eq 'sigpipe')  { out($SIG{PIPE} // 'DEFAULT'); }
+    elsif ($cmd eq 'env')      { out($ENV{$args[0]} // ''); }
+    elsif ($cmd eq 'fds') {
+        opendir(my $d, '/proc/self/fd') or die;
+        my @fds = sort { $a <=> $b }
+            grep { /^\d+$/ && (readlink("/proc/self/fd/$_") // '') !~ m{^/proc/\d+/fd$} } readdir($d);
+        out(join(',', @fds));
+    }
+    elsif ($cmd eq 'tag') {
+        print $status "$args[0]\n" if $status;
+        select(undef, undef, undef, $args[1]) if $args[1];
+        out($status ? 'tagged' : 'notags');
+    }
+    elsif ($cmd eq 'stderr')  { print STDERR join(' ', @args), "\n"; out('ok'); }
+    elsif ($cmd eq 'tick')    { out("tock $args[0]"); }
+    elsif ($cmd eq 'map')     { out("OK value%20for%20$args[1]%2Fin%20$args[0]"); }
+    elsif ($cmd eq 'scan')    { out('ok'); }
+    elsif ($cmd eq 'recipok') {
+        select(undef, undef, undef, $args[1]) if defined $args[1] && $args[1] =~ /^\d+(\.\d+)?$/;
+        out('ok 1 ok 250 2.1.0 0');
+    }
+    else { out('ok 0 Unknown%20command 554 5.7.1 0'); }
+}
+exit 0;

@@ -1,0 +1,168 @@
+//! Helpers for the multiplexor integration tests: start the real binary on a
+//! temporary spool dir with the protocol-speaking test worker, talk to its
+//! control sockets, clean up.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailmunge-multiplexor");
+
+pub fn worker_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/mux/worker.pl")
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A spool directory the `-U mailmunge` worker user can use.
+pub struct Spool {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Spool {
+    pub fn new() -> Spool {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("spool");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Spool { dir, path }
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+/// The options every test needs: user (as root), spool, socket, filter.
+pub fn base_args(spool: &Spool, filter: &Path) -> Vec<String> {
+    let mut a = Vec::new();
+    if is_root() {
+        a.extend(["-U".to_string(), "mailmunge".to_string()]);
+    }
+    a.extend([
+        "-z".into(),
+        spool.path.display().to_string(),
+        "-s".into(),
+        spool.file("mx.sock").display().to_string(),
+        "-f".into(),
+        filter.display().to_string(),
+    ]);
+    a
+}
+
+/// A multiplexor running in the foreground (-D) in its own process group.
+pub struct Mx {
+    pub child: Option<Child>,
+    pub spool: Spool,
+    pub sock: PathBuf,
+}
+
+impl Mx {
+    /// Starts with the test worker and the given extra options; waits until
+    /// the control socket answers.
+    pub fn start(extra: &[&str]) -> Mx {
+        Mx::start_in(Spool::new(), &worker_path(), extra)
+    }
+
+    pub fn start_in(spool: Spool, filter: &Path, extra: &[&str]) -> Mx {
+        let mut args = base_args(&spool, filter);
+        args.push("-D".into());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start multiplexor");
+        let sock = spool.file("mx.sock");
+        let mx = Mx { child: Some(child), spool, sock };
+        mx.wait_ready();
+        mx
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("multiplexor did not open {} within 20 s", self.sock.display());
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// One request on the privileged socket; the whole reply.
+    pub fn req(&self, line: &[u8]) -> Vec<u8> {
+        request(&self.sock, line)
+    }
+
+    pub fn req_s(&self, line: &str) -> String {
+        String::from_utf8_lossy(&self.req(format!("{line}\n").as_bytes())).into_owned()
+    }
+
+    /// Waits for a reply to match, polling (state changes are asynchronous).
+    pub fn wait_for(&self, line: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.req_s(line);
+            if pred(&r) {
+                return r;
+            }
+            if Instant::now() > deadline {
+                panic!("`{line}` never gave the expected reply; last: {r:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the multiplexor to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let c = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mx {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pgid = c.id() as i32;
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One request line on a socket, reply read to EOF (30 s bound).
+pub fn request(sock: &Path, line: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(line).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("reply before timeout");
+    out
+}
