@@ -26,6 +26,8 @@ is($w->cmd('relayok 10.0.0.5 discard.example 1234 192.0.2.1 25 NOQUEUE'), 'ok 3 
 is($w->cmd('relayok 10.0.0.6 notresp.example 1234 192.0.2.1 25 NOQUEUE'), 'ok -1 Internal%20software%20error 451 4.3.0 0', 'non-Response tempfails');
 is($w->cmd('relayok 10.0.0.7 die.example 1234 192.0.2.1 25 NOQUEUE'), 'ok -1 Internal%20software%20error 451 4.3.0 0', 'dying callback tempfails');
 is($w->cmd('ping'), 'PONG', 'worker survived the exception');
+is($w->cmd('relayok 10.0.0.8 noisy.example 1234 192.0.2.1 25 NOQUEUE'), 'ok 1 ok 250 2.1.0 0', 'stray output does not reach the reply pipe');
+is($w->cmd('ping'), 'PONG', 'replies still in step');
 
 # helook IP NAME HELO PORT MYIP MYPORT QID
 is($w->cmd('helook 10.0.0.1 x.example reject 1 2 3 NOQUEUE'), 'ok 0 GO%20AWAY 554 5.7.1 0', 'helo REJECT');
@@ -78,6 +80,7 @@ is($w->cmd('relayok'), 'ok 1 ok 250 2.1.0 0', 'relayok without arguments still a
 is($w->cmd('ping'), 'PONG', 'still alive');
 
 is($w->finish(), 3, 'cleanup() return value is the exit status');
+like($w->stderr_text, qr/stray print\nstray printf\nstray child output\n/, 'stray output went to stderr');
 
 # Command line checks (outside a test harness).
 {

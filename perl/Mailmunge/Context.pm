@@ -800,29 +800,32 @@ sub _read_command_filehandle
 	my $last_rcpt;
 	while (defined(my $raw = <$fh>)) {
 		chomp($raw);
-		my $letter = substr($raw, 0, 1);
+		# The whole line is decoded first (so the letter itself may be
+		# escaped); '=' and 'R' lines split the raw text and decode
+		# each piece, because their pieces are space-separated.
+		my $line = $filter->_percent_decode($raw);
+		my $letter = substr($line, 0, 1);
 		next if $letter eq '';
-		my $rest = substr($raw, 1);
+		my $arg = substr($line, 1);
+		my $rawarg = substr($raw, 1);
 		if ($letter eq 'F') {
 			$saw_f = 1;
 			last;
 		}
 		if ($letter eq '=') {
-			my ($macro, $val) = split(/\s+/, $rest);
-			$macro = $filter->_percent_decode($macro);
+			my ($macro, $val) = split(/\s+/, $rawarg);
 			next if !defined($macro) || $macro eq '';
-			$self->sendmail_macro($macro, $filter->_percent_decode($val));
+			$self->sendmail_macro($filter->_percent_decode($macro), $filter->_percent_decode($val // ''));
 			next;
 		}
 		if ($letter eq 'R') {
-			my ($rcpt, $mailer, $host, $addr) = split(/\s+/, $rest);
-			$rcpt = $filter->_percent_decode($rcpt);
+			my ($rcpt, $mailer, $host, $addr) = map { $filter->_percent_decode($_, '?') } split(' ', $rawarg);
+			$rcpt = '?' unless defined($rcpt);
 			$self->_push_recipient($rcpt);
-			$self->_set_recipient_mailer($rcpt, [ map { $filter->_percent_decode($_, '?') } ($mailer, $host, $addr) ]);
+			$self->_set_recipient_mailer($rcpt, [ map { defined($_) ? $_ : '?' } ($mailer, $host, $addr) ]);
 			$last_rcpt = $rcpt;
 			next;
 		}
-		my $arg = $filter->_percent_decode($rest);
 		if    ($letter eq 'S') { $self->sender($arg); }
 		elsif ($letter eq 's') { $self->_push_esmtp_arg($arg); }
 		elsif ($letter eq 'r') { $self->_push_recipient_esmtp_args($last_rcpt, $arg) if defined($last_rcpt); }
@@ -839,17 +842,17 @@ sub _read_command_filehandle
 			if ($n == 1) {
 				$self->subject($arg);
 			} elsif ($n <= 4) {
-				$self->log('warning', 'Message contains more than one Subject: header');
+				$filter->log($self, 'warning', 'Message contains more than one Subject: header: ' . $self->subject . " --> $arg");
 			} elsif ($n == 5) {
-				$self->log('warning', 'Message contains at least five Subject: headers');
+				$filter->log($self, 'warning', 'Message contains at least five Subject: headers: ' . $self->subject . " --> $arg");
 			}
 		}
 		else {
-			$self->log('warning', "Unknown command $letter from mailmunge");
+			$filter->log($self, 'warning', "Unknown command $letter from mailmunge");
 		}
 	}
 	if ($need_f && !$saw_f) {
-		$self->log('err', "COMMANDS file from mailmunge did not terminate with 'F' -- check disk space in spool directory");
+		$filter->log($self, 'err', "COMMANDS file from mailmunge did not terminate with 'F' -- check disk space in spool directory");
 		return undef;
 	}
 	return $self;

@@ -207,6 +207,7 @@ sub _main_loop
 	my ($self) = @_;
 	require Sys::Syslog;
 	$self->_open_status_handle() if $self->{do_status_tags};
+	$self->_protect_reply_channel();
 	$self->_init_logging();
 	$self->_cd_to_spooldir();
 	$self->initialize();
@@ -268,6 +269,26 @@ sub _do_command_line
 	return;
 }
 
+# Keep the reply pipe for replies only: a stray print (or a program run by
+# the filter) writing to standard output would otherwise desynchronise
+# the multiplexor.  Replies go to a private duplicate of fd 1 (closed on
+# exec); STDOUT itself is pointed at STDERR, which the multiplexor logs.
+sub _protect_reply_channel
+{
+	my ($self) = @_;
+	return if $self->{reply_fh};
+	my $reply;
+	open($reply, '>&', \*STDOUT) or return;
+	$reply->autoflush(1);
+	if (!open(STDOUT, '>&', \*STDERR)) {
+		close($reply);
+		return;
+	}
+	STDOUT->autoflush(1);
+	$self->{reply_fh} = $reply;
+	return;
+}
+
 sub _one_line
 {
 	my ($msg) = @_;
@@ -284,7 +305,8 @@ sub _reply_to_mx
 {
 	my ($self, $msg) = @_;
 	$self->{_replies}++;
-	STDOUT->printflush("$msg\n");
+	my $fh = $self->{reply_fh} || \*STDOUT;
+	$fh->printflush("$msg\n");
 	return;
 }
 

@@ -19,6 +19,12 @@ sub pick
 	return Mailmunge::Response->REJECT(message => 'slow', code => 550, dsn => '5.7.1', delay => 3) if $what =~ /delay/;
 	return 0 if $what =~ /notresp/;
 	die("callback exploded\n") if $what =~ /die/;
+	if ($what =~ /noisy/) {
+		# Output that must not reach the reply pipe.
+		print "stray print\n";
+		printf STDOUT "stray printf\n";
+		system('echo', 'stray child output');
+	}
 	return Mailmunge::Response->CONTINUE();
 }
 
