@@ -149,6 +149,18 @@ impl Notifier {
         }
     }
 
+    /// A callback that sends each message it is given plus a newline, for
+    /// code that produces messages as text without the `\n`.
+    pub fn line_sink(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let n = self.clone();
+        move |msg: &str| {
+            let mut line = Vec::with_capacity(msg.len() + 1);
+            line.extend_from_slice(msg.as_bytes());
+            line.push(b'\n');
+            n.send(&line);
+        }
+    }
+
     /// How many listeners are connected.
     pub fn listeners(&self) -> usize {
         self.lock().slots.len()
@@ -354,8 +366,10 @@ S 1 StateChange Idle -> Busy\nF 0\nZ\nS 1 StateChange Busy -> Killed\nZ\nS 1 Sta
         n.worker_exited_unexpectedly();
         n.send(b"*note\n");
         n.status_tag(2, b"");
+        let sink = n.line_sink();
+        sink("R");
         let p = pending(&n);
-        assert_eq!(p[0], b"*OK\nR\nB\n*note\n");
+        assert_eq!(p[0], b"*OK\nR\nB\n*note\nR\n");
         assert_eq!(p[1], b"*OK\n*note\n");
         assert_eq!(n.subscribed(b'R'), 1);
         n.subscribe(a, b"?U");

@@ -85,6 +85,9 @@ pub enum MapOutcome {
     WriteFailed,
     /// The worker did not answer within the busy timeout (it is killed).
     BusyTimeout,
+    /// Any other temporary failure (e.g. the multiplexor is stopping):
+    /// answered `TEMP <text>`.
+    TempFail(String),
 }
 
 impl MapOutcome {
@@ -101,6 +104,7 @@ impl MapOutcome {
             MapOutcome::CouldNotSend => b"TEMP Could not send command to worker",
             MapOutcome::WriteFailed => b"TEMP Error talking to worker process",
             MapOutcome::BusyTimeout => b"TEMP Busy timeout on worker",
+            MapOutcome::TempFail(text) => return format!("TEMP {text}").into_bytes(),
         };
         fixed.to_vec()
     }
@@ -268,6 +272,7 @@ mod tests {
         assert_eq!(MapOutcome::CouldNotSend.payload(), b"TEMP Could not send command to worker");
         assert_eq!(MapOutcome::WriteFailed.payload(), b"TEMP Error talking to worker process");
         assert_eq!(MapOutcome::BusyTimeout.payload(), b"TEMP Busy timeout on worker");
+        assert_eq!(MapOutcome::TempFail("Multiplexor is shutting down".into()).payload(), b"TEMP Multiplexor is shutting down");
     }
 
     #[test]
