@@ -80,22 +80,34 @@ it first.  An undefined argument never clears a field.
 
 =over
 
-=item bounced, discarded, tempfailed
+=item bounced
+
+=item discarded
+
+=item tempfailed
 
 Set to 1 by C<action_bounce>, C<action_discard> and C<action_tempfail>.
 
-=item client_port, my_ip, my_port
+=item client_port
+
+=item my_ip
+
+=item my_port
 
 The SMTP client's TCP port and the server's own address and port
 (C<filter_relay> and C<filter_helo> only).
 
-=item connecting_ip, connecting_name
+=item connecting_ip
+
+=item connecting_name
 
 Address and name of the host that connected.  Unlike C<hostip> and
 C<hostname> these are never replaced by a trusted C<X-Mailmunge-Remailed>
 header.
 
-=item hostip, hostname
+=item hostip
+
+=item hostname
 
 Address and name of the SMTP client, or of the original client for a
 message we re-sent ourselves.
@@ -123,7 +135,11 @@ every accepted recipient in C<filter_message>.
 
 The first RCPT TO address of the transaction (C<filter_recipient>).
 
-=item rcpt_mailer, rcpt_host, rcpt_addr
+=item rcpt_mailer
+
+=item rcpt_host
+
+=item rcpt_addr
 
 The MTA's mailer triple for the recipient being checked.
 
@@ -144,7 +160,9 @@ undef when the MTA had not assigned one).
 
 The milter's own identifier for the transaction.
 
-=item subject, subject_count
+=item subject
+
+=item subject_count
 
 The first Subject: header and how many there were.
 
@@ -152,7 +170,9 @@ The first Subject: header and how many there were.
 
 The Message-ID: header.
 
-=item suspicious_chars_in_headers, suspicious_chars_in_body
+=item suspicious_chars_in_headers
+
+=item suspicious_chars_in_body
 
 True if the milter saw suspicious characters there.
 

@@ -785,7 +785,11 @@ The Mailmunge version string.
 
 sub mailmunge_version { return $Mailmunge::VERSION; }
 
-=head2 log_identifier(), log_options(), log_facility()
+=head2 log_identifier()
+
+=head2 log_options()
+
+=head2 log_facility()
 
 The arguments given to C<openlog>: C<mailmunge-filter>, C<pid,ndelay> and
 C<mail>.  Override them to log differently.
@@ -915,7 +919,9 @@ sub _detect_mta
 	return;
 }
 
-=head2 mta_is_postfix(), mta_is_sendmail()
+=head2 mta_is_postfix()
+
+=head2 mta_is_sendmail()
 
 Return 1 if the MTA is Postfix (respectively Sendmail), else 0.  The answer
 is worked out once per process from the MTA's configuration files, or by
@@ -928,7 +934,11 @@ skips the detection.
 sub mta_is_postfix  { _detect_mta(); return $MTA_IS_POSTFIX; }
 sub mta_is_sendmail { _detect_mta(); return $MTA_IS_SENDMAIL; }
 
-=head2 inputmsg(), headers_file(), pristine_headers_file()
+=head2 inputmsg()
+
+=head2 headers_file()
+
+=head2 pristine_headers_file()
 
 The names, relative to the message directory, of the complete message
 (C<INPUTMSG>), its unfolded top-level headers (C<HEADERS>) and the headers
@@ -1000,7 +1010,9 @@ sub read_commands_file
 	return $res;
 }
 
-=head2 push_tag($qid_or_ctx, $tag), pop_tag($qid_or_ctx)
+=head2 push_tag($qid_or_ctx, $tag)
+
+=head2 pop_tag($qid_or_ctx)
 
 Report what the worker is doing to the multiplexor (shown by
 C<mm-mx-ctrl status> and similar) as a stack of tags; C<pop_tag> goes back

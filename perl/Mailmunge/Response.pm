@@ -182,7 +182,11 @@ sub fix_code_dsn
 	return;
 }
 
-=head2 is_tempfail(), is_reject(), is_discard()
+=head2 is_tempfail()
+
+=head2 is_reject()
+
+=head2 is_discard()
 
 Return 1 when the status is TEMPFAIL, REJECT or DISCARD respectively, else 0.
 
