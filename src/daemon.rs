@@ -166,10 +166,19 @@ impl Readiness {
         self.pipe.is_some()
     }
 
-    /// Tells the launcher the daemon is up; it exits 0.
+    /// Tells the launcher the daemon is up; it exits 0. In the foreground
+    /// under a `Type=notify` systemd unit, tells systemd instead
+    /// (protocol/deployment.md; a no-op without `NOTIFY_SOCKET`).
     pub fn ready(&mut self) {
-        if let Some(mut p) = self.pipe.take() {
-            let _ = p.write_all(b"X");
+        match self.pipe.take() {
+            Some(mut p) => {
+                let _ = p.write_all(b"X");
+            }
+            None => {
+                if let Err(e) = crate::sdnotify::ready() {
+                    log(libc::LOG_WARNING, &format!("Could not notify systemd: {e}"));
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub mod mux;
 pub mod mxclient;
 pub mod notify;
 pub mod percent;
+pub mod sdnotify;
 pub mod socketmap;
 pub mod sockspec;
 pub mod startargs;

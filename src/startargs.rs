@@ -263,9 +263,13 @@ pub fn argv(daemon: Daemon, vars: &Vars, foreground: bool) -> Vec<OsString> {
 }
 
 /// Environment the daemon gets on top of the launcher's: `HOME` is the spool
-/// directory (SpamAssassin keeps its state there) and `LC_ALL=C` (date headers).
+/// directory (SpamAssassin keeps its state there), `LC_ALL=C` (date
+/// headers), and `MAILMUNGE_SPOOLDIR` so that the workers'
+/// `Mailmunge::Constants` `Path:SPOOLDIR` is always the daemons' `-z`, even
+/// when `SPOOLDIR` differs from the installed default.
 pub fn extra_env(vars: &Vars) -> Vec<(&'static str, OsString)> {
-    vec![("HOME", vars.spooldir().into_os_string()), ("LC_ALL", "C".into())]
+    let spool = vars.spooldir().into_os_string();
+    vec![("HOME", spool.clone()), ("LC_ALL", "C".into()), ("MAILMUNGE_SPOOLDIR", spool)]
 }
 
 /// The UNIX-socket path of a socket specification, if it is one
@@ -314,6 +318,34 @@ pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StaleSocket::Nothing),
         Err(e) => Err(e),
     }
+}
+
+/// Creates the spool directory when it is missing (it may live on a tmpfs
+/// that is empty after a reboot): mode 0750, owned by `MX_USER` and
+/// `MX_GROUP` (or the user's group) when running as root. An existing
+/// directory is left exactly as the admin set it up. Returns whether it was
+/// created.
+pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = vars.spooldir();
+    if dir.is_dir() {
+        return Ok(false);
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&dir)?;
+    // The umask may have narrowed the mode.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
+    if nix::unistd::geteuid().is_root() {
+        let name = |v| vars.value(v).and_then(|s| s.to_str());
+        let user = name("MX_USER").and_then(|u| nix::unistd::User::from_name(u).ok().flatten());
+        let group = name("MX_GROUP")
+            .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+            .map(|g| g.gid)
+            .or(user.as_ref().map(|u| u.gid));
+        if user.is_some() || group.is_some() {
+            nix::unistd::chown(&dir, user.map(|u| u.uid), group).map_err(std::io::Error::from)?;
+        }
+    }
+    Ok(true)
 }
 
 /// Renders a command line for humans, quoting words for a POSIX shell.
@@ -567,7 +599,14 @@ mod tests {
         let v = vars(&[("SPOOLDIR", ""), ("SOCKET", ""), ("MX_SOCKET", "")]);
         assert_eq!(words(Daemon::Milter, &v), MILTER_TAIL);
         assert_eq!(words(Daemon::Multiplexor, &v), MX_TAIL);
-        assert_eq!(extra_env(&v), [("HOME", "/var/spool/mailmunge".into()), ("LC_ALL", "C".into())]);
+        assert_eq!(
+            extra_env(&v),
+            [
+                ("HOME", "/var/spool/mailmunge".into()),
+                ("LC_ALL", "C".into()),
+                ("MAILMUNGE_SPOOLDIR", "/var/spool/mailmunge".into())
+            ]
+        );
     }
 
     #[test]
@@ -661,6 +700,28 @@ mod tests {
         assert_eq!(remove_stale_socket(file.as_os_str()).unwrap(), StaleSocket::NotASocket);
         assert!(file.exists());
         assert_eq!(remove_stale_socket(OsStr::new("inet:1@127.0.0.1")).unwrap(), StaleSocket::Nothing);
+    }
+
+    #[test]
+    fn missing_spooldir_is_created_existing_one_left_alone() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("a/spool");
+        let mut v = vars(&[("SPOOLDIR", spool.to_str().unwrap()), ("MX_USER", "mailmunge"), ("MX_GROUP", "mailmunge")]);
+        if !nix::unistd::geteuid().is_root() || nix::unistd::User::from_name("mailmunge").ok().flatten().is_none() {
+            v.set("MX_USER", "");
+            v.set("MX_GROUP", "");
+        }
+        assert!(ensure_spooldir(&v).unwrap());
+        let m = std::fs::metadata(&spool).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        if let Some(u) = v.value("MX_USER").and_then(|u| nix::unistd::User::from_name(u.to_str().unwrap()).unwrap()) {
+            assert_eq!(m.uid(), u.uid.as_raw());
+            assert_eq!(m.gid(), u.gid.as_raw());
+        }
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(!ensure_spooldir(&v).unwrap());
+        assert_eq!(std::fs::metadata(&spool).unwrap().permissions().mode() & 0o7777, 0o770);
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn fake_daemon(dir: &Path, name: &str) {
     let p = dir.join(name);
     std::fs::write(
         &p,
-        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\necho \"HOME=$HOME LC_ALL=$LC_ALL MX_LOG=$MX_LOG\"\n",
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\necho \"HOME=$HOME LC_ALL=$LC_ALL MX_LOG=$MX_LOG MAILMUNGE_SPOOLDIR=$MAILMUNGE_SPOOLDIR\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -120,7 +120,7 @@ fn execs_the_daemon_with_argv_and_environment() {
     let expected: Vec<String> = [
         "-D", "-G", "-Y", "two words", "-b", "600", "-l", "-m", "2", "-x", "10", "-z", s, "-s",
         &format!("{s}/mailmunge-multiplexor.sock"), "-o", &format!("{s}/mailmunge-multiplexor.lock"),
-        &format!("HOME={s} LC_ALL=C MX_LOG=yes"),
+        &format!("HOME={s} LC_ALL=C MX_LOG=yes MAILMUNGE_SPOOLDIR={s}"),
     ]
     .iter()
     .map(|x| x.to_string())
@@ -156,7 +156,7 @@ fn start_removes_a_stale_socket_and_cleanup_does_too() {
 #[test]
 fn missing_daemon_binary_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let o = start(&["--bindir", dir.path().to_str().unwrap(), "milter"], &[("SPOOLDIR", "/nonexistent")]);
+    let o = start(&["--bindir", dir.path().to_str().unwrap(), "milter"], &[("SPOOLDIR", dir.path().to_str().unwrap())]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot execute"), "{}", String::from_utf8_lossy(&o.stderr));
 }

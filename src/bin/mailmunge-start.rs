@@ -101,6 +101,9 @@ fn run() -> Result<()> {
         return Ok(());
     }
 
+    if startargs::ensure_spooldir(&vars).with_context(|| format!("creating {}", vars.spooldir().display()))? {
+        eprintln!("mailmunge-start: created {}", vars.spooldir().display());
+    }
     // A socket left by a crash would make the daemon fail to bind.
     let sock = vars.listen_socket(daemon);
     if let Err(e) = startargs::remove_stale_socket(&sock) {
