@@ -83,4 +83,10 @@ is($w->cmd('a' x 100000), 'ok 0 Unknown%20command 554 5.7.1 0', 'very long line'
 is($w->cmd('ping'), 'PONG', 'still alive');
 is($w->finish(), 0, 'clean exit');
 
+# A filter whose initialize() dies exits (non-zero) instead of serving.
+my $bad = CoreWorker->new(filter => 't/data/core/filters/initdie.pl', env => { MAILMUNGE_SPOOLDIR => "$tmp/spool" });
+is($bad->cmd('ping', 5), undef, 'no reply from a worker that failed to initialise');
+isnt($bad->finish(), 0, 'non-zero exit');
+like($bad->stderr_text, qr/cannot reach the database/, 'reason on stderr');
+
 done_testing();

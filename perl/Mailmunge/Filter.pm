@@ -210,7 +210,13 @@ sub _main_loop
 	$self->_protect_reply_channel();
 	$self->_init_logging();
 	$self->_cd_to_spooldir();
-	$self->initialize();
+	# A worker that cannot initialise must not serve mail; make sure the
+	# reason reaches syslog as well as stderr.
+	if (!eval { $self->initialize(); 1 }) {
+		my $err = $@;
+		$self->log('NOQUEUE', 'err', 'initialize() failed: ' . _one_line($err));
+		die($err);
+	}
 
 	while (defined(my $line = <STDIN>)) {
 		$self->_cd_to_spooldir();

@@ -50,6 +50,8 @@ sub cmd
 {
 	my ($self, $line, $timeout) = @_;
 	my $fh = $self->{in};
+	# A worker that already exited must fail the test, not kill it.
+	local $SIG{PIPE} = 'IGNORE';
 	print $fh "$line\n";
 	return $self->read_line($timeout);
 }
@@ -69,6 +71,7 @@ sub read_line
 sub finish
 {
 	my ($self) = @_;
+	local $SIG{PIPE} = 'IGNORE';
 	close($self->{in});
 	for (1 .. 200) {
 		my $r = waitpid($self->{pid}, POSIX::WNOHANG());
