@@ -394,3 +394,23 @@ fn inet_socket_extension() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "4\n");
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[test]
+fn write_error_is_reported_not_fatal_signal() {
+    // A server that accepts and closes without reading: writing a request
+    // larger than the socket buffer fails (SIGPIPE is ignored, §9.4).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rude.sock");
+    let l = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            drop(c);
+        }
+    });
+    let mut big = vec![b'x'; 4 << 20];
+    big.push(b'\n');
+    let o = run(&["-s", path.to_str().unwrap(), "-i"], Some(&big));
+    let err = String::from_utf8_lossy(&o.stdout);
+    assert!(err.starts_with("ERROR MXCommand: write: ") && err.ends_with(": Is multiplexor running?\n"), "{err}");
+    assert_eq!(o.status.code(), Some(0));
+}
