@@ -6,6 +6,7 @@ pub mod envfile;
 pub mod ctrl;
 pub mod daemon;
 pub mod mux;
+pub mod milter;
 pub mod mxclient;
 pub mod notify;
 pub mod percent;

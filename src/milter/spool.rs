@@ -1,0 +1,368 @@
+//! The per-message working directory (milter.md §4): its name, its
+//! permissions, and the writers for INPUTMSG, HEADERS and PRISTINE_HEADERS.
+//!
+//! The byte transformations here are contract: the Perl workers (and filters
+//! that sign DKIM over PRISTINE_HEADERS) read these files as upstream wrote them.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The 60 symbols of upstream's message-id alphabet.
+const ID_ALPHABET: &[u8; 60] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX";
+
+/// Process-wide MAIL FROM counter; the low part of every generated id.
+static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn base60(mut v: u64, digits: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    for _ in 0..digits {
+        out.push(ID_ALPHABET[(v % 60) as usize]);
+        v /= 60;
+    }
+    out[start..].reverse();
+}
+
+/// Builds an 8-character id from a time in seconds and a counter value
+/// (§4.1): five base-60 digits of the time, three of the counter.
+pub fn format_id(time: u64, counter: u64) -> String {
+    let mut out = Vec::with_capacity(8);
+    base60(time % 60u64.pow(5), 5, &mut out);
+    base60(counter % 60u64.pow(3), 3, &mut out);
+    String::from_utf8(out).expect("alphabet is ASCII")
+}
+
+/// A fresh id for one MAIL FROM.
+pub fn generate_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_id(now, ID_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Renders one header as INPUTMSG/PRISTINE_HEADERS hold it: `Name: value\n`,
+/// every CR that is not part of a CRLF pair turned into a space. Returns the
+/// line and whether such a bare CR was seen (the header is "suspicious").
+pub fn pristine_header_line(name: &[u8], value: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(name.len() + value.len() + 3);
+    let mut suspicious = bare_cr_to_space(&mut out, name);
+    out.extend_from_slice(b": ");
+    suspicious |= bare_cr_to_space(&mut out, value);
+    out.push(b'\n');
+    (out, suspicious)
+}
+
+fn bare_cr_to_space(out: &mut Vec<u8>, s: &[u8]) -> bool {
+    let mut suspicious = false;
+    for (i, &b) in s.iter().enumerate() {
+        if b == b'\r' && s.get(i + 1) != Some(&b'\n') {
+            suspicious = true;
+            out.push(b' ');
+        } else {
+            out.push(b);
+        }
+    }
+    suspicious
+}
+
+/// Removes every CR and LF (upstream's `chomp`): HEADERS holds each header on
+/// one line with its folding whitespace kept.
+pub fn strip_crlf(s: &[u8]) -> Vec<u8> {
+    s.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect()
+}
+
+/// The HEADERS line for one header.
+pub fn headers_line(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = strip_crlf(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(&strip_crlf(value));
+    out.push(b'\n');
+    out
+}
+
+/// The body transformation of §3.8: CRLF becomes LF, bare CRs are kept (or
+/// dropped with `-c`) and flagged, NULs are flagged. A CR at the end of a
+/// chunk is held back until the next chunk shows whether an LF follows.
+#[derive(Debug, Default)]
+pub struct BodyFilter {
+    strip_bare_cr: bool,
+    last_was_cr: bool,
+    suspicious: bool,
+}
+
+impl BodyFilter {
+    pub fn new(strip_bare_cr: bool) -> Self {
+        BodyFilter { strip_bare_cr, ..Default::default() }
+    }
+
+    /// Whether a bare CR or a NUL was seen so far.
+    pub fn suspicious(&self) -> bool {
+        self.suspicious
+    }
+
+    /// Transforms one chunk; empty chunks change nothing.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + 1);
+        if chunk.is_empty() {
+            return out;
+        }
+        if self.last_was_cr && chunk[0] != b'\n' {
+            self.suspicious = true;
+            if !self.strip_bare_cr {
+                out.push(b'\r');
+            }
+        }
+        self.last_was_cr = false;
+        let n = chunk.len();
+        for (i, &b) in chunk.iter().enumerate() {
+            if b == b'\r' {
+                if i == n - 1 {
+                    self.last_was_cr = true;
+                    continue;
+                } else if chunk[i + 1] != b'\n' {
+                    self.suspicious = true;
+                    if self.strip_bare_cr {
+                        continue;
+                    }
+                } else {
+                    continue;
+                }
+            }
+            if b == 0 {
+                self.suspicious = true;
+            }
+            out.push(b);
+        }
+        out
+    }
+}
+
+/// One file of the working directory, opened for appending on first use.
+/// With `-C` (conserve descriptors) it is closed again after every write.
+#[derive(Debug)]
+pub struct SpoolFile {
+    path: PathBuf,
+    file: Option<File>,
+    conserve: bool,
+}
+
+impl SpoolFile {
+    fn new(path: PathBuf, conserve: bool) -> Self {
+        SpoolFile { path, file: None, conserve }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&mut self) -> Result<&mut File, SpoolError> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .mode(0o640)
+                .open(&self.path)
+                .map_err(|e| SpoolError::Open(self.path.clone(), e))?;
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+
+    /// Creates the file if it does not exist yet.
+    pub fn touch(&mut self) -> Result<(), SpoolError> {
+        self.open()?;
+        if self.conserve {
+            self.file = None;
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` in one write.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        let conserve = self.conserve;
+        let path = self.path.clone();
+        let f = self.open()?;
+        let r = f.write_all(bytes).map_err(|e| SpoolError::Write(path, bytes.len(), e));
+        if conserve {
+            self.file = None;
+        }
+        r
+    }
+
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("Could not create directory {path}: {source}", path = .0.display(), source = .1)]
+    Mkdir(PathBuf, #[source] std::io::Error),
+    #[error("Could not open {path}: {source}", path = .0.display(), source = .1)]
+    Open(PathBuf, #[source] std::io::Error),
+    #[error("Unable to write {len} bytes to file {path}: {source}", path = .0.display(), len = .1, source = .2)]
+    Write(PathBuf, usize, #[source] std::io::Error),
+}
+
+/// The working directory of one message and its four milter-written files.
+#[derive(Debug)]
+pub struct WorkDir {
+    /// The path exactly as given to the multiplexor (`<spool>/mm-<name>`).
+    pub path: String,
+    pub inputmsg: SpoolFile,
+    pub headers: SpoolFile,
+    pub pristine: SpoolFile,
+    pub commands: SpoolFile,
+}
+
+impl WorkDir {
+    /// Creates `<spool>/mm-<name>` with mode 0750 (the umask narrows it).
+    pub fn create(spool: &str, name: &str, conserve: bool) -> Result<WorkDir, SpoolError> {
+        let path = format!("{spool}/mm-{name}");
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(&path)
+            .map_err(|e| SpoolError::Mkdir(PathBuf::from(&path), e))?;
+        let file = |n: &str| SpoolFile::new(Path::new(&path).join(n), conserve);
+        Ok(WorkDir {
+            inputmsg: file("INPUTMSG"),
+            headers: file("HEADERS"),
+            pristine: file("PRISTINE_HEADERS"),
+            commands: file("COMMANDS"),
+            path,
+        })
+    }
+
+    pub fn close_all(&mut self) {
+        self.inputmsg.close();
+        self.headers.close();
+        self.pristine.close();
+        self.commands.close();
+    }
+}
+
+/// Removes a directory tree without following symlinks, carrying on past
+/// errors (each is reported through `warn`). Returns the first error.
+pub fn remove_tree(path: &Path, warn: &mut dyn FnMut(String)) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            warn(format!("rm_r: lstat({}) failed: {e}", path.display()));
+            return Err(e);
+        }
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path).inspect_err(|e| warn(format!("rm_r: unlink({}) failed: {e}", path.display())));
+    }
+    let mut first_err = None;
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            for entry in entries {
+                match entry {
+                    Ok(entry) => {
+                        if let Err(e) = remove_tree(&entry.path(), warn) {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    Err(e) => {
+                        warn(format!("rm_r: readdir({}) failed: {e}", path.display()));
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            warn(format!("rm_r: opendir({}) failed: {e}", path.display()));
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(path) {
+        warn(format!("rm_r: rmdir({}) failed: {e}", path.display()));
+        first_err.get_or_insert(e);
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_base60_time_then_counter() {
+        assert_eq!(format_id(0, 0), "00000000");
+        assert_eq!(format_id(59, 61), "0000X011");
+        // Wraps: time mod 60^5, counter mod 60^3.
+        assert_eq!(format_id(60u64.pow(5) + 1, 60u64.pow(3) + 2), "00001002");
+        assert_eq!(format_id(60u64.pow(5) - 1, 60u64.pow(3) - 1), "XXXXXXXX");
+        let a = generate_id();
+        let b = generate_id();
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn header_lines() {
+        let (l, s) = pristine_header_line(b"Subject", b"one\n\ttwo");
+        assert_eq!(l, b"Subject: one\n\ttwo\n");
+        assert!(!s);
+        assert_eq!(headers_line(b"Subject", b"one\n\ttwo"), b"Subject: one\ttwo\n");
+        // Bare CR (also at the very end) becomes a space; CRLF is kept.
+        let (l, s) = pristine_header_line(b"X\rY", b"a\r\n b\rc\r");
+        assert_eq!(l, b"X Y: a\r\n b c \n");
+        assert!(s);
+        assert_eq!(headers_line(b"X\rY", b"a\r\n b\rc\r"), b"XY: a bc\n");
+        let (l, _) = pristine_header_line(b"X-8bit", b"caf\xc3\xa9");
+        assert_eq!(l, b"X-8bit: caf\xc3\xa9\n");
+    }
+
+    #[test]
+    fn body_crlf_and_bare_cr() {
+        let mut f = BodyFilter::new(false);
+        assert_eq!(f.feed(b"a\r\nb\r"), b"a\nb");
+        assert!(!f.suspicious());
+        // The held-back CR is followed by LF: dropped.
+        assert_eq!(f.feed(b"\nc\rd\0"), b"\nc\rd\0");
+        assert!(f.suspicious());
+        let mut f = BodyFilter::new(false);
+        assert_eq!(f.feed(b"x\r"), b"x");
+        assert_eq!(f.feed(b""), b"");
+        assert_eq!(f.feed(b"y"), b"\ry");
+        assert!(f.suspicious());
+        // -c drops bare CRs, including a held-back one.
+        let mut f = BodyFilter::new(true);
+        assert_eq!(f.feed(b"a\rb\r"), b"ab");
+        assert_eq!(f.feed(b"z\r\n"), b"z\n");
+        assert!(f.suspicious());
+        // A CR at the very end of the body is silently lost.
+        let mut f = BodyFilter::new(false);
+        assert_eq!(f.feed(b"end\r"), b"end");
+        assert!(!f.suspicious());
+    }
+
+    #[test]
+    fn workdir_files_and_removal() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = d.path().to_str().unwrap();
+        let mut w = WorkDir::create(spool, "abc", true).unwrap();
+        assert_eq!(w.path, format!("{spool}/mm-abc"));
+        w.headers.touch().unwrap();
+        w.commands.append(b"F\n").unwrap();
+        w.commands.append(b"G\n").unwrap();
+        assert_eq!(std::fs::read(Path::new(&w.path).join("COMMANDS")).unwrap(), b"F\nG\n");
+        assert!(WorkDir::create(spool, "abc", false).is_err());
+        std::fs::create_dir(Path::new(&w.path).join("Work")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", Path::new(&w.path).join("link")).unwrap();
+        let mut warnings = vec![];
+        remove_tree(Path::new(&w.path), &mut |m| warnings.push(m)).unwrap();
+        assert!(!Path::new(&w.path).exists());
+        assert!(Path::new("/etc/passwd").exists());
+        assert!(warnings.is_empty());
+    }
+}

@@ -1,0 +1,486 @@
+//! Program start-up (milter.md §1.3-1.5): option checks, privilege drop,
+//! daemonising with a readiness pipe, pid/lock files, the wait for the
+//! multiplexor, and the indymilter main loop with signal handling.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
+use super::session::{self, Config};
+use crate::mm_log;
+use crate::sockspec::{Listener, SockSpec, Stream};
+
+/// Default spool directory (configure's SPOOLDIR).
+pub const SPOOLDIR: &str = "/var/spool/mailmunge";
+/// Default client-side bound on one multiplexor request: above the busy
+/// timeout of the packaged units (600 s), so the multiplexor's own timeout
+/// normally fires first.
+const DEFAULT_MX_TIMEOUT: Duration = Duration::from_secs(660);
+
+/// `mailmunge prcap`: the capability dump (§1.2).
+pub fn prcap() -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: &str| s.push_str(&format!("{k:<30} {v}\n"));
+    line("SMFI_VERSION", "1.0.1 (New-Style)");
+    for cap in [
+        "CHGFROM", "CHGHDRS", "DATA", "INSHEADER", "NEGOTIATE", "OPENSOCKET", "PROGRESS", "QUARANTINE", "SETMLREPLY",
+        "SETSYMLIST", "UNKNOWN", "VERSION",
+    ] {
+        line(&format!("MILTER_BUILDLIB_HAS_{cap}"), "1");
+    }
+    s.push('\n');
+    let perl = find_perl();
+    let mut line = |k: &str, v: &str| s.push_str(&format!("{k:<30} {v}\n"));
+    line("PERL_PATH", &perl);
+    line("SPOOLDIR", SPOOLDIR);
+    line("QDIR", "/var/spool/mm-quarantine");
+    line("CONFDIR", "/etc/mailmunge");
+    line("VERSION", crate::VERSION);
+    s
+}
+
+fn find_perl() -> String {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("perl")).find(|p| p.is_file()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/usr/bin/perl".to_string())
+}
+
+fn die(msg: impl AsRef<str>) -> ! {
+    eprint!("{}", msg.as_ref());
+    let _ = std::io::stderr().flush();
+    std::process::exit(1);
+}
+
+/// The program: `args` includes argv[0]. Returns the exit status.
+pub fn main_with_args(args: Vec<String>) -> i32 {
+    let argv0 = args.first().cloned().unwrap_or_else(|| "mailmunge".into());
+    if args.len() == 2 && args[1] == "prcap" {
+        print!("{}", prcap());
+        return 0;
+    }
+    // SAFETY: plain syscalls.
+    unsafe { libc::umask(0o077) };
+    let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+    if uid != euid {
+        die(format!("ERROR: {argv0} is NOT intended to run suid! Exiting.\n"));
+    }
+    if gid != egid {
+        die(format!("ERROR: {argv0} is NOT intended to run sgid! Exiting.\n"));
+    }
+    let opts = match Options::try_parse_from(&args) {
+        Ok(o) => o,
+        Err(_) => die(options::usage()),
+    };
+    if opts.version {
+        println!("mailmunge version {}", crate::VERSION);
+        return 0;
+    }
+    if opts.help {
+        die(options::usage());
+    }
+    if let Some(m) = opts.extra_macros.iter().find(|m| m.len() > MAX_MACRO_NAME) {
+        die(format!("{argv0}: Macro name too long: {m}\n"));
+    }
+    if opts.extra_macros.len() > MAX_EXTRA_MACROS {
+        die(format!("{argv0}: Too many Sendmail macros (max {MAX_EXTRA_MACROS})\n"));
+    }
+    let facility = match &opts.facility {
+        Some(f) => super::log::facility_by_name(f).unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
+        None => libc::LOG_MAIL,
+    };
+    let conn = match opts.conn.as_deref() {
+        Some("") => die(format!("{argv0}: Illegal conn: \n")),
+        Some(c) => c.to_string(),
+        None => die(format!("{argv0}: You must use the `-p' option.\n")),
+    };
+    let sockspec = SockSpec::parse_milter(&conn)
+        .unwrap_or_else(|e| die(format!("{argv0}: Could not open connection {conn}: {e}\n")));
+    let Some(mx_socket) = opts.mx_socket.clone() else {
+        die(format!("{argv0}: You must use the `-m' option.\n"));
+    };
+    let spool_dir = opts.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string());
+
+    // The pid file is opened before privileges are dropped.
+    let pidfile = opts.pidfile.as_ref().map(|p| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .open(p)
+            .unwrap_or_else(|e| die(format!("{argv0}: Could not open PID file {p}: {e}\n")));
+        let _ = nix::sys::stat::fchmod(f.as_raw_fd(), nix::sys::stat::Mode::from_bits_truncate(0o644));
+        f
+    });
+    if let Some(user) = &opts.user {
+        drop_privileges(&argv0, user);
+    }
+    // SAFETY: plain syscalls.
+    if unsafe { libc::getuid() == 0 || libc::geteuid() == 0 } {
+        die("ERROR: You must not run mailmunge as root.\nUse the -U option to set a non-root user.\n");
+    }
+    if let Err(e) = std::env::set_current_dir(&spool_dir) {
+        die(format!("{argv0}: Unable to chdir({spool_dir}): {e}\n"));
+    }
+
+    // Daemonise before any thread exists (the tokio runtime comes later).
+    let ready = if opts.foreground { Readiness::Foreground } else { daemonize() };
+
+    let lock = if opts.pidfile.is_some() || opts.lockfile.is_some() {
+        match lock_and_write_pid(opts.pidfile.as_deref(), opts.lockfile.as_deref(), pidfile) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                super::log::init(facility);
+                mm_log!(Error, "{e}");
+                ready.fail("Cannot lock lockfile: Is another copy running?");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    if !opts.foreground {
+        redirect_stdio_to_null();
+    }
+    super::log::init(facility);
+
+    let my_ip = my_ip_address();
+    match &my_ip {
+        Some(ip) => mm_log!(Info, "My IP address appears to be {ip}"),
+        None => mm_log!(Warning, "Could not determine my own IP address!  Ensure that this host has a default route."),
+    }
+
+    let cfg = Config {
+        mx_socket: PathBuf::from(&mx_socket),
+        spool_dir,
+        relay_check: opts.relay_check,
+        helo_check: opts.helo_check,
+        sender_check: opts.sender_check,
+        rcpt_check: opts.rcpt_check,
+        allow_queue: opts.allow_queue,
+        reserved_for_loopback: opts.reserved_for_loopback(),
+        equiv_loopback: opts.equiv_loopback.clone(),
+        see_rejected_rcpts: !opts.no_rejected_rcpts,
+        setsymlist: opts.setsymlist,
+        extra_macros: opts.extra_macros.clone(),
+        scanned_by: opts.scanned_by_text(),
+        conserve_fds: opts.conserve_fds,
+        strip_bare_cr: opts.strip_bare_cr,
+        keep_failed: opts.keep_failed,
+        debug: opts.debug,
+        log_times: opts.log_times,
+        my_ip,
+        mx_timeout: mx_timeout(),
+    };
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            mm_log!(Error, "cannot start the runtime: {e}");
+            ready.fail("cannot start the runtime");
+            return 1;
+        }
+    };
+    let (socket_umask, file_umask) = if opts.group_access { (0o007, 0o027) } else { (0o077, 0o077) };
+    let status = rt.block_on(async {
+        // SAFETY: plain syscalls; the umask brackets the socket creation.
+        unsafe { libc::umask(socket_umask) };
+        let bound = sockspec.bind(opts.listen_backlog().unwrap_or(libc::SOMAXCONN.max(20)));
+        unsafe { libc::umask(file_umask) };
+        let listener = match bound {
+            Ok(l) => l,
+            Err(e) => {
+                mm_log!(Error, "Could not open connection {conn}: {e}");
+                ready.fail(&format!("Could not open connection {conn}: {e}"));
+                return 1;
+            }
+        };
+        mm_log!(
+            Info,
+            "mailmunge {} alive. workersReservedForLoopback={} AllowNewConnectionsToQueue={} doRelayCheck={} doHeloCheck={} doSenderCheck={} doRecipientCheck={}",
+            crate::VERSION,
+            cfg.reserved_for_loopback,
+            cfg.allow_queue as i32,
+            cfg.relay_check as i32,
+            cfg.helo_check as i32,
+            cfg.sender_check as i32,
+            cfg.rcpt_check as i32
+        );
+        if !wait_for_multiplexor(&cfg).await {
+            mm_log!(Error, "mailmunge-multiplexor socket did not appear.  Exiting.");
+            ready.fail("mailmunge-multiplexor socket did not appear.  Exiting.");
+            remove_files(&opts);
+            return 1;
+        }
+        mm_log!(Info, "mailmunge-multiplexor is responding - entering main loop");
+        ready.ok();
+        let unix_path = listener.path().map(|p| p.to_path_buf());
+        let config = indymilter::Config { max_connections: 1 << 20, ..Default::default() };
+        let callbacks = session::callbacks(Arc::new(cfg));
+        let r = indymilter::run(NoDelayListener(listener), callbacks, config, shutdown_signal()).await;
+        if let Some(p) = unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+        match r {
+            Ok(()) => 0,
+            Err(e) => {
+                mm_log!(Error, "milter main loop failed: {e}");
+                1
+            }
+        }
+    });
+    remove_files(&opts);
+    drop(lock);
+    status
+}
+
+fn remove_files(opts: &Options) {
+    if let Some(p) = &opts.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(p) = &opts.lockfile {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// `MAILMUNGE_MX_TIMEOUT` (seconds; 0 = wait forever) overrides the default
+/// bound on multiplexor requests.
+fn mx_timeout() -> Option<Duration> {
+    match std::env::var("MAILMUNGE_MX_TIMEOUT").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => Some(DEFAULT_MX_TIMEOUT),
+    }
+}
+
+/// Up to 200 tries, 100 ms apart, for a `free` answer (§1.4 step 10).
+async fn wait_for_multiplexor(cfg: &Config) -> bool {
+    let probe = Config { mx_timeout: Some(Duration::from_secs(2)), ..cfg.clone() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
+        if let Some(n) = quiet_free(&probe).await {
+            if n >= 0 {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// `free` without the per-failure error lines (the start-up loop expects
+/// failures while the multiplexor comes up).
+async fn quiet_free(cfg: &Config) -> Option<i64> {
+    let r = crate::mxclient::request(&cfg.mx_socket, b"free\n", cfg.mx_timeout).await.ok()?;
+    super::reply::parse_free_reply(&r.bytes)
+}
+
+/// The host's address as upstream determines it: the source address of a
+/// UDP "connection" to 8.8.8.8:53 (nothing is sent). `MAILMUNGE_MY_IP`
+/// overrides it (tests, hosts without a default route).
+fn my_ip_address() -> Option<String> {
+    if let Ok(v) = std::env::var("MAILMUNGE_MY_IP") {
+        return if v.is_empty() { None } else { Some(v) };
+    }
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("8.8.8.8:53").ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
+}
+
+fn drop_privileges(argv0: &str, user: &str) {
+    use nix::unistd::{initgroups, setgid, setuid, User};
+    let pw = match User::from_name(user) {
+        Ok(Some(pw)) => pw,
+        _ => die(format!("{argv0}: Unknown user `{user}'")),
+    };
+    let name = CString::new(user).unwrap_or_default();
+    let r = initgroups(&name, pw.gid).and_then(|_| setgid(pw.gid)).and_then(|_| setuid(pw.uid));
+    if let Err(e) = r {
+        die(format!("{argv0}: Could not drop privileges: {}", e.desc()));
+    }
+}
+
+/// How the daemon tells whoever started it that start-up finished.
+enum Readiness {
+    Foreground,
+    Pipe(std::cell::RefCell<Option<std::fs::File>>),
+}
+
+impl Readiness {
+    fn ok(&self) {
+        if let Readiness::Pipe(p) = self {
+            if let Some(mut f) = p.borrow_mut().take() {
+                let _ = f.write_all(b"X");
+            }
+        }
+    }
+    fn fail(&self, msg: &str) {
+        match self {
+            Readiness::Foreground => eprintln!("{msg}"),
+            Readiness::Pipe(p) => {
+                if let Some(mut f) = p.borrow_mut().take() {
+                    let _ = f.write_all(format!("E{msg}").as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// Forks twice; the original process waits on a pipe for `X` (exit 0) or
+/// `E<message>` (print it, exit 1).
+fn daemonize() -> Readiness {
+    use nix::unistd::{fork, pipe, setsid, ForkResult};
+    let (rd, wr) = pipe().unwrap_or_else(|e| die(format!("pipe: {e}\n")));
+    // SAFETY: no other threads exist yet.
+    match unsafe { fork() } {
+        Err(e) => die(format!("fork() failed: {e}\n")),
+        Ok(ForkResult::Parent { .. }) => {
+            drop(wr);
+            let mut f = std::fs::File::from(rd);
+            let mut buf = Vec::new();
+            use std::io::Read;
+            let _ = (&mut f).take(255).read_to_end(&mut buf);
+            let msg = String::from_utf8_lossy(&buf);
+            if msg == "X" {
+                std::process::exit(0);
+            }
+            if let Some(err) = msg.strip_prefix('E') {
+                die(format!("Error from child: {err}\n"));
+            }
+            die(format!("Unknown reply from child: {msg}\n"));
+        }
+        Ok(ForkResult::Child) => {}
+    }
+    drop(rd);
+    let _ = setsid();
+    // SAFETY: setting a signal disposition to "ignore".
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    match unsafe { fork() } {
+        Err(e) => {
+            let mut f = std::fs::File::from(wr);
+            let _ = f.write_all(format!("Efork() failed: {e}").as_bytes());
+            std::process::exit(1);
+        }
+        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(ForkResult::Child) => {}
+    }
+    Readiness::Pipe(std::cell::RefCell::new(Some(std::fs::File::from(wr))))
+}
+
+fn redirect_stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Takes the lock (lock file = `-o`, else pid file + `.lock`) and writes
+/// `<pid>\n` into the pid file. The returned descriptor holds the lock.
+fn lock_and_write_pid(pidfile: Option<&str>, lockfile: Option<&str>, pid_fd: Option<std::fs::File>) -> Result<OwnedFd, String> {
+    let lockpath = match (lockfile, pidfile) {
+        (Some(l), _) => l.to_string(),
+        (None, Some(p)) => format!("{p}.lock"),
+        (None, None) => return Err("no lock file".into()),
+    };
+    let lf = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(&lockpath)
+        .map_err(|e| format!("Could not open lock file {lockpath}: {e}"))?;
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: fcntl with a valid flock struct on our descriptor.
+    if unsafe { libc::fcntl(lf.as_raw_fd(), libc::F_SETLK, &fl) } < 0 {
+        return Err(format!(
+            "Could not lock lockfile file {lockpath}: {}.  Is another copy running?",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if let Some(mut f) = pid_fd {
+        let _ = f.set_len(0);
+        let _ = f.write_all(format!("{}\n", std::process::id()).as_bytes());
+    }
+    // SAFETY: we own the descriptor and hand it over.
+    Ok(unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(lf)) })
+}
+
+/// SIGTERM, SIGINT and (in the foreground) SIGHUP stop the milter.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+    tokio::select! {
+        _ = recv(&mut term) => {}
+        _ = recv(&mut int) => {}
+        _ = recv(&mut hup) => {}
+    }
+    mm_log!(Info, "mailmunge stopping on signal");
+}
+
+/// Accepts MTA connections for indymilter; TCP ones get TCP_NODELAY so each
+/// milter reply leaves at once instead of waiting on delayed ACKs.
+struct NoDelayListener(Listener);
+
+impl indymilter::Listener for NoDelayListener {
+    type Io = Stream;
+
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<Stream>> {
+        loop {
+            let r = match &mut self.0 {
+                Listener::Unix(l, _) => tokio::net::UnixListener::poll_accept(l, cx).map_ok(|(s, _)| Stream::Unix(s)),
+                Listener::Tcp(l) => tokio::net::TcpListener::poll_accept(l, cx).map_ok(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                }),
+            };
+            match r {
+                Poll::Ready(Err(e)) if is_transient_accept_error(&e) => {
+                    // A client that gave up before accept, or a short fd
+                    // shortage, must not end the milter.
+                    mm_log!(Warning, "accept failed: {e}");
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EINTR | libc::EPROTO | libc::EPERM)
+    )
+}

@@ -1,0 +1,520 @@
+//! Test harness for the milter: a fake multiplexor (unix socket, scripted
+//! replies, copies of the working-directory files at `scan`), a raw milter
+//! client that plays the MTA, and a runner for the real `mailmunge` binary.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// One scripted multiplexor exchange.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Command word expected (`relayok`, `scan`, ...).
+    pub command: String,
+    /// Expected decoded arguments after normalisation; `None` = don't check.
+    pub args: Option<Vec<String>>,
+    /// Reply line without the newline (sent with `\n`), or raw bytes.
+    pub reply: Vec<u8>,
+    /// At `scan`: files to drop into the working directory first.
+    pub results: Vec<(String, Vec<u8>)>,
+    /// Seconds to wait before answering.
+    pub delay: Duration,
+}
+
+impl Step {
+    pub fn new(command: &str, reply: &str) -> Step {
+        Step {
+            command: command.into(),
+            args: None,
+            reply: format!("{reply}\n").into_bytes(),
+            results: vec![],
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn raw(command: &str, reply: &[u8]) -> Step {
+        Step { reply: reply.to_vec(), ..Step::new(command, "") }
+    }
+    pub fn with_file(mut self, name: &str, data: &[u8]) -> Step {
+        self.results.push((name.into(), data.to_vec()));
+        self
+    }
+    pub fn delayed(mut self, d: Duration) -> Step {
+        self.delay = d;
+        self
+    }
+}
+
+/// What the fake multiplexor saw.
+#[derive(Debug, Default)]
+pub struct MuxLog {
+    /// Raw request lines (free included).
+    pub lines: Vec<Vec<u8>>,
+    /// Mismatches against the script.
+    pub errors: Vec<String>,
+    /// Copies of the working-directory files at each scan: (dir, name -> bytes).
+    pub scans: Vec<Scan>,
+    /// Directory listings (name, mode) at each sender/recipient check.
+    pub free_count: usize,
+}
+
+/// A scan: the directory and copies of (file name, bytes).
+pub type Scan = (String, Vec<(String, Vec<u8>)>);
+
+pub struct FakeMux {
+    pub path: PathBuf,
+    pub log: Arc<Mutex<MuxLog>>,
+    script: Arc<Mutex<VecDeque<Step>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The free-worker answer of the fake multiplexor.
+pub static FREE_REPLY: &str = "9\n";
+
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = vec![];
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+impl FakeMux {
+    /// Starts a fake multiplexor at `path` with a script; `free` is always
+    /// answered with `free_reply` and does not consume a step.
+    pub fn start(path: &Path, steps: Vec<Step>, free_reply: &'static str, spool: &str) -> FakeMux {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let log = Arc::new(Mutex::new(MuxLog::default()));
+        let script = Arc::new(Mutex::new(VecDeque::from(steps)));
+        let (log2, script2, spool) = (log.clone(), script.clone(), spool.to_string());
+        let task = tokio::spawn(async move {
+            let ids = Arc::new(Mutex::new(Vec::<String>::new()));
+            loop {
+                let Ok((s, _)) = listener.accept().await else { return };
+                let (log, script, spool, ids) = (log2.clone(), script2.clone(), spool.clone(), ids.clone());
+                tokio::spawn(async move { serve(s, log, script, &spool, ids, free_reply).await });
+            }
+        });
+        FakeMux { path: path.to_path_buf(), log, script, task }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.script.lock().unwrap().len()
+    }
+
+    pub fn push(&self, step: Step) {
+        self.script.lock().unwrap().push_back(step);
+    }
+}
+
+impl Drop for FakeMux {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Replaces the spool path by `<SPOOL>` and each distinct `mm-<id>` by
+/// `mm-MMID<n>` (numbered by first appearance).
+pub fn normalise(s: &str, spool: &str, ids: &Mutex<Vec<String>>) -> String {
+    let s = s.replace(spool, "<SPOOL>");
+    let mut out = String::new();
+    let mut rest = s.as_str();
+    while let Some(i) = rest.find("<SPOOL>/mm-") {
+        let start = i + "<SPOOL>/mm-".len();
+        out.push_str(&rest[..start]);
+        let id: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        out.push_str(&mmid(&id, ids));
+        rest = &rest[start + id.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+pub fn mmid(id: &str, ids: &Mutex<Vec<String>>) -> String {
+    let mut ids = ids.lock().unwrap();
+    let n = match ids.iter().position(|x| x == id) {
+        Some(n) => n,
+        None => {
+            ids.push(id.to_string());
+            ids.len() - 1
+        }
+    };
+    format!("MMID{}", n + 1)
+}
+
+async fn serve(
+    s: UnixStream,
+    log: Arc<Mutex<MuxLog>>,
+    script: Arc<Mutex<VecDeque<Step>>>,
+    spool: &str,
+    ids: Arc<Mutex<Vec<String>>>,
+    free_reply: &str,
+) {
+    let mut r = BufReader::new(s);
+    let mut line = Vec::new();
+    if r.read_until(b'\n', &mut line).await.is_err() {
+        return;
+    }
+    log.lock().unwrap().lines.push(line.clone());
+    let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_string();
+    let mut words = text.split(' ');
+    let cmd = words.next().unwrap_or("").to_string();
+    if cmd == "free" {
+        log.lock().unwrap().free_count += 1;
+        let _ = r.get_mut().write_all(free_reply.as_bytes()).await;
+        return;
+    }
+    let args: Vec<String> = words.map(|w| String::from_utf8_lossy(&percent_decode(w.as_bytes())).into_owned()).collect();
+    let step = script.lock().unwrap().pop_front();
+    let Some(step) = step else {
+        log.lock().unwrap().errors.push(format!("unexpected request {text:?}"));
+        let _ = r.get_mut().write_all(b"error: script exhausted\n").await;
+        return;
+    };
+    if step.command != cmd {
+        log.lock().unwrap().errors.push(format!("expected {} got {text:?}", step.command));
+    }
+    if let Some(expected) = &step.args {
+        let got: Vec<String> = args.iter().map(|a| normalise(a, spool, &ids)).collect();
+        if &got != expected {
+            log.lock().unwrap().errors.push(format!("{cmd}: expected args {expected:?}, got {got:?}"));
+        }
+    }
+    if cmd == "scan" && args.len() == 2 {
+        let dir = &args[1];
+        let mut files = vec![];
+        for name in ["COMMANDS", "HEADERS", "INPUTMSG", "PRISTINE_HEADERS"] {
+            if let Ok(b) = std::fs::read(Path::new(dir).join(name)) {
+                files.push((name.to_string(), b));
+            }
+        }
+        log.lock().unwrap().scans.push((dir.clone(), files));
+        for (name, data) in &step.results {
+            std::fs::write(Path::new(dir).join(name), data).unwrap();
+        }
+    }
+    if !step.delay.is_zero() {
+        tokio::time::sleep(step.delay).await;
+    }
+    let _ = r.get_mut().write_all(&step.reply).await;
+}
+
+// ---------------------------------------------------------------------------
+// The milter process
+
+pub struct Milter {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Milter {
+    /// Starts `mailmunge -p unix:<socket> -m <mux> -z <spool> -D <extra>`
+    /// (plus `-U mailmunge` when running as root) and waits until the
+    /// socket accepts connections.
+    pub fn start(dir: &Path, mux: &Path, spool: &Path, extra: &[&str], env: &[(&str, &str)]) -> Milter {
+        let sockdir = dir.join("msock");
+        std::fs::create_dir_all(&sockdir).unwrap();
+        std::fs::set_permissions(&sockdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = sockdir.join("milter.sock");
+        Milter::start_on(&format!("unix:{}", socket.display()), socket.clone(), dir, mux, spool, extra, env)
+    }
+
+    pub fn start_on(spec: &str, socket: PathBuf, dir: &Path, mux: &Path, spool: &Path, extra: &[&str], env: &[(&str, &str)]) -> Milter {
+        let stderr_path = dir.join("milter.stderr");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailmunge"));
+        cmd.arg("-p").arg(spec).arg("-m").arg(mux).arg("-z").arg(spool).arg("-D");
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.arg("-U").arg("mailmunge");
+        }
+        cmd.args(extra)
+            .env("MAILMUNGE_LOG_STDERR", "1")
+            .env("MAILMUNGE_MY_IP", "192.0.2.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut m = Milter { child, socket, stderr_path };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while Instant::now() < deadline {
+            if self.log().contains("entering main loop") {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("milter exited ({st}) during start-up; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("milter did not start; its log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub async fn connect(&self) -> MtaClient {
+        MtaClient { s: Box::new(UnixStream::connect(&self.socket).await.unwrap()) }
+    }
+}
+
+impl Drop for Milter {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A world-traversable scratch directory with a 0777 spool inside (the
+/// milter runs as `mailmunge` when the tests run as root).
+pub struct Scratch {
+    pub tmp: tempfile::TempDir,
+    pub spool: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Scratch { tmp, spool }
+    }
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    pub fn spool_str(&self) -> String {
+        self.spool.to_str().unwrap().to_string()
+    }
+    /// Working directories still present in the spool.
+    pub fn leftover_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(&self.spool)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("mm-"))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The MTA side of the milter protocol
+
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+pub struct MtaClient {
+    pub s: Box<dyn Io>,
+}
+
+/// A milter packet: command/reply byte and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub kind: u8,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}' {:?}", self.kind as char, String::from_utf8_lossy(&self.data))
+    }
+}
+
+impl MtaClient {
+    pub async fn send(&mut self, kind: u8, data: &[u8]) {
+        let mut buf = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+        buf.push(kind);
+        buf.extend_from_slice(data);
+        self.s.write_all(&buf).await.unwrap();
+    }
+
+    /// Reads one packet (10 s limit); `None` at EOF.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        let fut = async {
+            let mut len = [0u8; 4];
+            if self.s.read_exact(&mut len).await.is_err() {
+                return None;
+            }
+            let len = u32::from_be_bytes(len) as usize;
+            let mut buf = vec![0u8; len];
+            self.s.read_exact(&mut buf).await.ok()?;
+            Some(Packet { kind: buf[0], data: buf[1..].to_vec() })
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut).await.expect("milter reply within 10 s")
+    }
+
+    pub async fn call(&mut self, kind: u8, data: &[u8]) -> Packet {
+        self.send(kind, data).await;
+        self.recv().await.expect("a reply")
+    }
+
+    /// Option negotiation as Postfix 3 offers it (version 6, all actions,
+    /// all protocol flags); returns the milter's reply payload.
+    pub async fn negotiate(&mut self) -> Packet {
+        self.call(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff]).await
+    }
+
+    pub async fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
+        let mut d = vec![stage];
+        for (k, v) in pairs {
+            d.extend_from_slice(k.as_bytes());
+            d.push(0);
+            d.extend_from_slice(v.as_bytes());
+            d.push(0);
+        }
+        self.send(b'D', &d).await;
+    }
+
+    pub async fn connect_inet(&mut self, host: &str, addr: &str, port: u16) -> Packet {
+        let mut d = host.as_bytes().to_vec();
+        d.push(0);
+        d.push(b'4');
+        d.extend_from_slice(&port.to_be_bytes());
+        d.extend_from_slice(addr.as_bytes());
+        d.push(0);
+        self.call(b'C', &d).await
+    }
+
+    pub async fn helo(&mut self, h: &str) -> Packet {
+        self.call(b'H', &z(&[h.as_bytes()])).await
+    }
+
+    pub async fn mail(&mut self, args: &[&[u8]]) -> Packet {
+        self.call(b'M', &z(args)).await
+    }
+
+    pub async fn rcpt(&mut self, args: &[&[u8]]) -> Packet {
+        self.call(b'R', &z(args)).await
+    }
+
+    pub async fn header(&mut self, name: &[u8], value: &[u8]) -> Packet {
+        self.call(b'L', &z(&[name, value])).await
+    }
+
+    pub async fn eoh(&mut self) -> Packet {
+        self.call(b'N', b"").await
+    }
+
+    pub async fn body(&mut self, chunk: &[u8]) -> Packet {
+        self.call(b'B', chunk).await
+    }
+
+    /// End of message: collects every packet up to the final verdict.
+    pub async fn eom(&mut self) -> (Vec<Packet>, Packet) {
+        self.send(b'E', b"").await;
+        let mut mods = vec![];
+        loop {
+            let p = self.recv().await.expect("eom reply");
+            match p.kind {
+                b'c' | b'a' | b'r' | b't' | b'd' | b'y' => return (mods, p),
+                b'p' => {}
+                _ => mods.push(p),
+            }
+        }
+    }
+}
+
+/// NUL-terminated strings, concatenated.
+pub fn z(parts: &[&[u8]]) -> Vec<u8> {
+    let mut d = vec![];
+    for p in parts {
+        d.extend_from_slice(p);
+        d.push(0);
+    }
+    d
+}
+
+pub fn fnv64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Unescapes the golden files' quoted strings: `\0 \r \n \t \\ \" \xHH`.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            i += 1;
+            match b[i] {
+                b'0' => out.push(0),
+                b'r' => out.push(b'\r'),
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'x' => {
+                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+        } else {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Splits `"a" "b c"` into unescaped strings.
+pub fn quoted_list(s: &str) -> Vec<String> {
+    let mut out = vec![];
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'"' {
+            let start = i + 1;
+            let mut j = start;
+            while j < b.len() && b[j] != b'"' {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            out.push(String::from_utf8_lossy(&unescape(&s[start..j])).into_owned());
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
