@@ -153,7 +153,8 @@ fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
     Some(s.into_bytes())
 }
 
-/// Sends a line to a worker (queueing if allowed) and waits for the reply.
+/// Sends a client line to a worker (queueing if allowed) and waits for the
+/// reply.
 pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
     if line.len() >= MAX_CMD_LEN - 1 {
         return replies::TOO_LONG.to_vec();
@@ -211,5 +212,22 @@ mod tests {
     async fn silent_client_times_out() {
         let (_w, mut r) = tokio::io::duplex(64);
         assert_eq!(read_request(&mut r, Duration::from_millis(50)).await, None);
+    }
+}
+
+/// Runs a socketmap lookup (`-N`, §13) on a worker: never queued, class
+/// "other".
+pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapOutcome {
+    use crate::socketmap::MapOutcome;
+    let (job, rx) = Job::new(line, JobKind::Map);
+    mux.lock().submit(job, false);
+    match rx.await.unwrap_or(Outcome::NoResponse) {
+        Outcome::Reply(b) => MapOutcome::Reply(b),
+        // An empty reply reads as a busy timeout upstream.
+        Outcome::NoResponse => MapOutcome::Reply(Vec::new()),
+        Outcome::Timeout { .. } => MapOutcome::BusyTimeout,
+        Outcome::WriteFailed => MapOutcome::WriteFailed,
+        Outcome::ActivateFailed => MapOutcome::ActivationFailed,
+        Outcome::NoFree | Outcome::RecipokLimit | Outcome::QueueTimeout | Outcome::ShuttingDown => MapOutcome::NoFreeWorkers,
     }
 }

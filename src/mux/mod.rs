@@ -16,6 +16,7 @@ pub mod pool;
 pub mod report;
 pub mod server;
 pub mod statsfile;
+pub mod ticks;
 pub mod worker;
 
 pub use options::Options;

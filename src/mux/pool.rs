@@ -157,10 +157,6 @@ pub struct Queued {
     pub job: Job,
 }
 
-/// Receives notifier messages (`-O`, §14): `S 0 StateChange Idle -> Busy`,
-/// `F 3`, `B`, … without the trailing newline.
-pub type EventSink = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// Everything shared by the multiplexor's tasks.
 pub struct Mux {
     pub opts: Arc<Options>,
@@ -209,9 +205,9 @@ pub struct Pool {
     pub history: History,
     pub histo: Vec<u64>,
     failures: u32,
-    last_free: Option<usize>,
     pub shutting_down: bool,
-    pub notify: Option<EventSink>,
+    /// Notifier listeners (`-O`, §14), when configured.
+    pub notify: Option<crate::notify::Notifier>,
     pub stats: StatsFile,
     /// Spawns worker processes (exec or zygote).
     pub spawner: worker::Spawner,
@@ -265,7 +261,6 @@ impl Pool {
             history: History::default(),
             histo: vec![0; n],
             failures: 0,
-            last_free: None,
             shutting_down: false,
             notify: None,
         }
@@ -288,9 +283,9 @@ impl Pool {
         self.started.elapsed().as_secs()
     }
 
-    fn emit(&self, msg: &str) {
+    fn emit(&self, f: impl FnOnce(&crate::notify::Notifier)) {
         if let Some(n) = &self.notify {
-            n(msg);
+            f(n);
         }
     }
 
@@ -328,20 +323,8 @@ impl Pool {
                 *h += 1;
             }
         }
-        if self.notify.is_some() {
-            self.emit(&format!("S {i} StateChange {} -> {}", old.name(), st.name()));
-            let free = self.free();
-            if self.last_free != Some(free) {
-                self.emit(&format!("F {free}"));
-            }
-            if free == 0 {
-                self.emit("Z");
-            }
-            if self.last_free == Some(0) && free > 0 {
-                self.emit("Y");
-            }
-            self.last_free = Some(free);
-        }
+        let free = self.free();
+        self.emit(|n| n.state_change(i, old.name(), st.name(), free));
     }
 
     /// Sets a worker's status tag (sanitised, at most 63 bytes) and tells
@@ -351,8 +334,7 @@ impl Pool {
         t.truncate(MAX_STATUS_LEN);
         self.slots[i].tag = t;
         if announce && !self.slots[i].tag.is_empty() {
-            let msg = format!("S {i} {}", self.slots[i].tag);
-            self.emit(&msg);
+            self.emit(|n| n.status_tag(i, self.slots[i].tag.as_bytes()));
         }
     }
 
@@ -646,7 +628,7 @@ impl Pool {
             }
             Completion::Timeout => {
                 if job.kind == JobKind::Client {
-                    self.emit("B");
+                    self.emit(|n| n.busy_timeout());
                 }
                 if current {
                     self.kill(i, "Busy timeout");
@@ -763,7 +745,7 @@ impl Pool {
             self.failures = 0;
         }
         if !expected {
-            self.emit("U");
+            self.emit(|n| n.worker_exited_unexpectedly());
             if self.slots[i].num_requests == 0 {
                 if self.slots[i].oom {
                     daemon::log(LOG_ERR, &format!("Worker {i} ran out of memory -- possible DoS attack due to complex MIME?"));
@@ -838,7 +820,7 @@ impl Pool {
                 self.kill(i, "Forcing reread of filter rules");
             }
         }
-        self.emit("R");
+        self.emit(|n| n.reread());
         if let Some(me) = self.me.upgrade() {
             me.fill.notify_one();
         }

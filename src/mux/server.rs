@@ -239,6 +239,32 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     }
 
     let mux = Mux::new(opts.clone());
+    if let Some(spec) = &opts.notify_socket {
+        match SockSpec::parse_mux(spec).map_err(|e| std::io::Error::other(e.to_string())).and_then(|s| bind_with_umask(&s, 5, sock_mask, file_mask)) {
+            Ok(l) => {
+                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
+                let n = crate::notify::Notifier::new();
+                mux.lock().notify = Some(n.clone());
+                tokio::spawn(crate::notify::run(l, n, std::future::pending::<()>()));
+            }
+            Err(e) => daemon::log(LOG_ERR, &format!("Unable to create notifier socket {spec}: {e}")),
+        }
+    }
+    if let Some(spec) = &opts.map_socket {
+        match SockSpec::parse_mux(spec).map_err(|e| std::io::Error::other(e.to_string())).and_then(|s| bind_with_umask(&s, opts.backlog, sock_mask, file_mask)) {
+            Ok(l) => {
+                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
+                let m = mux.clone();
+                let handler = move |req: crate::socketmap::MapRequest| {
+                    let m = m.clone();
+                    async move { control::map_lookup(&m, req.worker_command()).await }
+                };
+                let cfg = crate::socketmap::Config { reply_timeout: opts.cmd_timeout(), ..Default::default() };
+                tokio::spawn(crate::socketmap::run(l, handler, cfg, std::future::pending::<()>()));
+            }
+            Err(e) => daemon::log(LOG_ERR, &format!("Unable to create socketmap socket {spec}: {e}")),
+        }
+    }
     spawn_signal_tasks(&mux);
     tokio::spawn(filler(mux.clone()));
     tokio::spawn(idle_timer(mux.clone()));
@@ -249,6 +275,7 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     if mux.lock().fill_once() {
         mux.fill.notify_one();
     }
+    super::ticks::start(&mux);
     tokio::spawn(control::serve(mux.clone(), main_listener, Access::Privileged));
     if let Some(l) = unpriv {
         tokio::spawn(control::serve(mux.clone(), l, Access::Unprivileged));
