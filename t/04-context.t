@@ -159,6 +159,15 @@ my $ctx3 = Mailmunge::Context->new();
 $ctx3->in_message_context(1);
 is($ctx3->action_quarantine_entire_message('r'), undef, 'quarantine fails cleanly');
 
+# Older spellings on the filter object still reach the Context.
+unlink('RESULTS');
+my $old = Mailmunge::Context->new();
+$old->in_message_context(1);
+Mailmunge::Filter->_write_result_line($old, 'H', 'X-Old', 'a b');
+Mailmunge::Filter->_signal_changed($old);
+Mailmunge::Filter->_signal_complete($old);
+is(slurp('RESULTS'), "HX-Old a%20b\nC\nF\n", 'filter-level RESULTS helpers');
+
 # copy_or_link
 is(Mailmunge::Context->copy_or_link('INPUTMSG', 'COPY'), 1, 'copy_or_link');
 is(slurp('COPY'), slurp('INPUTMSG'), 'same content');

@@ -782,7 +782,10 @@ sub _hour_str
 # Private: fill a quarantine directory.
 sub _write_quarantine_info
 {
-	my ($self, $dir, $reason) = @_;
+	my ($self, @args) = @_;
+	# Older callers passed the filter object first.
+	shift(@args) if ref($args[0]);
+	my ($dir, $reason) = @args;
 	my $put = sub {
 		my ($name, $text) = @_;
 		if (open(my $fh, '>', "$dir/$name")) {

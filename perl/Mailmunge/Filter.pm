@@ -631,6 +631,18 @@ sub _scan_message
 	return $self->_reply_ok();
 }
 
+# Private: RESULTS helpers as older filters called them on the filter
+# object ($filter->_write_result_line($ctx, ...)); the Context owns them.
+sub _write_result_line { my ($self, $ctx, @rest) = @_; return $ctx->_write_result_line(@rest); }
+sub _signal_complete   { my ($self, $ctx) = @_; return $ctx ? $ctx->_signal_complete() : undef; }
+sub _signal_changed    { my ($self, $ctx) = @_; return $ctx->_signal_changed(); }
+sub _log_if_postfix
+{
+	my ($self, $ctx, $level, $msg) = @_;
+	return unless $self->mta_is_postfix();
+	return $self->log($ctx, $level, $msg);
+}
+
 # Private: a MIME::Parser that files bodies on disk under $dir.
 sub _create_mime_parser
 {
