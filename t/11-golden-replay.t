@@ -17,6 +17,16 @@ use CoreWorker;
 my $G = 't/data/core/golden';
 my @cases = qw(c01-basic c02-folded-headers c14-60-rcpts c24-all-mods v01-relay-reject v09-sender-verdicts);
 
+# Two variants: the plain Mailmunge::Filter capture filter (fixtures in
+# golden/<case>) and the Mailmunge::Filter::Compat one (golden/compat/<case>),
+# the latter only once Compat is available.
+my @variants = (['capture-filter.pl', $G]);
+if (system($^X, '-Iperl', '-e', 'require Mailmunge::Filter::Compat') == 0) {
+	push @variants, ['capture-filter-compat.pl', "$G/compat"];
+} else {
+	diag('Mailmunge::Filter::Compat not available: compat replay skipped');
+}
+
 sub slurp
 {
 	my ($p) = @_;
@@ -67,22 +77,24 @@ sub norm
 	return $text;
 }
 
+foreach my $variant (@variants) {
+my ($filter, $F) = @$variant;
 foreach my $case (@cases) {
-	subtest $case => sub {
+	subtest "$filter $case" => sub {
 		my $tmp = tempdir(CLEANUP => 1);
 		my ($spool, $cap, $qdir) = map { "$tmp/$_" } qw(spool cap quarantine);
 		make_path($spool, $cap, $qdir);
 		my $w = CoreWorker->new(
-			filter => "$G/filter/capture-filter.pl",
+			filter => "$G/filter/$filter",
 			env => { MAILMUNGE_SPOOLDIR => $spool, MM_CAPTURE_DIR => $cap,
 				 MM_QUARANTINE_DIR => $qdir,
 				 PERL5LIB => join(':', grep { defined && $_ ne '' } $ENV{PERL5LIB}, "$G/stub") });
-		opendir(my $dh, "$G/$case") or die;
+		opendir(my $dh, "$F/$case") or die;
 		my @stages = sort grep { /^stage-\d+-\w+\.txt$/ } readdir($dh);
 		closedir($dh);
 		ok(@stages > 0, 'has stages');
 		foreach my $stage (@stages) {
-			my $golden = slurp("$G/$case/$stage");
+			my $golden = slurp("$F/$case/$stage");
 			my ($cmd) = $golden =~ /^command (\w+)$/m;
 			my ($argline) = $golden =~ /^args (.*)$/m;
 			my @args = map { s/<SPOOL>/$spool/gr } quoted_list($argline);
@@ -104,7 +116,7 @@ foreach my $case (@cases) {
 				make_path($dir);
 				unlink("$dir/RESULTS", "$dir/NEWBODY");
 				remove_tree("$dir/Work");
-				copy("$G/$case/$capname/$_", "$dir/$_") for qw(INPUTMSG HEADERS PRISTINE_HEADERS COMMANDS);
+				copy("$F/$case/$capname/$_", "$dir/$_") for qw(INPUTMSG HEADERS PRISTINE_HEADERS COMMANDS);
 			}
 			my $line = join(' ', $cmd, map { CoreWorker->encode($_) } @args);
 			is($w->cmd($line), $want, "$stage: reply");
@@ -114,27 +126,28 @@ foreach my $case (@cases) {
 
 		# Per-message captures: RESULTS, NEWBODY, context, MIME structure,
 		# actions, quarantine.
-		opendir($dh, "$G/$case") or die;
-		my @msgs = sort grep { -d "$G/$case/$_" } grep { !/^\./ } readdir($dh);
+		opendir($dh, "$F/$case") or die;
+		my @msgs = sort grep { -d "$F/$case/$_" } grep { !/^\./ } readdir($dh);
 		closedir($dh);
 		foreach my $m (@msgs) {
 			foreach my $f (qw(RESULTS NEWBODY ctx.txt mime.txt actions.txt COMMANDS INPUTMSG)) {
-				my $gold = slurp("$G/$case/$m/$f");
+				my $gold = slurp("$F/$case/$m/$f");
 				my $ours = slurp("$cap/$m/$f");
 				is(norm($ours, $spool, $qdir), norm($gold, $spool, $qdir), "$m/$f") if defined($gold) || defined($ours);
 			}
-			if (-d "$G/$case/$m/quarantine") {
-				opendir(my $q, "$G/$case/$m/quarantine") or die;
+			if (-d "$F/$case/$m/quarantine") {
+				opendir(my $q, "$F/$case/$m/quarantine") or die;
 				foreach my $f (sort grep { !/^\./ } readdir($q)) {
-					is(slurp("$cap/$m/quarantine/$f"), slurp("$G/$case/$m/quarantine/$f"), "$m/quarantine/$f");
+					is(slurp("$cap/$m/quarantine/$f"), slurp("$F/$case/$m/quarantine/$f"), "$m/quarantine/$f");
 				}
 				closedir($q);
 				my @ours = sort grep { !/^\./ } map { s{.*/}{}r } glob("$cap/$m/quarantine/*");
-				my @gold = sort grep { !/^\./ } map { s{.*/}{}r } glob("$G/$case/$m/quarantine/*");
+				my @gold = sort grep { !/^\./ } map { s{.*/}{}r } glob("$F/$case/$m/quarantine/*");
 				is_deeply(\@ours, \@gold, "$m: quarantine file set");
 			}
 		}
 	};
+}
 }
 
 done_testing();

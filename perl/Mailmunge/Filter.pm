@@ -697,9 +697,35 @@ sub _replace_message
 	$ct =~ s/\s+$//;
 	$ctx->_write_result_line('M', $ct);
 
-	# Upstream meant to reconcile the other Content-* headers here but
-	# compared the new head with itself, so it never emitted anything;
-	# we keep that (see protocol/perl-core.md).
+	# Bring the other Content-* headers of the message in line with the
+	# replacement's.  "Old" is whatever $ctx->mime_entity is now: normally
+	# the replacement itself (then nothing is emitted), but Compat filters
+	# put the rebuilt original back there.  Upstream walked these in hash
+	# order; we sort them so the RESULTS bytes are reproducible.
+	my $old_entity = $ctx->mime_entity;
+	my $old_head = $old_entity ? $old_entity->head : undef;
+	my (%new_hdr, %old_hdr);
+	foreach my $tag (grep { /^content-/i } $head->tags) {
+		$new_hdr{lc($tag)} = [$tag, $head->get($tag)];
+	}
+	if ($old_head) {
+		foreach my $tag (grep { /^content-/i } $old_head->tags) {
+			$old_hdr{lc($tag)} = [$tag, $old_head->get($tag)];
+		}
+	}
+	foreach my $key (sort keys %new_hdr) {
+		next if $key eq 'content-type';
+		my ($name, $val) = @{$new_hdr{$key}};
+		$val = '' unless defined($val);
+		next if exists($old_hdr{$key}) && defined($old_hdr{$key}->[1]) && $old_hdr{$key}->[1] eq $val;
+		chomp($val);
+		$ctx->action_change_header($name, $val);
+	}
+	foreach my $key (sort keys %old_hdr) {
+		next if $key eq 'content-type' || exists($new_hdr{$key});
+		$ctx->action_delete_header($old_hdr{$key}->[0]);
+	}
+
 	if (!$head->get('MIME-Version')) {
 		$ctx->action_change_header('MIME-Version', '1.0');
 	}

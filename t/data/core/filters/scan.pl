@@ -50,6 +50,15 @@ sub filter_message
 		$e->attach(Type => 'text/html', Encoding => 'quoted-printable', Data => ["<p>caf\xc3\xa9</p>\n"]);
 		$ctx->new_mime_entity($e);
 	}
+	if ($w{'replace-keep-old'}) {
+		# As Compat filters do: the replacement is pending while
+		# mime_entity holds another entity, so the Content-* headers
+		# of the two are reconciled.
+		my $orig = $ctx->mime_entity;
+		$ctx->new_mime_entity(MIME::Entity->build(Type => 'text/plain', Encoding => '7bit', Disposition => 'attachment',
+							  'X-Mailer' => undef, Data => ["new\n"]));
+		$ctx->mime_entity($orig);
+	}
 	if ($w{'quarantine'}) {
 		$ctx->action_add_header('X-Quarantined', $ctx->action_quarantine_entire_message('naughty') ? 'yes' : 'no');
 	}
