@@ -21,6 +21,10 @@ sub new
 {
 	my ($class, %callbacks) = @_;
 	my $self = bless { %callbacks }, $class;
+	# Only the process that created the server may stop it: forked
+	# copies of this object (in other test servers, or in children the
+	# test forks) must not kill it when they exit.
+	$self->{owner} = $$;
 	$self->_listen();
 	my $pid = fork();
 	die("Test::Mailmunge::SMTPServer: fork failed: $!\n") unless defined($pid);
@@ -150,6 +154,7 @@ sub stop_server
 {
 	my ($self) = @_;
 	return if $self->{is_server};
+	return unless defined($self->{owner}) && $self->{owner} == $$;
 	if ($self->{pid}) {
 		kill('TERM', $self->{pid});
 		waitpid($self->{pid}, 0);
@@ -232,7 +237,8 @@ Called for DATA; it must read the message and write every reply itself.
 =head2 stop_server()
 
 Terminates the server process and waits for it.  Called
-automatically when the object is destroyed.
+automatically when the object is destroyed.  Does nothing in a process
+other than the one that created the server.
 
 =head2 DESTROY
 
