@@ -270,7 +270,10 @@ sub _do_command_line
 			}
 		}
 	} elsif ($self->{_replies} == 0) {
-		$self->_reply_error("$cmd: no reply from the filter");
+		# Possibly a subclass handler that forgot to reply, or an
+		# override of _reply_to_mx that writes by itself: a line of
+		# ours could desynchronise the pipe, so only log.
+		$self->log('NOQUEUE', 'err', "Command '$cmd' produced no reply through _reply_to_mx");
 	}
 	return;
 }
