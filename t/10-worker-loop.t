@@ -82,6 +82,12 @@ is($w->cmd('ping'), 'PONG', 'still alive');
 is($w->finish(), 3, 'cleanup() return value is the exit status');
 like($w->stderr_text, qr/stray print\nstray printf\nstray child output\n/, 'stray output went to stderr');
 
+# A class overriding _reply_to_mx keeps STDOUT as the reply channel.
+my $own = CoreWorker->new(filter => 't/data/core/filters/ownreply.pl', env => { MAILMUNGE_SPOOLDIR => $spool });
+is($own->cmd('ping'), 'PONG', 'own _reply_to_mx printing to STDOUT');
+is($own->cmd('relayok 1.2.3.4 n 1 2 3 Q'), 'ok 1 ok 250 2.1.0 0', 'verdict through own _reply_to_mx');
+is($own->finish(), 0, 'exit');
+
 # Command line checks (outside a test harness).
 {
 	local $ENV{HARNESS_ACTIVE};

@@ -286,6 +286,9 @@ sub _protect_reply_channel
 {
 	my ($self) = @_;
 	return if $self->{reply_fh};
+	# A subclass that overrides _reply_to_mx may print to STDOUT itself;
+	# leave STDOUT alone for it, as upstream did.
+	return unless ($self->can('_reply_to_mx') // 0) == \&_reply_to_mx;
 	my $reply;
 	open($reply, '>&', \*STDOUT) or return;
 	$reply->autoflush(1);
