@@ -1,0 +1,80 @@
+//! The `Type=notify` units' contract: `mailmunge-start -D multiplexor` with
+//! `NOTIFY_SOCKET` set sends `READY=1` only once the control socket answers,
+//! and the multiplexor stops on SIGTERM (protocol/deployment.md).
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const START: &str = env!("CARGO_BIN_EXE_mailmunge-start");
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `free` over the control socket, as the milter asks it.
+fn free(sock: &Path) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"free\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let user = if is_root() { "mailmunge" } else { "" };
+    if is_root() {
+        let u = nix::unistd::User::from_name("mailmunge").unwrap().expect("user mailmunge (see .ci/install-deps)");
+        nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
+    }
+    let notify = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&notify).unwrap();
+    // The multiplexor sends after dropping privileges.
+    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+
+    let mut child = Command::new(START)
+        .args(["-D", "multiplexor"])
+        .env("SPOOLDIR", &spool)
+        .env("MX_USER", user)
+        .env("MX_MINIMUM", "1")
+        .env("MX_MAXIMUM", "2")
+        .env("FILTER", top.join("examples/mailmunge-filter.pl"))
+        .env("PERL5LIB", top.join("perl"))
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = spool.join("mailmunge-multiplexor.sock");
+
+    let mut buf = [0u8; 256];
+    let n = rx.recv(&mut buf).expect("no READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means ready: the control socket answers at once.
+    let answer = free(&sock).expect("control socket does not answer after READY=1");
+    assert!(answer.trim_end().parse::<u32>().is_ok(), "free answered {answer:?}");
+    assert!(child.try_wait().unwrap().is_none(), "mailmunge-start must exec the daemon, not exit");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "multiplexor did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!sock.exists(), "control socket left behind");
+}
