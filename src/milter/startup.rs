@@ -321,9 +321,18 @@ enum Readiness {
 
 impl Readiness {
     fn ok(&self) {
-        if let Readiness::Pipe(p) = self {
-            if let Some(mut f) = p.borrow_mut().take() {
-                let _ = f.write_all(b"X");
+        match self {
+            Readiness::Pipe(p) => {
+                if let Some(mut f) = p.borrow_mut().take() {
+                    let _ = f.write_all(b"X");
+                }
+            }
+            // Foreground under a Type=notify unit (protocol/deployment.md);
+            // a no-op without NOTIFY_SOCKET.
+            Readiness::Foreground => {
+                if let Err(e) = crate::sdnotify::ready() {
+                    mm_log!(Warning, "Could not notify systemd: {e}");
+                }
             }
         }
     }

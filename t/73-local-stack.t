@@ -1,0 +1,91 @@
+#!/usr/bin/perl
+# script/local-stack (README's first command): both daemons come up on
+# loopback with the example filter, answer, and stop cleanly on Ctrl-C.
+use strict;
+use warnings;
+use Test::More;
+use FindBin;
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+
+my $top = "$FindBin::Bin/..";
+-x "$top/target/debug/$_" or plan skip_all => "target/debug/$_ not built"
+	for qw(mailmunge mailmunge-multiplexor mm-mx-ctrl mailmunge-start);
+
+# A free loopback port.
+my $probe = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1, ReuseAddr => 1) or die;
+my $port = $probe->sockport;
+close($probe);
+
+my $dir = tempdir(CLEANUP => 1);
+chmod(0755, $dir);
+my $local = "$dir/local";
+
+pipe(my $rd, my $wr) or die;
+my $pid = fork() // die;
+if (!$pid) {
+	close($rd);
+	open(STDOUT, '>&', $wr) or die;
+	open(STDERR, '>&', $wr) or die;
+	$SIG{INT} = 'DEFAULT';
+	exec("$top/script/local-stack", '--port', $port, '--dir', $local) or die "exec: $!";
+}
+close($wr);
+
+# Read the banner (bounded wait; the build is already done by run-tests).
+my $banner = '';
+my $deadline = time() + 120;
+my $rin = '';
+vec($rin, fileno($rd), 1) = 1;
+while (time() < $deadline && $banner !~ /Press Ctrl-C to stop\.\n/) {
+	my $r = $rin;
+	last unless select($r, undef, undef, 1) >= 0;
+	next unless vec($r, fileno($rd), 1);
+	my $n = sysread($rd, my $buf, 4096);
+	last unless $n;
+	$banner .= $buf;
+}
+like($banner, qr/Press Ctrl-C to stop\.\n/, 'local-stack reports it is running') or do {
+	kill('TERM', $pid); waitpid($pid, 0); diag($banner); done_testing(); exit;
+};
+like($banner, qr/^  milter:\s+inet:$port\@127\.0\.0\.1 /m, 'prints where the milter listens');
+like($banner, qr/^  Postfix:\s+smtpd_milters = inet:127\.0\.0\.1:$port$/m, 'prints the Postfix setting');
+my ($mm_pid) = $banner =~ /\(mailmunge pid (\d+)\)/;
+my ($mx_pid) = $banner =~ /multiplexor:.*\(pid (\d+)\)/;
+ok($mm_pid && kill(0, $mm_pid), 'mailmunge runs');
+ok($mx_pid && kill(0, $mx_pid), 'mailmunge-multiplexor runs');
+
+my $sock = "$local/spool/mailmunge-multiplexor.sock";
+my $free = `'$top/target/debug/mm-mx-ctrl' -s '$sock' free`;
+like($free, qr/^\d+\n\z/, 'multiplexor answers free');
+# The example filter's HELO rule, through a real worker.
+my $helo = `'$top/target/debug/mm-mx-ctrl' -s '$sock' helook 192.0.2.1 client.example localhost 4567 127.0.0.1 25 NOQUEUE`;
+is($helo, "ok 0 Go away. localhost is not your name. 554 5.7.1 0\n", 'example filter rejects a remote "localhost" HELO');
+my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 5);
+ok($c, 'milter port accepts connections');
+close($c) if $c;
+if ($> == 0) {
+	my @own = map { (stat("$local/$_"))[4] } qw(spool quarantine);
+	is_deeply(\@own, [((getpwnam('mailmunge'))[2]) x 2], 'as root: spool and quarantine owned by mailmunge');
+}
+
+# Ctrl-C.
+kill('INT', $pid);
+my $status;
+$deadline = time() + 40;
+while (time() < $deadline) {
+	my $w = waitpid($pid, WNOHANG);
+	if ($w == $pid) { $status = $?; last; }
+	sleep(0.1);
+}
+my $rest = do { local $/; <$rd> } // '';
+is($status, 0, 'local-stack exits 0 after Ctrl-C') or diag($banner . $rest);
+like($rest, qr/local-stack: stopped\.\n\z/, 'says it stopped');
+ok(!kill(0, $mm_pid), 'mailmunge stopped');
+ok(!kill(0, $mx_pid), 'mailmunge-multiplexor stopped');
+ok(!-e $sock, 'multiplexor socket removed');
+if (!defined($status)) { kill('KILL', $pid, $mm_pid, $mx_pid); waitpid($pid, 0); }
+
+done_testing();
