@@ -37,6 +37,9 @@ is($ctx->action_add_header('X', 'y'), 0, 'add_header refused');
 is($ctx->action_quarantine_entire_message('r'), undef, 'quarantine refused');
 is($ctx->in_message_context(bless({}, 'Mailmunge::Filter')), 0, 'a reference argument only checks');
 is($ctx->in_message_context(), 0, 'still not in message context');
+is($ctx->in_message_context(bless({}, 'Mailmunge::Filter'), 1), 1, 'old two-argument form sets');
+is($ctx->in_message_context(), 1, 'now in message context');
+$ctx->in_message_context(0);
 
 # Actions and RESULTS lines
 my $dir = tempdir(CLEANUP => 1);

@@ -280,14 +280,19 @@ With a defined, plain (non-reference) argument, sets whether message
 actions are allowed and returns the new value.  Without one, returns the
 flag and logs a warning naming the caller when it is false.
 
-Some older code passes the filter object here meaning "check"; a
-reference argument is therefore treated as a check, never as a setting.
+Older code passes the filter object first: C<in_message_context($filter)>
+only checks (it never sets the flag, whatever older versions did) and
+C<in_message_context($filter, $flag)> sets.
 
 =cut
 
 sub in_message_context
 {
-	my ($self, $flag) = @_;
+	my ($self, @args) = @_;
+	# Older code passes the filter object first: ($filter) to check,
+	# ($filter, $value) to set.
+	shift(@args) if @args && ref($args[0]);
+	my $flag = $args[0];
 	if (defined($flag) && !ref($flag)) {
 		$self->{in_message_context} = $flag;
 		return $flag;
