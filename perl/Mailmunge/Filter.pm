@@ -236,7 +236,8 @@ sub _main_loop
 	exit($ret);
 }
 
-# Run one command line; guarantees exactly one reply line.
+# Run one command line.  Exactly one reply line, unless a handler returned
+# normally without replying (see below).
 sub _do_command_line
 {
 	my ($self, $line) = @_;
