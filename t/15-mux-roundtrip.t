@@ -22,10 +22,16 @@ my $spool = "$tmp/spool";
 mkdir($spool) or die;
 chmod(0777, $spool);
 my $sock = "$spool/mx.sock";
-my $filter = abs_path('t/data/core/filters/verdicts.pl');
+# Workers may run as another user (-U mailmunge when root) who cannot
+# necessarily read the checkout: give them world-readable copies.
+system('cp', '-r', 'perl', "$tmp/perl") == 0 or die('cannot copy perl/');
+system('cp', 't/data/core/filters/verdicts.pl', "$tmp/verdicts.pl") == 0 or die('cannot copy the filter');
+system('chmod', '-R', 'a+rX', "$tmp/perl", "$tmp/verdicts.pl") == 0 or die('chmod');
+chmod(0755, "$tmp/verdicts.pl");
+my $filter = "$tmp/verdicts.pl";
 
 my @user = ($> == 0) ? ('-U', 'mailmunge') : ();
-local $ENV{PERL5LIB} = join(':', abs_path('perl'), grep { defined && $_ ne '' } $ENV{PERL5LIB});
+local $ENV{PERL5LIB} = join(':', "$tmp/perl", grep { defined && $_ ne '' } $ENV{PERL5LIB});
 local $ENV{MAILMUNGE_SPOOLDIR} = $spool;
 local $ENV{MAILMUNGE_MTA} = 'postfix';
 my $pid = fork();
