@@ -2,11 +2,8 @@
 //! daemonising with a readiness pipe, pid/lock files, the wait for the
 //! multiplexor, and the indymilter main loop with signal handling.
 
-use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -15,6 +12,7 @@ use clap::Parser;
 
 use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
 use super::session::{self, Config};
+use crate::daemon;
 use crate::mm_log;
 use crate::sockspec::{Listener, SockSpec, Stream};
 
@@ -67,14 +65,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         print!("{}", prcap());
         return 0;
     }
-    // SAFETY: plain syscalls.
-    unsafe { libc::umask(0o077) };
-    let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
-    if uid != euid {
-        die(format!("ERROR: {argv0} is NOT intended to run suid! Exiting.\n"));
-    }
-    if gid != egid {
-        die(format!("ERROR: {argv0} is NOT intended to run sgid! Exiting.\n"));
+    daemon::set_umask(0o077);
+    if let Err(msg) = daemon::check_not_setid(&argv0) {
+        die(format!("{msg}\n"));
     }
     let opts = match Options::try_parse_from(&args) {
         Ok(o) => o,
@@ -111,22 +104,20 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 
     // The pid file is opened before privileges are dropped.
     let pidfile = opts.pidfile.as_ref().map(|p| {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o666)
-            .open(p)
-            .unwrap_or_else(|e| die(format!("{argv0}: Could not open PID file {p}: {e}\n")));
-        let _ = nix::sys::stat::fchmod(f.as_raw_fd(), nix::sys::stat::Mode::from_bits_truncate(0o644));
-        f
+        daemon::PidFile::open(Path::new(p)).unwrap_or_else(|e| {
+            super::log::init(facility);
+            mm_log!(Error, "{e}");
+            die(format!("{argv0}: {e}\n"))
+        })
     });
     if let Some(user) = &opts.user {
-        drop_privileges(&argv0, user);
+        match daemon::drop_privileges(user) {
+            Ok(()) => {}
+            Err(daemon::DaemonError::UnknownUser(_)) => die(format!("{argv0}: Unknown user `{user}'")),
+            Err(e) => die(format!("{argv0}: Could not drop privileges: {e}")),
+        }
     }
-    // SAFETY: plain syscalls.
-    if unsafe { libc::getuid() == 0 || libc::geteuid() == 0 } {
+    if daemon::running_as_root() {
         die("ERROR: You must not run mailmunge as root.\nUse the -U option to set a non-root user.\n");
     }
     if let Err(e) = std::env::set_current_dir(&spool_dir) {
@@ -134,25 +125,34 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     }
 
     // Daemonise before any thread exists (the tokio runtime comes later).
-    let ready = if opts.foreground { Readiness::Foreground } else { daemonize() };
+    let mut ready = if opts.foreground {
+        daemon::Readiness::foreground()
+    } else {
+        daemon::daemonize().unwrap_or_else(|e| die(format!("{argv0}: {e}\n")))
+    };
+    super::log::init(facility);
 
-    let lock = if opts.pidfile.is_some() || opts.lockfile.is_some() {
-        match lock_and_write_pid(opts.pidfile.as_deref(), opts.lockfile.as_deref(), pidfile) {
-            Ok(l) => Some(l),
+    let mut lock = None;
+    if opts.pidfile.is_some() || opts.lockfile.is_some() {
+        let path = match (&opts.lockfile, &opts.pidfile) {
+            (Some(l), _) => l.clone(),
+            (None, Some(p)) => format!("{p}.lock"),
+            (None, None) => unreachable!("checked above"),
+        };
+        match daemon::lock_file(Path::new(&path)) {
+            Ok(f) => lock = Some((f, path)),
             Err(e) => {
-                super::log::init(facility);
-                mm_log!(Error, "{e}");
+                mm_log!(Error, "{e}.  Is another copy running?");
                 ready.fail("Cannot lock lockfile: Is another copy running?");
                 return 1;
             }
         }
-    } else {
-        None
-    };
-    if !opts.foreground {
-        redirect_stdio_to_null();
+        if let Some(p) = pidfile {
+            if let Err(e) = p.write_pid(std::process::id()) {
+                mm_log!(Error, "Could not write PID file: {e}");
+            }
+        }
     }
-    super::log::init(facility);
 
     let my_ip = my_ip_address();
     match &my_ip {
@@ -193,10 +193,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     };
     let (socket_umask, file_umask) = if opts.group_access { (0o007, 0o027) } else { (0o077, 0o077) };
     let status = rt.block_on(async {
-        // SAFETY: plain syscalls; the umask brackets the socket creation.
-        unsafe { libc::umask(socket_umask) };
+        // The umask brackets the socket creation.
+        daemon::set_umask(socket_umask);
         let bound = sockspec.bind(opts.listen_backlog().unwrap_or(libc::SOMAXCONN.max(20)));
-        unsafe { libc::umask(file_umask) };
+        daemon::set_umask(file_umask);
         let listener = match bound {
             Ok(l) => l,
             Err(e) => {
@@ -223,7 +223,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             return 1;
         }
         mm_log!(Info, "mailmunge-multiplexor is responding - entering main loop");
-        ready.ok();
+        ready.ready();
         let unix_path = listener.path().map(|p| p.to_path_buf());
         let config = indymilter::Config { max_connections: 1 << 20, ..Default::default() };
         let callbacks = session::callbacks(Arc::new(cfg));
@@ -240,16 +240,23 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         }
     });
     remove_files(&opts);
-    drop(lock);
+    if let Some((f, path)) = lock {
+        drop(f);
+        if opts.lockfile.is_none() {
+            daemon::unlink_quietly(Path::new(&path));
+        }
+    }
     status
 }
 
+/// At exit the pid file and an explicit `-o` lock file are removed, as
+/// upstream does.
 fn remove_files(opts: &Options) {
     if let Some(p) = &opts.pidfile {
-        let _ = std::fs::remove_file(p);
+        daemon::unlink_quietly(Path::new(p));
     }
     if let Some(p) = &opts.lockfile {
-        let _ = std::fs::remove_file(p);
+        daemon::unlink_quietly(Path::new(p));
     }
 }
 
@@ -298,142 +305,6 @@ fn my_ip_address() -> Option<String> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("8.8.8.8:53").ok()?;
     Some(s.local_addr().ok()?.ip().to_string())
-}
-
-fn drop_privileges(argv0: &str, user: &str) {
-    use nix::unistd::{initgroups, setgid, setuid, User};
-    let pw = match User::from_name(user) {
-        Ok(Some(pw)) => pw,
-        _ => die(format!("{argv0}: Unknown user `{user}'")),
-    };
-    let name = CString::new(user).unwrap_or_default();
-    let r = initgroups(&name, pw.gid).and_then(|_| setgid(pw.gid)).and_then(|_| setuid(pw.uid));
-    if let Err(e) = r {
-        die(format!("{argv0}: Could not drop privileges: {}", e.desc()));
-    }
-}
-
-/// How the daemon tells whoever started it that start-up finished.
-enum Readiness {
-    Foreground,
-    Pipe(std::cell::RefCell<Option<std::fs::File>>),
-}
-
-impl Readiness {
-    fn ok(&self) {
-        match self {
-            Readiness::Pipe(p) => {
-                if let Some(mut f) = p.borrow_mut().take() {
-                    let _ = f.write_all(b"X");
-                }
-            }
-            // Foreground under a Type=notify unit (protocol/deployment.md);
-            // a no-op without NOTIFY_SOCKET.
-            Readiness::Foreground => {
-                if let Err(e) = crate::sdnotify::ready() {
-                    mm_log!(Warning, "Could not notify systemd: {e}");
-                }
-            }
-        }
-    }
-    fn fail(&self, msg: &str) {
-        match self {
-            Readiness::Foreground => eprintln!("{msg}"),
-            Readiness::Pipe(p) => {
-                if let Some(mut f) = p.borrow_mut().take() {
-                    let _ = f.write_all(format!("E{msg}").as_bytes());
-                }
-            }
-        }
-    }
-}
-
-/// Forks twice; the original process waits on a pipe for `X` (exit 0) or
-/// `E<message>` (print it, exit 1).
-fn daemonize() -> Readiness {
-    use nix::unistd::{fork, pipe, setsid, ForkResult};
-    let (rd, wr) = pipe().unwrap_or_else(|e| die(format!("pipe: {e}\n")));
-    // SAFETY: no other threads exist yet.
-    match unsafe { fork() } {
-        Err(e) => die(format!("fork() failed: {e}\n")),
-        Ok(ForkResult::Parent { .. }) => {
-            drop(wr);
-            let mut f = std::fs::File::from(rd);
-            let mut buf = Vec::new();
-            use std::io::Read;
-            let _ = (&mut f).take(255).read_to_end(&mut buf);
-            let msg = String::from_utf8_lossy(&buf);
-            if msg == "X" {
-                std::process::exit(0);
-            }
-            if let Some(err) = msg.strip_prefix('E') {
-                die(format!("Error from child: {err}\n"));
-            }
-            die(format!("Unknown reply from child: {msg}\n"));
-        }
-        Ok(ForkResult::Child) => {}
-    }
-    drop(rd);
-    let _ = setsid();
-    // SAFETY: setting a signal disposition to "ignore".
-    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
-    match unsafe { fork() } {
-        Err(e) => {
-            let mut f = std::fs::File::from(wr);
-            let _ = f.write_all(format!("Efork() failed: {e}").as_bytes());
-            std::process::exit(1);
-        }
-        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
-        Ok(ForkResult::Child) => {}
-    }
-    Readiness::Pipe(std::cell::RefCell::new(Some(std::fs::File::from(wr))))
-}
-
-fn redirect_stdio_to_null() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-}
-
-/// Takes the lock (lock file = `-o`, else pid file + `.lock`) and writes
-/// `<pid>\n` into the pid file. The returned descriptor holds the lock.
-fn lock_and_write_pid(pidfile: Option<&str>, lockfile: Option<&str>, pid_fd: Option<std::fs::File>) -> Result<OwnedFd, String> {
-    let lockpath = match (lockfile, pidfile) {
-        (Some(l), _) => l.to_string(),
-        (None, Some(p)) => format!("{p}.lock"),
-        (None, None) => return Err("no lock file".into()),
-    };
-    let lf = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o666)
-        .open(&lockpath)
-        .map_err(|e| format!("Could not open lock file {lockpath}: {e}"))?;
-    let fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: fcntl with a valid flock struct on our descriptor.
-    if unsafe { libc::fcntl(lf.as_raw_fd(), libc::F_SETLK, &fl) } < 0 {
-        return Err(format!(
-            "Could not lock lockfile file {lockpath}: {}.  Is another copy running?",
-            std::io::Error::last_os_error()
-        ));
-    }
-    if let Some(mut f) = pid_fd {
-        let _ = f.set_len(0);
-        let _ = f.write_all(format!("{}\n", std::process::id()).as_bytes());
-    }
-    // SAFETY: we own the descriptor and hand it over.
-    Ok(unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(lf)) })
 }
 
 /// SIGTERM, SIGINT and (in the foreground) SIGHUP stop the milter.

@@ -1,0 +1,349 @@
+//! Bad input and faults around the milter: multiplexor down, slow or
+//! answering garbage, missing or hostile RESULTS/NEWBODY, MTA aborts and
+//! malformed packets. Mail must be tempfailed (never accepted unfiltered),
+//! the reason logged, and the working directory cleaned up (or kept with -k).
+
+mod milter_support;
+
+use std::time::Duration;
+
+use milter_support::*;
+
+struct Env {
+    scratch: Scratch,
+    mux: FakeMux,
+    milter: Milter,
+}
+
+fn start(free: &'static str, flags: &[&str], env: &[(&str, &str)]) -> Env {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let mux = FakeMux::start(&mux_path, vec![], free, &scratch.spool_str());
+    let milter = Milter::start(scratch.path(), &mux_path, &scratch.spool, flags, env);
+    Env { scratch, mux, milter }
+}
+
+impl Env {
+    async fn wait_clean(&self) {
+        for _ in 0..250 {
+            if self.scratch.leftover_dirs().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("working directories left: {:?}\nlog:\n{}", self.scratch.leftover_dirs(), self.milter.log());
+    }
+
+    fn assert_log(&self, needle: &str) {
+        // Log lines go through syslog's LOG_PERROR; give them a moment.
+        for _ in 0..100 {
+            if self.milter.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log lacks {needle:?}:\n{}", self.milter.log());
+    }
+}
+
+const CONTINUE: u8 = b'c';
+const TEMPFAIL: u8 = b't';
+
+/// negotiate, connect, helo, one message up to the end of the body.
+async fn message_until_eom(mta: &mut MtaClient) {
+    mta.negotiate().await;
+    mta.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", "mx")]).await;
+    assert_eq!(mta.connect_inet("client.example.net", "192.0.2.10", 40000).await.kind, CONTINUE);
+    assert_eq!(mta.helo("client.example.net").await.kind, CONTINUE);
+    assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+    mta.macros(b'T', &[("i", "QID1")]).await;
+    assert_eq!(mta.call(b'T', b"").await.kind, CONTINUE);
+    assert_eq!(mta.header(b"Subject", b"hi").await.kind, CONTINUE);
+    assert_eq!(mta.eoh().await.kind, CONTINUE);
+    assert_eq!(mta.body(b"body\r\n").await.kind, CONTINUE);
+}
+
+fn scan_with(files: &[(&str, &[u8])]) -> Step {
+    let mut s = Step::new("scan", "ok");
+    for (n, d) in files {
+        s = s.with_file(n, d);
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexor_gone_tempfails_connect() {
+    let mut e = start(FREE_REPLY, &[], &[]);
+    drop(std::mem::replace(&mut e.mux, FakeMux::start(&e.scratch.path().join("other.sock"), vec![], FREE_REPLY, "")));
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, TEMPFAIL);
+    e.assert_log("NOQUEUE: MXCommand: connect: ");
+    e.assert_log("mfconnect: Error communicating with multiplexor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_free_workers_tempfails_connect_unless_reserved_for_loopback() {
+    let e = start("0\n", &[], &[]);
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, TEMPFAIL);
+    e.assert_log("mfconnect: No free workers: Need 1, found 0");
+    // -R 0: loopback never refused, others need more than 0 free.
+    let e = start("0\n", &["-R", "0"], &[]);
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("localhost", "127.0.0.1", 1).await.kind, CONTINUE);
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, TEMPFAIL);
+    // -q: no free check at all.
+    let e = start("0\n", &["-q"], &[]);
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(e.mux.log.lock().unwrap().free_count, 1, "only the start-up probe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_multiplexor_tempfails_checks() {
+    let e = start(FREE_REPLY, &["-s"], &[]);
+    e.mux.push(Step::new("senderok", "error: No free workers"));
+    e.mux.push(Step::raw("senderok", b"ok 1"));
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    let r = mta.mail(&[b"<a@b>"]).await;
+    assert_eq!(r.kind, TEMPFAIL, "{r}");
+    e.assert_log("NOQUEUE: Error from multiplexor: error: No free workers");
+    let r = mta.mail(&[b"<a@b>"]).await;
+    assert_eq!(r.kind, TEMPFAIL, "{r}");
+    e.assert_log("NOQUEUE: Error from multiplexor: ok 1");
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedged_multiplexor_times_out() {
+    let e = start(FREE_REPLY, &[], &[("MAILMUNGE_MX_TIMEOUT", "1")]);
+    e.mux.push(Step::new("scan", "ok").delayed(Duration::from_secs(30)));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert!(mods.is_empty());
+    assert_eq!(v.kind, TEMPFAIL);
+    e.assert_log("QID1: MXCommand: timed out after 1s");
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_error_and_missing_results() {
+    let e = start(FREE_REPLY, &[], &[]);
+    e.mux.push(Step::new("scan", "ERR Filter timed out - something"));
+    e.mux.push(Step::new("scan", "ok"));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (_, v) = mta.eom().await;
+    assert_eq!(v.kind, TEMPFAIL);
+    e.assert_log("QID1: Error from multiplexor: ERR Filter timed out - something");
+    e.wait_clean().await;
+
+    assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+    assert_eq!(mta.eoh().await.kind, CONTINUE);
+    let (_, v) = mta.eom().await;
+    assert_eq!(v.kind, TEMPFAIL);
+    e.assert_log("NOQUEUE: Filter did not create RESULTS file");
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_failed_directories_with_k() {
+    let e = start(FREE_REPLY, &["-k"], &[]);
+    e.mux.push(scan_with(&[("RESULTS", b"HX-A b\n")]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, TEMPFAIL);
+    // The H line was sent before the missing F was noticed; the tempfail makes it moot.
+    assert_eq!(mods.len(), 1);
+    e.assert_log("QID1: RESULTS file did not finish with 'F' line: Tempfailing");
+    e.assert_log("QID1: Filter failed.  Message kept in ");
+    assert_eq!(e.scratch.leftover_dirs().len(), 1, "kept: {:?}", e.scratch.leftover_dirs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_injection_in_results_is_refused() {
+    let e = start(FREE_REPLY, &[], &[]);
+    e.mux.push(scan_with(&[("RESULTS", b"HX-Ok fine\nHX-Evil a%0ABcc:%20victim@example.com\nF\n")]));
+    e.mux.push(scan_with(&[("RESULTS", b"HX%20Bad value\nF\n")]));
+    e.mux.push(scan_with(&[("RESULTS", b"R<x@y>%0D%0ARCPT%20TO:<z@w>\nF\n")]));
+    e.mux.push(scan_with(&[("RESULTS", b"IX-Folded 1 ok%0A%09folded\nF\n")]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    for n in 0..4 {
+        if n > 0 {
+            assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+            assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+            assert_eq!(mta.eoh().await.kind, CONTINUE);
+        }
+        let (mods, v) = mta.eom().await;
+        if n < 3 {
+            assert_eq!(v.kind, TEMPFAIL, "case {n}");
+            assert!(mods.is_empty(), "case {n}: nothing may be sent: {mods:?}");
+        } else {
+            // Proper folding is allowed.
+            assert_eq!(v.kind, CONTINUE);
+            assert_eq!(mods[0], Packet { kind: b'm', data: [&1u32.to_be_bytes()[..], b"X-Folded\0ok\n\tfolded\0"].concat() });
+        }
+    }
+    e.assert_log("QID1: RESULTS instruction 2 refused: header value has a line break not followed by folding whitespace: Tempfailing");
+    e.assert_log("refused: header name contains byte 0x20");
+    e.assert_log("refused: address or reason contains a CR or LF");
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newbody_streaming_and_faults() {
+    let e = start(FREE_REPLY, &["-X"], &[]);
+    let big: Vec<u8> = (0..10000u32).map(|i| b"abcdefghij\n"[(i % 11) as usize]).collect();
+    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n"), ("NEWBODY", &big)]));
+    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n")]));
+    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n"), ("NEWBODY", b"")]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, CONTINUE);
+    let sizes: Vec<usize> = mods.iter().map(|p| p.data.len()).collect();
+    assert_eq!(sizes, [4096, 4096, 1808]);
+    assert!(mods.iter().all(|p| p.kind == b'b'));
+    assert_eq!(mods.iter().flat_map(|p| p.data.clone()).collect::<Vec<_>>(), big);
+
+    // NEWBODY missing: tempfail.
+    assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+    assert_eq!(mta.eoh().await.kind, CONTINUE);
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, TEMPFAIL);
+    assert!(mods.is_empty());
+    e.assert_log("/NEWBODY for reading: No such file or directory");
+
+    // Empty NEWBODY: no replacebody at all (upstream keeps the original body).
+    assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+    assert_eq!(mta.eoh().await.kind, CONTINUE);
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, CONTINUE);
+    assert!(mods.is_empty());
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newbody_symlink_is_refused() {
+    let e = start(FREE_REPLY, &[], &[]);
+    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n")]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    // Plant the symlink before the scan answer is read: the fake mux writes
+    // RESULTS; we add NEWBODY -> /etc/passwd from here.
+    let dirs = e.scratch.leftover_dirs();
+    assert_eq!(dirs.len(), 1);
+    let dir = e.scratch.spool.join(&dirs[0]);
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("NEWBODY")).unwrap();
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, TEMPFAIL);
+    assert!(mods.is_empty());
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_verdicts_and_overlong_line() {
+    let e = start(FREE_REPLY, &[], &[]);
+    let mut long = b"HX ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 9000));
+    long.extend_from_slice(b"\nF\n");
+    e.mux.push(scan_with(&[("RESULTS", &long)]));
+    e.mux.push(scan_with(&[("RESULTS", b"HX-Skipped yes\nQreason%20here\nB550 5.7.1 go%20away%2C%20100%25\nF\n")]));
+    e.mux.push(scan_with(&[("RESULTS", b"T451 4.7.1\nF\n")]));
+    e.mux.push(scan_with(&[("RESULTS", b"D\nF\n")]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert!(mods.is_empty());
+    assert_eq!(v, Packet { kind: b'y', data: b"554 5.4.0 Overlong line in RESULTS file\0".to_vec() });
+    e.assert_log("QID1: Overlong line in RESULTS file - 9003 chars (max 8191)");
+
+    let next = async |mta: &mut MtaClient| {
+        assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+        assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+        assert_eq!(mta.eoh().await.kind, CONTINUE);
+        mta.eom().await
+    };
+    // Bounce: modifications skipped, quarantine still applied.
+    let (mods, v) = next(&mut mta).await;
+    assert_eq!(mods, vec![Packet { kind: b'q', data: b"reason here\0".to_vec() }]);
+    assert_eq!(v, Packet { kind: b'y', data: b"550 5.7.1 go away, 100%%\0".to_vec() });
+    // Tempfail without text gets the default text.
+    let (_, v) = next(&mut mta).await;
+    assert_eq!(v, Packet { kind: b'y', data: b"451 4.7.1 Please try again later\0".to_vec() });
+    let (_, v) = next(&mut mta).await;
+    assert_eq!(v.kind, b'd');
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_and_disconnect_clean_up() {
+    let e = start(FREE_REPLY, &[], &[]);
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    assert_eq!(e.scratch.leftover_dirs().len(), 1);
+    mta.send(b'A', b"").await;
+    e.wait_clean().await;
+    // Connection lost in the middle of a body.
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    drop(mta);
+    e.wait_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_close_only_that_session() {
+    let e = start(FREE_REPLY, &[], &[]);
+    let mut bad = e.milter.connect().await;
+    bad.negotiate().await;
+    bad.send(b'Z', b"junk").await;
+    assert!(bad.recv().await.is_none(), "unknown command closes the session");
+    let mut bad = e.milter.connect().await;
+    bad.negotiate().await;
+    // Connect info with an unparseable address.
+    bad.send(b'C', b"host\x004\x00\x19not-an-ip\x00").await;
+    assert!(bad.recv().await.is_none());
+    // A length prefix far too large.
+    let mut bad = e.milter.connect().await;
+    use tokio::io::AsyncWriteExt;
+    bad.s.write_all(&[0x7f, 0xff, 0xff, 0xff, b'O']).await.unwrap();
+    assert!(bad.recv().await.is_none());
+    // The milter is still serving.
+    let mut good = e.milter.connect().await;
+    good.negotiate().await;
+    assert_eq!(good.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(good.helo("x").await.kind, CONTINUE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_does_not_block_other_sessions() {
+    let e = start(FREE_REPLY, &["-s"], &[]);
+    e.mux.push(Step::new("senderok", "ok 0 slow 550 5.7.1 2"));
+    let mut slow = e.milter.connect().await;
+    slow.negotiate().await;
+    slow.connect_inet("h", "192.0.2.10", 1).await;
+    slow.send(b'M', &z(&[b"<a@b>"])).await;
+    // While the first session waits out its delay, a second one is served.
+    let mut quick = e.milter.connect().await;
+    quick.negotiate().await;
+    assert_eq!(quick.connect_inet("h2", "192.0.2.11", 2).await.kind, CONTINUE);
+    assert_eq!(quick.helo("x").await.kind, CONTINUE);
+    let r = slow.recv().await.unwrap();
+    assert_eq!(r, Packet { kind: b'y', data: b"550 5.7.1 slow\0".to_vec() });
+    e.wait_clean().await;
+}
