@@ -227,7 +227,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         let unix_path = listener.path().map(|p| p.to_path_buf());
         let config = indymilter::Config { max_connections: 1 << 20, ..Default::default() };
         let callbacks = session::callbacks(Arc::new(cfg));
-        let r = indymilter::run(NoDelayListener(listener), callbacks, config, shutdown_signal()).await;
+        let r = indymilter::run(NoDelayListener(listener), callbacks, config, shutdown_signal(opts.foreground)).await;
         if let Some(p) = unix_path {
             let _ = std::fs::remove_file(p);
         }
@@ -307,12 +307,13 @@ fn my_ip_address() -> Option<String> {
     Some(s.local_addr().ok()?.ip().to_string())
 }
 
-/// SIGTERM, SIGINT and (in the foreground) SIGHUP stop the milter.
-async fn shutdown_signal() {
+/// SIGTERM, SIGINT and (in the foreground) SIGHUP stop the milter; a
+/// daemon ignores SIGHUP, as upstream's does.
+async fn shutdown_signal(foreground: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
-    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut hup = if foreground { signal(SignalKind::hangup()).ok() } else { None };
     async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
         match s {
             Some(s) => {
