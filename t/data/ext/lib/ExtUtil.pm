@@ -1,0 +1,76 @@
+package ExtUtil;
+# Helpers for the t/3x and t/4x tests: run a filter file as a worker
+# ("FILTER -server", exactly as the multiplexor starts it) on a prepared
+# message directory, without a multiplexor.
+use strict;
+use warnings;
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Copy qw(copy);
+use IO::Select;
+use IPC::Open3 qw(open3);
+use Symbol qw(gensym);
+use POSIX ();
+
+our $REPO = abs_path(dirname(__FILE__) . '/../../../..');
+
+# run_worker($filter, \@lines, %opt) -> (\@reply_lines, $stderr)
+# Sends the command lines, closes stdin and collects everything the
+# worker prints, waiting at most $opt{timeout} (default 60) seconds.
+sub run_worker
+{
+	my ($filter, $lines, %opt) = @_;
+	local $ENV{HARNESS_ACTIVE};
+	delete $ENV{HARNESS_ACTIVE};
+	local $ENV{MAILMUNGE_MTA} = $opt{mta} || 'none';
+	local $ENV{TESTDIR} = $opt{testdir} || $REPO;
+	my $err = gensym;
+	my $pid = open3(my $in, my $out, $err, $^X, '-I', "$REPO/perl", $filter, '-server');
+	print $in map { "$_\n" } @$lines;
+	close($in);
+	my ($o, $e) = ('', '');
+	my $sel = IO::Select->new($out, $err);
+	my $deadline = time() + ($opt{timeout} || 60);
+	while ($sel->count && time() < $deadline) {
+		foreach my $fh ($sel->can_read(1)) {
+			my $n = sysread($fh, my $buf, 65536);
+			if (!$n) { $sel->remove($fh); next; }
+			if ($fh == $out) { $o .= $buf } else { $e .= $buf }
+		}
+	}
+	kill('KILL', $pid) if $sel->count;
+	waitpid($pid, 0);
+	return ([split(/\n/, $o)], $e);
+}
+
+# prepare_msg_dir($dir, $msgfile, %ctx) writes INPUTMSG, HEADERS,
+# PRISTINE_HEADERS and COMMANDS (via Test::Mailmunge::Utils) and returns
+# the Context used.
+sub prepare_msg_dir
+{
+	my ($dir, $msg, %o) = @_;
+	require Test::Mailmunge::Utils;
+	mkdir($dir, 0755) unless -d $dir;
+	my $ctx = main::parse_and_copy_msg($dir, $msg, $o{subject});
+	$ctx->recipients($o{recipients} || ['<bar@example.com>']);
+	$ctx->sender($o{sender}) if $o{sender};
+	$ctx->qid($o{qid}) if $o{qid};
+	$ctx->connecting_ip($o{ip} || '192.0.2.10');
+	$ctx->connecting_name($o{name} || 'client.example.net');
+	$ctx->helo($o{helo} || 'client.example.net');
+	main::write_commands_file($dir, $ctx);
+	return $ctx;
+}
+
+sub slurp
+{
+	my ($path) = @_;
+	open(my $fh, '<', $path) or return undef;
+	binmode($fh);
+	local $/;
+	my $d = <$fh>;
+	close($fh);
+	return defined($d) ? $d : '';
+}
+
+1;
