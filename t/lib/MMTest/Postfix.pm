@@ -269,6 +269,15 @@ quarantined messages).
 
 sub hold_queue { grep { $_->{queue_name} eq 'hold' } $_[0]->queue }
 
+=head2 held
+
+Queue ids of the messages on hold (the same question as
+L<MMTest::Sendmail/held>, so tests can ask either MTA).
+
+=cut
+
+sub held { map { $_->{queue_id} } $_[0]->hold_queue }
+
 =head2 wait_queue_empty([$timeout])
 
 Waits (default 30 s) until no message is waiting for delivery (messages

@@ -238,6 +238,14 @@ Queue ids of messages waiting for delivery / quarantined (held).
 sub queued      { map { substr($_, 2) } $_[0]->queue_files('qf') }
 sub quarantined { map { substr($_, 2) } $_[0]->queue_files('hf') }
 
+=head2 held
+
+Same as C<quarantined>; the name both MTA classes share.
+
+=cut
+
+sub held { $_[0]->quarantined }
+
 =head2 quarantine_reason($qid)
 
 The reason Sendmail stored with a quarantined message (the C<q> line of

@@ -1,0 +1,14 @@
+#!/usr/bin/perl
+# Message modifications through Postfix: headers, recipients, sender, body
+# (small and multi-MB), both kinds of quarantine, X-Scanned-By.
+use strict;
+use warnings;
+use Test::More;
+
+use MMTest::E2E;
+use MMTest::Cases;
+
+my $e2e = MMTest::E2E->setup(mta => 'postfix');
+MMTest::Cases::modifications($e2e);
+$e2e->teardown;
+done_testing;

@@ -1,0 +1,127 @@
+#!/usr/bin/perl
+# Filter used by the end-to-end tests (t/5*.t, t/6*.t).  What it does is
+# chosen by the message itself, so one running stack serves every case:
+#
+#   connecting client address   127.0.0.3 reject, 127.0.0.4 tempfail (relay check, -r)
+#   HELO name                   helo-reject.*, helo-tempfail.*        (-H)
+#   envelope sender local part  reject-sender, tempfail-sender, reject550-sender (-s)
+#   recipient local part        reject-rcpt, tempfail-rcpt            (-t)
+#   Subject words (filter_message), any combination:
+#     addhdr inshdr chghdr delhdr addrcpt delrcpt chgsender newbody appendbody
+#     bounce bounce550 tempfail discard quarantine smquarantine die envelope
+#
+# Every message that reaches filter_message also gets "X-MMTest-Filtered: yes".
+use strict;
+use warnings;
+
+package MMTestFilter;
+use base qw(Mailmunge::Filter);
+
+use Mailmunge::Response;
+use MIME::Entity;
+
+sub filter_relay {
+    my ($self, $ctx) = @_;
+    my $ip = $ctx->hostip // '';
+    return Mailmunge::Response->REJECT(message => "MMTest rejects relay from $ip") if $ip eq '127.0.0.3';
+    return Mailmunge::Response->TEMPFAIL(message => "MMTest tempfails relay from $ip") if $ip eq '127.0.0.4';
+    return Mailmunge::Response->CONTINUE();
+}
+
+sub filter_helo {
+    my ($self, $ctx) = @_;
+    my $helo = $ctx->helo // '';
+    return Mailmunge::Response->REJECT(message => 'MMTest rejects your HELO') if $helo =~ /^helo-reject\./;
+    return Mailmunge::Response->TEMPFAIL(message => 'MMTest tempfails your HELO') if $helo =~ /^helo-tempfail\./;
+    return Mailmunge::Response->CONTINUE();
+}
+
+sub _local_part {
+    my ($self, $addr) = @_;
+    my $a = $self->canonical_email($addr // '');
+    $a =~ s/\@.*//;
+    return $a;
+}
+
+sub filter_sender {
+    my ($self, $ctx) = @_;
+    my $lp = $self->_local_part($ctx->sender);
+    return Mailmunge::Response->REJECT(message => 'MMTest rejects your sender') if $lp eq 'reject-sender';
+    return Mailmunge::Response->TEMPFAIL(message => 'MMTest tempfails your sender') if $lp eq 'tempfail-sender';
+    return Mailmunge::Response->REJECT(code => 550, dsn => '5.7.0', message => 'MMTest says 550 to your sender')
+        if $lp eq 'reject550-sender';
+    return Mailmunge::Response->CONTINUE();
+}
+
+sub filter_recipient {
+    my ($self, $ctx) = @_;
+    my $lp = $self->_local_part($ctx->recipients->[0]);
+    return Mailmunge::Response->REJECT(message => 'MMTest rejects your recipient') if $lp eq 'reject-rcpt';
+    return Mailmunge::Response->TEMPFAIL(message => 'MMTest tempfails your recipient') if $lp eq 'tempfail-rcpt';
+    return Mailmunge::Response->CONTINUE();
+}
+
+sub _body_text {
+    my ($self, $ctx) = @_;
+    my $entity = $ctx->mime_entity or return '';
+    my $io = $entity->bodyhandle ? $entity->bodyhandle->open('r') : undef;
+    return '' unless $io;
+    local $/;
+    my $text = $io->getline // '';
+    $io->close;
+    return $text;
+}
+
+sub filter_message {
+    my ($self, $ctx) = @_;
+    my %w = map { lc($_) => 1 } split ' ', ($ctx->subject // '');
+
+    die "MMTest filter dies on purpose\n" if $w{die};
+
+    $ctx->action_add_header('X-MMTest-Filtered', 'yes');
+    if ($w{envelope}) {
+        $ctx->action_add_header('X-MMTest-Sender', $ctx->sender // '');
+        $ctx->action_add_header('X-MMTest-Recipients', join(' ', @{ $ctx->recipients || [] }));
+        $ctx->action_add_header('X-MMTest-Helo', $ctx->helo // '');
+        $ctx->action_add_header('X-MMTest-Hostip', $ctx->hostip // '');
+    }
+    $ctx->action_add_header('X-MMTest-Added', 'added by the filter') if $w{addhdr};
+    $ctx->action_insert_header('X-MMTest-Inserted', 'inserted at the top', 0) if $w{inshdr};
+    $ctx->action_change_header('X-MMTest-Change-Me', 'changed by the filter') if $w{chghdr};
+    $ctx->action_delete_header('X-MMTest-Delete-Me') if $w{delhdr};
+    $ctx->add_recipient('<added-rcpt@example.net>') if $w{addrcpt};
+    $ctx->delete_recipient($ctx->recipients->[0]) if $w{delrcpt};
+    $ctx->change_sender('<changed-sender@example.org>') if $w{chgsender};
+
+    if ($w{newbody}) {
+        my $e = MIME::Entity->build(
+            Type => 'text/plain', Charset => 'us-ascii', Encoding => '7bit',
+            'X-Mailer' => undef, Data => ["The filter replaced this body.\n"],
+        );
+        $ctx->new_mime_entity($e);
+    }
+    if ($w{appendbody}) {
+        # Rebuild the message with the original (possibly multi-MB) text plus a
+        # footer, so the whole body travels back through NEWBODY.
+        my $e = MIME::Entity->build(
+            Type => 'text/plain', Charset => 'us-ascii', Encoding => '7bit',
+            'X-Mailer' => undef, Data => [ $self->_body_text($ctx) . "-- footer added by MMTest\n" ],
+        );
+        $ctx->new_mime_entity($e);
+    }
+
+    $ctx->action_quarantine_entire_message('MMTest quarantines this message') if $w{quarantine};
+    $ctx->action_sm_quarantine('MMTest holds this message') if $w{smquarantine};
+
+    return Mailmunge::Response->DISCARD() if $w{discard};
+    $ctx->action_bounce('MMTest bounces this message') if $w{bounce};
+    $ctx->action_bounce('MMTest bounces with 550', 550, '5.7.0') if $w{bounce550};
+    $ctx->action_tempfail('MMTest tempfails this message') if $w{tempfail};
+    return;
+}
+
+package main;
+
+my $filter = MMTestFilter->new();
+$filter->run();
+exit(0);

@@ -1,0 +1,301 @@
+package MMTest::Cases;
+use strict;
+use warnings;
+
+use Test::More;
+
+use MMTest::Util qw(slurp);
+
+=head1 NAME
+
+MMTest::Cases - the end-to-end cases, written once and run on both MTAs
+
+=head1 SYNOPSIS
+
+    my $e2e = MMTest::E2E->setup(mta => 'postfix', milter_args => ['-r', '-H', '-s', '-t']);
+    MMTest::Cases::verdicts($e2e);
+    MMTest::Cases::modifications($e2e);
+    MMTest::Cases::multiplexor_down($e2e);
+
+=head1 DESCRIPTION
+
+Each function runs a group of subtests against a running
+L<MMTest::E2E> setup whose filter is F<t/data/e2e/mmtest-filter.pl> (see
+the comment at its top for the words that select each behaviour).  The
+milter must run with C<-r -H -s -t> for the SMTP-stage checks.
+
+Where the two MTAs present the same milter verdict differently, the
+expectation names the MTA; everything else is common.
+
+=head1 FUNCTIONS
+
+=head2 verdicts($e2e)
+
+Relay, HELO, sender and recipient rejections and tempfails with the
+filter's codes and texts; end-of-message bounce, tempfail, discard; a
+filter that dies.
+
+=cut
+
+my $seq = 0;
+sub _id { my ($e2e, $label) = @_; return sprintf('%s-%s-%d-%d', $e2e->kind, $label, $$, ++$seq) }
+
+# Asserts that a send was refused at one of @stages with a reply matching $re.
+sub _refused {
+    my ($e2e, $res, $stages, $re, $name) = @_;
+    my $reply = $e2e->rejection($res);
+    my $line = join(' | ', @{ ($reply // {})->{lines} // [] });
+    ok(!$res->{ok}, "$name: refused") or return diag('accepted although it should not');
+    ok((grep { $_ eq ($res->{failed_at} // '') } @$stages), "$name: refused at " . join('/', @$stages))
+        or diag("refused at $res->{failed_at}: $line");
+    like($line, $re, "$name: reply") or diag($e2e->diagnostics);
+}
+
+sub verdicts {
+    my ($e2e) = @_;
+    my $pf = $e2e->kind eq 'postfix';
+
+    subtest 'relay check: reject (client 127.0.0.3)' => sub {
+        my $id = _id($e2e, 'relay-reject');
+        my $res = $e2e->send(id => $id, local_addr => '127.0.0.3');
+        # No text can be set at connect: the MTA uses its own.
+        _refused($e2e, $res, [qw(greeting helo mail rcpt)],
+            $pf ? qr/^550 5\.7\.1 Command rejected$/ : qr/^5\d\d /, 'relay reject');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+
+    subtest 'relay check: tempfail (client 127.0.0.4)' => sub {
+        my $id = _id($e2e, 'relay-tempfail');
+        my $res = $e2e->send(id => $id, local_addr => '127.0.0.4');
+        _refused($e2e, $res, [qw(greeting helo mail rcpt)],
+            $pf ? qr/^451 4\.7\.1 Service unavailable - try again later$/ : qr/^4\d\d /, 'relay tempfail');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+
+    subtest 'HELO check: reject' => sub {
+        my $id = _id($e2e, 'helo-reject');
+        my $res = $e2e->send(id => $id, helo => 'helo-reject.mmtest.invalid');
+        _refused($e2e, $res, [qw(helo mail)], qr/^554 5\.7\.1 MMTest rejects your HELO$/, 'helo reject');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+
+    subtest 'HELO check: tempfail' => sub {
+        my $id = _id($e2e, 'helo-tempfail');
+        my $res = $e2e->send(id => $id, helo => 'helo-tempfail.mmtest.invalid');
+        _refused($e2e, $res, [qw(helo mail)], qr/^451 4\.3\.0 MMTest tempfails your HELO$/, 'helo tempfail');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+
+    subtest 'sender check: reject, tempfail, custom code' => sub {
+        my $id = _id($e2e, 'sender-reject');
+        my $res = $e2e->send(id => $id, from => 'reject-sender@example.com');
+        _refused($e2e, $res, ['mail'], qr/^554 5\.7\.1 MMTest rejects your sender$/, 'sender reject');
+
+        $res = $e2e->send(id => $id, from => 'tempfail-sender@example.com');
+        _refused($e2e, $res, ['mail'], qr/^451 4\.3\.0 MMTest tempfails your sender$/, 'sender tempfail');
+
+        $res = $e2e->send(id => $id, from => 'reject550-sender@example.com');
+        _refused($e2e, $res, ['mail'], qr/^550 5\.7\.0 MMTest says 550 to your sender$/, 'sender 550');
+        ok($e2e->not_delivered($id), 'nothing delivered');
+    };
+
+    subtest 'recipient check: one refused, one accepted' => sub {
+        my $id = _id($e2e, 'rcpt-reject');
+        my $res = $e2e->send(id => $id, to => [ 'reject-rcpt@example.org', 'tempfail-rcpt@example.org', 'good@example.org' ]);
+        ok($res->{ok}, 'message accepted for the good recipient') or diag($res->{failure});
+        is($e2e->reply_line($res->{rcpt}[0]), '554 5.7.1 MMTest rejects your recipient', 'reject reply');
+        is($e2e->reply_line($res->{rcpt}[1]), '451 4.3.0 MMTest tempfails your recipient', 'tempfail reply');
+        like($e2e->reply_line($res->{rcpt}[2]), qr/^250 /, 'good recipient accepted');
+        my $m = $e2e->delivered($id);
+        is_deeply([ $m ? $m->rcpt_addresses : () ], ['good@example.org'], 'delivered to the good recipient only');
+    };
+
+    subtest 'end of message: bounce with default and custom code' => sub {
+        my $id = _id($e2e, 'bounce');
+        my $res = $e2e->send(id => $id, subject => 'bounce');
+        _refused($e2e, $res, ['data'], qr/^554 5\.7\.1 MMTest bounces this message$/, 'bounce');
+        $res = $e2e->send(id => $id, subject => 'bounce550');
+        _refused($e2e, $res, ['data'], qr/^550 5\.7\.0 MMTest bounces with 550$/, 'bounce 550');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+
+    subtest 'end of message: tempfail' => sub {
+        my $id = _id($e2e, 'tempfail');
+        my $res = $e2e->send(id => $id, subject => 'tempfail');
+        _refused($e2e, $res, ['data'], qr/^451 4\.3\.0 MMTest tempfails this message$/, 'tempfail');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+
+    subtest 'end of message: discard' => sub {
+        my $id = _id($e2e, 'discard');
+        my $res = $e2e->send(id => $id, subject => 'discard');
+        ok($res->{ok}, 'the client sees the message accepted') or diag($res->{failure});
+        ok($e2e->not_delivered($id), 'but it is never delivered');
+    };
+
+    subtest 'filter dies in filter_message: tempfail, nothing delivered' => sub {
+        my $id = _id($e2e, 'die');
+        my $res = $e2e->send(id => $id, subject => 'die');
+        _refused($e2e, $res, ['data'], qr/^4\d\d /, 'crashing filter');
+        ok($e2e->not_delivered($id), 'not delivered');
+        # The worker survives (or is replaced): the next message goes through.
+        my $id2 = _id($e2e, 'after-die');
+        my $res2 = $e2e->send(id => $id2, subject => 'plain');
+        ok($res2->{ok}, 'next message accepted') or diag($res2->{failure});
+        ok($e2e->delivered($id2), 'next message delivered');
+    };
+}
+
+=head2 modifications($e2e)
+
+Header add/insert/change/delete, recipient add/delete, sender change,
+body replacement (small and multi-MB), both quarantines, X-Scanned-By and
+what the filter saw of the envelope.
+
+=cut
+
+sub modifications {
+    my ($e2e) = @_;
+    my $pf = $e2e->kind eq 'postfix';
+
+    subtest 'filter sees the envelope' => sub {
+        my $id = _id($e2e, 'envelope');
+        my $res = $e2e->send(id => $id, subject => 'envelope', helo => 'client.mmtest.invalid',
+            from => 'Sender@Example.COM', to => [ 'one@example.org', 'two@example.net' ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is($m->header('X-MMTest-Sender'), '<Sender@Example.COM>', 'sender as the MTA passed it (brackets, case kept)');
+        is($m->header('X-MMTest-Recipients'), '<one@example.org> <two@example.net>', 'recipients in order');
+        is($m->header('X-MMTest-Helo'), 'client.mmtest.invalid', 'HELO argument');
+        is($m->header('X-MMTest-Hostip'), '127.0.0.2', 'client address');
+        my @sb = $m->header('X-Scanned-By');
+        is(scalar(@sb), 1, 'one X-Scanned-By header');
+        like($sb[0] // '', qr/\Amailmunge 3\.09(?: on \S+)?\z/, 'X-Scanned-By text');
+    };
+
+    subtest 'headers: add, insert, change, delete' => sub {
+        my $id = _id($e2e, 'headers');
+        my $res = $e2e->send(id => $id, subject => 'addhdr inshdr chghdr delhdr', headers => [
+            [ 'X-MMTest-Change-Me', 'original value' ],
+            [ 'X-MMTest-Delete-Me', 'doomed' ],
+            [ 'X-MMTest-Keep-Me',   'kept' ],
+        ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->header('X-MMTest-Added') ], ['added by the filter'], 'added header present once');
+        is_deeply([ $m->header('X-MMTest-Inserted') ], ['inserted at the top'], 'inserted header present once');
+        my @names = map { lc } $m->header_names;
+        my ($ins) = grep { $names[$_] eq 'x-mmtest-inserted' } 0 .. $#names;
+        my ($from) = grep { $names[$_] eq 'from' } 0 .. $#names;
+        ok(defined $ins && defined $from && $ins < $from, 'inserted header comes before the original headers')
+            or diag(join ', ', @names);
+        is_deeply([ $m->header('X-MMTest-Change-Me') ], ['changed by the filter'], 'changed header has the new value');
+        is_deeply([ $m->header('X-MMTest-Delete-Me') ], [], 'deleted header is gone');
+        is($m->header('X-MMTest-Keep-Me'), 'kept', 'other headers untouched');
+        is($m->header('X-MMTest-Filtered'), 'yes', 'filter header');
+    };
+
+    subtest 'recipients: add and delete' => sub {
+        my $id = _id($e2e, 'rcpts');
+        my $res = $e2e->send(id => $id, subject => 'addrcpt delrcpt',
+            to => [ 'first@example.org', 'second@example.org' ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->rcpt_addresses ], [ 'added-rcpt@example.net', 'second@example.org' ],
+            'first recipient deleted, new one added');
+        eval { $e2e->mta->wait_queue_empty(30) };
+        is(scalar(my @copies = $e2e->sink->find_id($id)), 1, 'delivered in one transaction');
+    };
+
+    subtest 'sender change' => sub {
+        my $id = _id($e2e, 'chgsender');
+        my $res = $e2e->send(id => $id, subject => 'chgsender');
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is($m->sender_address, 'changed-sender@example.org', 'envelope sender changed');
+    };
+
+    subtest 'body replacement' => sub {
+        my $id = _id($e2e, 'newbody');
+        my $res = $e2e->send(id => $id, subject => 'newbody', body => "Original body\nsecond line\n");
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is($m->body, "The filter replaced this body.\n", 'body replaced');
+        is($m->header('X-MMTest-Id'), $id, 'headers kept');
+        like($m->header('Content-Type') // '', qr{^text/plain}i, 'content type of the new body');
+    };
+
+    subtest 'multi-MB body travels through NEWBODY intact' => sub {
+        my $id = _id($e2e, 'bigbody');
+        # ~3 MB of numbered lines, so a lost, doubled or reordered chunk shows.
+        my $body = join '', map { sprintf("line %07d: the quick brown fox jumps over the lazy dog\n", $_) } 1 .. 48_000;
+        my $res = $e2e->send(id => $id, subject => 'appendbody', body => $body);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id, 120) or return;
+        my $got = $m->body;
+        is(length($got), length($body) + length("-- footer added by MMTest\n"), 'length as expected');
+        ok($got eq $body . "-- footer added by MMTest\n", 'body is the original plus the footer, byte for byte');
+    };
+
+    subtest 'quarantine of the entire message (Mailmunge side)' => sub {
+        my %before = map { $_ => 1 } $e2e->stack->quarantine_entries;
+        my $id = _id($e2e, 'quarantine');
+        my $res = $e2e->send(id => $id, subject => 'quarantine', to => ['q@example.org']);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        ok($e2e->delivered($id), 'still delivered (quarantine does not change the disposition)');
+        my @new = grep { !$before{$_} } $e2e->stack->quarantine_entries;
+        is(scalar(@new), 1, 'one new quarantine directory') or return;
+        my $q = $new[0];
+        like($q, qr{/\d{4}-\d\d-\d\d-\d\d/qdir-\d{4}-\d\d-\d\d-\d\d\.\d\d\.\d\d-\d{4}\z}, 'directory naming');
+        my $read = sub { my $f = "$q/$_[0]"; -e $f ? slurp($f) : undef };
+        is($read->('MSG.0'), "MMTest quarantines this message\n", 'MSG.0 holds the reason');
+        is($read->('SENDER'), "<sender\@example.com>\n", 'SENDER with brackets');
+        is($read->('RECIPIENTS'), "<q\@example.org>\n", 'RECIPIENTS with brackets');
+        like($read->('ENTIRE_MESSAGE') // '', qr/^X-MMTest-Id: \Q$id\E$/m, 'ENTIRE_MESSAGE is the message');
+        ok(-e "$q/HEADERS", 'HEADERS present');
+    };
+
+    subtest 'quarantine in the MTA (hold queue / Sendmail quarantine)' => sub {
+        my %before = map { $_ => 1 } $e2e->mta->held;
+        my $id = _id($e2e, 'smquarantine');
+        my $res = $e2e->send(id => $id, subject => 'smquarantine');
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        ok($e2e->not_delivered($id), 'not delivered');
+        my @new = grep { !$before{$_} } $e2e->mta->held;
+        is(scalar(@new), 1, 'exactly one message held by the MTA') or diag($e2e->diagnostics);
+        if (!$pf && @new) {
+            is($e2e->mta->quarantine_reason($new[0]), 'MMTest holds this message', 'Sendmail stored the reason');
+        }
+        $e2e->mta->delete_all;
+    };
+}
+
+=head2 multiplexor_down($e2e)
+
+With the multiplexor stopped, a new message is tempfailed (never
+accepted unfiltered); once it is back, mail flows again.
+
+=cut
+
+sub multiplexor_down {
+    my ($e2e) = @_;
+    subtest 'multiplexor down: tempfail, then recovery' => sub {
+        $e2e->stack->stop_multiplexor;
+        my $id = _id($e2e, 'mx-down');
+        my $res = $e2e->send(id => $id, subject => 'plain');
+        my $reply = $e2e->rejection($res);
+        ok(!$res->{ok}, 'message refused while the multiplexor is down')
+            or diag('accepted while the multiplexor was down');
+        like(join(' | ', @{ ($reply // {})->{lines} // [] }), qr/^4\d\d /, 'with a temporary failure');
+        ok($e2e->not_delivered($id), 'nothing delivered unfiltered');
+
+        $e2e->stack->start_multiplexor;
+        my $id2 = _id($e2e, 'mx-back');
+        my $res2 = $e2e->send(id => $id2, subject => 'plain');
+        ok($res2->{ok}, 'accepted again once the multiplexor is back') or diag($res2->{failure});
+        my $m = $e2e->delivered($id2);
+        is($m && $m->header('X-MMTest-Filtered'), 'yes', 'and filtered');
+    };
+}
+
+1;

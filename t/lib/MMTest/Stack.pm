@@ -1,0 +1,312 @@
+package MMTest::Stack;
+use strict;
+use warnings;
+
+use File::Spec;
+use IO::Socket::UNIX;
+use POSIX ();
+use Socket qw(SOCK_STREAM);
+use Time::HiRes ();
+
+use MMTest::Util qw(free_port wait_until private_dir port_open slurp repo_root pid_alive);
+
+=head1 NAME
+
+MMTest::Stack - our multiplexor and milter, started for one end-to-end test file
+
+=head1 SYNOPSIS
+
+    my $stack = MMTest::Stack->new(
+        filter => 't/data/e2e/basic-filter.pl',
+        mta    => 'postfix',                  # what the workers are told
+        milter_args => ['-r', '-H', '-s', '-t'],
+    );
+    $stack->start;
+    my $pf = MMTest::Postfix->new(relay_port => $sink->port,
+                                  milter => $stack->milter_spec_postfix);
+    ...
+    $stack->stop_multiplexor;   # e.g. to test tempfail when it is down
+    $stack->stop;               # also on destruction
+
+=head1 DESCRIPTION
+
+Runs C<target/debug/mailmunge-multiplexor> and C<target/debug/mailmunge>
+in the foreground (C<-D>) as children of the test, each in its own process
+group, on a private spool directory owned by the worker user, with the
+milter listening on C<inet:PORT@127.0.0.1> (TCP, as upstream's tests do:
+the MTAs run as other users).  When the test runs as root both daemons get
+C<-U mailmunge>.
+
+The daemons' environment carries C<PERL5LIB> (the repository's F<perl/>),
+C<MAILMUNGE_SPOOLDIR>, C<MAILMUNGE_QUARANTINEDIR> (a private directory) and
+C<MAILMUNGE_MTA>, which the workers inherit.  Their stderr goes to
+F<mx.log> and F<milter.log> in the stack's directory (see C<mx_log>,
+C<milter_log>).
+
+=head1 METHODS
+
+=head2 MMTest::Stack->new(%opts)
+
+Options: C<filter> (path, relative to the repository or absolute;
+required), C<mta> (C<postfix> or C<sendmail>, default C<postfix>),
+C<mx_args> (extra multiplexor arguments; defaults C<-m 1 -x 2 -l -b 60
+-c 10> come first), C<milter_args> (extra milter arguments), C<user>
+(default C<mailmunge> when root), C<env> (more environment variables).
+
+=cut
+
+sub new {
+    my ($class, %o) = @_;
+    my $root = repo_root();
+    my $filter = $o{filter} // die "MMTest::Stack: filter required\n";
+    $filter = File::Spec->catfile($root, $filter) unless File::Spec->file_name_is_absolute($filter);
+    my $self = bless {
+        root        => $root,
+        filter      => $filter,
+        mta         => $o{mta} // 'postfix',
+        mx_args     => $o{mx_args} // [],
+        milter_args => $o{milter_args} // [],
+        user        => $o{user} // ($> == 0 ? 'mailmunge' : undef),
+        env         => $o{env} // {},
+        dir         => private_dir('stack'),
+        owner       => $$,
+        pids        => {},
+    }, $class;
+    $self->{spool}      = File::Spec->catdir($self->{dir}, 'spool');
+    $self->{quarantine} = File::Spec->catdir($self->{dir}, 'quarantine');
+    $self->{mx_socket}  = File::Spec->catfile($self->{spool}, 'mailmunge-multiplexor.sock');
+    $self->{milter_port} = $o{milter_port} // free_port();
+    return $self;
+}
+
+=head2 unavailable
+
+Class method: a reason string when the daemons are not built (run
+C<cargo build --bins>), else the empty string.
+
+=cut
+
+sub unavailable {
+    my $root = repo_root();
+    for my $b (qw(mailmunge mailmunge-multiplexor)) {
+        return "target/debug/$b is not built (cargo build --bins)" unless -x "$root/target/debug/$b";
+    }
+    return '';
+}
+
+=head2 dir / spool / quarantine_dir / mx_socket / milter_port
+
+Accessors: the stack's private directory, the spool directory (C<-z>),
+the quarantine directory the workers use, the multiplexor socket and the
+milter's TCP port.
+
+=cut
+
+sub dir            { $_[0]{dir} }
+sub spool          { $_[0]{spool} }
+sub quarantine_dir { $_[0]{quarantine} }
+sub mx_socket      { $_[0]{mx_socket} }
+sub milter_port    { $_[0]{milter_port} }
+
+=head2 milter_spec_postfix / milter_spec_sendmail
+
+The milter's address in Postfix (C<inet:127.0.0.1:PORT>) and Sendmail
+(C<inet:PORT@127.0.0.1>) syntax.
+
+=cut
+
+sub milter_spec_postfix  { "inet:127.0.0.1:$_[0]{milter_port}" }
+sub milter_spec_sendmail { "inet:$_[0]{milter_port}\@127.0.0.1" }
+
+=head2 mx_log / milter_log
+
+The daemons' stderr so far (for diagnostics).
+
+=cut
+
+sub _log { my $f = File::Spec->catfile($_[0]{dir}, $_[1]); -e $f ? slurp($f) : '' }
+sub mx_log     { $_[0]->_log('mx.log') }
+sub milter_log { $_[0]->_log('milter.log') }
+
+=head2 diagnostics
+
+Both logs, labelled, for C<diag> after a failure.
+
+=cut
+
+sub diagnostics {
+    my ($self) = @_;
+    return "--- multiplexor stderr ---\n" . $self->mx_log . "--- milter stderr ---\n" . $self->milter_log;
+}
+
+sub _prepare_dirs {
+    my ($self) = @_;
+    for my $d ($self->{spool}, $self->{quarantine}) {
+        next if -d $d;
+        mkdir $d, 0750 or die "mkdir $d: $!";
+        if (defined $self->{user}) {
+            my (undef, undef, $uid, $gid) = getpwnam($self->{user})
+                or die "MMTest::Stack: unknown user $self->{user} (.ci/install-deps creates it)\n";
+            chown $uid, $gid, $d or die "chown $d: $!";
+        }
+    }
+}
+
+sub _spawn {
+    my ($self, $name, $log, @cmd) = @_;
+    my $logfile = File::Spec->catfile($self->{dir}, $log);
+    my %env = (
+        PERL5LIB                => join(':', File::Spec->catdir($self->{root}, 'perl'), grep { defined && length } $ENV{PERL5LIB}),
+        MAILMUNGE_SPOOLDIR      => $self->{spool},
+        MAILMUNGE_QUARANTINEDIR => $self->{quarantine},
+        MAILMUNGE_MTA           => $self->{mta},
+        %{ $self->{env} },
+    );
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        POSIX::setpgid(0, 0);
+        @ENV{ keys %env } = values %env;
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $logfile;
+        open STDERR, '>>', $logfile;
+        chdir '/';
+        { no warnings 'exec'; exec { $cmd[0] } @cmd; }
+        print STDERR "exec $cmd[0]: $!\n";
+        POSIX::_exit(127);
+    }
+    $self->{pids}{$name} = $pid;
+    return $pid;
+}
+
+sub _mx_answers {
+    my ($self) = @_;
+    return 0 unless -S $self->{mx_socket};
+    my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $self->{mx_socket}) or return 0;
+    print {$s} "status\n";
+    my $reply = <$s>;
+    close $s;
+    return defined $reply && length $reply;
+}
+
+=head2 start
+
+Starts the multiplexor, waits (bounded) until its socket answers
+C<status>, then starts the milter and waits until its port accepts
+connections.  Dies with both logs on failure.
+
+=cut
+
+sub start {
+    my ($self) = @_;
+    $self->_prepare_dirs;
+    $self->start_multiplexor;
+    my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mailmunge');
+    my @cmd = ($bin, '-D', '-p', "inet:$self->{milter_port}\@127.0.0.1", '-m', $self->{mx_socket},
+        '-z', $self->{spool}, (defined $self->{user} ? ('-U', $self->{user}) : ()), @{ $self->{milter_args} });
+    my $pid = $self->_spawn(milter => 'milter.log', @cmd);
+    eval {
+        wait_until(20, "the milter on port $self->{milter_port}", sub {
+            die "milter exited early\n" unless pid_alive($pid);
+            port_open($self->{milter_port});
+        });
+    };
+    if ($@) { my $e = $@; $self->stop; die "MMTest::Stack: $e" . $self->diagnostics }
+    return $self;
+}
+
+=head2 start_multiplexor / stop_multiplexor
+
+Start or stop only the multiplexor (the milter keeps running), e.g. to
+check that mail is tempfailed while the multiplexor is down.
+
+=cut
+
+sub start_multiplexor {
+    my ($self) = @_;
+    $self->_prepare_dirs;
+    my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mailmunge-multiplexor');
+    my @cmd = ($bin, '-D', '-f', $self->{filter}, '-s', $self->{mx_socket}, '-z', $self->{spool},
+        (defined $self->{user} ? ('-U', $self->{user}) : ()),
+        '-m', '1', '-x', '2', '-l', '-b', '60', '-c', '10', @{ $self->{mx_args} });
+    my $pid = $self->_spawn(mx => 'mx.log', @cmd);
+    eval {
+        wait_until(20, 'the multiplexor socket to answer', sub {
+            die "multiplexor exited early\n" unless pid_alive($pid);
+            $self->_mx_answers;
+        });
+    };
+    if ($@) { my $e = $@; $self->stop; die "MMTest::Stack: $e" . $self->diagnostics }
+    return $self;
+}
+
+sub _stop_one {
+    my ($self, $name) = @_;
+    my $pid = delete $self->{pids}{$name} or return;
+    return unless $$ == $self->{owner};
+    # Own process group: the multiplexor's workers go with it.
+    kill 'TERM', -$pid;
+    my $deadline = Time::HiRes::time() + 10;
+    while (Time::HiRes::time() < $deadline) {
+        last if waitpid($pid, POSIX::WNOHANG()) == $pid;
+        Time::HiRes::sleep(0.05);
+    }
+    kill 'KILL', -$pid;
+    waitpid($pid, 0);
+    # Stray workers that outlived their multiplexor.
+    kill 'KILL', -$pid;
+}
+
+sub stop_multiplexor { $_[0]->_stop_one('mx') }
+
+=head2 stop_milter
+
+Stops only the milter.
+
+=cut
+
+sub stop_milter { $_[0]->_stop_one('milter') }
+
+=head2 stop
+
+Stops the milter, then the multiplexor and its workers.  Idempotent;
+also called on destruction.
+
+=cut
+
+sub stop {
+    my ($self) = @_;
+    $self->_stop_one('milter');
+    $self->_stop_one('mx');
+    return;
+}
+
+sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop }
+
+=head2 running($name)
+
+True if the C<mx> or C<milter> child is still alive.
+
+=cut
+
+sub running {
+    my ($self, $name) = @_;
+    return pid_alive($self->{pids}{$name} // 0);
+}
+
+=head2 quarantine_entries
+
+The quarantine subdirectories the workers created so far (full paths,
+sorted).
+
+=cut
+
+sub quarantine_entries {
+    my ($self) = @_;
+    my @out;
+    for my $top (sort glob(File::Spec->catfile($self->{quarantine}, '*'))) {
+        push @out, -d $top ? sort(glob(File::Spec->catfile($top, '*'))) : ();
+    }
+    return grep { -d } @out;
+}
+
+1;
