@@ -198,8 +198,21 @@ connections.  Dies with both logs on failure.
 
 sub start {
     my ($self) = @_;
-    $self->_prepare_dirs;
     $self->start_multiplexor;
+    $self->start_milter;
+    return $self;
+}
+
+=head2 start_milter
+
+Starts only the milter (the multiplexor must be running) and waits
+(bounded) until its port accepts connections.
+
+=cut
+
+sub start_milter {
+    my ($self) = @_;
+    $self->_prepare_dirs;
     my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mailmunge');
     my @cmd = ($bin, '-D', '-p', "inet:$self->{milter_port}\@127.0.0.1", '-m', $self->{mx_socket},
         '-z', $self->{spool}, (defined $self->{user} ? ('-U', $self->{user}) : ()), @{ $self->{milter_args} });
