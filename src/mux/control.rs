@@ -46,13 +46,11 @@ pub async fn serve(mux: Arc<Mux>, listener: Listener, access: Access) {
             drop(stream);
             continue;
         }
+        if access == Access::Unprivileged {
+            pending.fetch_add(1, Ordering::SeqCst);
+        }
         let (mux, pending) = (mux.clone(), pending.clone());
-        tokio::spawn(async move {
-            if access == Access::Unprivileged {
-                pending.fetch_add(1, Ordering::SeqCst);
-            }
-            handle(mux, stream, access, &pending).await;
-        });
+        tokio::spawn(async move { handle(mux, stream, access, &pending).await });
     }
 }
 

@@ -18,6 +18,7 @@ pub mod server;
 pub mod statsfile;
 pub mod ticks;
 pub mod worker;
+pub mod zygote;
 
 pub use options::Options;
 

@@ -206,6 +206,7 @@ pub struct Pool {
     pub histo: Vec<u64>,
     failures: u32,
     pub shutting_down: bool,
+    zygote_loading: bool,
     /// Notifier listeners (`-O`, §14), when configured.
     pub notify: Option<crate::notify::Notifier>,
     pub stats: StatsFile,
@@ -262,6 +263,7 @@ impl Pool {
             histo: vec![0; n],
             failures: 0,
             shutting_down: false,
+            zygote_loading: false,
             notify: None,
         }
     }
@@ -394,7 +396,11 @@ impl Pool {
         }
         let Some(me) = self.me.upgrade() else { return Err(()) };
         self.last_activation = Some(now);
-        let spawned = match self.spawner.spawn(&self.opts, i) {
+        let spawned = self.spawner.spawn(&self.opts, i);
+        if self.spawner.needs_zygote() {
+            self.load_zygote(std::time::Duration::from_secs(10), false);
+        }
+        let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
                 daemon::log(LOG_ERR, &format!("Could not execute {}: {e}", self.opts.filter.display()));
@@ -812,9 +818,7 @@ impl Pool {
     /// `reread` / SIGINT (§7.11).
     pub fn reread(&mut self) {
         self.generation += 1;
-        if let Err(e) = self.spawner.rebuild(&self.opts) {
-            daemon::log(LOG_ERR, &format!("Could not reload the filter: {e}"));
-        }
+        self.load_zygote(std::time::Duration::ZERO, true);
         for i in 0..self.slots.len() {
             if self.slots[i].state == State::Idle {
                 self.kill(i, "Forcing reread of filter rules");
@@ -824,6 +828,39 @@ impl Pool {
         if let Some(me) = self.me.upgrade() {
             me.fill.notify_one();
         }
+    }
+
+    /// (Re)loads the `-E` zygote in the background after `delay`. During a
+    /// reread (`fresh`) the previous zygote is not used until the new one is
+    /// ready; if the new one fails to load, the previous one stays.
+    pub fn load_zygote(&mut self, delay: std::time::Duration, fresh: bool) {
+        let worker::Spawner::Zygote { reloading, .. } = &mut self.spawner else { return };
+        if self.zygote_loading {
+            return;
+        }
+        self.zygote_loading = true;
+        *reloading = fresh;
+        let (me, opts) = (self.me.clone(), self.opts.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let r = super::zygote::Zygote::start(&opts).await;
+            let Some(mux) = me.upgrade() else { return };
+            let mut p = mux.lock();
+            p.zygote_loading = false;
+            if let worker::Spawner::Zygote { current, reloading } = &mut p.spawner {
+                *reloading = false;
+                match r {
+                    Ok(z) => {
+                        daemon::log(LOG_INFO, &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid));
+                        *current = Some(z);
+                    }
+                    Err(e) => {
+                        let fallback = if current.is_some() { "keeping the filter loaded before" } else { "starting workers with perl instead" };
+                        daemon::log(LOG_ERR, &format!("Could not preload {}: {e}; {fallback}", opts.filter.display()));
+                    }
+                }
+            }
+        });
     }
 
     /// Starts the SIGTERM shutdown: no new work, idle workers retired now,

@@ -58,7 +58,7 @@ where
         eprintln!("{m}");
         return 1;
     }
-    let mut opts = match Options::parse(args) {
+    let opts = match Options::parse(args) {
         Ok(o) => o,
         Err(Exit::Version(v)) => {
             print!("{v}");
@@ -76,12 +76,6 @@ where
             return 1;
         }
     };
-    if opts.embedded {
-        // Preloaded workers are not available yet: behave like upstream's
-        // build without embedded Perl.
-        eprintln!("mailmunge-multiplexor compiled without support for embedded perl.  Ignoring -E flag.");
-        opts.embedded = false;
-    }
     let pidfile = match &opts.pid_file {
         None => None,
         Some(p) => match PidFile::open(p) {
@@ -166,8 +160,12 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     let mut cleanup = Cleanup { pid_file: opts.pid_file.clone(), lock_file: opts.lock_file.clone(), sockets: Vec::new() };
     let fail = |ready: &mut Readiness, cleanup: &Cleanup, msg: &str| -> i32 {
         daemon::log(LOG_ERR, msg);
-        ready.fail(msg);
         cleanup.files();
+        for s in &cleanup.sockets {
+            daemon::remove_socket(s);
+        }
+        // Last, so that the launcher returns only after the clean-up.
+        ready.fail(msg);
         1
     };
 
@@ -270,6 +268,18 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     tokio::spawn(idle_timer(mux.clone()));
     if opts.log_interval > 0 {
         tokio::spawn(status_logger(mux.clone()));
+    }
+    if opts.embedded {
+        match super::zygote::Zygote::start(&opts).await {
+            Ok(z) => mux.lock().spawner = super::worker::Spawner::Zygote { current: Some(z), reloading: false },
+            Err(e) => {
+                let msg = format!(
+                    "perl_parse failed - you may have an error in {}; please check with perl -c.  MULTIPLEXOR IS TERMINATING.\n{e}",
+                    opts.filter.display()
+                );
+                return fail(&mut ready, &cleanup, &msg);
+            }
+        }
     }
     // The first worker starts before we report ready (§2.2).
     if mux.lock().fill_once() {

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::mpsc;
+use tokio::net::unix::pipe;
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot};
 
 use super::options::Options;
 use super::pool::{signal, Completion, Job, JobKind, Mux, Outcome};
@@ -38,33 +39,95 @@ pub enum ToWorker {
     Retire { busy: bool },
 }
 
+/// A worker process: our own child, or a child of the `-E` zygote.
+pub enum Proc {
+    Child(Child),
+    Forked { pid: u32, exit: Option<oneshot::Receiver<i32>> },
+}
+
+impl Proc {
+    /// Waits for the process to end. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Child(c) => c.wait().await,
+            Proc::Forked { pid, exit } => Ok(super::zygote::wait_forked(*pid, exit).await),
+        }
+    }
+}
+
 /// A started worker process and the parent's ends of its pipes.
 pub struct Spawned {
     pub pid: u32,
-    pub child: Child,
-    pub stdin: ChildStdin,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
-    pub status: Option<tokio::net::unix::pipe::Receiver>,
+    pub proc: Proc,
+    pub stdin: pipe::Sender,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub status: Option<pipe::Receiver>,
 }
 
 /// How workers are started.
 pub enum Spawner {
     /// fork + exec of the filter (`filter -server`).
     Exec,
+    /// `-E`: forked from a preloaded zygote when one is ready, otherwise
+    /// `perl FILTER -server`.
+    Zygote { current: Option<super::zygote::Zygote>, reloading: bool },
 }
 
 impl Spawner {
-    pub fn spawn(&self, opts: &Options, _slot: usize) -> io::Result<Spawned> {
+    pub fn spawn(&mut self, opts: &Options, slot: usize) -> io::Result<Spawned> {
         match self {
-            Spawner::Exec => spawn_exec(opts),
+            Spawner::Exec => spawn_exec(opts, false),
+            Spawner::Zygote { current, reloading } => {
+                if let (Some(z), false) = (current.as_mut(), *reloading) {
+                    match spawn_forked(z, opts, slot) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => {
+                            daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
+                            *current = None;
+                        }
+                    }
+                }
+                spawn_exec(opts, true)
+            }
         }
     }
 
-    /// Called on reread; rebuilds whatever the spawner preloaded.
-    pub fn rebuild(&mut self, _opts: &Options) -> io::Result<()> {
-        Ok(())
+    /// True when a preloaded zygote is missing and not being reloaded.
+    pub fn needs_zygote(&self) -> bool {
+        matches!(self, Spawner::Zygote { current: None, reloading: false })
     }
+}
+
+/// Creates a pipe with both ends close-on-exec: (read end, write end).
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Asks the zygote for a worker wired to fresh pipes.
+fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
+    use std::os::fd::AsFd;
+    let (in_r, in_w) = cloexec_pipe()?;
+    let (out_r, out_w) = cloexec_pipe()?;
+    let (err_r, err_w) = cloexec_pipe()?;
+    let status = if opts.status_tags { Some(cloexec_pipe()?) } else { None };
+    let mut theirs = vec![in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
+    if let Some((_, w)) = &status {
+        theirs.push(w.as_fd());
+    }
+    let (pid, exit) = z.fork(slot, &theirs)?;
+    drop(theirs);
+    Ok(Spawned {
+        pid,
+        proc: Proc::Forked { pid, exit: Some(exit) },
+        stdin: pipe::Sender::from_owned_fd(in_w)?,
+        stdout: pipe::Receiver::from_owned_fd(out_r)?,
+        stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        status: match status {
+            Some((r, _w)) => Some(pipe::Receiver::from_owned_fd(r)?),
+            None => None,
+        },
+    })
 }
 
 /// Makes sure descriptors 0..=3 are in use, so that no pipe we create later
@@ -78,8 +141,9 @@ pub fn reserve_low_fds() {
     }
 }
 
-/// Everything the child needs after fork, prepared before it.
-struct ChildSetup {
+/// Everything a child needs after fork, prepared before it: cwd, signal
+/// dispositions, rlimits, and which descriptor becomes fd 3.
+pub struct ChildSetup {
     spool: CString,
     status_w: i32,
     rss_bytes: u64,
@@ -87,8 +151,18 @@ struct ChildSetup {
 }
 
 impl ChildSetup {
+    /// `fd3`: the descriptor to put on fd 3 in the child, or -1 for none.
+    pub fn new(opts: &Options, fd3: i32) -> ChildSetup {
+        ChildSetup {
+            spool: CString::new(opts.spool_dir.as_os_str().as_bytes()).unwrap_or_default(),
+            status_w: fd3,
+            rss_bytes: opts.rss_kb.saturating_mul(1024),
+            mem_bytes: opts.mem_kb.saturating_mul(1024),
+        }
+    }
+
     /// Runs in the forked child before exec: only async-signal-safe calls.
-    fn apply(&self) {
+    pub fn apply(&self) {
         // SAFETY: plain syscalls on the child's own state.
         unsafe {
             libc::chdir(self.spool.as_ptr());
@@ -128,23 +202,26 @@ impl ChildSetup {
     }
 }
 
-/// Starts `filter -server` (or `-serveru` with `-Z`).
-pub fn spawn_exec(opts: &Options) -> io::Result<Spawned> {
+/// Starts `filter -server` (or `-serveru` with `-Z`); with `via_perl`,
+/// `perl filter -server` (the `-E` fallback, which needs no execute bit).
+pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     let base = opts.filter.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| opts.filter.clone().into_os_string());
-    let mut cmd = tokio::process::Command::new(&opts.filter);
-    cmd.arg0(base)
-        .arg(if opts.status_tags { "-serveru" } else { "-server" })
+    let mut cmd = if via_perl {
+        let mut c = tokio::process::Command::new("perl");
+        c.arg(&opts.filter);
+        c
+    } else {
+        let mut c = tokio::process::Command::new(&opts.filter);
+        c.arg0(base);
+        c
+    };
+    cmd.arg(if opts.status_tags { "-serveru" } else { "-server" })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let status = if opts.status_tags { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?) } else { None };
-    let setup = ChildSetup {
-        spool: CString::new(opts.spool_dir.as_os_str().as_bytes()).unwrap_or_default(),
-        status_w: status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1),
-        rss_bytes: opts.rss_kb.saturating_mul(1024),
-        mem_bytes: opts.mem_kb.saturating_mul(1024),
-    };
+    let setup = ChildSetup::new(opts, status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1));
     // SAFETY: the hook only makes async-signal-safe calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -160,17 +237,12 @@ pub fn spawn_exec(opts: &Options) -> io::Result<Spawned> {
         }
         None => None,
     };
-    finish_spawn(child.id(), &mut child).map(|(pid, stdin, stdout, stderr)| Spawned { pid, child, stdin, stdout, stderr, status })
-}
-
-fn finish_spawn(id: Option<u32>, child: &mut Child) -> io::Result<(u32, ChildStdin, ChildStdout, ChildStderr)> {
     let missing = || io::Error::other("child pipe missing");
-    Ok((id.ok_or_else(missing)?, child.stdin.take().ok_or_else(missing)?, child.stdout.take().ok_or_else(missing)?, child.stderr.take().ok_or_else(missing)?))
-}
-
-/// Wraps a descriptor in a tokio pipe receiver.
-pub fn pipe_receiver(fd: OwnedFd) -> io::Result<tokio::net::unix::pipe::Receiver> {
-    tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+    let pid = child.id().ok_or_else(missing)?;
+    let stdin = pipe::Sender::from_owned_fd(child.stdin.take().ok_or_else(missing)?.into_owned_fd()?)?;
+    let stdout = pipe::Receiver::from_owned_fd(child.stdout.take().ok_or_else(missing)?.into_owned_fd()?)?;
+    let stderr = pipe::Receiver::from_owned_fd(child.stderr.take().ok_or_else(missing)?.into_owned_fd()?)?;
+    Ok(Spawned { pid, proc: Proc::Child(child), stdin, stdout, stderr, status })
 }
 
 /// Result of reading one reply line.
@@ -243,7 +315,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
 /// The task owning one worker process until it is reaped.
 pub async fn run(mux: Arc<Mux>, slot: usize, wid: u64, w: Spawned, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
-    let Spawned { pid, mut child, stdin, stdout, stderr, status } = w;
+    let Spawned { pid, proc: mut child, stdin, stdout, stderr, status } = w;
     tokio::spawn(drain_stderr(mux.clone(), slot, wid, stderr));
     if let Some(st) = status {
         tokio::spawn(read_status(mux.clone(), slot, wid, st));
@@ -325,7 +397,7 @@ pub async fn run(mux: Arc<Mux>, slot: usize, wid: u64, w: Spawned, mut rx: mpsc:
 }
 
 /// Runs one command on the worker: write it (`-c`), read one reply (`-b`).
-async fn serve(mux: &Arc<Mux>, slot: usize, wid: u64, stdin: &mut ChildStdin, out: &mut LineReader<ChildStdout>, job: Job) {
+async fn serve(mux: &Arc<Mux>, slot: usize, wid: u64, stdin: &mut pipe::Sender, out: &mut LineReader<pipe::Receiver>, job: Job) {
     let started = Instant::now();
     // Anything left over from before belongs to no request.
     let stale = out.pending() > 0;
@@ -354,7 +426,7 @@ async fn serve(mux: &Arc<Mux>, slot: usize, wid: u64, stdin: &mut ChildStdin, ou
 }
 
 /// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
-async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: ChildStderr) {
+async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiver) {
     let mut r = LineReader::new(stderr);
     loop {
         match r.read_line(1023).await {

@@ -4,7 +4,12 @@
 # Used by tests/mux_*.rs; depends on nothing but core Perl.
 #
 # Start-up behaviour is steered by files in the current directory (the
-# spool dir): "worker-exit-at-start" holds an exit code to die with at once.
+# spool dir): "worker-exit-at-start" holds an exit code to die with at once;
+# "worker-fail-load" makes loading fail in -embserver mode.
+#
+# With -embserver/-embserveru it follows the embedded contract
+# (worker-protocol.md §1.2): loading only registers $main::MAILMUNGE_FILTER
+# and defines main::_mailmunge_do_main_loop, which runs the loop.
 use strict;
 use warnings;
 use Cwd qw(getcwd);
@@ -15,22 +20,21 @@ STDERR->autoflush(1);
 
 my $mode = $ARGV[0] // '';
 my $status;
-if ($mode eq '-serveru') {
-    if (open($status, '>&=', 3)) {
-        $status->autoflush(1);
-    } else {
-        undef $status;
-    }
-}
+my $loaded_in = $$;
 
-if (-e 'worker-exit-at-start') {
-    open(my $f, '<', 'worker-exit-at-start') or die;
-    my $code = <$f> // 0;
-    exit($code + 0);
+sub open_status {
+    if ($mode eq '-serveru' || $mode eq '-embserveru') {
+        if (open($status, '>&=', 3)) {
+            $status->autoflush(1);
+        } else {
+            undef $status;
+        }
+    }
 }
 
 sub out { print STDOUT "$_[0]\n"; }
 
+sub run_loop {
 my $served = 0;
 while (defined(my $line = <STDIN>)) {
     chomp $line;
@@ -47,6 +51,7 @@ while (defined(my $line = <STDIN>)) {
     elsif ($cmd eq 'twolines') { print "one\ntwo\n"; }
     elsif ($cmd eq 'halfexit') { print 'half'; exit 0; }
     elsif ($cmd eq 'pid')      { out($$); }
+    elsif ($cmd eq 'loadpid')  { out($loaded_in); }
     elsif ($cmd eq 'count')    { out($served); }
     elsif ($cmd eq 'argv')     { out(join(' ', @ARGV)); }
     elsif ($cmd eq 'cwd')      { out(getcwd()); }
@@ -74,4 +79,21 @@ while (defined(my $line = <STDIN>)) {
     }
     else { out('ok 0 Unknown%20command 554 5.7.1 0'); }
 }
-exit 0;
+}
+
+if ($mode eq '-embserver' || $mode eq '-embserveru') {
+    die "load failure requested\n" if -e 'worker-fail-load';
+    no warnings 'once';
+    $main::MAILMUNGE_FILTER = 1;
+    *main::_mailmunge_do_main_loop = sub { open_status(); run_loop(); exit 0; };
+    1;
+} else {
+    if (-e 'worker-exit-at-start') {
+        open(my $f, '<', 'worker-exit-at-start') or die;
+        my $code = <$f> // 0;
+        exit($code + 0);
+    }
+    open_status();
+    run_loop();
+    exit 0;
+}

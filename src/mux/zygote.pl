@@ -1,0 +1,160 @@
+# The preloading process behind `mailmunge-multiplexor -E` (see zygote.rs).
+#
+# Loads the filter once, the way upstream's embedded interpreter does
+# (@ARGV = ('-embserver') or ('-embserveru'), $0 = the filter), then forks
+# one worker per request. Run as: perl -e <this> -- FILTER MODE SLOTNAME
+#
+# Descriptors: 3 = control socket (requests in, replies out), 1 = event
+# pipe ("exit <pid> <wait status>" lines), 2 = log pipe, 0 = /dev/null.
+#
+# Control protocol:
+#   zygote -> mux  "ready\n" once loaded, or "error <text>\n" and exit 1.
+#   mux -> zygote  "fork <slot>\n" followed by 3 or 4 descriptors passed
+#                  with SCM_RIGHTS (worker stdin, stdout, stderr[, status]),
+#                  one NUL byte each (what IO::FDPass expects).
+#   zygote -> mux  "<pid>\n" or "error <text>\n".
+# End of file on the control socket: stop forking, reap the remaining
+# workers (still reporting their exits), then exit.
+use strict;
+use warnings;
+no warnings 'once';
+use POSIX ();
+use IO::Handle;
+
+my ($zy_filter, $zy_mode) = @ARGV;
+my $zy_ctl;
+open($zy_ctl, '+<&=', 3) or do { print STDERR "mailmunge zygote: fd 3: $!\n"; POSIX::_exit(1); };
+$zy_ctl->autoflush(1);
+STDOUT->autoflush(1);
+STDERR->autoflush(1);
+
+sub zy_fail {
+    my ($msg) = @_;
+    $msg =~ s/[\r\n]+/ /g;
+    syswrite($zy_ctl, "error $msg\n");
+    POSIX::_exit(1);
+}
+
+eval { require IO::FDPass; 1 }
+    or zy_fail('the Perl module IO::FDPass is needed for -E (Debian package libio-fdpass-perl)');
+
+# exit() in the filter's top-level code ends the load, as it ends perl_run
+# upstream; later (in workers) it is a real exit.
+our $ZY_LOADING = 1;
+BEGIN {
+    *CORE::GLOBAL::exit = sub {
+        die "__mailmunge_zygote_exit__\n" if $main::ZY_LOADING;
+        CORE::exit(@_ ? $_[0] : 0);
+    };
+}
+
+{
+    package main;
+    @ARGV = ($zy_mode);
+    $0 = $zy_filter;
+    my $ok = do $zy_filter;
+    my $err = $@;
+    $main::ZY_LOADING = 0;
+    if ($err && $err ne "__mailmunge_zygote_exit__\n") {
+        print STDERR $err;
+        zy_fail("loading $zy_filter failed: $err");
+    }
+    if (!defined($ok) && !$err && $!) {
+        zy_fail("cannot read $zy_filter: $!");
+    }
+}
+if (!$main::MAILMUNGE_FILTER) {
+    zy_fail("$zy_filter did not register a filter object (does it call \$filter->run()?)");
+}
+$0 = "mailmunge-multiplexor: preloaded $zy_filter";
+
+my %zy_children;
+my $zy_open = 1;
+$SIG{CHLD} = sub { };
+
+sub zy_reap {
+    while ((my $pid = waitpid(-1, POSIX::WNOHANG())) > 0) {
+        delete $zy_children{$pid};
+        print STDOUT "exit $pid $?\n";
+    }
+}
+
+sub zy_readline {
+    my $line = '';
+    while (1) {
+        my $c;
+        my $n = sysread($zy_ctl, $c, 1);
+        if (!defined $n) {
+            next if $!{EINTR};
+            return undef;
+        }
+        return undef if $n == 0;
+        return $line if $c eq "\n";
+        $line .= $c;
+        return undef if length($line) > 200;
+    }
+}
+
+sub zy_fork {
+    my ($slot) = @_;
+    my $n = ($zy_mode eq '-embserveru') ? 4 : 3;
+    my @fds;
+    for (1 .. $n) {
+        my $fd = IO::FDPass::recv(fileno($zy_ctl));
+        if (!defined($fd) || $fd < 0) {
+            POSIX::close($_) for @fds;
+            return "error did not receive descriptors: $!";
+        }
+        push @fds, $fd;
+    }
+    STDOUT->flush;
+    STDERR->flush;
+    my $pid = fork();
+    if (!defined $pid) {
+        POSIX::close($_) for @fds;
+        return "error fork failed: $!";
+    }
+    if ($pid == 0) {
+        $SIG{$_} = 'DEFAULT' for qw(TERM CHLD HUP INT);
+        $SIG{PIPE} = 'IGNORE';
+        POSIX::dup2($fds[0], 0);
+        POSIX::dup2($fds[1], 1);
+        POSIX::dup2($fds[2], 2);
+        if ($n == 4) {
+            POSIX::dup2($fds[3], 3);
+        } else {
+            POSIX::close(3);
+        }
+        for my $fd (@fds) {
+            POSIX::close($fd) if $fd > 3;
+        }
+        $0 = "mailmunge: Filtering worker $slot";
+        main::_mailmunge_do_main_loop();
+        CORE::exit(0);
+    }
+    POSIX::close($_) for @fds;
+    $zy_children{$pid} = 1;
+    return $pid;
+}
+
+syswrite($zy_ctl, "ready\n");
+while (1) {
+    zy_reap();
+    last if !$zy_open && !%zy_children;
+    my $rin = '';
+    vec($rin, fileno($zy_ctl), 1) = 1 if $zy_open;
+    my $nready = select(my $rout = $rin, undef, undef, $zy_open ? 5 : 0.5);
+    next unless $zy_open && $nready && $nready > 0;
+    my $req = zy_readline();
+    if (!defined $req) {
+        $zy_open = 0;
+        next;
+    }
+    if ($req =~ /^fork (\d+)$/) {
+        my $r = zy_fork($1);
+        syswrite($zy_ctl, "$r\n");
+    } else {
+        syswrite($zy_ctl, "error unknown request\n");
+    }
+}
+POSIX::_exit(0);

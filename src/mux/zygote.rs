@@ -1,0 +1,235 @@
+//! `-E` without linking libperl: a long-lived Perl process (the "zygote",
+//! `zygote.pl`) loads the filter once with `-embserver`/`-embserveru`, the
+//! way upstream's embedded interpreter does (worker-protocol.md §1.2), and
+//! forks a worker per activation. The child receives its stdin/stdout/stderr
+//! (and the `-Z` status pipe) as descriptors passed with SCM_RIGHTS, puts
+//! them on fds 0–3 and calls `main::_mailmunge_do_main_loop`.
+//!
+//! Workers are the zygote's children, so the zygote reports their exits
+//! (`exit <pid> <wait status>` on its stdout); if it dies, their exits are
+//! noticed by polling the pid instead.
+//!
+//! Failure handling: a filter that fails to load at start-up is fatal
+//! (upstream's `perl_parse failed` message plus Perl's own errors). On
+//! `reread` a new zygote is loaded; until it is ready, and for good if it
+//! fails to load (the error is logged), activations use the previous
+//! zygote only if the reload failed, and plain `perl FILTER -server` in the
+//! meantime. A zygote that dies is restarted after a pause; activations
+//! fall back to `perl FILTER -server` meanwhile.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader as TokioBufReader};
+use tokio::sync::oneshot;
+
+use super::options::Options;
+use crate::daemon::{self, LOG_ERR, LOG_INFO};
+
+/// The zygote program.
+pub const ZYGOTE_PL: &str = include_str!("zygote.pl");
+
+/// How long a filter may take to load.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a fork request may take.
+pub const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Exit statuses reported by a zygote, handed to whoever waits for that pid.
+#[derive(Default)]
+struct Registry {
+    waiters: HashMap<u32, oneshot::Sender<i32>>,
+    /// Exits that arrived before their pid was registered.
+    early: HashMap<u32, i32>,
+    closed: bool,
+}
+
+/// A running zygote.
+pub struct Zygote {
+    pub pid: u32,
+    ctl: UnixStream,
+    rd: BufReader<UnixStream>,
+    registry: Arc<Mutex<Registry>>,
+    status_pipe: bool,
+}
+
+fn perl_path() -> &'static str {
+    if std::path::Path::new("/usr/bin/perl").exists() {
+        "/usr/bin/perl"
+    } else {
+        "perl"
+    }
+}
+
+impl Zygote {
+    /// Starts a zygote and waits until the filter is loaded. `Err` carries
+    /// a readable reason (including Perl's error output).
+    pub async fn start(opts: &Options) -> Result<Zygote, String> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mode = if opts.status_tags { "-embserveru" } else { "-embserver" };
+        let mut cmd = tokio::process::Command::new(perl_path());
+        cmd.arg("-e")
+            .arg(ZYGOTE_PL)
+            .arg("--")
+            .arg(&opts.filter)
+            .arg(mode)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        let setup = super::worker::ChildSetup::new(opts, theirs.as_raw_fd());
+        // SAFETY: the hook only makes async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                setup.apply();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start perl: {e}"))?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(read_events(out, registry.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(read_stderr(err, errors.clone(), opts.verbose));
+        }
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(st) if st.success() => {}
+                Ok(st) => daemon::log(LOG_INFO, &format!("Preloading process {pid} exited: {st}")),
+                Err(e) => daemon::log(LOG_ERR, &format!("Preloading process {pid}: {e}")),
+            }
+        });
+        let rd_sock = ours.try_clone().map_err(|e| e.to_string())?;
+        let first = tokio::task::spawn_blocking(move || {
+            let _ = rd_sock.set_read_timeout(Some(LOAD_TIMEOUT));
+            let mut rd = BufReader::new(rd_sock);
+            let mut line = String::new();
+            let r = rd.read_line(&mut line);
+            (r, line, rd)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let (r, line, rd) = first;
+        let line = line.trim_end().to_string();
+        if r.is_ok() && line == "ready" {
+            return Ok(Zygote { pid, ctl: ours, rd, registry, status_pipe: opts.status_tags });
+        }
+        // Give the stderr reader a moment to collect Perl's messages.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let perl_errors = errors.lock().map(|e| e.join("\n")).unwrap_or_default();
+        let reason = match line.strip_prefix("error ") {
+            Some(msg) => msg.to_string(),
+            None => "the preloading process exited before it was ready".to_string(),
+        };
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        Err(if perl_errors.is_empty() { reason } else { format!("{reason}\n{perl_errors}") })
+    }
+
+    /// Forks a worker that gets `fds` (stdin read end, stdout write end,
+    /// stderr write end, and the status write end with `-Z`). Returns its
+    /// pid and a receiver for its wait status.
+    pub fn fork(&mut self, slot: usize, fds: &[BorrowedFd<'_>]) -> io::Result<(u32, oneshot::Receiver<i32>)> {
+        let want = if self.status_pipe { 4 } else { 3 };
+        if fds.len() != want {
+            return Err(io::Error::other("wrong number of descriptors"));
+        }
+        self.ctl.set_write_timeout(Some(FORK_TIMEOUT))?;
+        self.rd.get_ref().set_read_timeout(Some(FORK_TIMEOUT))?;
+        self.ctl.write_all(format!("fork {slot}\n").as_bytes())?;
+        for fd in fds {
+            let raw = [fd.as_raw_fd()];
+            let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+            nix::sys::socket::sendmsg::<()>(self.ctl.as_raw_fd(), &[IoSlice::new(b"\0")], &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+                .map_err(io::Error::from)?;
+        }
+        let mut line = String::new();
+        if self.rd.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "preloading process closed its socket"));
+        }
+        let line = line.trim_end();
+        let pid: u32 = match line.parse() {
+            Ok(p) => p,
+            Err(_) => return Err(io::Error::other(line.strip_prefix("error ").unwrap_or(line).to_string())),
+        };
+        let (tx, rx) = oneshot::channel();
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = reg.early.remove(&pid) {
+            let _ = tx.send(st);
+        } else if !reg.closed {
+            reg.waiters.insert(pid, tx);
+        }
+        Ok((pid, rx))
+    }
+}
+
+impl Drop for Zygote {
+    /// Closing the control socket tells the zygote to stop forking; it
+    /// exits once its last worker has been reaped.
+    fn drop(&mut self) {
+        let _ = self.ctl.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+async fn read_events(out: tokio::process::ChildStdout, registry: Arc<Mutex<Registry>>) {
+    let mut lines = TokioBufReader::new(out).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        let mut it = l.split(' ');
+        if let (Some("exit"), Some(pid), Some(st)) = (it.next(), it.next(), it.next()) {
+            if let (Ok(pid), Ok(st)) = (pid.parse::<u32>(), st.parse::<i32>()) {
+                let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+                match reg.waiters.remove(&pid) {
+                    Some(tx) => {
+                        let _ = tx.send(st);
+                    }
+                    None => {
+                        reg.early.insert(pid, st);
+                    }
+                }
+            }
+        }
+    }
+    // The zygote is gone: waiters fall back to watching the pid.
+    let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+    reg.closed = true;
+    reg.waiters.clear();
+}
+
+async fn read_stderr(err: tokio::process::ChildStderr, keep: Arc<Mutex<Vec<String>>>, verbose: bool) {
+    let mut lines = TokioBufReader::new(err).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
+        if k.len() < 20 {
+            k.push(l.clone());
+            daemon::log(LOG_ERR, &format!("Preloading process stderr: {l}"));
+        } else if verbose {
+            daemon::log(LOG_INFO, &format!("Preloading process stderr: {l}"));
+        }
+    }
+}
+
+/// Waits for a zygote child to end: its status from the zygote, or, if the
+/// zygote went away, by polling the pid (status then reads as SIGKILL).
+pub async fn wait_forked(pid: u32, exit: &mut Option<oneshot::Receiver<i32>>) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(rx) = exit.as_mut() {
+        match rx.await {
+            Ok(st) => return std::process::ExitStatus::from_raw(st),
+            Err(_) => *exit = None,
+        }
+    }
+    loop {
+        // SAFETY: signal 0 only checks for existence.
+        if unsafe { libc::kill(pid as i32, 0) } != 0 {
+            return std::process::ExitStatus::from_raw(libc::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

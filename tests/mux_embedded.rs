@@ -1,0 +1,87 @@
+//! `-E`: workers forked from a preloaded Perl process (the zygote) instead
+//! of exec'd (multiplexor.md §7.4, worker-protocol.md §1.2).
+
+mod mux_support;
+use mux_support::*;
+use std::process::Command;
+
+fn good(r: &str) -> bool {
+    r.ends_with('\n') && !r.starts_with("error") && !r.starts_with("ERR")
+}
+
+#[test]
+fn workers_are_forked_from_the_preloaded_filter() {
+    let mx = Mx::start(&["-E", "-x", "2"]);
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    let pid = mx.req_s("pid");
+    let loaded = mx.req_s("loadpid");
+    // Loaded once, in another process than the worker.
+    assert_ne!(pid, loaded);
+    assert_eq!(mx.req_s("argv"), "-embserver\n");
+    assert_eq!(mx.req_s("cwd"), format!("{}\n", mx.spool.path.display()));
+    assert_eq!(mx.req_s("umask"), "0077\n");
+    assert_eq!(mx.req_s("sigpipe"), "IGNORE\n");
+    assert_eq!(mx.req_s("fds"), "0,1,2\n");
+    // A second worker comes from the same load.
+    let sock = mx.sock.clone();
+    let t = std::thread::spawn(move || request(&sock, b"sleep 1\n"));
+    mx.wait_for("status", |r| r.contains('B'));
+    assert_eq!(mx.req_s("loadpid"), loaded);
+    assert_eq!(t.join().unwrap(), b"slept 1\n");
+    // A worker dying mid-request is noticed and replaced.
+    assert_eq!(mx.req(b"die\n"), b"ERR No response from worker\n");
+    mx.wait_for("status", |r| !r.contains('K'));
+    assert_eq!(mx.wait_for("ping", good), "PONG\n");
+    // reread loads the filter again.
+    assert_eq!(mx.req(b"reread\n"), b"Forced reread of filter rules\n");
+    let again = mx.wait_for("loadpid", |r| good(r) && *r != loaded);
+    assert_ne!(again, loaded);
+}
+
+#[test]
+fn status_pipe_with_preloading() {
+    let mx = Mx::start(&["-E", "-Z", "-x", "2"]);
+    assert_eq!(mx.req_s("argv"), "-embserveru\n");
+    assert_eq!(mx.req_s("fds"), "0,1,2,3\n");
+    let sock = mx.sock.clone();
+    let t = std::thread::spawn(move || request(&sock, b"tag preloaded%20tag 2\n"));
+    mx.wait_for("busyworkers", |r| r.contains("(preloaded tag)"));
+    assert_eq!(t.join().unwrap(), b"tagged\n");
+}
+
+#[test]
+fn filter_that_fails_to_load_is_a_clear_startup_error() {
+    let sp = Spool::new();
+    std::fs::write(sp.file("worker-fail-load"), "").unwrap();
+    let mut args = base_args(&sp, &worker_path());
+    args.push("-E".into());
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = format!(
+        "Error from child: perl_parse failed - you may have an error in {}; please check with perl -c.  MULTIPLEXOR IS TERMINATING.\n",
+        worker_path().display()
+    );
+    assert!(err.starts_with(&first), "{err}");
+    assert!(err.contains("load failure requested"), "{err}");
+    assert!(!sp.file("mx.sock").exists());
+}
+
+#[test]
+fn real_mailmunge_filter_preloaded() {
+    let sp = Spool::new();
+    let perl_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perl");
+    let filter = sp.file("filter.pl");
+    // exit(0) after run() must end the load, not the preloading process.
+    std::fs::write(
+        &filter,
+        format!("use lib '{}';\nuse Mailmunge::Filter;\nmy $filter = Mailmunge::Filter->new();\n$filter->run();\nexit(0);\n", perl_dir.display()),
+    )
+    .unwrap();
+    // No execute bit needed with -E.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&filter, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mx = Mx::start_in(sp, &filter, &["-E"]);
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    assert_eq!(mx.req(b"tick 0\n"), b"error: External agents may not invoke 'tick'\n");
+}
