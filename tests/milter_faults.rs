@@ -347,3 +347,26 @@ async fn delay_does_not_block_other_sessions() {
     assert_eq!(r, Packet { kind: b'y', data: b"550 5.7.1 slow\0".to_vec() });
     e.wait_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_write_failure_tempfails() {
+    let e = start(FREE_REPLY, &["-C"], &[("MM_DEBUG_ALLOCATION", "")]);
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    // The working directory vanishes under the milter (disk trouble, an
+    // over-eager cleaner): the next write fails and the message is refused.
+    let dirs = e.scratch.leftover_dirs();
+    std::fs::remove_dir_all(e.scratch.spool.join(&dirs[0])).unwrap();
+    let r = mta.rcpt(&[b"<c@d>"]).await;
+    assert_eq!(r.kind, TEMPFAIL, "{r}");
+    e.assert_log("NOQUEUE: Could not open ");
+    e.assert_log("/COMMANDS: No such file or directory");
+    // Nothing to clean up, and the session goes on.
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    drop(mta);
+    e.wait_clean().await;
+    e.assert_log("Allocating private data: ctx=0x");
+    e.assert_log("Deallocating private data: ctx=0x");
+}

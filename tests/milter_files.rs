@@ -39,7 +39,17 @@ fn mask_id(commands: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tricky_headers_and_body_without_macros() {
-    let (scratch, mux, milter) = start(&[]);
+    tricky(&[]).await;
+}
+
+/// -C reopens the files in every callback; the bytes must not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tricky_input_with_conserved_descriptors() {
+    tricky(&["-C"]).await;
+}
+
+async fn tricky(flags: &[&str]) {
+    let (scratch, mux, milter) = start(flags);
     mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
     let mut mta = milter.connect().await;
     mta.negotiate().await;

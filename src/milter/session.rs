@@ -447,7 +447,18 @@ async fn connect(cfg: &Config, cx: &mut Context<Conn>, hostname: CString, sock: 
         };
     }
     cx.data = Some(conn);
+    if debug_allocation() {
+        let data = cx.data.as_ref().map(|d| d as *const Conn).unwrap_or(std::ptr::null());
+        mm_log!(Debug, "Allocating private data: ctx={:p} data={data:p}", cx as *const _);
+    }
     status
+}
+
+/// `MM_DEBUG_ALLOCATION` set to anything logs per-connection state
+/// allocation and release.
+fn debug_allocation() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("MM_DEBUG_ALLOCATION").is_some())
 }
 
 async fn helo(cfg: &Config, cx: &mut Context<Conn>, arg: CString) -> Status {
@@ -1038,6 +1049,11 @@ async fn abort(cfg: &Config, cx: &mut Context<Conn>) -> Status {
 }
 
 async fn close(cfg: &Config, cx: &mut Context<Conn>) -> Status {
+    if debug_allocation() {
+        if let Some(d) = cx.data.as_ref() {
+            mm_log!(Debug, "Deallocating private data: ctx={:p} data={:p}", cx as *const _, d as *const Conn);
+        }
+    }
     if let Some(mut conn) = cx.data.take() {
         cleanup(cfg, &mut conn);
     }

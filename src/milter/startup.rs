@@ -3,7 +3,9 @@
 //! multiplexor, and the indymilter main loop with signal handling.
 
 use std::io::Write;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -227,7 +229,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         let unix_path = listener.path().map(|p| p.to_path_buf());
         let config = indymilter::Config { max_connections: 1 << 20, ..Default::default() };
         let callbacks = session::callbacks(Arc::new(cfg));
-        let r = indymilter::run(NoDelayListener(listener), callbacks, config, shutdown_signal(opts.foreground)).await;
+        let r = indymilter::run(NoDelayListener::new(listener), callbacks, config, shutdown_signal(opts.foreground)).await;
         if let Some(p) = unix_path {
             let _ = std::fs::remove_file(p);
         }
@@ -331,15 +333,32 @@ async fn shutdown_signal(foreground: bool) {
 }
 
 /// Accepts MTA connections for indymilter; TCP ones get TCP_NODELAY so each
-/// milter reply leaves at once instead of waiting on delayed ACKs.
-struct NoDelayListener(Listener);
+/// milter reply leaves at once instead of waiting on delayed ACKs. Running
+/// out of descriptors pauses accepting for a moment instead of ending the
+/// milter.
+struct NoDelayListener {
+    inner: Listener,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl NoDelayListener {
+    fn new(inner: Listener) -> Self {
+        NoDelayListener { inner, backoff: None }
+    }
+}
 
 impl indymilter::Listener for NoDelayListener {
     type Io = Stream;
 
     fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<Stream>> {
         loop {
-            let r = match &mut self.0 {
+            if let Some(sleep) = self.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            let r = match &mut self.inner {
                 Listener::Unix(l, _) => tokio::net::UnixListener::poll_accept(l, cx).map_ok(|(s, _)| Stream::Unix(s)),
                 Listener::Tcp(l) => tokio::net::TcpListener::poll_accept(l, cx).map_ok(|(s, _)| {
                     let _ = s.set_nodelay(true);
@@ -348,10 +367,12 @@ impl indymilter::Listener for NoDelayListener {
             };
             match r {
                 Poll::Ready(Err(e)) if is_transient_accept_error(&e) => {
-                    // A client that gave up before accept, or a short fd
-                    // shortage, must not end the milter.
+                    // A client that gave up before accept must not end the milter.
                     mm_log!(Warning, "accept failed: {e}");
-                    continue;
+                }
+                Poll::Ready(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                    mm_log!(Error, "accept failed: {e}; pausing for 100ms");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                 }
                 other => return other,
             }
