@@ -124,10 +124,16 @@ sub _copy_text
 {
 	my ($in, $out, $text, $at_start) = @_;
 	$out->print($text) if $at_start;
+	my $last = "\n";
 	while (defined(my $l = <$in>)) {
 		$out->print($l);
+		$last = $l;
 	}
-	$out->print($text) unless $at_start;
+	if (!$at_start) {
+		# Start the boilerplate on a line of its own.
+		$out->print("\n") unless $last =~ /\n\z/;
+		$out->print($text);
+	}
 	return 1;
 }
 
@@ -213,7 +219,8 @@ decoded part body, so it is re-encoded with the part.  Pass it as bytes
 in the part's character set, or as a Perl character string, which is
 then converted to the part's charset (characters the charset lacks
 become C<?>, or character references in HTML).  A trailing newline is
-added if missing.
+added if missing, and boilerplate added at the end of a text part whose
+last line lacks a newline starts on a new line.
 
 =head1 METHODS
 

@@ -25,7 +25,14 @@ sub run_worker
 	local $ENV{MAILMUNGE_MTA} = $opt{mta} || 'none';
 	local $ENV{TESTDIR} = $opt{testdir} || $REPO;
 	my $err = gensym;
+	$filter = abs_path($filter);
+	my $here;
+	if ($opt{cwd}) {
+		$here = Cwd::getcwd();
+		chdir($opt{cwd}) or die("chdir $opt{cwd}: $!");
+	}
 	my $pid = open3(my $in, my $out, $err, $^X, '-I', "$REPO/perl", $filter, '-server');
+	chdir($here) if defined($here);
 	print $in map { "$_\n" } @$lines;
 	close($in);
 	my ($o, $e) = ('', '');
@@ -60,6 +67,41 @@ sub prepare_msg_dir
 	$ctx->helo($o{helo} || 'client.example.net');
 	main::write_commands_file($dir, $ctx);
 	return $ctx;
+}
+
+# start_dns(\%records) serves "name TYPE" => [rdata...] on 127.0.0.1 and
+# returns (resolver, pid).  Unknown names get NXDOMAIN.
+sub start_dns
+{
+	my ($records) = @_;
+	require Net::DNS;
+	require Net::DNS::Nameserver;
+	my $handler = sub {
+		my ($qname, $qclass, $qtype) = @_;
+		(my $name = lc($qname)) =~ s/\.\z//;
+		my @known = grep { /^\Q$name\E / } keys(%$records);
+		return ('NXDOMAIN', [], [], [], { aa => 1 }) unless @known;
+		my @ans = map { Net::DNS::RR->new("$name 60 IN $qtype $_") } @{$records->{"$name $qtype"} || []};
+		return ('NOERROR', \@ans, [], [], { aa => 1 });
+	};
+	my ($ns, $port);
+	for (1 .. 50) {
+		$port = 20000 + int(rand(30000));
+		$ns = eval { Net::DNS::Nameserver->new(LocalAddr => '127.0.0.1', LocalPort => $port,
+						       ReplyHandler => $handler, Verbose => 0) };
+		last if $ns;
+	}
+	die("cannot start a local name server\n") unless $ns;
+	my $pid = fork();
+	die("fork: $!") unless defined($pid);
+	if (!$pid) {
+		eval { $ns->main_loop(); };
+		POSIX::_exit(0);
+	}
+	my $res = Net::DNS::Resolver->new(nameservers => ['127.0.0.1'], port => $port, recurse => 0,
+					  udp_timeout => 3, tcp_timeout => 3, retry => 2, defnames => 0,
+					  searchlist => []);
+	return ($res, $pid);
 }
 
 sub slurp

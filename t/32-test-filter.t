@@ -1,0 +1,156 @@
+# Test::Mailmunge::Filter (perl-api.md §11.1) run as a worker: SMTP-stage
+# verdicts, the Compat actions on a message with executables, every message
+# modification, the four boilerplate variants, quarantine, copying INPUTMSG
+# and DKIM signing, checked byte for byte against fixtures in
+# t/data/ext/expected (set MM_REGEN_FIXTURES=1 to rewrite them, then review).
+use strict;
+use warnings;
+
+use Test::More;
+use lib 't/data/ext/lib';
+use ExtUtil;
+use Test::Mailmunge::Tmpdir;
+use Mail::DKIM::Verifier;
+
+my $tmp = Test::Mailmunge::Tmpdir->new();
+my $spool = "$tmp->{dir}/spool";
+mkdir($spool);
+mkdir("$spool/quarantine");
+my $FILTER = 't/data/ext/filters/test-filter.pl';
+my $EXP = 't/data/ext/expected';
+my $n = 0;
+
+sub worker { my ($r) = ExtUtil::run_worker($FILTER, [@_], cwd => $spool); return $r; }
+
+sub scan
+{
+	my ($msg, $subject, %o) = @_;
+	my $dir = "$spool/m" . ++$n;
+	ExtUtil::prepare_msg_dir($dir, $msg, subject => $subject, recipients => ['<heidi@example.com>'], %o);
+	my $r = worker("scan qX$n $dir");
+	return (join("\n", @$r), $dir);
+}
+
+sub fixture
+{
+	my ($got, $name, $label) = @_;
+	if ($ENV{MM_REGEN_FIXTURES}) {
+		open(my $fh, '>', "$EXP/$name") or die;
+		print $fh $got;
+		close($fh);
+	}
+	is($got, ExtUtil::slurp("$EXP/$name"), $label);
+}
+
+sub file { return ExtUtil::slurp($_[0]) }
+
+# --- SMTP-stage verdicts (replies as the worker writes them)
+is_deeply(worker(map { "relayok 10.0.0.$_ host$_.example 4444 127.0.0.1 25 NOQUEUE" } 1 .. 5), [
+	'ok 1 ok 250 2.1.0 0',
+	'ok -1 Whoops 451 4.3.0 0',
+	'ok 0 GO%20AWAY 554 5.7.1 0',
+	'ok 2 I%20love%20you 250 2.1.0 0',
+	'ok -1 Case%20not%20covered 451 4.3.0 0',
+], 'filter_relay by client address');
+is_deeply(worker(map { "helook 192.0.2.1 h.example $_ 4444 127.0.0.1 25 NOQUEUE" }
+		 qw(continue tempfail reject accept_and_no_more_filtering Continue)), [
+	'ok 1 ok 250 2.1.0 0', 'ok -1 ? 451 4.3.0 0', 'ok 0 ? 554 5.7.1 0', 'ok 2 ok 250 2.1.0 0',
+	'ok -1 Case%20not%20covered 451 4.3.0 0',
+], 'filter_helo by exact HELO');
+
+# --- Executables: drop with warning, replace, silent drop, accept with warning
+my ($reply, $dir) = scan('t/data/ext/msgs/exe.eml', 'attachments');
+is($reply, 'ok', 'scan ok');
+is(file("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22exe-boundary%22\nC\nF\n", 'RESULTS');
+fixture(file("$dir/NEWBODY"), 'exe.NEWBODY', 'NEWBODY');
+
+# --- Every modification at once
+($reply, $dir) = scan('t/data/ext/msgs/exe.eml',
+		      'addpart addentity chgsub delhdr chghdr delallhdrs chgsender addrcpt delrcpt addhdr smquarantine quarantine');
+is($reply, 'ok', 'scan ok');
+fixture(file("$dir/RESULTS"), 'everything.RESULTS', 'RESULTS: header, envelope, quarantine lines in call order');
+fixture(file("$dir/NEWBODY"), 'everything.NEWBODY', 'NEWBODY with the added entity and part');
+my @q = glob("$spool/quarantine/*/qdir-*");
+is(scalar(@q), 1, 'one quarantine directory');
+is(file("$q[0]/MSG.0"), "Go to your room NOW, young message!\n", 'quarantine reason');
+is(file("$q[0]/ENTIRE_MESSAGE"), file("$dir/INPUTMSG"), 'quarantined message');
+is(file("$q[0]/RECIPIENTS"), "<heidi\@example.com>\n", 'quarantined recipients');
+
+# --- filter_begin and filter_end dispositions
+# (The filter_end words also match inside "begin-chghdr" etc., as upstream's.)
+my %disp = (
+	'begin-tempfail' => "T451 4.3.0 I%27m%20busy%20at%20the%20moment...\nF\n",
+	'begin-reject'   => "B554 5.7.1 I%20am%20not%20in%20the%20mood\nF\n",
+	'begin-discard'  => "D\nF\n",
+	'begin-chghdr'   => "IX-Foo 1 Foo%20has%20been%20CHANGED\nIX-Change-Me 1 You%20are%20changed!\nMmultipart/mixed;%20boundary=%22exe-boundary%22\nC\nF\n",
+	'begin-delhdr'   => "JX-Foo 1\nJX-Delete-Me 1\nMmultipart/mixed;%20boundary=%22exe-boundary%22\nC\nF\n",
+	'begin-addhdr'   => "HX-Foo New-Foo\nHX-Added I%20am%20new!\nMmultipart/mixed;%20boundary=%22exe-boundary%22\nC\nF\n",
+	'bounce'         => "B554 5.7.1 I%27m%20a-bouncin%27%20ya!\nF\n",
+	'discard'        => "D\nF\n",
+	'tempfail'       => "T451 4.3.0 I%27m%20a-tempfailin%27%20ya!\nF\n",
+);
+foreach my $s (sort keys %disp) {
+	($reply, $dir) = scan('t/data/ext/msgs/exe.eml', $s);
+	is(file("$dir/RESULTS"), $disp{$s}, "$s: RESULTS");
+}
+
+# --- copy-this-email reads INPUTMSG through inputmsg_fh
+($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'copy-this-email');
+is($reply, 'ok', 'scan ok');
+is(file("$dir/COPIED_EMAIL"), file("$dir/INPUTMSG"), 'COPIED_EMAIL equals INPUTMSG');
+
+# --- Boilerplate
+foreach my $v (qw(one_start one_end all_start all_end)) {
+	($reply, $dir) = scan('t/data/ext/msgs/boilerplate.eml', "boilerplate_$v");
+	is(file("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22top%22\nC\nF\n", "boilerplate_$v: RESULTS");
+	fixture(file("$dir/NEWBODY"), "boilerplate_$v.NEWBODY", "boilerplate_$v: NEWBODY");
+}
+
+# --- DKIM: deterministic signature, and it verifies as the MTA will deliver it
+my $pub = file('t/data/ext/dkim/public-key.pem');
+$pub =~ s/-----[^-]+-----//g;
+$pub =~ s/\s+//g;
+my ($res, $dns_pid) = ExtUtil::start_dns({ 'testing._domainkey.test.mailmunge.org TXT' => ["\"v=DKIM1; k=rsa; p=$pub\""] });
+Mail::DKIM::DNS::resolver($res);
+
+sub verify
+{
+	my ($dir) = @_;
+	my ($sig) = file("$dir/RESULTS") =~ /^HDKIM-Signature (.*)$/m;
+	return 'no signature' unless defined($sig);
+	$sig =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
+	my ($head, $body);
+	if (-e "$dir/NEWBODY") {
+		my ($ct) = file("$dir/RESULTS") =~ /^M(.*)$/m;
+		$ct =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
+		$head = file("$dir/PRISTINE_HEADERS");
+		$head =~ s/^Content-Type:.*\n(?:[ \t].*\n)*/Content-Type: $ct\n/mi;
+		$body = file("$dir/NEWBODY");
+	} else {
+		($head, $body) = split(/\n\n/, file("$dir/INPUTMSG"), 2);
+		$head .= "\n";
+	}
+	my $msg = "DKIM-Signature: $sig\n$head\n$body";
+	$msg =~ s/\r?\n/\r\n/g;
+	my $v = Mail::DKIM::Verifier->new();
+	$v->PRINT($msg);
+	$v->CLOSE();
+	return $v->result eq 'pass' ? 'pass' : $v->result . ' (' . ($v->result_detail // '') . ')';
+}
+
+($reply, $dir) = scan('t/data/ext/msgs/exe.eml', 'dkim_sign');
+is($reply, 'ok', 'dkim_sign: scan ok');
+fixture(file("$dir/RESULTS"), 'dkim.RESULTS', 'dkim_sign: RESULTS');
+is(verify($dir), 'pass', 'signature over the rebuilt (attachments dropped) message verifies');
+
+($reply, $dir) = scan('t/data/ext/msgs/boilerplate.eml', 'dkim_sign boilerplate_one_start');
+is($reply, 'ok', 'dkim_sign + boilerplate: scan ok');
+fixture(file("$dir/RESULTS"), 'dkim-modified.RESULTS', 'dkim_sign + boilerplate: RESULTS (M, C, then the signature)');
+is(verify($dir), 'pass', 'signature over the new body verifies');
+
+($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'dkim_sign');
+is(verify($dir), 'pass', 'unchanged multipart message verifies');
+
+kill('TERM', $dns_pid);
+waitpid($dns_pid, 0);
+done_testing();
