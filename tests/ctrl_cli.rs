@@ -359,7 +359,13 @@ fn json_extensions() {
     assert_eq!(v["command"], "recipok");
     assert_eq!(v["windows"][2]["hours"], 12);
     check(&mux, &["jsonload1", "5"], "Could not interpret response: error: Invalid 'back' amount (must be 10-600)\n", "", 1);
-    assert_eq!(mux.requests(), ["status\n", "load\n", "load1 60\n", "hload-recipok\n", "load1 5\n"]);
+    let o = run(&["-s", mux.sock(), "jsonworkers"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["workers"][0]["tag"], "1: sleeping 2");
+    assert_eq!(v["workers"][1]["pid"], 14892);
+    assert_eq!(v["workers"][2]["state"], "stopped");
+    check(&mux, &["jsonbusyworkers"], "{\"workers\":[]}\n", "", 0);
+    assert_eq!(mux.requests(), ["status\n", "load\n", "load1 60\n", "hload-recipok\n", "load1 5\n", "workers\n", "busyworkers\n"]);
 }
 
 #[test]

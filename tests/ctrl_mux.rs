@@ -138,6 +138,11 @@ fn busy_workers_show_up_in_status_and_top() {
     assert_eq!(out(&mx, &["barstatus"]), "  1/2 B.    0/2 .. 0\n");
     let bw = out(&mx, &["busyworkers"]);
     assert!(bw.starts_with("0 B ") && bw.contains(" ago="), "{bw:?}");
+    let j: serde_json::Value = serde_json::from_str(&out(&mx, &["jsonbusyworkers"])).unwrap();
+    assert_eq!(j["workers"][0]["slot"], 0);
+    assert_eq!(j["workers"][0]["state"], "busy");
+    assert!(j["workers"][0]["pid"].as_i64().is_some_and(|p| p > 1), "{j}");
+    assert_eq!(j["workers"].as_array().unwrap().len(), 1);
     let top = out(&mx, &["top", "1", "1"]);
     let lines: Vec<&str> = top.lines().collect();
     assert_eq!(lines[0], "mm-mx-ctrl top: 1 multiplexor(s), every 1s");

@@ -229,12 +229,92 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
     )
 }
 
+#[derive(Serialize, Debug, PartialEq)]
+struct WorkerLine {
+    slot: i64,
+    state: &'static str,
+    pid: Option<i64>,
+    command: Option<String>,
+    last: Option<String>,
+    ago: i64,
+    tag: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Workers {
+    workers: Vec<WorkerLine>,
+}
+
+/// Parses one `workers` line (multiplexor.md §5.3):
+/// `<n> <S|I|B|K>[ <pid>][ <cmd>][ last=<cmd>] ago=<secs>[ (<tag>)]`.
+fn worker_line(line: &str) -> Option<WorkerLine> {
+    // The tag may contain anything, so split it off first: it follows the
+    // ago= field.
+    let ago_at = line.find(" ago=")?;
+    let (head, rest) = (&line[..ago_at], &line[ago_at + 5..]);
+    let (ago, tag) = match rest.split_once(' ') {
+        None => (rest, None),
+        Some((a, t)) => (a, Some(t.strip_prefix('(')?.strip_suffix(')')?.to_string())),
+    };
+    let mut tok = head.split(' ');
+    let slot = tok.next()?.parse().ok()?;
+    let state = match tok.next()? {
+        "S" => "stopped",
+        "I" => "idle",
+        "B" => "busy",
+        "K" => "killed",
+        _ => return None,
+    };
+    let mut w = WorkerLine { slot, state, pid: None, command: None, last: None, ago: ago.parse().ok()?, tag };
+    for t in tok {
+        if let Some(l) = t.strip_prefix("last=") {
+            w.last = Some(l.to_string());
+        } else if w.pid.is_none() && w.command.is_none() && t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
+            w.pid = t.parse().ok();
+        } else if w.command.is_none() && w.last.is_none() {
+            w.command = Some(t.to_string());
+        } else {
+            return None;
+        }
+    }
+    Some(w)
+}
+
+/// `jsonworkers`, `jsonbusyworkers`: the `workers`/`busyworkers` report as
+/// `{"workers":[{"slot":0,"state":"busy","pid":123,"command":"scan","last":"scan","ago":0,"tag":"…"},…]}`.
+pub fn workers(reply: &[u8], bracket: bool) -> Rendered {
+    let text = String::from_utf8_lossy(format::cstr(reply));
+    let parsed: Option<Vec<WorkerLine>> = text.lines().map(worker_line).collect();
+    match parsed {
+        Some(workers) => emit(&Workers { workers }, bracket),
+        None => format::interpret_error(reply),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn s(r: &Rendered) -> &str {
         std::str::from_utf8(&r.out).unwrap()
+    }
+
+    #[test]
+    fn workers_json() {
+        let r = workers(b"0 B 14849 last=relayok ago=0 (1: sleeping 2)\n1 I 14892 ago=5\n2 B 19115 recipok last=recipok ago=0 (1: checking (x) recipok)\n3 S last=scan ago=6\n4 K 77 ago=1\n", false);
+        let t = s(&r);
+        assert_eq!(
+            t,
+            "{\"workers\":[{\"slot\":0,\"state\":\"busy\",\"pid\":14849,\"command\":null,\"last\":\"relayok\",\"ago\":0,\"tag\":\"1: sleeping 2\"},\
+{\"slot\":1,\"state\":\"idle\",\"pid\":14892,\"command\":null,\"last\":null,\"ago\":5,\"tag\":null},\
+{\"slot\":2,\"state\":\"busy\",\"pid\":19115,\"command\":\"recipok\",\"last\":\"recipok\",\"ago\":0,\"tag\":\"1: checking (x) recipok\"},\
+{\"slot\":3,\"state\":\"stopped\",\"pid\":null,\"command\":null,\"last\":\"scan\",\"ago\":6,\"tag\":null},\
+{\"slot\":4,\"state\":\"killed\",\"pid\":77,\"command\":null,\"last\":null,\"ago\":1,\"tag\":null}]}\n"
+        );
+        assert_eq!(s(&workers(b"", true)), "<\n{\"workers\":[]}\n>\n");
+        let r = workers(b"error: Attempt to use privileged command on unprivileged socket\n", false);
+        assert!(!r.ok);
+        assert!(s(&r).starts_with("Could not interpret response: error:"));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum Command {
     JsonHLoad(LoadKind),
     /// `jsonload1 N` (extension): sends `load1 N`.
     JsonLoad1(Vec<u8>),
+    /// `jsonworkers`, `jsonbusyworkers` (extension): the request sent.
+    JsonWorkers(&'static str),
 }
 
 /// Matches `line` against a word followed by an optional load suffix and
@@ -96,6 +98,11 @@ impl Command {
         if line.starts_with(b"jsonload1 ") {
             return Command::JsonLoad1(line[4..].to_vec());
         }
+        match line {
+            b"jsonworkers\n" => return Command::JsonWorkers("workers\n"),
+            b"jsonbusyworkers\n" => return Command::JsonWorkers("busyworkers\n"),
+            _ => {}
+        }
         Command::PassThrough(line.to_vec())
     }
 
@@ -106,6 +113,7 @@ impl Command {
             Command::Load(k) | Command::JsonLoad(k) => format!("load{}\n", k.suffix()).into_bytes(),
             Command::HLoad(k) | Command::JsonHLoad(k) => format!("hload{}\n", k.suffix()).into_bytes(),
             Command::Raw(l) | Command::Load1(l) | Command::PassThrough(l) | Command::JsonLoad1(l) => l.clone(),
+            Command::JsonWorkers(req) => req.as_bytes().to_vec(),
         }
     }
 
@@ -123,6 +131,7 @@ impl Command {
             Command::JsonLoad(k) => json::load(*k, reply, bracket),
             Command::JsonHLoad(k) => json::hload(*k, reply, bracket),
             Command::JsonLoad1(_) => json::load1(reply, bracket),
+            Command::JsonWorkers(_) => json::workers(reply, bracket),
         }
     }
 }
@@ -182,6 +191,8 @@ mod tests {
             (b"jsonload-recipok\n", b"load-recipok\n", Command::JsonLoad(LoadKind::Recipok)),
             (b"jsonhload\n", b"hload\n", Command::JsonHLoad(LoadKind::Scan)),
             (b"jsonload1 30\n", b"load1 30\n", Command::JsonLoad1(b"load1 30\n".to_vec())),
+            (b"jsonworkers\n", b"workers\n", Command::JsonWorkers("workers\n")),
+            (b"jsonbusyworkers\n", b"busyworkers\n", Command::JsonWorkers("busyworkers\n")),
             (b"status now\n", b"status now\n", Command::PassThrough(b"status now\n".to_vec())),
             (b"load1\n", b"load1\n", Command::PassThrough(b"load1\n".to_vec())),
             (b"load-foo\n", b"load-foo\n", Command::PassThrough(b"load-foo\n".to_vec())),
