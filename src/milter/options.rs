@@ -92,7 +92,31 @@ pub struct Options {
     pub help: bool,
 }
 
+/// Options that take an argument (upstream's getopt string).
+const WITH_ARG: &str = "LPoRSUabmpxz";
+
 impl Options {
+    /// Parses argv (argv[0] included) like upstream's getopt.
+    pub fn parse_args<I, T>(args: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
+        let mut o = Options::try_parse_from(&args)?;
+        // -x TEXT and -X set the same thing; the later one wins.
+        if let Some(last) = last_scanned_by_option(&args[1.min(args.len())..]) {
+            match last {
+                Some(text) => {
+                    o.no_scanned_by = false;
+                    o.scanned_by = Some(text);
+                }
+                None => o.no_scanned_by = true,
+            }
+        }
+        Ok(o)
+    }
+
     /// `-R`: `sscanf("%d")`, unchanged (-1) when not a number, clamped at -1.
     pub fn reserved_for_loopback(&self) -> i64 {
         self.reserved
@@ -113,12 +137,44 @@ impl Options {
     /// X-Scanned-By text; empty means no header.
     pub fn scanned_by_text(&self) -> String {
         if self.no_scanned_by {
-            // -X and -x: whichever came last wins upstream; clap cannot tell
-            // the order, so -X (the explicit "off") takes precedence.
             return String::new();
         }
         self.scanned_by.clone().unwrap_or_else(|| format!("mailmunge {}", crate::VERSION))
     }
+}
+
+/// Walks argv as getopt would and returns the last `-x` (`Some(text)`) or
+/// `-X` (`None`) seen, if any.
+fn last_scanned_by_option(args: &[String]) -> Option<Option<String>> {
+    let mut last = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            break;
+        }
+        let Some(flags) = a.strip_prefix('-') else { continue };
+        for (pos, c) in flags.char_indices() {
+            if WITH_ARG.contains(c) {
+                let attached = &flags[pos + c.len_utf8()..];
+                let value = if !attached.is_empty() {
+                    Some(attached.to_string())
+                } else {
+                    i += 1;
+                    args.get(i - 1).cloned()
+                };
+                if c == 'x' {
+                    last = Some(value);
+                }
+                break;
+            }
+            if c == 'X' {
+                last = Some(None);
+            }
+        }
+    }
+    last
 }
 
 /// Upstream's usage text (printed to stderr, exit status 1).
@@ -170,7 +226,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Options {
-        Options::try_parse_from(std::iter::once("mailmunge").chain(args.iter().copied())).unwrap()
+        Options::parse_args(std::iter::once("mailmunge").chain(args.iter().copied())).unwrap()
     }
 
     #[test]
@@ -200,6 +256,10 @@ mod tests {
         assert_eq!(parse(&["-x", ""]).scanned_by_text(), "");
         assert_eq!(parse(&["-x", "-custom"]).scanned_by_text(), "-custom");
         assert_eq!(parse(&["-X"]).scanned_by_text(), "");
+        assert_eq!(parse(&["-X", "-x", "again"]).scanned_by_text(), "again");
+        assert_eq!(parse(&["-xfirst", "-dX"]).scanned_by_text(), "");
+        assert_eq!(parse(&["-dX", "-m", "-X", "-x", "t"]).scanned_by_text(), "t");
+        assert_eq!(parse(&["-X", "-m", "-x"]).scanned_by_text(), "");
         assert!(Options::try_parse_from(["mailmunge", "-Z"]).is_err());
         assert!(parse(&["-h"]).help);
     }

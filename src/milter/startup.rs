@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use clap::Parser;
 
 use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
 use super::session::{self, Config};
@@ -71,7 +70,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     if let Err(msg) = daemon::check_not_setid(&argv0) {
         die(format!("{msg}\n"));
     }
-    let opts = match Options::try_parse_from(&args) {
+    let opts = match Options::parse_args(args.clone()) {
         Ok(o) => o,
         Err(_) => die(options::usage()),
     };
@@ -102,7 +101,14 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let Some(mx_socket) = opts.mx_socket.clone() else {
         die(format!("{argv0}: You must use the `-m' option.\n"));
     };
-    let spool_dir = opts.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string());
+    let mut spool_dir = opts.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string());
+    // Workers chdir to their own spool directory before each command, so a
+    // relative working-directory path would point nowhere: anchor it here.
+    if !spool_dir.starts_with('/') {
+        if let Ok(cwd) = std::env::current_dir() {
+            spool_dir = format!("{}/{spool_dir}", cwd.display());
+        }
+    }
 
     // The pid file is opened before privileges are dropped.
     let pidfile = opts.pidfile.as_ref().map(|p| {
