@@ -117,6 +117,11 @@ impl PidFile {
         Ok(PidFile { file, path: path.to_path_buf() })
     }
 
+    /// The open descriptor (to keep it across [`close_inherited_fds`]).
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
     /// Truncates the file and writes `<pid>\n`; the descriptor is closed.
     pub fn write_pid(mut self, pid: u32) -> std::io::Result<()> {
         self.file.set_len(0)?;
@@ -159,6 +164,11 @@ impl Readiness {
     /// A handle that reports nothing (foreground mode).
     pub fn foreground() -> Readiness {
         Readiness { pipe: None }
+    }
+
+    /// The pipe's descriptor (to keep it across [`close_inherited_fds`]).
+    pub fn raw_fd(&self) -> Option<i32> {
+        self.pipe.as_ref().map(|p| p.as_raw_fd())
     }
 
     /// True when a launcher is waiting for the report.
@@ -257,6 +267,17 @@ pub fn stdio_to_devnull() {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors.
             unsafe { libc::dup2(f.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Closes every descriptor from 3 up to 1023 except those in `keep`
+/// (upstream closes what a daemon inherited). Call while single-threaded.
+pub fn close_inherited_fds(keep: &[i32]) {
+    for fd in 3..1024 {
+        if !keep.contains(&fd) {
+            // SAFETY: single-threaded; nothing else owns these descriptors yet.
+            unsafe { libc::close(fd) };
         }
     }
 }

@@ -136,6 +136,10 @@ fn protocol_violations_retire_the_worker() {
     assert_eq!(r, vec![b'x'; 4096]);
     let pid3 = mx.wait_for("pid", |r| r.ends_with('\n') && !r.starts_with("error"));
     assert_ne!(pid2, pid3);
+    // Output while idle is just as wrong.
+    assert_eq!(mx.req(b"late\n"), b"first\n");
+    let pid4 = mx.wait_for("pid", |r| r.trim_end().parse::<u32>().is_ok() && r != pid3);
+    assert_ne!(pid3, pid4);
     let r = mx.req(b"big 4095\n");
     assert_eq!(r.len(), 4096);
     assert_eq!(r.last(), Some(&b'\n'));

@@ -73,15 +73,26 @@ impl Mx {
     }
 
     pub fn start_in(spool: Spool, filter: &Path, extra: &[&str]) -> Mx {
+        Mx::start_full(spool, filter, extra, false)
+    }
+
+    /// Like `start_in`, with syslog messages copied to `<tmp>/log`
+    /// (MAILMUNGE_LOG_STDERR); read them with [`Mx::log`].
+    pub fn start_logged(extra: &[&str]) -> Mx {
+        Mx::start_full(Spool::new(), &worker_path(), extra, true)
+    }
+
+    fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
         let mut args = base_args(&spool, filter);
         args.push("-D".into());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(BIN)
-            .args(&args)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start multiplexor");
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args).stdin(Stdio::null()).process_group(0);
+        if logged {
+            let f = std::fs::File::create(spool.dir.path().join("log")).unwrap();
+            cmd.env("MAILMUNGE_LOG_STDERR", "1").stderr(f);
+        }
+        let child = cmd.spawn().expect("start multiplexor");
         let sock = spool.file("mx.sock");
         let mx = Mx { child: Some(child), spool, sock };
         mx.wait_ready();
@@ -97,6 +108,26 @@ impl Mx {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("multiplexor did not open {} within 20 s", self.sock.display());
+    }
+
+    /// What the multiplexor logged so far (see `start_logged`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.spool.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = self.log();
+            if l.contains(needle) {
+                return l;
+            }
+            if Instant::now() > deadline {
+                panic!("log never contained {needle:?}; log:\n{l}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn pid(&self) -> i32 {

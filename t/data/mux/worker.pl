@@ -48,6 +48,7 @@ while (defined(my $line = <STDIN>)) {
     elsif ($cmd eq 'hang')     { sleep 1000 while 1; }
     elsif ($cmd eq 'big')      { out('x' x $args[0]); }
     elsif ($cmd eq 'partial')  { print 'part'; select(undef, undef, undef, $args[0] // 2); out('ial'); }
+    elsif ($cmd eq 'late')     { out('first'); select(undef, undef, undef, 0.3); print "unasked\n"; }
     elsif ($cmd eq 'twolines') { print "one\ntwo\n"; }
     elsif ($cmd eq 'halfexit') { print 'half'; exit 0; }
     elsif ($cmd eq 'pid')      { out($$); }
@@ -68,6 +69,12 @@ while (defined(my $line = <STDIN>)) {
         print $status "$args[0]\n" if $status;
         select(undef, undef, undef, $args[1]) if $args[1];
         out($status ? 'tagged' : 'notags');
+    }
+    elsif ($cmd eq 'limits') {
+        open(my $l, '<', '/proc/self/limits') or die;
+        my %soft;
+        while (<$l>) { $soft{$1} = $2 if /^(Max address space|Max resident set|Max data size)\s+(\S+)/; }
+        out(join(' ', map { $soft{$_} // '?' } ('Max address space', 'Max data size', 'Max resident set')));
     }
     elsif ($cmd eq 'stderr')  { print STDERR join(' ', @args), "\n"; out('ok'); }
     elsif ($cmd eq 'tick')    { out("tock $args[0]"); }

@@ -1,0 +1,70 @@
+//! Options that shape worker life and logging: -V, -W, -R/-M, -l, -L, -t
+//! with SIGHUP (multiplexor.md §2, §7.8, §7.10, §9, §15).
+
+mod mux_support;
+use mux_support::*;
+
+fn good(r: &str) -> bool {
+    r.ends_with('\n') && !r.starts_with("error") && !r.starts_with("ERR")
+}
+
+#[test]
+fn lifetime_retires_after_completion() {
+    let mx = Mx::start(&["-x", "1", "-V", "1"]);
+    let a = mx.req_s("pid");
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    // This request is served by the old worker, which then retires.
+    assert_eq!(mx.req_s("pid"), a);
+    let b = mx.wait_for("pid", good);
+    assert_ne!(a, b);
+}
+
+#[test]
+fn activation_spacing() {
+    let mx = Mx::start(&["-x", "2", "-W", "600"]);
+    let sock = mx.sock.clone();
+    let t = std::thread::spawn(move || request(&sock, b"sleep 1\n"));
+    mx.wait_for("status", |r| r.starts_with("BS "));
+    // A second worker may not start within 600 s of the first.
+    assert_eq!(mx.req(b"ping\n"), b"error: Unable to activate worker\n");
+    assert_eq!(t.join().unwrap(), b"slept 1\n");
+}
+
+#[test]
+fn memory_limits_reach_workers() {
+    let mx = Mx::start(&["-M", "1000000", "-R", "500000"]);
+    assert_eq!(mx.req_s("limits"), "1024000000 1024000000 512000000\n");
+}
+
+#[test]
+fn verbose_logging_of_worker_stderr_and_status() {
+    let mx = Mx::start_logged(&["-l", "-L", "5", "-x", "2"]);
+    assert_eq!(mx.req(b"stderr hello from the filter\n"), b"ok\n");
+    mx.wait_log("Worker 0 stderr: hello from the filter");
+    assert_eq!(mx.req(b"scan QID77 /tmp\n"), b"ok\n");
+    let log = mx.wait_log("started; minWorkers=1, maxWorkers=2, maxRequests=500, maxLifetime=-1, maxIdleTime=300, busyTimeout=120, clientTimeout=10");
+    assert!(log.contains("Starting worker 0 (pid "), "{log}");
+    mx.wait_log("mailmunge-multiplexor 3.09 alive.  MTA");
+    mx.wait_log("Worker status: Stopped=1 Idle=1 Busy=0 Killed=0 Queued=0 Msgs=1 Activations=1");
+}
+
+#[test]
+fn stats_file_reopened_on_sighup() {
+    let sp = Spool::new();
+    let stats = sp.file("stats");
+    let s = stats.display().to_string();
+    let mx = Mx::start_in(sp, &worker_path(), &["-t", &s, "-u"]);
+    assert_eq!(mx.req(b"scan A /x\n"), b"ok\n");
+    let rotated = stats.with_extension("1");
+    std::fs::rename(&stats, &rotated).unwrap();
+    mx.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stats.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(mx.req(b"scan B /x\n"), b"ok\n");
+    let new = std::fs::read_to_string(&stats).unwrap();
+    assert!(new.contains(" StartFilter ") && new.contains(" EndFilter "), "{new}");
+    assert!(!new.contains("StartWorker"), "{new}");
+    assert!(std::fs::read_to_string(&rotated).unwrap().contains("StartWorker"));
+}
