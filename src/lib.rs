@@ -14,6 +14,7 @@ pub mod sdnotify;
 pub mod socketmap;
 pub mod sockspec;
 pub mod startargs;
+pub mod tryout;
 
 /// The upstream version we are compatible with; reported by `version`, `-v` and `prcap`.
 pub const VERSION: &str = "3.09";

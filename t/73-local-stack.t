@@ -71,6 +71,26 @@ if ($> == 0) {
 	is_deeply(\@own, [((getpwnam('mailmunge'))[2]) x 2], 'as root: spool and quarantine owned by mailmunge');
 }
 
+# A message through the whole stack with mm-try: MTA -> milter ->
+# multiplexor -> Perl worker running the example filter, and back.
+SKIP: {
+	skip 'mm-try not built', 8 unless -x "$top/target/debug/mm-try";
+	my $try = "'$top/target/debug/mm-try' -m inet:127.0.0.1:$port";
+	my $out = `$try '$FindBin::Bin/data/deploy/nested.eml'`;
+	is($? >> 8, 0, 'mm-try: plain message accepted (exit 0)') or diag($out);
+	like($out, qr/^eom\s+continue$/m, 'mm-try: end of message continues');
+	like($out, qr/^\+X-Example-Parts: 5$/m, 'mm-try: diff shows the header the example filter added');
+	like($out, qr/^\+X-Scanned-By: /m, 'mm-try: diff shows X-Scanned-By');
+	$out = `$try '$FindBin::Bin/data/deploy/exe.eml'`;
+	is($? >> 8, 2, 'mm-try: program attachment rejected (exit 2)');
+	like($out, qr/^SMTP reply: 554 5\.7\.1 We do not accept program attachments; please send an archive instead$/m, 'mm-try: the filter\'s reply text');
+	$out = `$try --json --helo localhost '$FindBin::Bin/data/deploy/nested.eml'`;
+	require JSON;
+	my $j = eval { JSON::decode_json($out) } || {};
+	is($j->{final_verdict}{verdict}, 'reject', 'mm-try --json: HELO localhost rejected');
+	is_deeply([map { $_->{stage} } @{ $j->{stages} || [] }], ['connect', 'helo'], 'mm-try --json: stops after HELO');
+}
+
 # Ctrl-C.
 kill('INT', $pid);
 my $status;

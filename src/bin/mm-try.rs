@@ -1,0 +1,153 @@
+//! `mm-try`: feed one message to a running mailmunge milter the way an MTA
+//! would, and show the verdict at each SMTP stage, the SMTP reply, the
+//! requested changes and the resulting message as a unified diff.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mailmunge::startargs::Vars;
+use mailmunge::tryout::{self, Transaction, Verdict};
+use mailmunge::envfile;
+use std::io::Read;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mm-try",
+    version = mailmunge::VERSION,
+    about = "Try a message against a running mailmunge milter, as an MTA would",
+    after_help = "Exit status: 0 the message would be accepted, 2 rejected, 3 tempfailed, \
+                  4 discarded, 1 the try-out itself failed."
+)]
+struct Cli {
+    /// Milter socket (as SOCKET= or Postfix's smtpd_milters); default: SOCKET from the env files.
+    #[arg(short = 'm', long, value_name = "SPEC")]
+    milter: Option<String>,
+    /// Where to look for SOCKET (a leading `-` means optional).
+    #[arg(long = "env-file", value_name = "FILE", allow_hyphen_values = true,
+          default_values = ["-/etc/sysconfig/mailmunge", "-/etc/default/mailmunge"])]
+    env_files: Vec<String>,
+    /// Envelope sender (default: the From: address, else <>).
+    #[arg(short = 'f', long, value_name = "ADDR")]
+    from: Option<String>,
+    /// Envelope recipient; repeat for more (default: the To: and Cc: addresses).
+    #[arg(short = 't', long = "to", value_name = "ADDR")]
+    to: Vec<String>,
+    /// Client address the milter sees.
+    #[arg(long, default_value = "192.0.2.1")]
+    client_ip: String,
+    /// Client host name the milter sees.
+    #[arg(long, default_value = "client.example")]
+    client_name: String,
+    /// HELO/EHLO argument (default: the client name).
+    #[arg(long)]
+    helo: Option<String>,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 660)]
+    timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write the resulting message to FILE.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
+    /// The message (default: standard input).
+    #[arg(value_name = "MESSAGE")]
+    message: Option<std::path::PathBuf>,
+}
+
+fn main() {
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("mm-try: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `<addr>` for an address given with or without brackets.
+fn bracket(a: &str) -> String {
+    let a = a.trim();
+    if a.starts_with('<') {
+        a.to_string()
+    } else {
+        format!("<{a}>")
+    }
+}
+
+fn run() -> Result<i32> {
+    let cli = Cli::parse();
+    let message = match &cli.message {
+        Some(p) if p.as_os_str() != "-" => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        _ => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v).context("reading standard input")?;
+            v
+        }
+    };
+
+    let spec_text = match &cli.milter {
+        Some(s) => s.clone(),
+        None => {
+            let mut vars = Vars::from_env();
+            for spec in &cli.env_files {
+                let (optional, path) = spec.strip_prefix('-').map(|p| (true, p)).unwrap_or((false, spec));
+                let snapshot = vars.clone();
+                let lookup = move |n: &str| snapshot.raw(n).map(|v| v.to_owned());
+                for a in envfile::read_file(path.as_ref(), optional, &lookup)?.unwrap_or_default() {
+                    vars.set(&a.name, a.value);
+                }
+            }
+            vars.milter_socket().to_string_lossy().into_owned()
+        }
+    };
+    let spec = tryout::parse_spec(&spec_text)?;
+
+    let parsed = mail_parser::MessageParser::default().parse(&message[..]);
+    let header_addrs = |which: &str| -> Vec<String> {
+        let Some(m) = &parsed else { return vec![] };
+        let addr = match which {
+            "from" => m.from(),
+            "to" => m.to(),
+            _ => m.cc(),
+        };
+        addr.map(|a| a.iter().filter_map(|x| x.address()).map(bracket).collect()).unwrap_or_default()
+    };
+    let sender = cli.from.as_deref().map(bracket).or_else(|| header_addrs("from").into_iter().next()).unwrap_or_else(|| "<>".into());
+    let mut recipients: Vec<String> = cli.to.iter().map(|a| bracket(a)).collect();
+    if recipients.is_empty() {
+        recipients = header_addrs("to");
+        recipients.extend(header_addrs("cc"));
+    }
+    anyhow::ensure!(!recipients.is_empty(), "no recipients: give --to, or a message with To: or Cc:");
+
+    let t = Transaction {
+        client_ip: cli.client_ip.clone(),
+        client_name: cli.client_name.clone(),
+        client_port: 4567,
+        helo: cli.helo.clone().unwrap_or_else(|| cli.client_name.clone()),
+        sender,
+        recipients,
+        message,
+        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()),
+        queue_id: format!("MMTRY{:X}", std::process::id()),
+    };
+    let outcome = tryout::run(&spec, &spec_text, &t, Duration::from_secs(cli.timeout.max(1)))?;
+
+    if let Some(path) = &cli.output {
+        std::fs::write(path, &outcome.result).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if cli.json {
+        let mut v = serde_json::to_value(&outcome)?;
+        v["milter"] = serde_json::Value::String(spec_text.clone());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", tryout::render_text(&outcome));
+    }
+    Ok(match outcome.final_verdict {
+        Verdict::Reject { .. } => 2,
+        Verdict::Tempfail { .. } => 3,
+        Verdict::Discard => 4,
+        _ => 0,
+    })
+}
