@@ -370,3 +370,31 @@ async fn spool_write_failure_tempfails() {
     e.assert_log("Allocating private data: ctx=0x");
     e.assert_log("Deallocating private data: ctx=0x");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_nc_starts_a_fresh_connection_state() {
+    let e = start(FREE_REPLY, &["-r"], &[]);
+    e.mux.push(Step::new("relayok", "ok 1"));
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("first.example", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(mta.helo("one").await.kind, CONTINUE);
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<b@c>"]).await.kind, CONTINUE);
+    assert_eq!(mta.eoh().await.kind, CONTINUE);
+    e.mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
+    assert_eq!(mta.eom().await.1.kind, CONTINUE);
+    // SMFIC_QUIT_NC: the MTA reuses the milter connection for a new client.
+    mta.send(b'K', b"").await;
+    e.wait_clean().await;
+    e.mux.push(Step::new("relayok", "ok 1"));
+    assert_eq!(mta.connect_inet("second.example", "192.0.2.11", 2).await.kind, CONTINUE);
+    assert_eq!(mta.mail(&[b"<c@d>"]).await.kind, CONTINUE);
+    let lines: Vec<String> = e.mux.log.lock().unwrap().lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    assert!(lines.contains(&"relayok 192.0.2.11 second.example 2 192.0.2.1 0 NOQUEUE\n".to_string()), "{lines:?}");
+    // The second client's message knows nothing of the first one's HELO.
+    let dirs = e.scratch.leftover_dirs();
+    assert_eq!(dirs.len(), 1);
+    let cmds = std::fs::read_to_string(e.scratch.spool.join(&dirs[0]).join("COMMANDS")).unwrap();
+    assert!(cmds.ends_with("Hsecond.example\nI192.0.2.11\n"), "{cmds}");
+}
