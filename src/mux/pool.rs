@@ -926,9 +926,12 @@ pub fn queue_id(class: Class, line: &[u8]) -> String {
         Class::Other => return String::new(),
     };
     let w = line.split(|&b| b == b' ').nth(idx).unwrap_or(b"");
-    let mut s = String::from_utf8_lossy(w).into_owned();
-    s.truncate(31);
-    s
+    printable(&w[..w.len().min(31)])
+}
+
+/// Bytes as text for logs: printable ASCII kept, anything else `?`.
+fn printable(b: &[u8]) -> String {
+    b.iter().map(|&c| if (0x21..=0x7e).contains(&c) { c as char } else { '?' }).collect()
 }
 
 /// The recipient domain of a `recipok` line for `-y` (§11, with §20.5's
@@ -939,10 +942,8 @@ pub fn recipient_domain(line: &[u8]) -> String {
     let Some(arg) = line.split(|&b| b == b' ').nth(1) else { return String::new() };
     let rcpt = crate::percent::decode(arg);
     let Some(at) = rcpt.iter().rposition(|&b| b == b'@') else { return String::new() };
-    let dom: Vec<u8> = rcpt[at + 1..].iter().copied().take_while(|&b| b != b'>' && b != b' ').collect();
-    let mut s = String::from_utf8_lossy(&dom).to_ascii_lowercase();
-    s.truncate(127);
-    s
+    let dom: Vec<u8> = rcpt[at + 1..].iter().copied().take_while(|&b| b != b'>' && b != b' ').take(127).collect();
+    printable(&dom).to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -973,6 +974,13 @@ mod tests {
         assert_eq!(recipient_domain(b"recipok <a%40b@c.d> x"), "c.d");
         assert_eq!(recipient_domain(b"recipok <postmaster> <s@other.org>"), "");
         assert_eq!(recipient_domain(b"recipok"), "");
+        // Non-ASCII bytes cannot make the truncation panic.
+        let mut long = b"recipok <a@".to_vec();
+        long.extend(std::iter::repeat_n("é".as_bytes(), 100).flatten());
+        assert_eq!(recipient_domain(&long).len(), 127);
+        let mut q = b"scan ".to_vec();
+        q.extend(std::iter::repeat_n("é".as_bytes(), 40).flatten());
+        assert_eq!(queue_id(Class::Scan, &q).len(), 31);
     }
 
     #[test]
