@@ -4,7 +4,8 @@
 #
 #   connecting client address   127.0.0.3 reject, 127.0.0.4 tempfail (relay check, -r)
 #   HELO name                   helo-reject.*, helo-tempfail.*        (-H)
-#   envelope sender local part  reject-sender, tempfail-sender, reject550-sender (-s)
+#   envelope sender local part  reject-sender, tempfail-sender, reject550-sender,
+#                               accept-sender (accept, no more filtering), discard-sender (-s)
 #   recipient local part        reject-rcpt, tempfail-rcpt            (-t)
 #   Subject words (filter_message), any combination:
 #     addhdr inshdr chghdr delhdr addrcpt delrcpt chgsender newbody appendbody
@@ -50,6 +51,8 @@ sub filter_sender {
     return Mailmunge::Response->TEMPFAIL(message => 'MMTest tempfails your sender') if $lp eq 'tempfail-sender';
     return Mailmunge::Response->REJECT(code => 550, dsn => '5.7.0', message => 'MMTest says 550 to your sender')
         if $lp eq 'reject550-sender';
+    return Mailmunge::Response->ACCEPT_AND_NO_MORE_FILTERING() if $lp eq 'accept-sender';
+    return Mailmunge::Response->DISCARD() if $lp eq 'discard-sender';
     return Mailmunge::Response->CONTINUE();
 }
 
@@ -84,6 +87,10 @@ sub filter_message {
         $ctx->action_add_header('X-MMTest-Recipients', join(' ', @{ $ctx->recipients || [] }));
         $ctx->action_add_header('X-MMTest-Helo', $ctx->helo // '');
         $ctx->action_add_header('X-MMTest-Hostip', $ctx->hostip // '');
+        $ctx->action_add_header('X-MMTest-Mailers', join(' ', map {
+            my $m = $ctx->get_recipient_mailer($_);
+            "$_=" . (ref $m ? ($m->[0] // '') : '');
+        } @{ $ctx->recipients || [] }));
     }
     $ctx->action_add_header('X-MMTest-Added', 'added by the filter') if $w{addhdr};
     $ctx->action_insert_header('X-MMTest-Inserted', 'inserted at the top', 0) if $w{inshdr};

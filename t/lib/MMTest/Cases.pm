@@ -284,6 +284,137 @@ sub modifications {
     };
 }
 
+=head2 mta_rejects_recipient_opts($kind)
+
+The MTA options that make the MTA itself refuse
+C<mta-rejects@local.mmtest.invalid> with a C<550 5.1.1> reply (for the
+C<extras> case about rejected recipients).  Postfix only: a
+C<check_recipient_access> entry.  For Sendmail no cheap equivalent was
+found: a refusal by the C<check_rcpt> ruleset is never shown to milters
+(its "QuickAbort" exception skips the milter call), and an unknown user in
+a local domain is only found at delivery ("will queue") in this setup.
+
+=cut
+
+sub mta_rejects_recipient_opts {
+    my ($kind) = @_;
+    return {} unless $kind eq 'postfix';
+    return { main_cf => { smtpd_recipient_restrictions =>
+        'check_recipient_access inline:{ { mta-rejects@local.mmtest.invalid = 550 5.1.1 The MTA refuses this recipient } }, permit' } };
+}
+
+=head2 extras($e2e)
+
+Verdicts that end filtering early (accept / discard at MAIL), the
+Postfix loopback relaxation for recipient checks, a recipient the MTA
+itself refused (still shown to the filter, with mailer C<error>), many
+recipients, an 8-bit body passed through untouched, duplicate
+Content-Type headers, and the milter's C<-X> / C<-x> options.  Needs the
+milter with C<-s -t> and the MTA set up with
+C<mta_rejects_recipient_opts>.
+
+=cut
+
+sub extras {
+    my ($e2e) = @_;
+    my $pf = $e2e->kind eq 'postfix';
+
+    subtest 'sender verdict ACCEPT_AND_NO_MORE_FILTERING: delivered unfiltered' => sub {
+        my $id = _id($e2e, 'accept-sender');
+        my $res = $e2e->send(id => $id, from => 'accept-sender@example.com', subject => 'addhdr');
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->header('X-MMTest-Filtered') ], [], 'filter_message did not run');
+        is_deeply([ $m->header('X-Scanned-By') ], [], 'no X-Scanned-By');
+    };
+
+    subtest 'sender verdict DISCARD: accepted, never delivered' => sub {
+        my $id = _id($e2e, 'discard-sender');
+        my $res = $e2e->send(id => $id, from => 'discard-sender@example.com');
+        ok($res->{ok}, 'the client sees the message accepted') or diag($res->{failure});
+        ok($e2e->not_delivered($id), 'but it is never delivered');
+    };
+
+    subtest 'recipient check from 127.0.0.1' => sub {
+        my $id = _id($e2e, 'loopback-rcpt');
+        my $res = $e2e->send(id => $id, local_addr => '127.0.0.1', to => [ 'reject-rcpt@example.org', 'ok@example.org' ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        if ($pf) {
+            # Postfix mail from loopback: refusals of single recipients become "continue".
+            like($e2e->reply_line($res->{rcpt}[0]), qr/^250 /, 'Postfix: refusal turned into continue');
+            my $m = $e2e->delivered($id);
+            is_deeply([ $m ? $m->rcpt_addresses : () ], [ 'ok@example.org', 'reject-rcpt@example.org' ], 'both delivered');
+        } else {
+            is($e2e->reply_line($res->{rcpt}[0]), '554 5.7.1 MMTest rejects your recipient', 'Sendmail: refused as usual');
+            my $m = $e2e->delivered($id);
+            is_deeply([ $m ? $m->rcpt_addresses : () ], ['ok@example.org'], 'only the good one delivered');
+        }
+    };
+
+    subtest 'recipient refused by the MTA is still shown to the filter' => sub {
+        plan skip_all => 'only set up for Postfix (see mta_rejects_recipient_opts)' unless $pf;
+        my $id = _id($e2e, 'mta-rejects');
+        my $res = $e2e->send(id => $id, subject => 'envelope', to => [ 'mta-rejects@local.mmtest.invalid', 'ok@example.org' ]);
+        ok($res->{ok}, 'accepted for the good recipient') or diag($res->{failure});
+        like($e2e->reply_line($res->{rcpt}[0]), qr/^550 5\.1\.1 .*The MTA refuses this recipient$/, 'MTA refused the first');
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->rcpt_addresses ], ['ok@example.org'], 'delivered to the good one only');
+        is($m->header('X-MMTest-Recipients'), '<mta-rejects@local.mmtest.invalid> <ok@example.org>',
+            'the filter saw both recipients (SMFIP_RCPT_REJ)');
+        like($m->header('X-MMTest-Mailers') // '', qr/^<mta-rejects\@local\.mmtest\.invalid>=error <ok\@example\.org>=\S+$/,
+            'the refused one with mailer "error"');
+    };
+
+    subtest 'many recipients' => sub {
+        my $id = _id($e2e, 'many-rcpts');
+        my @to = map { sprintf('user%02d@example.org', $_) } 1 .. 30;
+        my $res = $e2e->send(id => $id, subject => 'envelope', to => \@to);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->rcpt_addresses ], [ sort @to ], 'all delivered');
+        is($m->header('X-MMTest-Recipients'), join(' ', map { "<$_>" } @to), 'filter saw all, in order');
+    };
+
+    subtest '8-bit body passes untouched' => sub {
+        my $id = _id($e2e, '8bit');
+        my $body = "Gr\xfc\xdfe aus K\xf6ln \xe2\x82\xac\n" . ('x' x 900) . "\n"
+            . "trailing blanks   \n\ttab first\n.\n..\n" . join('', map { chr } 0x80 .. 0xff) . "\nlast\n";
+        my $res = $e2e->send(id => $id, body => $body, headers => [ [ 'Content-Type', 'text/plain; charset=iso-8859-1' ],
+            [ 'Content-Transfer-Encoding', '8bit' ], [ 'MIME-Version', '1.0' ] ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        ok($m->body eq $body, 'body byte for byte') or diag(explain([ $m->body ]));
+    };
+
+    subtest 'duplicate Content-Type headers: all but the first are deleted' => sub {
+        my $id = _id($e2e, 'two-ctypes');
+        my $res = $e2e->send(id => $id, headers => [ [ 'MIME-Version', '1.0' ],
+            [ 'Content-Type', 'text/plain; charset=us-ascii' ], [ 'Content-Type', 'text/html' ] ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->header('Content-Type') ], ['text/plain; charset=us-ascii'], 'only the first remains');
+    };
+
+    subtest 'milter -X suppresses X-Scanned-By, -x sets its text' => sub {
+        my @orig = @{ $e2e->stack->{milter_args} };
+        $e2e->stack->restart_milter(@orig, '-X');
+        my $id = _id($e2e, 'no-scanned-by');
+        my $res = $e2e->send(id => $id);
+        ok($res->{ok}, 'accepted with -X') or diag($res->{failure});
+        my $m = $e2e->delivered($id);
+        ok($m && !defined($m->header('X-Scanned-By')), 'no X-Scanned-By with -X');
+        is($m && $m->header('X-MMTest-Filtered'), 'yes', 'still filtered');
+
+        $e2e->stack->restart_milter(@orig, '-x', 'MMTest Scanner 1.0');
+        $id = _id($e2e, 'custom-scanned-by');
+        $res = $e2e->send(id => $id);
+        ok($res->{ok}, 'accepted with -x') or diag($res->{failure});
+        $m = $e2e->delivered($id);
+        like($m ? $m->header('X-Scanned-By') // '' : '', qr/\AMMTest Scanner 1\.0(?: on \S+)?\z/, 'custom text, not split at blanks');
+        $e2e->stack->restart_milter(@orig);
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never

@@ -37,7 +37,8 @@ whose relay is the sink.  One setup serves every case of a test file.
 =head2 MMTest::E2E->setup(%opts)
 
 Options: C<mta> (C<postfix> or C<sendmail>, required), C<filter>,
-C<milter_args>, C<mx_args> (passed to L<MMTest::Stack>).  Calls
+C<milter_args>, C<mx_args> (passed to L<MMTest::Stack>), C<mta_opts>
+(more options for the MTA class, e.g. C<main_cf> or C<mc>).  Calls
 C<plan skip_all> when the test cannot run here (not root, MTA or daemons
 missing).  Dies with diagnostics if something fails to start.
 
@@ -65,10 +66,10 @@ sub setup {
     $self->{stack}->start;
     if ($kind eq 'postfix') {
         $self->{mta} = MMTest::Postfix->new(relay_port => $self->{sink}->port,
-            milter => $self->{stack}->milter_spec_postfix);
+            milter => $self->{stack}->milter_spec_postfix, %{ $o{mta_opts} // {} });
     } else {
         $self->{mta} = MMTest::Sendmail->new(relay_port => $self->{sink}->port,
-            milter => $self->{stack}->milter_spec_sendmail);
+            milter => $self->{stack}->milter_spec_sendmail, %{ $o{mta_opts} // {} });
     }
     $self->{mta}->start;
     return $self;

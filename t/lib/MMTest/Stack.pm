@@ -271,6 +271,20 @@ sub _stop_one {
 
 sub stop_multiplexor { $_[0]->_stop_one('mx') }
 
+=head2 restart_milter(@args)
+
+Stops the milter and starts it again with @args as its extra arguments
+(they replace C<milter_args>), e.g. C<restart_milter('-X')>.
+
+=cut
+
+sub restart_milter {
+    my ($self, @args) = @_;
+    $self->stop_milter;
+    $self->{milter_args} = [@args];
+    return $self->start_milter;
+}
+
 =head2 stop_milter
 
 Stops only the milter.
