@@ -58,12 +58,9 @@ pub fn error_message(e: &MxError) -> String {
     }
 }
 
-/// Sends one request line and returns the whole reply, or the error line.
-pub async fn exchange(socket: &OsStr, line: &[u8], timeout: Option<std::time::Duration>) -> Result<Vec<u8>, String> {
-    mxclient::request_spec(&socket_spec(socket), line, timeout, MAX_REPLY)
-        .await
-        .map(|r| r.bytes)
-        .map_err(|e| error_message(&e))
+/// Sends one request line and returns the whole reply.
+pub async fn exchange(socket: &OsStr, line: &[u8], timeout: Option<std::time::Duration>) -> Result<Vec<u8>, MxError> {
+    mxclient::request_spec(&socket_spec(socket), line, timeout, MAX_REPLY).await.map(|r| r.bytes)
 }
 
 /// Where output goes: errors to stderr, or to stdout in `-i` mode.
@@ -106,8 +103,8 @@ async fn process(o: &Options, sink: &Sink, line: &[u8]) -> std::io::Result<bool>
             sink.rendered(&r)?;
             Ok(r.ok)
         }
-        Err(msg) => {
-            sink.err(msg.as_bytes())?;
+        Err(e) => {
+            sink.err(error_message(&e).as_bytes())?;
             Ok(false)
         }
     }
@@ -124,7 +121,7 @@ async fn usage(options: &Options, diagnostic: Option<String>) -> std::io::Result
             text.extend_from_slice(format::cstr(&reply));
             std::io::stderr().lock().write_all(&text)
         }
-        Err(msg) => sink.err(msg.as_bytes()),
+        Err(e) => sink.err(error_message(&e).as_bytes()),
     }
 }
 

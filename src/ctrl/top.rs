@@ -9,10 +9,21 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::time::Duration;
 
-use super::cli::exchange;
+use super::cli::{error_message, exchange};
+use crate::mxclient::MxError;
 use super::cscan::Conv;
 use super::format::{self, cfix};
 use super::options::Options;
+
+/// Why a multiplexor could not be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The exchange failed (text as mm-mx-ctrl prints it, minus its prefix).
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("bad {what} reply: {reply}")]
+    BadReply { what: &'static str, reply: String },
+}
 
 /// One multiplexor's figures at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,8 +44,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot from a `status` and a `load` reply.
-    pub fn from_replies(status: &[u8], load: &[u8]) -> Result<Snapshot, String> {
-        let bad = |what: &str, r: &[u8]| format!("bad {what} reply: {}", String::from_utf8_lossy(format::cstr(r)).trim_end());
+    pub fn from_replies(status: &[u8], load: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply { what, reply: String::from_utf8_lossy(format::cstr(r)).trim_end().to_string() };
         let (letters, n) = format::status_numbers(status).ok_or_else(|| bad("status", status))?;
         let mut pattern = vec![Conv::Int; 4];
         pattern.extend([Conv::Float; 8]);
@@ -67,7 +78,7 @@ fn uptime(secs: i64) -> String {
 }
 
 /// Renders one frame.
-pub fn render(rows: &[(String, Result<Snapshot, String>)], interval: u64) -> String {
+pub fn render(rows: &[(String, Result<Snapshot, SnapshotError>)], interval: u64) -> String {
     let mut f = format!("mm-mx-ctrl top: {} multiplexor(s), every {interval}s\n\n", rows.len());
     f.push_str(&format!(
         "{:<28} {:>7} {:>4} {:>4} {:>4} {:>7} {:>8} {:>7} {:>7} {:>9} {:>9} {:>11}\n",
@@ -113,8 +124,8 @@ pub fn render(rows: &[(String, Result<Snapshot, String>)], interval: u64) -> Str
     f
 }
 
-async fn snapshot(socket: &OsString, timeout: Option<Duration>) -> Result<Snapshot, String> {
-    let trim = |m: String| m.trim_end().trim_start_matches("ERROR MXCommand: ").to_string();
+async fn snapshot(socket: &OsString, timeout: Option<Duration>) -> Result<Snapshot, SnapshotError> {
+    let trim = |e: MxError| SnapshotError::Unreachable(error_message(&e).trim_end().trim_start_matches("ERROR MXCommand: ").to_string());
     let status = exchange(socket, b"status\n", timeout).await.map_err(trim)?;
     let load = exchange(socket, b"load\n", timeout).await.map_err(trim)?;
     Snapshot::from_replies(&status, &load)
@@ -182,7 +193,7 @@ mod tests {
         assert_eq!(snap.scans_1m, 12);
         let rows = vec![
             ("/run/mx.sock".to_string(), Ok(snap)),
-            ("/nowhere.sock".to_string(), Err("connect: No such file or directory: Is multiplexor running?".to_string())),
+            ("/nowhere.sock".to_string(), Err(SnapshotError::Unreachable("connect: No such file or directory: Is multiplexor running?".to_string()))),
         ];
         let want = "mm-mx-ctrl top: 2 multiplexor(s), every 5s\n\n\
 SOCKET                          BUSY IDLE STOP KILL   QUEUE     MSGS   MSG/S   MSG/S    MS/MSG    MS/MSG      UPTIME\n"
@@ -193,6 +204,6 @@ SOCKET                          BUSY IDLE STOP KILL   QUEUE     MSGS   MSG/S   M
 [Bi.k]\n\
 /nowhere.sock                connect: No such file or directory: Is multiplexor running?\n";
         assert_eq!(render(&rows, 5), want);
-        assert!(Snapshot::from_replies(b"error: x\n", b"").unwrap_err().starts_with("bad status reply: error: x"));
+        assert_eq!(Snapshot::from_replies(b"error: x\n", b"").unwrap_err().to_string(), "bad status reply: error: x");
     }
 }
