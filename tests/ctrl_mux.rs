@@ -151,3 +151,23 @@ fn busy_workers_show_up_in_status_and_top() {
     let o = sleeper.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "slept 3\n");
 }
+
+#[test]
+fn unprivileged_socket_serves_the_client_side_formats() {
+    let mx = Mx::start(&["-x", "2", "-a", "unpriv.sock"]);
+    mx.wait_for("status", |r| r.starts_with("IS "));
+    let unpriv = mx.spool.file("unpriv.sock");
+    let run = |args: &[&str]| {
+        let o = Command::new(CTRL).arg("-s").arg(&unpriv).args(args).output().unwrap();
+        (String::from_utf8(o.stdout).unwrap(), o.status.code())
+    };
+    // The raw aliases and formats are translated client-side, so they work
+    // on -a, which only knows the server's read-only commands.
+    assert_eq!(run(&["barstatus"]), ("  0/2 .. 0\n".to_string(), Some(0)));
+    assert_eq!(run(&["rawload"]).0.split_whitespace().count(), 29);
+    assert!(run(&["load"]).0.starts_with("  Load              Msgs"));
+    assert_eq!(
+        run(&["reread"]),
+        ("error: Attempt to use privileged command on unprivileged socket\n".to_string(), Some(0))
+    );
+}
