@@ -216,8 +216,9 @@ entity.
 Parts marked C<Content-Disposition: attachment> are documents, not the
 message text, and are left alone.  The boilerplate is written into the
 decoded part body, so it is re-encoded with the part.  Pass it as bytes
-in the part's character set, or as a Perl character string, which is
-then converted to the part's charset (characters the charset lacks
+in the part's character set, or as a Perl character string (one with
+Perl's UTF-8 flag on, e.g. from C<Encode::decode> or a C<use utf8>
+source), which is then converted to the part's charset (characters the charset lacks
 become C<?>, or character references in HTML).  A trailing newline is
 added if missing, and boilerplate added at the end of a text part whose
 last line lacks a newline starts on a new line.
