@@ -169,3 +169,37 @@ async fn queue_id_does_not_leak_into_the_next_message() {
     assert!(!cmds.contains("AAA1"), "{cmds}");
     assert!(cmds.contains("R<c@d> smtp ? ?\nQBBB2\n=i BBB2\nR<e@f> smtp ? ?\n"), "{cmds}");
 }
+
+/// §3.11: a refused recipient leaves the transaction (and its directory)
+/// alone and gets no R line; accept/discard at RCPT end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipient_and_helo_verdicts() {
+    let (scratch, mux, milter) = start(&["-H", "-t"]);
+    mux.push(Step::new("helook", "ok -1 busy%20now 421 4.3.2 0"));
+    mux.push(Step::new("helook", "ok 1 ok 250 2.1.0 0"));
+    mux.push(Step::new("recipok", "ok 0 no%20such%20user 550 5.1.1 0"));
+    mux.push(Step::new("recipok", "ok -1"));
+    mux.push(Step::new("recipok", "ok 1 ok 250 2.1.0 0"));
+    mux.push(Step::new("recipok", "ok 2 fine 250 2.1.0 0"));
+    let mut mta = milter.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    assert_eq!(mta.helo("first").await, Packet { kind: b'y', data: b"421 4.3.2 busy now\0".to_vec() });
+    assert_eq!(mta.helo("second").await.kind, b'c');
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, b'c');
+    assert_eq!(mta.rcpt(&[b"<nobody@x>"]).await, Packet { kind: b'y', data: b"550 5.1.1 no such user\0".to_vec() });
+    // A bare "ok -1" carries no text: the MTA's own tempfail text is used.
+    assert_eq!(mta.rcpt(&[b"<later@x>"]).await, Packet { kind: b't', data: vec![] });
+    assert_eq!(mta.rcpt(&[b"<ok@x>"]).await.kind, b'c');
+    let dirs = scratch.leftover_dirs();
+    assert_eq!(dirs.len(), 1);
+    let cmds = String::from_utf8(std::fs::read(scratch.spool.join(&dirs[0]).join("COMMANDS")).unwrap()).unwrap();
+    assert!(cmds.ends_with("Esecond\nR<ok@x> ? ? ?\n"), "{cmds}");
+    assert!(!cmds.contains("nobody") && !cmds.contains("later"), "{cmds}");
+    let lines: Vec<String> = mux.log.lock().unwrap().lines.iter().map(|l| show(l)).filter(|l| l.starts_with("recipok")).collect();
+    // FIRSTRCPT is the first recipient checked, even though it was refused.
+    assert!(lines[2].starts_with("recipok <ok@x> <a@b> 192.0.2.10 h <nobody@x> second "), "{}", lines[2]);
+    // Accept-and-stop-filtering at RCPT ends the transaction and its directory.
+    assert_eq!(mta.rcpt(&[b"<vip@x>"]).await.kind, b'a');
+    assert!(scratch.leftover_dirs().is_empty());
+}
