@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # More through Postfix: early accept/discard, loopback recipient checks, a
 # recipient the MTA refused, many recipients, 8-bit bodies, duplicate
-# Content-Type headers, the milter's -X and -x.
+# Content-Type headers, the milter's -X and -x; local submission (non_smtpd_milters).
 use strict;
 use warnings;
 use Test::More;
@@ -12,5 +12,6 @@ use MMTest::Cases;
 my $e2e = MMTest::E2E->setup(mta => 'postfix', milter_args => [qw(-s -t)],
     mta_opts => MMTest::Cases::mta_rejects_recipient_opts('postfix'));
 MMTest::Cases::extras($e2e);
+MMTest::Cases::postfix_local_submission($e2e);
 $e2e->teardown;
 done_testing;

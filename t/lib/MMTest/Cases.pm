@@ -5,6 +5,8 @@ use warnings;
 use Test::More;
 
 use MMTest::Util qw(slurp);
+use POSIX ();
+use MMTest::SMTP;
 
 =head1 NAME
 
@@ -412,6 +414,83 @@ sub extras {
         $m = $e2e->delivered($id);
         like($m ? $m->header('X-Scanned-By') // '' : '', qr/\AMMTest Scanner 1\.0(?: on \S+)?\z/, 'custom text, not split at blanks');
         $e2e->stack->restart_milter(@orig);
+    };
+}
+
+=head2 concurrent($e2e, $n)
+
+Sends $n messages at once, each from its own client process, each with
+its own body and words; checks every one arrives with its own body and
+only its own modifications (no mixing of working directories between
+concurrent SMTP sessions).  The stack should have at least $n workers
+(C<-x>), since the milter tempfails a connection when no worker is free.
+
+=cut
+
+sub concurrent {
+    my ($e2e, $n) = @_;
+    subtest "$n messages at once" => sub {
+        my $tag = _id($e2e, 'par');
+        my %want;
+        my %kids;
+        for my $i (1 .. $n) {
+            my $id = "$tag-$i";
+            my $body = join '', map { "message $i line $_\n" } 1 .. (200 * $i);
+            my $subject = $i % 2 ? "addhdr envelope" : "envelope";
+            $want{$id} = { body => $body, added => ($i % 2 ? 1 : 0), rcpt => "par$i\@example.org" };
+            my $pid = fork() // die "fork: $!";
+            if ($pid == 0) {
+                my $r = eval { $e2e->send(id => $id, subject => $subject, body => $body, to => [ $want{$id}{rcpt} ]) };
+                POSIX::_exit($r && $r->{ok} ? 0 : 1);
+            }
+            $kids{$pid} = $id;
+        }
+        my %failed;
+        for my $pid (keys %kids) {
+            waitpid($pid, 0);
+            $failed{ $kids{$pid} } = 1 if $? != 0;
+        }
+        is_deeply([ sort keys %failed ], [], 'every client got its message accepted');
+        for my $id (sort keys %want) {
+            my $m = $e2e->delivered($id) or do { fail("$id delivered"); next };
+            my $w = $want{$id};
+            ok($m->body eq $w->{body}, "$id: its own body");
+            is($m->header('X-MMTest-Recipients'), "<$w->{rcpt}>", "$id: the filter saw its own recipient");
+            is(scalar(my @a = $m->header('X-MMTest-Added')), $w->{added}, "$id: only its own modifications");
+        }
+    };
+}
+
+=head2 postfix_local_submission($e2e)
+
+Postfix only: mail submitted with Postfix's own C<sendmail> command (pickup
+and cleanup, C<non_smtpd_milters>) is filtered too.  Postfix presents it
+as a connection from C<localhost> / 127.0.0.1 and passes the addresses
+without angle brackets; a recipient the filter would refuse is let
+through, because Postfix cannot refuse one recipient of a local
+submission (the worker turns the refusal into "continue").
+
+=cut
+
+sub postfix_local_submission {
+    my ($e2e) = @_;
+    subtest 'Postfix: local submission through non_smtpd_milters' => sub {
+        my $id = _id($e2e, 'local-submission');
+        my $msg = MMTest::SMTP->build_message(id => $id, subject => 'envelope addhdr');
+        my $cd = $e2e->mta->config_dir;
+        open(my $p, '|-', '/usr/sbin/sendmail', '-C', $cd, '-f', 'local-sender@example.com',
+            'reject-rcpt@example.org', 'ok@example.org') or die "sendmail: $!";
+        print {$p} $msg;
+        ok(close($p), 'sendmail command succeeded');
+        my $m = $e2e->delivered($id) or return;
+        is($m->header('X-MMTest-Filtered'), 'yes', 'filtered');
+        is($m->header('X-MMTest-Added'), 'added by the filter', 'modified');
+        is($m->header('X-MMTest-Hostip'), '127.0.0.1', 'seen as coming from 127.0.0.1');
+        is($m->header('X-MMTest-Helo'), 'localhost', 'with HELO localhost');
+        is($m->header('X-MMTest-Sender'), 'local-sender@example.com', 'sender without brackets');
+        is($m->header('X-MMTest-Recipients'), 'reject-rcpt@example.org ok@example.org', 'recipients without brackets');
+        is_deeply([ $m->rcpt_addresses ], [ 'ok@example.org', 'reject-rcpt@example.org' ], 'both recipients delivered');
+        like($m->header('X-Scanned-By') // '', qr/\Amailmunge 3\.09(?: on \S+)?\z/, 'X-Scanned-By');
     };
 }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/perl
+# Several SMTP sessions at once through Sendmail and our daemons: every
+# message keeps its own body, envelope and modifications.
+use strict;
+use warnings;
+use Test::More;
+
+use MMTest::E2E;
+use MMTest::Cases;
+
+my $e2e = MMTest::E2E->setup(mta => 'sendmail', mx_args => [qw(-x 8)]);
+MMTest::Cases::concurrent($e2e, 8);
+$e2e->teardown;
+done_testing;
