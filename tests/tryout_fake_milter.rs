@@ -7,6 +7,9 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
+/// Packets as (command byte, data).
+type Packets = Vec<(u8, Vec<u8>)>;
+
 fn read_packet(s: &mut UnixStream) -> Option<(u8, Vec<u8>)> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).ok()?;
@@ -40,9 +43,9 @@ fn txn() -> Transaction {
 /// Runs `script` as the milter for one connection; returns everything the
 /// client sent, as (command, data) packets.
 fn with_milter(
-    script: impl FnOnce(&mut UnixStream, &mut Vec<(u8, Vec<u8>)>) + Send + 'static,
+    script: impl FnOnce(&mut UnixStream, &mut Packets) + Send + 'static,
     t: &Transaction,
-) -> (Result<tryout::Outcome, tryout::TryError>, Vec<(u8, Vec<u8>)>) {
+) -> (Result<tryout::Outcome, tryout::TryError>, Packets) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("milter.sock");
     let l = UnixListener::bind(&path).unwrap();
@@ -63,7 +66,7 @@ fn with_milter(
 
 /// Reads packets until one with command `want`, answering each stage
 /// command (not macros) with `c`.
-fn continue_until(s: &mut UnixStream, seen: &mut Vec<(u8, Vec<u8>)>, want: u8, answer_others: bool) {
+fn continue_until(s: &mut UnixStream, seen: &mut Packets, want: u8, answer_others: bool) {
     loop {
         let p = read_packet(s).expect("client closed early");
         let cmd = p.0;
