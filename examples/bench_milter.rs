@@ -1,0 +1,465 @@
+//! Milter benchmark (bench/README.md): a load generator built on the
+//! `miltr-client` crate plays the MTA against the real `mailmunge` and
+//! `mailmunge-multiplexor` with no-op Perl workers (bench/noop-filter.pl),
+//! over a unix socket and over TCP on 127.0.0.1, then holds many idle
+//! (negotiated) milter connections and checks that new sessions are still
+//! served.
+//!
+//! cargo build --release --bins && cargo run --release --example bench_milter
+//!
+//! Options: --seconds N (per measurement, default 5), --sessions 1,4,16,
+//! --idle 1000,10000 (0 skips the probe), --milter-nofile N (start the
+//! milter with this soft RLIMIT_NOFILE instead of the generator's).
+
+#[path = "../bench/support.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use miltr_client::{Client, Connection};
+use miltr_common::actions::Action;
+use miltr_common::commands::{Connect, Family, Header};
+use miltr_common::modifications::ModificationAction;
+use miltr_common::optneg::OptNeg;
+
+use support::{Compat, Daemon, Latencies, Scratch};
+
+/// Where the milter listens.
+#[derive(Clone, Debug)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Unix(_) => "unix",
+            Target::Tcp(_) => "tcp",
+        }
+    }
+
+    fn spec(&self) -> String {
+        match self {
+            Target::Unix(p) => format!("unix:{}", p.display()),
+            Target::Tcp(a) => format!("inet:{}@{}", a.port(), a.ip()),
+        }
+    }
+}
+
+/// Either kind of stream, so sessions over both transports share code.
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+type Session = Connection<Compat<Stream>>;
+
+/// Opens a connection and does the option negotiation.
+async fn open(target: &Target, client: &Client) -> Result<Session, String> {
+    let stream = match target {
+        Target::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await.map_err(|e| format!("connect: {e}"))?),
+        Target::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a).await.map_err(|e| format!("connect: {e}"))?;
+            // As an MTA would: each milter command is a small write.
+            let _ = s.set_nodelay(true);
+            Stream::Tcp(s)
+        }
+    };
+    client.connect_via(Compat(stream)).await.map_err(|e| format!("negotiate: {e}"))
+}
+
+/// The message every session sends.
+struct Message {
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn new() -> Message {
+        let body: String = (0..30).map(|n| format!("Line {n} of a plain benchmark body, long enough to look like mail.\r\n")).collect();
+        Message {
+            headers: vec![
+                ("From", "Sender <sender@example.com>"),
+                ("To", "Recipient <rcpt@example.net>"),
+                ("Subject", "benchmark message"),
+                ("Date", "Thu, 26 Nov 2026 12:00:00 +0000"),
+                ("Message-ID", "<bench@example.com>"),
+                ("MIME-Version", "1.0"),
+                ("Content-Type", "text/plain; charset=us-ascii"),
+            ],
+            body: body.into_bytes(),
+        }
+    }
+}
+
+/// What the milter answered at end of message.
+struct Verdict {
+    action: String,
+    modifications: Vec<String>,
+}
+
+/// One SMTP transaction on a fresh connection, as an MTA plays it.
+async fn one_message(target: &Target, client: &Client, msg: &Message) -> Result<Verdict, String> {
+    let mut s = open(target, client).await?;
+    let step = |what: &'static str| move |e: miltr_client::ResponseError| format!("{what}: {e} ({e:?})");
+    s.connect(Connect::new(b"client.example", Family::Inet, Some(40000), b"127.0.0.1")).await.map_err(step("connect"))?;
+    s.helo(b"client.example".as_slice()).await.map_err(step("helo"))?;
+    s.mail(b"<sender@example.com>".as_slice()).await.map_err(step("mail"))?;
+    s.recipient(b"<rcpt@example.net>".as_slice()).await.map_err(step("rcpt"))?;
+    s.data().await.map_err(step("data"))?;
+    for (n, v) in &msg.headers {
+        s.header(Header::new(n.as_bytes(), v.as_bytes())).await.map_err(step("header"))?;
+    }
+    s.end_of_header().await.map_err(step("eoh"))?;
+    s.body(msg.body.as_slice()).await.map_err(step("body"))?;
+    let r = s.end_of_body().await.map_err(step("eom"))?;
+    let action = match r.final_action() {
+        Action::Continue(_) => "continue".to_string(),
+        other => format!("{other:?}"),
+    };
+    let modifications = r
+        .modifications()
+        .iter()
+        .map(|m| match m {
+            ModificationAction::AddHeader(h) => format!("add header {}: {}", h.name(), h.value()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    s.quit().await.map_err(|e| format!("quit: {e}"))?;
+    Ok(Verdict { action, modifications })
+}
+
+/// Outcome of one timed run.
+struct Run {
+    ok: usize,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+    lat: Latencies,
+}
+
+/// `sessions` concurrent MTA sessions, one message per connection, back to
+/// back until the time is up.
+async fn drive(target: &Target, sessions: usize, seconds: f64) -> Run {
+    let client = Arc::new(Client::new(OptNeg::default()));
+    let msg = Arc::new(Message::new());
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (target, client, msg) = (target.clone(), client.clone(), msg.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let (mut errors, mut first_error) = (0usize, None);
+            while Instant::now() < until {
+                let t = Instant::now();
+                match tokio::time::timeout(Duration::from_secs(60), one_message(&target, &client, &msg)).await {
+                    Ok(Ok(v)) if v.action == "continue" => lat.push(t.elapsed()),
+                    Ok(Ok(v)) => {
+                        errors += 1;
+                        first_error.get_or_insert(format!("final action {}", v.action));
+                    }
+                    Ok(Err(e)) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        first_error.get_or_insert("no answer within 60 s".into());
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    let mut run = Run { ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO, lat: Latencies::default() };
+    for t in tasks {
+        if let Ok((lat, errors, first)) = t.await {
+            run.ok += lat.len();
+            run.errors += errors;
+            if run.first_error.is_none() {
+                run.first_error = first;
+            }
+            run.lat.extend(lat);
+        }
+    }
+    run.elapsed = started.elapsed();
+    run
+}
+
+/// Starts `mailmunge -D` on `target`, connected to the scratch multiplexor,
+/// and waits until it accepts connections.
+fn start_milter(scratch: &Scratch, target: &Target, nofile: Option<u64>) -> Result<Daemon> {
+    let mut cmd = Command::new(support::binary("mailmunge")?);
+    cmd.args(support::user_args())
+        .arg("-D")
+        .arg("-p")
+        .arg(target.spec())
+        .arg("-m")
+        .arg(scratch.mux_socket())
+        .arg("-z")
+        .arg(&scratch.spool)
+        .env("MAILMUNGE_MY_IP", "127.0.0.1");
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n.min(hard), hard)?;
+                Ok(())
+            });
+        }
+    }
+    let mut d = Daemon::spawn("mailmunge", cmd, scratch.root.join(format!("milter-{}.log", target.name())))?;
+    let deadline = Instant::now() + support::START_LIMIT;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = Client::new(OptNeg::default());
+    loop {
+        // Ready once a connection gets through negotiation.
+        if rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), open(target, &client)).await }).is_ok_and(|r| r.is_ok()) {
+            return Ok(d);
+        }
+        d.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("milter did not answer on {} within {:?}; output:\n{}", target.spec(), support::START_LIMIT, d.output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_tcp_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+fn main() -> Result<()> {
+    let seconds: f64 = support::arg("--seconds", 5.0)?;
+    let sessions = support::list_arg("--sessions", &[1, 4, 16])?;
+    let idle = support::list_arg("--idle", &[1000, 10000])?;
+    let milter_nofile: u64 = support::arg("--milter-nofile", 0)?;
+    let milter_nofile = (milter_nofile > 0).then_some(milter_nofile);
+    let max_sessions = sessions.iter().copied().max().unwrap_or(1);
+    let max_idle = idle.iter().copied().max().unwrap_or(0) as u64;
+    // The daemons started below inherit this limit.
+    let nofile = support::raise_nofile(max_idle + 1024)?;
+    println!("# mailmunge milter benchmark");
+    println!("machine: {}", support::machine_note());
+    println!("per measurement: {seconds} s; sessions: {sessions:?}; RLIMIT_NOFILE (generator, inherited by the daemons): {nofile}");
+    if let Some(n) = milter_nofile {
+        println!("milter started with soft RLIMIT_NOFILE {n}");
+    }
+    if (max_idle + 64) > nofile {
+        println!("warning: RLIMIT_NOFILE {nofile} is too low for {max_idle} idle connections");
+    }
+
+    let scratch = Scratch::new()?;
+    // One worker per concurrent session: the milter's connect-time `free`
+    // check then never finds the pool exhausted (queueing is not measured).
+    let max_workers = max_sessions.to_string();
+    let mut mux = support::start_mux(&scratch, &["-m", "2", "-x", &max_workers, "-r", "1000000", "-i", "3600"])?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    let targets = [Target::Unix(scratch.spool.join("milter.sock")), Target::Tcp(free_tcp_port()?)];
+    for target in &targets {
+        let mut milter = start_milter(&scratch, target, milter_nofile)?;
+        let client = Client::new(OptNeg::default());
+        let first = rt.block_on(one_message(target, &client, &Message::new()));
+        match first {
+            Ok(v) if v.action == "continue" => {
+                if target.name() == "unix" {
+                    println!("\nfirst message: final action {}, modifications {:?}", v.action, v.modifications);
+                }
+            }
+            Ok(v) => bail!("first message: final action {}; milter output:\n{}", v.action, milter.output()),
+            Err(e) => bail!("first message failed: {e}; milter output:\n{}\nmultiplexor output:\n{}", milter.output(), mux.output()),
+        }
+        // Warm-up brings up the workers.
+        let warm = rt.block_on(drive(target, max_sessions, 3.0_f64.min(seconds)));
+        if warm.ok == 0 {
+            bail!("warm-up failed: {:?}; milter output:\n{}", warm.first_error, milter.output());
+        }
+        let workers = support::worker_pids(&scratch.mux_socket());
+        let milter_pid = milter.pid();
+        println!("\n## {} socket ({}), {} workers", target.name(), target.spec(), workers.len());
+        println!();
+        println!("| sessions | msgs/s | p50 ms | p99 ms | errors | milter CPU ms/1000 msgs | mux CPU ms/1000 msgs | workers CPU ms/1000 msgs | milter peak RSS kB |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &n in &sessions {
+            milter.check_alive()?;
+            let pids = [milter_pid, mux.pid()];
+            let before: Vec<u64> = pids.iter().map(|&p| support::cpu_ticks(&[p])).collect();
+            let wbefore = support::cpu_ticks(&workers);
+            let sampler = support::RssSampler::start(milter_pid);
+            let mut run = rt.block_on(drive(target, n, seconds));
+            let peak = sampler.stop();
+            let after: Vec<u64> = pids.iter().map(|&p| support::cpu_ticks(&[p])).collect();
+            let wafter = support::cpu_ticks(&workers);
+            let per_k = |t: u64| if run.ok > 0 { support::ticks_ms(t) * 1000.0 / run.ok as f64 } else { 0.0 };
+            println!(
+                "| {n} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {peak} |",
+                run.ok as f64 / run.elapsed.as_secs_f64(),
+                run.lat.quantile_ms(0.5),
+                run.lat.quantile_ms(0.99),
+                run.errors,
+                per_k(after[0] - before[0]),
+                per_k(after[1] - before[1]),
+                per_k(wafter - wbefore),
+            );
+            if let Some(e) = run.first_error {
+                println!("|  | first error: {e} | | | | | | | |");
+            }
+        }
+        let st = support::proc_stat(milter_pid).context("milter /proc")?;
+        println!("milter after the runs: RSS {} kB (VmHWM {} kB), {} threads, {} fds", st.rss_kb, st.hwm_kb, st.threads, st.fds);
+        if milter.stop().is_none() {
+            println!("warning: the milter needed SIGKILL to stop");
+        }
+    }
+
+    if max_idle > 0 {
+        idle_probe(&scratch, &rt, &idle, milter_nofile)?;
+    }
+    mux.check_alive()?;
+    mux.stop();
+    Ok(())
+}
+
+/// Holds `counts` negotiated, idle connections (cumulatively) on a fresh
+/// unix-socket milter, reporting its RSS and serving live sessions beside
+/// them.
+fn idle_probe(scratch: &Scratch, rt: &tokio::runtime::Runtime, counts: &[usize], nofile: Option<u64>) -> Result<()> {
+    let target = Target::Unix(scratch.spool.join("milter-idle.sock"));
+    let mut milter = start_milter(scratch, &target, nofile)?;
+    let pid = milter.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let base = support::proc_stat(pid).context("milter /proc")?;
+    println!("\n## idle sessions (unix socket): negotiated, then silent");
+    println!();
+    println!("| idle connections | open time s | milter RSS kB | kB per idle conn | milter threads | milter fds | live msgs/s beside them | live p50 ms | live p99 ms | live errors |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| 0 | - | {} | - | {} | {} | - | - | - | - |", base.rss_kb, base.threads, base.fds);
+    let client = Arc::new(Client::new(OptNeg::default()));
+    let mut held: Vec<Session> = Vec::new();
+    let mut sorted = counts.to_vec();
+    sorted.sort_unstable();
+    for &n in &sorted {
+        let t = Instant::now();
+        let mut failures = 0usize;
+        let mut first_failure = None;
+        while held.len() < n && failures < 100 {
+            // Batches keep the accept backlog from overflowing.
+            let batch = (n - held.len()).min(256);
+            let opened = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for _ in 0..batch {
+                    let (target, client) = (target.clone(), client.clone());
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::timeout(Duration::from_secs(20), open(&target, &client))
+                            .await
+                            .unwrap_or_else(|_| Err("negotiation timed out".into()))
+                    }));
+                }
+                let mut v = Vec::new();
+                for t in tasks {
+                    v.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+                }
+                v
+            });
+            for r in opened {
+                match r {
+                    Ok(s) => held.push(s),
+                    Err(e) => {
+                        failures += 1;
+                        first_failure.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let open_time = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(500));
+        let alive = milter.check_alive();
+        let st = support::proc_stat(pid);
+        let (rss, threads, fds) = st.map(|s| (s.rss_kb, s.threads, s.fds)).unwrap_or((0, 0, 0));
+        let per_conn = if held.is_empty() { 0.0 } else { (rss as f64 - base.rss_kb as f64) / held.len() as f64 };
+        let mut live = if alive.is_ok() { Some(rt.block_on(drive(&target, 4, 3.0))) } else { None };
+        let lrow = match live.as_mut() {
+            Some(r) => format!(
+                "{:.0} | {:.2} | {:.2} | {}",
+                r.ok as f64 / r.elapsed.as_secs_f64(),
+                r.lat.quantile_ms(0.5),
+                r.lat.quantile_ms(0.99),
+                r.errors
+            ),
+            None => "- | - | - | milter gone".into(),
+        };
+        println!("| {} | {open_time:.1} | {rss} | {per_conn:.1} | {threads} | {fds} | {lrow} |", held.len());
+        if let Some(e) = first_failure {
+            println!("|  | {failures} connections failed; first: {e} | | | | | | | | |");
+        }
+        if let Some(e) = live.and_then(|r| r.first_error) {
+            println!("|  | first live error: {e} | | | | | | | | |");
+        }
+        if let Err(e) = alive {
+            println!("\nthe milter died while holding {} connections: {e}", held.len());
+            return Ok(());
+        }
+    }
+    // The idle sessions still answer: one of them completes a message.
+    if let Some(s) = held.last_mut() {
+        let r = rt.block_on(async {
+            s.connect(Connect::new(b"late.example", Family::Inet, Some(40001), b"127.0.0.1")).await?;
+            s.helo(b"late.example".as_slice()).await
+        });
+        println!("an idle session still answers after the probe: {}", if r.is_ok() { "yes" } else { "NO" });
+    }
+    let held_n = held.len();
+    drop(held);
+    std::thread::sleep(Duration::from_secs(1));
+    if let Some(st) = support::proc_stat(pid) {
+        println!("after closing the {held_n} idle connections: milter RSS {} kB (VmHWM {} kB), {} fds", st.rss_kb, st.hwm_kb, st.fds);
+    }
+    milter.stop();
+    Ok(())
+}
