@@ -95,7 +95,7 @@ SKIP: {
 }
 
 # Man pages.
-for my $m (qw(man8/mailmunge.8 man8/mailmunge-multiplexor.8 man8/mm-mx-ctrl.8 man8/mailmunge-start.8 man7/mailmunge-protocol.7 man1/mailmunge-util.1 man1/mm-try.1)) {
+for my $m (qw(man8/mailmunge.8 man8/mailmunge-multiplexor.8 man8/mm-mx-ctrl.8 man8/mailmunge-start.8 man7/mailmunge-protocol.7 man1/mailmunge-util.1 man1/mm-try.1 man7/mailmunge-notify.7)) {
 	is(mode_of("/usr/share/man/$m"), '0644', "$m 0644");
 	like(slurp("/usr/share/man/$m"), qr/^\.TH /m, "$m is a man page");
 }
