@@ -114,7 +114,7 @@ impl PidFile {
             .open(path)
             .map_err(sys(what.clone()))?;
         file.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(sys(what))?;
-        Ok(PidFile { file, path: path.to_path_buf() })
+        Ok(PidFile { file: move_high(file), path: path.to_path_buf() })
     }
 
     /// The open descriptor (to keep it across [`close_inherited_fds`]).
@@ -222,6 +222,7 @@ pub fn daemonize() -> Result<Readiness, DaemonError> {
         nix::unistd::ForkResult::Child => {}
     }
     drop(rd);
+    let wr = move_high(wr);
     let _ = nix::unistd::setsid();
     // SAFETY: setting a disposition to SIG_IGN is always sound.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
@@ -269,6 +270,21 @@ pub fn stdio_to_devnull() {
             unsafe { libc::dup2(f.as_raw_fd(), fd) };
         }
     }
+}
+
+/// Moves a descriptor to a number of at least 100 (close-on-exec), so that
+/// short-lived early descriptors do not leave a hole at a low number that a
+/// later pipe could fall into (fd 3 has a meaning for workers). Returns the
+/// original on failure.
+pub fn move_high<T: From<OwnedFd> + Into<OwnedFd>>(f: T) -> T {
+    let fd: OwnedFd = f.into();
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+    if n < 0 {
+        return T::from(fd);
+    }
+    // SAFETY: n is a fresh descriptor we now own; the original is dropped.
+    T::from(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// Closes every descriptor from 3 up to 1023 except those in `keep`

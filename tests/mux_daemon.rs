@@ -34,6 +34,8 @@ fn daemon_reports_ready_only_when_listening() {
     assert!(std::fs::read_to_string(&pidf).unwrap().ends_with('\n'));
     let _guard = KillOnDrop(pid);
     assert!(alive(pid));
+    // Nothing of the daemon's own leaks into workers.
+    assert_eq!(request(&sp.file("mx.sock"), b"fds\n"), b"0,1,2\n");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&pidf).unwrap().permissions().mode() & 0o777, 0o644);
 
@@ -96,4 +98,16 @@ fn startup_errors() {
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(String::from_utf8_lossy(&out.stderr), format!("{BIN}: Unknown user 'no-such-user-xyz'\n"));
     }
+}
+
+#[test]
+fn sigterm_lets_busy_workers_answer_then_exits() {
+    let mut mx = Mx::start(&["-x", "2"]);
+    let sock = mx.sock.clone();
+    let t = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
+    mx.wait_for("status", |r| r.contains('B'));
+    mx.signal(libc::SIGTERM);
+    assert_eq!(t.join().unwrap(), b"slept 2\n");
+    assert_eq!(mx.wait_exit(Duration::from_secs(25)), Some(0));
+    assert!(!mx.sock.exists());
 }
