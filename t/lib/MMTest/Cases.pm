@@ -494,6 +494,112 @@ sub postfix_local_submission {
     };
 }
 
+=head2 compat($e2e)
+
+For a setup running F<t/data/e2e/compat-filter.pl>
+(L<Mailmunge::Filter::Compat>, the MIMEDefang-style callbacks): parts
+dropped and accepted with warnings, a part added, text boilerplate, a
+tempfail from filter_begin, and the queue id the filter saw.
+
+=cut
+
+sub _multipart {
+    my ($id, $subject) = @_;
+    my $b = "mmtest-boundary-$id";
+    my $pdf = join '', map { chr(($_ * 7) % 256) } 0 .. 2999;
+    require MIME::Base64;
+    my $body = "This is a multi-part message in MIME format.\n\n"
+        . "--$b\nContent-Type: text/plain; charset=us-ascii\n\nThe main text of $id.\n\n"
+        . "--$b\nContent-Type: application/octet-stream; name=\"drop.exe\"\n"
+        . "Content-Disposition: attachment; filename=\"drop.exe\"\nContent-Transfer-Encoding: base64\n\n"
+        . MIME::Base64::encode_base64("MZ pretend executable\n") . "\n"
+        . "--$b\nContent-Type: text/plain; name=\"warn.txt\"\n"
+        . "Content-Disposition: attachment; filename=\"warn.txt\"\n\nText that earns a warning.\n\n"
+        . "--$b\nContent-Type: application/pdf; name=\"keep.pdf\"\n"
+        . "Content-Disposition: attachment; filename=\"keep.pdf\"\nContent-Transfer-Encoding: base64\n\n"
+        . MIME::Base64::encode_base64($pdf) . "\n"
+        . "--$b--\n";
+    my $msg = MMTest::SMTP->build_message(id => $id, subject => $subject, body => $body, headers => [
+        [ 'MIME-Version', '1.0' ], [ 'Content-Type', "multipart/mixed; boundary=\"$b\"" ] ]);
+    return ($msg, $pdf);
+}
+
+sub _parse_mime {
+    my ($m) = @_;
+    require MIME::Parser;
+    my $p = MIME::Parser->new;
+    $p->output_to_core(1);
+    $p->tmp_to_core(1);
+    return $p->parse_data($m->text);
+}
+
+sub _leaf_parts {
+    my ($e) = @_;
+    my @p = $e->parts;
+    return @p ? map { _leaf_parts($_) } @p : ($e);
+}
+
+sub _queue_id_from_reply {
+    my ($e2e, $reply) = @_;
+    my $t = join ' ', @{ $reply->{lines} || [] };
+    return $1 if $e2e->kind eq 'postfix' && $t =~ /queued as (\S+)/;
+    return $1 if $e2e->kind eq 'sendmail' && $t =~ /^250 2\.0\.0 (\S+) Message accepted/;
+    return undef;
+}
+
+sub compat {
+    my ($e2e) = @_;
+
+    subtest 'Compat: drop and warn per part, keep the rest' => sub {
+        my $id = _id($e2e, 'compat-parts');
+        my ($msg, $pdf) = _multipart($id, 'parts');
+        my $res = $e2e->send(id => $id, data => $msg);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        my $top = _parse_mime($m);
+        my @leaves = _leaf_parts($top);
+        my %by_name = map { (($_->head->recommended_filename // '') => $_) } @leaves;
+        ok(!$by_name{'drop.exe'}, 'drop.exe is gone');
+        ok($by_name{'warn.txt'}, 'warn.txt kept');
+        ok($by_name{'keep.pdf'} && $by_name{'keep.pdf'}->bodyhandle->as_string eq $pdf, 'keep.pdf kept byte for byte');
+        my $all_text = join "\n", map { $_->bodyhandle ? $_->bodyhandle->as_string : '' }
+            grep { ($_->effective_type // '') =~ m{^text/} } @leaves;
+        like($all_text, qr/Dropped drop\.exe/, 'warning about the dropped part is in the message');
+        like($all_text, qr/Accepted warn\.txt with a warning/, 'warning about warn.txt is in the message');
+        like($all_text, qr/The main text of \Q$id\E\./, 'main text kept');
+        my $qid = _queue_id_from_reply($e2e, $res->{data});
+        is($m->header('X-Last-QID'), $qid, 'filter_end saw the MTA queue id') if defined $qid;
+    };
+
+    subtest 'Compat: add a part in filter_end' => sub {
+        my $id = _id($e2e, 'compat-addpart');
+        my $res = $e2e->send(id => $id, subject => 'addpart', body => "Plain body of $id\n");
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        my @leaves = _leaf_parts(_parse_mime($m));
+        my ($html) = grep { ($_->effective_type // '') eq 'text/html' } @leaves;
+        ok($html, 'a text/html part was added');
+        like($html ? $html->bodyhandle->as_string : '', qr/Part added by the compat filter/, 'with its content');
+        my ($plain) = grep { ($_->effective_type // '') eq 'text/plain' } @leaves;
+        like($plain ? $plain->bodyhandle->as_string : '', qr/Plain body of \Q$id\E/, 'original text still there');
+    };
+
+    subtest 'Compat: text boilerplate' => sub {
+        my $id = _id($e2e, 'compat-boilerplate');
+        my $res = $e2e->send(id => $id, subject => 'boilerplate', body => "Body of $id\n");
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        like($m->body, qr/\ABody of \Q$id\E\n.*-- boilerplate from the compat filter\n?\z/s, 'boilerplate appended');
+    };
+
+    subtest 'Compat: tempfail from filter_begin' => sub {
+        my $id = _id($e2e, 'compat-tempfail');
+        my $res = $e2e->send(id => $id, subject => 'begin-tempfail');
+        _refused($e2e, $res, ['data'], qr/^451 4\.3\.0 Compat filter_begin tempfails$/, 'filter_begin tempfail');
+        ok($e2e->not_delivered($id), 'not delivered');
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never
