@@ -21,7 +21,7 @@ use std::path::PathBuf;
     about = "Start a Mailmunge daemon with the options /etc/default/mailmunge asks for",
     after_help = "DAEMON is `milter` (mailmunge) or `multiplexor` (mailmunge-multiplexor).\n\
                   Variables are read from the environment, then from each --env-file in order \
-                  (later values win). See mailmunge-start in mailmunge(8)."
+                  (later values win). See mailmunge-start(8)."
 )]
 struct Cli {
     /// Pass -D (stay in the foreground), as the systemd units do.
