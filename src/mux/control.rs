@@ -180,6 +180,23 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
     outcome.client_bytes()
 }
 
+/// Runs a socketmap lookup (`-N`, §13) on a worker: never queued, class
+/// "other".
+pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapOutcome {
+    use crate::socketmap::MapOutcome;
+    let (job, rx) = Job::new(line, JobKind::Map);
+    mux.lock().submit(job, false);
+    match rx.await.unwrap_or(Outcome::NoResponse) {
+        Outcome::Reply(b) => MapOutcome::Reply(b),
+        // An empty reply reads as a busy timeout upstream.
+        Outcome::NoResponse => MapOutcome::Reply(Vec::new()),
+        Outcome::Timeout { .. } => MapOutcome::BusyTimeout,
+        Outcome::WriteFailed => MapOutcome::WriteFailed,
+        Outcome::ActivateFailed => MapOutcome::ActivationFailed,
+        Outcome::NoFree | Outcome::RecipokLimit | Outcome::QueueTimeout | Outcome::ShuttingDown => MapOutcome::NoFreeWorkers,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,19 +230,3 @@ mod tests {
     }
 }
 
-/// Runs a socketmap lookup (`-N`, §13) on a worker: never queued, class
-/// "other".
-pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapOutcome {
-    use crate::socketmap::MapOutcome;
-    let (job, rx) = Job::new(line, JobKind::Map);
-    mux.lock().submit(job, false);
-    match rx.await.unwrap_or(Outcome::NoResponse) {
-        Outcome::Reply(b) => MapOutcome::Reply(b),
-        // An empty reply reads as a busy timeout upstream.
-        Outcome::NoResponse => MapOutcome::Reply(Vec::new()),
-        Outcome::Timeout { .. } => MapOutcome::BusyTimeout,
-        Outcome::WriteFailed => MapOutcome::WriteFailed,
-        Outcome::ActivateFailed => MapOutcome::ActivationFailed,
-        Outcome::NoFree | Outcome::RecipokLimit | Outcome::QueueTimeout | Outcome::ShuttingDown => MapOutcome::NoFreeWorkers,
-    }
-}

@@ -157,6 +157,17 @@ pub struct Queued {
     pub job: Job,
 }
 
+/// Why a worker could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the slot is not stopped or the multiplexor is stopping")]
+    Unavailable,
+    #[error("not enough time elapsed since the last activation (-W)")]
+    TooSoon,
+    #[error("cannot start {0}")]
+    Spawn(String),
+}
+
 /// Everything shared by the multiplexor's tasks.
 pub struct Mux {
     pub opts: Arc<Options>,
@@ -378,9 +389,9 @@ impl Pool {
     // ------------------------------------------------------------ activation
 
     /// Starts a worker process in a Stopped slot.
-    pub fn activate(&mut self, i: usize, reason: &str) -> Result<(), ()> {
+    pub fn activate(&mut self, i: usize, reason: &str) -> Result<(), ActivateError> {
         if self.shutting_down || self.slots[i].state != State::Stopped {
-            return Err(());
+            return Err(ActivateError::Unavailable);
         }
         let now = Instant::now();
         if self.opts.wait > 0 {
@@ -390,11 +401,11 @@ impl Pool {
                         LOG_INFO,
                         &format!("Did not start worker {i}: Not enough time elapsed since last worker activation. (wait={})", self.opts.wait),
                     );
-                    return Err(());
+                    return Err(ActivateError::TooSoon);
                 }
             }
         }
-        let Some(me) = self.me.upgrade() else { return Err(()) };
+        let Some(me) = self.me.upgrade() else { return Err(ActivateError::Unavailable) };
         self.last_activation = Some(now);
         let spawned = self.spawner.spawn(&self.opts, i);
         if self.spawner.needs_zygote() {
@@ -405,7 +416,7 @@ impl Pool {
             Err(e) => {
                 daemon::log(LOG_ERR, &format!("Could not execute {}: {e}", self.opts.filter.display()));
                 self.count_failure(43);
-                return Err(());
+                return Err(ActivateError::Spawn(format!("{}: {e}", self.opts.filter.display())));
             }
         };
         self.activations += 1;
