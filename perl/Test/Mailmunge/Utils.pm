@@ -45,7 +45,7 @@ sub mailmunge_program_path
 	push(@cands, File::Spec->catfile($UTILS_DIR, '..', '..', '..', 'target', 'debug', $name));
 	push(@cands, map { "$_/$name" } grep { length } split(/:/, $ENV{PATH} || ''));
 	foreach my $c (@cands) {
-		return File::Spec->rel2abs($c) if -f $c && -x _;
+		return Cwd::abs_path($c) if -f $c && -x _;
 	}
 	return undef;
 }
