@@ -130,6 +130,9 @@ sub _mc {
         . $def->(HELP_FILE => "$ROOT/etc/mail/helpfile")
         . $def->(confSERVICE_SWITCH_FILE => "$d/service.switch")
         . $def->(confDONT_PROBE_INTERFACES => 'true')
+        # Our files live under /tmp (world-writable, sticky): without this
+        # Sendmail refuses e.g. a milter UNIX socket there as unsafe.
+        . $def->(confDONT_BLAME_SENDMAIL => 'TrustStickyBit')
         . $def->(confTO_QUEUERETURN => '1h')
         . $def->(confTO_QUEUEWARN => '1h')
         . $def->(confMAX_MESSAGE_SIZE => '52428800')

@@ -51,7 +51,8 @@ Options: C<filter> (path, relative to the repository or absolute;
 required), C<mta> (C<postfix> or C<sendmail>, default C<postfix>),
 C<mx_args> (extra multiplexor arguments; defaults C<-m 1 -x 2 -l -b 60
 -c 10> come first), C<milter_args> (extra milter arguments), C<user>
-(default C<mailmunge> when root), C<env> (more environment variables).
+(default C<mailmunge> when root), C<env> (more environment variables),
+C<milter_socket> (C<inet>, the default, or C<unix>).
 
 =cut
 
@@ -76,6 +77,10 @@ sub new {
     $self->{quarantine} = File::Spec->catdir($self->{dir}, 'quarantine');
     $self->{mx_socket}  = File::Spec->catfile($self->{spool}, 'mailmunge-multiplexor.sock');
     $self->{milter_port} = $o{milter_port} // free_port();
+    # With milter_socket => 'unix' the milter listens on a UNIX socket in
+    # the spool directory instead (as in upstream's production example).
+    $self->{milter_unix} = ($o{milter_socket} // 'inet') eq 'unix'
+        ? File::Spec->catfile($self->{spool}, 'mailmunge.sock') : undef;
     return $self;
 }
 
@@ -115,8 +120,22 @@ The milter's address in Postfix (C<inet:127.0.0.1:PORT>) and Sendmail
 
 =cut
 
-sub milter_spec_postfix  { "inet:127.0.0.1:$_[0]{milter_port}" }
-sub milter_spec_sendmail { "inet:$_[0]{milter_port}\@127.0.0.1" }
+sub milter_spec_postfix  { $_[0]{milter_unix} ? "unix:$_[0]{milter_unix}" : "inet:127.0.0.1:$_[0]{milter_port}" }
+sub milter_spec_sendmail { $_[0]{milter_unix} ? "unix:$_[0]{milter_unix}" : "inet:$_[0]{milter_port}\@127.0.0.1" }
+
+sub _milter_listen {
+    my ($self) = @_;
+    return $self->{milter_unix} ? "unix:$self->{milter_unix}" : "inet:$self->{milter_port}\@127.0.0.1";
+}
+
+sub _milter_ready {
+    my ($self) = @_;
+    return port_open($self->{milter_port}) unless $self->{milter_unix};
+    return 0 unless -S $self->{milter_unix};
+    my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $self->{milter_unix}) or return 0;
+    close $s;
+    return 1;
+}
 
 =head2 mx_log / milter_log
 
@@ -214,13 +233,13 @@ sub start_milter {
     my ($self) = @_;
     $self->_prepare_dirs;
     my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mailmunge');
-    my @cmd = ($bin, '-D', '-p', "inet:$self->{milter_port}\@127.0.0.1", '-m', $self->{mx_socket},
+    my @cmd = ($bin, '-D', '-p', $self->_milter_listen, '-m', $self->{mx_socket},
         '-z', $self->{spool}, (defined $self->{user} ? ('-U', $self->{user}) : ()), @{ $self->{milter_args} });
     my $pid = $self->_spawn(milter => 'milter.log', @cmd);
     eval {
-        wait_until(20, "the milter on port $self->{milter_port}", sub {
+        wait_until(20, 'the milter on ' . $self->_milter_listen, sub {
             die "milter exited early\n" unless pid_alive($pid);
-            port_open($self->{milter_port});
+            $self->_milter_ready;
         });
     };
     if ($@) { my $e = $@; $self->stop; die "MMTest::Stack: $e" . $self->diagnostics }
