@@ -52,6 +52,17 @@ my $e = $p->parse_data("Content-Type: multipart/mixed; boundary=\"outer-1\"\n\n"
 is_deeply([map { $_->head->recommended_filename // '' } $e->parts], ['first.txt', '', '', '', 'warn-notes.txt', "r\x{e9}sum\x{e9}.pdf", "na\x{ef}ve plan.txt", 'last.txt', 'warnings.txt'],
 	  'part order: offset-0 part first, appended part before the warnings');
 
+# --- A forwarded message (message/rfc822) is walked like a multipart
+($reply, $dir) = scan('t/data/ext/msgs/forwarded.eml', 'fw');
+is($reply, 'ok', 'scan ok');
+like(file("$dir/TRACE"), qr/^filter_multipart \[forwarded\.eml\] \[\.eml\] message\/rfc822\nfilter_multipart \[\] \[\] multipart\/mixed\nfilter \[\] \[\] text\/plain\nfilter \[drop-inner\.exe\]/m,
+     'message/rfc822 part, then the parts of the forwarded message');
+$nb = file("$dir/NEWBODY");
+unlike($nb, qr/drop-(?:inner|outer)\.exe"/, 'attachments inside and outside the forwarded message dropped');
+like($nb, qr/Content-Type: message\/rfc822\n.*\n\nFrom: someone\@example\.net\n.*\n--in\nContent-Type: text\/plain\n\ninner text\n--in--\n/s,
+     'forwarded message kept with its header and remaining part');
+like($nb, qr/\n\nDropped drop-inner\.exe\nDropped drop-outer\.exe\n\n--fw--\n\z/, 'warnings for both');
+
 # --- Quirk: a single-part message never reaches filter()
 ($reply, $dir) = scan('t/data/ext/msgs/single.eml', 'single');
 is($reply, 'ok', 'scan ok');
