@@ -134,5 +134,27 @@ ok($r->is_tempfail, 'connection dropped: tempfail');
 is_deeply([$r->code, $r->dsn, $r->message], [451, '4.3.0', '_get_smtp_return_code: Empty response from SMTP server'],
 	  'empty response details');
 
+# STARTTLS: a real upgrade, then the rest of the session over TLS.
+my $tls = Test::Mailmunge::SMTPServer->new(
+	tls => { SSL_cert_file => 't/data/ext/tls/cert.pem', SSL_key_file => 't/data/ext/tls/key.pem' },
+	rcpt => sub { return '250 2.1.5 Fine over TLS' });
+@{$filter->{TEST_LOGS}} = ();
+$r = $fw->check_against_smtp_server(ctx(), 'x@example.com', '127.0.0.1', $tls->{port});
+ok($r->is_success, 'STARTTLS session succeeded');
+is($r->message, 'Fine over TLS', 'RCPT reply read over TLS');
+is_deeply($filter->{TEST_LOGS}, [['queue-id-here', 'debug', 'check_against_smtp_server: 127.0.0.1: <x@example.com>: STARTTLS succeeded']],
+	  'upgrade logged');
+
+# STARTTLS offered but refused: fall back to plain text.
+my $liar = Test::Mailmunge::SMTPServer->new(
+	ehlo => sub { return "250-liar.example\r\n250-STARTTLS\r\n250 8BITMIME" },
+	rcpt => sub { return '250 2.1.5 Plain' });
+@{$filter->{TEST_LOGS}} = ();
+$r = $fw->check_against_smtp_server(ctx(), 'x@example.com', '127.0.0.1', $liar->{port});
+ok($r->is_success, 'refused STARTTLS: still succeeds in plain text');
+is($r->message, 'Plain', 'RCPT reply');
+is_deeply($filter->{TEST_LOGS}, [['queue-id-here', 'debug', 'check_against_smtp_server: 127.0.0.1: <x@example.com>: 502 5.5.2 Error: STARTTLS: command not recognized']],
+	  'the refusal is logged like any 5xx reply');
+
 rmdir($tdir);
 done_testing();

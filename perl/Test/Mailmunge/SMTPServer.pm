@@ -127,7 +127,15 @@ sub _session
 		elsif ($line =~ /^RCPT TO:/i)     { $verb = 'rcpt'; }
 		if (defined($verb)) {
 			my $reply = $self->{$verb} ? $self->{$verb}->($line, $self) : $DEFAULT_REPLY{$verb};
+			$reply =~ s/(\A|\n)(250 [^\n]*)\z/${1}250-STARTTLS\r\n$2/ if $verb eq 'ehlo' && $self->{tls} && !$self->{in_tls} && !$self->{$verb};
 			_send($sock, $reply);
+		} elsif ($line =~ /^STARTTLS\b/i && $self->{tls} && !$self->{in_tls}) {
+			_send($sock, '220 2.0.0 Ready to start TLS');
+			require IO::Socket::SSL;
+			if (!IO::Socket::SSL->start_SSL($sock, SSL_server => 1, %{$self->{tls}})) {
+				last;
+			}
+			$self->{in_tls} = 1;
 		} elsif ($line =~ /^DATA\b/i) {
 			if ($self->{data}) {
 				$self->{data}->($sock, $line);
@@ -231,6 +239,12 @@ reply is a string with embedded CRLFs between its lines.
 =item data => sub { my ($sock, $line) = @_; ... }
 
 Called for DATA; it must read the message and write every reply itself.
+
+=item tls => { SSL_cert_file => $cert, SSL_key_file => $key }
+
+Offers STARTTLS (added to the default EHLO reply) and upgrades the
+connection with L<IO::Socket::SSL> using these server options when the
+client asks.  Without it, STARTTLS is an unknown command (502).
 
 =back
 
