@@ -217,10 +217,17 @@ pub fn check_single_line(v: &[u8]) -> Result<(), UnsafeValue> {
 pub fn check_actions(actions: &[Action]) -> Result<(), (usize, UnsafeValue)> {
     for (i, a) in actions.iter().enumerate() {
         let r = match a {
+            // An empty new value deletes: same rule as `J`.
+            Action::ChangeHeader { name, value, .. } if value.is_empty() => {
+                if name.is_empty() { Err(UnsafeValue::EmptyName) } else { check_single_line(name) }
+            }
             Action::AddHeader { name, value }
             | Action::InsertHeader { name, value, .. }
             | Action::ChangeHeader { name, value, .. } => check_header_name(name).and_then(|_| check_header_value(value)),
-            Action::DeleteHeader { name, .. } => check_header_name(name),
+            // Deleting can only match an existing header: a name that could
+            // never match is harmless, but it must stay on one line.
+            Action::DeleteHeader { name, .. } if name.is_empty() => Err(UnsafeValue::EmptyName),
+            Action::DeleteHeader { name, .. } => check_single_line(name),
             Action::ContentType(v) => check_header_value(v),
             Action::AddRcpt(v) | Action::DeleteRcpt(v) | Action::ChangeFrom(v) | Action::Quarantine(v) => {
                 check_single_line(v)
@@ -330,5 +337,9 @@ mod tests {
         let acts = [Action::AddRcpt(v("<a@b>")), Action::AddHeader { name: v("X"), value: v("a\nb") }];
         assert_eq!(check_actions(&acts), Err((1, UnsafeValue::BadFold)));
         assert_eq!(check_actions(&[Action::ChangeFrom(v("<a@b>\r\nRCPT TO:<x>"))]), Err((0, UnsafeValue::LineBreak)));
+        assert_eq!(check_actions(&[Action::DeleteHeader { name: v("Odd Name"), index: 1 }]), Ok(()));
+        assert_eq!(check_actions(&[Action::DeleteHeader { name: v("X\nY"), index: 1 }]), Err((0, UnsafeValue::LineBreak)));
+        assert_eq!(check_actions(&[Action::ChangeHeader { name: v("Odd Name"), index: 1, value: v("") }]), Ok(()));
+        assert_eq!(check_actions(&[Action::ChangeHeader { name: v("Odd Name"), index: 1, value: v("x") }]), Err((0, UnsafeValue::BadNameByte(b' '))));
     }
 }
