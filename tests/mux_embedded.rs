@@ -85,3 +85,17 @@ fn real_mailmunge_filter_preloaded() {
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
     assert_eq!(mx.req(b"tick 0\n"), b"error: External agents may not invoke 'tick'\n");
 }
+
+#[test]
+fn reread_with_a_broken_filter_keeps_the_loaded_one() {
+    let mx = Mx::start_logged(&["-E", "-x", "2", "-r", "1"]);
+    let loaded = mx.req_s("loadpid");
+    assert!(good(&loaded));
+    std::fs::write(mx.spool.file("worker-fail-load"), "").unwrap();
+    assert_eq!(mx.req(b"reread\n"), b"Forced reread of filter rules\n");
+    mx.wait_log("keeping the filter loaded before");
+    std::fs::remove_file(mx.spool.file("worker-fail-load")).unwrap();
+    // Workers come from the previous load again.
+    let r = mx.wait_for("loadpid", |r| *r == loaded);
+    assert_eq!(r, loaded);
+}

@@ -75,3 +75,20 @@ fn idle_workers_above_minimum_are_stopped() {
     let st = mx.wait_for("status", |r| r.starts_with("IS ") || r.starts_with("SI "));
     assert_eq!(st.split(' ').nth(2), Some("2"));
 }
+
+#[test]
+fn preloading_process_that_dies_is_replaced() {
+    let mx = Mx::start_logged(&["-E", "-x", "2", "-r", "1"]);
+    let loaded: i32 = mx.req_s("loadpid").trim_end().parse().unwrap();
+    unsafe { libc::kill(loaded, libc::SIGKILL) };
+    // Requests keep working meanwhile (workers started with perl).
+    let fresh = |r: &str| r.ends_with('\n') && !r.starts_with("error") && !r.starts_with("ERR");
+    assert_eq!(mx.wait_for("ping", fresh), "PONG\n");
+    mx.wait_log("starting workers with perl until it is back");
+    // Within about ten seconds a new zygote serves again.
+    let log = mx.wait_log("preloaded (pid ");
+    let tail = &log[log.rfind("preloaded (pid ").unwrap() + "preloaded (pid ".len()..];
+    let zygote = tail[..tail.find(')').unwrap()].to_string();
+    assert_ne!(zygote, loaded.to_string());
+    mx.wait_for("loadpid", |r| r.trim_end() == zygote);
+}
