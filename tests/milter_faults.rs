@@ -20,7 +20,11 @@ fn start(free: &'static str, flags: &[&str], env: &[(&str, &str)]) -> Env {
     let mux_path = scratch.path().join("mx.sock");
     let mux = FakeMux::start(&mux_path, vec![], free, &scratch.spool_str());
     let milter = Milter::start(scratch.path(), &mux_path, &scratch.spool, flags, env);
-    Env { scratch, mux, milter }
+    Env {
+        scratch,
+        mux,
+        milter,
+    }
 }
 
 impl Env {
@@ -31,7 +35,11 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("working directories left: {:?}\nlog:\n{}", self.scratch.leftover_dirs(), self.milter.log());
+        panic!(
+            "working directories left: {:?}\nlog:\n{}",
+            self.scratch.leftover_dirs(),
+            self.milter.log()
+        );
     }
 
     fn assert_log(&self, needle: &str) {
@@ -52,8 +60,14 @@ const TEMPFAIL: u8 = b't';
 /// negotiate, connect, helo, one message up to the end of the body.
 async fn message_until_eom(mta: &mut MtaClient) {
     mta.negotiate().await;
-    mta.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", "mx")]).await;
-    assert_eq!(mta.connect_inet("client.example.net", "192.0.2.10", 40000).await.kind, CONTINUE);
+    mta.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", "mx")])
+        .await;
+    assert_eq!(
+        mta.connect_inet("client.example.net", "192.0.2.10", 40000)
+            .await
+            .kind,
+        CONTINUE
+    );
     assert_eq!(mta.helo("client.example.net").await.kind, CONTINUE);
     assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
     assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
@@ -75,7 +89,10 @@ fn scan_with(files: &[(&str, &[u8])]) -> Step {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiplexor_gone_tempfails_connect() {
     let mut e = start(FREE_REPLY, &[], &[]);
-    drop(std::mem::replace(&mut e.mux, FakeMux::start(&e.scratch.path().join("other.sock"), vec![], FREE_REPLY, "")));
+    drop(std::mem::replace(
+        &mut e.mux,
+        FakeMux::start(&e.scratch.path().join("other.sock"), vec![], FREE_REPLY, ""),
+    ));
     let mut mta = e.milter.connect().await;
     mta.negotiate().await;
     assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, TEMPFAIL);
@@ -94,7 +111,10 @@ async fn no_free_workers_tempfails_connect_unless_reserved_for_loopback() {
     let e = start("0\n", &["-R", "0"], &[]);
     let mut mta = e.milter.connect().await;
     mta.negotiate().await;
-    assert_eq!(mta.connect_inet("localhost", "127.0.0.1", 1).await.kind, CONTINUE);
+    assert_eq!(
+        mta.connect_inet("localhost", "127.0.0.1", 1).await.kind,
+        CONTINUE
+    );
     let mut mta = e.milter.connect().await;
     mta.negotiate().await;
     assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, TEMPFAIL);
@@ -103,7 +123,11 @@ async fn no_free_workers_tempfails_connect_unless_reserved_for_loopback() {
     let mut mta = e.milter.connect().await;
     mta.negotiate().await;
     assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
-    assert_eq!(e.mux.log.lock().unwrap().free_count, 1, "only the start-up probe");
+    assert_eq!(
+        e.mux.log.lock().unwrap().free_count,
+        1,
+        "only the start-up probe"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +150,8 @@ async fn garbage_from_multiplexor_tempfails_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedged_multiplexor_times_out() {
     let e = start(FREE_REPLY, &[], &[("MAILMUNGE_MX_TIMEOUT", "1")]);
-    e.mux.push(Step::new("scan", "ok").delayed(Duration::from_secs(30)));
+    e.mux
+        .push(Step::new("scan", "ok").delayed(Duration::from_secs(30)));
     let mut mta = e.milter.connect().await;
     message_until_eom(&mut mta).await;
     let (mods, v) = mta.eom().await;
@@ -139,7 +164,8 @@ async fn wedged_multiplexor_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_error_and_missing_results() {
     let e = start(FREE_REPLY, &[], &[]);
-    e.mux.push(Step::new("scan", "ERR Filter timed out - something"));
+    e.mux
+        .push(Step::new("scan", "ERR Filter timed out - something"));
     e.mux.push(Step::new("scan", "ok"));
     let mut mta = e.milter.connect().await;
     message_until_eom(&mut mta).await;
@@ -169,16 +195,31 @@ async fn keep_failed_directories_with_k() {
     assert_eq!(mods.len(), 1);
     e.assert_log("QID1: RESULTS file did not finish with 'F' line: Tempfailing");
     e.assert_log("QID1: Filter failed.  Message kept in ");
-    assert_eq!(e.scratch.leftover_dirs().len(), 1, "kept: {:?}", e.scratch.leftover_dirs());
+    assert_eq!(
+        e.scratch.leftover_dirs().len(),
+        1,
+        "kept: {:?}",
+        e.scratch.leftover_dirs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_injection_in_results_is_refused() {
     let e = start(FREE_REPLY, &[], &[]);
-    e.mux.push(scan_with(&[("RESULTS", b"HX-Ok fine\nHX-Evil a%0ABcc:%20victim@example.com\nF\n")]));
-    e.mux.push(scan_with(&[("RESULTS", b"HX%20Bad value\nF\n")]));
-    e.mux.push(scan_with(&[("RESULTS", b"R<x@y>%0D%0ARCPT%20TO:<z@w>\nF\n")]));
-    e.mux.push(scan_with(&[("RESULTS", b"IX-Folded 1 ok%0A%09folded\nF\n")]));
+    e.mux.push(scan_with(&[(
+        "RESULTS",
+        b"HX-Ok fine\nHX-Evil a%0ABcc:%20victim@example.com\nF\n",
+    )]));
+    e.mux
+        .push(scan_with(&[("RESULTS", b"HX%20Bad value\nF\n")]));
+    e.mux.push(scan_with(&[(
+        "RESULTS",
+        b"R<x@y>%0D%0ARCPT%20TO:<z@w>\nF\n",
+    )]));
+    e.mux.push(scan_with(&[(
+        "RESULTS",
+        b"IX-Folded 1 ok%0A%09folded\nF\n",
+    )]));
     let mut mta = e.milter.connect().await;
     message_until_eom(&mut mta).await;
     for n in 0..4 {
@@ -194,7 +235,13 @@ async fn header_injection_in_results_is_refused() {
         } else {
             // Proper folding is allowed.
             assert_eq!(v.kind, CONTINUE);
-            assert_eq!(mods[0], Packet { kind: b'm', data: [&1u32.to_be_bytes()[..], b"X-Folded\0ok\n\tfolded\0"].concat() });
+            assert_eq!(
+                mods[0],
+                Packet {
+                    kind: b'm',
+                    data: [&1u32.to_be_bytes()[..], b"X-Folded\0ok\n\tfolded\0"].concat()
+                }
+            );
         }
     }
     e.assert_log("QID1: RESULTS instruction 2 refused: header value has a line break not followed by folding whitespace: Tempfailing");
@@ -206,10 +253,14 @@ async fn header_injection_in_results_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newbody_streaming_and_faults() {
     let e = start(FREE_REPLY, &["-X"], &[]);
-    let big: Vec<u8> = (0..10000u32).map(|i| b"abcdefghij\n"[(i % 11) as usize]).collect();
-    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n"), ("NEWBODY", &big)]));
+    let big: Vec<u8> = (0..10000u32)
+        .map(|i| b"abcdefghij\n"[(i % 11) as usize])
+        .collect();
+    e.mux
+        .push(scan_with(&[("RESULTS", b"C\nF\n"), ("NEWBODY", &big)]));
     e.mux.push(scan_with(&[("RESULTS", b"C\nF\n")]));
-    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n"), ("NEWBODY", b"")]));
+    e.mux
+        .push(scan_with(&[("RESULTS", b"C\nF\n"), ("NEWBODY", b"")]));
     let mut mta = e.milter.connect().await;
     message_until_eom(&mut mta).await;
     let (mods, v) = mta.eom().await;
@@ -217,7 +268,10 @@ async fn newbody_streaming_and_faults() {
     let sizes: Vec<usize> = mods.iter().map(|p| p.data.len()).collect();
     assert_eq!(sizes, [4096, 4096, 1808]);
     assert!(mods.iter().all(|p| p.kind == b'b'));
-    assert_eq!(mods.iter().flat_map(|p| p.data.clone()).collect::<Vec<_>>(), big);
+    assert_eq!(
+        mods.iter().flat_map(|p| p.data.clone()).collect::<Vec<_>>(),
+        big
+    );
 
     // NEWBODY missing: tempfail.
     assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
@@ -263,14 +317,23 @@ async fn results_verdicts_and_overlong_line() {
     long.extend(std::iter::repeat_n(b'a', 9000));
     long.extend_from_slice(b"\nF\n");
     e.mux.push(scan_with(&[("RESULTS", &long)]));
-    e.mux.push(scan_with(&[("RESULTS", b"HX-Skipped yes\nQreason%20here\nB550 5.7.1 go%20away%2C%20100%25\nF\n")]));
+    e.mux.push(scan_with(&[(
+        "RESULTS",
+        b"HX-Skipped yes\nQreason%20here\nB550 5.7.1 go%20away%2C%20100%25\nF\n",
+    )]));
     e.mux.push(scan_with(&[("RESULTS", b"T451 4.7.1\nF\n")]));
     e.mux.push(scan_with(&[("RESULTS", b"D\nF\n")]));
     let mut mta = e.milter.connect().await;
     message_until_eom(&mut mta).await;
     let (mods, v) = mta.eom().await;
     assert!(mods.is_empty());
-    assert_eq!(v, Packet { kind: b'y', data: b"554 5.4.0 Overlong line in RESULTS file\0".to_vec() });
+    assert_eq!(
+        v,
+        Packet {
+            kind: b'y',
+            data: b"554 5.4.0 Overlong line in RESULTS file\0".to_vec()
+        }
+    );
     e.assert_log("QID1: Overlong line in RESULTS file - 9003 chars (max 8191)");
 
     let next = async |mta: &mut MtaClient| {
@@ -281,11 +344,29 @@ async fn results_verdicts_and_overlong_line() {
     };
     // Bounce: modifications skipped, quarantine still applied.
     let (mods, v) = next(&mut mta).await;
-    assert_eq!(mods, vec![Packet { kind: b'q', data: b"reason here\0".to_vec() }]);
-    assert_eq!(v, Packet { kind: b'y', data: b"550 5.7.1 go away, 100%%\0".to_vec() });
+    assert_eq!(
+        mods,
+        vec![Packet {
+            kind: b'q',
+            data: b"reason here\0".to_vec()
+        }]
+    );
+    assert_eq!(
+        v,
+        Packet {
+            kind: b'y',
+            data: b"550 5.7.1 go away, 100%%\0".to_vec()
+        }
+    );
     // Tempfail without text gets the default text.
     let (_, v) = next(&mut mta).await;
-    assert_eq!(v, Packet { kind: b'y', data: b"451 4.7.1 Please try again later\0".to_vec() });
+    assert_eq!(
+        v,
+        Packet {
+            kind: b'y',
+            data: b"451 4.7.1 Please try again later\0".to_vec()
+        }
+    );
     let (_, v) = next(&mut mta).await;
     assert_eq!(v.kind, b'd');
     e.wait_clean().await;
@@ -312,7 +393,10 @@ async fn malformed_packets_close_only_that_session() {
     let mut bad = e.milter.connect().await;
     bad.negotiate().await;
     bad.send(b'Z', b"junk").await;
-    assert!(bad.recv().await.is_none(), "unknown command closes the session");
+    assert!(
+        bad.recv().await.is_none(),
+        "unknown command closes the session"
+    );
     let mut bad = e.milter.connect().await;
     bad.negotiate().await;
     // Connect info with an unparseable address.
@@ -321,7 +405,10 @@ async fn malformed_packets_close_only_that_session() {
     // A length prefix far too large.
     let mut bad = e.milter.connect().await;
     use tokio::io::AsyncWriteExt;
-    bad.s.write_all(&[0x7f, 0xff, 0xff, 0xff, b'O']).await.unwrap();
+    bad.s
+        .write_all(&[0x7f, 0xff, 0xff, 0xff, b'O'])
+        .await
+        .unwrap();
     assert!(bad.recv().await.is_none());
     // The milter is still serving.
     let mut good = e.milter.connect().await;
@@ -341,10 +428,19 @@ async fn delay_does_not_block_other_sessions() {
     // While the first session waits out its delay, a second one is served.
     let mut quick = e.milter.connect().await;
     quick.negotiate().await;
-    assert_eq!(quick.connect_inet("h2", "192.0.2.11", 2).await.kind, CONTINUE);
+    assert_eq!(
+        quick.connect_inet("h2", "192.0.2.11", 2).await.kind,
+        CONTINUE
+    );
     assert_eq!(quick.helo("x").await.kind, CONTINUE);
     let r = slow.recv().await.unwrap();
-    assert_eq!(r, Packet { kind: b'y', data: b"550 5.7.1 slow\0".to_vec() });
+    assert_eq!(
+        r,
+        Packet {
+            kind: b'y',
+            data: b"550 5.7.1 slow\0".to_vec()
+        }
+    );
     e.wait_clean().await;
 }
 
@@ -377,21 +473,43 @@ async fn quit_nc_starts_a_fresh_connection_state() {
     e.mux.push(Step::new("relayok", "ok 1"));
     let mut mta = e.milter.connect().await;
     mta.negotiate().await;
-    assert_eq!(mta.connect_inet("first.example", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(
+        mta.connect_inet("first.example", "192.0.2.10", 1)
+            .await
+            .kind,
+        CONTINUE
+    );
     assert_eq!(mta.helo("one").await.kind, CONTINUE);
     assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
     assert_eq!(mta.rcpt(&[b"<b@c>"]).await.kind, CONTINUE);
     assert_eq!(mta.eoh().await.kind, CONTINUE);
-    e.mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
+    e.mux
+        .push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
     assert_eq!(mta.eom().await.1.kind, CONTINUE);
     // SMFIC_QUIT_NC: the MTA reuses the milter connection for a new client.
     mta.send(b'K', b"").await;
     e.wait_clean().await;
     e.mux.push(Step::new("relayok", "ok 1"));
-    assert_eq!(mta.connect_inet("second.example", "192.0.2.11", 2).await.kind, CONTINUE);
+    assert_eq!(
+        mta.connect_inet("second.example", "192.0.2.11", 2)
+            .await
+            .kind,
+        CONTINUE
+    );
     assert_eq!(mta.mail(&[b"<c@d>"]).await.kind, CONTINUE);
-    let lines: Vec<String> = e.mux.log.lock().unwrap().lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
-    assert!(lines.contains(&"relayok 192.0.2.11 second.example 2 192.0.2.1 0 NOQUEUE\n".to_string()), "{lines:?}");
+    let lines: Vec<String> = e
+        .mux
+        .log
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    assert!(
+        lines.contains(&"relayok 192.0.2.11 second.example 2 192.0.2.1 0 NOQUEUE\n".to_string()),
+        "{lines:?}"
+    );
     // The second client's message knows nothing of the first one's HELO.
     let dirs = e.scratch.leftover_dirs();
     assert_eq!(dirs.len(), 1);

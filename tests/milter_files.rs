@@ -62,7 +62,12 @@ async fn tricky(flags: &[&str]) {
     assert_eq!(mta.mail(&[b"<>", b"BODY=8BITMIME"]).await.kind, b'c');
     for n in 1..=3 {
         let r = format!("<u{n}@example.com>");
-        assert_eq!(mta.rcpt(&[r.as_bytes(), b"NOTIFY=NEVER", b"ORCPT=rfc822;u%2B1@x"]).await.kind, b'c');
+        assert_eq!(
+            mta.rcpt(&[r.as_bytes(), b"NOTIFY=NEVER", b"ORCPT=rfc822;u%2B1@x"])
+                .await
+                .kind,
+            b'c'
+        );
     }
     for (n, v) in [
         (&b"Subject"[..], &b"caf\xc3\xa9 \x01ctl"[..]),
@@ -77,7 +82,12 @@ async fn tricky(flags: &[&str]) {
         assert_eq!(mta.header(n, v).await.kind, b'c');
     }
     assert_eq!(mta.eoh().await.kind, b'c');
-    for chunk in [&b"line1\r\nline2\r"[..], b"\nbare\rcr\r", b"x\0nul\r\n", b"end\r"] {
+    for chunk in [
+        &b"line1\r\nline2\r"[..],
+        b"\nbare\rcr\r",
+        b"x\0nul\r\n",
+        b"end\r",
+    ] {
         assert_eq!(mta.body(chunk).await.kind, b'c');
     }
     let (mods, v) = mta.eom().await;
@@ -86,19 +96,27 @@ async fn tricky(flags: &[&str]) {
     assert_eq!(
         mods,
         vec![
-            Packet { kind: b'h', data: b"X-Scanned-By\0mailmunge 3.09 on 192.0.2.1\0".to_vec() },
-            Packet { kind: b'm', data: [&2u32.to_be_bytes()[..], b"Content-Type\0\0"].concat() },
+            Packet {
+                kind: b'h',
+                data: b"X-Scanned-By\0mailmunge 3.09 on 192.0.2.1\0".to_vec()
+            },
+            Packet {
+                kind: b'm',
+                data: [&2u32.to_be_bytes()[..], b"Content-Type\0\0"].concat()
+            },
         ]
     );
     let f = scanned(&mux, 0);
     let dir = &mux.log.lock().unwrap().scans[0].0.clone();
     assert_eq!(
         show(&mask_id(&f["COMMANDS"])),
-        show(b"i<ID>\nS<>\nsBODY=8BITMIME\n=client_port 2525\nH[198.51.100.9]\nI198.51.100.9\nE\n\
+        show(
+            b"i<ID>\nS<>\nsBODY=8BITMIME\n=client_port 2525\nH[198.51.100.9]\nI198.51.100.9\nE\n\
 R<u1@example.com> ? ? ?\nrNOTIFY=NEVER\nrORCPT=rfc822;u%252B1@x\n\
 R<u2@example.com> ? ? ?\nrNOTIFY=NEVER\nrORCPT=rfc822;u%252B1@x\n\
 R<u3@example.com> ? ? ?\nrNOTIFY=NEVER\nrORCPT=rfc822;u%252B1@x\n\
-Ucaf%C3%A9%20%01ctl\n!\nX%20<m@x>\n?\nF\n")
+Ucaf%C3%A9%20%01ctl\n!\nX%20<m@x>\n?\nF\n"
+        )
     );
     let headers = b"Subject: caf\xc3\xa9 \x01ctl\nTo: a@example.com,\tb@example.com\nX-Bare-CR: onetwo\nX-CRLF: one two\nContent-Type: text/plain\nMessage-ID:  <m@x>\nX-Empty: \n";
     assert_eq!(show(&f["HEADERS"]), show(headers));
@@ -148,7 +166,8 @@ async fn queue_id_does_not_leak_into_the_next_message() {
         mta.macros(b'R', &[("{rcpt_mailer}", "smtp")]).await;
         assert_eq!(mta.rcpt(&[b"<c@d>"]).await.kind, b'c');
         // Postfix defines i from the second recipient on.
-        mta.macros(b'R', &[("i", qid), ("{rcpt_mailer}", "smtp")]).await;
+        mta.macros(b'R', &[("i", qid), ("{rcpt_mailer}", "smtp")])
+            .await;
         assert_eq!(mta.rcpt(&[b"<e@f>"]).await.kind, b'c');
         mta.macros(b'N', &[("i", qid)]).await;
         assert_eq!(mta.eoh().await.kind, b'c');
@@ -156,18 +175,37 @@ async fn queue_id_does_not_leak_into_the_next_message() {
         assert_eq!(mta.eom().await.1.kind, b'c');
     }
     let log = mux.log.lock().unwrap();
-    let lines: Vec<String> = log.lines.iter().map(|l| show(l)).filter(|l| !l.starts_with("free")).collect();
+    let lines: Vec<String> = log
+        .lines
+        .iter()
+        .map(|l| show(l))
+        .filter(|l| !l.starts_with("free"))
+        .collect();
     assert_eq!(lines.len(), 8);
     // The second message's sender check and first recipient check carry NOQUEUE
     // and its directory is named after a fresh id, not the first qid.
-    assert!(lines[4].starts_with("senderok <a@b> ") && lines[4].contains(" NOQUEUE"), "{}", lines[4]);
+    assert!(
+        lines[4].starts_with("senderok <a@b> ") && lines[4].contains(" NOQUEUE"),
+        "{}",
+        lines[4]
+    );
     assert!(!lines[4].contains("mm-AAA1"), "{}", lines[4]);
     assert!(lines[5].contains(" NOQUEUE smtp ? ?"), "{}", lines[5]);
     assert!(lines[6].contains(" BBB2 smtp ? ?"), "{}", lines[6]);
     assert!(lines[7].starts_with("scan BBB2 "), "{}", lines[7]);
-    let cmds = show(&log.scans[1].1.iter().find(|(n, _)| n == "COMMANDS").unwrap().1);
+    let cmds = show(
+        &log.scans[1]
+            .1
+            .iter()
+            .find(|(n, _)| n == "COMMANDS")
+            .unwrap()
+            .1,
+    );
     assert!(!cmds.contains("AAA1"), "{cmds}");
-    assert!(cmds.contains("R<c@d> smtp ? ?\nQBBB2\n=i BBB2\nR<e@f> smtp ? ?\n"), "{cmds}");
+    assert!(
+        cmds.contains("R<c@d> smtp ? ?\nQBBB2\n=i BBB2\nR<e@f> smtp ? ?\n"),
+        "{cmds}"
+    );
 }
 
 /// §3.11: a refused recipient leaves the transaction (and its directory)
@@ -184,21 +222,56 @@ async fn recipient_and_helo_verdicts() {
     let mut mta = milter.connect().await;
     mta.negotiate().await;
     mta.connect_inet("h", "192.0.2.10", 1).await;
-    assert_eq!(mta.helo("first").await, Packet { kind: b'y', data: b"421 4.3.2 busy now\0".to_vec() });
+    assert_eq!(
+        mta.helo("first").await,
+        Packet {
+            kind: b'y',
+            data: b"421 4.3.2 busy now\0".to_vec()
+        }
+    );
     assert_eq!(mta.helo("second").await.kind, b'c');
     assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, b'c');
-    assert_eq!(mta.rcpt(&[b"<nobody@x>"]).await, Packet { kind: b'y', data: b"550 5.1.1 no such user\0".to_vec() });
+    assert_eq!(
+        mta.rcpt(&[b"<nobody@x>"]).await,
+        Packet {
+            kind: b'y',
+            data: b"550 5.1.1 no such user\0".to_vec()
+        }
+    );
     // A bare "ok -1" carries no text: the MTA's own tempfail text is used.
-    assert_eq!(mta.rcpt(&[b"<later@x>"]).await, Packet { kind: b't', data: vec![] });
+    assert_eq!(
+        mta.rcpt(&[b"<later@x>"]).await,
+        Packet {
+            kind: b't',
+            data: vec![]
+        }
+    );
     assert_eq!(mta.rcpt(&[b"<ok@x>"]).await.kind, b'c');
     let dirs = scratch.leftover_dirs();
     assert_eq!(dirs.len(), 1);
-    let cmds = String::from_utf8(std::fs::read(scratch.spool.join(&dirs[0]).join("COMMANDS")).unwrap()).unwrap();
+    let cmds =
+        String::from_utf8(std::fs::read(scratch.spool.join(&dirs[0]).join("COMMANDS")).unwrap())
+            .unwrap();
     assert!(cmds.ends_with("Esecond\nR<ok@x> ? ? ?\n"), "{cmds}");
-    assert!(!cmds.contains("nobody") && !cmds.contains("later"), "{cmds}");
-    let lines: Vec<String> = mux.log.lock().unwrap().lines.iter().map(|l| show(l)).filter(|l| l.starts_with("recipok")).collect();
+    assert!(
+        !cmds.contains("nobody") && !cmds.contains("later"),
+        "{cmds}"
+    );
+    let lines: Vec<String> = mux
+        .log
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .map(|l| show(l))
+        .filter(|l| l.starts_with("recipok"))
+        .collect();
     // FIRSTRCPT is the first recipient checked, even though it was refused.
-    assert!(lines[2].starts_with("recipok <ok@x> <a@b> 192.0.2.10 h <nobody@x> second "), "{}", lines[2]);
+    assert!(
+        lines[2].starts_with("recipok <ok@x> <a@b> 192.0.2.10 h <nobody@x> second "),
+        "{}",
+        lines[2]
+    );
     // Accept-and-stop-filtering at RCPT ends the transaction and its directory.
     assert_eq!(mta.rcpt(&[b"<vip@x>"]).await.kind, b'a');
     assert!(scratch.leftover_dirs().is_empty());

@@ -12,20 +12,30 @@ use std::sync::Mutex;
 use milter_support::*;
 
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/milter/golden").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/milter/golden")
+        .join(case)
 }
 
 /// The multiplexor script from the recorded stage files.
 fn script(case: &str) -> Vec<Step> {
     let dir = case_dir(case);
-    let mut names: Vec<_> = std::fs::read_dir(dir.join("stages")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("stages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     let files = dir.join("files");
     names
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).unwrap();
-            let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap().to_string();
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap()
+                    .to_string()
+            };
             let command = field("command ");
             let args = quoted_list(&field("args "));
             let reply = quoted_list(&field("reply ")).remove(0);
@@ -65,7 +75,11 @@ fn wire(case: &str) -> Vec<WireItem> {
             let len: usize = len.parse().unwrap();
             if let Some(h) = rest.strip_prefix("fnv64=") {
                 assert_eq!(dir, b'<', "only replies are hashed");
-                return WireItem::Recv(Expect::Hashed { kind, len, fnv: u64::from_str_radix(h, 16).unwrap() });
+                return WireItem::Recv(Expect::Hashed {
+                    kind,
+                    len,
+                    fnv: u64::from_str_radix(h, 16).unwrap(),
+                });
             }
             let data = unescape(&rest[1..rest.len() - 1]);
             assert_eq!(data.len(), len, "{l}");
@@ -101,7 +115,13 @@ async fn run_case(case: &str) {
     let spool = scratch.spool_str();
     let mux_path = scratch.path().join("mx.sock");
     let mux = FakeMux::start(&mux_path, script(case), FREE_REPLY, &spool);
-    let milter = Milter::start(scratch.path(), &mux_path, &scratch.spool, &["-r", "-H", "-s", "-t"], &[]);
+    let milter = Milter::start(
+        scratch.path(),
+        &mux_path,
+        &scratch.spool,
+        &["-r", "-H", "-s", "-t"],
+        &[],
+    );
     let mut mta = milter.connect().await;
 
     for (n, item) in wire(case).into_iter().enumerate() {
@@ -109,12 +129,24 @@ async fn run_case(case: &str) {
             WireItem::Send(p) => mta.send(p.kind, &p.data).await,
             WireItem::Recv(expect) => {
                 let got = mta.recv().await.unwrap_or_else(|| {
-                    panic!("{case}: wire item {n}: milter closed the connection; log:\n{}", milter.log())
+                    panic!(
+                        "{case}: wire item {n}: milter closed the connection; log:\n{}",
+                        milter.log()
+                    )
                 });
                 match expect {
-                    Expect::Exact(p) => assert_eq!(got, p, "{case}: wire item {n}: got {got}, want {p}; log:\n{}", milter.log()),
+                    Expect::Exact(p) => assert_eq!(
+                        got,
+                        p,
+                        "{case}: wire item {n}: got {got}, want {p}; log:\n{}",
+                        milter.log()
+                    ),
                     Expect::Hashed { kind, len, fnv } => {
-                        assert_eq!((got.kind, got.data.len()), (kind, len), "{case}: wire item {n}: {got}");
+                        assert_eq!(
+                            (got.kind, got.data.len()),
+                            (kind, len),
+                            "{case}: wire item {n}: {got}"
+                        );
                         assert_eq!(fnv64(&got.data), fnv, "{case}: wire item {n}: {got}");
                     }
                 }
@@ -122,11 +154,23 @@ async fn run_case(case: &str) {
         }
     }
     // After QUIT the milter closes the connection.
-    assert!(mta.recv().await.is_none(), "{case}: connection still open after quit");
+    assert!(
+        mta.recv().await.is_none(),
+        "{case}: connection still open after quit"
+    );
 
     let log = std::mem::take(&mut *mux.log.lock().unwrap());
-    assert!(log.errors.is_empty(), "{case}: multiplexor saw: {:#?}\nmilter log:\n{}", log.errors, milter.log());
-    assert_eq!(mux.remaining(), 0, "{case}: not every recorded request was made");
+    assert!(
+        log.errors.is_empty(),
+        "{case}: multiplexor saw: {:#?}\nmilter log:\n{}",
+        log.errors,
+        milter.log()
+    );
+    assert_eq!(
+        mux.remaining(),
+        0,
+        "{case}: not every recorded request was made"
+    );
     let files = case_dir(case).join("files");
     if files.exists() {
         assert_eq!(log.scans.len(), 1, "{case}: one scan");
@@ -135,13 +179,20 @@ async fn run_case(case: &str) {
         for l in &log.lines {
             let l = String::from_utf8_lossy(l);
             if let Some(i) = l.find("/mm-") {
-                let id: String = l[i + 4..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                let id: String = l[i + 4..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
                 mmid(&id, &ids);
             }
         }
         for (name, got) in &log.scans[0].1 {
             let want = std::fs::read(files.join(name)).unwrap();
-            let got = if name == "COMMANDS" { normalise_commands(got, &ids) } else { got.clone() };
+            let got = if name == "COMMANDS" {
+                normalise_commands(got, &ids)
+            } else {
+                got.clone()
+            };
             assert_eq!(
                 String::from_utf8_lossy(&got),
                 String::from_utf8_lossy(&want),
@@ -150,14 +201,22 @@ async fn run_case(case: &str) {
             assert_eq!(got, want, "{case}: {name} bytes differ");
         }
         let names: Vec<&str> = log.scans[0].1.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["COMMANDS", "HEADERS", "INPUTMSG", "PRISTINE_HEADERS"], "{case}");
+        assert_eq!(
+            names,
+            ["COMMANDS", "HEADERS", "INPUTMSG", "PRISTINE_HEADERS"],
+            "{case}"
+        );
     }
     // Every working directory was removed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !scratch.leftover_dirs().is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(scratch.leftover_dirs().is_empty(), "{case}: left behind {:?}", scratch.leftover_dirs());
+    assert!(
+        scratch.leftover_dirs().is_empty(),
+        "{case}: left behind {:?}",
+        scratch.leftover_dirs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

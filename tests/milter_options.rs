@@ -29,8 +29,20 @@ fn prcap_version_and_usage() {
     assert_eq!(lines[1], "MILTER_BUILDLIB_HAS_CHGFROM    1");
     assert_eq!(lines[12], "MILTER_BUILDLIB_HAS_VERSION    1");
     assert_eq!(lines[13], "");
-    assert!(lines[14].starts_with("PERL_PATH                      /"), "{}", lines[14]);
-    assert_eq!(&lines[15..], ["SPOOLDIR                       /var/spool/mailmunge", "QDIR                           /var/spool/mm-quarantine", "CONFDIR                        /etc/mailmunge", "VERSION                        3.09"]);
+    assert!(
+        lines[14].starts_with("PERL_PATH                      /"),
+        "{}",
+        lines[14]
+    );
+    assert_eq!(
+        &lines[15..],
+        [
+            "SPOOLDIR                       /var/spool/mailmunge",
+            "QDIR                           /var/spool/mm-quarantine",
+            "CONFDIR                        /etc/mailmunge",
+            "VERSION                        3.09"
+        ]
+    );
 
     let out = bin().arg("-v").output().unwrap();
     assert!(out.status.success());
@@ -40,7 +52,10 @@ fn prcap_version_and_usage() {
         let out = bin().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("mailmunge version 3.09\nUsage: mailmunge [options]\n"), "{err}");
+        assert!(
+            err.starts_with("mailmunge version 3.09\nUsage: mailmunge [options]\n"),
+            "{err}"
+        );
         assert!(out.stdout.is_empty());
     }
     let out = bin().args(["-m", "/x"]).output().unwrap();
@@ -49,13 +64,22 @@ fn prcap_version_and_usage() {
     let out = bin().args(["-p", "unix:/tmp/x.sock"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).ends_with(": You must use the `-m' option.\n"));
-    let out = bin().args(["-p", "unix:/tmp/x.sock", "-m", "/x", "-S", "nosuch"]).output().unwrap();
+    let out = bin()
+        .args(["-p", "unix:/tmp/x.sock", "-m", "/x", "-S", "nosuch"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).ends_with(": Unknown syslog facility nosuch\n"));
-    let out = bin().args(["-p", "unix:/tmp/x.sock", "-m", "/x", "-U", "no-such-user-x"]).output().unwrap();
+    let out = bin()
+        .args(["-p", "unix:/tmp/x.sock", "-m", "/x", "-U", "no-such-user-x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).ends_with(": Unknown user `no-such-user-x'"));
     if is_root() {
-        let out = bin().args(["-p", "unix:/tmp/x.sock", "-m", "/x"]).output().unwrap();
+        let out = bin()
+            .args(["-p", "unix:/tmp/x.sock", "-m", "/x"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(
             String::from_utf8_lossy(&out.stderr),
@@ -86,15 +110,26 @@ fn assert_log(m: &Milter, needle: &str) {
 async fn negotiation_flags() {
     let (_s, _mux, m) = start(&[]);
     let mut mta = m.connect().await;
-    assert_eq!(mta.negotiate().await, Packet { kind: b'O', data: vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0] });
+    assert_eq!(
+        mta.negotiate().await,
+        Packet {
+            kind: b'O',
+            data: vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0]
+        }
+    );
     // An MTA offering less gets exactly what it offered, and no RCPT_REJ unless offered.
     let mut mta = m.connect().await;
-    let r = mta.call(b'O', &[0, 0, 0, 6, 0, 0, 0, 0x3f, 0, 0, 0, 0x7f]).await;
+    let r = mta
+        .call(b'O', &[0, 0, 0, 6, 0, 0, 0, 0x3f, 0, 0, 0, 0x7f])
+        .await;
     assert_eq!(r.data, vec![0, 0, 0, 6, 0, 0, 0, 0x3f, 0, 0, 0, 0]);
 
     let (_s, _mux, m) = start(&["-N"]);
     let mut mta = m.connect().await;
-    assert_eq!(mta.negotiate().await.data, vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]);
+    assert_eq!(
+        mta.negotiate().await.data,
+        vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]
+    );
 
     let (_s, _mux, m) = start(&["-y", "-a", "foo", "-a", "x"]);
     let mut mta = m.connect().await;
@@ -111,28 +146,82 @@ async fn negotiation_flags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sendmail_style_queue_id_extra_macros_and_loopback_equivalent() {
-    let (scratch, mux, m) = start(&["-r", "-s", "-a", "foo", "-a", "absent", "-L", "192.0.2.10", "-x", "custom 100%"]);
+    let (scratch, mux, m) = start(&[
+        "-r",
+        "-s",
+        "-a",
+        "foo",
+        "-a",
+        "absent",
+        "-L",
+        "192.0.2.10",
+        "-x",
+        "custom 100%",
+    ]);
     mux.push(Step::new("relayok", "ok 1"));
     mux.push(Step::new("senderok", "ok 1"));
     mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
     let mut mta = m.connect().await;
     mta.negotiate().await;
-    mta.macros(b'C', &[("j", "mx.example.com"), ("{if_addr}", "10.0.0.1"), ("{daemon_port}", "25")]).await;
-    assert_eq!(mta.connect_inet("client.example.net", "192.0.2.10", 4000).await.kind, b'c');
-    mta.macros(b'M', &[("i", "4XYZ123"), ("{foo}", "bar baz"), ("{mail_mailer}", "esmtp")]).await;
+    mta.macros(
+        b'C',
+        &[
+            ("j", "mx.example.com"),
+            ("{if_addr}", "10.0.0.1"),
+            ("{daemon_port}", "25"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        mta.connect_inet("client.example.net", "192.0.2.10", 4000)
+            .await
+            .kind,
+        b'c'
+    );
+    mta.macros(
+        b'M',
+        &[
+            ("i", "4XYZ123"),
+            ("{foo}", "bar baz"),
+            ("{mail_mailer}", "esmtp"),
+        ],
+    )
+    .await;
     assert_eq!(mta.mail(&[b"<a@example.net>", b"SIZE=10"]).await.kind, b'c');
     assert_eq!(scratch.leftover_dirs(), ["mm-4XYZ123"]);
-    mta.macros(b'R', &[("{rcpt_mailer}", "error"), ("{rcpt_host}", "5.1.1"), ("{rcpt_addr}", "User unknown")]).await;
+    mta.macros(
+        b'R',
+        &[
+            ("{rcpt_mailer}", "error"),
+            ("{rcpt_host}", "5.1.1"),
+            ("{rcpt_addr}", "User unknown"),
+        ],
+    )
+    .await;
     assert_eq!(mta.rcpt(&[b"<rejected@example.com>"]).await.kind, b'c');
     mta.macros(b'E', &[("i", "4XYZ123")]).await;
     assert_eq!(mta.eoh().await.kind, b'c');
     let (mods, v) = mta.eom().await;
     assert_eq!(v.kind, b'c');
     // {if_addr} differs from our address: forgotten at MAIL FROM, so no " on ...".
-    assert_eq!(mods, vec![Packet { kind: b'h', data: b"X-Scanned-By\0custom 100%\0".to_vec() }]);
+    assert_eq!(
+        mods,
+        vec![Packet {
+            kind: b'h',
+            data: b"X-Scanned-By\0custom 100%\0".to_vec()
+        }]
+    );
     let log = mux.log.lock().unwrap();
-    let lines: Vec<String> = log.lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).filter(|l| !l.starts_with("free")).collect();
-    assert_eq!(lines[0], "relayok 127.0.0.1 client.example.net 4000 10.0.0.1 25 NOQUEUE\n");
+    let lines: Vec<String> = log
+        .lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .filter(|l| !l.starts_with("free"))
+        .collect();
+    assert_eq!(
+        lines[0],
+        "relayok 127.0.0.1 client.example.net 4000 10.0.0.1 25 NOQUEUE\n"
+    );
     let spool = scratch.spool_str();
     assert_eq!(lines[1], format!("senderok <a@example.net> 127.0.0.1 client.example.net UNKNOWN {spool}/mm-4XYZ123 4XYZ123 SIZE=10\n"));
     assert_eq!(lines[2], format!("scan 4XYZ123 {spool}/mm-4XYZ123\n"));
@@ -148,7 +237,10 @@ R<rejected@example.com> error 5.1.1 User%20unknown\nF\n"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modes_debug_flag_and_times() {
-    for (flags, dir_mode, file_mode, sock_mode) in [(&[][..], 0o700, 0o600, 0o700), (&["-G", "-d", "-T", "-X"][..], 0o750, 0o640, 0o770)] {
+    for (flags, dir_mode, file_mode, sock_mode) in [
+        (&[][..], 0o700, 0o600, 0o700),
+        (&["-G", "-d", "-T", "-X"][..], 0o750, 0o640, 0o770),
+    ] {
         let (scratch, mux, m) = start(flags);
         mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -191,7 +283,10 @@ async fn do_not_delete_flag_file() {
     mta.rcpt(&[b"<c@d>"]).await;
     mta.eoh().await;
     assert_eq!(mta.eom().await.1.kind, b'c');
-    assert_log(&m, &format!("because of {}/DO-NOT-DELETE-WORK-DIRS", scratch.spool_str()));
+    assert_log(
+        &m,
+        &format!("because of {}/DO-NOT-DELETE-WORK-DIRS", scratch.spool_str()),
+    );
     assert_eq!(scratch.leftover_dirs().len(), 1);
 }
 
@@ -203,7 +298,11 @@ async fn inet_listener() {
         let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
         (scratch, mux, ())
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let m = Milter::start_on(
         &format!("inet:{port}@127.0.0.1"),
         scratch.path().join("unused"),
@@ -213,9 +312,14 @@ async fn inet_listener() {
         &[],
         &[],
     );
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let mut mta = MtaClient { s: Box::new(s) };
-    assert_eq!(mta.negotiate().await.data, vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0]);
+    assert_eq!(
+        mta.negotiate().await.data,
+        vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0]
+    );
     assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, b'c');
     drop(m);
 }
@@ -225,7 +329,8 @@ fn daemon_mode_pid_and_lock_files() {
     let scratch = Scratch::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mux_path = scratch.path().join("mx.sock");
-    let _mux = rt.block_on(async { FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str()) });
+    let _mux =
+        rt.block_on(async { FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str()) });
     let run_dir = scratch.path().join("run");
     std::fs::create_dir(&run_dir).unwrap();
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -233,23 +338,44 @@ fn daemon_mode_pid_and_lock_files() {
     let sock = run_dir.join("milter.sock");
     let launch = || {
         let mut c = bin();
-        c.arg("-p").arg(format!("unix:{}", sock.display())).arg("-m").arg(&mux_path).arg("-z").arg(&scratch.spool);
-        c.arg("-P").arg(&pidfile).env("MAILMUNGE_MY_IP", "192.0.2.1");
+        c.arg("-p")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("-m")
+            .arg(&mux_path)
+            .arg("-z")
+            .arg(&scratch.spool);
+        c.arg("-P")
+            .arg(&pidfile)
+            .env("MAILMUNGE_MY_IP", "192.0.2.1");
         if is_root() {
             c.args(["-U", "mailmunge"]);
         }
         c.output().unwrap()
     };
     let out = launch();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert_eq!(std::fs::metadata(&pidfile).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        std::fs::metadata(&pidfile).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     assert!(run_dir.join("mailmunge.pid.lock").exists());
     // A second copy cannot take the lock.
     let out = launch();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "Error from child: Cannot lock lockfile: Is another copy running?\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Error from child: Cannot lock lockfile: Is another copy running?\n"
+    );
     // SIGTERM stops the daemon, which removes its pid file.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     for _ in 0..250 {

@@ -17,9 +17,18 @@ fn top() -> PathBuf {
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-r").arg(from).arg(to).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success());
-    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(to).status().unwrap();
+    let st = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -51,13 +60,23 @@ enum Item {
 }
 
 fn wire(case: &str) -> Vec<Item> {
-    let text = std::fs::read_to_string(top().join("tests/data/milter/golden").join(case).join("wire.txt")).unwrap();
+    let text = std::fs::read_to_string(
+        top()
+            .join("tests/data/milter/golden")
+            .join(case)
+            .join("wire.txt"),
+    )
+    .unwrap();
     text.lines()
         .map(|l| {
             let (dir, kind, rest) = (l.as_bytes()[0], l.as_bytes()[3], &l[6..]);
             let (len, rest) = rest.strip_prefix("len=").unwrap().split_once(' ').unwrap();
             if let Some(h) = rest.strip_prefix("fnv64=") {
-                return Item::Hashed(kind, len.parse().unwrap(), u64::from_str_radix(h, 16).unwrap());
+                return Item::Hashed(
+                    kind,
+                    len.parse().unwrap(),
+                    u64::from_str_radix(h, 16).unwrap(),
+                );
             }
             let data = unescape(&rest[1..rest.len() - 1]);
             if dir == b'>' {
@@ -117,23 +136,57 @@ async fn golden_sessions_through_our_multiplexor_and_workers() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(mux_sock.exists(), "multiplexor did not start:\n{}", mux_out());
-    let milter = Milter::start(tmp, &mux_sock, &scratch.spool, &["-r", "-H", "-s", "-t"], &[]);
+    assert!(
+        mux_sock.exists(),
+        "multiplexor did not start:\n{}",
+        mux_out()
+    );
+    let milter = Milter::start(
+        tmp,
+        &mux_sock,
+        &scratch.spool,
+        &["-r", "-H", "-s", "-t"],
+        &[],
+    );
 
-    for case in ["c01-basic", "c02-folded-headers", "c14-60-rcpts", "c24-all-mods", "v01-relay-reject", "v09-sender-verdicts"] {
+    for case in [
+        "c01-basic",
+        "c02-folded-headers",
+        "c14-60-rcpts",
+        "c24-all-mods",
+        "v01-relay-reject",
+        "v09-sender-verdicts",
+    ] {
         let mut mta = milter.connect().await;
         for (n, item) in wire(case).into_iter().enumerate() {
-            let ctx = || format!("{case} wire item {n}\nmilter log:\n{}\nmultiplexor log:\n{}", milter.log(), mux_out());
+            let ctx = || {
+                format!(
+                    "{case} wire item {n}\nmilter log:\n{}\nmultiplexor log:\n{}",
+                    milter.log(),
+                    mux_out()
+                )
+            };
             match item {
                 Item::Send(k, d) => mta.send(k, &d).await,
                 Item::Exact(k, d) => {
-                    let got = mta.recv().await.unwrap_or_else(|| panic!("connection closed; {}", ctx()));
+                    let got = mta
+                        .recv()
+                        .await
+                        .unwrap_or_else(|| panic!("connection closed; {}", ctx()));
                     let want = Packet { kind: k, data: d };
                     assert_eq!(got, want, "got {got}, want {want}; {}", ctx());
                 }
                 Item::Hashed(k, len, h) => {
-                    let got = mta.recv().await.unwrap_or_else(|| panic!("connection closed; {}", ctx()));
-                    assert_eq!((got.kind, got.data.len(), fnv64(&got.data)), (k, len, h), "got {got}; {}", ctx());
+                    let got = mta
+                        .recv()
+                        .await
+                        .unwrap_or_else(|| panic!("connection closed; {}", ctx()));
+                    assert_eq!(
+                        (got.kind, got.data.len(), fnv64(&got.data)),
+                        (k, len, h),
+                        "got {got}; {}",
+                        ctx()
+                    );
                 }
             }
         }
@@ -145,5 +198,9 @@ async fn golden_sessions_through_our_multiplexor_and_workers() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(scratch.leftover_dirs().is_empty(), "left behind: {:?}", scratch.leftover_dirs());
+    assert!(
+        scratch.leftover_dirs().is_empty(),
+        "left behind: {:?}",
+        scratch.leftover_dirs()
+    );
 }

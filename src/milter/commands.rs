@@ -7,9 +7,29 @@ use crate::percent::{encode_into, Variant};
 /// The macros written at MAIL FROM, in upstream's fixed order (names
 /// without braces).
 pub const STANDARD_MACROS: [&str; 23] = [
-    "_", "auth_authen", "auth_author", "auth_ssf", "auth_type", "cert_issuer", "cert_subject", "cipher",
-    "cipher_bits", "daemon_name", "daemon_port", "i", "if_addr", "if_name", "j", "mail_addr", "mail_host",
-    "mail_mailer", "tls_version", "verify", "rcpt_addr", "rcpt_host", "rcpt_mailer",
+    "_",
+    "auth_authen",
+    "auth_author",
+    "auth_ssf",
+    "auth_type",
+    "cert_issuer",
+    "cert_subject",
+    "cipher",
+    "cipher_bits",
+    "daemon_name",
+    "daemon_port",
+    "i",
+    "if_addr",
+    "if_name",
+    "j",
+    "mail_addr",
+    "mail_host",
+    "mail_mailer",
+    "tls_version",
+    "verify",
+    "rcpt_addr",
+    "rcpt_host",
+    "rcpt_mailer",
 ];
 
 /// The macro list requested with `-y`: the standard macros then the `-a`
@@ -19,7 +39,13 @@ pub fn symlist(extra: &[String]) -> String {
         .iter()
         .copied()
         .chain(extra.iter().map(String::as_str))
-        .map(|m| if m.len() > 1 { format!("{{{m}}}") } else { m.to_string() })
+        .map(|m| {
+            if m.len() > 1 {
+                format!("{{{m}}}")
+            } else {
+                m.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

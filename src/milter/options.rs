@@ -129,9 +129,11 @@ impl Options {
     /// `-b`: any value below 5 (including garbage) becomes 5; `None` keeps
     /// the default backlog.
     pub fn listen_backlog(&self) -> Option<i32> {
-        self.backlog
-            .as_deref()
-            .map(|s| crate::cnum::scan_int(s).unwrap_or(-1).clamp(5, i32::MAX as i64) as i32)
+        self.backlog.as_deref().map(|s| {
+            crate::cnum::scan_int(s)
+                .unwrap_or(-1)
+                .clamp(5, i32::MAX as i64) as i32
+        })
     }
 
     /// X-Scanned-By text; empty means no header.
@@ -139,7 +141,9 @@ impl Options {
         if self.no_scanned_by {
             return String::new();
         }
-        self.scanned_by.clone().unwrap_or_else(|| format!("mailmunge {}", crate::VERSION))
+        self.scanned_by
+            .clone()
+            .unwrap_or_else(|| format!("mailmunge {}", crate::VERSION))
     }
 }
 
@@ -154,7 +158,9 @@ fn last_scanned_by_option(args: &[String]) -> Option<Option<String>> {
         if a == "--" {
             break;
         }
-        let Some(flags) = a.strip_prefix('-') else { continue };
+        let Some(flags) = a.strip_prefix('-') else {
+            continue;
+        };
         for (pos, c) in flags.char_indices() {
             if WITH_ARG.contains(c) {
                 let attached = &flags[pos + c.len_utf8()..];
@@ -231,7 +237,19 @@ mod tests {
 
     #[test]
     fn clustered_and_repeated() {
-        let o = parse(&["-rst", "-p", "inet:1@127.0.0.1", "-p", "unix:/x", "-m/mx", "-a", "foo", "-a", "x", "-D"]);
+        let o = parse(&[
+            "-rst",
+            "-p",
+            "inet:1@127.0.0.1",
+            "-p",
+            "unix:/x",
+            "-m/mx",
+            "-a",
+            "foo",
+            "-a",
+            "x",
+            "-D",
+        ]);
         assert!(o.relay_check && o.sender_check && o.rcpt_check && !o.helo_check && o.foreground);
         assert_eq!(o.conn.as_deref(), Some("unix:/x"));
         assert_eq!(o.mx_socket.as_deref(), Some("/mx"));
@@ -258,7 +276,10 @@ mod tests {
         assert_eq!(parse(&["-X"]).scanned_by_text(), "");
         assert_eq!(parse(&["-X", "-x", "again"]).scanned_by_text(), "again");
         assert_eq!(parse(&["-xfirst", "-dX"]).scanned_by_text(), "");
-        assert_eq!(parse(&["-dX", "-m", "-X", "-x", "t"]).scanned_by_text(), "t");
+        assert_eq!(
+            parse(&["-dX", "-m", "-X", "-x", "t"]).scanned_by_text(),
+            "t"
+        );
         assert_eq!(parse(&["-X", "-m", "-x"]).scanned_by_text(), "");
         assert!(Options::try_parse_from(["mailmunge", "-Z"]).is_err());
         assert!(parse(&["-h"]).help);

@@ -28,7 +28,12 @@ pub struct CheckReply {
 pub fn parse_check_reply(ans: &[u8]) -> Result<CheckReply, Vec<u8>> {
     // The C client sees a C string: anything after a NUL does not exist.
     let ans = c_str(ans);
-    let exact = |v| Ok(CheckReply { verdict: v, msg: Vec::new() });
+    let exact = |v| {
+        Ok(CheckReply {
+            verdict: v,
+            msg: Vec::new(),
+        })
+    };
     match ans {
         b"ok -1\n" => return exact(Verdict::Tempfail),
         b"ok 1\n" => return exact(Verdict::Continue),
@@ -37,7 +42,11 @@ pub fn parse_check_reply(ans: &[u8]) -> Result<CheckReply, Vec<u8>> {
         b"ok 0\n" => return exact(Verdict::Reject),
         _ => {}
     }
-    let line: Vec<u8> = ans.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+    let line: Vec<u8> = ans
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
     for (prefix, verdict) in [
         (&b"ok 0 "[..], Verdict::Reject),
         (b"ok -1 ", Verdict::Tempfail),
@@ -46,7 +55,10 @@ pub fn parse_check_reply(ans: &[u8]) -> Result<CheckReply, Vec<u8>> {
         (b"ok 3 ", Verdict::Discard),
     ] {
         if line.len() > prefix.len() && line.starts_with(prefix) {
-            return Ok(CheckReply { verdict, msg: line[prefix.len()..].to_vec() });
+            return Ok(CheckReply {
+                verdict,
+                msg: line[prefix.len()..].to_vec(),
+            });
         }
     }
     Err(line)
@@ -118,7 +130,12 @@ pub fn split_reply_fields(msg: &[u8]) -> ReplyFields {
     let delay = rest
         .map(|r| cnum::scan_int(&String::from_utf8_lossy(&decode_c(r))).unwrap_or(0))
         .unwrap_or(0);
-    ReplyFields { text: decode_c(text), code: code.map(decode_c), dsn: dsn.map(decode_c), delay }
+    ReplyFields {
+        text: decode_c(text),
+        code: code.map(decode_c),
+        dsn: dsn.map(decode_c),
+        delay,
+    }
 }
 
 /// Reply class: temporary (4xx) or permanent (5xx).
@@ -169,7 +186,10 @@ pub struct SmtpReply {
 const MAX_LINES: usize = 31;
 
 fn valid_code(code: &[u8], class: Class) -> bool {
-    code.len() == 3 && code[0] == class.digit() && code[1].is_ascii_digit() && code[2].is_ascii_digit()
+    code.len() == 3
+        && code[0] == class.digit()
+        && code[1].is_ascii_digit()
+        && code[2].is_ascii_digit()
 }
 
 fn valid_dsn(dsn: &[u8], class: Class) -> bool {
@@ -179,7 +199,12 @@ fn valid_dsn(dsn: &[u8], class: Class) -> bool {
 }
 
 /// Builds the reply the way upstream's `set_reply` does (§2.6).
-pub fn build_reply(class: Class, code: Option<&[u8]>, dsn: Option<&[u8]>, text: Option<&[u8]>) -> SmtpReply {
+pub fn build_reply(
+    class: Class,
+    code: Option<&[u8]>,
+    dsn: Option<&[u8]>,
+    text: Option<&[u8]>,
+) -> SmtpReply {
     let text = match text {
         Some(t) if !t.is_empty() => t,
         _ => class.default_text(),
@@ -213,7 +238,11 @@ pub fn build_reply(class: Class, code: Option<&[u8]>, dsn: Option<&[u8]>, text: 
         loop {
             if lines.len() == MAX_LINES - 1 {
                 // The last line takes the remainder, newlines made spaces.
-                lines.push(rest.iter().map(|&b| if b == b'\n' { b' ' } else { b }).collect());
+                lines.push(
+                    rest.iter()
+                        .map(|&b| if b == b'\n' { b' ' } else { b })
+                        .collect(),
+                );
                 break;
             }
             match rest.iter().position(|&b| b == b'\n') {
@@ -258,19 +287,36 @@ mod tests {
 
     #[test]
     fn check_replies() {
-        let ok = |v, m: &[u8]| Ok(CheckReply { verdict: v, msg: m.to_vec() });
+        let ok = |v, m: &[u8]| {
+            Ok(CheckReply {
+                verdict: v,
+                msg: m.to_vec(),
+            })
+        };
         assert_eq!(parse_check_reply(b"ok 1\n"), ok(Verdict::Continue, b""));
         assert_eq!(parse_check_reply(b"ok 0\n"), ok(Verdict::Reject, b""));
         assert_eq!(parse_check_reply(b"ok -1\n"), ok(Verdict::Tempfail, b""));
         assert_eq!(parse_check_reply(b"ok 2\n"), ok(Verdict::Accept, b""));
         assert_eq!(parse_check_reply(b"ok 3\n"), ok(Verdict::Discard, b""));
-        assert_eq!(parse_check_reply(b"ok 0 a%20b 554 5.7.1 0\n"), ok(Verdict::Reject, b"a%20b 554 5.7.1 0"));
-        assert_eq!(parse_check_reply(b"ok -1 x\r\n"), ok(Verdict::Tempfail, b"x"));
-        assert_eq!(parse_check_reply(b"ok 1 ok 250 2.1.0 0\n"), ok(Verdict::Continue, b"ok 250 2.1.0 0"));
+        assert_eq!(
+            parse_check_reply(b"ok 0 a%20b 554 5.7.1 0\n"),
+            ok(Verdict::Reject, b"a%20b 554 5.7.1 0")
+        );
+        assert_eq!(
+            parse_check_reply(b"ok -1 x\r\n"),
+            ok(Verdict::Tempfail, b"x")
+        );
+        assert_eq!(
+            parse_check_reply(b"ok 1 ok 250 2.1.0 0\n"),
+            ok(Verdict::Continue, b"ok 250 2.1.0 0")
+        );
         // No newline: not an exact match, and "ok 1" is too short for a prefix.
         assert_eq!(parse_check_reply(b"ok 1"), Err(b"ok 1".to_vec()));
         assert_eq!(parse_check_reply(b"ok 1 "), Err(b"ok 1 ".to_vec()));
-        assert_eq!(parse_check_reply(b"error: No free workers\n"), Err(b"error: No free workers".to_vec()));
+        assert_eq!(
+            parse_check_reply(b"error: No free workers\n"),
+            Err(b"error: No free workers".to_vec())
+        );
         assert_eq!(parse_check_reply(b"ok 7 x\n"), Err(b"ok 7 x".to_vec()));
         assert_eq!(parse_check_reply(b"ok 1\0 junk"), Err(b"ok 1".to_vec()));
     }
@@ -285,45 +331,118 @@ mod tests {
     #[test]
     fn reply_fields() {
         let f = split_reply_fields(b"I%20reject%20your%20sender 554 5.7.1 0");
-        assert_eq!(f, ReplyFields { text: b"I reject your sender".to_vec(), code: Some(b"554".to_vec()), dsn: Some(b"5.7.1".to_vec()), delay: 0 });
+        assert_eq!(
+            f,
+            ReplyFields {
+                text: b"I reject your sender".to_vec(),
+                code: Some(b"554".to_vec()),
+                dsn: Some(b"5.7.1".to_vec()),
+                delay: 0
+            }
+        );
         let f = split_reply_fields(b"Per-domain%20limit");
-        assert_eq!(f, ReplyFields { text: b"Per-domain limit".to_vec(), ..Default::default() });
+        assert_eq!(
+            f,
+            ReplyFields {
+                text: b"Per-domain limit".to_vec(),
+                ..Default::default()
+            }
+        );
         assert_eq!(split_reply_fields(b"slow 550 5.7.1 3").delay, 3);
         assert_eq!(split_reply_fields(b"x%00y 550").text, b"x");
         // Single-byte splitting: an empty field stays empty.
         let f = split_reply_fields(b"t  5.7.1 2");
-        assert_eq!((f.code, f.dsn, f.delay), (Some(vec![]), Some(b"5.7.1".to_vec()), 2));
+        assert_eq!(
+            (f.code, f.dsn, f.delay),
+            (Some(vec![]), Some(b"5.7.1".to_vec()), 2)
+        );
     }
 
     fn wire(class: Class, code: &str, dsn: &str, text: &[u8]) -> String {
-        let r = build_reply(class, Some(code.as_bytes()), Some(dsn.as_bytes()), Some(text));
+        let r = build_reply(
+            class,
+            Some(code.as_bytes()),
+            Some(dsn.as_bytes()),
+            Some(text),
+        );
         String::from_utf8(r.wire()).unwrap()
     }
 
     #[test]
     fn replies_match_upstream() {
-        assert_eq!(wire(Class::Perm, "554", "5.7.1", b"I reject your sender"), "554 5.7.1 I reject your sender");
         assert_eq!(
-            wire(Class::Perm, "550", "5.1.1", b"Bad %25 user%0Asecond line\xC3\xA9%0A"),
+            wire(Class::Perm, "554", "5.7.1", b"I reject your sender"),
+            "554 5.7.1 I reject your sender"
+        );
+        assert_eq!(
+            wire(
+                Class::Perm,
+                "550",
+                "5.1.1",
+                b"Bad %25 user%0Asecond line\xC3\xA9%0A"
+            ),
             "550 5.1.1 Bad %%25 user%%0Asecond line  %%0A"
         );
         assert_eq!(
-            wire(Class::Perm, "550", "5.1.1", b"Bad % user\nsecond line\xC3\xA9\n"),
+            wire(
+                Class::Perm,
+                "550",
+                "5.1.1",
+                b"Bad % user\nsecond line\xC3\xA9\n"
+            ),
             "550-5.1.1 Bad %% user\r\n550 5.1.1 second line  "
         );
-        assert_eq!(wire(Class::Temp, "421", "4.7.0", b"Load 99% - retry in 5%% of an hour"), "421 4.7.0 Load 99%% - retry in 5%%%% of an hour");
-        assert_eq!(wire(Class::Perm, "450", "4.7.1", b"wrong class code"), "554 5.7.1 wrong class code");
-        assert_eq!(wire(Class::Temp, "550", "5.7.1", b"wrong class code"), "451 4.3.0 wrong class code");
-        assert_eq!(wire(Class::Perm, "5500", "5.7.1000", b""), "554 5.7.1 Forbidden for policy reasons");
-        assert_eq!(wire(Class::Temp, "4x1", "4.3", b""), "451 4.3.0 Please try again later");
-        assert_eq!(wire(Class::Perm, "550", "5.7.1", b"Caf\xc3\xa9 refus\xe9 ctrl\x01char del\x7f end"), "550 5.7.1 Caf   refus  ctrl char del  end");
-        assert_eq!(wire(Class::Perm, "550", "5.1.10", b"a\n\nb"), "550-5.1.10 a\r\n550-5.1.10 \r\n550 5.1.10 b");
+        assert_eq!(
+            wire(
+                Class::Temp,
+                "421",
+                "4.7.0",
+                b"Load 99% - retry in 5%% of an hour"
+            ),
+            "421 4.7.0 Load 99%% - retry in 5%%%% of an hour"
+        );
+        assert_eq!(
+            wire(Class::Perm, "450", "4.7.1", b"wrong class code"),
+            "554 5.7.1 wrong class code"
+        );
+        assert_eq!(
+            wire(Class::Temp, "550", "5.7.1", b"wrong class code"),
+            "451 4.3.0 wrong class code"
+        );
+        assert_eq!(
+            wire(Class::Perm, "5500", "5.7.1000", b""),
+            "554 5.7.1 Forbidden for policy reasons"
+        );
+        assert_eq!(
+            wire(Class::Temp, "4x1", "4.3", b""),
+            "451 4.3.0 Please try again later"
+        );
+        assert_eq!(
+            wire(
+                Class::Perm,
+                "550",
+                "5.7.1",
+                b"Caf\xc3\xa9 refus\xe9 ctrl\x01char del\x7f end"
+            ),
+            "550 5.7.1 Caf   refus  ctrl char del  end"
+        );
+        assert_eq!(
+            wire(Class::Perm, "550", "5.1.10", b"a\n\nb"),
+            "550-5.1.10 a\r\n550-5.1.10 \r\n550 5.1.10 b"
+        );
         let many: Vec<String> = (1..=33).map(|i| format!("line {i}")).collect();
         let w = wire(Class::Perm, "550", "5.7.1", many.join("\n").as_bytes());
         assert!(w.starts_with("550-5.7.1 line 1\r\n550-5.7.1 line 2\r\n"));
         assert!(w.ends_with("550-5.7.1 line 30\r\n550 5.7.1 line 31 line 32 line 33"));
         assert_eq!(w.matches("\r\n").count(), 30);
         let r = build_reply(Class::Perm, None, None, None);
-        assert_eq!(r, SmtpReply { code: "554".into(), dsn: "5.7.1".into(), lines: vec![b"Forbidden for policy reasons".to_vec()] });
+        assert_eq!(
+            r,
+            SmtpReply {
+                code: "554".into(),
+                dsn: "5.7.1".into(),
+                lines: vec![b"Forbidden for policy reasons".to_vec()]
+            }
+        );
     }
 }

@@ -14,11 +14,19 @@ pub const MAX_SIZE: u64 = 65535;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// `B code dsn text`: reject the message.
-    Bounce { code: Option<Vec<u8>>, dsn: Option<Vec<u8>>, text: Option<Vec<u8>> },
+    Bounce {
+        code: Option<Vec<u8>>,
+        dsn: Option<Vec<u8>>,
+        text: Option<Vec<u8>>,
+    },
     /// `D`: discard the message.
     Discard,
     /// `T code dsn text`: tempfail the message.
-    Tempfail { code: Option<Vec<u8>>, dsn: Option<Vec<u8>>, text: Option<Vec<u8>> },
+    Tempfail {
+        code: Option<Vec<u8>>,
+        dsn: Option<Vec<u8>>,
+        text: Option<Vec<u8>>,
+    },
     /// `C`: replace the body with NEWBODY.
     ReplaceBody,
     /// `M value`: new Content-Type (empty: none), plus MIME-Version if missing.
@@ -26,9 +34,17 @@ pub enum Action {
     /// `H name value`
     AddHeader { name: Vec<u8>, value: Vec<u8> },
     /// `N name idx value`
-    InsertHeader { index: i32, name: Vec<u8>, value: Vec<u8> },
+    InsertHeader {
+        index: i32,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// `I name idx value` (an empty value deletes).
-    ChangeHeader { name: Vec<u8>, index: i32, value: Vec<u8> },
+    ChangeHeader {
+        name: Vec<u8>,
+        index: i32,
+        value: Vec<u8>,
+    },
     /// `J name idx`
     DeleteHeader { name: Vec<u8>, index: i32 },
     /// `R addr`
@@ -49,7 +65,11 @@ impl Action {
     pub fn is_modification(&self) -> bool {
         !matches!(
             self,
-            Action::Bounce { .. } | Action::Discard | Action::Tempfail { .. } | Action::Quarantine(_) | Action::Unknown(_)
+            Action::Bounce { .. }
+                | Action::Discard
+                | Action::Tempfail { .. }
+                | Action::Quarantine(_)
+                | Action::Unknown(_)
         )
     }
 }
@@ -128,22 +148,36 @@ pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
             b'C' => Action::ReplaceBody,
             b'M' => Action::ContentType(decode_c(arg)),
             b'H' => match split_word(arg) {
-                (n, Some(v)) => Action::AddHeader { name: decode_c(n), value: decode_c(v) },
+                (n, Some(v)) => Action::AddHeader {
+                    name: decode_c(n),
+                    value: decode_c(v),
+                },
                 _ => continue,
             },
             b'N' | b'I' => match split3(arg) {
                 (n, Some(i), Some(v)) => {
                     let (name, value) = (decode_c(n), decode_c(v));
                     if letter == b'N' {
-                        Action::InsertHeader { index: index(&decode_c(i), 0), name, value }
+                        Action::InsertHeader {
+                            index: index(&decode_c(i), 0),
+                            name,
+                            value,
+                        }
                     } else {
-                        Action::ChangeHeader { name, index: index(&decode_c(i), 1), value }
+                        Action::ChangeHeader {
+                            name,
+                            index: index(&decode_c(i), 1),
+                            value,
+                        }
                     }
                 }
                 _ => continue,
             },
             b'J' => match split_word(arg) {
-                (n, Some(i)) => Action::DeleteHeader { name: decode_c(n), index: index(&decode_c(i), 1) },
+                (n, Some(i)) => Action::DeleteHeader {
+                    name: decode_c(n),
+                    index: index(&decode_c(i), 1),
+                },
                 _ => continue,
             },
             b'R' => Action::AddRcpt(decode_c(arg)),
@@ -156,13 +190,20 @@ pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
             }
             other => Action::Unknown(other),
         };
-        let stop = matches!(action, Action::Bounce { .. } | Action::Discard | Action::Tempfail { .. });
+        let stop = matches!(
+            action,
+            Action::Bounce { .. } | Action::Discard | Action::Tempfail { .. }
+        );
         actions.push(action);
         if stop {
             break;
         }
     }
-    Ok(Results { actions, rejecting, finished })
+    Ok(Results {
+        actions,
+        rejecting,
+        finished,
+    })
 }
 
 /// Why a header or address from RESULTS is refused: values that would let a
@@ -186,7 +227,10 @@ pub fn check_header_name(name: &[u8]) -> Result<(), UnsafeValue> {
     if name.is_empty() {
         return Err(UnsafeValue::EmptyName);
     }
-    match name.iter().find(|&&b| !(33..=126).contains(&b) || b == b':') {
+    match name
+        .iter()
+        .find(|&&b| !(33..=126).contains(&b) || b == b':')
+    {
         Some(&b) => Err(UnsafeValue::BadNameByte(b)),
         None => Ok(()),
     }
@@ -198,7 +242,9 @@ pub fn check_header_value(value: &[u8]) -> Result<(), UnsafeValue> {
     for (i, &b) in value.iter().enumerate() {
         match b {
             b'\r' if value.get(i + 1) != Some(&b'\n') => return Err(UnsafeValue::BareCr),
-            b'\n' if !matches!(value.get(i + 1), Some(b' ' | b'\t')) => return Err(UnsafeValue::BadFold),
+            b'\n' if !matches!(value.get(i + 1), Some(b' ' | b'\t')) => {
+                return Err(UnsafeValue::BadFold)
+            }
             _ => {}
         }
     }
@@ -219,19 +265,26 @@ pub fn check_actions(actions: &[Action]) -> Result<(), (usize, UnsafeValue)> {
         let r = match a {
             // An empty new value deletes: same rule as `J`.
             Action::ChangeHeader { name, value, .. } if value.is_empty() => {
-                if name.is_empty() { Err(UnsafeValue::EmptyName) } else { check_single_line(name) }
+                if name.is_empty() {
+                    Err(UnsafeValue::EmptyName)
+                } else {
+                    check_single_line(name)
+                }
             }
             Action::AddHeader { name, value }
             | Action::InsertHeader { name, value, .. }
-            | Action::ChangeHeader { name, value, .. } => check_header_name(name).and_then(|_| check_header_value(value)),
+            | Action::ChangeHeader { name, value, .. } => {
+                check_header_name(name).and_then(|_| check_header_value(value))
+            }
             // Deleting can only match an existing header: a name that could
             // never match is harmless, but it must stay on one line.
             Action::DeleteHeader { name, .. } if name.is_empty() => Err(UnsafeValue::EmptyName),
             Action::DeleteHeader { name, .. } => check_single_line(name),
             Action::ContentType(v) => check_header_value(v),
-            Action::AddRcpt(v) | Action::DeleteRcpt(v) | Action::ChangeFrom(v) | Action::Quarantine(v) => {
-                check_single_line(v)
-            }
+            Action::AddRcpt(v)
+            | Action::DeleteRcpt(v)
+            | Action::ChangeFrom(v)
+            | Action::Quarantine(v) => check_single_line(v),
             _ => Ok(()),
         };
         r.map_err(|e| (i, e))?;
@@ -257,19 +310,43 @@ mod tests {
         assert_eq!(
             r.actions,
             vec![
-                Action::DeleteHeader { name: v("X-Mailmunge-Remailed"), index: 1 },
-                Action::AddHeader { name: v("X-Added"), value: v("added") },
-                Action::InsertHeader { index: 1, name: v("X-Inserted"), value: v("inserted at 1") },
-                Action::ChangeHeader { name: v("X-Old"), index: 1, value: v("new value") },
-                Action::DeleteHeader { name: v("Received"), index: 1 },
+                Action::DeleteHeader {
+                    name: v("X-Mailmunge-Remailed"),
+                    index: 1
+                },
+                Action::AddHeader {
+                    name: v("X-Added"),
+                    value: v("added")
+                },
+                Action::InsertHeader {
+                    index: 1,
+                    name: v("X-Inserted"),
+                    value: v("inserted at 1")
+                },
+                Action::ChangeHeader {
+                    name: v("X-Old"),
+                    index: 1,
+                    value: v("new value")
+                },
+                Action::DeleteHeader {
+                    name: v("Received"),
+                    index: 1
+                },
                 Action::AddRcpt(v("<added@example.org>")),
                 Action::DeleteRcpt(v("<other@example.com>")),
                 Action::ChangeFrom(v("<changed@example.net>")),
                 Action::Quarantine(v("held by the diff filter")),
                 Action::ContentType(v("multipart/mixed; boundary=\"x\"")),
                 Action::ReplaceBody,
-                Action::ChangeHeader { name: v("X-Added"), index: 1, value: v("changed in wrapup") },
-                Action::AddHeader { name: v("X-Wrapup"), value: v("yes") },
+                Action::ChangeHeader {
+                    name: v("X-Added"),
+                    index: 1,
+                    value: v("changed in wrapup")
+                },
+                Action::AddHeader {
+                    name: v("X-Wrapup"),
+                    value: v("yes")
+                },
             ]
         );
     }
@@ -281,30 +358,63 @@ mod tests {
         assert_eq!(r.actions.len(), 2);
         assert_eq!(
             r.actions[1],
-            Action::Bounce { code: Some(v("550")), dsn: Some(v("5.7.1")), text: Some(v("go away")) }
+            Action::Bounce {
+                code: Some(v("550")),
+                dsn: Some(v("5.7.1")),
+                text: Some(v("go away"))
+            }
         );
         // A B/D/T after F still marks the file as rejecting.
         let r = parse(b"HX a\nF\nD\n").unwrap();
         assert!(r.rejecting && r.finished);
         assert_eq!(r.actions.len(), 1);
         let r = parse(b"T\nF\n").unwrap();
-        assert_eq!(r.actions, vec![Action::Tempfail { code: Some(vec![]), dsn: None, text: None }]);
+        assert_eq!(
+            r.actions,
+            vec![Action::Tempfail {
+                code: Some(vec![]),
+                dsn: None,
+                text: None
+            }]
+        );
         // Indexes: invalid or too small become the minimum.
         let r = parse(b"NX -3 v\nIX 0 v\nJX abc\nNX 2x v\nIX\nHX\nJX\n\nZ\nF").unwrap();
         assert_eq!(
             r.actions,
             vec![
-                Action::InsertHeader { index: 0, name: v("X"), value: v("v") },
-                Action::ChangeHeader { name: v("X"), index: 1, value: v("v") },
-                Action::DeleteHeader { name: v("X"), index: 1 },
-                Action::InsertHeader { index: 2, name: v("X"), value: v("v") },
+                Action::InsertHeader {
+                    index: 0,
+                    name: v("X"),
+                    value: v("v")
+                },
+                Action::ChangeHeader {
+                    name: v("X"),
+                    index: 1,
+                    value: v("v")
+                },
+                Action::DeleteHeader {
+                    name: v("X"),
+                    index: 1
+                },
+                Action::InsertHeader {
+                    index: 2,
+                    name: v("X"),
+                    value: v("v")
+                },
                 Action::Unknown(0),
                 Action::Unknown(b'Z'),
             ]
         );
         assert!(r.finished);
         // An empty third field of I means "delete".
-        assert_eq!(parse(b"IX 2 \nF\n").unwrap().actions, vec![Action::ChangeHeader { name: v("X"), index: 2, value: vec![] }]);
+        assert_eq!(
+            parse(b"IX 2 \nF\n").unwrap().actions,
+            vec![Action::ChangeHeader {
+                name: v("X"),
+                index: 2,
+                value: vec![]
+            }]
+        );
         // Missing F.
         let r = parse(b"HX a\n").unwrap();
         assert!(!r.finished);
@@ -327,19 +437,63 @@ mod tests {
     fn unsafe_values() {
         assert_eq!(check_header_value(b"folded\n\tnew value"), Ok(()));
         assert_eq!(check_header_value(b"a\r\n b"), Ok(()));
-        assert_eq!(check_header_value(b"x\nBcc: victim@example.com"), Err(UnsafeValue::BadFold));
+        assert_eq!(
+            check_header_value(b"x\nBcc: victim@example.com"),
+            Err(UnsafeValue::BadFold)
+        );
         assert_eq!(check_header_value(b"x\n"), Err(UnsafeValue::BadFold));
         assert_eq!(check_header_value(b"x\ry"), Err(UnsafeValue::BareCr));
         assert_eq!(check_header_name(b"X-Ok"), Ok(()));
-        assert_eq!(check_header_name(b"X Bad"), Err(UnsafeValue::BadNameByte(b' ')));
-        assert_eq!(check_header_name(b"X:"), Err(UnsafeValue::BadNameByte(b':')));
+        assert_eq!(
+            check_header_name(b"X Bad"),
+            Err(UnsafeValue::BadNameByte(b' '))
+        );
+        assert_eq!(
+            check_header_name(b"X:"),
+            Err(UnsafeValue::BadNameByte(b':'))
+        );
         assert_eq!(check_header_name(b""), Err(UnsafeValue::EmptyName));
-        let acts = [Action::AddRcpt(v("<a@b>")), Action::AddHeader { name: v("X"), value: v("a\nb") }];
+        let acts = [
+            Action::AddRcpt(v("<a@b>")),
+            Action::AddHeader {
+                name: v("X"),
+                value: v("a\nb"),
+            },
+        ];
         assert_eq!(check_actions(&acts), Err((1, UnsafeValue::BadFold)));
-        assert_eq!(check_actions(&[Action::ChangeFrom(v("<a@b>\r\nRCPT TO:<x>"))]), Err((0, UnsafeValue::LineBreak)));
-        assert_eq!(check_actions(&[Action::DeleteHeader { name: v("Odd Name"), index: 1 }]), Ok(()));
-        assert_eq!(check_actions(&[Action::DeleteHeader { name: v("X\nY"), index: 1 }]), Err((0, UnsafeValue::LineBreak)));
-        assert_eq!(check_actions(&[Action::ChangeHeader { name: v("Odd Name"), index: 1, value: v("") }]), Ok(()));
-        assert_eq!(check_actions(&[Action::ChangeHeader { name: v("Odd Name"), index: 1, value: v("x") }]), Err((0, UnsafeValue::BadNameByte(b' '))));
+        assert_eq!(
+            check_actions(&[Action::ChangeFrom(v("<a@b>\r\nRCPT TO:<x>"))]),
+            Err((0, UnsafeValue::LineBreak))
+        );
+        assert_eq!(
+            check_actions(&[Action::DeleteHeader {
+                name: v("Odd Name"),
+                index: 1
+            }]),
+            Ok(())
+        );
+        assert_eq!(
+            check_actions(&[Action::DeleteHeader {
+                name: v("X\nY"),
+                index: 1
+            }]),
+            Err((0, UnsafeValue::LineBreak))
+        );
+        assert_eq!(
+            check_actions(&[Action::ChangeHeader {
+                name: v("Odd Name"),
+                index: 1,
+                value: v("")
+            }]),
+            Ok(())
+        );
+        assert_eq!(
+            check_actions(&[Action::ChangeHeader {
+                name: v("Odd Name"),
+                index: 1,
+                value: v("x")
+            }]),
+            Err((0, UnsafeValue::BadNameByte(b' ')))
+        );
     }
 }

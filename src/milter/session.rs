@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indymilter::{
-    ActionError, Actions, Callbacks, Context, ContextActions, EomActions, EomContext, MacroStage, Macros,
-    NegotiateContext, ProtoOpts, SetErrorReply, SmtpReplyError, SocketInfo, Status,
+    ActionError, Actions, Callbacks, Context, ContextActions, EomActions, EomContext, MacroStage,
+    Macros, NegotiateContext, ProtoOpts, SetErrorReply, SmtpReplyError, SocketInfo, Status,
 };
 
 use super::commands::{CommandsBlock, STANDARD_MACROS};
@@ -161,7 +161,11 @@ impl Conn {
 
 /// Looks a macro up the way upstream does: multi-character names in braces.
 fn macro_value<'a>(m: &'a Macros, name: &str) -> Option<&'a [u8]> {
-    let key = if name.len() > 1 { format!("{{{name}}}") } else { name.to_string() };
+    let key = if name.len() > 1 {
+        format!("{{{name}}}")
+    } else {
+        name.to_string()
+    };
     let key = CString::new(key).ok()?;
     m.get(&key).map(|v| v.to_bytes())
 }
@@ -225,7 +229,10 @@ async fn mx_request(cfg: &Config, log_qid: &str, line: &[u8]) -> Option<Vec<u8>>
     match mxclient::request(&cfg.mx_socket, line, cfg.mx_timeout).await {
         Ok(r) => {
             if r.truncated {
-                mm_log!(Warning, "{log_qid}: MXCommand: Overlong reply from multiplexor was truncated!");
+                mm_log!(
+                    Warning,
+                    "{log_qid}: MXCommand: Overlong reply from multiplexor was truncated!"
+                );
             }
             Some(r.bytes)
         }
@@ -248,7 +255,11 @@ async fn check(cfg: &Config, log_qid: &str, line: &[u8]) -> Option<CheckReply> {
     match reply::parse_check_reply(&ans) {
         Ok(r) => Some(r),
         Err(text) => {
-            mm_log!(Error, "{log_qid}: Error from multiplexor: {}", String::from_utf8_lossy(&text));
+            mm_log!(
+                Error,
+                "{log_qid}: Error from multiplexor: {}",
+                String::from_utf8_lossy(&text)
+            );
             None
         }
     }
@@ -265,7 +276,10 @@ fn set_reply(
 ) {
     let r = build_reply(class, code, dsn, text);
     let lines = |r: &reply::SmtpReply| -> Vec<CString> {
-        r.lines.iter().map(|l| CString::new(l.clone()).expect("sanitised text has no NUL")).collect()
+        r.lines
+            .iter()
+            .map(|l| CString::new(l.clone()).expect("sanitised text has no NUL"))
+            .collect()
     };
     match target.set_error_reply(&r.code, Some(&r.dsn), lines(&r)) {
         Ok(()) => {}
@@ -280,11 +294,16 @@ fn set_reply(
                 class.default_code(),
                 class.default_dsn()
             );
-            if target.set_error_reply(class.default_code(), Some(class.default_dsn()), lines(&r)).is_err() {
+            if target
+                .set_error_reply(class.default_code(), Some(class.default_dsn()), lines(&r))
+                .is_err()
+            {
                 mm_log!(Warning, "{qid}: set_reply returned MI_FAILURE");
             }
         }
-        Err(SmtpReplyError::InvalidReplyText) => mm_log!(Warning, "{qid}: set_reply returned MI_FAILURE"),
+        Err(SmtpReplyError::InvalidReplyText) => {
+            mm_log!(Warning, "{qid}: set_reply returned MI_FAILURE")
+        }
     }
 }
 
@@ -298,15 +317,28 @@ async fn set_dsn(target: &mut indymilter::SmtpReply, qid: &str, msg: &[u8], clas
         tokio::time::sleep(Duration::from_secs(f.delay as u64)).await;
     }
     if let Some(class) = class {
-        set_reply(target, qid, class, f.code.as_deref(), f.dsn.as_deref(), Some(&f.text));
+        set_reply(
+            target,
+            qid,
+            class,
+            f.code.as_deref(),
+            f.dsn.as_deref(),
+            Some(&f.text),
+        );
     }
 }
 
 /// Maps a check outcome at helo/mail/rcpt to the status, setting the reply
 /// and honouring the delay (§3.11). Returns the status and whether the
 /// verdict ends the transaction (cleanup needed).
-async fn verdict_status(reply: &mut indymilter::SmtpReply, qid: &str, outcome: Option<CheckReply>) -> (Status, Verdict) {
-    let Some(r) = outcome else { return (Status::Tempfail, Verdict::Tempfail) };
+async fn verdict_status(
+    reply: &mut indymilter::SmtpReply,
+    qid: &str,
+    outcome: Option<CheckReply>,
+) -> (Status, Verdict) {
+    let Some(r) = outcome else {
+        return (Status::Tempfail, Verdict::Tempfail);
+    };
     let class = match r.verdict {
         Verdict::Reject => Some(Class::Perm),
         Verdict::Tempfail => Some(Class::Temp),
@@ -326,7 +358,9 @@ async fn verdict_status(reply: &mut indymilter::SmtpReply, qid: &str, outcome: O
 /// Closes the files and removes the working directory unless told to keep
 /// it (§4.3). Forgets the message either way.
 fn cleanup(cfg: &Config, conn: &mut Conn) {
-    let Some(mut msg) = conn.msg.take() else { return };
+    let Some(mut msg) = conn.msg.take() else {
+        return;
+    };
     msg.dir.close_all();
     remove_working_directory(cfg, &conn.qid(), &msg.dir.path, msg.filter_failed);
 }
@@ -336,12 +370,19 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
         return;
     }
     if cfg.debug {
-        mm_log!(Info, "{qid}: Not cleaning up {dir} because of command-line `-d' flag");
+        mm_log!(
+            Info,
+            "{qid}: Not cleaning up {dir} because of command-line `-d' flag"
+        );
         return;
     }
     let flag = cfg.no_delete_flag();
     if flag.exists() {
-        mm_log!(Info, "{qid}: Not cleaning up {dir} because of {}", flag.display());
+        mm_log!(
+            Info,
+            "{qid}: Not cleaning up {dir} because of {}",
+            flag.display()
+        );
         return;
     }
     if cfg.keep_failed && filter_failed {
@@ -354,14 +395,22 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
 }
 
 fn no_private_data(callback: &str) -> Status {
-    mm_log!(Warning, "{callback}: Unable to obtain private data from milter context");
+    mm_log!(
+        Warning,
+        "{callback}: Unable to obtain private data from milter context"
+    );
     Status::Tempfail
 }
 
 // ---------------------------------------------------------------------------
 // Callbacks
 
-async fn negotiate(cfg: &Config, cx: &mut NegotiateContext<Conn>, actions: Actions, opts: ProtoOpts) -> Status {
+async fn negotiate(
+    cfg: &Config,
+    cx: &mut NegotiateContext<Conn>,
+    actions: Actions,
+    opts: ProtoOpts,
+) -> Status {
     cx.requested_actions = actions;
     cx.requested_opts = if cfg.see_rejected_rcpts && opts.contains(ProtoOpts::REJECTED_RCPT) {
         ProtoOpts::REJECTED_RCPT
@@ -381,7 +430,12 @@ async fn negotiate(cfg: &Config, cx: &mut NegotiateContext<Conn>, actions: Actio
     Status::Continue
 }
 
-async fn connect(cfg: &Config, cx: &mut Context<Conn>, hostname: CString, sock: SocketInfo) -> Status {
+async fn connect(
+    cfg: &Config,
+    cx: &mut Context<Conn>,
+    hostname: CString,
+    sock: SocketInfo,
+) -> Status {
     if cx.data.is_some() {
         close(cfg, cx).await;
     }
@@ -392,14 +446,26 @@ async fn connect(cfg: &Config, cx: &mut Context<Conn>, hostname: CString, sock: 
         };
         let is_local = is_localhost(&sock);
         let reserved = cfg.reserved_for_loopback;
-        let required = if reserved >= 0 && !is_local { reserved } else { 0 };
+        let required = if reserved >= 0 && !is_local {
+            reserved
+        } else {
+            0
+        };
         if n <= required && (reserved < 0 || !is_local) {
-            mm_log!(Warning, "mfconnect: No free workers: Need {}, found {}", required + 1, n);
+            mm_log!(
+                Warning,
+                "mfconnect: No free workers: Need {}, found {}",
+                required + 1,
+                n
+            );
             return Status::Tempfail;
         }
     }
 
-    let mut conn = Conn { hostname: Some(hostname.into_bytes()), ..Default::default() };
+    let mut conn = Conn {
+        hostname: Some(hostname.into_bytes()),
+        ..Default::default()
+    };
     if let SocketInfo::Inet(a) = &sock {
         conn.hostport = u32::from(a.port());
     }
@@ -448,8 +514,16 @@ async fn connect(cfg: &Config, cx: &mut Context<Conn>, hostname: CString, sock: 
     }
     cx.data = Some(conn);
     if debug_allocation() {
-        let data = cx.data.as_ref().map(|d| d as *const Conn).unwrap_or(std::ptr::null());
-        mm_log!(Debug, "Allocating private data: ctx={:p} data={data:p}", cx as *const _);
+        let data = cx
+            .data
+            .as_ref()
+            .map(|d| d as *const Conn)
+            .unwrap_or(std::ptr::null());
+        mm_log!(
+            Debug,
+            "Allocating private data: ctx={:p} data={data:p}",
+            cx as *const _
+        );
     }
     status
 }
@@ -462,7 +536,9 @@ fn debug_allocation() -> bool {
 }
 
 async fn helo(cfg: &Config, cx: &mut Context<Conn>, arg: CString) -> Status {
-    let Some(conn) = cx.data.as_mut() else { return Status::Tempfail };
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Tempfail;
+    };
     conn.helo = Some(arg.into_bytes());
     conn.set_queueid(&cx.macros);
     if !cfg.helo_check {
@@ -490,7 +566,9 @@ async fn helo(cfg: &Config, cx: &mut Context<Conn>, arg: CString) -> Status {
 
 async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
     let id = spool::generate_id();
-    let Some(conn) = cx.data.as_mut() else { return no_private_data("envfrom") };
+    let Some(conn) = cx.data.as_mut() else {
+        return no_private_data("envfrom");
+    };
     // A queue id never carries over to the next message (upstream's stale
     // qid bug): without an `i` macro now, there is none yet.
     if macro_value(&cx.macros, "i").is_none_or(<[u8]>::is_empty) {
@@ -499,7 +577,10 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     conn.set_queueid(&cx.macros);
     conn.qid_written = false;
     let qid = conn.qid();
-    let sender = args.first().map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+    let sender = args
+        .first()
+        .map(|a| a.as_bytes().to_vec())
+        .unwrap_or_default();
 
     let name = match &conn.qid {
         Some(q) => String::from_utf8_lossy(q).into_owned(),
@@ -531,7 +612,9 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     });
 
     let mut block = CommandsBlock::new();
-    block.line(b'i', Some(id.as_bytes())).line(b'S', Some(&sender));
+    block
+        .line(b'i', Some(id.as_bytes()))
+        .line(b'S', Some(&sender));
     for a in args.iter().skip(1) {
         block.line(b's', Some(a.as_bytes()));
     }
@@ -555,7 +638,12 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     let (ip, name, helo) = (conn.ip_or_unknown(), conn.name_or_ip(), conn.helo_field());
     let qid_field = conn.qid_bytes().to_vec();
     let msg = conn.msg.as_mut().expect("just created");
-    let written = msg.dir.headers.touch().and_then(|_| msg.dir.pristine.touch()).and_then(|_| msg.dir.commands.append(block.as_bytes()));
+    let written = msg
+        .dir
+        .headers
+        .touch()
+        .and_then(|_| msg.dir.pristine.touch())
+        .and_then(|_| msg.dir.commands.append(block.as_bytes()));
     if let Err(e) = written {
         mm_log!(Warning, "{qid}: {e}");
         cleanup(cfg, conn);
@@ -566,7 +654,11 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
         return Status::Continue;
     }
     let mut fields = vec![
-        if sender.is_empty() { b"UNKNOWN".to_vec() } else { sender },
+        if sender.is_empty() {
+            b"UNKNOWN".to_vec()
+        } else {
+            sender
+        },
         ip,
         name,
         helo,
@@ -584,7 +676,9 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
 }
 
 async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
-    let Some(conn) = cx.data.as_mut() else { return no_private_data("rcptto") };
+    let Some(conn) = cx.data.as_mut() else {
+        return no_private_data("rcptto");
+    };
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     if conn.msg.is_none() {
@@ -605,14 +699,23 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
         _ => b"?".to_vec(),
     };
     let (mailer, host, addr) = (field("rcpt_mailer"), field("rcpt_host"), field("rcpt_addr"));
-    let rcpt = args.first().map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+    let rcpt = args
+        .first()
+        .map(|a| a.as_bytes().to_vec())
+        .unwrap_or_default();
 
     if cfg.rcpt_check {
         let (ip, name, helo) = (conn.ip_or_unknown(), conn.name_or_ip(), conn.helo_field());
         let qid_field = conn.qid_bytes().to_vec();
         let msg = conn.msg.as_mut().expect("checked");
         let first = msg.first_rcpt.get_or_insert_with(|| rcpt.clone()).clone();
-        let or_unknown = |v: &[u8]| if v.is_empty() { b"UNKNOWN".to_vec() } else { v.to_vec() };
+        let or_unknown = |v: &[u8]| {
+            if v.is_empty() {
+                b"UNKNOWN".to_vec()
+            } else {
+                v.to_vec()
+            }
+        };
         let mut fields = vec![
             or_unknown(&rcpt),
             or_unknown(&msg.sender),
@@ -656,7 +759,9 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
 }
 
 async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CString) -> Status {
-    let Some(conn) = cx.data.as_mut() else { return no_private_data("header") };
+    let Some(conn) = cx.data.as_mut() else {
+        return no_private_data("header");
+    };
     let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
         mm_log!(Warning, "{qid}: header: no message in progress");
@@ -709,7 +814,9 @@ async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CStr
 }
 
 async fn eoh(cfg: &Config, cx: &mut Context<Conn>) -> Status {
-    let Some(conn) = cx.data.as_mut() else { return no_private_data("eoh") };
+    let Some(conn) = cx.data.as_mut() else {
+        return no_private_data("eoh");
+    };
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
@@ -728,7 +835,9 @@ async fn eoh(cfg: &Config, cx: &mut Context<Conn>) -> Status {
 }
 
 async fn body(cfg: &Config, cx: &mut Context<Conn>, chunk: bytes::Bytes) -> Status {
-    let Some(conn) = cx.data.as_mut() else { return no_private_data("body") };
+    let Some(conn) = cx.data.as_mut() else {
+        return no_private_data("body");
+    };
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
@@ -795,11 +904,17 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
     let path = format!("{dir}/NEWBODY");
     // NEWBODY must be a regular file inside the working directory: no
     // symlinks leading elsewhere.
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path);
     let mut file = match file {
         Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => f,
         Ok(_) => {
-            mm_log!(Warning, "{qid}: Could not open {path} for reading: not a regular file");
+            mm_log!(
+                Warning,
+                "{qid}: Could not open {path} for reading: not a regular file"
+            );
             return false;
         }
         Err(e) => {
@@ -844,7 +959,9 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
 
 async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     let start = Instant::now();
-    let Some(conn) = cx.data.as_mut() else { return no_private_data("eom") };
+    let Some(conn) = cx.data.as_mut() else {
+        return no_private_data("eom");
+    };
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     if conn.msg.is_none() {
@@ -874,7 +991,11 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
                 if ans.last() == Some(&b'\n') {
                     ans.pop();
                 }
-                mm_log!(Error, "{qid}: Error from multiplexor: {}", String::from_utf8_lossy(&ans));
+                mm_log!(
+                    Error,
+                    "{qid}: Error from multiplexor: {}",
+                    String::from_utf8_lossy(&ans)
+                );
             }
             conn.msg.as_mut().expect("checked").filter_failed = true;
             cleanup(cfg, conn);
@@ -887,12 +1008,21 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
         cleanup(cfg, conn);
         Status::Tempfail
     };
-    let Ok(data) = read_results(&qid, &dir) else { return failed(conn) };
+    let Ok(data) = read_results(&qid, &dir) else {
+        return failed(conn);
+    };
     let status = match results::parse(&data) {
         Err(e) => {
             mm_log!(Warning, "{qid}: {e}");
             cleanup(cfg, conn);
-            set_reply(&mut cx.reply, &qid, Class::Perm, Some(b"554"), Some(b"5.4.0"), Some(b"Overlong line in RESULTS file"));
+            set_reply(
+                &mut cx.reply,
+                &qid,
+                Class::Perm,
+                Some(b"554"),
+                Some(b"5.4.0"),
+                Some(b"Overlong line in RESULTS file"),
+            );
             Status::Reject
         }
         Ok(res) => {
@@ -901,7 +1031,12 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
         }
     };
     if cfg.log_times {
-        mm_log!(Info, "{}: Filter time is {}ms", conn.qid(), start.elapsed().as_millis());
+        mm_log!(
+            Info,
+            "{}: Filter time is {}ms",
+            conn.qid(),
+            start.elapsed().as_millis()
+        );
     }
     status
 }
@@ -918,15 +1053,27 @@ async fn apply_results(
     let rejecting = res.rejecting;
     // Refuse values that would inject header lines or break the header
     // grammar before sending anything: a half-applied result is worse.
-    let to_check: Vec<Action> =
-        res.actions.iter().filter(|a| !rejecting || !a.is_modification()).cloned().collect();
+    let to_check: Vec<Action> = res
+        .actions
+        .iter()
+        .filter(|a| !rejecting || !a.is_modification())
+        .cloned()
+        .collect();
     if let Err((i, e)) = results::check_actions(&to_check) {
-        mm_log!(Error, "{qid}: RESULTS instruction {} refused: {e}: Tempfailing", i + 1);
+        mm_log!(
+            Error,
+            "{qid}: RESULTS instruction {} refused: {e}: Tempfailing",
+            i + 1
+        );
         conn.msg.as_mut().expect("in eom").filter_failed = true;
         cleanup(cfg, conn);
         return Status::Tempfail;
     }
-    let seen_mime_version = conn.msg.as_ref().map(|m| m.seen_mime_version).unwrap_or(true);
+    let seen_mime_version = conn
+        .msg
+        .as_ref()
+        .map(|m| m.seen_mime_version)
+        .unwrap_or(true);
     for action in &res.actions {
         if rejecting && action.is_modification() {
             continue;
@@ -934,7 +1081,14 @@ async fn apply_results(
         let r = match action {
             Action::Bounce { code, dsn, text } => {
                 mm_log!(Debug, "{qid}: Bouncing because filter instructed us to");
-                set_reply(reply, qid, Class::Perm, code.as_deref(), dsn.as_deref(), text.as_deref());
+                set_reply(
+                    reply,
+                    qid,
+                    Class::Perm,
+                    code.as_deref(),
+                    dsn.as_deref(),
+                    text.as_deref(),
+                );
                 cleanup(cfg, conn);
                 return Status::Reject;
             }
@@ -945,7 +1099,14 @@ async fn apply_results(
             }
             Action::Tempfail { code, dsn, text } => {
                 mm_log!(Debug, "{qid}: Tempfailing because filter instructed us to");
-                set_reply(reply, qid, Class::Temp, code.as_deref(), dsn.as_deref(), text.as_deref());
+                set_reply(
+                    reply,
+                    qid,
+                    Class::Temp,
+                    code.as_deref(),
+                    dsn.as_deref(),
+                    text.as_deref(),
+                );
                 cleanup(cfg, conn);
                 return Status::Tempfail;
             }
@@ -959,19 +1120,26 @@ async fn apply_results(
             }
             Action::ContentType(v) => {
                 if !v.is_empty() {
-                    if let Err(e) = actions.change_header("Content-Type", 1, Some(cstring(v))).await {
+                    if let Err(e) = actions
+                        .change_header("Content-Type", 1, Some(cstring(v)))
+                        .await
+                    {
                         action_failed(qid, "smfi_chgheader", &e);
                     }
                 }
                 if !seen_mime_version {
-                    actions.change_header("MIME-Version", 1, Some("1.0")).await.map_err(|e| ("smfi_chgheader", e))
+                    actions
+                        .change_header("MIME-Version", 1, Some("1.0"))
+                        .await
+                        .map_err(|e| ("smfi_chgheader", e))
                 } else {
                     Ok(())
                 }
             }
-            Action::AddHeader { name, value } => {
-                actions.add_header(cstring(name), cstring(value)).await.map_err(|e| ("smfi_addheader", e))
-            }
+            Action::AddHeader { name, value } => actions
+                .add_header(cstring(name), cstring(value))
+                .await
+                .map_err(|e| ("smfi_addheader", e)),
             Action::InsertHeader { index, name, value } => actions
                 .insert_header(*index, cstring(name), cstring(value))
                 .await
@@ -984,21 +1152,38 @@ async fn apply_results(
                 .change_header(cstring(name), *index, None::<CString>)
                 .await
                 .map_err(|e| ("smfi_chgheader", e)),
-            Action::AddRcpt(a) => actions.add_recipient(cstring(a)).await.map_err(|e| ("smfi_addrcpt", e)),
-            Action::DeleteRcpt(a) => actions.delete_recipient(cstring(a)).await.map_err(|e| ("smfi_delrcpt", e)),
-            Action::ChangeFrom(a) => {
-                actions.change_sender(cstring(a), None::<CString>).await.map_err(|e| ("smfi_chgfrom", e))
-            }
+            Action::AddRcpt(a) => actions
+                .add_recipient(cstring(a))
+                .await
+                .map_err(|e| ("smfi_addrcpt", e)),
+            Action::DeleteRcpt(a) => actions
+                .delete_recipient(cstring(a))
+                .await
+                .map_err(|e| ("smfi_delrcpt", e)),
+            Action::ChangeFrom(a) => actions
+                .change_sender(cstring(a), None::<CString>)
+                .await
+                .map_err(|e| ("smfi_chgfrom", e)),
             Action::Quarantine(reason) => {
                 if reason.is_empty() {
-                    mm_log!(Warning, "{qid}: do_sm_quarantine returned MI_FAILURE (empty reason)");
+                    mm_log!(
+                        Warning,
+                        "{qid}: do_sm_quarantine returned MI_FAILURE (empty reason)"
+                    );
                     Ok(())
                 } else {
-                    actions.quarantine(cstring(reason)).await.map_err(|e| ("do_sm_quarantine", e))
+                    actions
+                        .quarantine(cstring(reason))
+                        .await
+                        .map_err(|e| ("do_sm_quarantine", e))
                 }
             }
             Action::Unknown(c) => {
-                mm_log!(Warning, "{qid}: Unknown command '{}' in RESULTS file", char::from(*c).escape_default());
+                mm_log!(
+                    Warning,
+                    "{qid}: Unknown command '{}' in RESULTS file",
+                    char::from(*c).escape_default()
+                );
                 Ok(())
             }
         };
@@ -1007,7 +1192,10 @@ async fn apply_results(
         }
     }
     if !res.finished {
-        mm_log!(Error, "{qid}: RESULTS file did not finish with 'F' line: Tempfailing");
+        mm_log!(
+            Error,
+            "{qid}: RESULTS file did not finish with 'F' line: Tempfailing"
+        );
         conn.msg.as_mut().expect("in eom").filter_failed = true;
         cleanup(cfg, conn);
         return Status::Tempfail;
@@ -1023,11 +1211,17 @@ async fn apply_results(
     }
     let n = conn.msg.as_ref().map(|m| m.content_types).unwrap_or(0);
     if n > 1 {
-        mm_log!(Warning, "{qid}: WARNING: {n} Content-Type headers found -- deleting all but first");
+        mm_log!(
+            Warning,
+            "{qid}: WARNING: {n} Content-Type headers found -- deleting all but first"
+        );
         // Highest index first: correct whether or not the MTA renumbers
         // the remaining headers after a deletion.
         for j in (2..=n).rev() {
-            if let Err(e) = actions.change_header("Content-Type", j as i32, None::<CString>).await {
+            if let Err(e) = actions
+                .change_header("Content-Type", j as i32, None::<CString>)
+                .await
+            {
                 action_failed(qid, "smfi_chgheader", &e);
             }
         }
@@ -1051,7 +1245,12 @@ async fn abort(cfg: &Config, cx: &mut Context<Conn>) -> Status {
 async fn close(cfg: &Config, cx: &mut Context<Conn>) -> Status {
     if debug_allocation() {
         if let Some(d) = cx.data.as_ref() {
-            mm_log!(Debug, "Deallocating private data: ctx={:p} data={:p}", cx as *const _, d as *const Conn);
+            mm_log!(
+                Debug,
+                "Deallocating private data: ctx={:p} data={:p}",
+                cx as *const _,
+                d as *const Conn
+            );
         }
     }
     if let Some(mut conn) = cx.data.take() {
@@ -1095,18 +1294,32 @@ mod tests {
     fn client_addresses() {
         let inet = |s: &str| SocketInfo::Inet(s.parse().unwrap());
         assert_eq!(host_ip(&inet("192.0.2.1:25")).as_deref(), Some("192.0.2.1"));
-        assert_eq!(host_ip(&inet("[::ffff:192.0.2.1]:25")).as_deref(), Some("192.0.2.1"));
-        assert_eq!(host_ip(&inet("[::192.0.2.1]:25")).as_deref(), Some("192.0.2.1"));
-        assert_eq!(host_ip(&inet("[2001:db8::1]:25")).as_deref(), Some("2001:db8::1"));
+        assert_eq!(
+            host_ip(&inet("[::ffff:192.0.2.1]:25")).as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            host_ip(&inet("[::192.0.2.1]:25")).as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            host_ip(&inet("[2001:db8::1]:25")).as_deref(),
+            Some("2001:db8::1")
+        );
         assert_eq!(host_ip(&inet("[::1]:25")).as_deref(), Some("::1"));
         assert_eq!(host_ip(&inet("[::2]:25")).as_deref(), Some("::2"));
-        assert_eq!(host_ip(&SocketInfo::Unix(CString::new("/s").unwrap())).as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            host_ip(&SocketInfo::Unix(CString::new("/s").unwrap())).as_deref(),
+            Some("127.0.0.1")
+        );
         assert_eq!(host_ip(&SocketInfo::Unknown), None);
         assert!(is_localhost(&inet("127.0.0.1:1")));
         assert!(is_localhost(&inet("[::1]:1")));
         assert!(!is_localhost(&inet("[::ffff:127.0.0.1]:1")));
         assert!(!is_localhost(&inet("127.0.0.2:1")));
-        assert!(!is_localhost(&SocketInfo::Unix(CString::new("/s").unwrap())));
+        assert!(!is_localhost(&SocketInfo::Unix(
+            CString::new("/s").unwrap()
+        )));
         assert!(is_localhost(&SocketInfo::Unknown));
     }
 }

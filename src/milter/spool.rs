@@ -71,7 +71,10 @@ fn bare_cr_to_space(out: &mut Vec<u8>, s: &[u8]) -> bool {
 /// Removes every CR and LF (upstream's `chomp`): HEADERS holds each header on
 /// one line with its folding whitespace kept.
 pub fn strip_crlf(s: &[u8]) -> Vec<u8> {
-    s.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect()
+    s.iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect()
 }
 
 /// The HEADERS line for one header.
@@ -95,7 +98,10 @@ pub struct BodyFilter {
 
 impl BodyFilter {
     pub fn new(strip_bare_cr: bool) -> Self {
-        BodyFilter { strip_bare_cr, ..Default::default() }
+        BodyFilter {
+            strip_bare_cr,
+            ..Default::default()
+        }
     }
 
     /// Whether a bare CR or a NUL was seen so far.
@@ -151,7 +157,11 @@ pub struct SpoolFile {
 
 impl SpoolFile {
     fn new(path: PathBuf, conserve: bool) -> Self {
-        SpoolFile { path, file: None, conserve }
+        SpoolFile {
+            path,
+            file: None,
+            conserve,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -186,7 +196,9 @@ impl SpoolFile {
         let conserve = self.conserve;
         let path = self.path.clone();
         let f = self.open()?;
-        let r = f.write_all(bytes).map_err(|e| SpoolError::Write(path, bytes.len(), e));
+        let r = f
+            .write_all(bytes)
+            .map_err(|e| SpoolError::Write(path, bytes.len(), e));
         if conserve {
             self.file = None;
         }
@@ -256,7 +268,8 @@ pub fn remove_tree(path: &Path, warn: &mut dyn FnMut(String)) -> std::io::Result
         }
     };
     if !meta.is_dir() {
-        return std::fs::remove_file(path).inspect_err(|e| warn(format!("rm_r: unlink({}) failed: {e}", path.display())));
+        return std::fs::remove_file(path)
+            .inspect_err(|e| warn(format!("rm_r: unlink({}) failed: {e}", path.display())));
     }
     let mut first_err = None;
     match std::fs::read_dir(path) {
@@ -312,7 +325,10 @@ mod tests {
         let (l, s) = pristine_header_line(b"Subject", b"one\n\ttwo");
         assert_eq!(l, b"Subject: one\n\ttwo\n");
         assert!(!s);
-        assert_eq!(headers_line(b"Subject", b"one\n\ttwo"), b"Subject: one\ttwo\n");
+        assert_eq!(
+            headers_line(b"Subject", b"one\n\ttwo"),
+            b"Subject: one\ttwo\n"
+        );
         // Bare CR (also at the very end) becomes a space; CRLF is kept.
         let (l, s) = pristine_header_line(b"X\rY", b"a\r\n b\rc\r");
         assert_eq!(l, b"X Y: a\r\n b c \n");
@@ -355,7 +371,10 @@ mod tests {
         w.headers.touch().unwrap();
         w.commands.append(b"F\n").unwrap();
         w.commands.append(b"G\n").unwrap();
-        assert_eq!(std::fs::read(Path::new(&w.path).join("COMMANDS")).unwrap(), b"F\nG\n");
+        assert_eq!(
+            std::fs::read(Path::new(&w.path).join("COMMANDS")).unwrap(),
+            b"F\nG\n"
+        );
         assert!(WorkDir::create(spool, "abc", false).is_err());
         std::fs::create_dir(Path::new(&w.path).join("Work")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", Path::new(&w.path).join("link")).unwrap();

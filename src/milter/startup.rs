@@ -2,14 +2,13 @@
 //! daemonising with a readiness pipe, pid/lock files, the wait for the
 //! multiplexor, and the indymilter main loop with signal handling.
 
-use std::io::Write;
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-
 
 use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
 use super::session::{self, Config};
@@ -30,8 +29,18 @@ pub fn prcap() -> String {
     let mut line = |k: &str, v: &str| s.push_str(&format!("{k:<30} {v}\n"));
     line("SMFI_VERSION", "1.0.1 (New-Style)");
     for cap in [
-        "CHGFROM", "CHGHDRS", "DATA", "INSHEADER", "NEGOTIATE", "OPENSOCKET", "PROGRESS", "QUARANTINE", "SETMLREPLY",
-        "SETSYMLIST", "UNKNOWN", "VERSION",
+        "CHGFROM",
+        "CHGHDRS",
+        "DATA",
+        "INSHEADER",
+        "NEGOTIATE",
+        "OPENSOCKET",
+        "PROGRESS",
+        "QUARANTINE",
+        "SETMLREPLY",
+        "SETSYMLIST",
+        "UNKNOWN",
+        "VERSION",
     ] {
         line(&format!("MILTER_BUILDLIB_HAS_{cap}"), "1");
     }
@@ -48,7 +57,11 @@ pub fn prcap() -> String {
 
 fn find_perl() -> String {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("perl")).find(|p| p.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("perl"))
+                .find(|p| p.is_file())
+        })
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/usr/bin/perl".to_string())
 }
@@ -85,10 +98,13 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         die(format!("{argv0}: Macro name too long: {m}\n"));
     }
     if opts.extra_macros.len() > MAX_EXTRA_MACROS {
-        die(format!("{argv0}: Too many Sendmail macros (max {MAX_EXTRA_MACROS})\n"));
+        die(format!(
+            "{argv0}: Too many Sendmail macros (max {MAX_EXTRA_MACROS})\n"
+        ));
     }
     let facility = match &opts.facility {
-        Some(f) => super::log::facility_by_name(f).unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
+        Some(f) => super::log::facility_by_name(f)
+            .unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
         None => libc::LOG_MAIL,
     };
     let conn = match opts.conn.as_deref() {
@@ -101,7 +117,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let Some(mx_socket) = opts.mx_socket.clone() else {
         die(format!("{argv0}: You must use the `-m' option.\n"));
     };
-    let mut spool_dir = opts.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string());
+    let mut spool_dir = opts
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| SPOOLDIR.to_string());
     // Workers chdir to their own spool directory before each command, so a
     // relative working-directory path would point nowhere: anchor it here.
     if !spool_dir.starts_with('/') {
@@ -121,7 +140,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     if let Some(user) = &opts.user {
         match daemon::drop_privileges(user) {
             Ok(()) => {}
-            Err(daemon::DaemonError::UnknownUser(_)) => die(format!("{argv0}: Unknown user `{user}'")),
+            Err(daemon::DaemonError::UnknownUser(_)) => {
+                die(format!("{argv0}: Unknown user `{user}'"))
+            }
             Err(e) => die(format!("{argv0}: Could not drop privileges: {e}")),
         }
     }
@@ -165,7 +186,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let my_ip = my_ip_address();
     match &my_ip {
         Some(ip) => mm_log!(Info, "My IP address appears to be {ip}"),
-        None => mm_log!(Warning, "Could not determine my own IP address!  Ensure that this host has a default route."),
+        None => mm_log!(
+            Warning,
+            "Could not determine my own IP address!  Ensure that this host has a default route."
+        ),
     }
 
     let cfg = Config {
@@ -191,7 +215,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         mx_timeout: mx_timeout(),
     };
 
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             mm_log!(Error, "cannot start the runtime: {e}");
@@ -199,7 +226,11 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             return 1;
         }
     };
-    let (socket_umask, file_umask) = if opts.group_access { (0o007, 0o027) } else { (0o077, 0o077) };
+    let (socket_umask, file_umask) = if opts.group_access {
+        (0o007, 0o027)
+    } else {
+        (0o077, 0o077)
+    };
     let status = rt.block_on(async {
         // The umask brackets the socket creation.
         daemon::set_umask(socket_umask);
@@ -271,7 +302,10 @@ fn remove_files(opts: &Options) {
 /// `MAILMUNGE_MX_TIMEOUT` (seconds; 0 = wait forever) overrides the default
 /// bound on multiplexor requests.
 fn mx_timeout() -> Option<Duration> {
-    match std::env::var("MAILMUNGE_MX_TIMEOUT").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+    match std::env::var("MAILMUNGE_MX_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(s)),
         None => Some(DEFAULT_MX_TIMEOUT),
@@ -280,7 +314,10 @@ fn mx_timeout() -> Option<Duration> {
 
 /// Up to 200 tries, 100 ms apart, for a `free` answer (§1.4 step 10).
 async fn wait_for_multiplexor(cfg: &Config) -> bool {
-    let probe = Config { mx_timeout: Some(Duration::from_secs(2)), ..cfg.clone() };
+    let probe = Config {
+        mx_timeout: Some(Duration::from_secs(2)),
+        ..cfg.clone()
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -299,7 +336,9 @@ async fn wait_for_multiplexor(cfg: &Config) -> bool {
 /// `free` without the per-failure error lines (the start-up loop expects
 /// failures while the multiplexor comes up).
 async fn quiet_free(cfg: &Config) -> Option<i64> {
-    let r = crate::mxclient::request(&cfg.mx_socket, b"free\n", cfg.mx_timeout).await.ok()?;
+    let r = crate::mxclient::request(&cfg.mx_socket, b"free\n", cfg.mx_timeout)
+        .await
+        .ok()?;
     super::reply::parse_free_reply(&r.bytes)
 }
 
@@ -321,7 +360,11 @@ async fn shutdown_signal(foreground: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
-    let mut hup = if foreground { signal(SignalKind::hangup()).ok() } else { None };
+    let mut hup = if foreground {
+        signal(SignalKind::hangup()).ok()
+    } else {
+        None
+    };
     async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
         match s {
             Some(s) => {
@@ -349,7 +392,10 @@ struct NoDelayListener {
 
 impl NoDelayListener {
     fn new(inner: Listener) -> Self {
-        NoDelayListener { inner, backoff: None }
+        NoDelayListener {
+            inner,
+            backoff: None,
+        }
     }
 }
 
@@ -365,7 +411,9 @@ impl indymilter::Listener for NoDelayListener {
                 self.backoff = None;
             }
             let r = match &mut self.inner {
-                Listener::Unix(l, _) => tokio::net::UnixListener::poll_accept(l, cx).map_ok(|(s, _)| Stream::Unix(s)),
+                Listener::Unix(l, _) => {
+                    tokio::net::UnixListener::poll_accept(l, cx).map_ok(|(s, _)| Stream::Unix(s))
+                }
                 Listener::Tcp(l) => tokio::net::TcpListener::poll_accept(l, cx).map_ok(|(s, _)| {
                     let _ = s.set_nodelay(true);
                     Stream::Tcp(s)
@@ -376,7 +424,12 @@ impl indymilter::Listener for NoDelayListener {
                     // A client that gave up before accept must not end the milter.
                     mm_log!(Warning, "accept failed: {e}");
                 }
-                Poll::Ready(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Poll::Ready(Err(e))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
                     mm_log!(Error, "accept failed: {e}; pausing for 100ms");
                     self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                 }

@@ -39,7 +39,10 @@ impl Step {
         }
     }
     pub fn raw(command: &str, reply: &[u8]) -> Step {
-        Step { reply: reply.to_vec(), ..Step::new(command, "") }
+        Step {
+            reply: reply.to_vec(),
+            ..Step::new(command, "")
+        }
     }
     pub fn with_file(mut self, name: &str, data: &[u8]) -> Step {
         self.results.push((name.into(), data.to_vec()));
@@ -108,12 +111,20 @@ impl FakeMux {
         let task = tokio::spawn(async move {
             let ids = Arc::new(Mutex::new(Vec::<String>::new()));
             loop {
-                let Ok((s, _)) = listener.accept().await else { return };
-                let (log, script, spool, ids) = (log2.clone(), script2.clone(), spool.clone(), ids.clone());
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, script, spool, ids) =
+                    (log2.clone(), script2.clone(), spool.clone(), ids.clone());
                 tokio::spawn(async move { serve(s, log, script, &spool, ids, free_reply).await });
             }
         });
-        FakeMux { path: path.to_path_buf(), log, script, task }
+        FakeMux {
+            path: path.to_path_buf(),
+            log,
+            script,
+            task,
+        }
     }
 
     pub fn remaining(&self) -> usize {
@@ -140,7 +151,10 @@ pub fn normalise(s: &str, spool: &str, ids: &Mutex<Vec<String>>) -> String {
     while let Some(i) = rest.find("<SPOOL>/mm-") {
         let start = i + "<SPOOL>/mm-".len();
         out.push_str(&rest[..start]);
-        let id: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let id: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
         out.push_str(&mmid(&id, ids));
         rest = &rest[start + id.len()..];
     }
@@ -174,7 +188,9 @@ async fn serve(
         return;
     }
     log.lock().unwrap().lines.push(line.clone());
-    let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_string();
+    let text = String::from_utf8_lossy(&line)
+        .trim_end_matches('\n')
+        .to_string();
     let mut words = text.split(' ');
     let cmd = words.next().unwrap_or("").to_string();
     if cmd == "free" {
@@ -182,20 +198,31 @@ async fn serve(
         let _ = r.get_mut().write_all(free_reply.as_bytes()).await;
         return;
     }
-    let args: Vec<String> = words.map(|w| String::from_utf8_lossy(&percent_decode(w.as_bytes())).into_owned()).collect();
+    let args: Vec<String> = words
+        .map(|w| String::from_utf8_lossy(&percent_decode(w.as_bytes())).into_owned())
+        .collect();
     let step = script.lock().unwrap().pop_front();
     let Some(step) = step else {
-        log.lock().unwrap().errors.push(format!("unexpected request {text:?}"));
+        log.lock()
+            .unwrap()
+            .errors
+            .push(format!("unexpected request {text:?}"));
         let _ = r.get_mut().write_all(b"error: script exhausted\n").await;
         return;
     };
     if step.command != cmd {
-        log.lock().unwrap().errors.push(format!("expected {} got {text:?}", step.command));
+        log.lock()
+            .unwrap()
+            .errors
+            .push(format!("expected {} got {text:?}", step.command));
     }
     if let Some(expected) = &step.args {
         let got: Vec<String> = args.iter().map(|a| normalise(a, spool, &ids)).collect();
         if &got != expected {
-            log.lock().unwrap().errors.push(format!("{cmd}: expected args {expected:?}, got {got:?}"));
+            log.lock()
+                .unwrap()
+                .errors
+                .push(format!("{cmd}: expected args {expected:?}, got {got:?}"));
         }
     }
     if cmd == "scan" && args.len() == 2 {
@@ -230,19 +257,47 @@ impl Milter {
     /// Starts `mailmunge -p unix:<socket> -m <mux> -z <spool> -D <extra>`
     /// (plus `-U mailmunge` when running as root) and waits until the
     /// socket accepts connections.
-    pub fn start(dir: &Path, mux: &Path, spool: &Path, extra: &[&str], env: &[(&str, &str)]) -> Milter {
+    pub fn start(
+        dir: &Path,
+        mux: &Path,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Milter {
         let sockdir = dir.join("msock");
         std::fs::create_dir_all(&sockdir).unwrap();
         std::fs::set_permissions(&sockdir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let socket = sockdir.join("milter.sock");
-        Milter::start_on(&format!("unix:{}", socket.display()), socket.clone(), dir, mux, spool, extra, env)
+        Milter::start_on(
+            &format!("unix:{}", socket.display()),
+            socket.clone(),
+            dir,
+            mux,
+            spool,
+            extra,
+            env,
+        )
     }
 
-    pub fn start_on(spec: &str, socket: PathBuf, dir: &Path, mux: &Path, spool: &Path, extra: &[&str], env: &[(&str, &str)]) -> Milter {
+    pub fn start_on(
+        spec: &str,
+        socket: PathBuf,
+        dir: &Path,
+        mux: &Path,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Milter {
         let stderr_path = dir.join("milter.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailmunge"));
-        cmd.arg("-p").arg(spec).arg("-m").arg(mux).arg("-z").arg(spool).arg("-D");
+        cmd.arg("-p")
+            .arg(spec)
+            .arg("-m")
+            .arg(mux)
+            .arg("-z")
+            .arg(spool)
+            .arg("-D");
         if unsafe { libc::geteuid() } == 0 {
             cmd.arg("-U").arg("mailmunge");
         }
@@ -256,7 +311,11 @@ impl Milter {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut m = Milter { child, socket, stderr_path };
+        let mut m = Milter {
+            child,
+            socket,
+            stderr_path,
+        };
         m.wait_ready();
         m
     }
@@ -268,7 +327,10 @@ impl Milter {
                 return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("milter exited ({st}) during start-up; its log:\n{}", self.log());
+                panic!(
+                    "milter exited ({st}) during start-up; its log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -280,7 +342,9 @@ impl Milter {
     }
 
     pub async fn connect(&self) -> MtaClient {
-        MtaClient { s: Box::new(UnixStream::connect(&self.socket).await.unwrap()) }
+        MtaClient {
+            s: Box::new(UnixStream::connect(&self.socket).await.unwrap()),
+        }
     }
 }
 
@@ -351,7 +415,12 @@ pub struct Packet {
 
 impl std::fmt::Display for Packet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "'{}' {:?}", self.kind as char, String::from_utf8_lossy(&self.data))
+        write!(
+            f,
+            "'{}' {:?}",
+            self.kind as char,
+            String::from_utf8_lossy(&self.data)
+        )
     }
 }
 
@@ -373,9 +442,14 @@ impl MtaClient {
             let len = u32::from_be_bytes(len) as usize;
             let mut buf = vec![0u8; len];
             self.s.read_exact(&mut buf).await.ok()?;
-            Some(Packet { kind: buf[0], data: buf[1..].to_vec() })
+            Some(Packet {
+                kind: buf[0],
+                data: buf[1..].to_vec(),
+            })
         };
-        tokio::time::timeout(Duration::from_secs(10), fut).await.expect("milter reply within 10 s")
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .expect("milter reply within 10 s")
     }
 
     pub async fn call(&mut self, kind: u8, data: &[u8]) -> Packet {
@@ -386,7 +460,8 @@ impl MtaClient {
     /// Option negotiation as Postfix 3 offers it (version 6, all actions,
     /// all protocol flags); returns the milter's reply payload.
     pub async fn negotiate(&mut self) -> Packet {
-        self.call(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff]).await
+        self.call(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff])
+            .await
     }
 
     pub async fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
