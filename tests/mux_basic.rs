@@ -268,3 +268,14 @@ fn stats_file_records_events() {
     let mode = std::fs::metadata(&stats).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn command_that_cannot_be_written_is_answered_at_once() {
+    let mx = Mx::start(&["-x", "1"]);
+    let pid1 = mx.req_s("pid");
+    assert_eq!(mx.req(b"closein\n"), b"closed\n");
+    assert_eq!(mx.req(b"ping\n"), b"error: Error talking to worker process\n");
+    // The worker is killed and replaced.
+    let pid2 = mx.wait_for("pid", |r| r.trim_end().parse::<u32>().is_ok());
+    assert_ne!(pid1, pid2);
+}
