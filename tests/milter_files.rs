@@ -276,3 +276,32 @@ async fn recipient_and_helo_verdicts() {
     assert_eq!(mta.rcpt(&[b"<vip@x>"]).await.kind, b'a');
     assert!(scratch.leftover_dirs().is_empty());
 }
+
+/// Codes libmilter would pass but indymilter refuses keep their text with
+/// the default codes (protocol/milter.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_reply_codes_fall_back_to_defaults() {
+    let (_scratch, mux, milter) = start(&["-s"]);
+    mux.push(Step::new("senderok", "ok 0 odd%20code 561 5.7.1 0"));
+    mux.push(Step::new("senderok", "ok -1 zero%20led 451 4.07.1 0"));
+    let mut mta = milter.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    assert_eq!(
+        mta.mail(&[b"<a@b>"]).await,
+        Packet {
+            kind: b'y',
+            data: b"554 5.7.1 odd code\0".to_vec()
+        }
+    );
+    assert_eq!(
+        mta.mail(&[b"<a@b>"]).await,
+        Packet {
+            kind: b'y',
+            data: b"451 4.3.0 zero led\0".to_vec()
+        }
+    );
+    assert!(milter
+        .log()
+        .contains("reply code 561 5.7.1 not accepted by the milter library; using 554 5.7.1"));
+}
