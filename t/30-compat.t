@@ -82,6 +82,17 @@ is(scalar($e->parts), 2, 'two parts');
 is($e->parts(0)->bodyhandle->as_string, "Just text.\n", 'original text first');
 is($e->parts(1)->bodyhandle->as_string, "Last.\n", 'added part second');
 
+# --- Top-level Content-* headers follow the rebuilt top level
+($reply, $dir) = scan('t/data/ext/msgs/qp.eml', 'add-last');
+$r = lines("$dir/RESULTS");
+is($r->[0], 'JContent-Transfer-Encoding 1', 'QP single part made multipart: its Content-Transfer-Encoding is removed');
+like($r->[1], qr/^Mmultipart\/mixed;/, 'then the M line');
+($reply, $dir) = scan('t/data/ext/msgs/collapse.eml', 'collapse');
+is(file("$dir/RESULTS"), "IContent-Disposition 1 attachment;%20filename=%22keep.pdf%22\nIContent-Transfer-Encoding 1 base64\n"
+   . "Mapplication/pdf;%20name=%22keep.pdf%22\nIMIME-Version 1 1.0\nC\nF\n",
+   'multipart collapsed to its base64 part: disposition and encoding follow it');
+is(file("$dir/NEWBODY"), "JVBERi0xLjQK\n", 'NEWBODY is the encoded part body');
+
 # --- Verdicts from callbacks
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'begin-reject');
 is($reply, 'ok', 'scan ok');

@@ -40,6 +40,8 @@ sub filter_message
 	# Taken before filter_begin: a body replaced there (new_mime_entity)
 	# is not what the rebuild walks.
 	my $entity = $ctx->mime_entity;
+	# The top-level header as the MTA has it, to compare with the result.
+	my $orig_head = $entity ? $entity->head->dup : undef;
 	$ctx->privdata($STATE_KEY, { changed => 0, added_parts => [], warnings => [] });
 
 	$self->push_tag($ctx, 'In filter_begin');
@@ -81,9 +83,43 @@ sub filter_message
 			last unless scalar(@parts) == 1;
 			$rebuilt = $parts[0];
 		}
+		$self->_reconcile_content_headers($ctx, $orig_head, $rebuilt->head);
 		$ctx->new_mime_entity($rebuilt);
 	}
 	return;
+}
+
+# The framework only rewrites Content-Type (the M line) at the MTA.  When
+# the rebuild changes the top level (a single-part message made multipart,
+# or a multipart collapsed to its one remaining part), the other Content-*
+# headers must follow, or e.g. a base64 part would be delivered under the
+# original "Content-Transfer-Encoding: 7bit".  (Upstream left them stale.)
+sub _reconcile_content_headers
+{
+	my ($self, $ctx, $old, $new) = @_;
+	return unless $old && $new;
+	my (%o, %n);
+	foreach my $t (grep { /^content-/i && !/^content-type$/i } $old->tags) {
+		$o{lc($t)} = [$t, $old->get($t, 0)];
+	}
+	foreach my $t (grep { /^content-/i && !/^content-type$/i } $new->tags) {
+		$n{lc($t)} = [$t, $new->get($t, 0)];
+	}
+	foreach my $k (sort keys %n) {
+		my ($name, $val) = @{$n{$k}};
+		$val = '' unless defined($val);
+		$val =~ s/\s+\z//;
+		if ($o{$k}) {
+			my $ov = defined($o{$k}[1]) ? $o{$k}[1] : '';
+			$ov =~ s/\s+\z//;
+			next if $ov eq $val;
+		}
+		$ctx->action_change_header($name, $val);
+	}
+	foreach my $k (sort keys %o) {
+		next if $n{$k};
+		$ctx->action_delete_header($o{$k}[0]);
+	}
 }
 
 sub _do_add_parts
@@ -338,7 +374,11 @@ top-level multipart (a single-part message is made multipart first),
 all warnings go into a final inline C<warnings.txt> part (UTF-8 text),
 and a multipart left with only one part is replaced by that part.  The
 result becomes the new body (see C<new_mime_entity> in
-L<Mailmunge::Context>).
+L<Mailmunge::Context>).  When that changes the top-level C<Content-*>
+headers other than C<Content-Type> (which the framework updates itself),
+the changes are requested with C<action_change_header> /
+C<action_delete_header>, so the MTA delivers the new body under matching
+headers.
 
 =head1 METHODS
 
