@@ -12,5 +12,6 @@ use MMTest::Cases;
 my $e2e = MMTest::E2E->setup(mta => 'sendmail', milter_args => [qw(-s -t)],
     mta_opts => MMTest::Cases::mta_rejects_recipient_opts('sendmail'));
 MMTest::Cases::extras($e2e);
+MMTest::Cases::edges($e2e);
 $e2e->teardown;
 done_testing;

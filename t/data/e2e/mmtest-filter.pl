@@ -5,11 +5,13 @@
 #   connecting client address   127.0.0.3 reject, 127.0.0.4 tempfail (relay check, -r)
 #   HELO name                   helo-reject.*, helo-tempfail.*        (-H)
 #   envelope sender local part  reject-sender, tempfail-sender, reject550-sender,
-#                               accept-sender (accept, no more filtering), discard-sender (-s)
-#   recipient local part        reject-rcpt, tempfail-rcpt            (-t)
+#                               accept-sender (accept, no more filtering), discard-sender,
+#                               multiline-sender, percent-sender, eightbit-sender (reply texts) (-s)
+#   recipient local part        reject-rcpt, tempfail-rcpt, discard-rcpt (-t)
 #   Subject words (filter_message), any combination:
 #     addhdr inshdr chghdr delhdr addrcpt delrcpt chgsender newbody appendbody
 #     bounce bounce550 tempfail discard quarantine smquarantine die envelope
+#     longhdr chgsecond emptybody
 #
 # Every message that reaches filter_message also gets "X-MMTest-Filtered: yes".
 use strict;
@@ -53,6 +55,9 @@ sub filter_sender {
         if $lp eq 'reject550-sender';
     return Mailmunge::Response->ACCEPT_AND_NO_MORE_FILTERING() if $lp eq 'accept-sender';
     return Mailmunge::Response->DISCARD() if $lp eq 'discard-sender';
+    return Mailmunge::Response->REJECT(message => "MMTest first line\nMMTest second line") if $lp eq 'multiline-sender';
+    return Mailmunge::Response->REJECT(message => '100% sure, 50%% maybe') if $lp eq 'percent-sender';
+    return Mailmunge::Response->REJECT(message => "caf\xc3\xa9 closed\ttoday") if $lp eq 'eightbit-sender';
     return Mailmunge::Response->CONTINUE();
 }
 
@@ -61,6 +66,7 @@ sub filter_recipient {
     my $lp = $self->_local_part($ctx->recipients->[0]);
     return Mailmunge::Response->REJECT(message => 'MMTest rejects your recipient') if $lp eq 'reject-rcpt';
     return Mailmunge::Response->TEMPFAIL(message => 'MMTest tempfails your recipient') if $lp eq 'tempfail-rcpt';
+    return Mailmunge::Response->DISCARD() if $lp eq 'discard-rcpt';
     return Mailmunge::Response->CONTINUE();
 }
 
@@ -99,6 +105,13 @@ sub filter_message {
     $ctx->add_recipient('<added-rcpt@example.net>') if $w{addrcpt};
     $ctx->delete_recipient($ctx->recipients->[0]) if $w{delrcpt};
     $ctx->change_sender('<changed-sender@example.org>') if $w{chgsender};
+    $ctx->action_add_header('X-MMTest-Long', join(' ', map { "word$_" } 1 .. 100)) if $w{longhdr};
+    $ctx->action_change_header('X-MMTest-Multi', 'second one changed', 2) if $w{chgsecond};
+    if ($w{emptybody}) {
+        my $e = MIME::Entity->build(Type => 'text/plain', Charset => 'us-ascii', Encoding => '7bit',
+            'X-Mailer' => undef, Data => ['']);
+        $ctx->new_mime_entity($e);
+    }
 
     if ($w{newbody}) {
         my $e = MIME::Entity->build(

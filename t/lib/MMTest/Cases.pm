@@ -600,6 +600,86 @@ sub compat {
     };
 }
 
+=head2 edges($e2e)
+
+Reply texts the milter must sanitise (multi-line, C<%>, 8-bit and control
+bytes), the null sender, a recipient-stage discard, a long added header,
+changing the second of several same-named headers, and an empty
+replacement body (upstream keeps the original body then).  Needs the
+milter with C<-s -t>.
+
+=cut
+
+sub edges {
+    my ($e2e) = @_;
+    my $pf = $e2e->kind eq 'postfix';
+
+    subtest 'multi-line reply text' => sub {
+        my $res = $e2e->send(id => _id($e2e, 'multiline'), from => 'multiline-sender@example.com');
+        is($res->{failed_at}, 'mail', 'refused at MAIL');
+        is_deeply($res->{mail}{lines}, [ '554-5.7.1 MMTest first line', '554 5.7.1 MMTest second line' ],
+            'one reply line per text line, code and DSN on each');
+    };
+
+    subtest 'percent signs in the reply text' => sub {
+        my $res = $e2e->send(id => _id($e2e, 'percent'), from => 'percent-sender@example.com');
+        is($res->{failed_at}, 'mail', 'refused at MAIL');
+        # The milter doubles each % (libmilter's rule); the MTA undoes it.
+        is($e2e->reply_line($res->{mail}), '554 5.7.1 100% sure, 50%% maybe', 'text arrives as the filter wrote it');
+    };
+
+    subtest '8-bit and control bytes in the reply text' => sub {
+        my $res = $e2e->send(id => _id($e2e, 'eightbit'), from => 'eightbit-sender@example.com');
+        is($res->{failed_at}, 'mail', 'refused at MAIL');
+        is($e2e->reply_line($res->{mail}), '554 5.7.1 caf   closed today', 'each such byte became a space');
+    };
+
+    subtest 'null sender' => sub {
+        my $id = _id($e2e, 'null-sender');
+        my $res = $e2e->send(id => $id, from => '<>', subject => 'envelope');
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is($m->header('X-MMTest-Sender'), '<>', 'filter saw <>');
+        is($m->mail_from, '<>', 'relayed with the null sender');
+    };
+
+    subtest 'DISCARD from the recipient check discards the message' => sub {
+        my $id = _id($e2e, 'discard-rcpt');
+        my $res = $e2e->send(id => $id, to => [ 'ok@example.org', 'discard-rcpt@example.org' ]);
+        ok($res->{ok}, 'the client sees the message accepted') or diag($res->{failure});
+        ok($e2e->not_delivered($id), 'but nobody gets it');
+    };
+
+    subtest 'long header added by the filter' => sub {
+        my $id = _id($e2e, 'longhdr');
+        my $res = $e2e->send(id => $id, subject => 'longhdr');
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        # ~700 bytes: long, but below both MTAs' line limits (beyond them
+        # Postfix and Sendmail split lines themselves, and Sendmail cuts
+        # header values of ~2300 bytes even without any milter).
+        is($m->header('X-MMTest-Long'), join(' ', map { "word$_" } 1 .. 100), 'whole value arrives unchanged');
+    };
+
+    subtest 'change the second of three same-named headers' => sub {
+        my $id = _id($e2e, 'chgsecond');
+        my $res = $e2e->send(id => $id, subject => 'chgsecond', headers => [
+            [ 'X-MMTest-Multi', 'one' ], [ 'X-MMTest-Multi', 'two' ], [ 'X-MMTest-Multi', 'three' ] ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is_deeply([ $m->header('X-MMTest-Multi') ], [ 'one', 'second one changed', 'three' ], 'only the second changed');
+    };
+
+    subtest 'empty replacement body keeps the original (upstream quirk)' => sub {
+        my $id = _id($e2e, 'emptybody');
+        my $body = "Original body stays\n";
+        my $res = $e2e->send(id => $id, subject => 'emptybody', body => $body);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is($m->body, $body, 'body unchanged');
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never
