@@ -71,10 +71,31 @@ is(file("$dir/TRACE"), "filter_begin single\nfilter_end\nfilter_wrapup\nwrapup-a
 is(file("$dir/RESULTS"), "F\n", 'nothing changed');
 ok(!-e "$dir/NEWBODY", 'no NEWBODY');
 
+# --- Opt-in: filter_single_part_messages walks a single-part body
+($reply, $dir) = scan('t/data/ext/msgs/single.eml', 'walk-single');
+is(file("$dir/TRACE"), "filter_begin walk-single\nfilter [drop-me.exe] [.exe] application/octet-stream\nfilter_end\nfilter_wrapup\nwrapup-add-part undef\n",
+   'filter() sees the body of a single-part message');
+my $r = lines("$dir/RESULTS");
+is_deeply([@$r[0, 1]], ['JContent-Disposition 1', 'JContent-Transfer-Encoding 1'], 'attachment headers of the old top level removed');
+like($r->[2], qr/^Mmultipart\/mixed;/, 'now multipart');
+like(file("$dir/NEWBODY"), qr/Content-Type: text\/plain\nContent-Disposition: inline\nContent-Transfer-Encoding: 7bit\n\n\n--.*\n\nDropped drop-me\.exe\n/s,
+     'an empty text part, then the warnings');
+(my $single = file('t/data/ext/msgs/single.eml')) =~ s/drop-me/replace-me/g;
+open(my $sfh, '>', "$tmp->{dir}/single-replace.eml") or die;
+print $sfh $single;
+close($sfh);
+($reply, $dir) = scan("$tmp->{dir}/single-replace.eml", 'walk-single');
+is(file("$dir/RESULTS"), "IContent-Disposition 1 inline\nIContent-Transfer-Encoding 1 7bit\nMtext/plain;%20charset=%22utf-8%22\nIMIME-Version 1 1.0\nC\nF\n",
+   'replaced single part becomes the whole body, headers follow');
+is(file("$dir/NEWBODY"), "Replaced replace-me.exe\n", 'NEWBODY');
+($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'walk-single');
+is(file("$dir/RESULTS"), "F\n", 'walked but accepted: nothing changes');
+like(file("$dir/TRACE"), qr/^filter \[\] \[\] text\/plain$/m, 'filter() was called');
+
 # --- A single-part message with an added part becomes multipart/mixed
 ($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'add-last');
 is($reply, 'ok', 'scan ok');
-my $r = lines("$dir/RESULTS");
+$r = lines("$dir/RESULTS");
 like($r->[0], qr/^Mmultipart\/mixed;%20boundary=%22[^%]+%22$/, 'M line: multipart/mixed with a boundary');
 is_deeply([@$r[1 .. $#$r]], ['IMIME-Version 1 1.0', 'C', 'F'], 'MIME-Version added, C, F');
 $e = $p->parse_data("Content-Type: " . do { (my $m = $r->[0]) =~ s/^M//; $m =~ s/%20/ /g; $m =~ s/%22/"/g; $m } . "\n\n" . file("$dir/NEWBODY"));

@@ -49,7 +49,7 @@ sub filter_message
 	$self->pop_tag($ctx);
 	$ctx->action_from_response($ret);
 
-	my $rebuilt;
+	my ($rebuilt, $walk_root);
 	if (!$ctx->message_rejected && $entity) {
 		# A copy of the top-level entity without its parts keeps the
 		# top-level header (and a single-part message's body).
@@ -62,6 +62,7 @@ sub filter_message
 		foreach my $part (@parts) {
 			$self->_rebuild_entity($ctx, $rebuilt, $part);
 		}
+		$walk_root = $self->_walk_single_part($ctx, $entity) if !@parts && $self->filter_single_part_messages;
 		$self->pop_tag($ctx);
 		$ctx->mime_entity($rebuilt);
 	}
@@ -76,6 +77,14 @@ sub filter_message
 	}
 
 	if (!$ctx->message_rejected && $rebuilt && $self->_state($ctx)->{changed}) {
+		if ($walk_root) {
+			# A walked single-part message is rebuilt from its wrapper;
+			# if its only part was dropped, an empty text stands in.
+			$rebuilt = $walk_root;
+			$rebuilt->add_part(MIME::Entity->build(Top => 0, Type => 'text/plain', Encoding => '7bit',
+							       'X-Mailer' => undef, Data => ['']))
+			    unless $rebuilt->parts;
+		}
 		$self->_do_add_parts($ctx, $rebuilt);
 		# A multipart with a single part is just that part.
 		while ($rebuilt->is_multipart) {
@@ -121,6 +130,25 @@ sub _reconcile_content_headers
 		$ctx->action_delete_header($o{$k}[0]);
 	}
 }
+
+# Opt-in (filter_single_part_messages): offers the body of a single-part
+# message to filter() as the only part of a multipart/mixed wrapper.
+# Returns the wrapper, which becomes the base of the rebuilt message if
+# anything changed.
+sub _walk_single_part
+{
+	my ($self, $ctx, $entity) = @_;
+	return undef unless defined($entity->bodyhandle);
+	my $wrapper = $entity->dup;
+	$wrapper->make_multipart('mixed', Force => 1);
+	my ($only) = $wrapper->parts;
+	return undef unless $only;
+	$wrapper->parts([]);
+	$self->_rebuild_entity($ctx, $wrapper, $only);
+	return $wrapper;
+}
+
+sub filter_single_part_messages { return 0; }
 
 sub _do_add_parts
 {
@@ -366,7 +394,9 @@ entity itself is never passed to C<filter> or C<filter_multipart>.  A
 message that is not multipart therefore gets no C<filter> call at all,
 and the outermost multipart gets no C<filter_multipart> call.  This is
 upstream Mailmunge's behaviour, kept for compatibility; inspect
-C<< $ctx->mime_entity >> in C<filter_begin> if you need the whole message.
+C<< $ctx->mime_entity >> in C<filter_begin> if you need the whole message,
+or make C<filter_single_part_messages> return true (MIMEDefang did walk
+single-part messages).
 
 If any part was dropped, replaced or accepted with a warning, or a part
 was added, the message is rebuilt: added parts are placed in the
@@ -406,6 +436,15 @@ is kept and its children are walked).
 Called for each non-multipart part below the top level, with the same
 arguments as C<filter_multipart>.  The default does nothing (the part is
 kept).
+
+=head2 filter_single_part_messages()
+
+Returns false in this class, which keeps upstream Mailmunge's walk:
+a message that is not multipart never reaches C<filter>.  Override it to
+return true and such a message's body is passed to C<filter> as a part
+(its C<Content-*> headers become the part's); dropping it leaves an
+empty text part plus the warnings part, replacing it makes the
+replacement the new body.
 
 =head2 filter_end($ctx)
 

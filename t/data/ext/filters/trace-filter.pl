@@ -7,7 +7,8 @@
 #   "X-Drop: yes" is dropped with its children.
 # Subject words: "add-first" adds a part at offset 0, "add-last" appends one,
 # "end-tempfail" returns TEMPFAIL from filter_end, "outside" calls a part
-# action from filter_begin (must be harmless).
+# action from filter_begin (must be harmless), "walk-single" turns on
+# filter_single_part_messages.
 use strict;
 use warnings;
 use File::Basename qw(dirname);
@@ -31,10 +32,14 @@ sub log
 	$self->_trace('log', $level, $msg);
 }
 
+my $WALK_SINGLE = 0;
+sub filter_single_part_messages { return $WALK_SINGLE; }
+
 sub filter_begin
 {
 	my ($self, $ctx) = @_;
 	my $subj = $ctx->subject // '';
+	$WALK_SINGLE = ($subj =~ /\bwalk-single\b/) ? 1 : 0;
 	$self->_trace('filter_begin', $subj);
 	if ($subj =~ /\boutside\b/) {
 		my $r = $self->action_drop($ctx, 'early');
