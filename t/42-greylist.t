@@ -62,5 +62,16 @@ ok($gl->evaluate($dbh, 0, 86400, '1.2.3.4', @who)->is_success, 'and its retry re
 my $age = time() - $dbh->selectrow_array(q{SELECT last_seen FROM ips_known_to_retry WHERE ip = '1.2.3.4'});
 cmp_ok($age, '<', 5, 'known-retry row refreshed');
 
+# prune: old greylist rows (beyond max_delay) and stale known IPs go.
+$dbh->do(q{DELETE FROM greylist});
+$dbh->do(q{DELETE FROM ips_known_to_retry});
+my $now = time();
+$dbh->do(q{INSERT INTO greylist VALUES('fresh', ?), ('old', ?)}, undef, $now - 100, $now - 20000);
+$dbh->do(q{INSERT INTO ips_known_to_retry VALUES('9.9.9.1', ?), ('9.9.9.2', ?)}, undef, $now - 86400, $now - 32 * 86400);
+is($gl->prune($dbh), 2, 'prune deletes two rows');
+is_deeply($dbh->selectcol_arrayref(q{SELECT hash FROM greylist}), ['fresh'], 'fresh greylist row kept');
+is_deeply($dbh->selectcol_arrayref(q{SELECT ip FROM ips_known_to_retry}), ['9.9.9.1'], 'recent known IP kept');
+is($gl->prune($dbh, 50), 0, 'max_delay below 14400 is raised: nothing more to delete');
+
 $dbh->disconnect();
 done_testing();

@@ -56,6 +56,16 @@ sub evaluate
 	return $self->_tempfail($min_delay);
 }
 
+sub prune
+{
+	my ($self, $dbh, $max_delay) = @_;
+	$max_delay = $MIN_MAX_DELAY unless defined($max_delay) && $max_delay =~ /^\d+$/ && $max_delay > $MIN_MAX_DELAY;
+	my $now = time();
+	my $a = $dbh->do('DELETE FROM greylist WHERE last_seen < ?', undef, $now - $max_delay);
+	my $b = $dbh->do('DELETE FROM ips_known_to_retry WHERE last_seen < ?', undef, $now - $KNOWN_RETRY_LIFETIME);
+	return ($a || 0) + ($b || 0);
+}
+
 sub _tempfail
 {
 	my ($self, $min_delay) = @_;
@@ -117,5 +127,12 @@ C<$max_delay> seconds after the first attempt (the IP is then recorded
 as known to retry); otherwise TEMPFAIL with the message
 C<Greylisting in effect; please try again in MIN second(s)>.  An
 attempt that comes after the maximum delay starts the cycle again.
+
+=head2 prune($dbh [, $max_delay])
+
+Deletes the rows that can no longer matter: greylist entries older than
+C<$max_delay> (at least 14400 seconds, the default) and known-retry
+entries older than 31 days.  Returns the number of rows deleted.  Run it
+now and then (e.g. from the filter's C<tick>), or the tables grow forever.
 
 =cut
