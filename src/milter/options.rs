@@ -147,10 +147,10 @@ impl Options {
     }
 }
 
-/// Walks argv as getopt would and returns the last `-x` (`Some(text)`) or
-/// `-X` (`None`) seen, if any.
-fn last_scanned_by_option(args: &[String]) -> Option<Option<String>> {
-    let mut last = None;
+/// Walks argv (without argv[0]) as getopt would: every option letter in
+/// order, with its argument for the options that take one.
+pub fn getopt_walk(args: &[String]) -> Vec<(char, Option<String>)> {
+    let mut out = vec![];
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -170,17 +170,34 @@ fn last_scanned_by_option(args: &[String]) -> Option<Option<String>> {
                     i += 1;
                     args.get(i - 1).cloned()
                 };
-                if c == 'x' {
-                    last = Some(value);
-                }
+                out.push((c, value));
                 break;
             }
-            if c == 'X' {
-                last = Some(None);
-            }
+            out.push((c, None));
         }
     }
-    last
+    out
+}
+
+/// The last `-x` (`Some(text)`) or `-X` (`None`) given, if any.
+fn last_scanned_by_option(args: &[String]) -> Option<Option<String>> {
+    getopt_walk(args)
+        .into_iter()
+        .rev()
+        .find_map(|(c, v)| match c {
+            'x' => Some(v),
+            'X' => Some(None),
+            _ => None,
+        })
+}
+
+/// Every `-p` value, in order (upstream removes each one's socket file).
+pub fn all_conns(args: &[String]) -> Vec<String> {
+    getopt_walk(args)
+        .into_iter()
+        .filter(|(c, _)| *c == 'p')
+        .filter_map(|(_, v)| v)
+        .collect()
 }
 
 /// Upstream's usage text (printed to stderr, exit status 1).
@@ -281,6 +298,11 @@ mod tests {
             "t"
         );
         assert_eq!(parse(&["-X", "-m", "-x"]).scanned_by_text(), "");
+        let args: Vec<String> = ["-p", "unix:/a", "-Dp/b", "-m", "-p", "-pinet:1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(all_conns(&args), ["unix:/a", "/b", "inet:1"]);
         assert!(Options::try_parse_from(["mailmunge", "-Z"]).is_err());
         assert!(parse(&["-h"]).help);
     }

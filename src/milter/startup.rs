@@ -107,6 +107,17 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             .unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
         None => libc::LOG_MAIL,
     };
+    // Each -p names a socket the milter may have left behind; like upstream,
+    // an earlier one is cleared too (sockets only), the last is the one used.
+    let conns = options::all_conns(args.get(1..).unwrap_or(&[]));
+    if conns.iter().any(String::is_empty) {
+        die(format!("{argv0}: Illegal conn: \n"));
+    }
+    for c in conns.iter().rev().skip(1) {
+        if let Ok(SockSpec::Unix(p)) = SockSpec::parse_milter(c) {
+            daemon::remove_socket(&p);
+        }
+    }
     let conn = match opts.conn.as_deref() {
         Some("") => die(format!("{argv0}: Illegal conn: \n")),
         Some(c) => c.to_string(),
