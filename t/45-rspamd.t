@@ -47,7 +47,7 @@ sub fake_server
 		my ($h) = $req =~ /^(.*?\r\n\r\n)/s;
 		while (length($req) < length($h) + ($len // 0)) { last unless sysread($c, $req, 4096, length($req)); }
 		open(my $o, '>', "$tmp->{dir}/request"); print $o $req; close($o);
-		if (defined($reply)) { print $c $reply; close($c); } else { sleep(30); }
+		if (defined($reply)) { print $c $reply; $c->flush; sleep(30) if $reply =~ /keep-open/; close($c); } else { sleep(30); }
 		POSIX::_exit(0);
 	}
 	close($l);
@@ -76,6 +76,14 @@ is($head, "POST /checkv2 HTTP/1.0\r\nContent-Length: $size\r\nFrom: <a\@example.
 is($body, ExtUtil::slurp("$dir/INPUTMSG"), 'request body is INPUTMSG');
 ok($ans->{response}->is_success, 'no action: CONTINUE');
 is($ans->{results}{score}, 0.5, 'results returned');
+
+# --- A server that keeps the connection open after a complete reply
+{
+	my $b = JSON->new->encode({ action => 'no action', note => 'keep-open' });
+	# (Waiting for EOF would hit the 20 s deadline first and time out.)
+	$ans = with_reply("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " . length($b) . "\r\n\r\n$b", 20);
+	ok($ans->{results} && $ans->{response}->is_success, 'reply complete per Content-Length');
+}
 
 # --- Action mapping
 my %map = ('reject' => ['REJECT', 'Message rejected due to unacceptable content'],

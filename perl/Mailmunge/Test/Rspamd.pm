@@ -81,6 +81,13 @@ sub _exchange
 		return (undef, "read error: $!") unless defined($n);
 		last if $n == 0;
 		$reply .= $buf;
+		# Done once the announced body is complete, even if the server
+		# keeps the connection open.
+		if ($reply =~ /\A(.*?\r?\n\r?\n)/s) {
+			my $hlen = length($1);
+			my ($clen) = substr($reply, 0, $hlen) =~ /^Content-Length:\s*(\d+)/mi;
+			last if defined($clen) && length($reply) - $hlen >= $clen;
+		}
 	}
 	return ($reply);
 }
