@@ -29,7 +29,10 @@ pub enum DaemonError {
     #[error("Unknown user '{0}'")]
     UnknownUser(String),
     #[error("{what}: {source}")]
-    Sys { what: String, source: std::io::Error },
+    Sys {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -47,12 +50,23 @@ pub fn set_umask(mask: u32) -> u32 {
 /// when real and effective ids differ.
 pub fn check_not_setid(argv0: &str) -> Result<(), String> {
     // SAFETY: these getters cannot fail.
-    let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+    let (uid, euid, gid, egid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    };
     if uid != euid {
-        return Err(format!("ERROR: {argv0} is NOT intended to run suid! Exiting."));
+        return Err(format!(
+            "ERROR: {argv0} is NOT intended to run suid! Exiting."
+        ));
     }
     if gid != egid {
-        return Err(format!("ERROR: {argv0} is NOT intended to run sgid! Exiting."));
+        return Err(format!(
+            "ERROR: {argv0} is NOT intended to run sgid! Exiting."
+        ));
     }
     Ok(())
 }
@@ -113,8 +127,12 @@ impl PidFile {
             .mode(0o666)
             .open(path)
             .map_err(sys(what.clone()))?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(sys(what))?;
-        Ok(PidFile { file: move_high(file), path: path.to_path_buf() })
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(sys(what))?;
+        Ok(PidFile {
+            file: move_high(file),
+            path: path.to_path_buf(),
+        })
     }
 
     /// The open descriptor (to keep it across [`close_inherited_fds`]).
@@ -212,7 +230,8 @@ impl Readiness {
 ///
 /// Must be called while the process is single-threaded.
 pub fn daemonize() -> Result<Readiness, DaemonError> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys("pipe")(e.into()))?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys("pipe")(e.into()))?;
     // SAFETY: single-threaded at this point (documented precondition).
     match unsafe { nix::unistd::fork() }.map_err(|e| sys("fork")(e.into()))? {
         nix::unistd::ForkResult::Parent { .. } => {
@@ -234,14 +253,18 @@ pub fn daemonize() -> Result<Readiness, DaemonError> {
         }
         Ok(nix::unistd::ForkResult::Child) => {}
         Err(e) => {
-            let mut r = Readiness { pipe: Some(File::from(wr)) };
+            let mut r = Readiness {
+                pipe: Some(File::from(wr)),
+            };
             r.fail(&format!("fork: {e}"));
             // SAFETY: as above.
             unsafe { libc::_exit(1) }
         }
     }
     stdio_to_devnull();
-    Ok(Readiness { pipe: Some(File::from(wr)) })
+    Ok(Readiness {
+        pipe: Some(File::from(wr)),
+    })
 }
 
 /// The launcher's side: read the report and return the exit status.
@@ -256,7 +279,10 @@ fn wait_for_report(rd: OwnedFd) -> i32 {
             1
         }
         _ => {
-            eprintln!("Unknown reply from child: {}", String::from_utf8_lossy(&buf));
+            eprintln!(
+                "Unknown reply from child: {}",
+                String::from_utf8_lossy(&buf)
+            );
             1
         }
     }
@@ -264,7 +290,11 @@ fn wait_for_report(rd: OwnedFd) -> i32 {
 
 /// Reopens descriptors 0, 1 and 2 on /dev/null.
 pub fn stdio_to_devnull() {
-    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors.
             unsafe { libc::dup2(f.as_raw_fd(), fd) };

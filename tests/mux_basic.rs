@@ -18,13 +18,25 @@ fn builtins_exact_bytes() {
     assert_eq!(mx.req(b"free\n"), b"2\n");
     assert_eq!(mx.req(b"free\r\n"), b"2\n");
     assert_eq!(mx.req(b"msgs\n"), b"0\n");
-    assert_eq!(mx.req(b"tick\n"), b"error: External agents may not invoke 'tick'\n");
-    assert_eq!(mx.req(b"tick 0\n"), b"error: External agents may not invoke 'tick'\n");
-    assert_eq!(mx.req(b"foo_no_such_command\n"), b"error: Unknown command\n");
+    assert_eq!(
+        mx.req(b"tick\n"),
+        b"error: External agents may not invoke 'tick'\n"
+    );
+    assert_eq!(
+        mx.req(b"tick 0\n"),
+        b"error: External agents may not invoke 'tick'\n"
+    );
+    assert_eq!(
+        mx.req(b"foo_no_such_command\n"),
+        b"error: Unknown command\n"
+    );
     let help = mx.req_s("help");
     assert!(help.starts_with("help             -- List available multiplexor commands\n"));
     assert!(help.ends_with("(Analogous hload commands provide hourly information)\n"));
-    assert_eq!(mx.req(b"workerinfo 7\n"), b"error: Worker number out of range\n");
+    assert_eq!(
+        mx.req(b"workerinfo 7\n"),
+        b"error: Worker number out of range\n"
+    );
     let wi = mx.req_s("workerinfo 0");
     let lines: Vec<&str> = wi.lines().collect();
     assert_eq!(lines.len(), 9);
@@ -32,7 +44,10 @@ fn builtins_exact_bytes() {
     assert_eq!(lines[1], "State Idle");
     assert!(lines[2].starts_with("PID ") && lines[2] != "PID -1");
     assert_eq!(lines[8], "StatusTag ");
-    assert_eq!(mx.req(b"load1 5\n"), b"error: Invalid 'back' amount (must be 10-600)\n");
+    assert_eq!(
+        mx.req(b"load1 5\n"),
+        b"error: Invalid 'back' amount (must be 10-600)\n"
+    );
     assert_eq!(mx.req_s("histo"), "   1 0\n   2 0\n");
     let w = mx.req_s("workers");
     assert!(w.starts_with("0 I ") && w.contains("\n1 S ago="), "{w:?}");
@@ -43,7 +58,10 @@ fn builtins_exact_bytes() {
 fn forwarding_and_worker_environment() {
     let mx = Mx::start(&["-x", "2"]);
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
-    assert_eq!(mx.req(b"PING extra\n"), b"ok 0 Unknown%20command 554 5.7.1 0\n");
+    assert_eq!(
+        mx.req(b"PING extra\n"),
+        b"ok 0 Unknown%20command 554 5.7.1 0\n"
+    );
     assert_eq!(mx.req(b"echo a%20b  c\n"), b"a%20b  c\n");
     assert_eq!(mx.req_s("argv"), "-server\n");
     assert_eq!(mx.req_s("cwd"), format!("{}\n", mx.spool.path.display()));
@@ -56,7 +74,10 @@ fn forwarding_and_worker_environment() {
     assert_eq!(mx.req(b"scan QID /tmp\n"), b"ok\n");
     assert_eq!(mx.req(b"msgs\n"), b"1\n");
     let w = mx.req_s("workers");
-    assert!(w.starts_with("0 I ") && w.contains(" last=scan ago="), "{w:?}");
+    assert!(
+        w.starts_with("0 I ") && w.contains(" last=scan ago="),
+        "{w:?}"
+    );
     let l = mx.req_s("load");
     assert!(l.starts_with("1 1 1 1 1.000000 "), "{l}");
     assert_eq!(l.split(' ').count(), 29);
@@ -78,7 +99,10 @@ fn status_pipe_and_group_umask() {
     let w = mx.wait_for("busyworkers", |r| r.contains("(1: hello there)"));
     assert!(w.starts_with("0 B "), "{w:?}");
     let wi = mx.req_s("workerinfo 0");
-    assert!(wi.contains("\nState Busy\n") && wi.ends_with("StatusTag 1: hello there\n"), "{wi}");
+    assert!(
+        wi.contains("\nState Busy\n") && wi.ends_with("StatusTag 1: hello there\n"),
+        "{wi}"
+    );
     assert_eq!(t.join().unwrap(), b"tagged\n");
 }
 
@@ -152,7 +176,10 @@ fn no_free_workers() {
     let t = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     assert_eq!(mx.req(b"ping\n"), b"error: No free workers\n");
-    assert_eq!(mx.req(b"no_such_thing at all\n"), b"error: No free workers\n");
+    assert_eq!(
+        mx.req(b"no_such_thing at all\n"),
+        b"error: No free workers\n"
+    );
     // Built-ins still work.
     assert_eq!(mx.req(b"free\n"), b"0\n");
     assert_eq!(t.join().unwrap(), b"slept 2\n");
@@ -169,7 +196,10 @@ fn partial_reply_does_not_stall_others() {
     // still half written.
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
     assert!(mx.req_s("status").contains('B'));
-    assert!(!t.is_finished(), "the partial request finished before the others were served");
+    assert!(
+        !t.is_finished(),
+        "the partial request finished before the others were served"
+    );
     assert_eq!(t.join().unwrap(), b"partial\n");
 }
 
@@ -192,7 +222,9 @@ fn reread_starts_a_new_generation() {
     assert_ne!(a, b);
     // SIGINT does the same.
     mx.signal(libc::SIGINT);
-    let c = mx.wait_for("pid", |r| r.ends_with('\n') && !r.starts_with("error") && *r != b);
+    let c = mx.wait_for("pid", |r| {
+        r.ends_with('\n') && !r.starts_with("error") && *r != b
+    });
     assert_ne!(b, c);
 }
 
@@ -210,12 +242,23 @@ fn unprivileged_socket() {
     for cmd in ["ping", "reread", "scan a b", "load1", "rawload", ""] {
         assert_eq!(request(u, format!("{cmd}\n").as_bytes()), priv_err, "{cmd}");
     }
-    assert_eq!(request(u, b"load1 5\n"), b"error: Invalid 'back' amount (must be 10-600)\n");
-    assert_eq!(request(u, b"foo_no_such_command\n"), b"error: Unknown command\n");
+    assert_eq!(
+        request(u, b"load1 5\n"),
+        b"error: Invalid 'back' amount (must be 10-600)\n"
+    );
+    assert_eq!(
+        request(u, b"foo_no_such_command\n"),
+        b"error: Unknown command\n"
+    );
     assert_eq!(request(u, b"free\n"), b"2\n");
     assert_eq!(request(u, b"version\n"), b"3.09");
     let h = String::from_utf8(request(u, b"help\n")).unwrap();
-    assert!(!h.contains("reread") && h.contains("rawload1 secs    -- Display worker load in computer-readable alternate format\n"));
+    assert!(
+        !h.contains("reread")
+            && h.contains(
+                "rawload1 secs    -- Display worker load in computer-readable alternate format\n"
+            )
+    );
 }
 
 #[test]
@@ -235,7 +278,10 @@ fn queueing() {
     let sock2 = mx.sock.clone();
     let q = std::thread::spawn(move || request(&sock2, b"ping\n"));
     let st = mx.wait_for("status", |r| r.split(' ').nth(4) == Some("1"));
-    assert!(st.starts_with("B ") && st.split(' ').nth(3) == Some("1"), "{st}");
+    assert!(
+        st.starts_with("B ") && st.split(' ').nth(3) == Some("1"),
+        "{st}"
+    );
     // The queue is full: a third request is refused at once.
     assert_eq!(mx.req(b"ping\n"), b"error: No free workers\n");
     assert_eq!(t.join().unwrap(), b"slept 1\n");
@@ -248,10 +294,19 @@ fn per_domain_recipok_limit() {
     let sock = mx.sock.clone();
     let t = std::thread::spawn(move || request(&sock, b"recipok <a@Example.com> 2\n"));
     mx.wait_for("busyworkers", |r| r.contains(" recipok "));
-    assert_eq!(mx.req(b"recipok <b@example.COM> 0\n"), b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n");
-    assert_eq!(mx.req(b"recipok <b@other.org> 0\n"), b"ok 1 ok 250 2.1.0 0\n");
+    assert_eq!(
+        mx.req(b"recipok <b@example.COM> 0\n"),
+        b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n"
+    );
+    assert_eq!(
+        mx.req(b"recipok <b@other.org> 0\n"),
+        b"ok 1 ok 250 2.1.0 0\n"
+    );
     assert_eq!(t.join().unwrap(), b"ok 1 ok 250 2.1.0 0\n");
-    assert_eq!(mx.req(b"recipok <c@example.com> 0\n"), b"ok 1 ok 250 2.1.0 0\n");
+    assert_eq!(
+        mx.req(b"recipok <c@example.com> 0\n"),
+        b"ok 1 ok 250 2.1.0 0\n"
+    );
 }
 
 #[test]
@@ -262,9 +317,19 @@ fn stats_file_records_events() {
     assert_eq!(mx.req(b"scan Q1 /x\n"), b"ok\n");
     let text = std::fs::read_to_string(&stats).unwrap();
     let events: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
-    assert_eq!(events, ["StartWorker", "StartFilter", "EndFilter"], "{text}");
+    assert_eq!(
+        events,
+        ["StartWorker", "StartFilter", "EndFilter"],
+        "{text}"
+    );
     assert!(text.lines().next().unwrap().ends_with(" StartWorker worker=0 nworkers=1 nbusy=0 reason=\"Bringing workers up to minWorkers (1)\""), "{text}");
-    assert!(text.lines().nth(2).unwrap().ends_with(" EndFilter worker=0 nworkers=1 nbusy=0 numRequests=1"), "{text}");
+    assert!(
+        text.lines()
+            .nth(2)
+            .unwrap()
+            .ends_with(" EndFilter worker=0 nworkers=1 nbusy=0 numRequests=1"),
+        "{text}"
+    );
     let mode = std::fs::metadata(&stats).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
@@ -274,7 +339,10 @@ fn command_that_cannot_be_written_is_answered_at_once() {
     let mx = Mx::start(&["-x", "1"]);
     let pid1 = mx.req_s("pid");
     assert_eq!(mx.req(b"closein\n"), b"closed\n");
-    assert_eq!(mx.req(b"ping\n"), b"error: Error talking to worker process\n");
+    assert_eq!(
+        mx.req(b"ping\n"),
+        b"error: Error talking to worker process\n"
+    );
     // The worker is killed and replaced.
     let pid2 = mx.wait_for("pid", |r| r.trim_end().parse::<u32>().is_ok());
     assert_ne!(pid1, pid2);

@@ -25,24 +25,39 @@ fn daemon_reports_ready_only_when_listening() {
     let pidf = sp.file("mx.pid");
     let lockf = sp.file("mx.lock");
     let mut args = base_args(&sp, &worker_path());
-    args.extend(["-p".into(), pidf.display().to_string(), "-o".into(), lockf.display().to_string()]);
+    args.extend([
+        "-p".into(),
+        pidf.display().to_string(),
+        "-o".into(),
+        lockf.display().to_string(),
+    ]);
     let st = Command::new(BIN).args(&args).status().unwrap();
     assert_eq!(st.code(), Some(0));
     // No waiting: the launcher returned only once the socket accepts.
     assert_eq!(request(&sp.file("mx.sock"), b"ping\n"), b"PONG\n");
-    let pid: i32 = std::fs::read_to_string(&pidf).unwrap().trim_end().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidf)
+        .unwrap()
+        .trim_end()
+        .parse()
+        .unwrap();
     assert!(std::fs::read_to_string(&pidf).unwrap().ends_with('\n'));
     let _guard = KillOnDrop(pid);
     assert!(alive(pid));
     // Nothing of the daemon's own leaks into workers.
     assert_eq!(request(&sp.file("mx.sock"), b"fds\n"), b"0,1,2\n");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&pidf).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        std::fs::metadata(&pidf).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
 
     // A second copy on the same lock file fails through the pipe.
     let out = Command::new(BIN).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "Error from child: Cannot lock lockfile: Is another copy running?\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Error from child: Cannot lock lockfile: Is another copy running?\n"
+    );
     assert!(pidf.exists(), "the running copy's PID file must survive");
 
     // SIGTERM: PID file, -o lock file and socket go away, the daemon exits.
@@ -64,26 +79,63 @@ fn startup_errors() {
         let mut args = base_args(&sp, &worker_path());
         args.extend(extra.iter().map(|s| s.to_string()));
         let out = Command::new(BIN).args(&args).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, _, err) = run(&["-s", "inet:4444"]);
     assert_eq!(code, Some(1));
-    assert_eq!(err, "Error from child: Argument to -s option must be a UNIX-domain socket, not a TCP socket.\n");
+    assert_eq!(
+        err,
+        "Error from child: Argument to -s option must be a UNIX-domain socket, not a TCP socket.\n"
+    );
     let (code, _, err) = run(&["-D", "-s", "inet:4444"]);
-    assert_eq!((code, err.as_str()), (Some(1), "Argument to -s option must be a UNIX-domain socket, not a TCP socket.\n"));
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            Some(1),
+            "Argument to -s option must be a UNIX-domain socket, not a TCP socket.\n"
+        )
+    );
     let (code, _, err) = run(&["-q", "200"]);
     assert_eq!(code, Some(1));
-    assert_eq!(err, format!("{BIN}: Request queue size 200 too big (128 max)\n"));
+    assert_eq!(
+        err,
+        format!("{BIN}: Request queue size 200 too big (128 max)\n")
+    );
     let (code, out, _) = run(&["-v"]);
-    assert_eq!((code, out.as_str()), (Some(0), "mailmunge-multiplexor version 3.09\n"));
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "mailmunge-multiplexor version 3.09\n")
+    );
     let (code, _, err) = run(&["-f", "relative.pl"]);
-    assert_eq!((code, err), (Some(1), format!("{BIN}: -f: You must supply an absolute path for filter program\n")));
+    assert_eq!(
+        (code, err),
+        (
+            Some(1),
+            format!("{BIN}: -f: You must supply an absolute path for filter program\n")
+        )
+    );
     let missing = sp.file("nope.pl").display().to_string();
     let (code, _, err) = run(&["-f", &missing]);
-    assert_eq!((code, err), (Some(1), format!("{BIN}: Unable to stat({missing}): No such file or directory\n")));
+    assert_eq!(
+        (code, err),
+        (
+            Some(1),
+            format!("{BIN}: Unable to stat({missing}): No such file or directory\n")
+        )
+    );
     let dir = sp.path.display().to_string();
     let (code, _, err) = run(&["-f", &dir]);
-    assert_eq!((code, err), (Some(1), format!("{BIN}: Filter program {dir} is not a regular file.\n")));
+    assert_eq!(
+        (code, err),
+        (
+            Some(1),
+            format!("{BIN}: Filter program {dir} is not a regular file.\n")
+        )
+    );
     let (code, _, err) = run(&["-h"]);
     assert_eq!(code, Some(1));
     assert!(err.starts_with("Usage: "));
@@ -91,12 +143,21 @@ fn startup_errors() {
     assert_eq!(code, Some(1));
     assert!(err.contains("\n\nUsage: "), "{err}");
     if is_root() {
-        let out = Command::new(BIN).args(["-D", "-z", "/tmp", "-f", "/bin/true"]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["-D", "-z", "/tmp", "-f", "/bin/true"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(String::from_utf8_lossy(&out.stderr), "ERROR: You must not run mailmunge-multiplexor as root.\nUse the -U option to set a non-root user.\n");
-        let out = Command::new(BIN).args(["-D", "-U", "no-such-user-xyz", "-f", "/bin/true"]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["-D", "-U", "no-such-user-xyz", "-f", "/bin/true"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
-        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("{BIN}: Unknown user 'no-such-user-xyz'\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("{BIN}: Unknown user 'no-such-user-xyz'\n")
+        );
     }
 }
 

@@ -83,7 +83,10 @@ fn real_mailmunge_filter_preloaded() {
     std::fs::set_permissions(&filter, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mx = Mx::start_in(sp, &filter, &["-E"]);
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
-    assert_eq!(mx.req(b"tick 0\n"), b"error: External agents may not invoke 'tick'\n");
+    assert_eq!(
+        mx.req(b"tick 0\n"),
+        b"error: External agents may not invoke 'tick'\n"
+    );
 }
 
 #[test]

@@ -20,7 +20,8 @@ fn notifier_sequence_for_one_request() {
     assert_eq!(line, "*OK\n");
     (&s).write_all(b"?*\n").unwrap();
     // Wait until the subscription is in effect: requests until events flow.
-    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     loop {
         assert_eq!(mx.req(b"ping\n"), b"PONG\n");
         let mut l = String::new();
@@ -44,7 +45,16 @@ fn notifier_sequence_for_one_request() {
         r.read_line(&mut l).unwrap();
         got.push(l);
     }
-    assert_eq!(got, ["S 0 StateChange Idle -> Busy\n", "F 1\n", "S 0 sleep 0\n", "S 0 StateChange Busy -> Idle\n", "F 2\n"]);
+    assert_eq!(
+        got,
+        [
+            "S 0 StateChange Idle -> Busy\n",
+            "F 1\n",
+            "S 0 sleep 0\n",
+            "S 0 StateChange Busy -> Idle\n",
+            "F 2\n"
+        ]
+    );
 }
 
 #[test]
@@ -72,7 +82,10 @@ fn ticks_reach_a_worker() {
     let mx = Mx::start(&["-x", "1", "-X", "1", "-P", "2"]);
     // Ticks are requests to the worker but not messages.
     mx.wait_for("workerinfo 0", |r| {
-        r.lines().find_map(|l| l.strip_prefix("NumRequests ")).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 3)
+        r.lines()
+            .find_map(|l| l.strip_prefix("NumRequests "))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 3)
     });
     assert_eq!(mx.req(b"msgs\n"), b"0\n");
 }

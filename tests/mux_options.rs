@@ -64,7 +64,12 @@ fn stats_file_reopened_on_sighup() {
     }
     assert_eq!(mx.req(b"scan B /x\n"), b"ok\n");
     let new = std::fs::read_to_string(&stats).unwrap();
-    assert!(new.contains(" StartFilter ") && new.contains(" EndFilter "), "{new}");
+    assert!(
+        new.contains(" StartFilter ") && new.contains(" EndFilter "),
+        "{new}"
+    );
     assert!(!new.contains("StartWorker"), "{new}");
-    assert!(std::fs::read_to_string(&rotated).unwrap().contains("StartWorker"));
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("StartWorker"));
 }

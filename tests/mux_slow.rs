@@ -17,14 +17,22 @@ fn busy_timeout_kills_and_replaces_the_worker() {
             std::thread::spawn(move || request(&sock, b"hang\n"))
         })
         .collect();
-    mx.wait_for("status", |r| r.starts_with("BBBBI ") || r.chars().take(5).filter(|&c| c == 'B').count() == 4);
+    mx.wait_for("status", |r| {
+        r.starts_with("BBBBI ") || r.chars().take(5).filter(|&c| c == 'B').count() == 4
+    });
     // Meanwhile the fifth worker serves.
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
     let replies: Vec<Vec<u8>> = hangs.into_iter().map(|t| t.join().unwrap()).collect();
     let normal = b"ERR Filter timed out - check filter rules or system load\n".to_vec();
-    let overloaded = b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n".to_vec();
+    let overloaded =
+        b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n"
+            .to_vec();
     for r in &replies {
-        assert!(*r == normal || *r == overloaded, "{}", String::from_utf8_lossy(r));
+        assert!(
+            *r == normal || *r == overloaded,
+            "{}",
+            String::from_utf8_lossy(r)
+        );
     }
     // The first to time out saw four busy workers.
     assert!(replies.contains(&overloaded));
@@ -42,7 +50,8 @@ fn client_that_never_sends_newline_is_dropped() {
     // Other clients are served meanwhile.
     assert_eq!(mx.req(b"free\n"), b"2\n");
     let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("closed within the -c timeout");
+    s.read_to_end(&mut out)
+        .expect("closed within the -c timeout");
     assert_eq!(out, b"");
 }
 
@@ -54,12 +63,22 @@ fn filter_failing_at_start_stops_the_multiplexor() {
     // A request reaching a dying worker gets an error, never a hang.
     let r = mx.req_s("ping");
     assert!(
-        ["ERR No response from worker\n", "error: Error talking to worker process\n", "error: No free workers\n", "error: Unable to activate worker\n", "error: Multiplexor is shutting down\n"]
-            .contains(&r.as_str()),
+        [
+            "ERR No response from worker\n",
+            "error: Error talking to worker process\n",
+            "error: No free workers\n",
+            "error: Unable to activate worker\n",
+            "error: Multiplexor is shutting down\n"
+        ]
+        .contains(&r.as_str()),
         "{r:?}"
     );
     // Ten consecutive exit-42 workers (one per -w second) end it.
-    assert_eq!(mx.wait_exit(Duration::from_secs(40)), Some(0), "multiplexor kept running");
+    assert_eq!(
+        mx.wait_exit(Duration::from_secs(40)),
+        Some(0),
+        "multiplexor kept running"
+    );
 }
 
 #[test]

@@ -57,7 +57,10 @@ pub async fn serve(mux: Arc<Mux>, listener: Listener, access: Access) {
 /// Reads the request line: up to the first `\n`, keeping at most
 /// `MAX_CMD_LEN - 1` bytes (the rest of an overlong line is discarded);
 /// `None` on timeout, error or EOF before `\n`.
-pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Option<Vec<u8>> {
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let work = async {
         let mut line = Vec::with_capacity(128);
         let mut buf = [0u8; 4096];
@@ -193,7 +196,9 @@ pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapO
         Outcome::Timeout { .. } => MapOutcome::BusyTimeout,
         Outcome::WriteFailed => MapOutcome::WriteFailed,
         Outcome::ActivateFailed => MapOutcome::ActivationFailed,
-        Outcome::NoFree | Outcome::RecipokLimit | Outcome::QueueTimeout | Outcome::ShuttingDown => MapOutcome::NoFreeWorkers,
+        Outcome::NoFree | Outcome::RecipokLimit | Outcome::QueueTimeout | Outcome::ShuttingDown => {
+            MapOutcome::NoFreeWorkers
+        }
     }
 }
 
@@ -229,4 +234,3 @@ mod tests {
         assert_eq!(read_request(&mut r, Duration::from_millis(50)).await, None);
     }
 }
-

@@ -41,10 +41,18 @@ impl Totals {
     /// Average busy workers; `empty` is what upstream prints for no data
     /// (1.0 in `load`, 0.0 elsewhere).
     pub fn avg_busy(&self, empty: f64) -> f64 {
-        if self.count == 0 { empty } else { self.busy as f64 / self.count as f64 }
+        if self.count == 0 {
+            empty
+        } else {
+            self.busy as f64 / self.count as f64
+        }
     }
     pub fn avg_ms(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.ms as f64 / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.ms as f64 / self.count as f64
+        }
     }
 }
 
@@ -60,10 +68,18 @@ pub struct HourTotals {
 
 impl HourTotals {
     pub fn avg_busy(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.busy as f64 / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.busy as f64 / self.count as f64
+        }
     }
     pub fn avg_ms(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.ms as f64 / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.ms as f64 / self.count as f64
+        }
     }
 }
 
@@ -75,7 +91,10 @@ pub struct History {
 
 impl Default for History {
     fn default() -> Self {
-        History { secs: vec![[SecBucket::default(); HISTORY_SECONDS]; 4], hours: vec![[HourBucket::default(); HISTORY_HOURS]; 4] }
+        History {
+            secs: vec![[SecBucket::default(); HISTORY_SECONDS]; 4],
+            hours: vec![[HourBucket::default(); HISTORY_HOURS]; 4],
+        }
     }
 }
 
@@ -83,7 +102,10 @@ impl History {
     fn sec_bucket(&mut self, class: usize, now: i64) -> &mut SecBucket {
         let b = &mut self.secs[class][now.rem_euclid(HISTORY_SECONDS as i64) as usize];
         if b.second != now {
-            *b = SecBucket { second: now, ..Default::default() };
+            *b = SecBucket {
+                second: now,
+                ..Default::default()
+            };
         }
         b
     }
@@ -92,14 +114,21 @@ impl History {
         let hour = now.div_euclid(3600);
         let b = &mut self.hours[class][hour.rem_euclid(HISTORY_HOURS as i64) as usize];
         if b.hour != hour || b.count == 0 {
-            *b = HourBucket { hour, first: now, last: now, ..Default::default() };
+            *b = HourBucket {
+                hour,
+                first: now,
+                last: now,
+                ..Default::default()
+            };
         }
         b
     }
 
     /// Records the completion of a tracked command at epoch second `now`.
     pub fn record(&mut self, class: Class, now: i64, busy: usize, ms: u64) {
-        let Some(c) = class.tracked_index() else { return };
+        let Some(c) = class.tracked_index() else {
+            return;
+        };
         let b = self.sec_bucket(c, now);
         b.count += 1;
         b.busy += busy as u64;
@@ -123,7 +152,9 @@ impl History {
 
     /// Totals of the seconds `now-window+1 ..= now`.
     pub fn totals(&self, class: Class, now: i64, window: i64) -> Totals {
-        let Some(c) = class.tracked_index() else { return Totals::default() };
+        let Some(c) = class.tracked_index() else {
+            return Totals::default();
+        };
         let window = window.clamp(0, HISTORY_SECONDS as i64);
         let mut t = Totals::default();
         for s in (now - window + 1)..=now {
@@ -141,7 +172,9 @@ impl History {
 
     /// Totals of the current clock hour and the `hours-1` before it.
     pub fn hour_totals(&self, class: Class, now: i64, hours: i64) -> HourTotals {
-        let Some(c) = class.tracked_index() else { return HourTotals::default() };
+        let Some(c) = class.tracked_index() else {
+            return HourTotals::default();
+        };
         let cur = now.div_euclid(3600);
         let mut t = HourTotals::default();
         let (mut first, mut last) = (i64::MAX, i64::MIN);
@@ -188,10 +221,18 @@ mod tests {
 
     #[test]
     fn averages() {
-        let t = Totals { count: 0, ..Default::default() };
+        let t = Totals {
+            count: 0,
+            ..Default::default()
+        };
         assert_eq!(t.avg_busy(1.0), 1.0);
         assert_eq!(t.avg_ms(), 0.0);
-        let t = Totals { count: 4, busy: 6, ms: 10, ..Default::default() };
+        let t = Totals {
+            count: 4,
+            busy: 6,
+            ms: 10,
+            ..Default::default()
+        };
         assert_eq!(t.avg_busy(1.0), 1.5);
         assert_eq!(t.avg_ms(), 2.5);
     }

@@ -16,7 +16,12 @@ pub const MAX_QUEUE_SIZE: i64 = 128;
 /// Raw options as typed on the command line. Numbers stay strings so that
 /// they can be read with C's rules.
 #[derive(Parser, Debug, Default)]
-#[command(name = "mailmunge-multiplexor", disable_help_flag = true, disable_version_flag = true, args_override_self = true)]
+#[command(
+    name = "mailmunge-multiplexor",
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true
+)]
 pub struct Cli {
     #[arg(short = 'U')]
     pub user: Option<String>,
@@ -189,10 +194,18 @@ impl Options {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        let argv0 = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "mailmunge-multiplexor".into());
+        let argv0 = args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "mailmunge-multiplexor".into());
         let cli = Cli::try_parse_from(&args).map_err(|e| {
             let first = e.render().to_string();
-            let first = first.lines().next().unwrap_or("invalid option").trim_start_matches("error: ").to_string();
+            let first = first
+                .lines()
+                .next()
+                .unwrap_or("invalid option")
+                .trim_start_matches("error: ")
+                .to_string();
             Exit::Usage(Some(format!("{argv0}: {first}")))
         })?;
         Options::from_cli(argv0, cli)
@@ -201,7 +214,10 @@ impl Options {
     /// Applies upstream's defaults and clamps to raw options.
     pub fn from_cli(argv0: String, c: Cli) -> Result<Options, Exit> {
         if c.version {
-            return Err(Exit::Version(format!("mailmunge-multiplexor version {}\n", crate::VERSION)));
+            return Err(Exit::Version(format!(
+                "mailmunge-multiplexor version {}\n",
+                crate::VERSION
+            )));
         }
         if c.help {
             return Err(Exit::Usage(None));
@@ -227,7 +243,9 @@ impl Options {
         let wait = num(&c.wait, 0)?.max(0);
         let queue_size = num(&c.queue_size, 0)?.max(0);
         if queue_size > MAX_QUEUE_SIZE {
-            return Err(Exit::Fatal(format!("{argv0}: Request queue size {queue_size} too big ({MAX_QUEUE_SIZE} max)")));
+            return Err(Exit::Fatal(format!(
+                "{argv0}: Request queue size {queue_size} too big ({MAX_QUEUE_SIZE} max)"
+            )));
         }
         let queue_timeout = num(&c.queue_timeout, 30)?.clamp(1, 600);
         let backlog = match &c.backlog {
@@ -245,14 +263,23 @@ impl Options {
         let tick_types = num(&c.tick_types, 1)?.clamp(1, 30);
         let facility = match &c.facility {
             None => libc::LOG_MAIL,
-            Some(f) => crate::daemon::syslog_facility(f).ok_or_else(|| Exit::Fatal(format!("{argv0}: Unknown syslog facility {f}")))?,
+            Some(f) => crate::daemon::syslog_facility(f)
+                .ok_or_else(|| Exit::Fatal(format!("{argv0}: Unknown syslog facility {f}")))?,
         };
-        let filter = c.filter.clone().unwrap_or_else(|| format!("{CONFDIR}/mailmunge-filter.pl"));
+        let filter = c
+            .filter
+            .clone()
+            .unwrap_or_else(|| format!("{CONFDIR}/mailmunge-filter.pl"));
         if !filter.starts_with('/') {
-            return Err(Exit::Fatal(format!("{argv0}: -f: You must supply an absolute path for filter program")));
+            return Err(Exit::Fatal(format!(
+                "{argv0}: -f: You must supply an absolute path for filter program"
+            )));
         }
         let spool_dir = PathBuf::from(c.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string()));
-        let socket = c.socket.clone().unwrap_or_else(|| format!("{}/mailmunge-multiplexor.sock", spool_dir.display()));
+        let socket = c
+            .socket
+            .clone()
+            .unwrap_or_else(|| format!("{}/mailmunge-multiplexor.sock", spool_dir.display()));
         if c.embedded && !cfg!(unix) {
             return Err(Exit::Fatal("embedded mode needs a Unix system".into()));
         }
@@ -263,7 +290,11 @@ impl Options {
             max_workers: max_workers as usize,
             recipok_per_domain: per_domain as usize,
             max_requests: max_requests as u64,
-            max_lifetime: if lifetime <= 0 { None } else { Some(lifetime as u64) },
+            max_lifetime: if lifetime <= 0 {
+                None
+            } else {
+                Some(lifetime as u64)
+            },
             idle_time: idle_time as u64,
             busy_time: busy_time as u64,
             cmd_time: cmd_time as u64,
@@ -315,15 +346,42 @@ pub fn usage(argv0: &str) -> String {
         ("-U user", "Run as 'user' instead of root"),
         ("-m minWorkers", "Minimum number of workers (at least 1)"),
         ("-x maxWorkers", "Maximum number of workers (default 2)"),
-        ("-y n", "Maximum concurrent recipok per domain (0 = no limit)"),
-        ("-r maxRequests", "Requests a worker serves before retiring (default 500)"),
-        ("-V maxLifetime", "Seconds a worker lives before retiring (default unlimited)"),
-        ("-i idleTime", "Idle seconds before a surplus worker is stopped (default 300)"),
-        ("-b busyTime", "Seconds a worker may take to answer (default 120)"),
-        ("-c cmdTime", "Seconds allowed for a client to send its command (default 10)"),
-        ("-w waitTime", "Seconds between activations made to reach minWorkers (default 1)"),
-        ("-W waitTime", "Minimum seconds between any two activations (default 0)"),
-        ("-z spooldir", "Spool directory (default /var/spool/mailmunge)"),
+        (
+            "-y n",
+            "Maximum concurrent recipok per domain (0 = no limit)",
+        ),
+        (
+            "-r maxRequests",
+            "Requests a worker serves before retiring (default 500)",
+        ),
+        (
+            "-V maxLifetime",
+            "Seconds a worker lives before retiring (default unlimited)",
+        ),
+        (
+            "-i idleTime",
+            "Idle seconds before a surplus worker is stopped (default 300)",
+        ),
+        (
+            "-b busyTime",
+            "Seconds a worker may take to answer (default 120)",
+        ),
+        (
+            "-c cmdTime",
+            "Seconds allowed for a client to send its command (default 10)",
+        ),
+        (
+            "-w waitTime",
+            "Seconds between activations made to reach minWorkers (default 1)",
+        ),
+        (
+            "-W waitTime",
+            "Minimum seconds between any two activations (default 0)",
+        ),
+        (
+            "-z spooldir",
+            "Spool directory (default /var/spool/mailmunge)",
+        ),
         ("-s sock", "UNIX-domain control socket"),
         ("-a socket", "Unprivileged control socket"),
         ("-f filter", "Absolute path of the filter program"),
@@ -332,10 +390,16 @@ pub fn usage(argv0: &str) -> String {
         ("-R kbytes", "RSS limit of workers in kB"),
         ("-M kbytes", "Memory (address space) limit of workers in kB"),
         ("-S facility", "Syslog facility (default mail)"),
-        ("-Y label", "Syslog identifier (default mailmunge-multiplexor)"),
+        (
+            "-Y label",
+            "Syslog identifier (default mailmunge-multiplexor)",
+        ),
         ("-L interval", "Log worker status every interval seconds"),
         ("-q size", "Request queue size (default 0, max 128)"),
-        ("-Q timeout", "Seconds a request may wait in the queue (default 30)"),
+        (
+            "-Q timeout",
+            "Seconds a request may wait in the queue (default 30)",
+        ),
         ("-I backlog", "listen() backlog"),
         ("-D", "Do not fork into the background"),
         ("-E", "Preload the filter once and fork workers from it"),
@@ -366,10 +430,19 @@ mod tests {
     fn defaults() {
         let o = p(&[]).unwrap();
         assert_eq!((o.min_workers, o.max_workers), (1, 2));
-        assert_eq!((o.max_requests, o.idle_time, o.busy_time, o.cmd_time), (500, 300, 120, 10));
-        assert_eq!((o.slew, o.wait, o.queue_size, o.queue_timeout, o.backlog), (1, 0, 0, 30, 5));
+        assert_eq!(
+            (o.max_requests, o.idle_time, o.busy_time, o.cmd_time),
+            (500, 300, 120, 10)
+        );
+        assert_eq!(
+            (o.slew, o.wait, o.queue_size, o.queue_timeout, o.backlog),
+            (1, 0, 0, 30, 5)
+        );
         assert_eq!(o.socket, "/var/spool/mailmunge/mailmunge-multiplexor.sock");
-        assert_eq!(o.filter, PathBuf::from("/etc/mailmunge/mailmunge-filter.pl"));
+        assert_eq!(
+            o.filter,
+            PathBuf::from("/etc/mailmunge/mailmunge-filter.pl")
+        );
         assert_eq!(o.max_lifetime, None);
         assert_eq!(o.facility, libc::LOG_MAIL);
         assert_eq!(o.ident, "mailmunge-multiplexor");
@@ -377,12 +450,33 @@ mod tests {
 
     #[test]
     fn clamps_like_upstream() {
-        let o = p(&["-m", "5", "-x", "3", "-b", "2", "-c", "0", "-i", "9", "-Q", "900", "-L", "3", "-P", "99", "-y", "3"]).unwrap();
+        let o = p(&[
+            "-m", "5", "-x", "3", "-b", "2", "-c", "0", "-i", "9", "-Q", "900", "-L", "3", "-P",
+            "99", "-y", "3",
+        ])
+        .unwrap();
         assert_eq!((o.min_workers, o.max_workers), (3, 3));
-        assert_eq!((o.busy_time, o.cmd_time, o.idle_time, o.queue_timeout), (10, 10, 10, 600));
-        assert_eq!((o.log_interval, o.tick_types, o.recipok_per_domain), (5, 30, 0));
-        let o = p(&["-x", "0", "-m", "-4", "-V", "-1", "-y", "1", "-x", "8", "-I", "1000"]).unwrap();
-        assert_eq!((o.min_workers, o.max_workers, o.recipok_per_domain, o.backlog), (1, 8, 1, 200));
+        assert_eq!(
+            (o.busy_time, o.cmd_time, o.idle_time, o.queue_timeout),
+            (10, 10, 10, 600)
+        );
+        assert_eq!(
+            (o.log_interval, o.tick_types, o.recipok_per_domain),
+            (5, 30, 0)
+        );
+        let o = p(&[
+            "-x", "0", "-m", "-4", "-V", "-1", "-y", "1", "-x", "8", "-I", "1000",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                o.min_workers,
+                o.max_workers,
+                o.recipok_per_domain,
+                o.backlog
+            ),
+            (1, 8, 1, 200)
+        );
         assert_eq!(o.max_lifetime, None);
         assert_eq!(p(&["-x", "40"]).unwrap().backlog, 10);
     }
@@ -397,10 +491,22 @@ mod tests {
 
     #[test]
     fn fatal_messages() {
-        assert_eq!(p(&["-q", "200"]).unwrap_err(), Exit::Fatal("mux: Request queue size 200 too big (128 max)".into()));
-        assert_eq!(p(&["-f", "rel.pl"]).unwrap_err(), Exit::Fatal("mux: -f: You must supply an absolute path for filter program".into()));
-        assert_eq!(p(&["-S", "nope"]).unwrap_err(), Exit::Fatal("mux: Unknown syslog facility nope".into()));
-        assert_eq!(p(&["-v"]).unwrap_err(), Exit::Version("mailmunge-multiplexor version 3.09\n".into()));
+        assert_eq!(
+            p(&["-q", "200"]).unwrap_err(),
+            Exit::Fatal("mux: Request queue size 200 too big (128 max)".into())
+        );
+        assert_eq!(
+            p(&["-f", "rel.pl"]).unwrap_err(),
+            Exit::Fatal("mux: -f: You must supply an absolute path for filter program".into())
+        );
+        assert_eq!(
+            p(&["-S", "nope"]).unwrap_err(),
+            Exit::Fatal("mux: Unknown syslog facility nope".into())
+        );
+        assert_eq!(
+            p(&["-v"]).unwrap_err(),
+            Exit::Version("mailmunge-multiplexor version 3.09\n".into())
+        );
         assert_eq!(p(&["-h"]).unwrap_err(), Exit::Usage(None));
         assert!(matches!(p(&["-k"]).unwrap_err(), Exit::Usage(Some(_))));
     }
@@ -412,6 +518,9 @@ mod tests {
         assert_eq!(o.max_workers, 6);
         assert_eq!(o.socket, "/tmp/x/mailmunge-multiplexor.sock");
         let o = p(&["-p", "/run/mx.pid"]).unwrap();
-        assert_eq!(o.effective_lock_file(), Some(PathBuf::from("/run/mx.pid.lock")));
+        assert_eq!(
+            o.effective_lock_file(),
+            Some(PathBuf::from("/run/mx.pid.lock"))
+        );
     }
 }

@@ -31,10 +31,12 @@ pub mod replies {
     pub const QUEUE_TIMEOUT: &[u8] = b"error: Queued request timed out\n";
     pub const ACTIVATE_FAILED: &[u8] = b"error: Unable to activate worker\n";
     pub const WRITE_FAILED: &[u8] = b"error: Error talking to worker process\n";
-    pub const TIMEOUT_OVERLOADED: &[u8] = b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n";
+    pub const TIMEOUT_OVERLOADED: &[u8] =
+        b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n";
     pub const TIMEOUT: &[u8] = b"ERR Filter timed out - check filter rules or system load\n";
     pub const NO_RESPONSE: &[u8] = b"ERR No response from worker\n";
-    pub const RECIPOK_LIMIT: &[u8] = b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n";
+    pub const RECIPOK_LIMIT: &[u8] =
+        b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n";
     pub const SHUTTING_DOWN: &[u8] = b"error: Multiplexor is shutting down\n";
 }
 
@@ -102,8 +104,20 @@ pub struct Job {
 impl Job {
     pub fn new(line: Vec<u8>, kind: JobKind) -> (Job, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
-        let class = if kind == JobKind::Client { Class::of(&line) } else { Class::Other };
-        (Job { line, class, kind, reply: tx }, rx)
+        let class = if kind == JobKind::Client {
+            Class::of(&line)
+        } else {
+            Class::Other
+        };
+        (
+            Job {
+                line,
+                class,
+                kind,
+                reply: tx,
+            },
+            rx,
+        )
     }
 }
 
@@ -112,7 +126,10 @@ impl Job {
 pub enum Completion {
     /// A reply (possibly partial); `violation` when the worker broke the
     /// one-line protocol (overlong line, extra output) and must be retired.
-    Reply { bytes: Vec<u8>, violation: Option<&'static str> },
+    Reply {
+        bytes: Vec<u8>,
+        violation: Option<&'static str>,
+    },
     NoResponse,
     Timeout,
     WriteFailed,
@@ -197,7 +214,10 @@ impl Mux {
 
 /// Seconds since the epoch.
 pub fn epoch_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub struct Pool {
@@ -343,7 +363,10 @@ impl Pool {
     /// Sets a worker's status tag (sanitised, at most 63 bytes) and tells
     /// the notifier listeners.
     pub fn set_tag(&mut self, i: usize, tag: &str, announce: bool) {
-        let mut t: String = tag.chars().map(|c| if (' '..='~').contains(&c) { c } else { ' ' }).collect();
+        let mut t: String = tag
+            .chars()
+            .map(|c| if (' '..='~').contains(&c) { c } else { ' ' })
+            .collect();
         t.truncate(MAX_STATUS_LEN);
         self.slots[i].tag = t;
         if announce && !self.slots[i].tag.is_empty() {
@@ -370,7 +393,10 @@ impl Pool {
             if s.last_class == want || s.last_class.is_none() {
                 let replace = match same {
                     None => true,
-                    Some(c) => self.slots[c].last_class != want || s.activation_seq < self.slots[c].activation_seq,
+                    Some(c) => {
+                        self.slots[c].last_class != want
+                            || s.activation_seq < self.slots[c].activation_seq
+                    }
                 };
                 if replace {
                     same = Some(i);
@@ -383,7 +409,12 @@ impl Pool {
         if self.shutting_down {
             return None;
         }
-        self.slots.iter().enumerate().filter(|(_, s)| s.state == State::Stopped).max_by_key(|(_, s)| s.list_seq).map(|(i, _)| i)
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == State::Stopped)
+            .max_by_key(|(_, s)| s.list_seq)
+            .map(|(i, _)| i)
     }
 
     // ------------------------------------------------------------ activation
@@ -405,7 +436,9 @@ impl Pool {
                 }
             }
         }
-        let Some(me) = self.me.upgrade() else { return Err(ActivateError::Unavailable) };
+        let Some(me) = self.me.upgrade() else {
+            return Err(ActivateError::Unavailable);
+        };
         self.last_activation = Some(now);
         let spawned = self.spawner.spawn(&self.opts, i);
         if self.spawner.needs_zygote() {
@@ -414,9 +447,15 @@ impl Pool {
         let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
-                daemon::log(LOG_ERR, &format!("Could not execute {}: {e}", self.opts.filter.display()));
+                daemon::log(
+                    LOG_ERR,
+                    &format!("Could not execute {}: {e}", self.opts.filter.display()),
+                );
                 self.count_failure(43);
-                return Err(ActivateError::Spawn(format!("{}: {e}", self.opts.filter.display())));
+                return Err(ActivateError::Spawn(format!(
+                    "{}: {e}",
+                    self.opts.filter.display()
+                )));
             }
         };
         self.activations += 1;
@@ -448,7 +487,10 @@ impl Pool {
         }
         self.set_state(i, State::Idle);
         tokio::spawn(worker::run(me, i, wid, spawned, rx));
-        self.verbose(&format!("Starting worker {i} (pid {pid}) ({} running): {reason}", self.running()));
+        self.verbose(&format!(
+            "Starting worker {i} (pid {pid}) ({} running): {reason}",
+            self.running()
+        ));
         self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
         Ok(())
     }
@@ -459,8 +501,18 @@ impl Pool {
         if self.shutting_down || self.running() >= self.opts.min_workers {
             return false;
         }
-        if let Some(i) = self.slots.iter().enumerate().filter(|(_, s)| s.state == State::Stopped).max_by_key(|(_, s)| s.list_seq).map(|(i, _)| i) {
-            let reason = format!("Bringing workers up to minWorkers ({})", self.opts.min_workers);
+        if let Some(i) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == State::Stopped)
+            .max_by_key(|(_, s)| s.list_seq)
+            .map(|(i, _)| i)
+        {
+            let reason = format!(
+                "Bringing workers up to minWorkers ({})",
+                self.opts.min_workers
+            );
             let _ = self.activate(i, &reason);
             self.pump_queue();
         }
@@ -489,25 +541,46 @@ impl Pool {
             let _ = job.reply.send(Outcome::ShuttingDown);
             return None;
         }
-        let domain = if job.class == Class::RecipOk && self.opts.recipok_per_domain > 0 { recipient_domain(&job.line) } else { String::new() };
+        let domain = if job.class == Class::RecipOk && self.opts.recipok_per_domain > 0 {
+            recipient_domain(&job.line)
+        } else {
+            String::new()
+        };
         if !domain.is_empty() {
             let n = self
                 .slots
                 .iter()
-                .filter(|s| s.state == State::Busy && s.cur_class == Some(Class::RecipOk) && s.recip_domain.eq_ignore_ascii_case(&domain))
+                .filter(|s| {
+                    s.state == State::Busy
+                        && s.cur_class == Some(Class::RecipOk)
+                        && s.recip_domain.eq_ignore_ascii_case(&domain)
+                })
                 .count();
             if n >= self.opts.recipok_per_domain {
-                daemon::log(LOG_INFO, &format!("Hit per-domain recipok limit ({}) for domain {domain}", self.opts.recipok_per_domain));
+                daemon::log(
+                    LOG_INFO,
+                    &format!(
+                        "Hit per-domain recipok limit ({}) for domain {domain}",
+                        self.opts.recipok_per_domain
+                    ),
+                );
                 let _ = job.reply.send(Outcome::RecipokLimit);
                 return None;
             }
         }
         let Some(i) = self.find_free(job.class) else {
-            if allow_queue && job.kind == JobKind::Client && self.queue.len() < self.opts.queue_size {
+            if allow_queue && job.kind == JobKind::Client && self.queue.len() < self.opts.queue_size
+            {
                 let id = self.next_queue_id;
                 self.next_queue_id += 1;
                 self.queue.push_back(Queued { id, job });
-                daemon::log(LOG_INFO, &format!("All workers are busy: Queueing request ({} queued)", self.queue.len()));
+                daemon::log(
+                    LOG_INFO,
+                    &format!(
+                        "All workers are busy: Queueing request ({} queued)",
+                        self.queue.len()
+                    ),
+                );
                 return Some(id);
             }
             if allow_queue && self.opts.queue_size > 0 && job.kind == JobKind::Client {
@@ -521,7 +594,13 @@ impl Pool {
             let s = &self.slots[i];
             daemon::log(
                 LOG_INFO,
-                &format!("Scheduling {} worker {i} for cmdno {} (activated={}, last={})", s.state.name(), job.class.name(), s.activation_seq, s.last_class.map(Class::name).unwrap_or("none")),
+                &format!(
+                    "Scheduling {} worker {i} for cmdno {} (activated={}, last={})",
+                    s.state.name(),
+                    job.class.name(),
+                    s.activation_seq,
+                    s.last_class.map(Class::name).unwrap_or("none")
+                ),
             );
         }
         if self.slots[i].state == State::Stopped {
@@ -597,7 +676,9 @@ impl Pool {
             if self.find_free(front.job.class).is_none() {
                 break;
             }
-            let Some(q) = self.queue.pop_front() else { break };
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
             self.submit(q.job, false);
         }
     }
@@ -606,7 +687,14 @@ impl Pool {
 
     /// Bookkeeping when a worker's task finished a job (§7.7, §7.8).
     /// Returns what the requester gets.
-    pub fn complete(&mut self, i: usize, wid: u64, job: &Job, how: Completion, started: Instant) -> Outcome {
+    pub fn complete(
+        &mut self,
+        i: usize,
+        wid: u64,
+        job: &Job,
+        how: Completion,
+        started: Instant,
+    ) -> Outcome {
         let busy = self.count(State::Busy);
         let current = self.slots[i].wid == wid && self.slots[i].state == State::Busy;
         if current {
@@ -650,7 +738,9 @@ impl Pool {
                 if current {
                     self.kill(i, "Busy timeout");
                 }
-                Outcome::Timeout { overloaded: busy > 3 }
+                Outcome::Timeout {
+                    overloaded: busy > 3,
+                }
             }
             Completion::WriteFailed => {
                 if current {
@@ -682,8 +772,15 @@ impl Pool {
         } else if s.num_requests >= self.opts.max_requests {
             let n = s.num_requests;
             self.kill(i, &format!("Worker has processed {n} requests"));
-        } else if let Some(life) = self.opts.max_lifetime.filter(|&l| s.first_request.is_some_and(|f| f.elapsed().as_secs() > l)) {
-            self.kill(i, &format!("Worker has exceeded maximum lifetime of {life} seconds"));
+        } else if let Some(life) = self
+            .opts
+            .max_lifetime
+            .filter(|&l| s.first_request.is_some_and(|f| f.elapsed().as_secs() > l))
+        {
+            self.kill(
+                i,
+                &format!("Worker has exceeded maximum lifetime of {life} seconds"),
+            );
         } else if s.generation < self.generation {
             self.kill(i, "New generation -- forcing reread of filter rules");
         }
@@ -721,7 +818,14 @@ impl Pool {
         self.set_state(i, State::Killed);
         self.slots[i].expected_exit = true;
         self.slots[i].cur_class = None;
-        self.stat("KillWorker", i, &format!("req={req} age={age} reason=\"{}\"", sanitize_reason(reason.as_bytes())));
+        self.stat(
+            "KillWorker",
+            i,
+            &format!(
+                "req={req} age={age} reason=\"{}\"",
+                sanitize_reason(reason.as_bytes())
+            ),
+        );
     }
 
     /// The worker task saw its process exit (§7.13).
@@ -733,31 +837,54 @@ impl Pool {
         let pid = self.slots[i].pid.unwrap_or(0);
         let was_killed = self.slots[i].state == State::Killed;
         let expected = was_killed && self.slots[i].expected_exit;
-        let suffix = if expected { "" } else { " (WORKER DIED UNEXPECTEDLY)" };
+        let suffix = if expected {
+            ""
+        } else {
+            " (WORKER DIED UNEXPECTEDLY)"
+        };
         if was_killed {
             self.failures = 0;
         }
         if let Some(code) = status.code() {
             let prio = if expected { LOG_DEBUG } else { LOG_ERR };
             if self.opts.verbose || !expected {
-                daemon::log(prio, &format!("Reap: worker {i} (pid {pid}) exited normally with status {code}{suffix}"));
+                daemon::log(
+                    prio,
+                    &format!(
+                        "Reap: worker {i} (pid {pid}) exited normally with status {code}{suffix}"
+                    ),
+                );
             }
             match code {
                 42 => {
-                    daemon::log(LOG_ERR, &format!("You may have a syntax error in {}.  Check it with 'perl -c'", self.opts.filter.display()));
+                    daemon::log(
+                        LOG_ERR,
+                        &format!(
+                            "You may have a syntax error in {}.  Check it with 'perl -c'",
+                            self.opts.filter.display()
+                        ),
+                    );
                     self.count_failure(42);
                 }
                 43 => {
-                    daemon::log(LOG_ERR, &format!("Could not execute {}", self.opts.filter.display()));
+                    daemon::log(
+                        LOG_ERR,
+                        &format!("Could not execute {}", self.opts.filter.display()),
+                    );
                     self.count_failure(43);
                 }
                 _ => self.failures = 0,
             }
         } else if let Some(sig) = status.signal() {
             if sig == libc::SIGTERM || sig == libc::SIGKILL {
-                self.verbose(&format!("Reap: worker {i} (pid {pid}) exited due to SIGTERM/SIGKILL as expected."));
+                self.verbose(&format!(
+                    "Reap: worker {i} (pid {pid}) exited due to SIGTERM/SIGKILL as expected."
+                ));
             } else {
-                daemon::log(LOG_ERR, &format!("Reap: worker {i} (pid {pid}) exited due to signal {sig}{suffix}"));
+                daemon::log(
+                    LOG_ERR,
+                    &format!("Reap: worker {i} (pid {pid}) exited due to signal {sig}{suffix}"),
+                );
             }
             self.failures = 0;
         }
@@ -767,7 +894,10 @@ impl Pool {
                 if self.slots[i].oom {
                     daemon::log(LOG_ERR, &format!("Worker {i} ran out of memory -- possible DoS attack due to complex MIME?"));
                 } else if self.opts.verbose {
-                    daemon::log(LOG_ERR, &format!("Worker {i} died prematurely -- check your filter rules"));
+                    daemon::log(
+                        LOG_ERR,
+                        &format!("Worker {i} died prematurely -- check your filter rules"),
+                    );
                 } else {
                     daemon::log(
                         LOG_ERR,
@@ -802,13 +932,21 @@ impl Pool {
         if let Some(life) = self.opts.max_lifetime {
             for i in 0..self.slots.len() {
                 let s = &self.slots[i];
-                if s.state == State::Idle && s.first_request.is_some_and(|f| f.elapsed().as_secs() > life) {
-                    self.kill(i, &format!("Worker has exceeded maximum lifetime of {life} seconds"));
+                if s.state == State::Idle
+                    && s.first_request
+                        .is_some_and(|f| f.elapsed().as_secs() > life)
+                {
+                    self.kill(
+                        i,
+                        &format!("Worker has exceeded maximum lifetime of {life} seconds"),
+                    );
                 }
             }
         }
         let mut running = self.count(State::Idle) + self.count(State::Busy);
-        let mut idle: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].state == State::Idle).collect();
+        let mut idle: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].state == State::Idle)
+            .collect();
         idle.sort_by_key(|&i| std::cmp::Reverse(self.slots[i].list_seq));
         for i in idle {
             if running <= self.opts.min_workers {
@@ -845,7 +983,9 @@ impl Pool {
     /// reread (`fresh`) the previous zygote is not used until the new one is
     /// ready; if the new one fails to load, the previous one stays.
     pub fn load_zygote(&mut self, delay: std::time::Duration, fresh: bool) {
-        let worker::Spawner::Zygote { reloading, .. } = &mut self.spawner else { return };
+        let worker::Spawner::Zygote { reloading, .. } = &mut self.spawner else {
+            return;
+        };
         if self.zygote_loading {
             return;
         }
@@ -862,12 +1002,25 @@ impl Pool {
                 *reloading = false;
                 match r {
                     Ok(z) => {
-                        daemon::log(LOG_INFO, &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid));
+                        daemon::log(
+                            LOG_INFO,
+                            &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
+                        );
                         *current = Some(z);
                     }
                     Err(e) => {
-                        let fallback = if current.is_some() { "keeping the filter loaded before" } else { "starting workers with perl instead" };
-                        daemon::log(LOG_ERR, &format!("Could not preload {}: {e}; {fallback}", opts.filter.display()));
+                        let fallback = if current.is_some() {
+                            "keeping the filter loaded before"
+                        } else {
+                            "starting workers with perl instead"
+                        };
+                        daemon::log(
+                            LOG_ERR,
+                            &format!(
+                                "Could not preload {}: {e}; {fallback}",
+                                opts.filter.display()
+                            ),
+                        );
                     }
                 }
             }
@@ -919,10 +1072,25 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 /// The status tag for a dispatched command (§8): first word and first
 /// argument, percent-decoded, control bytes blanked, at most 63 bytes.
 pub fn tag_from_command(line: &[u8]) -> String {
-    let end = line.iter().enumerate().filter(|(_, &b)| b == b' ').nth(1).map(|(p, _)| p).unwrap_or(line.len());
+    let end = line
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b' ')
+        .nth(1)
+        .map(|(p, _)| p)
+        .unwrap_or(line.len());
     let head = &line[..end.min(MAX_STATUS_LEN)];
     let decoded = crate::percent::decode(head);
-    let mut s: String = decoded.iter().map(|&b| if (0x20..=0x7e).contains(&b) { b as char } else { ' ' }).collect();
+    let mut s: String = decoded
+        .iter()
+        .map(|&b| {
+            if (0x20..=0x7e).contains(&b) {
+                b as char
+            } else {
+                ' '
+            }
+        })
+        .collect();
     s.truncate(MAX_STATUS_LEN);
     s
 }
@@ -942,7 +1110,15 @@ pub fn queue_id(class: Class, line: &[u8]) -> String {
 
 /// Bytes as text for logs: printable ASCII kept, anything else `?`.
 fn printable(b: &[u8]) -> String {
-    b.iter().map(|&c| if (0x21..=0x7e).contains(&c) { c as char } else { '?' }).collect()
+    b.iter()
+        .map(|&c| {
+            if (0x21..=0x7e).contains(&c) {
+                c as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// The recipient domain of a `recipok` line for `-y` (§11, with §20.5's
@@ -950,10 +1126,19 @@ fn printable(b: &[u8]) -> String {
 /// up to `>`; lower-cased; at most 127 bytes; empty when there is none.
 pub fn recipient_domain(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let Some(arg) = line.split(|&b| b == b' ').nth(1) else { return String::new() };
+    let Some(arg) = line.split(|&b| b == b' ').nth(1) else {
+        return String::new();
+    };
     let rcpt = crate::percent::decode(arg);
-    let Some(at) = rcpt.iter().rposition(|&b| b == b'@') else { return String::new() };
-    let dom: Vec<u8> = rcpt[at + 1..].iter().copied().take_while(|&b| b != b'>' && b != b' ').take(127).collect();
+    let Some(at) = rcpt.iter().rposition(|&b| b == b'@') else {
+        return String::new();
+    };
+    let dom: Vec<u8> = rcpt[at + 1..]
+        .iter()
+        .copied()
+        .take_while(|&b| b != b'>' && b != b' ')
+        .take(127)
+        .collect();
     printable(&dom).to_ascii_lowercase()
 }
 
@@ -963,8 +1148,14 @@ mod tests {
 
     #[test]
     fn tags() {
-        assert_eq!(tag_from_command(b"scan NOQUEUE /var/spool/x"), "scan NOQUEUE");
-        assert_eq!(tag_from_command(b"recipok <a@example.com> <b@c>"), "recipok <a@example.com>");
+        assert_eq!(
+            tag_from_command(b"scan NOQUEUE /var/spool/x"),
+            "scan NOQUEUE"
+        );
+        assert_eq!(
+            tag_from_command(b"recipok <a@example.com> <b@c>"),
+            "recipok <a@example.com>"
+        );
         assert_eq!(tag_from_command(b"sleep 2"), "sleep 2");
         assert_eq!(tag_from_command(b"map virt%0Auser key"), "map virt user");
         assert_eq!(tag_from_command(&[b'x'; 100]).len(), 63);
@@ -972,16 +1163,31 @@ mod tests {
 
     #[test]
     fn queue_ids() {
-        assert_eq!(queue_id(Class::RelayOk, b"relayok 1.2.3.4 h 25 5.6.7.8 25 QID1"), "QID1");
-        assert_eq!(queue_id(Class::SenderOk, b"senderok <a> ip name helo dir QID2 X"), "QID2");
-        assert_eq!(queue_id(Class::RecipOk, b"recipok <r> <s> ip name first helo dir QID3 m h a"), "QID3");
+        assert_eq!(
+            queue_id(Class::RelayOk, b"relayok 1.2.3.4 h 25 5.6.7.8 25 QID1"),
+            "QID1"
+        );
+        assert_eq!(
+            queue_id(Class::SenderOk, b"senderok <a> ip name helo dir QID2 X"),
+            "QID2"
+        );
+        assert_eq!(
+            queue_id(
+                Class::RecipOk,
+                b"recipok <r> <s> ip name first helo dir QID3 m h a"
+            ),
+            "QID3"
+        );
         assert_eq!(queue_id(Class::Scan, b"scan QID4 /dir"), "QID4");
         assert_eq!(queue_id(Class::Other, b"ping"), "");
     }
 
     #[test]
     fn domains() {
-        assert_eq!(recipient_domain(b"recipok <a@Example.COM> <s@other.org> x\n"), "example.com");
+        assert_eq!(
+            recipient_domain(b"recipok <a@Example.COM> <s@other.org> x\n"),
+            "example.com"
+        );
         assert_eq!(recipient_domain(b"recipok <a%40b@c.d> x"), "c.d");
         assert_eq!(recipient_domain(b"recipok <postmaster> <s@other.org>"), "");
         assert_eq!(recipient_domain(b"recipok"), "");
@@ -1006,8 +1212,14 @@ mod tests {
 
     #[test]
     fn client_texts() {
-        assert_eq!(Outcome::NoResponse.client_bytes(), b"ERR No response from worker\n");
-        assert_eq!(Outcome::Timeout { overloaded: false }.client_bytes(), b"ERR Filter timed out - check filter rules or system load\n");
+        assert_eq!(
+            Outcome::NoResponse.client_bytes(),
+            b"ERR No response from worker\n"
+        );
+        assert_eq!(
+            Outcome::Timeout { overloaded: false }.client_bytes(),
+            b"ERR Filter timed out - check filter rules or system load\n"
+        );
         assert_eq!(Outcome::NoFree.client_bytes(), b"error: No free workers\n");
         assert_eq!(Outcome::Reply(b"ok\n".to_vec()).client_bytes(), b"ok\n");
     }

@@ -10,7 +10,15 @@ use super::{Class, State};
 /// `status` (§5.1).
 pub fn status(p: &Pool) -> String {
     let mut s: String = p.slots.iter().map(|w| w.state.letter()).collect();
-    let _ = writeln!(s, " {} {} {} {} {}", p.msgs, p.activations, p.opts.queue_size, p.queue.len(), p.uptime());
+    let _ = writeln!(
+        s,
+        " {} {} {} {} {}",
+        p.msgs,
+        p.activations,
+        p.opts.queue_size,
+        p.queue.len(),
+        p.uptime()
+    );
     s
 }
 
@@ -44,7 +52,9 @@ pub fn workers(p: &Pool, busy_only: bool) -> String {
 
 /// `workerinfo N` (§5.4); `arg` is the text after `workerinfo `.
 pub fn workerinfo(p: &Pool, arg: &str) -> String {
-    let Some(n) = crate::cnum::scan_int(arg) else { return "error: Invalid worker number\n".into() };
+    let Some(n) = crate::cnum::scan_int(arg) else {
+        return "error: Invalid worker number\n".into();
+    };
     if n < 0 || n as usize >= p.slots.len() {
         return "error: Worker number out of range\n".into();
     }
@@ -81,9 +91,15 @@ fn state_counts(p: &Pool) -> String {
 /// `load`, `load-relayok`, `load-senderok`, `load-recipok` (§5.5).
 pub fn load(p: &Pool, class: Class, now: i64) -> String {
     let windows = [10, 60, 300, 600];
-    let t: Vec<_> = windows.iter().map(|&w| p.history.totals(class, now, w)).collect();
+    let t: Vec<_> = windows
+        .iter()
+        .map(|&w| p.history.totals(class, now, w))
+        .collect();
     // Activations and reaps live in the scan history only.
-    let a: Vec<_> = windows.iter().map(|&w| p.history.totals(Class::Scan, now, w)).collect();
+    let a: Vec<_> = windows
+        .iter()
+        .map(|&w| p.history.totals(Class::Scan, now, w))
+        .collect();
     let mut s = String::new();
     for x in &t {
         let _ = write!(s, "{} ", x.count);
@@ -120,7 +136,11 @@ pub fn load1(p: &Pool, arg: &str, now: i64) -> String {
     s.push_str(&state_counts(p));
     let _ = write!(s, " {back}");
     for c in Class::TRACKED {
-        let n = p.slots.iter().filter(|w| w.state == State::Busy && w.cur_class == Some(c)).count();
+        let n = p
+            .slots
+            .iter()
+            .filter(|w| w.state == State::Busy && w.cur_class == Some(c))
+            .count();
         let _ = write!(s, " {n}");
     }
     s.push('\n');
@@ -129,7 +149,10 @@ pub fn load1(p: &Pool, arg: &str, now: i64) -> String {
 
 /// `hload*` (§5.7).
 pub fn hload(p: &Pool, class: Class, now: i64) -> String {
-    let t: Vec<_> = [1, 4, 12, 24].iter().map(|&h| p.history.hour_totals(class, now, h)).collect();
+    let t: Vec<_> = [1, 4, 12, 24]
+        .iter()
+        .map(|&h| p.history.hour_totals(class, now, h))
+        .collect();
     let mut parts: Vec<String> = Vec::with_capacity(16);
     parts.extend(t.iter().map(|x| x.count.to_string()));
     parts.extend(t.iter().map(|x| format!("{:.6}", x.avg_busy())));
@@ -152,7 +175,10 @@ pub fn histo(p: &Pool) -> String {
 const HELP_PRIV: &[(&str, &str)] = &[
     ("help", "List available multiplexor commands"),
     ("status", "Display worker status"),
-    ("rawstatus", "Display worker status in computer-readable format"),
+    (
+        "rawstatus",
+        "Display worker status in computer-readable format",
+    ),
     ("barstatus", "Display worker status as bar graph"),
     ("free", "Display number of free workers"),
     ("load", "Display worker load (scans)"),
@@ -160,17 +186,29 @@ const HELP_PRIV: &[(&str, &str)] = &[
     ("load1 secs", "Display worker load in alternate format"),
     ("rawload1 secs", "Display worker load in alternate format"),
     ("load-relayok", "Display load (relayok requests)"),
-    ("rawload-relayok", "Computer-readable load (relayok requests)"),
+    (
+        "rawload-relayok",
+        "Computer-readable load (relayok requests)",
+    ),
     ("load-senderok", "Display load (senderok requests)"),
-    ("rawload-senderok", "Computer-readable load (senderok requests)"),
+    (
+        "rawload-senderok",
+        "Computer-readable load (senderok requests)",
+    ),
     ("load-recipok", "Display load (recipok requests)"),
-    ("rawload-recipok", "Computer-readable load (recipok requests)"),
+    (
+        "rawload-recipok",
+        "Computer-readable load (recipok requests)",
+    ),
     ("histo", "Display histogram of busy workers"),
     ("msgs", "Display number of messages processed since startup"),
     ("reread", "Force a re-read of filter rules"),
     ("workers", "Display workers with process-IDs"),
     ("busyworkers", "Display busy workers with process-IDs"),
-    ("workerinfo n", "Display information about a particular worker"),
+    (
+        "workerinfo n",
+        "Display information about a particular worker",
+    ),
     ("scan /path", "Run a scan (do not invoke using md-mx-ctrl)"),
 ];
 
@@ -180,19 +218,34 @@ const HELP_UNPRIV: &[(&str, &str)] = &[
     ("load", "Display worker load (scans)"),
     ("rawload", "Display worker load in computer-readable format"),
     ("load1 secs", "Display worker load in alternate format"),
-    ("rawload1 secs", "Display worker load in computer-readable alternate format"),
+    (
+        "rawload1 secs",
+        "Display worker load in computer-readable alternate format",
+    ),
     ("load-relayok", "Display load (relayok requests)"),
-    ("rawload-relayok", "Computer-readable load (relayok requests)"),
+    (
+        "rawload-relayok",
+        "Computer-readable load (relayok requests)",
+    ),
     ("load-senderok", "Display load (senderok requests)"),
-    ("rawload-senderok", "Computer-readable load (senderok requests)"),
+    (
+        "rawload-senderok",
+        "Computer-readable load (senderok requests)",
+    ),
     ("load-recipok", "Display load (recipok requests)"),
-    ("rawload-recipok", "Computer-readable load (recipok requests)"),
+    (
+        "rawload-recipok",
+        "Computer-readable load (recipok requests)",
+    ),
     ("status", "Display worker status"),
     ("histo", "Display histogram of busy workers"),
     ("msgs", "Display number of messages processed since startup"),
     ("workers", "Display workers with process-IDs"),
     ("busyworkers", "Display busy workers with process-IDs"),
-    ("workerinfo n", "Display information about a particular worker"),
+    (
+        "workerinfo n",
+        "Display information about a particular worker",
+    ),
 ];
 
 /// `help` (§5.9) for the privileged or the unprivileged socket.
@@ -228,12 +281,24 @@ mod tests {
             load1(&p, "60", 1_000_000),
             "0 0.000000 0.000000 0 0.000000 0.000000 0 0.000000 0.000000 0 0.000000 0.000000 0 0 4 0 0 0 2 0 0 60 0 0 0 0\n"
         );
-        assert_eq!(load1(&p, "5", 0), "error: Invalid 'back' amount (must be 10-600)\n");
-        assert_eq!(load1(&p, "601", 0), "error: Invalid 'back' amount (must be 10-600)\n");
-        assert_eq!(load1(&p, "x", 0), "error: Invalid 'back' amount (must be 10-600)\n");
+        assert_eq!(
+            load1(&p, "5", 0),
+            "error: Invalid 'back' amount (must be 10-600)\n"
+        );
+        assert_eq!(
+            load1(&p, "601", 0),
+            "error: Invalid 'back' amount (must be 10-600)\n"
+        );
+        assert_eq!(
+            load1(&p, "x", 0),
+            "error: Invalid 'back' amount (must be 10-600)\n"
+        );
         assert_eq!(hload(&p, Class::RecipOk, 1_000_000), "0 0 0 0 0.000000 0.000000 0.000000 0.000000 0.000000 0.000000 0.000000 0.000000 0 0 0 0\n");
         assert_eq!(histo(&p), "   1 0\n   2 0\n   3 0\n   4 0\n");
-        assert_eq!(workers(&p, false), "0 S ago=0\n1 S ago=0\n2 S ago=0\n3 S ago=0\n");
+        assert_eq!(
+            workers(&p, false),
+            "0 S ago=0\n1 S ago=0\n2 S ago=0\n3 S ago=0\n"
+        );
         assert_eq!(workers(&p, true), "");
     }
 
@@ -263,7 +328,10 @@ mod tests {
         let l = load(&p, Class::RelayOk, 1000);
         assert!(l.starts_with("0 0 0 0 1.000000 1.000000 1.000000 1.000000 0.000000 0.000000 0.000000 0.000000 0 0 0 0 0 0 0 0 "), "{l}");
         let l1 = load1(&p, "10", 1005);
-        assert!(l1.starts_with("2 1.500000 75.000000 0 0.000000 0.000000 "), "{l1}");
+        assert!(
+            l1.starts_with("2 1.500000 75.000000 0 0.000000 0.000000 "),
+            "{l1}"
+        );
     }
 
     #[test]
@@ -275,7 +343,9 @@ mod tests {
         assert_eq!(h.lines().count(), 23);
         let u = help(false);
         assert!(!u.contains("reread"));
-        assert!(u.contains("rawload1 secs    -- Display worker load in computer-readable alternate format\n"));
+        assert!(u.contains(
+            "rawload1 secs    -- Display worker load in computer-readable alternate format\n"
+        ));
         assert_eq!(u.lines().count(), 19);
     }
 }

@@ -23,7 +23,9 @@ pub fn strerror(e: &std::io::Error) -> String {
 
 fn access_ok(path: &Path, mode: libc::c_int) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: valid C string.
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
@@ -32,15 +34,25 @@ fn access_ok(path: &Path, mode: libc::c_int) -> bool {
 fn check_filter(o: &Options) -> Result<(), String> {
     let f = &o.filter;
     let a0 = &o.argv0;
-    let m = std::fs::metadata(f).map_err(|e| format!("{a0}: Unable to stat({}): {}", f.display(), strerror(&e)))?;
+    let m = std::fs::metadata(f)
+        .map_err(|e| format!("{a0}: Unable to stat({}): {}", f.display(), strerror(&e)))?;
     if !m.is_file() {
-        return Err(format!("{a0}: Filter program {} is not a regular file.", f.display()));
+        return Err(format!(
+            "{a0}: Filter program {} is not a regular file.",
+            f.display()
+        ));
     }
     if !access_ok(f, libc::R_OK) {
-        return Err(format!("{a0}: Filter program {} is not readable.", f.display()));
+        return Err(format!(
+            "{a0}: Filter program {} is not readable.",
+            f.display()
+        ));
     }
     if !o.embedded && !access_ok(f, libc::X_OK) {
-        return Err(format!("{a0}: Filter program {} is not executable.", f.display()));
+        return Err(format!(
+            "{a0}: Filter program {} is not executable.",
+            f.display()
+        ));
     }
     Ok(())
 }
@@ -53,7 +65,10 @@ where
 {
     daemon::set_umask(0o077);
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let argv0 = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "mailmunge-multiplexor".into());
+    let argv0 = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mailmunge-multiplexor".into());
     if let Err(m) = daemon::check_not_setid(&argv0) {
         eprintln!("{m}");
         return 1;
@@ -98,7 +113,11 @@ where
         return 1;
     }
     if let Err(e) = std::env::set_current_dir(&opts.spool_dir) {
-        eprintln!("{argv0}: Unable to chdir({}): {}", opts.spool_dir.display(), strerror(&e));
+        eprintln!(
+            "{argv0}: Unable to chdir({}): {}",
+            opts.spool_dir.display(),
+            strerror(&e)
+        );
         return 1;
     }
     if let Err(m) = check_filter(&opts) {
@@ -120,7 +139,10 @@ where
     keep.extend(pidfile.as_ref().map(PidFile::raw_fd));
     daemon::close_inherited_fds(&keep);
     super::worker::reserve_low_fds();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             let mut r = readiness;
@@ -148,7 +170,12 @@ impl Cleanup {
     }
 }
 
-fn bind_with_umask(spec: &SockSpec, backlog: i32, mask: u32, file_mask: u32) -> std::io::Result<Listener> {
+fn bind_with_umask(
+    spec: &SockSpec,
+    backlog: i32,
+    mask: u32,
+    file_mask: u32,
+) -> std::io::Result<Listener> {
     daemon::set_umask(mask);
     let r = spec.bind(backlog);
     daemon::set_umask(file_mask);
@@ -160,7 +187,11 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     let sock_mask = if opts.group_perms { 0o007 } else { 0o077 };
     daemon::set_umask(file_mask);
     daemon::open_syslog(&opts.ident, opts.facility);
-    let mut cleanup = Cleanup { pid_file: opts.pid_file.clone(), lock_file: opts.lock_file.clone(), sockets: Vec::new() };
+    let mut cleanup = Cleanup {
+        pid_file: opts.pid_file.clone(),
+        lock_file: opts.lock_file.clone(),
+        sockets: Vec::new(),
+    };
     let fail = |ready: &mut Readiness, cleanup: &Cleanup, msg: &str| -> i32 {
         daemon::log(LOG_ERR, msg);
         cleanup.files();
@@ -195,33 +226,42 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
         Err(_) => return fail(&mut ready, &cleanup, "Unable to create listening socket."),
     };
     if spec.is_tcp() {
-        return fail(&mut ready, &cleanup, "Argument to -s option must be a UNIX-domain socket, not a TCP socket.");
+        return fail(
+            &mut ready,
+            &cleanup,
+            "Argument to -s option must be a UNIX-domain socket, not a TCP socket.",
+        );
     }
-    let main_listener = match bind_with_umask(&spec, opts.backlog, sock_mask, file_mask) {
-        Ok(l) => l,
-        Err(e) => {
-            daemon::log(LOG_ERR, &format!("{}: {e}", opts.socket));
-            return fail(&mut ready, &cleanup, "Unable to create listening socket.");
-        }
-    };
-    cleanup.sockets.extend(main_listener.path().map(Path::to_path_buf));
     let unpriv = match &opts.unpriv_socket {
         None => None,
-        Some(a) => match SockSpec::parse_mux(a).map_err(|e| std::io::Error::other(e.to_string())).and_then(|s| bind_with_umask(&s, opts.backlog, 0, file_mask)) {
+        Some(a) => match SockSpec::parse_mux(a)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|s| bind_with_umask(&s, opts.backlog, 0, file_mask))
+        {
             Ok(l) => {
                 cleanup.sockets.extend(l.path().map(Path::to_path_buf));
                 Some(l)
             }
             Err(e) => {
                 daemon::log(LOG_ERR, &format!("{a}: {e}"));
-                return fail(&mut ready, &cleanup, "Unable to create unprivileged listening socket");
+                return fail(
+                    &mut ready,
+                    &cleanup,
+                    "Unable to create unprivileged listening socket",
+                );
             }
         },
     };
 
     let mut sigterm = match unix_signal(SignalKind::terminate()) {
         Ok(s) => s,
-        Err(e) => return fail(&mut ready, &cleanup, &format!("Unable to handle SIGTERM: {e}")),
+        Err(e) => {
+            return fail(
+                &mut ready,
+                &cleanup,
+                &format!("Unable to handle SIGTERM: {e}"),
+            )
+        }
     };
     if opts.verbose {
         daemon::log(
@@ -241,18 +281,27 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
 
     let mux = Mux::new(opts.clone());
     if let Some(spec) = &opts.notify_socket {
-        match SockSpec::parse_mux(spec).map_err(|e| std::io::Error::other(e.to_string())).and_then(|s| bind_with_umask(&s, 5, sock_mask, file_mask)) {
+        match SockSpec::parse_mux(spec)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|s| bind_with_umask(&s, 5, sock_mask, file_mask))
+        {
             Ok(l) => {
                 cleanup.sockets.extend(l.path().map(Path::to_path_buf));
                 let n = crate::notify::Notifier::new();
                 mux.lock().notify = Some(n.clone());
                 tokio::spawn(crate::notify::run(l, n, std::future::pending::<()>()));
             }
-            Err(e) => daemon::log(LOG_ERR, &format!("Unable to create notifier socket {spec}: {e}")),
+            Err(e) => daemon::log(
+                LOG_ERR,
+                &format!("Unable to create notifier socket {spec}: {e}"),
+            ),
         }
     }
     if let Some(spec) = &opts.map_socket {
-        match SockSpec::parse_mux(spec).map_err(|e| std::io::Error::other(e.to_string())).and_then(|s| bind_with_umask(&s, opts.backlog, sock_mask, file_mask)) {
+        match SockSpec::parse_mux(spec)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|s| bind_with_umask(&s, opts.backlog, sock_mask, file_mask))
+        {
             Ok(l) => {
                 cleanup.sockets.extend(l.path().map(Path::to_path_buf));
                 let m = mux.clone();
@@ -260,10 +309,21 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                     let m = m.clone();
                     async move { control::map_lookup(&m, req.worker_command()).await }
                 };
-                let cfg = crate::socketmap::Config { reply_timeout: opts.cmd_timeout(), ..Default::default() };
-                tokio::spawn(crate::socketmap::run(l, handler, cfg, std::future::pending::<()>()));
+                let cfg = crate::socketmap::Config {
+                    reply_timeout: opts.cmd_timeout(),
+                    ..Default::default()
+                };
+                tokio::spawn(crate::socketmap::run(
+                    l,
+                    handler,
+                    cfg,
+                    std::future::pending::<()>(),
+                ));
             }
-            Err(e) => daemon::log(LOG_ERR, &format!("Unable to create socketmap socket {spec}: {e}")),
+            Err(e) => daemon::log(
+                LOG_ERR,
+                &format!("Unable to create socketmap socket {spec}: {e}"),
+            ),
         }
     }
     spawn_signal_tasks(&mux);
@@ -274,7 +334,12 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     }
     if opts.embedded {
         match super::zygote::Zygote::start(&opts).await {
-            Ok(z) => mux.lock().spawner = super::worker::Spawner::Zygote { current: Some(z), reloading: false },
+            Ok(z) => {
+                mux.lock().spawner = super::worker::Spawner::Zygote {
+                    current: Some(z),
+                    reloading: false,
+                }
+            }
             Err(e) => {
                 let msg = format!(
                     "perl_parse failed - you may have an error in {}; please check with perl -c.  MULTIPLEXOR IS TERMINATING.\n{e}",
@@ -288,8 +353,24 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     if mux.lock().fill_once() {
         mux.fill.notify_one();
     }
+    // The control socket comes last: once it accepts, every other socket
+    // is listening too (clients and init scripts poll it).
+    let main_listener = match bind_with_umask(&spec, opts.backlog, sock_mask, file_mask) {
+        Ok(l) => l,
+        Err(e) => {
+            daemon::log(LOG_ERR, &format!("{}: {e}", opts.socket));
+            return fail(&mut ready, &cleanup, "Unable to create listening socket.");
+        }
+    };
+    cleanup
+        .sockets
+        .extend(main_listener.path().map(Path::to_path_buf));
     super::ticks::start(&mux);
-    tokio::spawn(control::serve(mux.clone(), main_listener, Access::Privileged));
+    tokio::spawn(control::serve(
+        mux.clone(),
+        main_listener,
+        Access::Privileged,
+    ));
     if let Some(l) = unpriv {
         tokio::spawn(control::serve(mux.clone(), l, Access::Unprivileged));
     }
@@ -354,12 +435,19 @@ async fn status_logger(mux: Arc<Mux>) {
 
 /// Logs the `alive` line with the detected MTA, off the event loop (§20.16).
 async fn log_alive() {
-    let mta = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(detect_mta)).await;
+    let mta = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(detect_mta),
+    )
+    .await;
     let what = match mta {
         Ok(Ok(Some(name))) => format!("MTA appears to be: {name}"),
         _ => "MTA could not be identified".to_string(),
     };
-    daemon::log(LOG_INFO, &format!("mailmunge-multiplexor {} alive.  {what}", crate::VERSION));
+    daemon::log(
+        LOG_INFO,
+        &format!("mailmunge-multiplexor {} alive.  {what}", crate::VERSION),
+    );
 }
 
 fn detect_mta() -> Option<&'static str> {
@@ -370,9 +458,16 @@ fn detect_mta() -> Option<&'static str> {
         (false, true) => return Some("Sendmail"),
         _ => {}
     }
-    let bin = ["/usr/sbin/sendmail", "/usr/lib/sendmail"].into_iter().find(|p| access_ok(Path::new(p), libc::X_OK))?;
-    let out = std::process::Command::new(bin).arg("-bt").stdin(std::process::Stdio::null()).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase() + &String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    let bin = ["/usr/sbin/sendmail", "/usr/lib/sendmail"]
+        .into_iter()
+        .find(|p| access_ok(Path::new(p), libc::X_OK))?;
+    let out = std::process::Command::new(bin)
+        .arg("-bt")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+        + &String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
     if text.contains("unsupported: -bt") {
         Some("Postfix")
     } else if text.contains("address test mode") {
@@ -384,13 +479,20 @@ fn detect_mta() -> Option<&'static str> {
 
 /// SIGTERM (§16): clean up files, retire workers, escalate, exit 0.
 async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup) -> i32 {
-    daemon::log(LOG_INFO, "Received SIGTERM: Stopping workers and terminating");
+    daemon::log(
+        LOG_INFO,
+        "Received SIGTERM: Stopping workers and terminating",
+    );
     cleanup.files();
     for s in &cleanup.sockets {
         daemon::remove_socket(s);
     }
     mux.lock().begin_shutdown();
-    for (sig, msg) in [(0, ""), (libc::SIGTERM, "Still some workers alive: Sending SIGTERM"), (libc::SIGKILL, "Still some workers alive: Sending SIGKILL")] {
+    for (sig, msg) in [
+        (0, ""),
+        (libc::SIGTERM, "Still some workers alive: Sending SIGTERM"),
+        (libc::SIGKILL, "Still some workers alive: Sending SIGKILL"),
+    ] {
         if sig != 0 {
             daemon::log(LOG_INFO, msg);
             for pid in mux.lock().live_pids() {

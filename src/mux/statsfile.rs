@@ -21,7 +21,12 @@ impl StatsFile {
     /// Opens the file (append, created with the current umask) if a path is
     /// given. `syslog` copies every line to syslog as `stats <rest>`.
     pub fn open(path: Option<PathBuf>, flush: bool, syslog: bool) -> StatsFile {
-        let mut s = StatsFile { path, out: None, flush, syslog };
+        let mut s = StatsFile {
+            path,
+            out: None,
+            flush,
+            syslog,
+        };
         s.reopen();
         s
     }
@@ -37,19 +42,35 @@ impl StatsFile {
             let _ = o.flush();
         }
         if let Some(p) = &self.path {
-            match std::fs::OpenOptions::new().append(true).create(true).open(p) {
+            match std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+            {
                 Ok(f) => self.out = Some(BufWriter::new(f)),
-                Err(e) => crate::daemon::log(crate::daemon::LOG_ERR, &format!("Could not open stats file {}: {e}", p.display())),
+                Err(e) => crate::daemon::log(
+                    crate::daemon::LOG_ERR,
+                    &format!("Could not open stats file {}: {e}", p.display()),
+                ),
             }
         }
     }
 
     /// Writes one event line.
-    pub fn event(&mut self, event: &str, worker: usize, nworkers: usize, nbusy: usize, extra: &str) {
+    pub fn event(
+        &mut self,
+        event: &str,
+        worker: usize,
+        nworkers: usize,
+        nbusy: usize,
+        extra: &str,
+    ) {
         if !self.active() {
             return;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let mut line = format!(
             "{} {}.{:03} {event} worker={worker} nworkers={nworkers} nbusy={nbusy}",
             local_stamp(now.as_secs() as i64),
@@ -68,7 +89,10 @@ impl StatsFile {
             }
         }
         if self.syslog {
-            crate::daemon::log(crate::daemon::LOG_INFO, &format!("stats {}", &line[20.min(line.len())..]));
+            crate::daemon::log(
+                crate::daemon::LOG_INFO,
+                &format!("stats {}", &line[20.min(line.len())..]),
+            );
         }
     }
 }
@@ -97,7 +121,15 @@ pub fn local_stamp(epoch: i64) -> String {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let t = epoch as libc::time_t;
     unsafe { libc::localtime_r(&t, &mut tm) };
-    format!("{:02}/{:02}/{:04}:{:02}:{:02}:{:02}", tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec)
+    format!(
+        "{:02}/{:02}/{:04}:{:02}:{:02}:{:02}",
+        tm.tm_mday,
+        tm.tm_mon + 1,
+        tm.tm_year + 1900,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 /// Makes a reason safe for `reason="…"`: control characters become spaces
@@ -135,7 +167,16 @@ mod tests {
         let (secs, ms) = f[1].split_once('.').unwrap();
         assert!(secs.parse::<u64>().unwrap() > 1_600_000_000);
         assert_eq!(ms.len(), 3);
-        assert_eq!(&f[2..], ["EndFilter", "worker=1", "nworkers=2", "nbusy=0", "numRequests=3"]);
+        assert_eq!(
+            &f[2..],
+            [
+                "EndFilter",
+                "worker=1",
+                "nworkers=2",
+                "nbusy=0",
+                "numRequests=3"
+            ]
+        );
         assert!(lines[1].ends_with(" ReapWorker worker=0 nworkers=1 nbusy=0"));
     }
 
@@ -151,7 +192,15 @@ mod tests {
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         let t: libc::time_t = 1795697728;
         unsafe { libc::localtime_r(&t, &mut tm) };
-        let expect = format!("{:02}/{:02}/{}:{:02}:{:02}:{:02}", tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        let expect = format!(
+            "{:02}/{:02}/{}:{:02}:{:02}:{:02}",
+            tm.tm_mday,
+            tm.tm_mon + 1,
+            tm.tm_year + 1900,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
+        );
         assert_eq!(local_stamp(1795697728), expect);
         if tm.tm_gmtoff == 0 {
             assert_eq!(local_stamp(1795697728), "26/11/2026:12:55:28");

@@ -26,8 +26,13 @@ async fn run(mux: Arc<Mux>, n: u32) {
         let (job, rx) = Job::new(format!("tick {n}\n").into_bytes(), JobKind::Tick(n));
         mux.lock().submit(job, false);
         match rx.await {
-            Ok(Outcome::NoFree) => daemon::log(LOG_INFO, &format!("Tick {n} skipped -- no free workers")),
-            Ok(Outcome::ActivateFailed) => daemon::log(LOG_WARNING, &format!("Tick {n} skipped -- unable to activate worker")),
+            Ok(Outcome::NoFree) => {
+                daemon::log(LOG_INFO, &format!("Tick {n} skipped -- no free workers"))
+            }
+            Ok(Outcome::ActivateFailed) => daemon::log(
+                LOG_WARNING,
+                &format!("Tick {n} skipped -- unable to activate worker"),
+            ),
             _ => {}
         }
     }

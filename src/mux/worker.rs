@@ -36,13 +36,18 @@ pub const KILL_AFTER: Duration = Duration::from_secs(10);
 pub enum ToWorker {
     Job(Job),
     /// Close stdin and escalate to SIGTERM/SIGKILL if it does not exit.
-    Retire { busy: bool },
+    Retire {
+        busy: bool,
+    },
 }
 
 /// A worker process: our own child, or a child of the `-E` zygote.
 pub enum Proc {
     Child(Child),
-    Forked { pid: u32, exit: Option<oneshot::Receiver<i32>> },
+    Forked {
+        pid: u32,
+        exit: Option<oneshot::Receiver<i32>>,
+    },
 }
 
 impl Proc {
@@ -71,7 +76,10 @@ pub enum Spawner {
     Exec,
     /// `-E`: forked from a preloaded zygote when one is ready, otherwise
     /// `perl FILTER -server`.
-    Zygote { current: Option<super::zygote::Zygote>, reloading: bool },
+    Zygote {
+        current: Option<super::zygote::Zygote>,
+        reloading: bool,
+    },
 }
 
 impl Spawner {
@@ -95,7 +103,13 @@ impl Spawner {
 
     /// True when a preloaded zygote is missing and not being reloaded.
     pub fn needs_zygote(&self) -> bool {
-        matches!(self, Spawner::Zygote { current: None, reloading: false })
+        matches!(
+            self,
+            Spawner::Zygote {
+                current: None,
+                reloading: false
+            }
+        )
     }
 }
 
@@ -110,7 +124,11 @@ fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> i
     let (in_r, in_w) = cloexec_pipe()?;
     let (out_r, out_w) = cloexec_pipe()?;
     let (err_r, err_w) = cloexec_pipe()?;
-    let status = if opts.status_tags { Some(cloexec_pipe()?) } else { None };
+    let status = if opts.status_tags {
+        Some(cloexec_pipe()?)
+    } else {
+        None
+    };
     let mut theirs = vec![in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
     if let Some((_, w)) = &status {
         theirs.push(w.as_fd());
@@ -119,7 +137,10 @@ fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> i
     drop(theirs);
     Ok(Spawned {
         pid,
-        proc: Proc::Forked { pid, exit: Some(exit) },
+        proc: Proc::Forked {
+            pid,
+            exit: Some(exit),
+        },
         stdin: pipe::Sender::from_owned_fd(in_w)?,
         stdout: pipe::Receiver::from_owned_fd(out_r)?,
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
@@ -173,11 +194,17 @@ impl ChildSetup {
             // default before this hook runs.
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             if self.rss_bytes > 0 {
-                let l = libc::rlimit { rlim_cur: self.rss_bytes, rlim_max: self.rss_bytes };
+                let l = libc::rlimit {
+                    rlim_cur: self.rss_bytes,
+                    rlim_max: self.rss_bytes,
+                };
                 libc::setrlimit(libc::RLIMIT_RSS, &l);
             }
             if self.mem_bytes > 0 {
-                let l = libc::rlimit { rlim_cur: self.mem_bytes, rlim_max: self.mem_bytes };
+                let l = libc::rlimit {
+                    rlim_cur: self.mem_bytes,
+                    rlim_max: self.mem_bytes,
+                };
                 libc::setrlimit(libc::RLIMIT_AS, &l);
                 libc::setrlimit(libc::RLIMIT_DATA, &l);
             }
@@ -193,7 +220,12 @@ impl ChildSetup {
             };
             // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever
             // the multiplexor itself inherited.
-            if libc::close_range(first_closed as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+            if libc::close_range(
+                first_closed as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as i32,
+            ) != 0
+            {
                 for fd in first_closed..1024 {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
@@ -205,7 +237,11 @@ impl ChildSetup {
 /// Starts `filter -server` (or `-serveru` with `-Z`); with `via_perl`,
 /// `perl filter -server` (the `-E` fallback, which needs no execute bit).
 pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
-    let base = opts.filter.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| opts.filter.clone().into_os_string());
+    let base = opts
+        .filter
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| opts.filter.clone().into_os_string());
     let mut cmd = if via_perl {
         let mut c = tokio::process::Command::new("perl");
         c.arg(&opts.filter);
@@ -215,13 +251,24 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         c.arg0(base);
         c
     };
-    cmd.arg(if opts.status_tags { "-serveru" } else { "-server" })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    let status = if opts.status_tags { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?) } else { None };
-    let setup = ChildSetup::new(opts, status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1));
+    cmd.arg(if opts.status_tags {
+        "-serveru"
+    } else {
+        "-server"
+    })
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(false);
+    let status = if opts.status_tags {
+        Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?)
+    } else {
+        None
+    };
+    let setup = ChildSetup::new(
+        opts,
+        status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1),
+    );
     // SAFETY: the hook only makes async-signal-safe calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -239,10 +286,20 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     };
     let missing = || io::Error::other("child pipe missing");
     let pid = child.id().ok_or_else(missing)?;
-    let stdin = pipe::Sender::from_owned_fd(child.stdin.take().ok_or_else(missing)?.into_owned_fd()?)?;
-    let stdout = pipe::Receiver::from_owned_fd(child.stdout.take().ok_or_else(missing)?.into_owned_fd()?)?;
-    let stderr = pipe::Receiver::from_owned_fd(child.stderr.take().ok_or_else(missing)?.into_owned_fd()?)?;
-    Ok(Spawned { pid, proc: Proc::Child(child), stdin, stdout, stderr, status })
+    let stdin =
+        pipe::Sender::from_owned_fd(child.stdin.take().ok_or_else(missing)?.into_owned_fd()?)?;
+    let stdout =
+        pipe::Receiver::from_owned_fd(child.stdout.take().ok_or_else(missing)?.into_owned_fd()?)?;
+    let stderr =
+        pipe::Receiver::from_owned_fd(child.stderr.take().ok_or_else(missing)?.into_owned_fd()?)?;
+    Ok(Spawned {
+        pid,
+        proc: Proc::Child(child),
+        stdin,
+        stdout,
+        stderr,
+        status,
+    })
 }
 
 /// Result of reading one reply line.
@@ -266,7 +323,11 @@ pub struct LineReader<R> {
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(r: R) -> Self {
-        LineReader { r, buf: Vec::new(), eof: false }
+        LineReader {
+            r,
+            buf: Vec::new(),
+            eof: false,
+        }
     }
 
     /// Bytes received but not consumed by a reply.
@@ -304,7 +365,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 return LineRead::Truncated(self.buf.drain(..max).collect());
             }
             if self.eof {
-                return if self.buf.is_empty() { LineRead::Eof } else { LineRead::Partial(std::mem::take(&mut self.buf)) };
+                return if self.buf.is_empty() {
+                    LineRead::Eof
+                } else {
+                    LineRead::Partial(std::mem::take(&mut self.buf))
+                };
             }
             if self.fill().await.is_err() {
                 self.eof = true;
@@ -314,8 +379,21 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// The task owning one worker process until it is reaped.
-pub async fn run(mux: Arc<Mux>, slot: usize, wid: u64, w: Spawned, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
-    let Spawned { pid, proc: mut child, stdin, stdout, stderr, status } = w;
+pub async fn run(
+    mux: Arc<Mux>,
+    slot: usize,
+    wid: u64,
+    w: Spawned,
+    mut rx: mpsc::UnboundedReceiver<ToWorker>,
+) {
+    let Spawned {
+        pid,
+        proc: mut child,
+        stdin,
+        stdout,
+        stderr,
+        status,
+    } = w;
     tokio::spawn(drain_stderr(mux.clone(), slot, wid, stderr));
     if let Some(st) = status {
         tokio::spawn(read_status(mux.clone(), slot, wid, st));
@@ -325,7 +403,9 @@ pub async fn run(mux: Arc<Mux>, slot: usize, wid: u64, w: Spawned, mut rx: mpsc:
     let mut escalate: Option<(tokio::time::Instant, libc::c_int)> = None;
     let mut rx_open = true;
     let exit = loop {
-        let deadline = escalate.map(|(t, _)| t).unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
+        let deadline = escalate
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
         tokio::select! {
             biased;
             m = rx.recv(), if rx_open => match m {
@@ -383,9 +463,13 @@ pub async fn run(mux: Arc<Mux>, slot: usize, wid: u64, w: Spawned, mut rx: mpsc:
     match exit {
         Ok(status) => mux.lock().reaped(slot, wid, status),
         Err(e) => {
-            daemon::log(LOG_WARNING, &format!("Worker {slot} (pid {pid}): wait failed: {e}"));
+            daemon::log(
+                LOG_WARNING,
+                &format!("Worker {slot} (pid {pid}): wait failed: {e}"),
+            );
             use std::os::unix::process::ExitStatusExt;
-            mux.lock().reaped(slot, wid, std::process::ExitStatus::from_raw(libc::SIGKILL));
+            mux.lock()
+                .reaped(slot, wid, std::process::ExitStatus::from_raw(libc::SIGKILL));
         }
     }
     rx.close();
@@ -397,25 +481,50 @@ pub async fn run(mux: Arc<Mux>, slot: usize, wid: u64, w: Spawned, mut rx: mpsc:
 }
 
 /// Runs one command on the worker: write it (`-c`), read one reply (`-b`).
-async fn serve(mux: &Arc<Mux>, slot: usize, wid: u64, stdin: &mut pipe::Sender, out: &mut LineReader<pipe::Receiver>, job: Job) {
+async fn serve(
+    mux: &Arc<Mux>,
+    slot: usize,
+    wid: u64,
+    stdin: &mut pipe::Sender,
+    out: &mut LineReader<pipe::Receiver>,
+    job: Job,
+) {
     let started = Instant::now();
     // Anything left over from before belongs to no request.
     let stale = out.pending() > 0;
     out.clear();
     let how = match tokio::time::timeout(mux.opts.cmd_timeout(), stdin.write_all(&job.line)).await {
-        Ok(Ok(())) => match tokio::time::timeout(mux.opts.busy_timeout(), out.read_line(MAX_REPLY_LINE)).await {
-            Err(_) => Completion::Timeout,
-            Ok(LineRead::Line(bytes)) => {
-                let violation = if stale || out.pending() > 0 { Some("Worker wrote more than one reply line") } else { None };
-                Completion::Reply { bytes, violation }
+        Ok(Ok(())) => {
+            match tokio::time::timeout(mux.opts.busy_timeout(), out.read_line(MAX_REPLY_LINE)).await
+            {
+                Err(_) => Completion::Timeout,
+                Ok(LineRead::Line(bytes)) => {
+                    let violation = if stale || out.pending() > 0 {
+                        Some("Worker wrote more than one reply line")
+                    } else {
+                        None
+                    };
+                    Completion::Reply { bytes, violation }
+                }
+                Ok(LineRead::Truncated(bytes)) => {
+                    daemon::log(
+                        LOG_WARNING,
+                        &format!(
+                            "Worker {slot}: reply longer than {MAX_REPLY_LINE} bytes truncated"
+                        ),
+                    );
+                    Completion::Reply {
+                        bytes,
+                        violation: Some("Reply line too long"),
+                    }
+                }
+                Ok(LineRead::Partial(bytes)) => Completion::Reply {
+                    bytes,
+                    violation: None,
+                },
+                Ok(LineRead::Eof) => Completion::NoResponse,
             }
-            Ok(LineRead::Truncated(bytes)) => {
-                daemon::log(LOG_WARNING, &format!("Worker {slot}: reply longer than {MAX_REPLY_LINE} bytes truncated"));
-                Completion::Reply { bytes, violation: Some("Reply line too long") }
-            }
-            Ok(LineRead::Partial(bytes)) => Completion::Reply { bytes, violation: None },
-            Ok(LineRead::Eof) => Completion::NoResponse,
-        },
+        }
         _ => Completion::WriteFailed,
     };
     let outcome = mux.lock().complete(slot, wid, &job, how, started);
@@ -443,7 +552,11 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
                 if mux.opts.verbose && !text.is_empty() {
                     let qid = {
                         let p = mux.lock();
-                        if p.slots[slot].wid == wid { p.slots[slot].qid.clone() } else { String::new() }
+                        if p.slots[slot].wid == wid {
+                            p.slots[slot].qid.clone()
+                        } else {
+                            String::new()
+                        }
                     };
                     if qid.is_empty() {
                         daemon::log(LOG_INFO, &format!("Worker {slot} stderr: {text}"));
@@ -471,7 +584,16 @@ async fn read_status(mux: Arc<Mux>, slot: usize, wid: u64, pipe: tokio::net::uni
         let raw = line.strip_suffix(b"\n").unwrap_or(&line);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let decoded = crate::percent::decode(raw);
-        let text: String = decoded.iter().map(|&b| if (0x20..=0x7e).contains(&b) { b as char } else { ' ' }).collect();
+        let text: String = decoded
+            .iter()
+            .map(|&b| {
+                if (0x20..=0x7e).contains(&b) {
+                    b as char
+                } else {
+                    ' '
+                }
+            })
+            .collect();
         let mut p = mux.lock();
         if p.slots[slot].wid == wid && p.slots[slot].state == State::Busy {
             p.set_tag(slot, &text, true);
@@ -501,7 +623,10 @@ mod tests {
         let mut lr = LineReader::new(r);
         w.write_all(b"part").await.unwrap();
         drop(w);
-        assert_eq!(lr.read_line(4096).await, LineRead::Partial(b"part".to_vec()));
+        assert_eq!(
+            lr.read_line(4096).await,
+            LineRead::Partial(b"part".to_vec())
+        );
         assert_eq!(lr.read_line(4096).await, LineRead::Eof);
     }
 

@@ -70,7 +70,11 @@ impl Zygote {
     /// a readable reason (including Perl's error output).
     pub async fn start(opts: &Options) -> Result<Zygote, String> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let mode = if opts.status_tags { "-embserveru" } else { "-embserver" };
+        let mode = if opts.status_tags {
+            "-embserveru"
+        } else {
+            "-embserver"
+        };
         let mut cmd = tokio::process::Command::new(perl_path());
         cmd.arg("-e")
             .arg(ZYGOTE_PL)
@@ -120,7 +124,13 @@ impl Zygote {
         let (r, line, rd) = first;
         let line = line.trim_end().to_string();
         if r.is_ok() && line == "ready" {
-            return Ok(Zygote { pid, ctl: ours, rd, registry, status_pipe: opts.status_tags });
+            return Ok(Zygote {
+                pid,
+                ctl: ours,
+                rd,
+                registry,
+                status_pipe: opts.status_tags,
+            });
         }
         // Give the stderr reader a moment to collect Perl's messages.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -130,13 +140,21 @@ impl Zygote {
             None => "the preloading process exited before it was ready".to_string(),
         };
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        Err(if perl_errors.is_empty() { reason } else { format!("{reason}\n{perl_errors}") })
+        Err(if perl_errors.is_empty() {
+            reason
+        } else {
+            format!("{reason}\n{perl_errors}")
+        })
     }
 
     /// Forks a worker that gets `fds` (stdin read end, stdout write end,
     /// stderr write end, and the status write end with `-Z`). Returns its
     /// pid and a receiver for its wait status.
-    pub fn fork(&mut self, slot: usize, fds: &[BorrowedFd<'_>]) -> io::Result<(u32, oneshot::Receiver<i32>)> {
+    pub fn fork(
+        &mut self,
+        slot: usize,
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<(u32, oneshot::Receiver<i32>)> {
         let want = if self.status_pipe { 4 } else { 3 };
         if fds.len() != want {
             return Err(io::Error::other("wrong number of descriptors"));
@@ -147,17 +165,30 @@ impl Zygote {
         for fd in fds {
             let raw = [fd.as_raw_fd()];
             let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
-            nix::sys::socket::sendmsg::<()>(self.ctl.as_raw_fd(), &[IoSlice::new(b"\0")], &cmsg, nix::sys::socket::MsgFlags::empty(), None)
-                .map_err(io::Error::from)?;
+            nix::sys::socket::sendmsg::<()>(
+                self.ctl.as_raw_fd(),
+                &[IoSlice::new(b"\0")],
+                &cmsg,
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            )
+            .map_err(io::Error::from)?;
         }
         let mut line = String::new();
         if self.rd.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "preloading process closed its socket"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "preloading process closed its socket",
+            ));
         }
         let line = line.trim_end();
         let pid: u32 = match line.parse() {
             Ok(p) => p,
-            Err(_) => return Err(io::Error::other(line.strip_prefix("error ").unwrap_or(line).to_string())),
+            Err(_) => {
+                return Err(io::Error::other(
+                    line.strip_prefix("error ").unwrap_or(line).to_string(),
+                ))
+            }
         };
         let (tx, rx) = oneshot::channel();
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,7 +233,11 @@ async fn read_events(out: tokio::process::ChildStdout, registry: Arc<Mutex<Regis
     reg.waiters.clear();
 }
 
-async fn read_stderr(err: tokio::process::ChildStderr, keep: Arc<Mutex<Vec<String>>>, verbose: bool) {
+async fn read_stderr(
+    err: tokio::process::ChildStderr,
+    keep: Arc<Mutex<Vec<String>>>,
+    verbose: bool,
+) {
     let mut lines = TokioBufReader::new(err).lines();
     while let Ok(Some(l)) = lines.next_line().await {
         let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,7 +252,10 @@ async fn read_stderr(err: tokio::process::ChildStderr, keep: Arc<Mutex<Vec<Strin
 
 /// Waits for a zygote child to end: its status from the zygote, or, if the
 /// zygote went away, by polling the pid (status then reads as SIGKILL).
-pub async fn wait_forked(pid: u32, exit: &mut Option<oneshot::Receiver<i32>>) -> std::process::ExitStatus {
+pub async fn wait_forked(
+    pid: u32,
+    exit: &mut Option<oneshot::Receiver<i32>>,
+) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     if let Some(rx) = exit.as_mut() {
         match rx.await {

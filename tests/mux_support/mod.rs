@@ -94,7 +94,11 @@ impl Mx {
         }
         let child = cmd.spawn().expect("start multiplexor");
         let sock = spool.file("mx.sock");
-        let mx = Mx { child: Some(child), spool, sock };
+        let mx = Mx {
+            child: Some(child),
+            spool,
+            sock,
+        };
         mx.wait_ready();
         mx
     }
@@ -107,7 +111,10 @@ impl Mx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("multiplexor did not open {} within 20 s", self.sock.display());
+        panic!(
+            "multiplexor did not open {} within 20 s",
+            self.sock.display()
+        );
     }
 
     /// What the multiplexor logged so far (see `start_logged`).
@@ -190,7 +197,8 @@ impl Drop for Mx {
 
 /// One request line on a socket, reply read to EOF (30 s bound).
 pub fn request(sock: &Path, line: &[u8]) -> Vec<u8> {
-    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    let mut s =
+        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(line).unwrap();
     let mut out = Vec::new();
