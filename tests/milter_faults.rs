@@ -516,3 +516,60 @@ async fn quit_nc_starts_a_fresh_connection_state() {
     let cmds = std::fs::read_to_string(e.scratch.spool.join(&dirs[0]).join("COMMANDS")).unwrap();
     assert!(cmds.ends_with("Hsecond.example\nI192.0.2.11\n"), "{cmds}");
 }
+
+/// Many simultaneous MTA connections are served by a handful of threads
+/// (no thread per SMTP connection), and every message gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_sessions_few_threads() {
+    let e = start(FREE_REPLY, &[], &[]);
+    const N: usize = 100;
+    for _ in 0..N {
+        e.mux
+            .push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
+    }
+    // Open every session and leave each in the middle of a message.
+    let mut sessions = Vec::new();
+    for n in 0..N {
+        let mut mta = e.milter.connect().await;
+        mta.negotiate().await;
+        let host = format!("h{n}.example");
+        assert_eq!(
+            mta.connect_inet(&host, "192.0.2.10", 1000 + n as u16)
+                .await
+                .kind,
+            CONTINUE
+        );
+        assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+        sessions.push(mta);
+    }
+    assert_eq!(e.scratch.leftover_dirs().len(), N);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", e.milter.child.id())).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(threads <= 16, "{threads} threads for {N} open sessions");
+    // Finish them all concurrently.
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .map(|mut mta| {
+            tokio::spawn(async move {
+                assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+                assert_eq!(mta.header(b"Subject", b"x").await.kind, CONTINUE);
+                assert_eq!(mta.eoh().await.kind, CONTINUE);
+                assert_eq!(mta.body(b"hello\r\n").await.kind, CONTINUE);
+                let (mods, v) = mta.eom().await;
+                assert_eq!(v.kind, CONTINUE);
+                assert_eq!(mods.len(), 1, "X-Scanned-By");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    e.wait_clean().await;
+    assert_eq!(e.mux.remaining(), 0);
+}

@@ -226,7 +226,14 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         mx_timeout: mx_timeout(),
     };
 
+    // Sessions are I/O-bound tasks: a few worker threads serve any number of
+    // MTA connections.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
