@@ -142,6 +142,13 @@ async fn negotiation_flags() {
         want.push(0);
     }
     assert_eq!(r.data, want);
+    // An MTA that does not offer SETSYMLIST gets no lists.
+    let mut mta = m.connect().await;
+    let r = mta
+        .call(b'O', &[0, 0, 0, 6, 0, 0, 0, 0xff, 0, 0x1f, 0xff, 0xff])
+        .await;
+    assert_eq!(r.data, vec![0, 0, 0, 6, 0, 0, 0, 0xff, 0, 0, 8, 0]);
+    assert_log(&m, "smfi_setsymlist() failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

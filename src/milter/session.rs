@@ -418,13 +418,17 @@ async fn negotiate(
         ProtoOpts::empty()
     };
     if cfg.setsymlist {
-        match CString::new(super::commands::symlist(&cfg.extra_macros)) {
-            Ok(list) => {
+        // Macro lists may only be sent to an MTA that offered to take them.
+        let list = CString::new(super::commands::symlist(&cfg.extra_macros))
+            .ok()
+            .filter(|_| actions.contains(Actions::REQUEST_MACROS));
+        match list {
+            Some(list) => {
                 for stage in MacroStage::all() {
                     cx.requested_macros.insert(stage, list.clone());
                 }
             }
-            Err(_) => mm_log!(Info, "smfi_setsymlist() failed"),
+            None => mm_log!(Info, "smfi_setsymlist() failed"),
         }
     }
     Status::Continue
