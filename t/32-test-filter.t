@@ -130,6 +130,11 @@ sub verify
 		($head, $body) = split(/\n\n/, file("$dir/INPUTMSG"), 2);
 		$head .= "\n";
 	}
+	# Subject changes requested in the scan, as the MTA will apply them.
+	if (my ($subj) = file("$dir/RESULTS") =~ /^ISubject 1 (.*)$/m) {
+		$subj =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
+		$head =~ s/^Subject:.*\n(?:[ \t].*\n)*/Subject: $subj\n/mi;
+	}
 	my $msg = "DKIM-Signature: $sig\n$head\n$body";
 	$msg =~ s/\r?\n/\r\n/g;
 	my $v = Mail::DKIM::Verifier->new();
@@ -150,6 +155,10 @@ is(verify($dir), 'pass', 'signature over the new body verifies');
 
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'dkim_sign');
 is(verify($dir), 'pass', 'unchanged multipart message verifies');
+
+($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'chgsub dkim_sign');
+like(file("$dir/RESULTS"), qr/^ISubject 1 \[New%20subject\]%20chgsub%20dkim_sign\nHDKIM-Signature /m, 'subject changed, then signed');
+is(verify($dir), 'pass', 'the signature covers the changed subject');
 
 kill('TERM', $dns_pid);
 waitpid($dns_pid, 0);

@@ -109,6 +109,19 @@ $ctx->new_mime_entity(MIME::Entity->build(Type => 'text/plain', Data => ["New bo
 Mailmunge::Action::DKIMSigner->new(undef)->add_dkim_signature($ctx, signer('relaxed'));
 is(verify(signature($ctx), "$head\nNew body.\n"), 'pass', 'HEADERS fallback (relaxed)');
 
+# --- Header changes requested earlier in the scan are signed as delivered
+$ctx = msgdir(INPUTMSG => "$head\n$body", HEADERS => $unfolded, PRISTINE_HEADERS => $head);
+$ctx->action_change_header('Subject', 'a new subject');
+$ctx->action_insert_header('X-First', 'top', 0);
+$ctx->action_delete_header('To');
+Mailmunge::Action::DKIMSigner->new(undef)->add_dkim_signature($ctx, signer('simple'));
+$sig = signature($ctx);
+like($sig, qr/h=x-first:from:subject:mime-version:content-type;|h=[^;]*subject/, 'signature lists the signed headers');
+(my $changed = $head) =~ s/^Subject: a folded\n  subject line\n/Subject: a new subject\n/m;
+$changed =~ s/^To: .*\n//m;
+is(verify($sig, "X-First: top\n$changed\n$body"), 'pass', 'verifies with the changes the MTA will apply');
+is(verify($sig, "$head\n$body"), 'fail', 'not against the message as received');
+
 # --- Missing input: undef, nothing written
 $ctx = msgdir(HEADERS => $unfolded);
 is(Mailmunge::Action::DKIMSigner->new(undef)->add_dkim_signature($ctx, signer()), undef, 'no INPUTMSG: undef');
