@@ -62,8 +62,15 @@ ok($st, 'got a status for a normal message');
 ok(!$st->is_spam, 'normal message is not spam');
 $st->finish();
 
+my ($score, $req, $tests, $report) = $sa->spam_assassin_check(msgdir('spam2', "$gtube\n"), 1, $cf);
+cmp_ok($score, '>=', 100, 'spam_assassin_check: score');
+is($req, 5, 'spam_assassin_check: required score');
+like($tests, qr/\bGTUBE\b/, 'spam_assassin_check: tests');
+like($report, qr/GTUBE/, 'spam_assassin_check: report');
+
 my $ctx = msgdir('gone', "x\n");
 unlink($ctx->cwd . '/INPUTMSG');
 is($sa->spam_assassin_status($ctx, 1, $cf), undef, 'missing INPUTMSG: undef');
+is_deeply([$sa->spam_assassin_check($ctx, 1, $cf)], [], 'spam_assassin_check: empty list');
 
 done_testing();

@@ -71,6 +71,16 @@ sub spam_assassin_status
 	return $status;
 }
 
+sub spam_assassin_check
+{
+	my ($self, $ctx, @args) = @_;
+	my $status = $self->spam_assassin_status($ctx, @args) or return ();
+	my @ans = ($status->get_score(), $status->get_required_score(),
+		   $status->get_names_of_tests_hit(), $status->get_report());
+	$status->finish();
+	return @ans;
+}
+
 1;
 
 __END__
@@ -126,5 +136,12 @@ C<CONFDIR/sa-mailmunge.cf>, C<CONFDIR/spamassassin/sa-mailmunge.cf>,
 C<CONFDIR/spamassassin/local.cf>, C<CONFDIR/spamassassin.cf> and the
 same names under C</etc/mail>.  SpamAssassin's per-user state (Bayes,
 auto-welcomelist) lives under the C<Path:QUARANTINEDIR> directory.
+
+=head2 spam_assassin_check($ctx [, $local_tests_only [, $config]])
+
+The MIMEDefang-style shortcut: runs C<spam_assassin_status> and returns
+the list C<($score, $required_score, $tests_hit, $report)>, where
+C<$tests_hit> is the comma-separated rule names, having already called
+C<finish>; an empty list if the check could not be made.
 
 =cut
