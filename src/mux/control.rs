@@ -109,8 +109,7 @@ pub async fn dispatch(mux: &Arc<Mux>, line: &[u8], access: Access) -> Vec<u8> {
         return b"error: Attempt to use privileged command on unprivileged socket\n".to_vec();
     }
     if line == b"reread" {
-        mux.lock().reread();
-        return b"Forced reread of filter rules\n".to_vec();
+        return super::reload::reread(mux).await;
     }
     forward(mux, line).await
 }
@@ -158,8 +157,10 @@ fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
 /// reply.
 pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
     if line.len() >= MAX_CMD_LEN - 1 {
+        mux.lock().metrics.refused(line, "too_long");
         return replies::TOO_LONG.to_vec();
     }
+    let started = std::time::Instant::now();
     let mut l = line.to_vec();
     l.push(b'\n');
     let (job, mut rx) = Job::new(l, JobKind::Client);
@@ -180,6 +181,9 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
             }
         }
     };
+    mux.lock()
+        .metrics
+        .request(line, &outcome, started.elapsed());
     outcome.client_bytes()
 }
 
@@ -187,9 +191,14 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
 /// "other".
 pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapOutcome {
     use crate::socketmap::MapOutcome;
-    let (job, rx) = Job::new(line, JobKind::Map);
+    let started = std::time::Instant::now();
+    let (job, rx) = Job::new(line.clone(), JobKind::Map);
     mux.lock().submit(job, false);
-    match rx.await.unwrap_or(Outcome::NoResponse) {
+    let outcome = rx.await.unwrap_or(Outcome::NoResponse);
+    mux.lock()
+        .metrics
+        .request(&line, &outcome, started.elapsed());
+    match outcome {
         Outcome::Reply(b) => MapOutcome::Reply(b),
         // An empty reply reads as a busy timeout upstream.
         Outcome::NoResponse => MapOutcome::Reply(Vec::new()),

@@ -11,8 +11,11 @@
 
 pub mod control;
 pub mod history;
+pub mod metrics;
+pub mod metrics_http;
 pub mod options;
 pub mod pool;
+pub mod reload;
 pub mod report;
 pub mod server;
 pub mod statsfile;

@@ -105,6 +105,9 @@ pub struct Cli {
     pub version: bool,
     #[arg(short = 'h')]
     pub help: bool,
+    /// Our extension: Prometheus metrics endpoint (protocol/metrics.md).
+    #[arg(long = "metrics")]
+    pub metrics: Option<String>,
 }
 
 /// Normalised options.
@@ -152,6 +155,8 @@ pub struct Options {
     pub log_scheduling: bool,
     pub facility: libc::c_int,
     pub ident: String,
+    /// `--metrics` socket specification.
+    pub metrics: Option<String>,
 }
 
 /// Why option parsing stopped the program.
@@ -280,6 +285,10 @@ impl Options {
             .socket
             .clone()
             .unwrap_or_else(|| format!("{}/mailmunge-multiplexor.sock", spool_dir.display()));
+        if let Some(m) = &c.metrics {
+            crate::sockspec::SockSpec::parse_mux(m)
+                .map_err(|e| Exit::Fatal(format!("{argv0}: --metrics: {e}")))?;
+        }
         if c.embedded && !cfg!(unix) {
             return Err(Exit::Fatal("embedded mode needs a Unix system".into()));
         }
@@ -328,6 +337,7 @@ impl Options {
             log_scheduling: c.log_scheduling,
             facility,
             ident: c.ident.unwrap_or_else(|| "mailmunge-multiplexor".into()),
+            metrics: c.metrics,
         })
     }
 }
@@ -408,6 +418,10 @@ pub fn usage(argv0: &str) -> String {
         ("-X n", "Run a tick every n seconds"),
         ("-P n", "Number of tick types (1..30)"),
         ("-G", "Group-accessible sockets and files"),
+        (
+            "--metrics sock",
+            "Serve Prometheus metrics on sock (inet:PORT)",
+        ),
     ];
     let mut s = format!("Usage: {argv0} [options]\nOptions:\n");
     for (o, t) in lines {

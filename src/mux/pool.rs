@@ -243,6 +243,8 @@ pub struct Pool {
     pub stats: StatsFile,
     /// Spawns worker processes (exec or zygote).
     pub spawner: worker::Spawner,
+    /// Event counters for `--metrics`.
+    pub metrics: super::metrics::Metrics,
 }
 
 impl Pool {
@@ -296,6 +298,7 @@ impl Pool {
             shutting_down: false,
             zygote_loading: false,
             notify: None,
+            metrics: Default::default(),
         }
     }
 
@@ -459,6 +462,7 @@ impl Pool {
             }
         };
         self.activations += 1;
+        self.metrics.activated(reason);
         self.history.activated(epoch_now());
         let wid = self.next_wid;
         self.next_wid += 1;
@@ -795,6 +799,8 @@ impl Pool {
         if matches!(s.state, State::Killed | State::Stopped) {
             return;
         }
+        self.metrics.retiring(s.wid, reason);
+        let s = &self.slots[i];
         let busy = s.state == State::Busy;
         let age = s.activated.map(|a| a.elapsed().as_secs()).unwrap_or(0);
         let req_age = s.first_request.map(|a| a.elapsed().as_secs()).unwrap_or(0);
@@ -834,6 +840,7 @@ impl Pool {
         if self.slots[i].wid != wid || self.slots[i].state == State::Stopped {
             return;
         }
+        self.metrics.reaped(wid, status);
         let pid = self.slots[i].pid.unwrap_or(0);
         let was_killed = self.slots[i].state == State::Killed;
         let expected = was_killed && self.slots[i].expected_exit;

@@ -326,6 +326,21 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
             ),
         }
     }
+    if let Some(spec) = &opts.metrics {
+        match SockSpec::parse_mux(spec)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|s| bind_with_umask(&s, 16, sock_mask, file_mask))
+        {
+            Ok(l) => {
+                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
+                tokio::spawn(super::metrics_http::serve(mux.clone(), l));
+            }
+            Err(e) => daemon::log(
+                LOG_ERR,
+                &format!("Unable to create metrics socket {spec}: {e}"),
+            ),
+        }
+    }
     spawn_signal_tasks(&mux);
     tokio::spawn(filler(mux.clone()));
     tokio::spawn(idle_timer(mux.clone()));
@@ -397,7 +412,7 @@ fn spawn_signal_tasks(mux: &Arc<Mux>) {
         let m = mux.clone();
         tokio::spawn(async move {
             while int.recv().await.is_some() {
-                m.lock().reread();
+                super::reload::reread(&m).await;
             }
         });
     }
