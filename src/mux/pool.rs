@@ -130,7 +130,9 @@ pub enum Completion {
         bytes: Vec<u8>,
         violation: Option<&'static str>,
     },
-    NoResponse,
+    /// End of file before a complete line; the bytes received, if any, are
+    /// relayed (the process is on its way out).
+    Eof(Vec<u8>),
     Timeout,
     WriteFailed,
 }
@@ -722,7 +724,7 @@ impl Pool {
                 }
                 Outcome::Reply(bytes)
             }
-            Completion::NoResponse => {
+            Completion::Eof(bytes) => {
                 if current {
                     // The process is going away on its own: keep it out of
                     // reach until it is reaped, but report the exit as a
@@ -733,7 +735,11 @@ impl Pool {
                         let _ = tx.send(ToWorker::Retire { busy: false });
                     }
                 }
-                Outcome::NoResponse
+                if bytes.is_empty() {
+                    Outcome::NoResponse
+                } else {
+                    Outcome::Reply(bytes)
+                }
             }
             Completion::Timeout => {
                 if job.kind == JobKind::Client {

@@ -21,7 +21,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
 use super::options::Options;
-use super::pool::{signal, Completion, Job, JobKind, Mux, Outcome};
+use super::pool::{signal, Completion, Job, Mux, Outcome};
 use super::State;
 use crate::daemon::{self, LOG_INFO, LOG_WARNING};
 
@@ -518,20 +518,14 @@ async fn serve(
                         violation: Some("Reply line too long"),
                     }
                 }
-                Ok(LineRead::Partial(bytes)) => Completion::Reply {
-                    bytes,
-                    violation: None,
-                },
-                Ok(LineRead::Eof) => Completion::NoResponse,
+                Ok(LineRead::Partial(bytes)) => Completion::Eof(bytes),
+                Ok(LineRead::Eof) => Completion::Eof(Vec::new()),
             }
         }
         _ => Completion::WriteFailed,
     };
     let outcome = mux.lock().complete(slot, wid, &job, how, started);
     let _ = job.reply.send(outcome);
-    if job.kind != JobKind::Client {
-        // Ticks and maps are answered the same way; nothing else to do.
-    }
 }
 
 /// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
