@@ -73,3 +73,43 @@ fn stats_file_reopened_on_sighup() {
         .unwrap()
         .contains("StartWorker"));
 }
+
+#[test]
+fn minimum_is_reached_one_worker_per_slew_period() {
+    let mx = Mx::start(&["-x", "3", "-m", "3", "-w", "1"]);
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = mx.req_s("status");
+        let running = st
+            .split(' ')
+            .next()
+            .unwrap()
+            .chars()
+            .filter(|&c| c != 'S')
+            .count();
+        seen.insert(running);
+        if running == 3 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(seen.contains(&3), "{seen:?}");
+    // Not all at once: the intermediate counts were visible.
+    assert!(seen.contains(&1) && seen.contains(&2), "{seen:?}");
+}
+
+#[test]
+fn stats_to_syslog() {
+    let mx = Mx::start_logged(&["-T"]);
+    let log = mx.wait_log(
+        " StartWorker worker=0 nworkers=1 nbusy=0 reason=\"Bringing workers up to minWorkers (1)\"",
+    );
+    let line = log.lines().find(|l| l.contains(" StartWorker ")).unwrap();
+    // `stats <epoch>.<ms> <event> …`: the stats-file line without its date.
+    let rest = &line[line.find("stats ").unwrap() + 6..];
+    let (stamp, tail) = rest.split_once(' ').unwrap();
+    let (secs, ms) = stamp.split_once('.').unwrap();
+    assert!(secs.parse::<u64>().is_ok() && ms.len() == 3, "{line}");
+    assert!(tail.starts_with("StartWorker worker=0"), "{line}");
+}
