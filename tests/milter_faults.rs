@@ -573,3 +573,34 @@ async fn many_concurrent_sessions_few_threads() {
     e.wait_clean().await;
     assert_eq!(e.mux.remaining(), 0);
 }
+
+/// §10.9: with -k the directory of a failed scan is kept on every failure
+/// path, including an oversized RESULTS and a missing NEWBODY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_failed_on_oversized_results_and_missing_newbody() {
+    let e = start(FREE_REPLY, &["-k"], &[]);
+    let mut big = b"HX-A b\n".repeat(10000);
+    big.extend_from_slice(b"F\n");
+    e.mux.push(scan_with(&[("RESULTS", &big)]));
+    e.mux.push(scan_with(&[("RESULTS", b"C\nF\n")]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert!(mods.is_empty());
+    assert_eq!(v.kind, TEMPFAIL);
+    e.assert_log("QID1: RESULTS file is unreasonably large - 70002 byes; max is 65535 bytes");
+    assert_eq!(mta.mail(&[b"<a@example.net>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<b@example.com>"]).await.kind, CONTINUE);
+    assert_eq!(mta.eoh().await.kind, CONTINUE);
+    let (mods, v) = mta.eom().await;
+    assert!(mods.is_empty());
+    assert_eq!(v.kind, TEMPFAIL);
+    e.assert_log("/NEWBODY for reading: No such file or directory");
+    // Both directories are still there for the admin to inspect.
+    assert_eq!(
+        e.scratch.leftover_dirs().len(),
+        2,
+        "{:?}",
+        e.scratch.leftover_dirs()
+    );
+}
