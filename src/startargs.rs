@@ -133,6 +133,8 @@ const MULTIPLEXOR_FLAGS: &[(&str, &str, Kind)] = &[
     ("MX_WORKER_DELAY", "-w", Value),
     ("MX_MAXIMUM", "-x", Value),
     ("MX_RECIPOK_PERDOMAIN", "-y", Value),
+    // Ours (protocol/metrics.md), not upstream's: last before -z.
+    ("MX_METRICS_SOCKET", "--metrics", Value),
     ("SPOOLDIR", "-z", Value),
 ];
 
@@ -498,6 +500,7 @@ mod tests {
             ("MX_WORKER_DELAY", "-w"),
             ("MX_MAXIMUM", "-x"),
             ("MX_RECIPOK_PERDOMAIN", "-y"),
+            ("MX_METRICS_SOCKET", "--metrics"),
         ] {
             assert_eq!(only(Daemon::Multiplexor, name, "v1"), [flag, "v1"], "{name}");
             assert!(only(Daemon::Multiplexor, name, "").is_empty(), "{name} empty");
@@ -535,7 +538,7 @@ mod tests {
         assert_eq!(flags(Daemon::Milter), "-D-C-G-H-L-N-P-R-S-T-U-X-b-c-k-q-r-s-t-x-y-z-p-m-o");
         assert_eq!(
             flags(Daemon::Multiplexor),
-            "-D-E-G-I-L-M-N-O-P-Q-R-S-T-U-V-W-X-Y-Z-a-b-c-f-i-l-m-p-q-r-w-x-y-z-s-o"
+            "-D-E-G-I-L-M-N-O-P-Q-R-S-T-U-V-W-X-Y-Z-a-b-c-f-i-l-m-p-q-r-w-x-y--metrics-z-s-o"
         );
     }
 
@@ -663,7 +666,7 @@ mod tests {
     #[test]
     fn known_variables_cover_section_two() {
         let k = known_variables();
-        assert_eq!(k.len(), 53);
+        assert_eq!(k.len(), 54);
         for n in ["MM_EXTRA", "SOCKET", "MX_SOCKET", "MX_GROUP", "MX_TICK_INTERVAL", "FILTER", "SPOOLDIR"] {
             assert!(k.contains(&n), "{n}");
         }
