@@ -184,6 +184,30 @@ impl Vars {
         self.raw(name).is_some_and(|v| v.as_bytes() == b"yes")
     }
 
+    /// Reads `--env-file` arguments in order (`-path` = skip if missing),
+    /// each overriding what came before; `$NAME` in a file sees the
+    /// variables known so far. Returns the assignments read, in order.
+    pub fn read_env_files<S: AsRef<str>>(
+        &mut self,
+        specs: &[S],
+    ) -> Result<Vec<(String, OsString)>, crate::envfile::EnvFileError> {
+        let mut read = Vec::new();
+        for spec in specs {
+            let spec = spec.as_ref();
+            let (optional, path) = match spec.strip_prefix('-') {
+                Some(p) => (true, p),
+                None => (false, spec),
+            };
+            let snapshot = self.clone();
+            let lookup = move |n: &str| snapshot.raw(n).map(OsStr::to_owned);
+            for a in crate::envfile::read_file(Path::new(path), optional, &lookup)?.unwrap_or_default() {
+                self.set(&a.name, a.value.clone());
+                read.push((a.name, a.value));
+            }
+        }
+        Ok(read)
+    }
+
     /// Fills [`LAUNCHER_DEFAULTS`] for absent variables.
     pub fn with_launcher_defaults(mut self) -> Vars {
         for (k, v) in LAUNCHER_DEFAULTS {
@@ -725,6 +749,24 @@ mod tests {
         std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o770)).unwrap();
         assert!(!ensure_spooldir(&v).unwrap());
         assert_eq!(std::fs::metadata(&spool).unwrap().permissions().mode() & 0o7777, 0o770);
+    }
+
+    #[test]
+    fn env_files_apply_in_order_and_see_earlier_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, "SPOOLDIR=/srv/a\nMX_MAXIMUM=4\n").unwrap();
+        std::fs::write(&b, "SOCKET=unix:$SPOOLDIR/m.sock\nMX_MAXIMUM=8\n").unwrap();
+        let mut v = vars(&[("MX_MAXIMUM", "2"), ("MX_USER", "env")]);
+        let specs = [a.to_str().unwrap().to_string(), b.to_str().unwrap().to_string(), "-/nonexistent/x".into()];
+        let read = v.read_env_files(&specs).unwrap();
+        let names: Vec<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["SPOOLDIR", "MX_MAXIMUM", "SOCKET", "MX_MAXIMUM"]);
+        assert_eq!(v.value("MX_MAXIMUM").unwrap(), "8");
+        assert_eq!(v.value("MX_USER").unwrap(), "env");
+        assert_eq!(v.milter_socket(), "unix:/srv/a/m.sock");
+        assert!(v.read_env_files(&["/nonexistent/x"]).is_err());
     }
 
     #[test]

@@ -8,9 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mailmunge::envfile;
 use mailmunge::startargs::{self, Daemon, StaleSocket, Vars};
-use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -57,21 +55,7 @@ fn run() -> Result<()> {
         bail!("unknown daemon {:?} (expected `milter` or `multiplexor`)", cli.daemon);
     };
     let mut vars = Vars::from_env();
-    let mut from_files: Vec<(String, OsString)> = Vec::new();
-    for spec in &cli.env_files {
-        let (optional, path) = match spec.strip_prefix('-') {
-            Some(p) => (true, p),
-            None => (false, spec.as_str()),
-        };
-        let snapshot = vars.clone();
-        let lookup = move |n: &str| snapshot.raw(n).map(|v| v.to_owned());
-        if let Some(assignments) = envfile::read_file(path.as_ref(), optional, &lookup)? {
-            for a in assignments {
-                vars.set(&a.name, a.value.clone());
-                from_files.push((a.name, a.value));
-            }
-        }
-    }
+    let from_files = vars.read_env_files(&cli.env_files)?;
     let vars = vars.with_launcher_defaults();
 
     if cli.cleanup {

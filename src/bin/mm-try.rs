@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mailmunge::startargs::Vars;
 use mailmunge::tryout::{self, Transaction, Verdict};
-use mailmunge::envfile;
 use std::io::Read;
 use std::time::Duration;
 
@@ -90,14 +89,7 @@ fn run() -> Result<i32> {
         Some(s) => s.clone(),
         None => {
             let mut vars = Vars::from_env();
-            for spec in &cli.env_files {
-                let (optional, path) = spec.strip_prefix('-').map(|p| (true, p)).unwrap_or((false, spec));
-                let snapshot = vars.clone();
-                let lookup = move |n: &str| snapshot.raw(n).map(|v| v.to_owned());
-                for a in envfile::read_file(path.as_ref(), optional, &lookup)?.unwrap_or_default() {
-                    vars.set(&a.name, a.value);
-                }
-            }
+            vars.read_env_files(&cli.env_files)?;
             vars.milter_socket().to_string_lossy().into_owned()
         }
     };
