@@ -10,5 +10,6 @@ use MMTest::Cases;
 
 my $e2e = MMTest::E2E->setup(mta => 'postfix', mx_args => [qw(-x 8)]);
 MMTest::Cases::concurrent($e2e, 8);
+MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

@@ -11,5 +11,6 @@ use MMTest::Cases;
 
 my $e2e = MMTest::E2E->setup(mta => 'postfix', filter => 't/data/e2e/compat-filter.pl');
 MMTest::Cases::compat($e2e);
+MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

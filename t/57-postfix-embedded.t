@@ -11,5 +11,6 @@ use MMTest::Cases;
 my $e2e = MMTest::E2E->setup(mta => 'postfix', milter_args => [qw(-r -H -s -t)], mx_args => ['-E']);
 MMTest::Cases::verdicts($e2e);
 MMTest::Cases::modifications($e2e);
+MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

@@ -12,5 +12,6 @@ use MMTest::Cases;
 my $e2e = MMTest::E2E->setup(mta => 'sendmail', milter_args => [qw(-r -H -s -t)]);
 MMTest::Cases::verdicts($e2e);
 MMTest::Cases::multiplexor_down($e2e);
+MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

@@ -13,5 +13,7 @@ my $e2e = MMTest::E2E->setup(mta => 'sendmail', milter_args => [qw(-s -t)],
     mta_opts => MMTest::Cases::mta_rejects_recipient_opts('sendmail'));
 MMTest::Cases::extras($e2e);
 MMTest::Cases::edges($e2e);
+MMTest::Cases::milter_macros($e2e);
+MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

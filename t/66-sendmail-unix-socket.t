@@ -13,5 +13,6 @@ my $e2e = MMTest::E2E->setup(mta => 'sendmail', milter_socket => 'unix', milter_
 like($e2e->stack->milter_spec_sendmail, qr{^unix:/}, 'milter on a UNIX socket');
 MMTest::Cases::verdicts($e2e);
 MMTest::Cases::modifications($e2e);
+MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

@@ -11,7 +11,7 @@
 #   Subject words (filter_message), any combination:
 #     addhdr inshdr chghdr delhdr addrcpt delrcpt chgsender newbody appendbody
 #     bounce bounce550 tempfail discard quarantine smquarantine die envelope
-#     longhdr chgsecond emptybody
+#     longhdr chgsecond emptybody crash sleep20
 #
 # Every message that reaches filter_message also gets "X-MMTest-Filtered: yes".
 use strict;
@@ -22,6 +22,7 @@ use base qw(Mailmunge::Filter);
 
 use Mailmunge::Response;
 use MIME::Entity;
+use POSIX ();
 
 sub filter_relay {
     my ($self, $ctx) = @_;
@@ -86,6 +87,10 @@ sub filter_message {
     my %w = map { lc($_) => 1 } split ' ', ($ctx->subject // '');
 
     die "MMTest filter dies on purpose\n" if $w{die};
+    # The worker process vanishes in the middle of a scan.
+    POSIX::_exit(3) if $w{crash};
+    # Longer than the multiplexor's busy timeout in the slow-filter test.
+    sleep 20 if $w{sleep20};
 
     $ctx->action_add_header('X-MMTest-Filtered', 'yes');
     if ($w{envelope}) {
@@ -93,6 +98,7 @@ sub filter_message {
         $ctx->action_add_header('X-MMTest-Recipients', join(' ', @{ $ctx->recipients || [] }));
         $ctx->action_add_header('X-MMTest-Helo', $ctx->helo // '');
         $ctx->action_add_header('X-MMTest-Hostip', $ctx->hostip // '');
+        $ctx->action_add_header('X-MMTest-Port', $ctx->sendmail_macro('daemon_port') // 'none');
         $ctx->action_add_header('X-MMTest-Mailers', join(' ', map {
             my $m = $ctx->get_recipient_mailer($_);
             "$_=" . (ref $m ? ($m->[0] // '') : '');

@@ -149,6 +149,17 @@ sub verdicts {
         ok($e2e->not_delivered($id), 'but it is never delivered');
     };
 
+    subtest 'worker process exits in the middle of a scan: tempfail, nothing delivered' => sub {
+        my $id = _id($e2e, 'crash');
+        my $res = $e2e->send(id => $id, subject => 'crash');
+        _refused($e2e, $res, ['data'], qr/^\Q$DEFAULT_TEMPFAIL{ $e2e->kind }\E$/, 'crashing worker');
+        ok($e2e->not_delivered($id), 'not delivered');
+        my $id2 = _id($e2e, 'after-crash');
+        my $res2 = $e2e->send(id => $id2, subject => 'plain');
+        ok($res2->{ok}, 'next message accepted (a new worker took over)') or diag($res2->{failure});
+        ok($e2e->delivered($id2), 'next message delivered');
+    };
+
     subtest 'filter dies in filter_message: tempfail, nothing delivered' => sub {
         my $id = _id($e2e, 'die');
         my $res = $e2e->send(id => $id, subject => 'die');
@@ -677,6 +688,79 @@ sub edges {
         ok($res->{ok}, 'accepted') or diag($res->{failure});
         my $m = $e2e->delivered($id) or return;
         is($m->body, $body, 'body unchanged');
+    };
+}
+
+=head2 spool_is_clean($e2e)
+
+After all messages are done, the spool directory holds no working
+directories (C<mm-*>) any more: nothing leaks, whatever the verdicts were.
+
+=cut
+
+sub spool_is_clean {
+    my ($e2e) = @_;
+    subtest 'no working directories left in the spool' => sub {
+        my $spool = $e2e->stack->spool;
+        my @left;
+        my $ok = eval {
+            MMTest::Util::wait_until(10, 'the spool to be clean', sub {
+                opendir(my $dh, $spool) or return 0;
+                @left = grep { /^mm-/ } readdir $dh;
+                return !@left;
+            });
+        };
+        ok($ok, 'spool clean') or diag("left in $spool: @left");
+    };
+}
+
+=head2 slow_filter($e2e)
+
+A filter that takes longer than the multiplexor's busy timeout (the setup
+must run the multiplexor with C<-b 10>): the message is tempfailed, never
+accepted unfiltered, and the next message goes through.
+
+=cut
+
+sub slow_filter {
+    my ($e2e) = @_;
+    subtest 'filter slower than the busy timeout' => sub {
+        my $id = _id($e2e, 'slow');
+        my $res = $e2e->send(id => $id, subject => 'sleep20');
+        _refused($e2e, $res, ['data'], qr/^\Q$DEFAULT_TEMPFAIL{ $e2e->kind }\E$/, 'slow filter');
+        ok($e2e->not_delivered($id), 'not delivered');
+        my $id2 = _id($e2e, 'after-slow');
+        my $res2 = $e2e->send(id => $id2, subject => 'plain');
+        ok($res2->{ok}, 'next message accepted') or diag($res2->{failure});
+        ok($e2e->delivered($id2), 'next message delivered');
+    };
+}
+
+=head2 milter_macros($e2e)
+
+Without C<-y> the filter has no C<daemon_port> macro (neither MTA sends
+C<{daemon_port}> by default); with C<-y> the milter asks for its macro
+list during negotiation and the filter sees the MTA's SMTP port there.
+
+=cut
+
+sub milter_macros {
+    my ($e2e) = @_;
+    subtest 'milter -y: macro list requested, daemon_port reaches the filter' => sub {
+        my @orig = @{ $e2e->stack->{milter_args} };
+        my $id = _id($e2e, 'no-y');
+        my $res = $e2e->send(id => $id, subject => 'envelope');
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id);
+        is($m && $m->header('X-MMTest-Port'), 'none', 'without -y: no daemon_port macro');
+
+        $e2e->stack->restart_milter(@orig, '-y');
+        $id = _id($e2e, 'with-y');
+        $res = $e2e->send(id => $id, subject => 'envelope');
+        ok($res->{ok}, 'accepted with -y') or diag($res->{failure});
+        $m = $e2e->delivered($id);
+        is($m && $m->header('X-MMTest-Port'), $e2e->mta->port, 'with -y: daemon_port is the MTA port');
+        $e2e->stack->restart_milter(@orig);
     };
 }
 
