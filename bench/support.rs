@@ -67,8 +67,19 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Creates the tree under `--spool-base DIR`, by default /dev/shm when
+    /// it is a tmpfs (where a production spool belongs), else the system
+    /// temporary directory.
     pub fn new() -> Result<Scratch> {
-        let dir = tempfile::Builder::new().prefix("mm-bench-").tempdir().context("tempdir")?;
+        let base: String = arg("--spool-base", String::new())?;
+        let base = if !base.is_empty() {
+            PathBuf::from(base)
+        } else if fs_type(Path::new("/dev/shm")).as_deref() == Some("tmpfs") {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = tempfile::Builder::new().prefix("mm-bench-").tempdir_in(&base).with_context(|| format!("tempdir in {}", base.display()))?;
         let root = dir.path().to_path_buf();
         chmod(&root, 0o755)?;
         let spool = root.join("spool");
@@ -83,6 +94,11 @@ impl Scratch {
         Ok(Scratch { _dir: dir, root, spool, perl, filter })
     }
 
+    /// One line saying where the spool is and on what file system.
+    pub fn describe(&self) -> String {
+        format!("spool {} on {}", self.spool.display(), fs_type(&self.spool).unwrap_or_else(|| "an unknown file system".into()))
+    }
+
     pub fn mux_socket(&self) -> PathBuf {
         self.spool.join("mx.sock")
     }
@@ -94,6 +110,27 @@ impl Scratch {
             _ => self.perl.display().to_string(),
         }
     }
+}
+
+/// The file system type of the mount holding `p`, from /proc/self/mounts
+/// (longest matching mount point).
+pub fn fs_type(p: &Path) -> Option<String> {
+    let p = p.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && p.starts_with(f[1])).then(|| (f[1].len(), f[2].to_string()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, t)| t)
+}
+
+/// Extra daemon options from `--NAME "-I 64 ..."` (split on white space).
+pub fn extra_args(name: &str) -> Result<Vec<String>> {
+    let s: String = arg(name, String::new())?;
+    Ok(s.split_whitespace().map(str::to_string).collect())
 }
 
 pub fn chmod(p: &Path, mode: u32) -> Result<()> {
@@ -193,6 +230,7 @@ pub fn start_mux(s: &Scratch, extra: &[&str]) -> Result<Daemon> {
         .arg("-f")
         .arg(&s.filter)
         .args(extra)
+        .args(extra_args("--mux-args")?)
         .env("PERL5LIB", s.perl5lib())
         .env("MAILMUNGE_SPOOLDIR", &s.spool)
         .env("MAILMUNGE_MTA", "postfix");
@@ -222,10 +260,11 @@ pub fn mux_request(sock: &Path, line: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The same round trip on tokio.
+/// The same round trip on tokio; like the milter, it waits while the
+/// multiplexor's listen queue is full.
 pub async fn mux_request_async(sock: &Path, line: &[u8]) -> std::io::Result<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(sock).await?;
+    let mut s = mailmunge::sockspec::connect_unix(sock).await?;
     s.write_all(line).await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))

@@ -9,7 +9,9 @@
 //!
 //! Options: --seconds N (per measurement, default 5), --sessions 1,4,16,
 //! --idle 1000,10000 (0 skips the probe), --milter-nofile N (start the
-//! milter with this soft RLIMIT_NOFILE instead of the generator's).
+//! milter with this soft RLIMIT_NOFILE instead of the generator's),
+//! --spool-base DIR (default /dev/shm when it is a tmpfs), --mux-args and
+//! --milter-args "..." (extra daemon options).
 
 #[path = "../bench/support.rs"]
 mod support;
@@ -240,6 +242,7 @@ fn start_milter(scratch: &Scratch, target: &Target, nofile: Option<u64>) -> Resu
         .arg(scratch.mux_socket())
         .arg("-z")
         .arg(&scratch.spool)
+        .args(support::extra_args("--milter-args")?)
         .env("MAILMUNGE_MY_IP", "127.0.0.1");
     if let Some(n) = nofile {
         use std::os::unix::process::CommandExt;
@@ -295,6 +298,7 @@ fn main() -> Result<()> {
     }
 
     let scratch = Scratch::new()?;
+    println!("{}", scratch.describe());
     // One worker per concurrent session: the milter's connect-time `free`
     // check then never finds the pool exhausted (queueing is not measured).
     let max_workers = max_sessions.to_string();

@@ -8,7 +8,8 @@
 //! cargo build --release --bins && cargo run --release --example bench_mux
 //!
 //! Options: --seconds N (per measurement, default 5), --clients 1,4,16,
-//! --activations N (default 10).
+//! --activations N (default 10), --spool-base DIR (default /dev/shm when it
+//! is a tmpfs), --mux-args "..." (extra multiplexor options).
 
 #[path = "../bench/support.rs"]
 mod support;
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
     println!("per measurement: {seconds} s; clients: {clients:?}");
 
     let scratch = Scratch::new()?;
+    println!("{}", scratch.describe());
     let dirs = (0..max_clients).map(|i| make_workdir(&scratch.spool, i)).collect::<Result<Vec<_>>>()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 

@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 use crate::percent;
 use crate::sockspec::SockSpec;
@@ -52,7 +51,7 @@ pub fn request_line<A: AsRef<[u8]>>(command: &str, args: &[A]) -> Vec<u8> {
 /// `timeout` bounds the whole exchange; `None` waits forever, as upstream.
 pub async fn request(socket: &Path, line: &[u8], timeout: Option<Duration>) -> Result<Reply, MxError> {
     let exchange = async {
-        let mut s = UnixStream::connect(socket).await.map_err(MxError::Connect)?;
+        let mut s = crate::sockspec::connect_unix(socket).await.map_err(MxError::Connect)?;
         s.write_all(line).await.map_err(MxError::Write)?;
         read_reply(&mut s, MAX_REPLY).await
     };
@@ -125,6 +124,49 @@ mod tests {
         assert_eq!(r.bytes.len(), MAX_REPLY);
         assert!(r.truncated);
         server.await.unwrap();
+    }
+
+    /// A full listen queue makes a non-blocking connect fail with EAGAIN;
+    /// the request must wait for room, as upstream's blocking connect does.
+    #[tokio::test]
+    async fn waits_while_the_listen_queue_is_full() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mx.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: listen() on our own socket, shrinking its queue.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        let mut fillers = Vec::new();
+        loop {
+            match tokio::net::UnixStream::connect(&path).await {
+                Ok(s) => fillers.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the queue: {e}"),
+            }
+            assert!(fillers.len() < 100, "listen queue never filled");
+        }
+        let p2 = path.clone();
+        let client = tokio::spawn(async move { request(&p2, b"free\n", Some(Duration::from_secs(10))).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!client.is_finished(), "request gave up while the queue was full");
+        l.set_nonblocking(true).unwrap();
+        let l = tokio::net::UnixListener::from_std(l).unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut r = tokio::io::BufReader::new(s);
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.is_ok() && line == "free\n" {
+                        let _ = r.get_mut().write_all(b"4\n").await;
+                    }
+                });
+            }
+        });
+        drop(fillers);
+        let r = client.await.unwrap().unwrap();
+        assert_eq!(r.bytes, b"4\n");
+        server.abort();
     }
 
     #[tokio::test]

@@ -13,6 +13,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Connects to a UNIX-domain socket, waiting while its listen queue is
+/// full. Upstream's clients use a blocking connect(2), which sleeps until
+/// the server accepts; a non-blocking connect fails at once with EAGAIN
+/// instead, which under a burst of requests (the multiplexor's default
+/// backlog is 5) turned into tempfailed mail. Callers bound the wait with
+/// their own timeouts.
+pub async fn connect_unix(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A parsed socket specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SockSpec {
@@ -104,7 +123,7 @@ impl SockSpec {
     /// Connects to the socket as a client (mm-mx-ctrl, tests).
     pub async fn connect(&self) -> std::io::Result<Stream> {
         match self {
-            SockSpec::Unix(path) => Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?)),
+            SockSpec::Unix(path) => Ok(Stream::Unix(connect_unix(path).await?)),
             SockSpec::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
