@@ -118,3 +118,28 @@ fn reread_runs_perl_as_the_workers_do() {
     );
     assert_eq!(mx.req_s("pid"), b);
 }
+
+#[test]
+fn shell_wrappers_are_not_checked() {
+    // A filter that is a shell script exec'ing the real one: perl cannot
+    // judge it, so the reread goes ahead as upstream's would.
+    let sp = Spool::new();
+    let wrapper = sp.dir.path().join("wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec perl '{}' \"$@\"\n",
+            worker_path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mx = start(sp, &wrapper, &["-x", "1"]);
+    let a = mx.req_s("pid");
+    assert_eq!(mx.req_s("reread"), "Forced reread of filter rules\n");
+    let b = mx.wait_for("pid", |r| {
+        r.ends_with('\n') && !r.starts_with("error") && !r.starts_with("ERR")
+    });
+    assert_ne!(a, b);
+    mx.wait_log("runs through /bin/sh, not perl: not checked");
+}

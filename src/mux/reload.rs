@@ -43,8 +43,9 @@ pub struct Interpreter {
 }
 
 /// Reads the filter's `#!` line: a perl named there is used (workers are
-/// exec'd through it), else `perl` from PATH.
-pub fn interpreter(first_line: &str) -> Interpreter {
+/// exec'd through it), else `perl` from PATH. `Err(program)` when the line
+/// names another program (a shell wrapper, say): perl cannot check that.
+pub fn interpreter(first_line: &str) -> Result<Interpreter, String> {
     let mut perl = PathBuf::from("perl");
     let mut switches = Vec::new();
     if let Some(rest) = first_line.strip_prefix("#!") {
@@ -58,6 +59,8 @@ pub fn interpreter(first_line: &str) -> Interpreter {
             .is_some_and(|n| n.to_string_lossy().starts_with("perl"))
         {
             perl = PathBuf::from(prog);
+        } else if !prog.is_empty() {
+            return Err(prog.to_string());
         }
         for w in words.filter(|w| w.starts_with('-') && !w.starts_with("--")) {
             for taint in ['T', 't'] {
@@ -67,7 +70,16 @@ pub fn interpreter(first_line: &str) -> Interpreter {
             }
         }
     }
-    Interpreter { perl, switches }
+    Ok(Interpreter { perl, switches })
+}
+
+/// What the check found when it did not refuse.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// `perl -c` passed.
+    Compiles,
+    /// The filter runs through this non-perl program; not checked.
+    NotPerl(String),
 }
 
 /// Turns perl's output into one printable line of bounded length.
@@ -94,13 +106,16 @@ pub fn one_line(output: &[u8]) -> String {
 }
 
 /// Runs `perl -c FILTER` the way a worker would run; Ok when it compiles.
-pub async fn check_filter(opts: &Options) -> Result<(), CheckError> {
+pub async fn check_filter(opts: &Options) -> Result<Checked, CheckError> {
     let first = std::fs::read(&opts.filter).ok().and_then(|b| {
         b.split(|&c| c == b'\n')
             .next()
             .map(|l| String::from_utf8_lossy(l).into_owned())
     });
-    let interp = interpreter(first.as_deref().unwrap_or(""));
+    let interp = match interpreter(first.as_deref().unwrap_or("")) {
+        Ok(i) => i,
+        Err(prog) => return Ok(Checked::NotPerl(prog)),
+    };
     let mut cmd = tokio::process::Command::new(&interp.perl);
     cmd.args(&interp.switches)
         .arg("-c")
@@ -140,7 +155,7 @@ pub async fn check_filter(opts: &Options) -> Result<(), CheckError> {
         }
     };
     if out.status.success() {
-        return Ok(());
+        return Ok(Checked::Compiles);
     }
     let mut all = out.stderr;
     all.extend_from_slice(&out.stdout);
@@ -160,11 +175,20 @@ static REREADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn reread(mux: &Arc<Mux>) -> Vec<u8> {
     let _one = REREADING.lock().await;
     match check_filter(&mux.opts).await {
-        Ok(()) => {
+        Ok(checked) => {
+            if let Checked::NotPerl(prog) = &checked {
+                daemon::log(
+                    LOG_INFO,
+                    &format!(
+                        "{} runs through {prog}, not perl: not checked before the reread",
+                        mux.opts.filter.display()
+                    ),
+                );
+            }
             let mut p = mux.lock();
             p.reread();
             p.metrics.reread("done");
-            if mux.opts.verbose {
+            if mux.opts.verbose && checked == Checked::Compiles {
                 daemon::log(
                     LOG_INFO,
                     &format!(
@@ -193,54 +217,33 @@ mod tests {
 
     #[test]
     fn shebangs() {
-        assert_eq!(
-            interpreter("#!/usr/bin/perl"),
-            Interpreter {
-                perl: "/usr/bin/perl".into(),
-                switches: vec![]
-            }
-        );
+        let perl = |p: &str, sw: &[&str]| {
+            Ok(Interpreter {
+                perl: p.into(),
+                switches: sw.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(interpreter("#!/usr/bin/perl"), perl("/usr/bin/perl", &[]));
         assert_eq!(
             interpreter("#!/usr/bin/perl -w"),
-            Interpreter {
-                perl: "/usr/bin/perl".into(),
-                switches: vec![]
-            }
+            perl("/usr/bin/perl", &[])
         );
         assert_eq!(
             interpreter("#!/usr/bin/perl -wT"),
-            Interpreter {
-                perl: "/usr/bin/perl".into(),
-                switches: vec!["-T".into()]
-            }
+            perl("/usr/bin/perl", &["-T"])
         );
         assert_eq!(
             interpreter("#! /usr/bin/env perl5.36 -t"),
-            Interpreter {
-                perl: "perl5.36".into(),
-                switches: vec!["-t".into()]
-            }
+            perl("perl5.36", &["-t"])
         );
+        assert_eq!(interpreter("use strict;"), perl("perl", &[]));
+        assert_eq!(interpreter(""), perl("perl", &[]));
+        assert_eq!(interpreter("#!"), perl("perl", &[]));
+        // A wrapper in another language cannot be checked by perl.
+        assert_eq!(interpreter("#!/bin/sh -e"), Err("/bin/sh".to_string()));
         assert_eq!(
-            interpreter("#!/bin/sh"),
-            Interpreter {
-                perl: "perl".into(),
-                switches: vec![]
-            }
-        );
-        assert_eq!(
-            interpreter("use strict;"),
-            Interpreter {
-                perl: "perl".into(),
-                switches: vec![]
-            }
-        );
-        assert_eq!(
-            interpreter(""),
-            Interpreter {
-                perl: "perl".into(),
-                switches: vec![]
-            }
+            interpreter("#!/usr/bin/env python3"),
+            Err("python3".to_string())
         );
     }
 
