@@ -15,7 +15,7 @@ my %zone = (
 				     '30 mx-c.bogus-all.test', '40 0.', '50 192.168.44.33.'] },
 	'mx-a.bogus-all.test' => { A => ['42.42.42.42', '127.0.0.1'] },
 	'mx-b.bogus-all.test' => { A => ['255.255.255.255', '172.16.4.5'] },
-	'mx-c.bogus-all.test' => { A => ['10.2.3.4'] },
+	'mx-c.bogus-all.test' => { A => ['10.2.3.4'], AAAA => ['2001:DB8::25', '2a00:1450:4001::1b', 'fd00::5', '::1'] },
 	'a-only.test' => { A => ['198.51.100.7', '100.64.1.1'] },
 	'null-mx.test' => { MX => ['0 .'] },
 	'dangling.test' => { MX => ['10 nowhere.dangling.test'] },
@@ -78,6 +78,18 @@ is_deeply($gm->get_mx_hosts('dangling.test'), { routable => [], loopback => [], 
 	  'MX without address gives nothing');
 is_deeply($gm->get_mx_hosts('nonexistent.test'), { routable => [], loopback => [], bogus => [], private => [] },
 	  'NXDOMAIN gives empty lists');
+
+# IPv6, on request only
+$ans = $gm->get_mx_hosts('bogus-all.test', { ipv6 => 1 });
+is_deeply($ans->{routable}, ['42.42.42.42', '2a00:1450:4001::1b'], 'ipv6: routable v6 address added');
+is_deeply($ans->{loopback}, ['127.0.0.1', '::1'], 'ipv6: ::1 is loopback');
+cmp_bag($ans->{bogus}, ['255.255.255.255', '0.0.0.0', '2001:db8::25'], 'ipv6: documentation prefix is bogus');
+cmp_bag($ans->{private}, ['172.16.4.5', '192.168.44.33', '10.2.3.4', 'fd00::5'], 'ipv6: unique local is private');
+is($gm->ip6_class('fe80::1'), 'bogus', 'link-local');
+is($gm->ip6_class('ff02::1'), 'bogus', 'multicast');
+is($gm->ip6_class('::ffff:10.1.2.3'), 'private', 'IPv4-mapped classified as IPv4');
+is($gm->ip6_class('::'), 'bogus', 'unspecified');
+is($gm->ip6_class('10.1.2.3'), undef, 'not IPv6');
 
 is($gm->ip4_is_loopback('127.1.2.3'), 1, 'loopback');
 is($gm->ip4_is_loopback('128.0.0.1'), 0, 'not loopback');

@@ -80,15 +80,23 @@ sub _answers
 	return $pkt->answer;
 }
 
+# Addresses of $name: A records, plus AAAA records when $v6.
+sub _addresses
+{
+	my ($self, $name, $v6) = @_;
+	my @ips = map { $_->address } grep { $_->type eq 'A' } $self->_answers($name, 'A');
+	push(@ips, map { _short6($_->address) } grep { $_->type eq 'AAAA' } $self->_answers($name, 'AAAA')) if $v6;
+	return @ips;
+}
+
 sub _mx_addresses
 {
-	my ($self, $domain) = @_;
+	my ($self, $domain, $v6) = @_;
 	my @ips;
 	my @mx = grep { $_->type eq 'MX' } $self->_answers($domain, 'MX');
 	if (!@mx) {
 		# No MX: mail goes to the domain's own address records.
-		push(@ips, map { $_->address } grep { $_->type eq 'A' } $self->_answers($domain, 'A'));
-		return @ips;
+		return $self->_addresses($domain, $v6);
 	}
 	foreach my $rr (sort { $a->preference <=> $b->preference } @mx) {
 		my $exchange = $rr->exchange;
@@ -103,15 +111,59 @@ sub _mx_addresses
 			push(@ips, $bare);
 			next;
 		}
-		push(@ips, map { $_->address } grep { $_->type eq 'A' } $self->_answers($exchange, 'A'));
+		push(@ips, $self->_addresses($exchange, $v6));
 	}
 	return @ips;
 }
 
+# IPv6 text as sixteen bytes, or undef.
+sub _bytes6
+{
+	my ($ip) = @_;
+	return undef unless defined($ip) && $ip =~ /:/;
+	require Socket;
+	my $b = eval { Socket::inet_pton(Socket::AF_INET6(), $ip) };
+	return (defined($b) && length($b) == 16) ? $b : undef;
+}
+
+sub _short6
+{
+	my ($ip) = @_;
+	my $b = _bytes6($ip);
+	return $ip unless defined($b);
+	require Socket;
+	return Socket::inet_ntop(Socket::AF_INET6(), $b);
+}
+
+sub ip6_class
+{
+	my ($self, $ip) = @_;
+	my $b = _bytes6($ip);
+	return undef unless defined($b);
+	my @w = unpack('n8', $b);
+	# IPv4-mapped (::ffff:a.b.c.d): classify the IPv4 address.
+	if (!$w[0] && !$w[1] && !$w[2] && !$w[3] && !$w[4] && $w[5] == 0xffff) {
+		my $v4 = join('.', unpack('C4', substr($b, 12, 4)));
+		return $self->ip4_is_loopback($v4) ? 'loopback'
+		     : $self->ip4_is_private($v4)  ? 'private'
+		     : $self->ip4_is_reserved($v4) ? 'bogus' : 'routable';
+	}
+	my $zero = !grep { $_ } @w[0 .. 6];
+	return 'loopback' if $zero && $w[7] == 1;                       # ::1
+	return 'bogus'    if $zero && $w[7] == 0;                       # ::
+	return 'private'  if ($w[0] & 0xfe00) == 0xfc00;                # fc00::/7 unique local
+	return 'bogus'    if ($w[0] & 0xffc0) == 0xfe80;                # fe80::/10 link-local
+	return 'bogus'    if ($w[0] & 0xff00) == 0xff00;                # multicast
+	return 'bogus'    if $w[0] == 0x2001 && $w[1] == 0x0db8;        # documentation
+	return 'routable' if ($w[0] & 0xe000) == 0x2000;                # 2000::/3 global unicast
+	return 'bogus';
+}
+
 sub get_mx_hosts
 {
-	my ($self, $domain) = @_;
+	my ($self, $domain, $opts) = @_;
 	$domain = '' unless defined($domain);
+	$opts = {} unless ref($opts) eq 'HASH';
 	if ($domain =~ /\@/) {
 		my $f = $self->filter;
 		$domain = ($f && ref($f) && $f->can('domain_of'))
@@ -120,8 +172,9 @@ sub get_mx_hosts
 	}
 	my $ans = { bogus => [], private => [], loopback => [], routable => [] };
 	return $ans if $domain eq '';
-	foreach my $ip ($self->_mx_addresses($domain)) {
-		my $class = $self->ip4_is_loopback($ip) ? 'loopback'
+	foreach my $ip ($self->_mx_addresses($domain, $opts->{ipv6})) {
+		my $class = $ip =~ /:/ ? ($self->ip6_class($ip) || 'bogus')
+			  : $self->ip4_is_loopback($ip) ? 'loopback'
 			  : $self->ip4_is_private($ip)  ? 'private'
 			  : $self->ip4_is_reserved($ip) ? 'bogus'
 			  :                               'routable';
@@ -174,11 +227,12 @@ the system settings (and no default-domain appending) on first use.
 Pass a resolver to use it instead, e.g. one pointing at a local test
 name server.
 
-=head2 get_mx_hosts($domain_or_address)
+=head2 get_mx_hosts($domain_or_address [, { ipv6 => 1 }])
 
 Looks up the domain (the part after the last C<@> when given an e-mail
 address) and returns a hash reference with four array references of
-IPv4 address strings:
+IPv4 address strings (and, with the C<ipv6> option, also the IPv6
+addresses of the mail exchangers, classified by C<ip6_class>):
 
 =over 4
 
@@ -193,6 +247,14 @@ IPv4 address strings:
 =back
 
 Lookup failures simply produce empty lists.
+
+=head2 ip6_class($ip)
+
+Classifies an IPv6 address: C<loopback> (::1), C<private> (fc00::/7),
+C<bogus> (::, link-local, multicast, 2001:db8::/32 and anything outside
+2000::/3), C<routable> (other global unicast).  IPv4-mapped addresses
+are classified as their IPv4 address.  Returns undef if C<$ip> is not
+an IPv6 address.
 
 =head2 ip4_is_loopback($ip)
 
