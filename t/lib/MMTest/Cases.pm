@@ -764,6 +764,41 @@ sub milter_macros {
     };
 }
 
+=head2 reread($e2e)
+
+The operator's workflow for a changed filter: edit the file, run
+C<mm-mx-ctrl reread>; the next message is handled by the new code and no
+message is lost on the way.  Needs C<copy_filter>.
+
+=cut
+
+sub reread {
+    my ($e2e) = @_;
+    subtest 'changed filter picked up with mm-mx-ctrl reread' => sub {
+        my $id = _id($e2e, 'before-reread');
+        my $res = $e2e->send(id => $id);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id);
+        is($m && $m->header('X-MMTest-Filtered'), 'yes', 'old filter');
+
+        $e2e->stack->edit_filter(sub {
+            my $t = shift;
+            $t =~ s/action_add_header\('X-MMTest-Filtered', 'yes'\)/action_add_header('X-MMTest-Filtered', 'yes, version 2')/
+                or die "filter text not found\n";
+            return $t;
+        });
+        my $out = $e2e->stack->ctrl('reread');
+        is($?, 0, 'mm-mx-ctrl reread succeeded') or diag($out);
+        is($out, "Forced reread of filter rules\n", 'multiplexor confirmed');
+
+        $id = _id($e2e, 'after-reread');
+        $res = $e2e->send(id => $id);
+        ok($res->{ok}, 'accepted after reread') or diag($res->{failure});
+        $m = $e2e->delivered($id);
+        is($m && $m->header('X-MMTest-Filtered'), 'yes, version 2', 'new filter in use');
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never

@@ -52,7 +52,9 @@ required), C<mta> (C<postfix> or C<sendmail>, default C<postfix>),
 C<mx_args> (extra multiplexor arguments; defaults C<-m 1 -x 2 -l -b 60
 -c 10> come first), C<milter_args> (extra milter arguments), C<user>
 (default C<mailmunge> when root), C<env> (more environment variables),
-C<milter_socket> (C<inet>, the default, or C<unix>).
+C<milter_socket> (C<inet>, the default, or C<unix>), C<copy_filter> (run a
+private copy of the filter, so the test can change it with
+C<edit_filter>).
 
 =cut
 
@@ -73,6 +75,12 @@ sub new {
         owner       => $$,
         pids        => {},
     }, $class;
+    if ($o{copy_filter}) {
+        # A private copy the test may edit (see edit_filter).
+        my $copy = File::Spec->catfile($self->{dir}, 'filter.pl');
+        MMTest::Util::spew($copy, slurp($filter), 0755);
+        $self->{filter} = $copy;
+    }
     $self->{spool}      = File::Spec->catdir($self->{dir}, 'spool');
     $self->{quarantine} = File::Spec->catdir($self->{dir}, 'quarantine');
     $self->{mx_socket}  = File::Spec->catfile($self->{spool}, 'mailmunge-multiplexor.sock');
@@ -289,6 +297,41 @@ sub _stop_one {
 }
 
 sub stop_multiplexor { $_[0]->_stop_one('mx') }
+
+=head2 filter
+
+The path of the filter the multiplexor runs.
+
+=cut
+
+sub filter { $_[0]{filter} }
+
+=head2 edit_filter($code)
+
+With C<copy_filter>: calls $code with the filter's text and writes back
+what it returns.
+
+=cut
+
+sub edit_filter {
+    my ($self, $code) = @_;
+    my $text = slurp($self->{filter});
+    MMTest::Util::spew($self->{filter}, $code->($text), 0755);
+}
+
+=head2 ctrl(@args)
+
+Runs C<target/debug/mm-mx-ctrl -s SOCKET @args> and returns its output
+(stdout and stderr); C<$?> is left as the command set it.
+
+=cut
+
+sub ctrl {
+    my ($self, @args) = @_;
+    my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mm-mx-ctrl');
+    my $cmd = join ' ', map { "'$_'" } $bin, '-s', $self->{mx_socket}, @args;
+    return scalar `$cmd 2>&1`;
+}
 
 =head2 restart_milter(@args)
 
