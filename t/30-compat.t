@@ -41,7 +41,8 @@ like($nb, qr/Content-Type: text\/plain; charset="utf-8"\nContent-Disposition: in
      'replaced part is an inline UTF-8 text part');
 like($nb, qr/name="warnings\.txt"\nContent-Disposition: inline; filename="warnings\.txt"\n.*\n\nDropped drop-virus\.exe\nKept warn-notes\.txt with a warning\nDropped a multipart\/related part\n\n--outer-1--/s,
      'warnings part last, in call order, replacement text not repeated');
-like(file("$dir/TRACE"), qr/^filter_wrapup\nwrapup-add-part undef$/m, 'action_add_part is ignored in filter_wrapup');
+like(file("$dir/TRACE"), qr/^filter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n\z/m,
+     'part actions in filter_wrapup are refused with a warning');
 
 # --- Added parts: offset 0 and appended, before the warnings part
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'add-first add-last');
@@ -66,14 +67,14 @@ like($nb, qr/\n\nDropped drop-inner\.exe\nDropped drop-outer\.exe\n\n--fw--\n\z/
 # --- Quirk: a single-part message never reaches filter()
 ($reply, $dir) = scan('t/data/ext/msgs/single.eml', 'single');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/TRACE"), "filter_begin single\nfilter_end\nfilter_wrapup\nwrapup-add-part undef\n",
+is(file("$dir/TRACE"), "filter_begin single\nfilter_end\nfilter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n",
    'no filter() call for the top-level entity (upstream behaviour)');
 is(file("$dir/RESULTS"), "F\n", 'nothing changed');
 ok(!-e "$dir/NEWBODY", 'no NEWBODY');
 
 # --- Opt-in: filter_single_part_messages walks a single-part body
 ($reply, $dir) = scan('t/data/ext/msgs/single.eml', 'walk-single');
-is(file("$dir/TRACE"), "filter_begin walk-single\nfilter [drop-me.exe] [.exe] application/octet-stream\nfilter_end\nfilter_wrapup\nwrapup-add-part undef\n",
+is(file("$dir/TRACE"), "filter_begin walk-single\nfilter [drop-me.exe] [.exe] application/octet-stream\nfilter_end\nfilter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n",
    'filter() sees the body of a single-part message');
 my $r = lines("$dir/RESULTS");
 is_deeply([@$r[0, 1]], ['JContent-Disposition 1', 'JContent-Transfer-Encoding 1'], 'attachment headers of the old top level removed');

@@ -28,7 +28,8 @@ sub _state
 sub _walking
 {
 	my ($self, $ctx, $what) = @_;
-	return 1 if ref($ctx) && ref($self->_state($ctx)) eq 'HASH';
+	my $state = ref($ctx) ? $self->_state($ctx) : undef;
+	return 1 if ref($state) eq 'HASH' && !$state->{done};
 	my $log_ctx = ref($ctx) ? $ctx : 'NOQUEUE';
 	$self->log($log_ctx, 'warning', "$what called outside of filter_message; ignored");
 	return 0;
@@ -95,6 +96,8 @@ sub filter_message
 		$self->_reconcile_content_headers($ctx, $orig_head, $rebuilt->head);
 		$ctx->new_mime_entity($rebuilt);
 	}
+	# Part actions from now on (e.g. in filter_wrapup) have nothing to act on.
+	$self->_state($ctx)->{done} = 1;
 	return;
 }
 

@@ -89,6 +89,8 @@ sub filter_wrapup
 	$self->_trace('filter_wrapup');
 	my $r = $self->action_add_part($ctx, 'text/plain', '7bit', "too late\n");
 	$self->_trace('wrapup-add-part', $r // 'undef');
+	$r = $self->action_drop($ctx, 'too late');
+	$self->_trace('wrapup-drop', $r // 'undef');
 	return;
 }
 
