@@ -46,6 +46,11 @@ fn verbose_logging_of_worker_stderr_and_status() {
     assert!(log.contains("Starting worker 0 (pid "), "{log}");
     mx.wait_log("mailmunge-multiplexor 3.09 alive.  MTA");
     mx.wait_log("Worker status: Stopped=1 Idle=1 Busy=0 Killed=0 Queued=0 Msgs=1 Activations=1");
+    // Retiring the worker logs its exit and resource usage.
+    assert_eq!(mx.req(b"reread\n"), b"Forced reread of filter rules\n");
+    mx.wait_log("Killing idle worker 0 pid=");
+    mx.wait_log(") exited normally with status 0");
+    mx.wait_log("Worker 0 resource usage: req=2, scans=1, user=");
 }
 
 #[test]

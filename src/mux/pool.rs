@@ -840,6 +840,32 @@ impl Pool {
         );
     }
 
+    /// Logs a reaped worker's resource usage (with `-l`, §17).
+    pub fn log_usage(&self, i: usize, wid: u64, ru: &libc::rusage) {
+        let s = &self.slots[i];
+        if !self.opts.verbose || s.wid != wid {
+            return;
+        }
+        daemon::log(
+            LOG_INFO,
+            &format!(
+                "Worker {i} resource usage: req={}, scans={}, user={}.{:03}, sys={}.{:03}, nswap={}, majflt={}, minflt={}, maxrss={}, bi={}, bo={}",
+                s.num_requests,
+                s.num_scans,
+                ru.ru_utime.tv_sec,
+                ru.ru_utime.tv_usec / 1000,
+                ru.ru_stime.tv_sec,
+                ru.ru_stime.tv_usec / 1000,
+                ru.ru_nswap,
+                ru.ru_majflt,
+                ru.ru_minflt,
+                ru.ru_maxrss,
+                ru.ru_inblock,
+                ru.ru_oublock
+            ),
+        );
+    }
+
     /// The worker task saw its process exit (§7.13).
     pub fn reaped(&mut self, i: usize, wid: u64, status: std::process::ExitStatus) {
         use std::os::unix::process::ExitStatusExt;

@@ -15,9 +15,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
 use super::options::Options;
@@ -41,9 +44,14 @@ pub enum ToWorker {
     },
 }
 
-/// A worker process: our own child, or a child of the `-E` zygote.
+/// A worker process: our own child (reaped by us with wait4, so that its
+/// resource usage can be logged), or a child of the `-E` zygote.
 pub enum Proc {
-    Child(Child),
+    Own {
+        pid: u32,
+        pidfd: Option<AsyncFd<OwnedFd>>,
+        usage: Option<libc::rusage>,
+    },
     Forked {
         pid: u32,
         exit: Option<oneshot::Receiver<i32>>,
@@ -51,11 +59,81 @@ pub enum Proc {
 }
 
 impl Proc {
+    fn own(pid: u32) -> Proc {
+        Proc::Own {
+            pid,
+            pidfd: None,
+            usage: None,
+        }
+    }
+
     /// Waits for the process to end. Cancel-safe.
     pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
         match self {
-            Proc::Child(c) => c.wait().await,
+            Proc::Own { pid, pidfd, usage } => loop {
+                if let Some(st) = try_wait4(*pid, usage)? {
+                    return Ok(st);
+                }
+                if pidfd.is_none() {
+                    // SAFETY: the AsyncFd owns the descriptor, which stays
+                    // open until the AsyncFd (deregistering it) is dropped.
+                    *pidfd = pidfd_open(*pid).and_then(|fd| {
+                        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+                    });
+                }
+                match pidfd {
+                    Some(fd) => fd.readable().await?.clear_ready(),
+                    // No pidfd (old kernel): poll.
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            },
             Proc::Forked { pid, exit } => Ok(super::zygote::wait_forked(*pid, exit).await),
+        }
+    }
+
+    /// Resource usage of a reaped child of ours.
+    pub fn usage(&self) -> Option<&libc::rusage> {
+        match self {
+            Proc::Own { usage, .. } => usage.as_ref(),
+            Proc::Forked { .. } => None,
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Reaps `pid` if it has exited, keeping its resource usage.
+fn try_wait4(
+    pid: u32,
+    usage: &mut Option<libc::rusage>,
+) -> io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-parameters.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut ru) };
+    match r {
+        0 => Ok(None),
+        r if r > 0 => {
+            *usage = Some(ru);
+            Ok(Some(std::process::ExitStatus::from_raw(status)))
+        }
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(None)
+            } else {
+                Err(e)
+            }
         }
     }
 }
@@ -242,12 +320,13 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| opts.filter.clone().into_os_string());
+    // std, not tokio: we reap our workers ourselves (see `Proc`).
     let mut cmd = if via_perl {
-        let mut c = tokio::process::Command::new("perl");
+        let mut c = std::process::Command::new("perl");
         c.arg(&opts.filter);
         c
     } else {
-        let mut c = tokio::process::Command::new(&opts.filter);
+        let mut c = std::process::Command::new(&opts.filter);
         c.arg0(base);
         c
     };
@@ -258,8 +337,7 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     })
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(false);
+    .stderr(Stdio::piped());
     let status = if opts.status_tags {
         Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?)
     } else {
@@ -285,16 +363,16 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         None => None,
     };
     let missing = || io::Error::other("child pipe missing");
-    let pid = child.id().ok_or_else(missing)?;
+    let pid = child.id();
     let stdin =
-        pipe::Sender::from_owned_fd(child.stdin.take().ok_or_else(missing)?.into_owned_fd()?)?;
+        pipe::Sender::from_owned_fd(OwnedFd::from(child.stdin.take().ok_or_else(missing)?))?;
     let stdout =
-        pipe::Receiver::from_owned_fd(child.stdout.take().ok_or_else(missing)?.into_owned_fd()?)?;
+        pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().ok_or_else(missing)?))?;
     let stderr =
-        pipe::Receiver::from_owned_fd(child.stderr.take().ok_or_else(missing)?.into_owned_fd()?)?;
+        pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().ok_or_else(missing)?))?;
     Ok(Spawned {
         pid,
-        proc: Proc::Child(child),
+        proc: Proc::own(pid),
         stdin,
         stdout,
         stderr,
@@ -460,6 +538,9 @@ pub async fn run(
             }
         }
     };
+    if let Some(ru) = child.usage() {
+        mux.lock().log_usage(slot, wid, ru);
+    }
     match exit {
         Ok(status) => mux.lock().reaped(slot, wid, status),
         Err(e) => {
