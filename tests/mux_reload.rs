@@ -143,3 +143,27 @@ fn shell_wrappers_are_not_checked() {
     assert_ne!(a, b);
     mx.wait_log("runs through /bin/sh, not perl: not checked");
 }
+
+#[test]
+fn preloaded_filter_is_kept_when_the_new_one_is_broken() {
+    // -E: a refused reread keeps the preloaded filter and its workers.
+    let sp = Spool::new();
+    let filter = own_filter(&sp);
+    let mx = start(sp, &filter, &["-E", "-x", "1"]);
+    let pid = mx.req_s("pid");
+    let loaded = mx.req_s("loadpid");
+    break_filter(&filter);
+    let r = mx.req_s("reread");
+    assert!(
+        r.starts_with("error: Filter rules not reread: ") && r.contains("Missing right curly"),
+        "{r:?}"
+    );
+    assert_eq!(mx.req_s("pid"), pid);
+    // A worker started after the refusal still comes from the old load.
+    assert_eq!(mx.req_s("die"), "ERR No response from worker\n");
+    let again = mx.wait_for("loadpid", |r| {
+        r.ends_with('\n') && !r.starts_with("error") && !r.starts_with("ERR")
+    });
+    assert_eq!(again, loaded);
+    assert_ne!(mx.req_s("pid"), pid);
+}
