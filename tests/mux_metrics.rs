@@ -217,3 +217,25 @@ fn bad_metrics_spec_is_fatal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics"), "{err}");
 }
+
+#[test]
+fn metrics_on_a_unix_socket() {
+    use std::io::{Read, Write};
+    let sp = Spool::new();
+    let path = sp.file("metrics.sock");
+    let spec = format!("unix:{}", path.display());
+    let mut mx = start(sp, &worker_path(), &["--metrics", &spec]);
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .expect("metrics socket exists once the control socket does");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let samples = parse(&out);
+    assert_eq!(val(&samples, "mailmunge_mux_workers_max"), 2.0);
+    // Removed at exit like the control socket.
+    mx.signal(libc::SIGTERM);
+    assert_eq!(mx.wait_exit(std::time::Duration::from_secs(30)), Some(0));
+    assert!(!path.exists(), "metrics socket removed at exit");
+}
