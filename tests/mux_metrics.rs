@@ -239,3 +239,12 @@ fn metrics_on_a_unix_socket() {
     assert_eq!(mx.wait_exit(std::time::Duration::from_secs(30)), Some(0));
     assert!(!path.exists(), "metrics socket removed at exit");
 }
+
+#[test]
+fn a_busy_port_does_not_stop_the_multiplexor() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!("inet:{}", taken.local_addr().unwrap().port());
+    let mx = start(Spool::new(), &worker_path(), &["--metrics", &spec]);
+    mx.wait_log(&format!("Unable to create metrics socket {spec}"));
+    assert_eq!(mx.req_s("ping"), "PONG\n");
+}
