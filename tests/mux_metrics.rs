@@ -40,6 +40,7 @@ fn counters_follow_the_traffic() {
     assert_eq!(val(&s, "mailmunge_mux_queue_length"), 0.0);
     assert_eq!(val(&s, "mailmunge_mux_messages_scanned_total"), 0.0);
     assert_eq!(val(&s, "mailmunge_mux_generation"), 0.0);
+    assert_eq!(val(&s, "mailmunge_mux_info{version=\"3.09\"}"), 1.0);
     let rss = s
         .iter()
         .filter(|(k, _)| k.starts_with("mailmunge_mux_worker_resident_bytes{"))
@@ -154,6 +155,16 @@ fn counters_follow_the_traffic() {
         ) >= 3.0,
         "{s:#?}"
     );
+
+    // A request in progress shows in the oldest-busy gauge.
+    assert_eq!(val(&s, "mailmunge_mux_oldest_busy_seconds"), 0.0);
+    let sock = mx.sock.clone();
+    let slow = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
+    scrape_until(port, "a busy worker", |s| {
+        val(s, "mailmunge_mux_oldest_busy_seconds") >= 0.2
+    });
+    assert_eq!(slow.join().unwrap(), b"slept 2\n");
+    assert_eq!(val(&scrape(port), "mailmunge_mux_oldest_busy_seconds"), 0.0);
 
     // A reread retires the idle workers and counts under that reason.
     assert_eq!(mx.req_s("reread"), "Forced reread of filter rules\n");

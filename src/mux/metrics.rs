@@ -398,6 +398,27 @@ pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
         "Seconds since the multiplexor started.",
     );
     let _ = writeln!(o, "mailmunge_mux_uptime_seconds {}", p.uptime());
+    // For alerts on a filter stuck in one request well before -b fires.
+    header(
+        &mut o,
+        "mailmunge_mux_oldest_busy_seconds",
+        "gauge",
+        "How long the longest-busy worker has been on its request (0 when none is busy).",
+    );
+    let oldest = p
+        .slots
+        .iter()
+        .filter(|s| s.state == State::Busy)
+        .map(|s| s.last_change.elapsed().as_secs_f64())
+        .fold(0.0, f64::max);
+    let _ = writeln!(o, "mailmunge_mux_oldest_busy_seconds {oldest:.3}");
+    header(
+        &mut o,
+        "mailmunge_mux_info",
+        "gauge",
+        "Always 1; the version as a label.",
+    );
+    let _ = writeln!(o, "mailmunge_mux_info{{version=\"{}\"}} 1", crate::VERSION);
     o
 }
 
