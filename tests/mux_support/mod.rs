@@ -13,8 +13,37 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailmunge-multiplexor");
 
+static WORKER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+extern "C" fn remove_worker_copy() {
+    if let Some(dir) = WORKER.get().and_then(|p| p.parent()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The test worker (t/data/mux/worker.pl), copied to a world-readable
+/// temporary directory so that the `-U mailmunge` user can run it wherever
+/// the source tree lives. Removed when the test program exits.
 pub fn worker_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/mux/worker.pl")
+    WORKER
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mm-mux-worker")
+                .tempdir()
+                .unwrap()
+                .keep();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let w = dir.join("worker.pl");
+            std::fs::copy(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/mux/worker.pl"),
+                &w,
+            )
+            .unwrap();
+            std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+            unsafe { libc::atexit(remove_worker_copy) };
+            w
+        })
+        .clone()
 }
 
 pub fn is_root() -> bool {
