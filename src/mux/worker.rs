@@ -512,7 +512,11 @@ pub async fn run(
             },
             st = child.wait() => break st,
             r = out.fill(), if !out.at_eof() => {
-                if matches!(r, Ok(n) if n > 0) {
+                if matches!(r, Ok(n) if n > 0) && stdin.is_none() {
+                    // Already retiring: whatever it prints on its way out
+                    // is nobody's reply.
+                    out.clear();
+                } else if matches!(r, Ok(n) if n > 0) {
                     // Output nobody asked for: the worker is out of step
                     // with the protocol (§20.2), so retire it.
                     out.clear();
