@@ -347,3 +347,35 @@ fn command_that_cannot_be_written_is_answered_at_once() {
     let pid2 = mx.wait_for("pid", |r| r.trim_end().parse::<u32>().is_ok());
     assert_ne!(pid1, pid2);
 }
+
+#[test]
+fn concurrent_clients_get_their_own_replies() {
+    let mx = Mx::start(&["-x", "4", "-m", "4", "-q", "128", "-Q", "60"]);
+    mx.wait_for("status", |r| r.starts_with("IIII "));
+    let threads: Vec<_> = (0..48)
+        .map(|i| {
+            let sock = mx.sock.clone();
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let tok = format!("tok-{i}-{j}");
+                    let r = request(&sock, format!("echo {tok}\n").as_bytes());
+                    assert_eq!(String::from_utf8_lossy(&r), format!("{tok}\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Nothing went wrong on the way: the same four workers served it all.
+    let st = mx.req_s("status");
+    assert!(st.starts_with("IIII 0 4 128 0 "), "{st}");
+}
+
+#[test]
+fn worker_flooding_stderr_does_not_block() {
+    let mx = Mx::start(&["-x", "1"]);
+    // 20 MB on stderr, far beyond any pipe buffer.
+    assert_eq!(mx.req(b"spew 20000\n"), b"spewed\n");
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+}

@@ -50,6 +50,7 @@ while (defined(my $line = <STDIN>)) {
     elsif ($cmd eq 'partial')  { print 'part'; select(undef, undef, undef, $args[0] // 2); out('ial'); }
     elsif ($cmd eq 'late')     { out('first'); select(undef, undef, undef, 0.3); print "unasked\n"; }
     elsif ($cmd eq 'closein')  { close(STDIN); out('closed'); sleep 60; exit 0; }
+    elsif ($cmd eq 'spew')     { my $chunk = ('e' x 1023) . "\n"; print STDERR $chunk for 1 .. $args[0]; out('spewed'); }
     elsif ($cmd eq 'twolines') { print "one\ntwo\n"; }
     elsif ($cmd eq 'halfexit') { print 'half'; exit 0; }
     elsif ($cmd eq 'pid')      { out($$); }
