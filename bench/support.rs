@@ -18,6 +18,43 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+/// Process groups of the running daemons and the scratch directory, for the
+/// interrupt handler.
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+static SCRATCH_ROOT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes an interrupted run (Ctrl-C, SIGTERM, SIGHUP) clean up too: the
+/// daemons run in their own process groups, so the terminal's signal does
+/// not reach them, and they drop privileges, which clears a parent-death
+/// signal. Call first in `main`, before any other thread exists: the
+/// signals are blocked in every thread and taken by one waiting thread.
+/// (Children get an empty signal mask from `Command`.)
+pub fn install_interrupt_cleanup() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set.thread_block().context("block signals")?;
+    std::thread::spawn(move || {
+        let Ok(sig) = set.wait() else { return };
+        eprintln!("\ninterrupted ({sig}): stopping the daemons");
+        let groups: Vec<i32> = LIVE_GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+        for &g in &groups {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), Signal::SIGTERM);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        for &g in &groups {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), Signal::SIGKILL);
+        }
+        if let Some(root) = SCRATCH_ROOT.lock().ok().and_then(|r| r.clone()) {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        std::process::exit(128 + sig as i32);
+    });
+    Ok(())
+}
+
 /// Upper bound of every wait for a daemon to come up.
 pub const START_LIMIT: Duration = Duration::from_secs(30);
 
@@ -91,6 +128,9 @@ impl Scratch {
         let filter = root.join("noop-filter.pl");
         std::fs::copy(src.join("bench/noop-filter.pl"), &filter).context("copy the filter")?;
         chmod(&filter, 0o755)?;
+        if let Ok(mut r) = SCRATCH_ROOT.lock() {
+            *r = Some(root.clone());
+        }
         Ok(Scratch { _dir: dir, root, spool, perl, filter })
     }
 
@@ -168,6 +208,9 @@ impl Daemon {
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        if let Ok(mut g) = LIVE_GROUPS.lock() {
+            g.push(child.id() as i32);
+        }
         Ok(Daemon { name, child: Some(child), log })
     }
 
@@ -194,6 +237,9 @@ impl Daemon {
     pub fn stop(&mut self) -> Option<Duration> {
         let mut child = self.child.take()?;
         let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        if let Ok(mut g) = LIVE_GROUPS.lock() {
+            g.retain(|&p| p != pgid.as_raw());
+        }
         let t = Instant::now();
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
         while t.elapsed() < Duration::from_secs(10) {

@@ -278,6 +278,7 @@ fn free_tcp_port() -> Result<SocketAddr> {
 }
 
 fn main() -> Result<()> {
+    support::install_interrupt_cleanup()?;
     let seconds: f64 = support::arg("--seconds", 5.0)?;
     let sessions = support::list_arg("--sessions", &[1, 4, 16])?;
     let idle = support::list_arg("--idle", &[1000, 10000])?;

@@ -29,6 +29,7 @@ Date: Thu, 26 Nov 2026 12:00:00 +0000\nMessage-ID: <bench@example.com>\nMIME-Ver
 Content-Type: text/plain; charset=us-ascii\n\n";
 
 fn main() -> Result<()> {
+    support::install_interrupt_cleanup()?;
     let seconds: f64 = support::arg("--seconds", 5.0)?;
     let clients = support::list_arg("--clients", &[1, 4, 16])?;
     let activations: usize = support::arg("--activations", 10)?;
