@@ -442,6 +442,7 @@ sub concurrent {
     my ($e2e, $n) = @_;
     subtest "$n messages at once" => sub {
         my $tag = _id($e2e, 'par');
+        my $report = MMTest::Util::private_dir('par');
         my %want;
         my %kids;
         for my $i (1 .. $n) {
@@ -452,7 +453,12 @@ sub concurrent {
             my $pid = fork() // die "fork: $!";
             if ($pid == 0) {
                 my $r = eval { $e2e->send(id => $id, subject => $subject, body => $body, to => [ $want{$id}{rcpt} ]) };
-                POSIX::_exit($r && $r->{ok} ? 0 : 1);
+                if (!($r && $r->{ok})) {
+                    # Tell the parent why (Test::More must not run here).
+                    MMTest::Util::spew("$report/$id", ($r ? $r->{failure} : $@) // 'unknown');
+                    POSIX::_exit(1);
+                }
+                POSIX::_exit(0);
             }
             $kids{$pid} = $id;
         }
@@ -461,7 +467,8 @@ sub concurrent {
             waitpid($pid, 0);
             $failed{ $kids{$pid} } = 1 if $? != 0;
         }
-        is_deeply([ sort keys %failed ], [], 'every client got its message accepted');
+        is_deeply([ sort keys %failed ], [], 'every client got its message accepted')
+            or diag(join("\n", map { "$_: " . (-e "$report/$_" ? slurp("$report/$_") : '?') } sort keys %failed));
         for my $id (sort keys %want) {
             my $m = $e2e->delivered($id) or do { fail("$id delivered"); next };
             my $w = $want{$id};
@@ -796,6 +803,26 @@ sub reread {
         ok($res->{ok}, 'accepted after reread') or diag($res->{failure});
         $m = $e2e->delivered($id);
         is($m && $m->header('X-MMTest-Filtered'), 'yes, version 2', 'new filter in use');
+    };
+}
+
+=head2 ipv6($e2e)
+
+A client on ::1 (the MTA must listen there too): the filter sees the
+IPv6 address in the relay check and in the message context.  Needs the
+milter with C<-r>.
+
+=cut
+
+sub ipv6 {
+    my ($e2e) = @_;
+    subtest 'client on ::1' => sub {
+        my $id = _id($e2e, 'ipv6');
+        my $res = $e2e->send(id => $id, host => '::1', local_addr => '::1', subject => 'envelope');
+        ok($res->{ok}, 'accepted over IPv6') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        is($m->header('X-MMTest-Hostip'), '::1', 'filter saw ::1');
+        like($m->header('Received') // '', qr/\[(?:IPv6:)?::1\]/, 'MTA saw ::1 too');
     };
 }
 

@@ -59,7 +59,8 @@ Requires root (the Postfix master must start as root).
 Options: C<relay_port> (required), C<port> (default: a free port),
 C<milter> (a Postfix milter specification such as
 C<inet:127.0.0.1:PORT>), C<main_cf> (hash of extra main.cf settings,
-applied last), C<hostname> (default C<mta.mmtest.invalid>).
+applied last), C<hostname> (default C<mta.mmtest.invalid>), C<ipv6>
+(also listen on [::1]:PORT and trust ::1).
 
 =cut
 
@@ -74,6 +75,7 @@ sub new {
         milter     => $o{milter},
         main_cf    => $o{main_cf} // {},
         hostname   => $o{hostname} // 'mta.mmtest.invalid',
+        ipv6       => $o{ipv6} // 0,
         owner      => $$,
     }, $class;
     return $self;
@@ -119,9 +121,9 @@ sub _main_cf {
         [ mydomain             => 'mmtest.invalid' ],
         [ myorigin             => '$myhostname' ],
         [ mydestination        => '' ],
-        [ inet_interfaces      => '127.0.0.1' ],
-        [ inet_protocols       => 'ipv4' ],
-        [ mynetworks           => '127.0.0.0/8' ],
+        [ inet_interfaces      => $self->{ipv6} ? '127.0.0.1, [::1]' : '127.0.0.1' ],
+        [ inet_protocols       => $self->{ipv6} ? 'all' : 'ipv4' ],
+        [ mynetworks           => $self->{ipv6} ? '127.0.0.0/8 [::1]/128' : '127.0.0.0/8' ],
         [ relayhost            => "[127.0.0.1]:$self->{relay_port}" ],
         [ smtpd_relay_restrictions => 'permit_mynetworks, reject_unauth_destination' ],
         [ smtpd_peername_lookup => 'no' ],
@@ -154,6 +156,7 @@ sub _master_cf {
     # service type private unpriv chroot wakeup maxproc command
     my @svc = (
         "127.0.0.1:$self->{port} inet n - n - - smtpd",
+        ($self->{ipv6} ? ("[::1]:$self->{port} inet n - n - - smtpd") : ()),
         'pickup unix n - n 60 1 pickup',
         'cleanup unix n - n - 0 cleanup',
         'qmgr unix n - n 300 1 qmgr',

@@ -2,7 +2,7 @@ package MMTest::SMTP;
 use strict;
 use warnings;
 
-use IO::Socket::INET;
+use IO::Socket::IP;
 use IO::Select;
 use POSIX qw(strftime);
 
@@ -41,21 +41,22 @@ C<text> the lines' texts after "CODE-" / "CODE " joined with "\n".
 
 =head2 MMTest::SMTP->new(port => $port, %opts)
 
-Connects (options C<host>, default 127.0.0.1; C<local_addr>, default
-127.0.0.2; C<timeout>, default 120 s per reply) and reads the greeting,
+Connects (options C<host>, default 127.0.0.1, may be an IPv6 address
+such as C<::1>; C<local_addr>, default 127.0.0.2; C<timeout>, default
+120 s per reply) and reads the greeting,
 available as C<< $c->greeting >>.  Dies if the connection fails.
 
 =cut
 
 sub new {
     my ($class, %o) = @_;
-    my $sock = IO::Socket::INET->new(
-        PeerAddr  => $o{host} // '127.0.0.1',
+    my $sock = IO::Socket::IP->new(
+        PeerHost  => $o{host} // '127.0.0.1',
         PeerPort  => $o{port} // die("MMTest::SMTP: port required\n"),
-        LocalAddr => $o{local_addr} // '127.0.0.2',
+        LocalHost => $o{local_addr} // '127.0.0.2',
         Proto     => 'tcp',
         Timeout   => 10,
-    ) or die "MMTest::SMTP: cannot connect to port $o{port}: $!\n";
+    ) or die "MMTest::SMTP: cannot connect to port $o{port}: " . ($@ || $!) . "\n";
     binmode $sock;
     $sock->autoflush(1);
     my $self = bless { sock => $sock, timeout => $o{timeout} // 120, buf => '' }, $class;

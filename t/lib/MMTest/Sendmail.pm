@@ -82,7 +82,8 @@ Options: C<relay_port> (required), C<port> (default: a free port),
 C<milter> (the C<S=> part of INPUT_MAIL_FILTER, e.g.
 C<inet:PORT@127.0.0.1> or C<unix:/path>), C<milter_timeouts> (default
 C<S:60s;R:60s;E:5m>), C<hostname> (default C<mta-sm.mmtest.invalid>),
-C<mc> (extra lines appended to the .mc before the mailers).
+C<mc> (extra lines appended to the .mc before the mailers), C<ipv6>
+(also listen on [::1]:PORT).
 
 =cut
 
@@ -97,6 +98,7 @@ sub new {
         milter_timeouts => $o{milter_timeouts} // 'S:60s;R:60s;E:5m',
         hostname        => $o{hostname} // 'mta-sm.mmtest.invalid',
         mc              => $o{mc} // '',
+        ipv6            => $o{ipv6} // 0,
         owner           => $$,
     }, $class;
 }
@@ -143,7 +145,8 @@ sub _mc {
         . "FEATURE(${q}nocanonify')dnl\n"
         . "FEATURE(${q}promiscuous_relay')dnl\n"
         . "FEATURE(${q}accept_unresolvable_domains')dnl\n"
-        . "DAEMON_OPTIONS(${q}Port=$self->{port}, Addr=127.0.0.1, Name=MTA')dnl\n";
+        . "DAEMON_OPTIONS(${q}Port=$self->{port}, Addr=127.0.0.1, Name=MTA')dnl\n"
+        . ($self->{ipv6} ? "DAEMON_OPTIONS(${q}Port=$self->{port}, Addr=::1, Family=inet6, Name=MTA6')dnl\n" : '');
     if (defined $self->{milter}) {
         $mc .= "INPUT_MAIL_FILTER(${q}mailmunge', ${q}S=$self->{milter}, F=T, T=$self->{milter_timeouts}')dnl\n";
     }

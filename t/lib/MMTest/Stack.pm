@@ -187,6 +187,8 @@ sub _spawn {
         MAILMUNGE_SPOOLDIR      => $self->{spool},
         MAILMUNGE_QUARANTINEDIR => $self->{quarantine},
         MAILMUNGE_MTA           => $self->{mta},
+        # Our daemons copy their syslog messages to stderr (-> mx.log, milter.log).
+        MAILMUNGE_LOG_STDERR    => 1,
         %{ $self->{env} },
     );
     my $pid = fork() // die "fork: $!";
