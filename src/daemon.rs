@@ -317,6 +317,34 @@ pub fn move_high<T: From<OwnedFd> + Into<OwnedFd>>(f: T) -> T {
     T::from(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// The descriptor limit the process started with (before
+/// [`raise_nofile`]), to hand back to child processes.
+static ORIGINAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: a daemon holding a
+/// few descriptors per worker and per client must not run out at the
+/// usual soft default of 1024. Children should get [`original_nofile`]
+/// back.
+pub fn raise_nofile() {
+    // SAFETY: zeroed rlimit is a valid out-parameter.
+    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscalls with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return;
+    }
+    let _ = ORIGINAL_NOFILE.set(l);
+    if l.rlim_cur < l.rlim_max {
+        let raised = libc::rlimit { rlim_cur: l.rlim_max, rlim_max: l.rlim_max };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    }
+}
+
+/// The descriptor limit from before [`raise_nofile`], if it was raised.
+pub fn original_nofile() -> Option<libc::rlimit> {
+    ORIGINAL_NOFILE.get().copied()
+}
+
 /// Closes every descriptor from 3 up to 1023 except those in `keep`
 /// (upstream closes what a daemon inherited). Call while single-threaded.
 pub fn close_inherited_fds(keep: &[i32]) {

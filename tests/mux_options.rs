@@ -32,8 +32,23 @@ fn activation_spacing() {
 
 #[test]
 fn memory_limits_reach_workers() {
-    let mx = Mx::start(&["-M", "1000000", "-R", "500000"]);
-    assert_eq!(mx.req_s("limits"), "1024000000 1024000000 512000000\n");
+    // Started with a low soft descriptor limit: the multiplexor raises its
+    // own, the workers must get this one back.
+    let soft = 512;
+    let mx = Mx::start_with_nofile(&["-M", "1000000", "-R", "500000"], soft);
+    assert_eq!(
+        mx.req_s("limits"),
+        format!("1024000000 1024000000 512000000 {soft}\n")
+    );
+    let ours = std::fs::read_to_string(format!("/proc/{}/limits", mx.pid())).unwrap();
+    let line = ours
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files": raised to the hard limit.
+    assert_eq!(f[3], f[4], "{line}");
 }
 
 #[test]

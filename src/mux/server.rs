@@ -138,6 +138,7 @@ where
     let mut keep: Vec<i32> = readiness.raw_fd().into_iter().collect();
     keep.extend(pidfile.as_ref().map(PidFile::raw_fd));
     daemon::close_inherited_fds(&keep);
+    daemon::raise_nofile();
     super::worker::reserve_low_fds();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

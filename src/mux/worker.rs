@@ -247,6 +247,8 @@ pub struct ChildSetup {
     status_w: i32,
     rss_bytes: u64,
     mem_bytes: u64,
+    /// The descriptor limit the multiplexor was started with.
+    nofile: Option<libc::rlimit>,
 }
 
 impl ChildSetup {
@@ -257,6 +259,7 @@ impl ChildSetup {
             status_w: fd3,
             rss_bytes: opts.rss_kb.saturating_mul(1024),
             mem_bytes: opts.mem_kb.saturating_mul(1024),
+            nofile: daemon::original_nofile(),
         }
     }
 
@@ -271,6 +274,11 @@ impl ChildSetup {
             // Upstream workers inherit SIGPIPE ignored; std resets it to the
             // default before this hook runs.
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            // Workers get the descriptor limit we were started with, not
+            // the one we raised for ourselves.
+            if let Some(l) = &self.nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, l);
+            }
             if self.rss_bytes > 0 {
                 let l = libc::rlimit {
                     rlim_cur: self.rss_bytes,

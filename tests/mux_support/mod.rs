@@ -111,12 +111,39 @@ impl Mx {
         Mx::start_full(Spool::new(), &worker_path(), extra, true)
     }
 
+    /// Starts with the soft descriptor limit set to `soft`.
+    pub fn start_with_nofile(extra: &[&str], soft: u64) -> Mx {
+        Mx::start_cmd(Spool::new(), &worker_path(), extra, false, Some(soft))
+    }
+
     fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
+        Mx::start_cmd(spool, filter, extra, logged, None)
+    }
+
+    fn start_cmd(
+        spool: Spool,
+        filter: &Path,
+        extra: &[&str],
+        logged: bool,
+        nofile: Option<u64>,
+    ) -> Mx {
         let mut args = base_args(&spool, filter);
         args.push("-D".into());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(BIN);
         cmd.args(&args).stdin(Stdio::null()).process_group(0);
+        if let Some(soft) = nofile {
+            // SAFETY: only setrlimit between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                    l.rlim_cur = soft;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    Ok(())
+                });
+            }
+        }
         if logged {
             let f = std::fs::File::create(spool.dir.path().join("log")).unwrap();
             cmd.env("MAILMUNGE_LOG_STDERR", "1").stderr(f);

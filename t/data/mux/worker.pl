@@ -75,8 +75,8 @@ while (defined(my $line = <STDIN>)) {
     elsif ($cmd eq 'limits') {
         open(my $l, '<', '/proc/self/limits') or die;
         my %soft;
-        while (<$l>) { $soft{$1} = $2 if /^(Max address space|Max resident set|Max data size)\s+(\S+)/; }
-        out(join(' ', map { $soft{$_} // '?' } ('Max address space', 'Max data size', 'Max resident set')));
+        while (<$l>) { $soft{$1} = $2 if /^(Max address space|Max resident set|Max data size|Max open files)\s+(\S+)/; }
+        out(join(' ', map { $soft{$_} // '?' } ('Max address space', 'Max data size', 'Max resident set', 'Max open files')));
     }
     elsif ($cmd eq 'stderr')  { print STDERR join(' ', @args), "\n"; out('ok'); }
     elsif ($cmd eq 'tick')    { out("tock $args[0]"); }
