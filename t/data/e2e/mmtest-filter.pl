@@ -12,6 +12,8 @@
 #     addhdr inshdr chghdr delhdr addrcpt delrcpt chgsender newbody appendbody
 #     bounce bounce550 tempfail discard quarantine smquarantine die envelope
 #     longhdr chgsecond emptybody crash sleep20
+#     dkim (sign with the key in $MMTEST_DKIM_KEY, domain example.com, selector mmtest;
+#           done last, so it covers the other changes)
 #
 # Every message that reaches filter_message also gets "X-MMTest-Filtered: yes".
 use strict;
@@ -134,6 +136,18 @@ sub filter_message {
             'X-Mailer' => undef, Data => [ $self->_body_text($ctx) . "-- footer added by MMTest\n" ],
         );
         $ctx->new_mime_entity($e);
+    }
+
+    if ($w{dkim}) {
+        require Mail::DKIM::Signer;
+        require Mailmunge::Action::DKIMSigner;
+        my $signer = Mail::DKIM::Signer->new(
+            Algorithm => 'rsa-sha256', Method => 'relaxed', Domain => 'example.com',
+            Selector => 'mmtest', KeyFile => $ENV{MMTEST_DKIM_KEY},
+            Headers => 'from:to:subject:date:message-id:x-mmtest-added:x-mmtest-filtered',
+        );
+        Mailmunge::Action::DKIMSigner->new($self)->add_dkim_signature($ctx, $signer)
+            or die "DKIM signing failed\n";
     }
 
     $ctx->action_quarantine_entire_message('MMTest quarantines this message') if $w{quarantine};

@@ -826,6 +826,77 @@ sub ipv6 {
     };
 }
 
+=head2 dkim_key()
+
+Creates a throw-away 1024-bit RSA key for the C<dkim> case and returns
+C<($private_key_file, $public_key_base64)>.  The file is readable by the
+worker user.
+
+=cut
+
+sub dkim_key {
+    require Crypt::OpenSSL::RSA;
+    my $rsa = Crypt::OpenSSL::RSA->generate_key(1024);
+    my $dir = MMTest::Util::private_dir('dkim');
+    my $file = "$dir/mmtest.key";
+    MMTest::Util::spew($file, $rsa->get_private_key_string, 0644);
+    my $pub = $rsa->get_public_key_x509_string;
+    $pub =~ s/-----[^-]+-----//g;
+    $pub =~ s/\s+//g;
+    return ($file, $pub);
+}
+
+# A stand-in for Net::DNS::Resolver that knows one TXT record.
+package MMTest::Cases::FakeResolver {
+    sub new { my ($c, %txt) = @_; bless {%txt}, $c }
+    sub send {
+        my ($self, $name, $type) = @_;
+        require Net::DNS;
+        my $p = Net::DNS::Packet->new($name, $type // 'TXT');
+        $p->header->qr(1);
+        if (defined(my $t = $self->{ lc $name })) {
+            $p->push(answer => Net::DNS::RR->new(name => $name, type => 'TXT', ttl => 300, txtdata => $t));
+        } else {
+            $p->header->rcode('NXDOMAIN');
+        }
+        return $p;
+    }
+    sub errorstring { 'NOERROR' }
+}
+
+=head2 dkim($e2e, $public_key)
+
+The filter signs the message (after adding a header, so the signer must
+take the pending changes into account); the delivered message verifies
+against the public key.  The setup must pass C<MMTEST_DKIM_KEY> (see
+C<dkim_key>) in C<env>.
+
+=cut
+
+sub dkim {
+    my ($e2e, $pub) = @_;
+    subtest 'DKIM signature made in the filter verifies after delivery' => sub {
+        my $id = _id($e2e, 'dkim');
+        my $res = $e2e->send(id => $id, subject => 'addhdr dkim',
+            body => "Signed body line one\n\nline three with trailing blanks  \n");
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        my $sig = $m->header('DKIM-Signature') // '';
+        like($sig, qr/\bd=example\.com\b/, 'signature for example.com');
+        like($sig, qr/\bh=[^;]*x-mmtest-added/i, 'the added header is signed');
+        require Mail::DKIM::Verifier;
+        require Mail::DKIM::DNS;
+        my $old = Mail::DKIM::DNS::resolver();
+        Mail::DKIM::DNS::resolver(MMTest::Cases::FakeResolver->new(
+            'mmtest._domainkey.example.com' => "v=DKIM1; k=rsa; p=$pub"));
+        my $v = Mail::DKIM::Verifier->new;
+        $v->PRINT($m->raw);
+        $v->CLOSE;
+        Mail::DKIM::DNS::resolver($old);
+        is($v->result, 'pass', 'DKIM verification passes') or diag($v->result_detail);
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never

@@ -37,7 +37,7 @@ whose relay is the sink.  One setup serves every case of a test file.
 =head2 MMTest::E2E->setup(%opts)
 
 Options: C<mta> (C<postfix> or C<sendmail>, required), C<filter>,
-C<milter_args>, C<mx_args>, C<milter_socket>, C<copy_filter> (passed to L<MMTest::Stack>), C<mta_opts>
+C<milter_args>, C<mx_args>, C<milter_socket>, C<copy_filter>, C<env> (passed to L<MMTest::Stack>), C<mta_opts>
 (more options for the MTA class, e.g. C<main_cf> or C<mc>).  Calls
 C<plan skip_all> when the test cannot run here (not root, MTA or daemons
 missing).  Dies with diagnostics if something fails to start.
@@ -64,6 +64,7 @@ sub setup {
         mx_args     => $o{mx_args} // [],
         milter_socket => $o{milter_socket},
         copy_filter => $o{copy_filter},
+        env         => $o{env} // {},
     );
     $self->{stack}->start;
     if ($kind eq 'postfix') {
