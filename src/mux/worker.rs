@@ -330,8 +330,9 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         .unwrap_or_else(|| opts.filter.clone().into_os_string());
     // std, not tokio: we reap our workers ourselves (see `Proc`).
     let mut cmd = if via_perl {
-        let mut c = std::process::Command::new("perl");
-        c.arg(&opts.filter);
+        let (perl, switches) = super::zygote::perl_command(&opts.filter);
+        let mut c = std::process::Command::new(perl);
+        c.args(switches).arg(&opts.filter);
         c
     } else {
         let mut c = std::process::Command::new(&opts.filter);

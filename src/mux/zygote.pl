@@ -22,6 +22,9 @@ use POSIX ();
 use IO::Handle;
 
 my ($zy_filter, $zy_mode) = @ARGV;
+# Under -T (from the filter's #! line) our own arguments are trusted.
+($zy_filter) = ($zy_filter // '') =~ /\A(.*)\z/s;
+($zy_mode) = ($zy_mode // '') =~ /\A(-embserveru?)\z/ or $zy_mode = '-embserver';
 my $zy_ctl;
 open($zy_ctl, '+<&=', 3) or do { print STDERR "mailmunge zygote: fd 3: $!\n"; POSIX::_exit(1); };
 $zy_ctl->autoflush(1);

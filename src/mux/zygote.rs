@@ -65,6 +65,24 @@ fn perl_path() -> &'static str {
     }
 }
 
+/// The perl that runs the filter under `-E` (the system perl, as upstream's
+/// embedded interpreter) and the taint switches of the filter's `#!` line,
+/// which perl insists on seeing on its command line.
+pub fn perl_command(filter: &std::path::Path) -> (&'static str, Vec<String>) {
+    let first = std::fs::read(filter)
+        .ok()
+        .and_then(|b| {
+            b.split(|&c| c == b'\n')
+                .next()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+        })
+        .unwrap_or_default();
+    let switches = super::reload::interpreter(&first)
+        .map(|i| i.switches)
+        .unwrap_or_default();
+    (perl_path(), switches)
+}
+
 impl Zygote {
     /// Starts a zygote and waits until the filter is loaded. `Err` carries
     /// a readable reason (including Perl's error output).
@@ -75,8 +93,10 @@ impl Zygote {
         } else {
             "-embserver"
         };
-        let mut cmd = tokio::process::Command::new(perl_path());
-        cmd.arg("-e")
+        let (perl, switches) = perl_command(&opts.filter);
+        let mut cmd = tokio::process::Command::new(perl);
+        cmd.args(&switches)
+            .arg("-e")
             .arg(ZYGOTE_PL)
             .arg("--")
             .arg(&opts.filter)
