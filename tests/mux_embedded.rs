@@ -102,3 +102,17 @@ fn reread_with_a_broken_filter_keeps_the_loaded_one() {
     let r = mx.wait_for("loadpid", |r| *r == loaded);
     assert_eq!(r, loaded);
 }
+
+#[test]
+fn taint_switch_on_the_shebang_line_is_honoured() {
+    let sp = Spool::new();
+    let src = std::fs::read_to_string(worker_path()).unwrap();
+    let body = src.split_once('\n').unwrap().1;
+    let filter = sp.dir.path().join("tainted.pl");
+    std::fs::write(&filter, format!("#!/usr/bin/perl -T\n{body}")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&filter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mx = Mx::start_in(sp, &filter, &["-E"]);
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    assert_ne!(mx.req_s("pid"), mx.req_s("loadpid"));
+}
