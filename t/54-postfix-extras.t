@@ -14,6 +14,7 @@ my $e2e = MMTest::E2E->setup(mta => 'postfix', milter_args => [qw(-s -t)],
 MMTest::Cases::extras($e2e);
 MMTest::Cases::edges($e2e);
 MMTest::Cases::milter_macros($e2e);
+MMTest::Cases::reserved_for_loopback($e2e);
 MMTest::Cases::postfix_local_submission($e2e);
 MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;

@@ -897,6 +897,33 @@ sub dkim {
     };
 }
 
+=head2 reserved_for_loopback($e2e)
+
+Milter C<-R 2> with a multiplexor of 2 workers (the default of
+L<MMTest::Stack>): a connection from anywhere but 127.0.0.1 needs more
+than 2 free workers and is therefore always tempfailed, while 127.0.0.1
+is always let in.
+
+=cut
+
+sub reserved_for_loopback {
+    my ($e2e) = @_;
+    subtest 'milter -R: workers reserved for loopback' => sub {
+        my @orig = @{ $e2e->stack->{milter_args} };
+        $e2e->stack->restart_milter(@orig, '-R', '2');
+        my $id = _id($e2e, 'reserved-remote');
+        my $res = $e2e->send(id => $id);
+        is($res->{failed_at}, 'mail', 'non-loopback client refused at MAIL');
+        is(join(' | ', @{ ($e2e->rejection($res) // {})->{lines} // [] }), $DEFAULT_TEMPFAIL{ $e2e->kind }, 'with a temporary failure');
+        my $id2 = _id($e2e, 'reserved-local');
+        my $res2 = $e2e->send(id => $id2, local_addr => '127.0.0.1');
+        ok($res2->{ok}, '127.0.0.1 accepted') or diag($res2->{failure});
+        ok($e2e->delivered($id2), 'and delivered');
+        $e2e->stack->restart_milter(@orig);
+        ok($e2e->not_delivered($id), 'the refused one never arrives');
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never
