@@ -115,4 +115,6 @@ fn taint_switch_on_the_shebang_line_is_honoured() {
     let mx = Mx::start_in(sp, &filter, &["-E"]);
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
     assert_ne!(mx.req_s("pid"), mx.req_s("loadpid"));
+    // Loaded in taint mode, as `filter -server` would run.
+    assert_eq!(mx.req_s("taint"), "tainted\n");
 }

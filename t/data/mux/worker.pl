@@ -55,6 +55,7 @@ while (defined(my $line = <STDIN>)) {
     elsif ($cmd eq 'halfexit') { print 'half'; exit 0; }
     elsif ($cmd eq 'pid')      { out($$); }
     elsif ($cmd eq 'loadpid')  { out($loaded_in); }
+    elsif ($cmd eq 'taint')    { out(${^TAINT} ? 'tainted' : 'untainted'); }
     elsif ($cmd eq 'count')    { out($served); }
     elsif ($cmd eq 'argv')     { out(join(' ', @ARGV)); }
     elsif ($cmd eq 'cwd')      { out(getcwd()); }
