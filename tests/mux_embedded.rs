@@ -87,6 +87,11 @@ fn real_mailmunge_filter_preloaded() {
         mx.req(b"tick 0\n"),
         b"error: External agents may not invoke 'tick'\n"
     );
+    // A verdict through the real filter's default callbacks.
+    assert_eq!(
+        mx.req(b"relayok 192.0.2.1 host.example 4321 192.0.2.2 25 NOQUEUE\n"),
+        b"ok 1 ok 250 2.1.0 0\n"
+    );
 }
 
 #[test]
