@@ -133,6 +133,12 @@ fn command_length_limits() {
     s.read_to_end(&mut out).unwrap();
     assert_eq!(out, b"");
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    // Binary garbage is just an unknown command for the worker.
+    assert_eq!(
+        mx.req(b"\x00\xff\xfe garbage\x01\n"),
+        b"ok 0 Unknown%20command 554 5.7.1 0\n"
+    );
+    assert_eq!(mx.req(b"free\n"), b"2\n");
 }
 
 #[test]
@@ -251,6 +257,7 @@ fn unprivileged_socket() {
         b"error: Unknown command\n"
     );
     assert_eq!(request(u, b"free\n"), b"2\n");
+    assert_eq!(request(u, b"\xff\xfe\n"), priv_err);
     assert_eq!(request(u, b"version\n"), b"3.09");
     let h = String::from_utf8(request(u, b"help\n")).unwrap();
     assert!(
