@@ -179,7 +179,7 @@ fn protocol_violations_retire_the_worker() {
 fn no_free_workers() {
     let mx = Mx::start(&["-x", "1"]);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
+    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     assert_eq!(mx.req(b"ping\n"), b"error: No free workers\n");
     assert_eq!(
@@ -188,7 +188,7 @@ fn no_free_workers() {
     );
     // Built-ins still work.
     assert_eq!(mx.req(b"free\n"), b"0\n");
-    assert_eq!(t.join().unwrap(), b"slept 2\n");
+    assert_eq!(t.join().unwrap(), b"slept 3\n");
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn queueing() {
 
     let mx = Mx::start(&["-x", "1", "-q", "1", "-Q", "20"]);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 1\n"));
+    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     let sock2 = mx.sock.clone();
     let q = std::thread::spawn(move || request(&sock2, b"ping\n"));
@@ -291,7 +291,7 @@ fn queueing() {
     );
     // The queue is full: a third request is refused at once.
     assert_eq!(mx.req(b"ping\n"), b"error: No free workers\n");
-    assert_eq!(t.join().unwrap(), b"slept 1\n");
+    assert_eq!(t.join().unwrap(), b"slept 3\n");
     assert_eq!(q.join().unwrap(), b"PONG\n");
 }
 
@@ -299,7 +299,7 @@ fn queueing() {
 fn per_domain_recipok_limit() {
     let mx = Mx::start(&["-x", "3", "-y", "1"]);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"recipok <a@Example.com> 2\n"));
+    let t = std::thread::spawn(move || request(&sock, b"recipok <a@Example.com> 3\n"));
     mx.wait_for("busyworkers", |r| r.contains(" recipok "));
     assert_eq!(
         mx.req(b"recipok <b@example.COM> 0\n"),

@@ -24,10 +24,10 @@ fn workers_are_forked_from_the_preloaded_filter() {
     assert_eq!(mx.req_s("fds"), "0,1,2\n");
     // A second worker comes from the same load.
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 1\n"));
+    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
     mx.wait_for("status", |r| r.contains('B'));
     assert_eq!(mx.req_s("loadpid"), loaded);
-    assert_eq!(t.join().unwrap(), b"slept 1\n");
+    assert_eq!(t.join().unwrap(), b"slept 3\n");
     // A worker dying mid-request is noticed and replaced.
     assert_eq!(mx.req(b"die\n"), b"ERR No response from worker\n");
     mx.wait_for("status", |r| !r.contains('K'));

@@ -23,11 +23,11 @@ fn lifetime_retires_after_completion() {
 fn activation_spacing() {
     let mx = Mx::start(&["-x", "2", "-W", "600"]);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 1\n"));
+    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
     mx.wait_for("status", |r| r.starts_with("BS "));
     // A second worker may not start within 600 s of the first.
     assert_eq!(mx.req(b"ping\n"), b"error: Unable to activate worker\n");
-    assert_eq!(t.join().unwrap(), b"slept 1\n");
+    assert_eq!(t.join().unwrap(), b"slept 3\n");
 }
 
 #[test]
