@@ -28,7 +28,7 @@ static SCRATCH_ROOT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(N
 /// not reach them, and they drop privileges, which clears a parent-death
 /// signal. Call first in `main`, before any other thread exists: the
 /// signals are blocked in every thread and taken by one waiting thread.
-/// (Children get an empty signal mask from `Command`.)
+/// (`Daemon::spawn` gives the daemons an empty signal mask again.)
 pub fn install_interrupt_cleanup() -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
@@ -207,6 +207,14 @@ impl Daemon {
         let out = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        // SAFETY: sigprocmask is async-signal-safe. `Command` keeps the
+        // parent's signal mask, and ours blocks the stop signals (see
+        // install_interrupt_cleanup): a daemon must start with none blocked.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::signal::SigSet::empty().thread_set_mask().map_err(std::io::Error::from)
+            });
+        }
         let child = cmd.spawn().with_context(|| format!("start {name}"))?;
         if let Ok(mut g) = LIVE_GROUPS.lock() {
             g.push(child.id() as i32);

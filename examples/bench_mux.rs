@@ -252,8 +252,9 @@ fn throughput(scratch: &Scratch, rt: &tokio::runtime::Runtime, dirs: &[PathBuf],
     println!("| under load (peak of 50 ms samples) | {peak_all} |");
     println!("| after the runs | {} (VmHWM {}) |", end.rss_kb, end.hwm_kb);
     println!("threads: {}, open fds: {}", end.threads, end.fds);
-    if mux.stop().is_none() {
-        println!("warning: the multiplexor needed SIGKILL to stop");
+    match mux.stop() {
+        Some(t) => println!("SIGTERM to the multiplexor and its {} workers: all gone in {:.0} ms", workers.len(), t.as_secs_f64() * 1000.0),
+        None => println!("warning: the multiplexor needed SIGKILL to stop"),
     }
     Ok(())
 }
