@@ -123,3 +123,19 @@ fn taint_switch_on_the_shebang_line_is_honoured() {
     // Loaded in taint mode, as `filter -server` would run.
     assert_eq!(mx.req_s("taint"), "tainted\n");
 }
+
+#[test]
+fn without_io_fdpass_workers_are_started_with_perl() {
+    let sp = Spool::new();
+    // A module of that name that fails to load stands in for a missing one.
+    let lib = sp.dir.path().join("lib");
+    std::fs::create_dir_all(lib.join("IO")).unwrap();
+    std::fs::write(lib.join("IO/FDPass.pm"), "die qq{not installed\\n};\n").unwrap();
+    let l = lib.display().to_string();
+    let mx = Mx::start_env(sp, &["-E"], &[("PERL5LIB", &l)]);
+    mx.wait_log("Ignoring -E flag: the Perl module IO::FDPass is needed for -E");
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    // Each worker loaded the filter itself.
+    assert_eq!(mx.req_s("pid"), mx.req_s("loadpid"));
+    assert_eq!(mx.req_s("argv"), "-server\n");
+}

@@ -356,6 +356,14 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                     reloading: false,
                 }
             }
+            Err(super::zygote::StartError::NoFdPass(why)) => {
+                // Like upstream's build without embedded Perl: go on
+                // without preloading.
+                let msg = format!("Ignoring -E flag: {why}; workers are started with perl");
+                daemon::log(LOG_ERR, &msg);
+                eprintln!("{}: {msg}", opts.argv0);
+                mux.lock().spawner = super::worker::Spawner::Perl;
+            }
             Err(e) => {
                 let msg = format!(
                     "perl_parse failed - you may have an error in {}; please check with perl -c.  MULTIPLEXOR IS TERMINATING.\n{e}",

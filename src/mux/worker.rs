@@ -158,12 +158,16 @@ pub enum Spawner {
         current: Option<super::zygote::Zygote>,
         reloading: bool,
     },
+    /// `-E` where preloading is impossible (no IO::FDPass):
+    /// `perl FILTER -server`, like upstream's build without embedded Perl.
+    Perl,
 }
 
 impl Spawner {
     pub fn spawn(&mut self, opts: &Options, slot: usize) -> io::Result<Spawned> {
         match self {
             Spawner::Exec => spawn_exec(opts, false),
+            Spawner::Perl => spawn_exec(opts, true),
             Spawner::Zygote { current, reloading } => {
                 if let (Some(z), false) = (current.as_mut(), *reloading) {
                     match spawn_forked(z, opts, slot) {

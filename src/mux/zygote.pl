@@ -39,7 +39,7 @@ sub zy_fail {
 }
 
 eval { require IO::FDPass; 1 }
-    or zy_fail('the Perl module IO::FDPass is needed for -E (Debian package libio-fdpass-perl)');
+    or zy_fail('nofdpass the Perl module IO::FDPass is needed for -E (Debian package libio-fdpass-perl)');
 
 # exit() in the filter's top-level code ends the load, as it ends perl_run
 # upstream; later (in workers) it is a real exit.

@@ -48,6 +48,17 @@ struct Registry {
     closed: bool,
 }
 
+/// Why a zygote could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Perl lacks IO::FDPass: preloading is impossible on this system.
+    #[error("{0}")]
+    NoFdPass(String),
+    /// The filter (or perl) failed; the text includes Perl's messages.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A running zygote.
 pub struct Zygote {
     pub pid: u32,
@@ -86,8 +97,9 @@ pub fn perl_command(filter: &std::path::Path) -> (&'static str, Vec<String>) {
 impl Zygote {
     /// Starts a zygote and waits until the filter is loaded. `Err` carries
     /// a readable reason (including Perl's error output).
-    pub async fn start(opts: &Options) -> Result<Zygote, String> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    pub async fn start(opts: &Options) -> Result<Zygote, StartError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| StartError::Failed(format!("socketpair: {e}")))?;
         let mode = if opts.status_tags {
             "-embserveru"
         } else {
@@ -113,7 +125,9 @@ impl Zygote {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start perl: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StartError::Failed(format!("cannot start perl: {e}")))?;
         drop(theirs);
         let pid = child.id().unwrap_or(0);
         let registry = Arc::new(Mutex::new(Registry::default()));
@@ -131,7 +145,9 @@ impl Zygote {
                 Err(e) => daemon::log(LOG_ERR, &format!("Preloading process {pid}: {e}")),
             }
         });
-        let rd_sock = ours.try_clone().map_err(|e| e.to_string())?;
+        let rd_sock = ours
+            .try_clone()
+            .map_err(|e| StartError::Failed(e.to_string()))?;
         let first = tokio::task::spawn_blocking(move || {
             let _ = rd_sock.set_read_timeout(Some(LOAD_TIMEOUT));
             let mut rd = BufReader::new(rd_sock);
@@ -140,7 +156,7 @@ impl Zygote {
             (r, line, rd)
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::Failed(e.to_string()))?;
         let (r, line, rd) = first;
         let line = line.trim_end().to_string();
         if r.is_ok() && line == "ready" {
@@ -155,16 +171,20 @@ impl Zygote {
         // Give the stderr reader a moment to collect Perl's messages.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let perl_errors = errors.lock().map(|e| e.join("\n")).unwrap_or_default();
+        // SAFETY: kill(2) on the process we started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        if let Some(msg) = line.strip_prefix("error nofdpass ") {
+            return Err(StartError::NoFdPass(msg.to_string()));
+        }
         let reason = match line.strip_prefix("error ") {
             Some(msg) => msg.to_string(),
             None => "the preloading process exited before it was ready".to_string(),
         };
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        Err(if perl_errors.is_empty() {
+        Err(StartError::Failed(if perl_errors.is_empty() {
             reason
         } else {
             format!("{reason}\n{perl_errors}")
-        })
+        }))
     }
 
     /// Forks a worker that gets `fds` (stdin read end, stdout write end,

@@ -113,11 +113,17 @@ impl Mx {
 
     /// Starts with the soft descriptor limit set to `soft`.
     pub fn start_with_nofile(extra: &[&str], soft: u64) -> Mx {
-        Mx::start_cmd(Spool::new(), &worker_path(), extra, false, Some(soft))
+        Mx::start_cmd(Spool::new(), &worker_path(), extra, false, Some(soft), &[])
     }
 
     fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
-        Mx::start_cmd(spool, filter, extra, logged, None)
+        Mx::start_cmd(spool, filter, extra, logged, None, &[])
+    }
+
+    /// Starts in `spool` with extra environment variables, logging to
+    /// `<tmp>/log`.
+    pub fn start_env(spool: Spool, extra: &[&str], env: &[(&str, &str)]) -> Mx {
+        Mx::start_cmd(spool, &worker_path(), extra, true, None, env)
     }
 
     fn start_cmd(
@@ -126,12 +132,16 @@ impl Mx {
         extra: &[&str],
         logged: bool,
         nofile: Option<u64>,
+        env: &[(&str, &str)],
     ) -> Mx {
         let mut args = base_args(&spool, filter);
         args.push("-D".into());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(BIN);
         cmd.args(&args).stdin(Stdio::null()).process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         if let Some(soft) = nofile {
             // SAFETY: only setrlimit between fork and exec.
             unsafe {
