@@ -54,7 +54,9 @@ C<mx_args> (extra multiplexor arguments; defaults C<-m 1 -x 2 -l -b 60
 (default C<mailmunge> when root), C<env> (more environment variables),
 C<milter_socket> (C<inet>, the default, or C<unix>), C<copy_filter> (run a
 private copy of the filter, so the test can change it with
-C<edit_filter>).
+C<edit_filter>).  When the repository is not readable for the worker user
+(e.g. a clone below a 0700 home directory), the stack always runs copies
+of F<perl/> and the filter from its own directory.
 
 =cut
 
@@ -75,6 +77,17 @@ sub new {
         owner       => $$,
         pids        => {},
     }, $class;
+    # Workers run as the -U user and must read the filter and perl/.  When
+    # the repository is not reachable for that user (say a clone below a
+    # 0700 home directory), run private copies from the stack directory.
+    my $copy_all = defined $self->{user} && !_reachable($root, $self->{user});
+    if ($copy_all) {
+        my $perl = File::Spec->catdir($self->{dir}, 'perl');
+        system('cp', '-R', File::Spec->catdir($root, 'perl'), $perl) == 0 or die "copy perl/: $?\n";
+        system('chmod', '-R', 'a+rX', $perl) == 0 or die "chmod perl/: $?\n";
+        $self->{perl_lib} = $perl;
+        $o{copy_filter} = 1;
+    }
     if ($o{copy_filter}) {
         # A private copy the test may edit (see edit_filter).
         my $copy = File::Spec->catfile($self->{dir}, 'filter.pl');
@@ -90,6 +103,23 @@ sub new {
     $self->{milter_unix} = ($o{milter_socket} // 'inet') eq 'unix'
         ? File::Spec->catfile($self->{spool}, 'mailmunge.sock') : undef;
     return $self;
+}
+
+# True if $user can traverse every directory down to $path and read it.
+sub _reachable {
+    my ($path, $user) = @_;
+    my (undef, undef, $uid, $gid) = getpwnam($user) or return 0;
+    my @parts = File::Spec->splitdir($path);
+    my $dir = '';
+    for my $i (0 .. $#parts) {
+        $dir = $i == 0 ? ($parts[0] eq '' ? '/' : $parts[0]) : File::Spec->catdir($dir, $parts[$i]);
+        my @st = stat($dir) or return 0;
+        my $mode = $st[2];
+        my $need = $i == $#parts ? 05 : 01;    # r-x on the last, x on the others
+        my $bits = $st[4] == $uid ? ($mode >> 6) & 07 : $st[5] == $gid ? ($mode >> 3) & 07 : $mode & 07;
+        return 0 unless ($bits & $need) == $need;
+    }
+    return 1;
 }
 
 =head2 unavailable
@@ -183,7 +213,11 @@ sub _spawn {
     my ($self, $name, $log, @cmd) = @_;
     my $logfile = File::Spec->catfile($self->{dir}, $log);
     my %env = (
-        PERL5LIB                => join(':', File::Spec->catdir($self->{root}, 'perl'), grep { defined && length } $ENV{PERL5LIB}),
+        # Inherited entries the worker user cannot read would make perl die
+        # (EACCES is fatal in @INC), so they are left out.
+        PERL5LIB                => join(':', $self->{perl_lib} // File::Spec->catdir($self->{root}, 'perl'),
+            grep { length && (!defined $self->{user} || _reachable(File::Spec->rel2abs($_), $self->{user})) }
+            split(/:/, $ENV{PERL5LIB} // '')),
         MAILMUNGE_SPOOLDIR      => $self->{spool},
         MAILMUNGE_QUARANTINEDIR => $self->{quarantine},
         MAILMUNGE_MTA           => $self->{mta},
