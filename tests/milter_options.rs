@@ -393,3 +393,31 @@ fn daemon_mode_pid_and_lock_files() {
     }
     assert!(!pidfile.exists(), "pid file removed at exit");
 }
+
+/// Regression (bench finding): with the usual soft limit of 1024 the milter
+/// tempfailed mail once about a thousand sessions were open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_limit_raised_to_hard_limit() {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
+    let sockdir = scratch.path().join("limited");
+    std::fs::create_dir(&sockdir).unwrap();
+    std::fs::set_permissions(&sockdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = sockdir.join("m.sock");
+    let m = Milter::start_limited(
+        &format!("unix:{}", sock.display()),
+        sock.clone(),
+        scratch.path(),
+        &mux_path,
+        &scratch.spool,
+        &[],
+        &[],
+        Some(256),
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.child.id())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_ne!(f[3], "256", "{line}");
+    assert_eq!(f[3], f[4], "soft limit not raised to the hard limit: {line}");
+}

@@ -171,6 +171,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         daemon::daemonize().unwrap_or_else(|e| die(format!("{argv0}: {e}\n")))
     };
     super::log::init(facility);
+    // Every SMTP session holds a descriptor; the usual soft limit of 1024
+    // would cap concurrent sessions well below what the milter can serve.
+    daemon::raise_nofile();
 
     let mut lock = None;
     if opts.pidfile.is_some() || opts.lockfile.is_some() {

@@ -288,6 +288,22 @@ impl Milter {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Milter {
+        Milter::start_limited(spec, socket, dir, mux, spool, extra, env, None)
+    }
+
+    /// Like [`Milter::start_on`], optionally starting the milter with a
+    /// lower soft descriptor limit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_limited(
+        spec: &str,
+        socket: PathBuf,
+        dir: &Path,
+        mux: &Path,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        soft_nofile: Option<u64>,
+    ) -> Milter {
         let stderr_path = dir.join("milter.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailmunge"));
@@ -309,6 +325,19 @@ impl Milter {
             .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(soft) = soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe syscalls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                    l.rlim_cur = soft;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().unwrap();
         let mut m = Milter {
