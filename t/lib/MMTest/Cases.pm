@@ -376,6 +376,16 @@ sub extras {
             'the filter saw both recipients (SMFIP_RCPT_REJ)');
         like($m->header('X-MMTest-Mailers') // '', qr/^<mta-rejects\@local\.mmtest\.invalid>=error <ok\@example\.org>=\S+$/,
             'the refused one with mailer "error"');
+
+        # -N: the milter does not ask for refused recipients any more.
+        my @orig = @{ $e2e->stack->{milter_args} };
+        $e2e->stack->restart_milter(@orig, '-N');
+        my $id2 = _id($e2e, 'mta-rejects-N');
+        $res = $e2e->send(id => $id2, subject => 'envelope', to => [ 'mta-rejects@local.mmtest.invalid', 'ok@example.org' ]);
+        ok($res->{ok}, 'accepted with -N') or diag($res->{failure});
+        my $m2 = $e2e->delivered($id2);
+        is($m2 && $m2->header('X-MMTest-Recipients'), '<ok@example.org>', 'with -N the filter sees only the accepted recipient');
+        $e2e->stack->restart_milter(@orig);
     };
 
     subtest 'many recipients' => sub {
