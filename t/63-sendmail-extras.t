@@ -15,6 +15,7 @@ MMTest::Cases::extras($e2e);
 MMTest::Cases::edges($e2e);
 MMTest::Cases::milter_macros($e2e);
 MMTest::Cases::reserved_for_loopback($e2e);
+MMTest::Cases::one_connection_many_messages($e2e);
 MMTest::Cases::spool_is_clean($e2e);
 $e2e->teardown;
 done_testing;

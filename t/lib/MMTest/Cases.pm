@@ -934,6 +934,51 @@ sub reserved_for_loopback {
     };
 }
 
+=head2 one_connection_many_messages($e2e)
+
+Several transactions on one SMTP connection: a normal message, one the
+filter bounces, an aborted one (RSET after RCPT), and another normal one.
+Each delivered message has only its own recipients, sender and
+modifications (per-message state is reset between transactions).
+
+=cut
+
+sub one_connection_many_messages {
+    my ($e2e) = @_;
+    subtest 'several transactions on one connection' => sub {
+        my $tag = _id($e2e, 'conn');
+        my $c = MMTest::SMTP->new(port => $e2e->mta->port);
+        is($c->cmd('EHLO many.mmtest.invalid')->{code}, 250, 'EHLO');
+        my $txn = sub {
+            my ($from, $to, %msg) = @_;
+            my %r = (mail => $c->cmd("MAIL FROM:<$from>"));
+            $r{rcpt} = [ map { $c->cmd("RCPT TO:<$_>") } @$to ];
+            $r{data} = $c->data(MMTest::SMTP->build_message(%msg));
+            return \%r;
+        };
+        my $r1 = $txn->('first@example.com', [ 'a1@example.org', 'a2@example.org' ], id => "$tag-1", subject => 'addhdr envelope');
+        is($r1->{data}{code}, 250, 'first message accepted');
+        my $r2 = $txn->('second@example.com', ['b1@example.org'], id => "$tag-2", subject => 'bounce');
+        is($e2e->reply_line($r2->{data}), '554 5.7.1 MMTest bounces this message', 'second message bounced');
+        is($c->cmd('MAIL FROM:<aborted@example.com>')->{code}, 250, 'third transaction started');
+        is($c->cmd('RCPT TO:<c1@example.org>')->{code}, 250, 'third transaction recipient');
+        is($c->cmd('RSET')->{code}, 250, 'third transaction aborted with RSET');
+        my $r4 = $txn->('fourth@example.com', ['d1@example.org'], id => "$tag-4", subject => 'envelope');
+        is($r4->{data}{code}, 250, 'fourth message accepted');
+        $c->quit;
+
+        my $m1 = $e2e->delivered("$tag-1");
+        is_deeply([ $m1 ? $m1->rcpt_addresses : () ], [ 'a1@example.org', 'a2@example.org' ], 'first: its recipients');
+        is($m1 && $m1->header('X-MMTest-Added'), 'added by the filter', 'first: its modification');
+        my $m4 = $e2e->delivered("$tag-4") or return;
+        is_deeply([ $m4->rcpt_addresses ], ['d1@example.org'], 'fourth: only its own recipient');
+        is($m4->header('X-MMTest-Recipients'), '<d1@example.org>', 'fourth: filter saw only its own recipient');
+        is($m4->header('X-MMTest-Sender'), '<fourth@example.com>', 'fourth: filter saw its own sender');
+        is_deeply([ $m4->header('X-MMTest-Added') ], [], 'fourth: no modification carried over');
+        ok($e2e->not_delivered("$tag-2"), 'bounced one not delivered');
+    };
+}
+
 =head2 multiplexor_down($e2e)
 
 With the multiplexor stopped, a new message is tempfailed (never
