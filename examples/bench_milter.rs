@@ -9,7 +9,8 @@
 //!
 //! Options: --seconds N (per measurement, default 5), --sessions 1,4,16,
 //! --idle 1000,10000 (0 skips the probe), --milter-nofile N (start the
-//! milter with this soft RLIMIT_NOFILE instead of the generator's),
+//! milter with this soft and hard RLIMIT_NOFILE: it raises its soft limit
+//! to the hard one itself),
 //! --spool-base DIR (default /dev/shm when it is a tmpfs), --mux-args and
 //! --milter-args "..." (extra daemon options).
 
@@ -250,7 +251,8 @@ fn start_milter(scratch: &Scratch, target: &Target, nofile: Option<u64>) -> Resu
         unsafe {
             cmd.pre_exec(move || {
                 let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n.min(hard), hard)?;
+                let n = n.min(hard);
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)?;
                 Ok(())
             });
         }
