@@ -1,4 +1,4 @@
-//! Process plumbing shared by the daemons (multiplexor now, milter later):
+//! Process plumbing shared by the daemons (milter and multiplexor):
 //! umask, set-id checks, privilege drop, PID and lock files, daemonising with
 //! a readiness pipe (multiplexor.md §2.1–§2.4) and syslog.
 //!
@@ -77,7 +77,7 @@ pub fn running_as_root() -> bool {
     unsafe { libc::getuid() == 0 || libc::geteuid() == 0 }
 }
 
-/// The uid, gid and home of a user, from the password database.
+/// The uid and gid of a user, from the password database.
 pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let u = nix::unistd::User::from_name(name).ok()??;
     Some((u.uid.as_raw(), u.gid.as_raw()))
@@ -119,14 +119,7 @@ impl PidFile {
     /// Opens (creating) the PID file read-write, mode 0644.
     pub fn open(path: &Path) -> Result<PidFile, DaemonError> {
         let what = format!("Could not open PID file {}", path.display());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o666)
-            .open(path)
-            .map_err(sys(what.clone()))?;
+        let file = open_rw_create(path, &what)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(sys(what))?;
         Ok(PidFile {
@@ -147,19 +140,25 @@ impl PidFile {
     }
 }
 
-/// Opens (creating, mode 0666 & ~umask) and write-locks a whole file with
-/// `fcntl(F_SETLK)`. Keep the returned file open for as long as the lock
-/// must be held.
-pub fn lock_file(path: &Path) -> Result<File, DaemonError> {
-    let what = format!("Could not lock lockfile file {}", path.display());
-    let file = std::fs::OpenOptions::new()
+/// Opens read-write, creating with mode 0666 & ~umask and keeping the
+/// contents (a PID or lock file may belong to a running daemon).
+fn open_rw_create(path: &Path, what: &str) -> Result<File, DaemonError> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o666)
         .open(path)
-        .map_err(sys(what.clone()))?;
+        .map_err(sys(what))
+}
+
+/// Opens (creating, mode 0666 & ~umask) and write-locks a whole file with
+/// `fcntl(F_SETLK)`. Keep the returned file open for as long as the lock
+/// must be held.
+pub fn lock_file(path: &Path) -> Result<File, DaemonError> {
+    let what = format!("Could not lock lockfile file {}", path.display());
+    let file = open_rw_create(path, &what)?;
     // SAFETY: zeroed flock is a valid "whole file" request once the type is set.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as _;
@@ -187,11 +186,6 @@ impl Readiness {
     /// The pipe's descriptor (to keep it across [`close_inherited_fds`]).
     pub fn raw_fd(&self) -> Option<i32> {
         self.pipe.as_ref().map(|p| p.as_raw_fd())
-    }
-
-    /// True when a launcher is waiting for the report.
-    pub fn is_daemon(&self) -> bool {
-        self.pipe.is_some()
     }
 
     /// Tells the launcher the daemon is up; it exits 0. In the foreground
@@ -289,7 +283,7 @@ fn wait_for_report(rd: OwnedFd) -> i32 {
 }
 
 /// Reopens descriptors 0, 1 and 2 on /dev/null.
-pub fn stdio_to_devnull() {
+fn stdio_to_devnull() {
     if let Ok(f) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -430,14 +424,6 @@ pub fn log(priority: libc::c_int, msg: &str) {
     let fmt: &CStr = c"%s";
     // SAFETY: constant format with one string argument.
     unsafe { libc::syslog(priority, fmt.as_ptr(), c.as_ptr()) };
-}
-
-/// Wraps an already-open raw descriptor that the caller owns.
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else.
-pub unsafe fn owned(fd: i32) -> OwnedFd {
-    OwnedFd::from_raw_fd(fd)
 }
 
 #[cfg(test)]

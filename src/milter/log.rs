@@ -22,11 +22,6 @@ impl Level {
     }
 }
 
-/// Maps a facility name (`mail`, `LOG_MAIL`, any case) to its value.
-pub fn facility_by_name(name: &str) -> Option<libc::c_int> {
-    crate::daemon::syslog_facility(name)
-}
-
 /// Opens the syslog connection (ident `mailmunge`, LOG_PID).
 pub fn init(facility: libc::c_int) {
     crate::daemon::open_syslog("mailmunge", facility);
@@ -43,17 +38,4 @@ macro_rules! mm_log {
     ($lvl:ident, $($arg:tt)*) => {
         $crate::milter::log::log($crate::milter::log::Level::$lvl, &format!($($arg)*))
     };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn facilities() {
-        assert_eq!(facility_by_name("mail"), Some(libc::LOG_MAIL));
-        assert_eq!(facility_by_name("LOG_LOCAL3"), Some(libc::LOG_LOCAL3));
-        assert_eq!(facility_by_name("Security"), Some(libc::LOG_AUTH));
-        assert_eq!(facility_by_name("bogus"), None);
-    }
 }

@@ -103,7 +103,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         ));
     }
     let facility = match &opts.facility {
-        Some(f) => super::log::facility_by_name(f)
+        Some(f) => daemon::syslog_facility(f)
             .unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
         None => libc::LOG_MAIL,
     };
