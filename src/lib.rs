@@ -2,6 +2,7 @@
 //!
 //! One module owns each wire format; see `protocol/README.md` for the map.
 pub mod cnum;
+pub mod cstr;
 pub mod envfile;
 pub mod ctrl;
 pub mod daemon;

@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 
+use crate::cstr::until_nul;
 use crate::sockspec::{Listener, Stream};
 
 /// Simultaneous listeners (upstream `MAX_LISTENERS`).
@@ -116,10 +117,7 @@ impl Notifier {
     /// `S <n> <tag>`: worker `n`'s status tag was set. Empty tags are not
     /// reported; tags are cut at a NUL byte and to [`MAX_TAG`] bytes.
     pub fn status_tag(&self, worker: usize, tag: &[u8]) {
-        let tag = match tag.iter().position(|&b| b == 0) {
-            Some(n) => &tag[..n],
-            None => tag,
-        };
+        let tag = until_nul(tag);
         if tag.is_empty() {
             return;
         }
@@ -246,11 +244,7 @@ impl Drop for SlotGuard {
 /// The bytes of a subscription line as upstream sees them: at most
 /// `MAX_LINE - 1` bytes, up to a NUL.
 fn line_content(line: &[u8]) -> &[u8] {
-    let line = &line[..line.len().min(MAX_LINE - 1)];
-    match line.iter().position(|&b| b == 0) {
-        Some(n) => &line[..n],
-        None => line,
-    }
+    until_nul(&line[..line.len().min(MAX_LINE - 1)])
 }
 
 async fn serve_listener(stream: Stream, notifier: Notifier, id: u64, wake: Arc<Notify>) {
@@ -303,32 +297,21 @@ async fn refuse(mut stream: Stream) {
 }
 
 /// Serves notifier listeners on `listener` until `shutdown` completes; then
-/// closes every listener connection. Accept errors (e.g. out of
-/// descriptors) are logged and retried after a short pause.
+/// closes every listener connection. A listener's slot is taken when it is
+/// accepted, so the sixth concurrent one is refused at once.
 pub async fn run(listener: Listener, notifier: Notifier, shutdown: impl Future<Output = ()>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(stream) => match notifier.add_listener() {
-                    Some((id, wake)) => {
-                        tasks.spawn(serve_listener(stream, notifier.clone(), id, wake));
-                    }
-                    None => {
-                        tasks.spawn(refuse(stream));
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("notifier socket: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+    listener
+        .serve_each("notifier socket", shutdown, |stream| {
+            let slot = notifier.add_listener();
+            let notifier = notifier.clone();
+            async move {
+                match slot {
+                    Some((id, wake)) => serve_listener(stream, notifier, id, wake).await,
+                    None => refuse(stream).await,
                 }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
-    tasks.shutdown().await;
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

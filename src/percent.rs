@@ -76,6 +76,14 @@ pub fn decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Decodes like [`decode`], then ends the result at a decoded NUL, as
+/// upstream's in-place decoder of C strings does.
+pub fn decode_c(input: &[u8]) -> Vec<u8> {
+    let mut d = decode(input);
+    d.truncate(crate::cstr::until_nul(&d).len());
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::cstr::until_nul;
 use crate::percent;
 use crate::sockspec::{Listener, Stream};
 
@@ -97,7 +98,7 @@ impl MapOutcome {
             MapOutcome::Reply(r) if r.is_empty() => b"TEMP Busy timeout on worker",
             MapOutcome::Reply(r) => {
                 let line = r.strip_suffix(b"\n").unwrap_or(r);
-                return c_str(&percent::decode(c_str(line))).to_vec();
+                return percent::decode_c(until_nul(line));
             }
             MapOutcome::NoFreeWorkers => b"TEMP No free workers",
             MapOutcome::ActivationFailed => b"TEMP Unable to activate worker",
@@ -107,14 +108,6 @@ impl MapOutcome {
             MapOutcome::TempFail(text) => return format!("TEMP {text}").into_bytes(),
         };
         fixed.to_vec()
-    }
-}
-
-/// Upstream handles requests and replies as C strings.
-fn c_str(b: &[u8]) -> &[u8] {
-    match b.iter().position(|&c| c == 0) {
-        Some(n) => &b[..n],
-        None => b,
     }
 }
 
@@ -142,7 +135,7 @@ pub fn parse_request(body: &[u8]) -> Request {
     let Some(payload) = body.strip_suffix(b",") else {
         return Request::Refused(b"PERM Netstring missing terminating comma");
     };
-    let payload = c_str(payload);
+    let payload = until_nul(payload);
     match payload.iter().position(|&b| b == b' ') {
         Some(n) => Request::Lookup(MapRequest { map: payload[..n].to_vec(), key: payload[n + 1..].to_vec() }),
         None => Request::Refused(b"PERM Invalid request format"),
@@ -171,7 +164,7 @@ async fn read_length<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Option<usize> {
             break;
         }
     }
-    let text = String::from_utf8_lossy(c_str(&prefix)).into_owned();
+    let text = String::from_utf8_lossy(until_nul(&prefix)).into_owned();
     match crate::cnum::scan_int(&text) {
         Some(n) if (0..=NETSTRING_MAX as i64).contains(&n) => Some(n as usize),
         _ => None,
@@ -208,7 +201,10 @@ where
             Request::Lookup(m) => handler(m).await.payload(),
         };
         let Some(reply) = encode_netstring(&payload) else {
-            tracing::warn!("socketmap: reply of {} bytes is too long; closing", payload.len());
+            crate::daemon::log(
+                crate::daemon::LOG_WARNING,
+                &format!("socketmap: reply of {} bytes is too long; closing", payload.len()),
+            );
             return;
         };
         match tokio::time::timeout(cfg.reply_timeout, conn.get_mut().write_all(&reply)).await {
@@ -225,24 +221,7 @@ where
     H: Fn(MapRequest) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = MapOutcome> + Send + 'static,
 {
-    let mut tasks = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(stream) => {
-                    tasks.spawn(serve(stream, handler.clone(), cfg));
-                }
-                Err(e) => {
-                    tracing::warn!("socketmap socket: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
-    tasks.shutdown().await;
+    listener.serve_each("socketmap socket", shutdown, |stream| serve(stream, handler.clone(), cfg)).await;
 }
 
 #[cfg(test)]

@@ -192,6 +192,37 @@ impl Listener {
         }
     }
 
+    /// Runs `serve` in a task of its own for every connection accepted
+    /// until `shutdown` completes, then ends the tasks still running.
+    /// Accept errors (typically EMFILE) are logged as `<name>: accept: ...`
+    /// and retried after a pause, so that running out of descriptors does
+    /// not spin the loop.
+    pub async fn serve_each<S, F>(&self, name: &str, shutdown: impl std::future::Future<Output = ()>, mut serve: S)
+    where
+        S: FnMut(Stream) -> F,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.accept() => match r {
+                    Ok(stream) => {
+                        tasks.spawn(serve(stream));
+                    }
+                    Err(e) => {
+                        crate::daemon::log(crate::daemon::LOG_ERR, &format!("{name}: accept: {e}"));
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+                // Reap finished connections so the set does not grow.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        tasks.shutdown().await;
+    }
+
     /// The filesystem path of a UNIX listener.
     pub fn path(&self) -> Option<&Path> {
         match self {

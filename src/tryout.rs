@@ -258,8 +258,7 @@ impl Conn {
 
 /// Text up to the first NUL.
 fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    String::from_utf8_lossy(crate::cstr::until_nul(b)).into_owned()
 }
 
 /// NUL-terminated strings of a packet.

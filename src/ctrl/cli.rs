@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use super::options::{self, Invocation, Options, USAGE};
-use super::{build_request, format, top, Command, Rendered};
+use super::{build_request, top, Command, Rendered};
 use crate::mxclient::{self, MxError};
 use crate::sockspec::SockSpec;
 
@@ -118,7 +118,7 @@ async fn usage(options: &Options, diagnostic: Option<String>) -> std::io::Result
     match exchange(&options.socket(), b"help\n", options.timeout).await {
         Ok(reply) => {
             let mut text = b"\nPossible commands:\n".to_vec();
-            text.extend_from_slice(format::cstr(&reply));
+            text.extend_from_slice(crate::cstr::until_nul(&reply));
             std::io::stderr().lock().write_all(&text)
         }
         Err(e) => sink.err(error_message(&e).as_bytes()),

@@ -5,6 +5,7 @@
 //! everything from the first NUL byte on is ignored.
 
 use super::cscan::{scan, Conv, Num, Scanner};
+use crate::cstr::until_nul;
 use crate::percent;
 
 /// What one command prints, and whether it succeeded.
@@ -27,14 +28,6 @@ impl Rendered {
     }
     fn failed_err(err: Vec<u8>) -> Self {
         Rendered { out: Vec::new(), err, ok: false }
-    }
-}
-
-/// The reply up to its first NUL byte.
-pub fn cstr(reply: &[u8]) -> &[u8] {
-    match reply.iter().position(|&b| b == 0) {
-        Some(n) => &reply[..n],
-        None => reply,
     }
 }
 
@@ -92,6 +85,17 @@ fn state_letters(reply: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The word for a worker-state letter of `status` and `workers` replies.
+pub(crate) fn state_word(letter: u8) -> Option<&'static str> {
+    match letter {
+        b'I' => Some("idle"),
+        b'B' => Some("busy"),
+        b'S' => Some("stopped"),
+        b'K' => Some("killed"),
+        _ => None,
+    }
+}
+
 fn status_error(reply: &[u8]) -> Rendered {
     let mut err = b"ERROR ".to_vec();
     err.extend_from_slice(reply);
@@ -100,24 +104,22 @@ fn status_error(reply: &[u8]) -> Rendered {
 
 /// `status` (§5.1).
 pub fn status(reply: &[u8], bracket: bool) -> Rendered {
-    let reply = cstr(reply);
+    let reply = until_nul(reply);
     let Some(letters) = state_letters(reply) else {
         return status_error(reply);
     };
     let mut body = format!("Max workers: {}\n", letters.len()).into_bytes();
     for (i, &c) in letters.iter().enumerate() {
         body.extend_from_slice(format!("Worker {i}: ").as_bytes());
-        match c {
-            b'I' => body.extend_from_slice(b"idle\n"),
-            b'K' => body.extend_from_slice(b"killed\n"),
-            b'S' => body.extend_from_slice(b"stopped\n"),
-            b'B' => body.extend_from_slice(b"busy\n"),
-            other => {
+        match state_word(c) {
+            Some(word) => body.extend_from_slice(word.as_bytes()),
+            None => {
                 body.extend_from_slice(b"unknown state '");
-                body.push(other);
-                body.extend_from_slice(b"'\n");
+                body.push(c);
+                body.push(b'\'');
             }
         }
+        body.push(b'\n');
     }
     Rendered::out(bracketed(bracket, body))
 }
@@ -135,7 +137,7 @@ fn bar(filled: i32, total: i32, max: i32, mark: u8) -> Vec<u8> {
 
 /// `barstatus` (§5.2).
 pub fn barstatus(reply: &[u8], bracket: bool) -> Rendered {
-    let reply = cstr(reply);
+    let reply = until_nul(reply);
     let Some(letters) = state_letters(reply) else {
         return status_error(reply);
     };
@@ -214,18 +216,28 @@ fn load_row(label: &str, count: i32, rate: f64, avg_ms: f64, avg_busy: f64) -> S
     format!("{label:>6} {count:15} {} {} {}\n", cfix(rate, 15, 2), cfix(avg_ms, 15, 1), cfix(avg_busy, 15, 2))
 }
 
-const LOAD_PATTERN: [Conv; 12] = [
+/// The 29-number `load` reply (§5.3): counts, average busy workers and
+/// average ms for the four windows, then activations and reaps per
+/// window, the worker-state counts and the five totals. The text format
+/// reads only the first 12, as upstream does.
+pub(crate) const LOAD_PATTERN: [Conv; 29] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
+    Conv::Int, Conv::Int, Conv::Int, Conv::Int,
+    Conv::Int, Conv::Int, Conv::Int, Conv::Int,
+    Conv::Int, Conv::Int, Conv::Int, Conv::Int,
+    Conv::Int, Conv::Int, Conv::Int, Conv::Int, Conv::Int,
 ];
+const LOAD_TEXT_NUMBERS: usize = 12;
 
 /// `load`, `load-relayok`, `load-senderok`, `load-recipok` (§5.3). Unlike
 /// upstream, a reply without the 12 leading numbers is reported (§9.2).
 pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
-    let reply = cstr(reply);
-    let n = scan(reply, &LOAD_PATTERN);
-    if n.len() != LOAD_PATTERN.len() {
+    let reply = until_nul(reply);
+    let pattern = &LOAD_PATTERN[..LOAD_TEXT_NUMBERS];
+    let n = scan(reply, pattern);
+    if n.len() != pattern.len() {
         return could_not_interpret(reply);
     }
     let mut body = load_header(kind);
@@ -236,7 +248,7 @@ pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
     Rendered::out(bracketed(bracket, body.into_bytes()))
 }
 
-const HLOAD_PATTERN: [Conv; 16] = [
+pub(crate) const HLOAD_PATTERN: [Conv; 16] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
@@ -246,7 +258,7 @@ const HLOAD_PATTERN: [Conv; 16] = [
 /// `hload`, `hload-relayok`, `hload-senderok`, `hload-recipok` (§5.5), with
 /// the same check as [`load`].
 pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
-    let reply = cstr(reply);
+    let reply = until_nul(reply);
     let n = scan(reply, &HLOAD_PATTERN);
     if n.len() != HLOAD_PATTERN.len() {
         return could_not_interpret(reply);
@@ -272,7 +284,7 @@ pub const LOAD1_PATTERN: [Conv; 26] = [
 
 /// `load1 N` (§5.4).
 pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
-    let reply = cstr(reply);
+    let reply = until_nul(reply);
     let n = scan(reply, &LOAD1_PATTERN);
     if n.len() != LOAD1_PATTERN.len() {
         return could_not_interpret(reply);
@@ -302,8 +314,8 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
 /// Pass-through and raw commands (§5.6): the reply (percent-decoded when
 /// `decode`), with a newline added if it lacks one; always succeeds.
 pub fn passthrough(reply: &[u8], decode: bool, bracket: bool) -> Rendered {
-    let reply = cstr(reply);
-    let mut body = if decode { cstr(&percent::decode(reply)).to_vec() } else { reply.to_vec() };
+    let reply = until_nul(reply);
+    let mut body = if decode { percent::decode_c(reply) } else { reply.to_vec() };
     if body.last().is_some_and(|&b| b != b'\n') {
         body.push(b'\n');
     }
@@ -313,14 +325,14 @@ pub fn passthrough(reply: &[u8], decode: bool, bracket: bool) -> Rendered {
 /// Reads the numbers of a reply for the JSON formats: all of `pattern` or
 /// nothing.
 pub(crate) fn scan_all(reply: &[u8], pattern: &[Conv]) -> Option<Vec<Num>> {
-    let n = scan(cstr(reply), pattern);
+    let n = scan(until_nul(reply), pattern);
     (n.len() == pattern.len()).then_some(n)
 }
 
 /// The numbers after the state letters of a `status` reply (msgs,
 /// activations, qsize, queued, uptime), missing ones as `None`.
 pub(crate) fn status_numbers(reply: &[u8]) -> Option<(Vec<u8>, [Option<i64>; 5])> {
-    let reply = cstr(reply);
+    let reply = until_nul(reply);
     let letters = state_letters(reply)?;
     let mut s = Scanner::new(&reply[letters.len()..]);
     let mut nums = [None; 5];
@@ -334,11 +346,11 @@ pub(crate) fn status_numbers(reply: &[u8]) -> Option<(Vec<u8>, [Option<i64>; 5])
 }
 
 pub(crate) fn interpret_error(reply: &[u8]) -> Rendered {
-    could_not_interpret(cstr(reply))
+    could_not_interpret(until_nul(reply))
 }
 
 pub(crate) fn state_error(reply: &[u8]) -> Rendered {
-    status_error(cstr(reply))
+    status_error(until_nul(reply))
 }
 
 pub(crate) fn wrap(bracket: bool, body: Vec<u8>) -> Rendered {

@@ -4,17 +4,10 @@
 
 use serde::Serialize;
 
-use super::cscan::Conv;
-use super::format::{self, LoadKind, Rendered, LOAD1_PATTERN};
+use super::format::{self, LoadKind, Rendered, HLOAD_PATTERN, LOAD1_PATTERN, LOAD_PATTERN};
 
 fn state_name(c: u8) -> &'static str {
-    match c {
-        b'I' => "idle",
-        b'B' => "busy",
-        b'S' => "stopped",
-        b'K' => "killed",
-        _ => "unknown",
-    }
+    format::state_word(c).unwrap_or("unknown")
 }
 
 fn emit<T: Serialize>(value: &T, bracket: bool) -> Rendered {
@@ -30,6 +23,32 @@ struct Counts {
     idle: i64,
     stopped: i64,
     killed: i64,
+}
+
+/// The worker counts and totals that end both `load` and `load1` replies.
+#[derive(Serialize)]
+struct Totals {
+    workers: Counts,
+    msgs: i64,
+    activations: i64,
+    queue_size: i64,
+    queued: i64,
+    uptime: i64,
+}
+
+impl Totals {
+    /// Reads busy, idle, stopped, killed, msgs, activations, queue size,
+    /// queued and uptime from `at` on.
+    fn read(i: impl Fn(usize) -> i64, at: usize) -> Totals {
+        Totals {
+            workers: Counts { busy: i(at), idle: i(at + 1), stopped: i(at + 2), killed: i(at + 3) },
+            msgs: i(at + 4),
+            activations: i(at + 5),
+            queue_size: i(at + 6),
+            queued: i(at + 7),
+            uptime: i(at + 8),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -86,20 +105,13 @@ struct LoadWindow {
 struct Load {
     command: &'static str,
     windows: Vec<LoadWindow>,
-    workers: Counts,
-    msgs: i64,
-    activations: i64,
-    queue_size: i64,
-    queued: i64,
-    uptime: i64,
+    #[serde(flatten)]
+    totals: Totals,
 }
 
 /// `jsonload[-relayok|-senderok|-recipok]`: all 29 numbers of the `load` reply.
 pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
-    let mut pattern = vec![Conv::Int; 4];
-    pattern.extend([Conv::Float; 8]);
-    pattern.extend([Conv::Int; 17]);
-    let Some(n) = format::scan_all(reply, &pattern) else {
+    let Some(n) = format::scan_all(reply, &LOAD_PATTERN) else {
         return format::interpret_error(reply);
     };
     let i = |k: usize| n[k].as_i32() as i64;
@@ -120,12 +132,7 @@ pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
         &Load {
             command: kind.command(),
             windows,
-            workers: Counts { busy: i(20), idle: i(21), stopped: i(22), killed: i(23) },
-            msgs: i(24),
-            activations: i(25),
-            queue_size: i(26),
-            queued: i(27),
-            uptime: i(28),
+            totals: Totals::read(i, 20),
         },
         bracket,
     )
@@ -149,10 +156,7 @@ struct HLoad {
 
 /// `jsonhload[-relayok|-senderok|-recipok]`: the 16 numbers of `hload`.
 pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
-    let mut pattern = vec![Conv::Int; 4];
-    pattern.extend([Conv::Float; 8]);
-    pattern.extend([Conv::Int; 4]);
-    let Some(n) = format::scan_all(reply, &pattern) else {
+    let Some(n) = format::scan_all(reply, &HLOAD_PATTERN) else {
         return format::interpret_error(reply);
     };
     let windows = [1, 4, 12, 24]
@@ -187,12 +191,8 @@ struct CmdLoad {
 struct Load1 {
     seconds: i64,
     commands: Vec<CmdLoad>,
-    workers: Counts,
-    msgs: i64,
-    activations: i64,
-    queue_size: i64,
-    queued: i64,
-    uptime: i64,
+    #[serde(flatten)]
+    totals: Totals,
 }
 
 /// `jsonload1 N`: the 26 numbers of `load1 N`.
@@ -218,12 +218,7 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
         &Load1 {
             seconds: back,
             commands,
-            workers: Counts { busy: i(12), idle: i(13), stopped: i(14), killed: i(15) },
-            msgs: i(16),
-            activations: i(17),
-            queue_size: i(18),
-            queued: i(19),
-            uptime: i(20),
+            totals: Totals::read(i, 12),
         },
         bracket,
     )
@@ -258,11 +253,8 @@ fn worker_line(line: &str) -> Option<WorkerLine> {
     };
     let mut tok = head.split(' ');
     let slot = tok.next()?.parse().ok()?;
-    let state = match tok.next()? {
-        "S" => "stopped",
-        "I" => "idle",
-        "B" => "busy",
-        "K" => "killed",
+    let state = match tok.next()?.as_bytes() {
+        &[letter] => format::state_word(letter)?,
         _ => return None,
     };
     let mut w = WorkerLine { slot, state, pid: None, command: None, last: None, ago: ago.parse().ok()?, tag };
@@ -283,7 +275,7 @@ fn worker_line(line: &str) -> Option<WorkerLine> {
 /// `jsonworkers`, `jsonbusyworkers`: the `workers`/`busyworkers` report as
 /// `{"workers":[{"slot":0,"state":"busy","pid":123,"command":"scan","last":"scan","ago":0,"tag":"…"},…]}`.
 pub fn workers(reply: &[u8], bracket: bool) -> Rendered {
-    let text = String::from_utf8_lossy(format::cstr(reply));
+    let text = String::from_utf8_lossy(crate::cstr::until_nul(reply));
     let parsed: Option<Vec<WorkerLine>> = text.lines().map(worker_line).collect();
     match parsed {
         Some(workers) => emit(&Workers { workers }, bracket),

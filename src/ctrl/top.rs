@@ -45,7 +45,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from a `status` and a `load` reply.
     pub fn from_replies(status: &[u8], load: &[u8]) -> Result<Snapshot, SnapshotError> {
-        let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply { what, reply: String::from_utf8_lossy(format::cstr(r)).trim_end().to_string() };
+        let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply { what, reply: String::from_utf8_lossy(crate::cstr::until_nul(r)).trim_end().to_string() };
         let (letters, n) = format::status_numbers(status).ok_or_else(|| bad("status", status))?;
         let mut pattern = vec![Conv::Int; 4];
         pattern.extend([Conv::Float; 8]);

@@ -2,7 +2,8 @@
 //! (milter.md §7.4 and §2.6).
 
 use crate::cnum;
-use crate::percent;
+use crate::cstr::until_nul;
+use crate::percent::decode_c;
 
 /// What a check command (relayok/helook/senderok/recipok) decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct CheckReply {
 /// caller tempfails.
 pub fn parse_check_reply(ans: &[u8]) -> Result<CheckReply, Vec<u8>> {
     // The C client sees a C string: anything after a NUL does not exist.
-    let ans = c_str(ans);
+    let ans = until_nul(ans);
     let exact = |v| {
         Ok(CheckReply {
             verdict: v,
@@ -66,24 +67,7 @@ pub fn parse_check_reply(ans: &[u8]) -> Result<CheckReply, Vec<u8>> {
 
 /// Parses the reply to `free`: a leading decimal integer, as `sscanf("%d")`.
 pub fn parse_free_reply(ans: &[u8]) -> Option<i64> {
-    cnum::scan_int(&String::from_utf8_lossy(c_str(ans)))
-}
-
-fn c_str(b: &[u8]) -> &[u8] {
-    match b.iter().position(|&c| c == 0) {
-        Some(n) => &b[..n],
-        None => b,
-    }
-}
-
-/// Percent-decodes and, like upstream's in-place C decoder, ends the string at
-/// a decoded NUL.
-pub fn decode_c(s: &[u8]) -> Vec<u8> {
-    let mut d = percent::decode(s);
-    if let Some(n) = d.iter().position(|&c| c == 0) {
-        d.truncate(n);
-    }
-    d
+    cnum::scan_int(&String::from_utf8_lossy(until_nul(ans)))
 }
 
 fn is_c_space(b: u8) -> bool {

@@ -2,7 +2,8 @@
 //! §5.2-5.3), parsed into a typed list of actions before anything is sent to
 //! the MTA.
 
-use super::reply::{decode_c, split_word};
+use super::reply::split_word;
+use crate::percent::decode_c;
 use crate::cnum;
 
 /// Lines this long or longer (without the newline) are refused, as upstream.
@@ -112,11 +113,7 @@ fn split3(s: &[u8]) -> (&[u8], Option<&[u8]>, Option<&[u8]>) {
 
 /// Parses a RESULTS file's bytes.
 pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
-    // Upstream holds the file as a C string: nothing after a NUL exists.
-    let data = match data.iter().position(|&b| b == 0) {
-        Some(n) => &data[..n],
-        None => data,
-    };
+    let data = crate::cstr::until_nul(data);
     let rejecting = data
         .split(|&b| b == b'\n')
         .any(|l| matches!(l.first(), Some(b'T' | b'D' | b'B')));
