@@ -18,6 +18,26 @@ Mailmunge::Base - helper base class that generates simple accessors
 
 =head1 CLASS METHODS
 
+=head2 new(field => value, ...)
+
+Creates an object and sets each field through the method of that name, in
+the order given, so an unknown field dies as an unknown method.  With the
+accessors below, undefined values leave a field unset.
+
+=cut
+
+sub new
+{
+	my ($class, @pairs) = @_;
+	my $self = bless {}, $class;
+	while (@pairs) {
+		my $key = shift @pairs;
+		my $val = shift @pairs;
+		$self->$key($val);
+	}
+	return $self;
+}
+
 =head2 make_accessors(@names)
 
 For every name in C<@names> that the class does not already define as a

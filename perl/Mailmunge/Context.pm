@@ -56,22 +56,11 @@ my $MAX_RESULTS_LINE = 8190;
 
 =head2 Mailmunge::Context->new(field => value, ...)
 
-Creates a Context and sets each field through the method of that name.
-Undefined values are skipped, like every accessor does.
+Creates a Context and sets each field through the method of that name
+(C<new> of L<Mailmunge::Base>).  Undefined values are skipped, like every
+accessor does.
 
 =cut
-
-sub new
-{
-	my ($class, @pairs) = @_;
-	my $self = bless {}, $class;
-	while (@pairs) {
-		my $key = shift @pairs;
-		my $val = shift @pairs;
-		$self->$key($val);
-	}
-	return $self;
-}
 
 =head1 ACCESSORS
 
@@ -459,8 +448,7 @@ sub _signal_complete
 sub _signal_changed
 {
 	my ($self) = @_;
-	$self->_log_if_postfix('info', 'Message body replaced');
-	return $self->_write_result_line('C');
+	return $self->_modify('Message body replaced', 'C');
 }
 
 # Private: Postfix logs far less about milter actions than Sendmail does,
@@ -470,6 +458,24 @@ sub _log_if_postfix
 	my ($self, $level, $msg) = @_;
 	return unless $self->{mta_is_postfix};
 	$self->log($level, $msg);
+	return;
+}
+
+# Private: the common tail of a message modification: describe it in the
+# log (Postfix only), then write its RESULTS line.  Returns 1.
+sub _modify
+{
+	my ($self, $what, $letter, @args) = @_;
+	$self->_log_if_postfix('info', $what);
+	return $self->_write_result_line($letter, @args);
+}
+
+# Private: push buffered RESULTS lines to the file, for code that reads
+# the file back during the scan (DKIM signing).
+sub _flush_results
+{
+	my ($self) = @_;
+	$self->{results_fh}->flush() if $self->{results_fh};
 	return;
 }
 
@@ -556,8 +562,7 @@ sub action_change_header
 	my ($self, $hdr, $value, $idx) = @_;
 	return 0 unless $self->in_message_context();
 	$idx = 1 unless defined($idx);
-	$self->_log_if_postfix('info', "Header changed: $idx: $hdr: $value");
-	return $self->_write_result_line('I', $hdr, $idx, $value);
+	return $self->_modify("Header changed: $idx: $hdr: $value", 'I', $hdr, $idx, $value);
 }
 
 =head2 action_delete_header($name [, $index])
@@ -571,8 +576,7 @@ sub action_delete_header
 	my ($self, $hdr, $idx) = @_;
 	return 0 unless $self->in_message_context();
 	$idx = 1 unless defined($idx);
-	$self->_log_if_postfix('info', "Header deleted: $idx: $hdr");
-	return $self->_write_result_line('J', $hdr, $idx);
+	return $self->_modify("Header deleted: $idx: $hdr", 'J', $hdr, $idx);
 }
 
 =head2 action_delete_all_headers($name)
@@ -611,9 +615,7 @@ sub change_sender
 {
 	my ($self, $sender) = @_;
 	return 0 unless $self->in_message_context();
-	$self->_log_if_postfix('info', "Sender changed: $sender");
-	$self->_write_result_line('f', $sender);
-	return 1;
+	return $self->_modify("Sender changed: $sender", 'f', $sender);
 }
 
 =head2 add_recipient($rcpt)
@@ -626,9 +628,7 @@ sub add_recipient
 {
 	my ($self, $rcpt) = @_;
 	return 0 unless $self->in_message_context();
-	$self->_log_if_postfix('info', "Recipient added: $rcpt");
-	$self->_write_result_line('R', $rcpt);
-	return 1;
+	return $self->_modify("Recipient added: $rcpt", 'R', $rcpt);
 }
 
 =head2 delete_recipient($rcpt)
@@ -641,9 +641,7 @@ sub delete_recipient
 {
 	my ($self, $rcpt) = @_;
 	return 0 unless $self->in_message_context();
-	$self->_log_if_postfix('info', "Recipient deleted: $rcpt");
-	$self->_write_result_line('S', $rcpt);
-	return 1;
+	return $self->_modify("Recipient deleted: $rcpt", 'S', $rcpt);
 }
 
 =head2 action_add_header($name, $value)
@@ -656,9 +654,7 @@ sub action_add_header
 {
 	my ($self, $hdr, $value) = @_;
 	return 0 unless $self->in_message_context();
-	$self->_log_if_postfix('info', "Header added: $hdr: $value");
-	$self->_write_result_line('H', $hdr, $value);
-	return 1;
+	return $self->_modify("Header added: $hdr: $value", 'H', $hdr, $value);
 }
 
 =head2 action_insert_header($name, $value [, $position])
@@ -674,9 +670,7 @@ sub action_insert_header
 	return 0 unless $self->in_message_context();
 	$pos = -1 unless defined($pos);
 	return $self->action_add_header($hdr, $value) if $pos eq '-1';
-	$self->_log_if_postfix('info', "Header inserted: $pos: $hdr: $value");
-	$self->_write_result_line('N', $hdr, $pos, $value);
-	return 1;
+	return $self->_modify("Header inserted: $pos: $hdr: $value", 'N', $hdr, $pos, $value);
 }
 
 =head2 action_sm_quarantine($reason)
@@ -690,8 +684,7 @@ sub action_sm_quarantine
 {
 	my ($self, $reason) = @_;
 	return 0 unless $self->in_message_context();
-	$self->_log_if_postfix('info', "Message held in Postfix 'hold' queue");
-	return $self->_write_result_line('Q', $reason);
+	return $self->_modify("Message held in Postfix 'hold' queue", 'Q', $reason);
 }
 
 =head2 action_quarantine_entire_message([$reason])

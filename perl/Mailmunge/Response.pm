@@ -43,13 +43,8 @@ C<code> and C<dsn> stay unset until C<fix_code_dsn> fills them in.
 
 sub new
 {
-	my ($class, @pairs) = @_;
-	my $self = bless {}, $class;
-	while (@pairs) {
-		my $key = shift @pairs;
-		my $val = shift @pairs;
-		$self->$key($val);
-	}
+	my $class = shift;
+	my $self = $class->SUPER::new(@_);
 	$self->{delay} = 0 unless defined($self->{delay}) && $self->{delay} =~ /^\d+$/;
 	$self->{message} = '' unless defined($self->{message});
 	$self->{status} = 'CONTINUE' unless defined($self->{status});

@@ -44,8 +44,7 @@ sub add_dkim_signature
 
 	# Then the header changes already requested in this scan, which the
 	# MTA applies before the message leaves: sign what will be delivered.
-	# (The Context writes RESULTS through a buffered handle.)
-	$ctx->{results_fh}->flush() if ref($ctx->{results_fh});
+	$ctx->_flush_results();
 	my $edited = _apply_results($fields, "$dir/RESULTS");
 	_set_content_type($ctx, $fields) if -e "$dir/$newbody" && !$edited->{'content-type'};
 
@@ -117,26 +116,19 @@ sub _occurrences
 	return grep { _name_of($fields->[$_]) eq $name } 0 .. $#$fields;
 }
 
-sub _decode
-{
-	my ($s) = @_;
-	$s = '' unless defined($s);
-	$s =~ s/%([0-9A-Fa-f]{2})/chr(hex($1))/ge;
-	return $s;
-}
-
 # Applies the header lines of RESULTS (H, N, I, J and M, as the milter
 # will) to @$fields; returns the set of lower-case names it touched.
 sub _apply_results
 {
 	my ($fields, $path) = @_;
 	my %touched;
+	require Mailmunge::Filter;
 	my $fh = IO::File->new($path, 'r') or return \%touched;
 	while (defined(my $line = <$fh>)) {
 		chomp($line);
 		my $op = substr($line, 0, 1, '');
 		next unless $op =~ /^[HNIJM]\z/;
-		my @a = map { _decode($_) } split(/ /, $line, -1);
+		my @a = map { Mailmunge::Filter->_percent_decode($_) } split(/ /, $line, -1);
 		if ($op eq 'H' && @a >= 1) {
 			push(@$fields, _new_field($a[0], $a[1]));
 			$touched{lc($a[0])} = 1;
