@@ -233,27 +233,46 @@ impl Conn {
     fn verdict(&mut self) -> Result<Verdict, TryError> {
         loop {
             let (cmd, data) = self.recv()?;
-            return Ok(match cmd {
+            match cmd {
                 b'p' => continue,
-                b'c' => Verdict::Continue,
-                b'a' => Verdict::Accept,
-                b'd' => Verdict::Discard,
-                b's' => Verdict::Skip,
-                // The texts Postfix uses when the milter gives none.
-                b'r' => Verdict::Reject { reply: "550 5.7.1 Command rejected".into() },
-                b't' => Verdict::Tempfail { reply: "451 4.7.1 Service unavailable - try again later".into() },
-                b'y' => {
-                    let text = cstr(&data);
-                    match text.as_bytes().first() {
-                        Some(b'4') => Verdict::Tempfail { reply: text },
-                        Some(b'5') => Verdict::Reject { reply: text },
-                        _ => return Err(TryError::Protocol(format!("reply code neither 4xx nor 5xx: {text:?}"))),
-                    }
-                }
-                other => return Err(TryError::Protocol(format!("unexpected reply {:?}", other as char))),
-            });
+                b's' => return Ok(Verdict::Skip),
+                _ => {}
+            }
+            return verdict_packet(cmd, &data)
+                .unwrap_or_else(|| Err(TryError::Protocol(format!("unexpected reply {:?}", cmd as char))));
         }
     }
+
+    /// Ends the session, first aborting a message that was started but not
+    /// finished. The outcome is known by then, so a milter that is already
+    /// gone changes nothing.
+    fn quit(&mut self, abort: bool) {
+        if abort {
+            let _ = self.send(b'A', &[]);
+        }
+        let _ = self.send(b'Q', &[]);
+    }
+}
+
+/// The verdict a packet carries, `None` for any other packet. Refusals
+/// without a text get the texts Postfix uses.
+fn verdict_packet(cmd: u8, data: &[u8]) -> Option<Result<Verdict, TryError>> {
+    Some(Ok(match cmd {
+        b'c' => Verdict::Continue,
+        b'a' => Verdict::Accept,
+        b'd' => Verdict::Discard,
+        b'r' => Verdict::Reject { reply: "550 5.7.1 Command rejected".into() },
+        b't' => Verdict::Tempfail { reply: "451 4.7.1 Service unavailable - try again later".into() },
+        b'y' => {
+            let text = cstr(data);
+            match text.as_bytes().first() {
+                Some(b'4') => Verdict::Tempfail { reply: text },
+                Some(b'5') => Verdict::Reject { reply: text },
+                _ => return Some(Err(TryError::Protocol(format!("reply code neither 4xx nor 5xx: {text:?}")))),
+            }
+        }
+        _ => return None,
+    }))
 }
 
 /// Text up to the first NUL.
@@ -362,46 +381,76 @@ pub fn apply(message: &[u8], mods: &[Modification], new_body: Option<&[u8]>) -> 
     join_message(&headers, new_body.unwrap_or(&body))
 }
 
-/// One stage: optional macros, the command, and its reply unless the
-/// milter asked for none.
-struct Req {
-    stage: &'static str,
-    arg: String,
-    skip: bool,
-    noreply: bool,
-    macros: Option<Vec<u8>>,
-    cmd: u8,
-    data: Vec<u8>,
+/// The stages before end of message, each with its command and the
+/// negotiation bits by which the milter declines the stage (`P_NO*`) or
+/// its reply (`P_NR_*`).
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    Header,
+    Eoh,
+    Body,
 }
 
-impl Req {
-    fn new(
-        stage: &'static str,
-        arg: String,
-        skip: bool,
-        noreply: bool,
-        macros: Option<Vec<u8>>,
-        cmd: u8,
-        data: Vec<u8>,
-    ) -> Req {
-        Req { stage, arg, skip, noreply, macros, cmd, data }
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Connect => "connect",
+            Step::Helo => "helo",
+            Step::Mail => "mail",
+            Step::Rcpt => "rcpt",
+            Step::Data => "data",
+            Step::Header => "header",
+            Step::Eoh => "eoh",
+            Step::Body => "body",
+        }
     }
 
-    fn run(self, c: &mut Conn, stages: &mut Vec<Stage>) -> Result<Verdict, TryError> {
-        let verdict = if self.skip {
+    /// (command, declined bit, no-reply bit). The body's declined bit is
+    /// checked once for all chunks by the caller, hence 0.
+    fn wire(self) -> (u8, u32, u32) {
+        match self {
+            Step::Connect => (b'C', P_NOCONNECT, P_NR_CONN),
+            Step::Helo => (b'H', P_NOHELO, P_NR_HELO),
+            Step::Mail => (b'M', P_NOMAIL, P_NR_MAIL),
+            Step::Rcpt => (b'R', P_NORCPT, P_NR_RCPT),
+            Step::Data => (b'T', P_NODATA, P_NR_DATA),
+            Step::Header => (b'L', P_NOHDRS, P_NR_HDR),
+            Step::Eoh => (b'N', P_NOEOH, P_NR_EOH),
+            Step::Body => (b'B', 0, P_NR_BODY),
+        }
+    }
+
+    /// Plays the stage (macros first, if any) and records its verdict;
+    /// `proto` is the milter's negotiated protocol mask.
+    fn run(
+        self,
+        c: &mut Conn,
+        proto: u32,
+        stages: &mut Vec<Stage>,
+        argument: String,
+        macros: Option<Vec<u8>>,
+        data: &[u8],
+    ) -> Result<Verdict, TryError> {
+        let (cmd, declined, noreply) = self.wire();
+        let verdict = if proto & declined != 0 {
             Verdict::NotAsked
         } else {
-            if let Some(m) = &self.macros {
+            if let Some(m) = &macros {
                 c.send(b'D', m)?;
             }
-            c.send(self.cmd, &self.data)?;
-            if self.noreply {
+            c.send(cmd, data)?;
+            if proto & noreply != 0 {
                 Verdict::NotAsked
             } else {
                 c.verdict()?
             }
         };
-        stages.push(Stage { stage: self.stage, argument: self.arg, verdict: verdict.clone() });
+        stages.push(Stage { stage: self.name(), argument, verdict: verdict.clone() });
         Ok(verdict)
     }
 }
@@ -465,32 +514,15 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
             ("{daemon_port}", "25"),
         ],
     );
-    let v = Req::new(
-        "connect",
-        format!("{} [{}]", t.client_name, t.client_ip),
-        proto & P_NOCONNECT != 0,
-        proto & P_NR_CONN != 0,
-        Some(conn_macros),
-        b'C',
-        conn,
-    )
-    .run(&mut c, &mut stages)?;
+    let argument = format!("{} [{}]", t.client_name, t.client_ip);
+    let v = Step::Connect.run(&mut c, proto, &mut stages, argument, Some(conn_macros), &conn)?;
     if v.is_final() {
-        let _ = c.send(b'Q', &[]);
+        c.quit(false);
         return Ok(finish(stages, v, t));
     }
-    let v = Req::new(
-        "helo",
-        t.helo.clone(),
-        proto & P_NOHELO != 0,
-        proto & P_NR_HELO != 0,
-        None,
-        b'H',
-        nul_join(&[t.helo.as_bytes()]),
-    )
-    .run(&mut c, &mut stages)?;
+    let v = Step::Helo.run(&mut c, proto, &mut stages, t.helo.clone(), None, &nul_join(&[t.helo.as_bytes()]))?;
     if v.is_final() {
-        let _ = c.send(b'Q', &[]);
+        c.quit(false);
         return Ok(finish(stages, v, t));
     }
     let addr = |a: &str| a.trim_start_matches('<').trim_end_matches('>').to_string();
@@ -504,19 +536,10 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
             ("{mail_mailer}", "smtp"),
         ],
     );
-    let v = Req::new(
-        "mail",
-        t.sender.clone(),
-        proto & P_NOMAIL != 0,
-        proto & P_NR_MAIL != 0,
-        Some(mail_macros),
-        b'M',
-        nul_join(&[t.sender.as_bytes()]),
-    )
-    .run(&mut c, &mut stages)?;
+    let sender = nul_join(&[t.sender.as_bytes()]);
+    let v = Step::Mail.run(&mut c, proto, &mut stages, t.sender.clone(), Some(mail_macros), &sender)?;
     if v.is_final() {
-        let _ = c.send(b'A', &[]);
-        let _ = c.send(b'Q', &[]);
+        c.quit(true);
         return Ok(finish(stages, v, t));
     }
     let mut accepted = Vec::new();
@@ -527,78 +550,47 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
             b'R',
             &[("{rcpt_addr}", &a), ("{rcpt_host}", a.rsplit_once('@').map(|x| x.1).unwrap_or("")), ("{rcpt_mailer}", "smtp")],
         );
-        let v = Req::new(
-            "rcpt",
-            r.clone(),
-            proto & P_NORCPT != 0,
-            proto & P_NR_RCPT != 0,
-            Some(rcpt_macros),
-            b'R',
-            nul_join(&[r.as_bytes()]),
-        )
-    .run(&mut c, &mut stages)?;
+        let v = Step::Rcpt.run(&mut c, proto, &mut stages, r.clone(), Some(rcpt_macros), &nul_join(&[r.as_bytes()]))?;
         match v {
             Verdict::Reject { .. } | Verdict::Tempfail { .. } => last_refusal = Some(v),
             Verdict::Discard | Verdict::Accept => {
                 // Whole-message verdicts given at RCPT time.
-                let _ = c.send(b'A', &[]);
-                let _ = c.send(b'Q', &[]);
+                c.quit(true);
                 return Ok(finish(stages, v, t));
             }
             _ => accepted.push(r.clone()),
         }
     }
     if accepted.is_empty() {
-        let _ = c.send(b'A', &[]);
-        let _ = c.send(b'Q', &[]);
+        c.quit(true);
         let v = last_refusal.unwrap_or(Verdict::Reject { reply: "554 5.5.1 Error: no valid recipients".into() });
         return Ok(finish(stages, v, t));
     }
 
-    let v = Req::new("data", String::new(), proto & P_NODATA != 0, proto & P_NR_DATA != 0, None, b'T', vec![])
-    .run(&mut c, &mut stages)?;
+    let v = Step::Data.run(&mut c, proto, &mut stages, String::new(), None, &[])?;
     if v.is_final() {
-        let _ = c.send(b'A', &[]);
-        let _ = c.send(b'Q', &[]);
+        c.quit(true);
         return Ok(finish(stages, v, t));
     }
     let (headers, body) = split_message(&t.message);
     let mut ended = None;
     for (n, val) in &headers {
-        let v = Req::new(
-            "header",
-            format!("{n}: {}", val.replace("\r\n", " ")),
-            proto & P_NOHDRS != 0,
-            proto & P_NR_HDR != 0,
-            None,
-            b'L',
-            nul_join(&[n.as_bytes(), val.as_bytes()]),
-        )
-    .run(&mut c, &mut stages)?;
+        let argument = format!("{n}: {}", val.replace("\r\n", " "));
+        let v = Step::Header.run(&mut c, proto, &mut stages, argument, None, &nul_join(&[n.as_bytes(), val.as_bytes()]))?;
         if v.is_final() {
             ended = Some(v);
             break;
         }
     }
     if ended.is_none() {
-        let v = Req::new("eoh", String::new(), proto & P_NOEOH != 0, proto & P_NR_EOH != 0, None, b'N', vec![])
-    .run(&mut c, &mut stages)?;
+        let v = Step::Eoh.run(&mut c, proto, &mut stages, String::new(), None, &[])?;
         if v.is_final() {
             ended = Some(v);
         }
     }
     if ended.is_none() && proto & P_NOBODY == 0 {
         for chunk in body.chunks(CHUNK) {
-            let v = Req::new(
-                "body",
-                format!("{} bytes", chunk.len()),
-                false,
-                proto & P_NR_BODY != 0,
-                None,
-                b'B',
-                chunk.to_vec(),
-            )
-    .run(&mut c, &mut stages)?;
+            let v = Step::Body.run(&mut c, proto, &mut stages, format!("{} bytes", chunk.len()), None, chunk)?;
             if v.is_final() {
                 ended = Some(v);
                 break;
@@ -609,8 +601,7 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
         }
     }
     if let Some(v) = ended {
-        let _ = c.send(b'A', &[]);
-        let _ = c.send(b'Q', &[]);
+        c.quit(true);
         return Ok(finish(stages, v, t));
     }
 
@@ -662,19 +653,13 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
             }
             b'q' => mods.push(Modification::Quarantine { reason: cstr(&data) }),
             b'p' => {}
-            b'c' => break Verdict::Continue,
-            b'a' => break Verdict::Accept,
-            b'd' => break Verdict::Discard,
-            b'r' => break Verdict::Reject { reply: "550 5.7.1 Command rejected".into() },
-            b't' => break Verdict::Tempfail { reply: "451 4.7.1 Service unavailable - try again later".into() },
-            b'y' => {
-                let text = cstr(&data);
-                break if text.starts_with('4') { Verdict::Tempfail { reply: text } } else { Verdict::Reject { reply: text } };
-            }
-            other => return Err(TryError::Protocol(format!("unexpected end-of-message packet {:?}", other as char))),
+            other => match verdict_packet(other, &data) {
+                Some(v) => break v?,
+                None => return Err(TryError::Protocol(format!("unexpected end-of-message packet {:?}", other as char))),
+            },
         }
     };
-    let _ = c.send(b'Q', &[]);
+    c.quit(false);
     if let Some(b) = &new_body {
         mods.push(Modification::ReplaceBody { length: b.len() });
     }
