@@ -698,6 +698,20 @@ sub edges {
         is_deeply([ $m->header('X-MMTest-Multi') ], [ 'one', 'second one changed', 'three' ], 'only the second changed');
     };
 
+    subtest 'many headers and a 14 KB folded header pass through' => sub {
+        my $id = _id($e2e, 'bighdrs');
+        my $big = join("\n\t", map { sprintf('part%03d-%s', $_, 'x' x 60) } 1 .. 200);
+        my @many = map { [ sprintf('X-MMTest-Many-%03d', $_), "value $_" ] } 1 .. 300;
+        my $res = $e2e->send(id => $id, subject => 'addhdr', headers => [ [ 'X-MMTest-Big', $big ], @many ]);
+        ok($res->{ok}, 'accepted') or diag($res->{failure});
+        my $m = $e2e->delivered($id) or return;
+        (my $want = $big) =~ s/\n\t/\t/g;
+        is($m->header('X-MMTest-Big'), $want, 'big folded header intact');
+        is_deeply([ grep { /^X-MMTest-Many-/ } $m->header_names ], [ map { $_->[0] } @many ], 'all 300 headers, in order');
+        is($m->header('X-MMTest-Many-300'), 'value 300', 'last one intact');
+        is($m->header('X-MMTest-Added'), 'added by the filter', 'filter still worked');
+    };
+
     subtest 'empty replacement body keeps the original (upstream quirk)' => sub {
         my $id = _id($e2e, 'emptybody');
         my $body = "Original body stays\n";
