@@ -65,6 +65,13 @@ root, not unpacked, m4 missing), else the empty string.
 
 our $ROOT = $ENV{MMTEST_SENDMAIL_ROOT} // '/opt/mm-sendmail';
 
+=head2 MMTest::Sendmail->binary / MMTest::Sendmail->cf_dir
+
+The Sendmail binary and the cf macro directory under the private tree
+(F</opt/mm-sendmail>, or C<MMTEST_SENDMAIL_ROOT>).
+
+=cut
+
 sub binary { "$ROOT/usr/libexec/sendmail/sendmail" }
 sub cf_dir { "$ROOT/usr/share/sendmail/cf" }
 
