@@ -5,9 +5,10 @@
 //! Upstream's client has no timeouts; ours takes one so that a wedged
 //! multiplexor turns into a temporary failure instead of a hung SMTP session.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::percent;
 use crate::sockspec::SockSpec;
@@ -50,22 +51,23 @@ pub fn request_line<A: AsRef<[u8]>>(command: &str, args: &[A]) -> Vec<u8> {
 /// Sends one request line (which must end in `\n`) and reads the whole reply.
 /// `timeout` bounds the whole exchange; `None` waits forever, as upstream.
 pub async fn request(socket: &Path, line: &[u8], timeout: Option<Duration>) -> Result<Reply, MxError> {
-    let exchange = async {
-        let mut s = crate::sockspec::connect_unix(socket).await.map_err(MxError::Connect)?;
-        s.write_all(line).await.map_err(MxError::Write)?;
-        read_reply(&mut s, MAX_REPLY).await
-    };
-    match timeout {
-        Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| MxError::Timeout(t))?,
-        None => exchange.await,
-    }
+    exchange(crate::sockspec::connect_unix(socket), line, timeout, MAX_REPLY).await
 }
 
 /// Like [`request`], for any socket specification and with the caller's
 /// reply limit (mm-mx-ctrl accepts far longer replies than the milter).
 pub async fn request_spec(spec: &SockSpec, line: &[u8], timeout: Option<Duration>, max_reply: usize) -> Result<Reply, MxError> {
+    exchange(spec.connect(), line, timeout, max_reply).await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    connect: impl Future<Output = std::io::Result<S>>,
+    line: &[u8],
+    timeout: Option<Duration>,
+    max_reply: usize,
+) -> Result<Reply, MxError> {
     let exchange = async {
-        let mut s = spec.connect().await.map_err(MxError::Connect)?;
+        let mut s = connect.await.map_err(MxError::Connect)?;
         s.write_all(line).await.map_err(MxError::Write)?;
         read_reply(&mut s, max_reply).await
     };

@@ -219,7 +219,7 @@ fn load_row(label: &str, count: i32, rate: f64, avg_ms: f64, avg_busy: f64) -> S
 /// The 29-number `load` reply (§5.3): counts, average busy workers and
 /// average ms for the four windows, then activations and reaps per
 /// window, the worker-state counts and the five totals. The text format
-/// reads only the first 12, as upstream does.
+/// reads only the first [`LOAD_WINDOW_NUMBERS`], as upstream does.
 pub(crate) const LOAD_PATTERN: [Conv; 29] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
@@ -229,13 +229,14 @@ pub(crate) const LOAD_PATTERN: [Conv; 29] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
     Conv::Int, Conv::Int, Conv::Int, Conv::Int, Conv::Int,
 ];
-const LOAD_TEXT_NUMBERS: usize = 12;
+/// Counts, average busy workers and average ms of the four windows.
+pub(crate) const LOAD_WINDOW_NUMBERS: usize = 12;
 
 /// `load`, `load-relayok`, `load-senderok`, `load-recipok` (§5.3). Unlike
 /// upstream, a reply without the 12 leading numbers is reported (§9.2).
 pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
     let reply = until_nul(reply);
-    let pattern = &LOAD_PATTERN[..LOAD_TEXT_NUMBERS];
+    let pattern = &LOAD_PATTERN[..LOAD_WINDOW_NUMBERS];
     let n = scan(reply, pattern);
     if n.len() != pattern.len() {
         return could_not_interpret(reply);

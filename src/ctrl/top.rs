@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use super::cli::{error_message, exchange};
 use crate::mxclient::MxError;
-use super::cscan::Conv;
 use super::format::{self, cfix};
 use super::options::Options;
 
@@ -47,9 +46,7 @@ impl Snapshot {
     pub fn from_replies(status: &[u8], load: &[u8]) -> Result<Snapshot, SnapshotError> {
         let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply { what, reply: String::from_utf8_lossy(crate::cstr::until_nul(r)).trim_end().to_string() };
         let (letters, n) = format::status_numbers(status).ok_or_else(|| bad("status", status))?;
-        let mut pattern = vec![Conv::Int; 4];
-        pattern.extend([Conv::Float; 8]);
-        let l = format::scan_all(load, &pattern).ok_or_else(|| bad("load", load))?;
+        let l = format::scan_all(load, &format::LOAD_PATTERN[..format::LOAD_WINDOW_NUMBERS]).ok_or_else(|| bad("load", load))?;
         Ok(Snapshot {
             letters,
             msgs: n[0].unwrap_or(0),
