@@ -15,10 +15,6 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailmunge"))
 }
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn prcap_version_and_usage() {
     let out = bin().arg("prcap").output().unwrap();
@@ -75,7 +71,7 @@ fn prcap_version_and_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).ends_with(": Unknown user `no-such-user-x'"));
-    if is_root() {
+    if common::is_root() {
         let out = bin()
             .args(["-p", "unix:/tmp/x.sock", "-m", "/x"])
             .output()
@@ -339,8 +335,7 @@ fn daemon_mode_pid_and_lock_files() {
     let _mux =
         rt.block_on(async { FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str()) });
     let run_dir = scratch.path().join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    common::create_open_dir(&run_dir);
     let pidfile = run_dir.join("mailmunge.pid");
     let sock = run_dir.join("milter.sock");
     let launch = || {
@@ -354,9 +349,7 @@ fn daemon_mode_pid_and_lock_files() {
         c.arg("-P")
             .arg(&pidfile)
             .env("MAILMUNGE_MY_IP", "192.0.2.1");
-        if is_root() {
-            c.args(["-U", "mailmunge"]);
-        }
+        c.args(common::worker_user_args());
         c.output().unwrap()
     };
     let out = launch();
@@ -402,8 +395,7 @@ async fn descriptor_limit_raised_to_hard_limit() {
     let mux_path = scratch.path().join("mx.sock");
     let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
     let sockdir = scratch.path().join("limited");
-    std::fs::create_dir(&sockdir).unwrap();
-    std::fs::set_permissions(&sockdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    common::create_open_dir(&sockdir);
     let sock = sockdir.join("m.sock");
     let m = Milter::start_limited(
         &format!("unix:{}", sock.display()),

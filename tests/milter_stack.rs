@@ -5,7 +5,6 @@
 
 mod milter_support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -46,11 +45,6 @@ impl Drop for Mux {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn dir777(p: &Path) {
-    std::fs::create_dir_all(p).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 enum Item {
@@ -105,8 +99,8 @@ async fn golden_sessions_through_our_multiplexor_and_workers() {
         perl5lib.push_str(&format!(":{}", tmp.join("stub").display()));
     }
     let (cap, qdir) = (tmp.join("cap"), tmp.join("quarantine"));
-    dir777(&cap);
-    dir777(&qdir);
+    common::create_open_dir(&cap);
+    common::create_open_dir(&qdir);
     let mux_sock = scratch.spool.join("mx.sock");
     let mux_log = std::fs::File::create(tmp.join("mux.log")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailmunge-multiplexor"));
@@ -117,9 +111,7 @@ async fn golden_sessions_through_our_multiplexor_and_workers() {
         .arg(&mux_sock)
         .arg("-f")
         .arg(tmp.join("filter/capture-filter.pl"));
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.args(["-U", "mailmunge"]);
-    }
+    cmd.args(common::worker_user_args());
     cmd.env("PERL5LIB", &perl5lib)
         .env("MAILMUNGE_SPOOLDIR", &scratch.spool)
         .env("MAILMUNGE_MTA", "postfix")

@@ -3,6 +3,9 @@
 //! client that plays the MTA, and a runner for the real `mailmunge` binary.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+pub mod common;
+
 use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -79,24 +82,6 @@ pub struct FakeMux {
 
 /// The free-worker answer of the fake multiplexor.
 pub static FREE_REPLY: &str = "9\n";
-
-pub fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = vec![];
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() {
-            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
-}
 
 impl FakeMux {
     /// Starts a fake multiplexor at `path` with a script; `free` is always
@@ -199,7 +184,7 @@ async fn serve(
         return;
     }
     let args: Vec<String> = words
-        .map(|w| String::from_utf8_lossy(&percent_decode(w.as_bytes())).into_owned())
+        .map(|w| String::from_utf8_lossy(&mailmunge::percent::decode(w.as_bytes())).into_owned())
         .collect();
     let step = script.lock().unwrap().pop_front();
     let Some(step) = step else {
@@ -265,8 +250,7 @@ impl Milter {
         env: &[(&str, &str)],
     ) -> Milter {
         let sockdir = dir.join("msock");
-        std::fs::create_dir_all(&sockdir).unwrap();
-        std::fs::set_permissions(&sockdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        common::create_open_dir(&sockdir);
         let socket = sockdir.join("milter.sock");
         Milter::start_on(
             &format!("unix:{}", socket.display()),
@@ -313,10 +297,8 @@ impl Milter {
             .arg(mux)
             .arg("-z")
             .arg(spool)
-            .arg("-D");
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.arg("-U").arg("mailmunge");
-        }
+            .arg("-D")
+            .args(common::worker_user_args());
         cmd.args(extra)
             .env("MAILMUNGE_LOG_STDERR", "1")
             .env("MAILMUNGE_MY_IP", "192.0.2.1")
@@ -327,17 +309,7 @@ impl Milter {
             cmd.env(k, v);
         }
         if let Some(soft) = soft_nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only async-signal-safe syscalls between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let mut l: libc::rlimit = std::mem::zeroed();
-                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-                    l.rlim_cur = soft;
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-                    Ok(())
-                });
-            }
+            common::set_soft_nofile(&mut cmd, soft);
         }
         let child = cmd.spawn().unwrap();
         let mut m = Milter {
@@ -401,11 +373,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let spool = tmp.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (tmp, spool) = common::scratch_with_spool();
         Scratch { tmp, spool }
     }
     pub fn path(&self) -> &Path {

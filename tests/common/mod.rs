@@ -1,0 +1,60 @@
+//! Helpers shared by the integration-test harnesses (`milter_support`,
+//! and meant for `mux_support` too): the daemons refuse to run workers as
+//! root, so as root the tests pass `-U mailmunge` and give that user
+//! directories it can use; and a daemon can be started with a lowered
+//! descriptor limit.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The user the workers run as when the tests run as root.
+pub const WORKER_USER: &str = "mailmunge";
+
+pub fn is_root() -> bool {
+    // SAFETY: plain getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `-U mailmunge` when running as root, nothing otherwise.
+pub fn worker_user_args() -> Vec<&'static str> {
+    if is_root() {
+        vec!["-U", WORKER_USER]
+    } else {
+        vec![]
+    }
+}
+
+/// Creates `path` with mode 0777 (the mode is set explicitly: the umask
+/// would take bits away).
+pub fn create_open_dir(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// A temporary directory the worker user can traverse (0755; tempfile
+/// makes 0700 ones) with a spool directory it can write (0777) inside.
+pub fn scratch_with_spool() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = tmp.path().join("spool");
+    create_open_dir(&spool);
+    (tmp, spool)
+}
+
+/// Starts the command with its soft `RLIMIT_NOFILE` set to `soft` (the
+/// hard limit unchanged), as a daemon started under a low default gets.
+pub fn set_soft_nofile(cmd: &mut Command, soft: u64) {
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut l: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+            l.rlim_cur = soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            Ok(())
+        });
+    }
+}
