@@ -16,12 +16,10 @@ fn wait_idle(port: u16, n: f64) -> Samples {
 
 #[test]
 fn counters_follow_the_traffic() {
-    let port = free_port();
-    let p = format!("inet:{port}");
-    let mx = start(
+    let (mx, port) = start_with_metrics(
         Spool::new(),
         &worker_path(),
-        &["-x", "3", "-m", "2", "-w", "1", "--metrics", &p],
+        &["-x", "3", "-m", "2", "-w", "1"],
     );
     let s = wait_idle(port, 2.0);
     assert_eq!(val(&s, "mailmunge_mux_workers_max"), 3.0);
@@ -41,16 +39,19 @@ fn counters_follow_the_traffic() {
     assert_eq!(val(&s, "mailmunge_mux_messages_scanned_total"), 0.0);
     assert_eq!(val(&s, "mailmunge_mux_generation"), 0.0);
     assert_eq!(val(&s, "mailmunge_mux_info{version=\"3.09\"}"), 1.0);
-    let rss = s
-        .iter()
-        .filter(|(k, _)| k.starts_with("mailmunge_mux_worker_resident_bytes{"))
-        .map(|(_, v)| *v)
-        .collect::<Vec<_>>();
-    assert_eq!(rss.len(), 2, "{s:#?}");
-    assert!(
-        rss.iter().all(|&v| v > 1_000_000.0),
-        "a perl worker has more than 1 MB resident: {rss:?}"
-    );
+    // Bytes, not kB: a perl worker has more than 1 MB resident once it
+    // has loaded (idle from the moment it is exec'd, it may not have yet).
+    let rss = |s: &Samples| {
+        s.iter()
+            .filter(|(k, _)| k.starts_with("mailmunge_mux_worker_resident_bytes{"))
+            .map(|(_, v)| *v)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rss(&s).len(), 2, "{s:#?}");
+    scrape_until(port, "two workers with more than 1 MB resident", |s| {
+        let r = rss(s);
+        r.len() == 2 && r.iter().all(|&v| v > 1_000_000.0)
+    });
 
     for _ in 0..3 {
         assert_eq!(mx.req_s("ping"), "PONG\n");
@@ -126,26 +127,20 @@ fn counters_follow_the_traffic() {
         ),
         2.0
     );
-    // The 0.3 s sleep lands above the 0.25 s bound; the ping replies below 1 s.
+    // Seconds: the 0.3 s sleep lands above the 0.25 s bound, and the sum
+    // is at least 0.3 but far below 300 (milliseconds), however slow the
+    // machine. (No bound on the pings: they may take long on a loaded one.)
     assert!(
         val(
             &s,
             "mailmunge_mux_request_duration_seconds_bucket{command=\"other\",le=\"0.25\"}"
         ) <= 1.0
     );
-    assert!(
-        val(
-            &s,
-            "mailmunge_mux_request_duration_seconds_sum{command=\"other\"}"
-        ) >= 0.3
+    let other = val(
+        &s,
+        "mailmunge_mux_request_duration_seconds_sum{command=\"other\"}",
     );
-    assert_eq!(
-        val(
-            &s,
-            "mailmunge_mux_request_duration_seconds_bucket{command=\"ping\",le=\"1\"}"
-        ),
-        3.0
-    );
+    assert!((0.3..60.0).contains(&other), "{other}");
     // Worker deaths refill to -m.
     let s = wait_idle(port, 2.0);
     assert!(
@@ -187,9 +182,7 @@ fn counters_follow_the_traffic() {
 
 #[test]
 fn only_get_metrics_is_served() {
-    let port = free_port();
-    let p = format!("inet:{port}");
-    let _mx = start(Spool::new(), &worker_path(), &["--metrics", &p]);
+    let (_mx, port) = start_with_metrics(Spool::new(), &worker_path(), &[]);
     let r = http(port, "GET / HTTP/1.0\r\n\r\n");
     assert!(r.starts_with("HTTP/1.0 404 Not Found\r\n"), "{r}");
     let r = http(port, "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n");

@@ -28,9 +28,7 @@ fn break_filter(f: &PathBuf) -> String {
 fn broken_filter_is_not_loaded() {
     let sp = Spool::new();
     let filter = own_filter(&sp);
-    let port = free_port();
-    let p = format!("inet:{port}");
-    let mx = start(sp, &filter, &["-x", "1", "--metrics", &p]);
+    let (mx, port) = start_with_metrics(sp, &filter, &["-x", "1"]);
 
     // A good filter: new generation, the idle worker is replaced.
     let a = mx.req_s("pid");

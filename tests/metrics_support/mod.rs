@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::mux_support::{base_args, Mx, Spool, BIN};
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now (but someone may by the
+/// time it is used: see [`start_with_metrics`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -53,6 +54,66 @@ pub fn start(spool: Spool, filter: &Path, extra: &[&str]) -> Mx {
         std::thread::sleep(Duration::from_millis(20));
     }
     mx
+}
+
+/// True when process `pid` has a socket listening on 127.0.0.1:`port`.
+fn listens_on(pid: i32, port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, st (0A = LISTEN), inode
+            (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|e| {
+        std::fs::read_link(e.path())
+            .is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+    })
+}
+
+/// Starts the multiplexor with `--metrics inet:PORT` and returns it with
+/// the port once it listens there. The port is only free when chosen;
+/// should another process take it before the multiplexor binds it (the
+/// multiplexor then logs so and runs on without metrics), it is started
+/// again in the same spool on another port.
+pub fn start_with_metrics(spool: Spool, filter: &Path, extra: &[&str]) -> (Mx, u16) {
+    let mut spool = spool;
+    for _ in 0..5 {
+        let port = free_port();
+        let spec = format!("inet:{port}");
+        let mut args = extra.to_vec();
+        args.extend(["--metrics", &spec]);
+        let mut mx = start(spool, filter, &args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if listens_on(mx.pid(), port) {
+                return (mx, port);
+            }
+            if mx.log().contains("Unable to create metrics socket") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "multiplexor neither listened on {spec} nor logged why within 20 s; log:\n{}",
+                mx.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Port taken meanwhile: stop this one, keep its spool.
+        if let Some(mut c) = mx.child.take() {
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        spool = std::mem::replace(&mut mx.spool, Spool::new());
+    }
+    panic!("no free metrics port in 5 tries");
 }
 
 /// One raw HTTP exchange with 127.0.0.1:port; the whole response.
