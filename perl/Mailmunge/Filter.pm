@@ -253,7 +253,7 @@ sub _do_command_line
 		} else {
 			my $resp = $self->unknown_command($cmd, @args);
 			$resp = $self->_ensure_response('NOQUEUE', $resp, 'unknown_command');
-			$self->_reply_with_status('NOQUEUE', $resp, 'unkown_command');
+			$self->_reply_with_status('NOQUEUE', $resp, 'unknown_command');
 		}
 		1;
 	};
@@ -435,10 +435,12 @@ sub _handle_tick
 	return $self->_reply_error("tick $n: Filter does not implement tick method");
 }
 
-sub _handle_relayok
+# Private: the Context of a relayok/helook check; @more are further
+# field => value pairs.
+sub _connection_context
 {
-	my ($self, $ip, $name, $port, $myip, $myport, $qid) = @_;
-	my $ctx = Mailmunge::Context->new(
+	my ($self, $ip, $name, $port, $myip, $myport, $qid, @more) = @_;
+	return Mailmunge::Context->new(
 		hostip          => $ip,
 		hostname        => $name,
 		connecting_ip   => $ip,
@@ -448,7 +450,14 @@ sub _handle_relayok
 		my_port         => $myport,
 		qid             => $qid,
 		mta_is_postfix  => $self->mta_is_postfix() ? 1 : 0,
+		@more,
 	);
+}
+
+sub _handle_relayok
+{
+	my ($self, $ip, $name, $port, $myip, $myport, $qid) = @_;
+	my $ctx = $self->_connection_context($ip, $name, $port, $myip, $myport, $qid);
 	my $resp = $self->filter_relay($ctx);
 	$resp = $self->_ensure_response($ctx, $resp, 'filter_relay');
 	return $self->_reply_with_status($ctx, $resp, 'host ' . ($ip // '') . ' (' . ($name // '') . ')');
@@ -457,47 +466,38 @@ sub _handle_relayok
 sub _handle_helook
 {
 	my ($self, $ip, $name, $helo, $port, $myip, $myport, $qid) = @_;
-	my $ctx = Mailmunge::Context->new(
-		hostip          => $ip,
-		hostname        => $name,
-		connecting_ip   => $ip,
-		connecting_name => $name,
-		helo            => $helo,
-		client_port     => $port,
-		my_ip           => $myip,
-		my_port         => $myport,
-		qid             => $qid,
-		mta_is_postfix  => $self->mta_is_postfix() ? 1 : 0,
-	);
+	my $ctx = $self->_connection_context($ip, $name, $port, $myip, $myport, $qid, helo => $helo);
 	my $resp = $self->filter_helo($ctx);
 	$resp = $self->_ensure_response($ctx, $resp, 'filter_helo');
 	return $self->_reply_with_status($ctx, $resp, 'helo ' . ($helo // ''));
 }
 
-# Private: chdir into a message directory for senderok/recipok, replying
-# with a tempfail on failure.  Returns true when the caller may go on.
-sub _enter_msg_dir
+# Private: for senderok/recipok, chdir into the message directory and read
+# its COMMANDS file.  Returns the Context (with cwd set), or undef after
+# replying with a tempfail.
+sub _message_context
 {
 	my ($self, $dir, $qid, $what) = @_;
 	if (!defined($dir) || !chdir($dir)) {
 		my $err = "$!";
 		$dir = '' unless defined($dir);
 		$self->_reply_with_status($qid, Mailmunge::Response->TEMPFAIL(message => "Could not chdir($dir): $err"), $what);
-		return 0;
+		return undef;
 	}
-	return 1;
+	my $ctx = $self->read_commands_file();
+	if (!$ctx) {
+		$self->_reply_with_status($qid, Mailmunge::Response->TEMPFAIL(message => 'Could not read COMMANDS file'), $what);
+		return undef;
+	}
+	$ctx->cwd($dir);
+	return $ctx;
 }
 
 sub _handle_senderok
 {
 	my ($self, $sender, $ip, $name, $helo, $dir, $qid, @esmtp) = @_;
 	my $what = 'sender ' . ($sender // '');
-	return unless $self->_enter_msg_dir($dir, $qid, $what);
-	my $ctx = $self->read_commands_file();
-	if (!$ctx) {
-		return $self->_reply_with_status($qid, Mailmunge::Response->TEMPFAIL(message => 'Could not read COMMANDS file'), $what);
-	}
-	$ctx->cwd($dir);
+	my $ctx = $self->_message_context($dir, $qid, $what) or return;
 	$ctx->esmtp_args(\@esmtp);
 	my $resp = $self->filter_sender($ctx);
 	$resp = $self->_ensure_response($ctx, $resp, 'filter_sender');
@@ -509,14 +509,9 @@ sub _handle_recipok
 	my ($self, $rcpt, $sender, $ip, $name, $first, $helo, $dir, $qid,
 	    $mailer, $host, $addr, @esmtp) = @_;
 	my $what = 'recipient ' . ($rcpt // '');
-	return unless $self->_enter_msg_dir($dir, $qid, $what);
-	my $ctx = $self->read_commands_file();
-	if (!$ctx) {
-		return $self->_reply_with_status($qid, Mailmunge::Response->TEMPFAIL(message => 'Could not read COMMANDS file'), $what);
-	}
+	my $ctx = $self->_message_context($dir, $qid, $what) or return;
 	$ctx->recipients([$rcpt]) if defined($rcpt);
 	$ctx->first_recip($first);
-	$ctx->cwd($dir);
 	$ctx->rcpt_mailer($mailer);
 	$ctx->rcpt_host($host);
 	$ctx->rcpt_addr($addr);
