@@ -80,7 +80,10 @@ pub fn bin_dir() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("current_exe")?;
     // target/<profile>/examples/<name>
-    let dir = exe.parent().and_then(Path::parent).context("unexpected example location")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected example location")?;
     Ok(dir.to_path_buf())
 }
 
@@ -88,7 +91,10 @@ pub fn bin_dir() -> Result<PathBuf> {
 pub fn binary(name: &str) -> Result<PathBuf> {
     let p = bin_dir()?.join(name);
     if !p.is_file() {
-        bail!("{} not found: build the daemons first (cargo build --release --bins)", p.display());
+        bail!(
+            "{} not found: build the daemons first (cargo build --release --bins)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -116,7 +122,10 @@ impl Scratch {
         } else {
             std::env::temp_dir()
         };
-        let dir = tempfile::Builder::new().prefix("mm-bench-").tempdir_in(&base).with_context(|| format!("tempdir in {}", base.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("mm-bench-")
+            .tempdir_in(&base)
+            .with_context(|| format!("tempdir in {}", base.display()))?;
         let root = dir.path().to_path_buf();
         chmod(&root, 0o755)?;
         let spool = root.join("spool");
@@ -131,12 +140,22 @@ impl Scratch {
         if let Ok(mut r) = SCRATCH_ROOT.lock() {
             *r = Some(root.clone());
         }
-        Ok(Scratch { _dir: dir, root, spool, perl, filter })
+        Ok(Scratch {
+            _dir: dir,
+            root,
+            spool,
+            perl,
+            filter,
+        })
     }
 
     /// One line saying where the spool is and on what file system.
     pub fn describe(&self) -> String {
-        format!("spool {} on {}", self.spool.display(), fs_type(&self.spool).unwrap_or_else(|| "an unknown file system".into()))
+        format!(
+            "spool {} on {}",
+            self.spool.display(),
+            fs_type(&self.spool).unwrap_or_else(|| "an unknown file system".into())
+        )
     }
 
     pub fn mux_socket(&self) -> PathBuf {
@@ -174,7 +193,8 @@ pub fn extra_args(name: &str) -> Result<Vec<String>> {
 }
 
 pub fn chmod(p: &Path, mode: u32) -> Result<()> {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", p.display()))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", p.display()))
 }
 
 /// Copies a directory tree, making it world-readable (dirs 0755, files 0644).
@@ -187,7 +207,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         if e.file_type()?.is_dir() {
             copy_tree(&e.path(), &target)?;
         } else {
-            std::fs::copy(e.path(), &target).with_context(|| format!("copy {}", e.path().display()))?;
+            std::fs::copy(e.path(), &target)
+                .with_context(|| format!("copy {}", e.path().display()))?;
             chmod(&target, 0o644)?;
         }
     }
@@ -204,22 +225,32 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Daemon> {
-        let out = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         // SAFETY: sigprocmask is async-signal-safe. `Command` keeps the
         // parent's signal mask, and ours blocks the stop signals (see
         // install_interrupt_cleanup): a daemon must start with none blocked.
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::signal::SigSet::empty().thread_set_mask().map_err(std::io::Error::from)
+                nix::sys::signal::SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
             });
         }
         let child = cmd.spawn().with_context(|| format!("start {name}"))?;
         if let Ok(mut g) = LIVE_GROUPS.lock() {
             g.push(child.id() as i32);
         }
-        Ok(Daemon { name, child: Some(child), log })
+        Ok(Daemon {
+            name,
+            child: Some(child),
+            log,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -235,7 +266,11 @@ impl Daemon {
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
             if let Some(st) = c.try_wait()? {
-                bail!("{} exited ({st}); its output:\n{}", self.name, self.output());
+                bail!(
+                    "{} exited ({st}); its output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
         }
         Ok(())
@@ -298,7 +333,10 @@ pub fn start_mux(s: &Scratch, extra: &[&str]) -> Result<Daemon> {
         }
         d.check_alive()?;
         if Instant::now() > deadline {
-            bail!("multiplexor did not answer within {START_LIMIT:?}; output:\n{}", d.output());
+            bail!(
+                "multiplexor did not answer within {START_LIMIT:?}; output:\n{}",
+                d.output()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -329,7 +367,9 @@ pub async fn mux_request_async(sock: &Path, line: &[u8]) -> std::io::Result<Vec<
 
 /// Pids of the running workers, from the multiplexor's `workers` report.
 pub fn worker_pids(sock: &Path) -> Vec<u32> {
-    let Ok(r) = mux_request(sock, b"workers\n") else { return vec![] };
+    let Ok(r) = mux_request(sock, b"workers\n") else {
+        return vec![];
+    };
     String::from_utf8_lossy(&r)
         .lines()
         .filter_map(|l| {
@@ -370,13 +410,24 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
-    Some(ProcStat { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:"), cpu_ticks: ticks, threads: field("Threads:"), fds })
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    Some(ProcStat {
+        rss_kb: field("VmRSS:"),
+        hwm_kb: field("VmHWM:"),
+        cpu_ticks: ticks,
+        threads: field("Threads:"),
+        fds,
+    })
 }
 
 /// CPU ticks summed over several processes (gone ones count 0).
 pub fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|&p| proc_stat(p)).map(|s| s.cpu_ticks).sum()
+    pids.iter()
+        .filter_map(|&p| proc_stat(p))
+        .map(|s| s.cpu_ticks)
+        .sum()
 }
 
 pub fn ticks_per_second() -> u64 {
@@ -415,7 +466,10 @@ impl RssSampler {
             }
             peak
         });
-        RssSampler { stop, handle: Some(handle) }
+        RssSampler {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     pub fn stop(mut self) -> u64 {
@@ -457,7 +511,8 @@ impl Latencies {
         if self.samples.is_empty() {
             return 0.0;
         }
-        self.samples.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / self.samples.len() as f64
+        self.samples.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0
+            / self.samples.len() as f64
     }
 }
 
@@ -475,14 +530,24 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
 
 /// One line about the machine the figures come from.
 pub fn machine_note() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} CPUs ({model}), load average {} at start", load.join(" "))
+    format!(
+        "{cpus} CPUs ({model}), load average {} at start",
+        load.join(" ")
+    )
 }
 
 /// A `--name value` option from argv, else the default.
@@ -491,16 +556,32 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
         Some(i) => {
-            let v = args.get(i + 1).with_context(|| format!("{name} needs a value"))?;
-            v.parse().map_err(|_| anyhow::anyhow!("{name}: bad value {v}"))
+            let v = args
+                .get(i + 1)
+                .with_context(|| format!("{name} needs a value"))?;
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}: bad value {v}"))
         }
     }
 }
 
 /// A comma-separated list option (`--clients 1,4,16`).
 pub fn list_arg(name: &str, default: &[usize]) -> Result<Vec<usize>> {
-    let s: String = arg(name, default.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))?;
-    s.split(',').map(|p| p.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("{name}: bad number {p}"))).collect()
+    let s: String = arg(
+        name,
+        default
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    )?;
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("{name}: bad number {p}"))
+        })
+        .collect()
 }
 
 /// A tokio stream seen through the `futures` I/O traits (what miltr-client
@@ -508,7 +589,11 @@ pub fn list_arg(name: &str, default: &[usize]) -> Result<Vec<usize>> {
 pub struct Compat<T>(pub T);
 
 impl<T: tokio::io::AsyncRead + Unpin> futures_io::AsyncRead for Compat<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut rb = tokio::io::ReadBuf::new(buf);
         match Pin::new(&mut self.0).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
@@ -519,7 +604,11 @@ impl<T: tokio::io::AsyncRead + Unpin> futures_io::AsyncRead for Compat<T> {
 }
 
 impl<T: tokio::io::AsyncWrite + Unpin> futures_io::AsyncWrite for Compat<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 

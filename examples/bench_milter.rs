@@ -75,19 +75,29 @@ impl tokio::io::AsyncRead for Stream {
 }
 
 impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
         }
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
             Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
         }
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
@@ -100,15 +110,24 @@ type Session = Connection<Compat<Stream>>;
 /// Opens a connection and does the option negotiation.
 async fn open(target: &Target, client: &Client) -> Result<Session, String> {
     let stream = match target {
-        Target::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await.map_err(|e| format!("connect: {e}"))?),
+        Target::Unix(p) => Stream::Unix(
+            tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        ),
         Target::Tcp(a) => {
-            let s = tokio::net::TcpStream::connect(a).await.map_err(|e| format!("connect: {e}"))?;
+            let s = tokio::net::TcpStream::connect(a)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             // As an MTA would: each milter command is a small write.
             let _ = s.set_nodelay(true);
             Stream::Tcp(s)
         }
     };
-    client.connect_via(Compat(stream)).await.map_err(|e| format!("negotiate: {e}"))
+    client
+        .connect_via(Compat(stream))
+        .await
+        .map_err(|e| format!("negotiate: {e}"))
 }
 
 /// The message every session sends.
@@ -119,7 +138,11 @@ struct Message {
 
 impl Message {
     fn new() -> Message {
-        let body: String = (0..30).map(|n| format!("Line {n} of a plain benchmark body, long enough to look like mail.\r\n")).collect();
+        let body: String = (0..30)
+            .map(|n| {
+                format!("Line {n} of a plain benchmark body, long enough to look like mail.\r\n")
+            })
+            .collect();
         Message {
             headers: vec![
                 ("From", "Sender <sender@example.com>"),
@@ -144,14 +167,30 @@ struct Verdict {
 /// One SMTP transaction on a fresh connection, as an MTA plays it.
 async fn one_message(target: &Target, client: &Client, msg: &Message) -> Result<Verdict, String> {
     let mut s = open(target, client).await?;
-    let step = |what: &'static str| move |e: miltr_client::ResponseError| format!("{what}: {e} ({e:?})");
-    s.connect(Connect::new(b"client.example", Family::Inet, Some(40000), b"127.0.0.1")).await.map_err(step("connect"))?;
-    s.helo(b"client.example".as_slice()).await.map_err(step("helo"))?;
-    s.mail(b"<sender@example.com>".as_slice()).await.map_err(step("mail"))?;
-    s.recipient(b"<rcpt@example.net>".as_slice()).await.map_err(step("rcpt"))?;
+    let step =
+        |what: &'static str| move |e: miltr_client::ResponseError| format!("{what}: {e} ({e:?})");
+    s.connect(Connect::new(
+        b"client.example",
+        Family::Inet,
+        Some(40000),
+        b"127.0.0.1",
+    ))
+    .await
+    .map_err(step("connect"))?;
+    s.helo(b"client.example".as_slice())
+        .await
+        .map_err(step("helo"))?;
+    s.mail(b"<sender@example.com>".as_slice())
+        .await
+        .map_err(step("mail"))?;
+    s.recipient(b"<rcpt@example.net>".as_slice())
+        .await
+        .map_err(step("rcpt"))?;
     s.data().await.map_err(step("data"))?;
     for (n, v) in &msg.headers {
-        s.header(Header::new(n.as_bytes(), v.as_bytes())).await.map_err(step("header"))?;
+        s.header(Header::new(n.as_bytes(), v.as_bytes()))
+            .await
+            .map_err(step("header"))?;
     }
     s.end_of_header().await.map_err(step("eoh"))?;
     s.body(msg.body.as_slice()).await.map_err(step("body"))?;
@@ -169,7 +208,10 @@ async fn one_message(target: &Target, client: &Client, msg: &Message) -> Result<
         })
         .collect();
     s.quit().await.map_err(|e| format!("quit: {e}"))?;
-    Ok(Verdict { action, modifications })
+    Ok(Verdict {
+        action,
+        modifications,
+    })
 }
 
 /// Outcome of one timed run.
@@ -196,7 +238,12 @@ async fn drive(target: &Target, sessions: usize, seconds: f64) -> Run {
             let (mut errors, mut first_error) = (0usize, None);
             while Instant::now() < until {
                 let t = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(60), one_message(&target, &client, &msg)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(60),
+                    one_message(&target, &client, &msg),
+                )
+                .await
+                {
                     Ok(Ok(v)) if v.action == "continue" => lat.push(t.elapsed()),
                     Ok(Ok(v)) => {
                         errors += 1;
@@ -216,7 +263,13 @@ async fn drive(target: &Target, sessions: usize, seconds: f64) -> Run {
             (lat, errors, first_error)
         }));
     }
-    let mut run = Run { ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO, lat: Latencies::default() };
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        lat: Latencies::default(),
+    };
     for t in tasks {
         if let Ok((lat, errors, first)) = t.await {
             run.ok += lat.len();
@@ -250,25 +303,42 @@ fn start_milter(scratch: &Scratch, target: &Target, nofile: Option<u64>) -> Resu
         // SAFETY: only setrlimit, which is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+                let (_, hard) =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
                 let n = n.min(hard);
                 nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)?;
                 Ok(())
             });
         }
     }
-    let mut d = Daemon::spawn("mailmunge", cmd, scratch.root.join(format!("milter-{}.log", target.name())))?;
+    let mut d = Daemon::spawn(
+        "mailmunge",
+        cmd,
+        scratch.root.join(format!("milter-{}.log", target.name())),
+    )?;
     let deadline = Instant::now() + support::START_LIMIT;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let client = Client::new(OptNeg::default());
     loop {
         // Ready once a connection gets through negotiation.
-        if rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), open(target, &client)).await }).is_ok_and(|r| r.is_ok()) {
+        if rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), open(target, &client)).await
+            })
+            .is_ok_and(|r| r.is_ok())
+        {
             return Ok(d);
         }
         d.check_alive()?;
         if Instant::now() > deadline {
-            bail!("milter did not answer on {} within {:?}; output:\n{}", target.spec(), support::START_LIMIT, d.output());
+            bail!(
+                "milter did not answer on {} within {:?}; output:\n{}",
+                target.spec(),
+                support::START_LIMIT,
+                d.output()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -305,10 +375,18 @@ fn main() -> Result<()> {
     // One worker per concurrent session: the milter's connect-time `free`
     // check then never finds the pool exhausted (queueing is not measured).
     let max_workers = max_sessions.to_string();
-    let mut mux = support::start_mux(&scratch, &["-m", "2", "-x", &max_workers, "-r", "1000000", "-i", "3600"])?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut mux = support::start_mux(
+        &scratch,
+        &["-m", "2", "-x", &max_workers, "-r", "1000000", "-i", "3600"],
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
 
-    let targets = [Target::Unix(scratch.spool.join("milter.sock")), Target::Tcp(free_tcp_port()?)];
+    let targets = [
+        Target::Unix(scratch.spool.join("milter.sock")),
+        Target::Tcp(free_tcp_port()?),
+    ];
     for target in &targets {
         let mut milter = start_milter(&scratch, target, milter_nofile)?;
         let client = Client::new(OptNeg::default());
@@ -316,20 +394,40 @@ fn main() -> Result<()> {
         match first {
             Ok(v) if v.action == "continue" => {
                 if target.name() == "unix" {
-                    println!("\nfirst message: final action {}, modifications {:?}", v.action, v.modifications);
+                    println!(
+                        "\nfirst message: final action {}, modifications {:?}",
+                        v.action, v.modifications
+                    );
                 }
             }
-            Ok(v) => bail!("first message: final action {}; milter output:\n{}", v.action, milter.output()),
-            Err(e) => bail!("first message failed: {e}; milter output:\n{}\nmultiplexor output:\n{}", milter.output(), mux.output()),
+            Ok(v) => bail!(
+                "first message: final action {}; milter output:\n{}",
+                v.action,
+                milter.output()
+            ),
+            Err(e) => bail!(
+                "first message failed: {e}; milter output:\n{}\nmultiplexor output:\n{}",
+                milter.output(),
+                mux.output()
+            ),
         }
         // Warm-up brings up the workers.
         let warm = rt.block_on(drive(target, max_sessions, 3.0_f64.min(seconds)));
         if warm.ok == 0 {
-            bail!("warm-up failed: {:?}; milter output:\n{}", warm.first_error, milter.output());
+            bail!(
+                "warm-up failed: {:?}; milter output:\n{}",
+                warm.first_error,
+                milter.output()
+            );
         }
         let workers = support::worker_pids(&scratch.mux_socket());
         let milter_pid = milter.pid();
-        println!("\n## {} socket ({}), {} workers", target.name(), target.spec(), workers.len());
+        println!(
+            "\n## {} socket ({}), {} workers",
+            target.name(),
+            target.spec(),
+            workers.len()
+        );
         println!();
         println!("| sessions | msgs/s | p50 ms | p99 ms | errors | milter CPU ms/1000 msgs | mux CPU ms/1000 msgs | workers CPU ms/1000 msgs | milter peak RSS kB |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -343,7 +441,13 @@ fn main() -> Result<()> {
             let peak = sampler.stop();
             let after: Vec<u64> = pids.iter().map(|&p| support::cpu_ticks(&[p])).collect();
             let wafter = support::cpu_ticks(&workers);
-            let per_k = |t: u64| if run.ok > 0 { support::ticks_ms(t) * 1000.0 / run.ok as f64 } else { 0.0 };
+            let per_k = |t: u64| {
+                if run.ok > 0 {
+                    support::ticks_ms(t) * 1000.0 / run.ok as f64
+                } else {
+                    0.0
+                }
+            };
             println!(
                 "| {n} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {peak} |",
                 run.ok as f64 / run.elapsed.as_secs_f64(),
@@ -359,7 +463,10 @@ fn main() -> Result<()> {
             }
         }
         let st = support::proc_stat(milter_pid).context("milter /proc")?;
-        println!("milter after the runs: RSS {} kB (VmHWM {} kB), {} threads, {} fds", st.rss_kb, st.hwm_kb, st.threads, st.fds);
+        println!(
+            "milter after the runs: RSS {} kB (VmHWM {} kB), {} threads, {} fds",
+            st.rss_kb, st.hwm_kb, st.threads, st.fds
+        );
         if milter.stop().is_none() {
             println!("warning: the milter needed SIGKILL to stop");
         }
@@ -376,7 +483,12 @@ fn main() -> Result<()> {
 /// Holds `counts` negotiated, idle connections (cumulatively) on a fresh
 /// unix-socket milter, reporting its RSS and serving live sessions beside
 /// them.
-fn idle_probe(scratch: &Scratch, rt: &tokio::runtime::Runtime, counts: &[usize], nofile: Option<u64>) -> Result<()> {
+fn idle_probe(
+    scratch: &Scratch,
+    rt: &tokio::runtime::Runtime,
+    counts: &[usize],
+    nofile: Option<u64>,
+) -> Result<()> {
     let target = Target::Unix(scratch.spool.join("milter-idle.sock"));
     let mut milter = start_milter(scratch, &target, nofile)?;
     let pid = milter.pid();
@@ -386,7 +498,10 @@ fn idle_probe(scratch: &Scratch, rt: &tokio::runtime::Runtime, counts: &[usize],
     println!();
     println!("| idle connections | open time s | milter RSS kB | kB per idle conn | milter threads | milter fds | live msgs/s beside them | live p50 ms | live p99 ms | live errors |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!("| 0 | - | {} | - | {} | {} | - | - | - | - |", base.rss_kb, base.threads, base.fds);
+    println!(
+        "| 0 | - | {} | - | {} | {} | - | - | - | - |",
+        base.rss_kb, base.threads, base.fds
+    );
     let client = Arc::new(Client::new(OptNeg::default()));
     let mut held: Vec<Session> = Vec::new();
     let mut sorted = counts.to_vec();
@@ -428,9 +543,19 @@ fn idle_probe(scratch: &Scratch, rt: &tokio::runtime::Runtime, counts: &[usize],
         std::thread::sleep(Duration::from_millis(500));
         let alive = milter.check_alive();
         let st = support::proc_stat(pid);
-        let (rss, threads, fds) = st.map(|s| (s.rss_kb, s.threads, s.fds)).unwrap_or((0, 0, 0));
-        let per_conn = if held.is_empty() { 0.0 } else { (rss as f64 - base.rss_kb as f64) / held.len() as f64 };
-        let mut live = if alive.is_ok() { Some(rt.block_on(drive(&target, 4, 3.0))) } else { None };
+        let (rss, threads, fds) = st
+            .map(|s| (s.rss_kb, s.threads, s.fds))
+            .unwrap_or((0, 0, 0));
+        let per_conn = if held.is_empty() {
+            0.0
+        } else {
+            (rss as f64 - base.rss_kb as f64) / held.len() as f64
+        };
+        let mut live = if alive.is_ok() {
+            Some(rt.block_on(drive(&target, 4, 3.0)))
+        } else {
+            None
+        };
         let lrow = match live.as_mut() {
             Some(r) => format!(
                 "{:.0} | {:.2} | {:.2} | {}",
@@ -441,7 +566,10 @@ fn idle_probe(scratch: &Scratch, rt: &tokio::runtime::Runtime, counts: &[usize],
             ),
             None => "- | - | - | milter gone".into(),
         };
-        println!("| {} | {open_time:.1} | {rss} | {per_conn:.1} | {threads} | {fds} | {lrow} |", held.len());
+        println!(
+            "| {} | {open_time:.1} | {rss} | {per_conn:.1} | {threads} | {fds} | {lrow} |",
+            held.len()
+        );
         if let Some(e) = first_failure {
             println!("|  | {failures} connections failed; first: {e} | | | | | | | | |");
         }
@@ -449,23 +577,38 @@ fn idle_probe(scratch: &Scratch, rt: &tokio::runtime::Runtime, counts: &[usize],
             println!("|  | first live error: {e} | | | | | | | | |");
         }
         if let Err(e) = alive {
-            println!("\nthe milter died while holding {} connections: {e}", held.len());
+            println!(
+                "\nthe milter died while holding {} connections: {e}",
+                held.len()
+            );
             return Ok(());
         }
     }
     // The idle sessions still answer: one of them completes a message.
     if let Some(s) = held.last_mut() {
         let r = rt.block_on(async {
-            s.connect(Connect::new(b"late.example", Family::Inet, Some(40001), b"127.0.0.1")).await?;
+            s.connect(Connect::new(
+                b"late.example",
+                Family::Inet,
+                Some(40001),
+                b"127.0.0.1",
+            ))
+            .await?;
             s.helo(b"late.example".as_slice()).await
         });
-        println!("an idle session still answers after the probe: {}", if r.is_ok() { "yes" } else { "NO" });
+        println!(
+            "an idle session still answers after the probe: {}",
+            if r.is_ok() { "yes" } else { "NO" }
+        );
     }
     let held_n = held.len();
     drop(held);
     std::thread::sleep(Duration::from_secs(1));
     if let Some(st) = support::proc_stat(pid) {
-        println!("after closing the {held_n} idle connections: milter RSS {} kB (VmHWM {} kB), {} fds", st.rss_kb, st.hwm_kb, st.fds);
+        println!(
+            "after closing the {held_n} idle connections: milter RSS {} kB (VmHWM {} kB), {} fds",
+            st.rss_kb, st.hwm_kb, st.fds
+        );
     }
     milter.stop();
     Ok(())

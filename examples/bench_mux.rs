@@ -40,8 +40,12 @@ fn main() -> Result<()> {
 
     let scratch = Scratch::new()?;
     println!("{}", scratch.describe());
-    let dirs = (0..max_clients).map(|i| make_workdir(&scratch.spool, i)).collect::<Result<Vec<_>>>()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let dirs = (0..max_clients)
+        .map(|i| make_workdir(&scratch.spool, i))
+        .collect::<Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
 
     throughput(&scratch, &rt, &dirs, &clients, seconds)?;
     for embedded in [false, true] {
@@ -56,7 +60,9 @@ fn make_workdir(spool: &Path, i: usize) -> Result<PathBuf> {
     let dir = spool.join(format!("mm-bench{i}"));
     std::fs::create_dir(&dir)?;
     support::chmod(&dir, 0o777)?;
-    let body: String = (0..30).map(|n| format!("Line {n} of a plain benchmark body, long enough to look like mail.\n")).collect();
+    let body: String = (0..30)
+        .map(|n| format!("Line {n} of a plain benchmark body, long enough to look like mail.\n"))
+        .collect();
     let headers = MESSAGE.trim_end_matches('\n').to_string() + "\n";
     let files = [
         ("COMMANDS", "S<sender@example.com>\nQBench\nR<rcpt@example.net> smtp example.net rcpt@example.net\nF\n".to_string()),
@@ -127,7 +133,9 @@ fn drive(
                         Ok(r) if good(&r) => lat.push(t.elapsed()),
                         Ok(r) => {
                             errors += 1;
-                            first_error.get_or_insert_with(|| String::from_utf8_lossy(&r).trim_end().to_string());
+                            first_error.get_or_insert_with(|| {
+                                String::from_utf8_lossy(&r).trim_end().to_string()
+                            });
                         }
                         Err(e) => {
                             errors += 1;
@@ -149,7 +157,13 @@ fn drive(
         all
     });
     let elapsed = started.elapsed();
-    let mut run = Run { ok: 0, errors: 0, first_error: None, elapsed, lat: Latencies::default() };
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        elapsed,
+        lat: Latencies::default(),
+    };
     for (lat, errors, first) in results {
         run.ok += lat.len();
         run.errors += errors;
@@ -169,35 +183,70 @@ fn free_ok(r: &[u8]) -> bool {
     r.first().is_some_and(u8::is_ascii_digit)
 }
 
-fn throughput(scratch: &Scratch, rt: &tokio::runtime::Runtime, dirs: &[PathBuf], clients: &[usize], seconds: f64) -> Result<()> {
+fn throughput(
+    scratch: &Scratch,
+    rt: &tokio::runtime::Runtime,
+    dirs: &[PathBuf],
+    clients: &[usize],
+    seconds: f64,
+) -> Result<()> {
     let max_clients = dirs.len();
     let max_workers = max_clients.to_string();
     // Workers never retire for age or request count during the run, so the
     // figures are round trips only (activation is measured separately).
-    let mut mux = support::start_mux(scratch, &["-m", "1", "-x", &max_workers, "-r", "1000000", "-i", "3600"])?;
+    let mut mux = support::start_mux(
+        scratch,
+        &["-m", "1", "-x", &max_workers, "-r", "1000000", "-i", "3600"],
+    )?;
     let sock = scratch.mux_socket();
     let mux_pid = mux.pid();
     let first = scan(&sock, &dirs[0])?;
     if first != b"ok\n" {
-        bail!("first scan answered {:?}; multiplexor output:\n{}", String::from_utf8_lossy(&first), mux.output());
+        bail!(
+            "first scan answered {:?}; multiplexor output:\n{}",
+            String::from_utf8_lossy(&first),
+            mux.output()
+        );
     }
-    let results = std::fs::read_to_string(dirs[0].join("RESULTS")).context("RESULTS after the first scan")?;
+    let results =
+        std::fs::read_to_string(dirs[0].join("RESULTS")).context("RESULTS after the first scan")?;
     println!("\nfilter: Mailmunge::Filter subclass with an empty filter_message; each scan reads COMMANDS,");
-    println!("parses a {}-byte INPUTMSG and writes RESULTS ({:?}).", std::fs::metadata(dirs[0].join("INPUTMSG"))?.len(), results);
+    println!(
+        "parses a {}-byte INPUTMSG and writes RESULTS ({:?}).",
+        std::fs::metadata(dirs[0].join("INPUTMSG"))?.len(),
+        results
+    );
     std::thread::sleep(Duration::from_millis(500));
     let idle1 = support::proc_stat(mux_pid).context("multiplexor /proc")?;
 
     // Warm-up at the highest concurrency brings up one worker per client.
-    let lines: Vec<(Vec<u8>, Option<PathBuf>)> = dirs.iter().map(|d| (scan_line(d), Some(d.clone()))).collect();
-    let warm = drive(rt, &sock, &lines, max_clients, 3.0_f64.min(seconds), scan_ok);
+    let lines: Vec<(Vec<u8>, Option<PathBuf>)> = dirs
+        .iter()
+        .map(|d| (scan_line(d), Some(d.clone())))
+        .collect();
+    let warm = drive(
+        rt,
+        &sock,
+        &lines,
+        max_clients,
+        3.0_f64.min(seconds),
+        scan_ok,
+    );
     if warm.ok == 0 {
-        bail!("warm-up made no successful scan ({:?}); output:\n{}", warm.first_error, mux.output());
+        bail!(
+            "warm-up made no successful scan ({:?}); output:\n{}",
+            warm.first_error,
+            mux.output()
+        );
     }
     let workers = support::worker_pids(&sock);
     std::thread::sleep(Duration::from_millis(500));
     let idle_n = support::proc_stat(mux_pid).context("multiplexor /proc")?;
 
-    println!("\n## scan round trips (control socket -> worker -> reply), {} workers running", workers.len());
+    println!(
+        "\n## scan round trips (control socket -> worker -> reply), {} workers running",
+        workers.len()
+    );
     println!();
     println!("| clients | requests/s | p50 ms | p99 ms | errors | mux CPU ms/1000 req | workers CPU ms/1000 req | mux peak RSS kB |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -210,7 +259,13 @@ fn throughput(scratch: &Scratch, rt: &tokio::runtime::Runtime, dirs: &[PathBuf],
         let peak = sampler.stop();
         peak_all = peak_all.max(peak);
         let after = (support::cpu_ticks(&[mux_pid]), support::cpu_ticks(&workers));
-        let per_k = |t: u64| if run.ok > 0 { support::ticks_ms(t) * 1000.0 / run.ok as f64 } else { 0.0 };
+        let per_k = |t: u64| {
+            if run.ok > 0 {
+                support::ticks_ms(t) * 1000.0 / run.ok as f64
+            } else {
+                0.0
+            }
+        };
         println!(
             "| {c} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.0} | {peak} |",
             run.ok as f64 / run.elapsed.as_secs_f64(),
@@ -231,9 +286,20 @@ fn throughput(scratch: &Scratch, rt: &tokio::runtime::Runtime, dirs: &[PathBuf],
     println!("|---:|---:|---:|---:|---:|---:|");
     for &c in clients {
         let before = support::cpu_ticks(&[mux_pid]);
-        let mut run = drive(rt, &sock, &[(b"free\n".to_vec(), None)], c, seconds, free_ok);
+        let mut run = drive(
+            rt,
+            &sock,
+            &[(b"free\n".to_vec(), None)],
+            c,
+            seconds,
+            free_ok,
+        );
         let after = support::cpu_ticks(&[mux_pid]);
-        let per_k = if run.ok > 0 { support::ticks_ms(after - before) * 1000.0 / run.ok as f64 } else { 0.0 };
+        let per_k = if run.ok > 0 {
+            support::ticks_ms(after - before) * 1000.0 / run.ok as f64
+        } else {
+            0.0
+        };
         println!(
             "| {c} | {:.0} | {:.3} | {:.3} | {} | {per_k:.1} |",
             run.ok as f64 / run.elapsed.as_secs_f64(),
@@ -248,12 +314,20 @@ fn throughput(scratch: &Scratch, rt: &tokio::runtime::Runtime, dirs: &[PathBuf],
     println!("| state | RSS kB |");
     println!("|---|---:|");
     println!("| idle, 1 worker | {} |", idle1.rss_kb);
-    println!("| idle, {} workers (after warm-up) | {} |", workers.len(), idle_n.rss_kb);
+    println!(
+        "| idle, {} workers (after warm-up) | {} |",
+        workers.len(),
+        idle_n.rss_kb
+    );
     println!("| under load (peak of 50 ms samples) | {peak_all} |");
     println!("| after the runs | {} (VmHWM {}) |", end.rss_kb, end.hwm_kb);
     println!("threads: {}, open fds: {}", end.threads, end.fds);
     match mux.stop() {
-        Some(t) => println!("SIGTERM to the multiplexor and its {} workers: all gone in {:.0} ms", workers.len(), t.as_secs_f64() * 1000.0),
+        Some(t) => println!(
+            "SIGTERM to the multiplexor and its {} workers: all gone in {:.0} ms",
+            workers.len(),
+            t.as_secs_f64() * 1000.0
+        ),
         None => println!("warning: the multiplexor needed SIGKILL to stop"),
     }
     Ok(())
@@ -283,7 +357,11 @@ fn activation(scratch: &Scratch, dir: &Path, rounds: usize, embedded: bool) -> R
         }
         mux.check_alive()?;
         if Instant::now() > deadline {
-            bail!("no successful scan (last answer {:?}); output:\n{}", String::from_utf8_lossy(&last), mux.output());
+            bail!(
+                "no successful scan (last answer {:?}); output:\n{}",
+                String::from_utf8_lossy(&last),
+                mux.output()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -327,18 +405,31 @@ fn activation(scratch: &Scratch, dir: &Path, rounds: usize, embedded: bool) -> R
         let r2 = support::mux_request(&sock, &line)?;
         warm.push(t.elapsed());
         if r != b"ok\n" || r2 != b"ok\n" {
-            result = Err(anyhow::anyhow!("scans answered {:?} / {:?}", String::from_utf8_lossy(&r), String::from_utf8_lossy(&r2)));
+            result = Err(anyhow::anyhow!(
+                "scans answered {:?} / {:?}",
+                String::from_utf8_lossy(&r),
+                String::from_utf8_lossy(&r2)
+            ));
             break;
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut free_lat, free_max) = prober.join().map_err(|_| anyhow::anyhow!("free prober panicked"))?;
+    let (mut free_lat, free_max) = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("free prober panicked"))?;
     result?;
-    let (c50, cmax, w50) = (cold.quantile_ms(0.5), cold.quantile_ms(1.0), warm.quantile_ms(0.5));
+    let (c50, cmax, w50) = (
+        cold.quantile_ms(0.5),
+        cold.quantile_ms(1.0),
+        warm.quantile_ms(0.5),
+    );
     println!("\n## worker activation {label}");
     println!();
     println!("{rounds} rounds: scan needing a new worker p50 {c50:.1} ms (max {cmax:.1} ms); second scan on that worker p50 {w50:.1} ms;");
-    println!("activation ~ {:.1} ms (difference of the medians)", c50 - w50);
+    println!(
+        "activation ~ {:.1} ms (difference of the medians)",
+        c50 - w50
+    );
     println!(
         "`free` asked every 2 ms meanwhile ({} answers): p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
         free_lat.len(),
@@ -366,7 +457,10 @@ fn wait_all_stopped(sock: &Path, dir: &Path, mux: &mut support::Daemon) -> Resul
         }
         mux.check_alive()?;
         if Instant::now() > deadline {
-            bail!("workers still running after 20 s: {}", String::from_utf8_lossy(&r));
+            bail!(
+                "workers still running after 20 s: {}",
+                String::from_utf8_lossy(&r)
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }

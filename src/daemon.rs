@@ -328,7 +328,10 @@ pub fn raise_nofile() {
     }
     let _ = ORIGINAL_NOFILE.set(l);
     if l.rlim_cur < l.rlim_max {
-        let raised = libc::rlimit { rlim_cur: l.rlim_max, rlim_max: l.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
         // SAFETY: as above.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
     }

@@ -32,7 +32,11 @@ pub enum EnvFileError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {msg}")]
-    Syntax { path: PathBuf, line: usize, msg: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
 }
 
 /// One assignment, in file order.
@@ -54,9 +58,16 @@ pub fn read_file(
     match std::fs::read(path) {
         Ok(bytes) => parse(&bytes, base)
             .map(Some)
-            .map_err(|(line, msg)| EnvFileError::Syntax { path: path.to_owned(), line, msg }),
+            .map_err(|(line, msg)| EnvFileError::Syntax {
+                path: path.to_owned(),
+                line,
+                msg,
+            }),
         Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(EnvFileError::Io { path: path.to_owned(), source }),
+        Err(source) => Err(EnvFileError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -66,7 +77,11 @@ pub fn parse(
     text: &[u8],
     base: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Vec<Assignment>, (usize, String)> {
-    let mut p = Parser { s: text, i: 0, line: 1 };
+    let mut p = Parser {
+        s: text,
+        i: 0,
+        line: 1,
+    };
     let mut out: Vec<Assignment> = Vec::new();
     let mut seen: BTreeMap<String, OsString> = BTreeMap::new();
     loop {
@@ -107,7 +122,9 @@ pub fn parse(
             Some(_) => {
                 return Err((
                     p.line,
-                    format!("unexpected text after the value of {name} (quote values containing blanks)"),
+                    format!(
+                    "unexpected text after the value of {name} (quote values containing blanks)"
+                ),
                 ))
             }
         }
@@ -157,7 +174,10 @@ impl Parser<'_> {
         self.s[start..self.i].to_vec()
     }
 
-    fn value(&mut self, lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<OsString, (usize, String)> {
+    fn value(
+        &mut self,
+        lookup: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<OsString, (usize, String)> {
         let mut v = Vec::new();
         loop {
             match self.peek() {
@@ -186,14 +206,21 @@ impl Parser<'_> {
                             Some(b'\\') => {
                                 self.bump();
                                 match self.bump() {
-                                    None => return Err((start, "unterminated double quote".into())),
+                                    None => {
+                                        return Err((start, "unterminated double quote".into()))
+                                    }
                                     Some(b'\n') => {} // line continuation
                                     Some(c @ (b'$' | b'"' | b'\\' | b'`')) => v.push(c),
                                     Some(c) => v.extend_from_slice(&[b'\\', c]),
                                 }
                             }
                             Some(b'$') => self.expansion(&mut v, lookup)?,
-                            Some(b'`') => return Err((self.line, "command substitution is not supported".into())),
+                            Some(b'`') => {
+                                return Err((
+                                    self.line,
+                                    "command substitution is not supported".into(),
+                                ))
+                            }
                             Some(c) => {
                                 self.bump();
                                 v.push(c);
@@ -210,9 +237,14 @@ impl Parser<'_> {
                     }
                 }
                 Some(b'$') => self.expansion(&mut v, lookup)?,
-                Some(b'`') => return Err((self.line, "command substitution is not supported".into())),
+                Some(b'`') => {
+                    return Err((self.line, "command substitution is not supported".into()))
+                }
                 Some(c @ (b';' | b'&' | b'|' | b'<' | b'>' | b'(' | b')')) => {
-                    return Err((self.line, format!("shell syntax {:?} is not supported here", c as char)))
+                    return Err((
+                        self.line,
+                        format!("shell syntax {:?} is not supported here", c as char),
+                    ))
                 }
                 Some(c) => {
                     self.bump();
@@ -224,7 +256,11 @@ impl Parser<'_> {
     }
 
     /// `$NAME`, `${NAME}`; a `$` not followed by a name is literal (as in sh).
-    fn expansion(&mut self, v: &mut Vec<u8>, lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<(), (usize, String)> {
+    fn expansion(
+        &mut self,
+        v: &mut Vec<u8>,
+        lookup: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<(), (usize, String)> {
         self.bump(); // '$'
         let braced = self.peek() == Some(b'{');
         if braced {
@@ -293,10 +329,13 @@ mod tests {
 
     #[test]
     fn empty_value_is_kept_as_empty() {
-        assert_eq!(kv("MM_PIDFILE=\nMX_PIDFILE=\"\"\n"), vec![
-            ("MM_PIDFILE".into(), "".into()),
-            ("MX_PIDFILE".into(), "".into())
-        ]);
+        assert_eq!(
+            kv("MM_PIDFILE=\nMX_PIDFILE=\"\"\n"),
+            vec![
+                ("MM_PIDFILE".into(), "".into()),
+                ("MX_PIDFILE".into(), "".into())
+            ]
+        );
     }
 
     #[test]
@@ -307,14 +346,30 @@ mod tests {
             .into_iter()
             .map(|a| a.value.into_string().unwrap())
             .collect();
-        assert_eq!(got, ["/srv/mm", "/srv/mm/m.sock", "/root/x", "$SPOOLDIR", ".", "a$"]);
+        assert_eq!(
+            got,
+            [
+                "/srv/mm",
+                "/srv/mm/m.sock",
+                "/root/x",
+                "$SPOOLDIR",
+                ".",
+                "a$"
+            ]
+        );
     }
 
     #[test]
     fn backslashes_follow_shell_rules() {
         assert_eq!(kv(r#"A=a\ b"#), vec![("A".into(), "a b".into())]);
-        assert_eq!(kv(r#"A="x\"y\$z\n""#), vec![("A".into(), r#"x"y$z\n"#.into())]);
-        assert_eq!(kv("A=\"one\ntwo\"\nB=1\n"), vec![("A".into(), "one\ntwo".into()), ("B".into(), "1".into())]);
+        assert_eq!(
+            kv(r#"A="x\"y\$z\n""#),
+            vec![("A".into(), r#"x"y$z\n"#.into())]
+        );
+        assert_eq!(
+            kv("A=\"one\ntwo\"\nB=1\n"),
+            vec![("A".into(), "one\ntwo".into()), ("B".into(), "1".into())]
+        );
     }
 
     #[test]
@@ -342,9 +397,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("nope");
         assert!(read_file(&p, true, &no_env).unwrap().is_none());
-        assert!(matches!(read_file(&p, false, &no_env), Err(EnvFileError::Io { .. })));
+        assert!(matches!(
+            read_file(&p, false, &no_env),
+            Err(EnvFileError::Io { .. })
+        ));
         std::fs::write(&p, "A=1\nB=x y\n").unwrap();
         let e = read_file(&p, true, &no_env).unwrap_err().to_string();
-        assert!(e.ends_with(":2: unexpected text after the value of B (quote values containing blanks)"), "{e}");
+        assert!(
+            e.ends_with(
+                ":2: unexpected text after the value of B (quote values containing blanks)"
+            ),
+            "{e}"
+        );
     }
 }

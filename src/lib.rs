@@ -3,11 +3,11 @@
 //! One module owns each wire format; see `protocol/README.md` for the map.
 pub mod cnum;
 pub mod cstr;
-pub mod envfile;
 pub mod ctrl;
 pub mod daemon;
-pub mod mux;
+pub mod envfile;
 pub mod milter;
+pub mod mux;
 pub mod mxclient;
 pub mod notify;
 pub mod percent;

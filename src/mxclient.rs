@@ -50,13 +50,28 @@ pub fn request_line<A: AsRef<[u8]>>(command: &str, args: &[A]) -> Vec<u8> {
 
 /// Sends one request line (which must end in `\n`) and reads the whole reply.
 /// `timeout` bounds the whole exchange; `None` waits forever, as upstream.
-pub async fn request(socket: &Path, line: &[u8], timeout: Option<Duration>) -> Result<Reply, MxError> {
-    exchange(crate::sockspec::connect_unix(socket), line, timeout, MAX_REPLY).await
+pub async fn request(
+    socket: &Path,
+    line: &[u8],
+    timeout: Option<Duration>,
+) -> Result<Reply, MxError> {
+    exchange(
+        crate::sockspec::connect_unix(socket),
+        line,
+        timeout,
+        MAX_REPLY,
+    )
+    .await
 }
 
 /// Like [`request`], for any socket specification and with the caller's
 /// reply limit (mm-mx-ctrl accepts far longer replies than the milter).
-pub async fn request_spec(spec: &SockSpec, line: &[u8], timeout: Option<Duration>, max_reply: usize) -> Result<Reply, MxError> {
+pub async fn request_spec(
+    spec: &SockSpec,
+    line: &[u8],
+    timeout: Option<Duration>,
+    max_reply: usize,
+) -> Result<Reply, MxError> {
     exchange(spec.connect(), line, timeout, max_reply).await
 }
 
@@ -72,7 +87,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         read_reply(&mut s, max_reply).await
     };
     match timeout {
-        Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| MxError::Timeout(t))?,
+        Some(t) => tokio::time::timeout(t, exchange)
+            .await
+            .map_err(|_| MxError::Timeout(t))?,
         None => exchange.await,
     }
 }
@@ -101,7 +118,10 @@ mod tests {
 
     #[test]
     fn encodes_arguments() {
-        assert_eq!(request_line("senderok", &["<a b@c>", "1.2.3.4"]), b"senderok <a%20b@c> 1.2.3.4\n");
+        assert_eq!(
+            request_line("senderok", &["<a b@c>", "1.2.3.4"]),
+            b"senderok <a%20b@c> 1.2.3.4\n"
+        );
         assert_eq!(request_line::<&str>("free", &[]), b"free\n");
         assert_eq!(request_line("x", &["", "y"]), b"x  y\n");
     }
@@ -120,8 +140,16 @@ mod tests {
                 r.get_mut().write_all(&reply).await.unwrap();
             }
         });
-        let r = request(&path, b"free\n", Some(Duration::from_secs(5))).await.unwrap();
-        assert_eq!(r, Reply { bytes: b"3\n".to_vec(), truncated: false });
+        let r = request(&path, b"free\n", Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            Reply {
+                bytes: b"3\n".to_vec(),
+                truncated: false
+            }
+        );
         let r = request(&path, b"big\n", None).await.unwrap();
         assert_eq!(r.bytes.len(), MAX_REPLY);
         assert!(r.truncated);
@@ -148,9 +176,15 @@ mod tests {
             assert!(fillers.len() < 100, "listen queue never filled");
         }
         let p2 = path.clone();
-        let client = tokio::spawn(async move { request(&p2, b"free\n", Some(Duration::from_secs(10))).await });
+        let client =
+            tokio::spawn(
+                async move { request(&p2, b"free\n", Some(Duration::from_secs(10))).await },
+            );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!client.is_finished(), "request gave up while the queue was full");
+        assert!(
+            !client.is_finished(),
+            "request gave up while the queue was full"
+        );
         l.set_nonblocking(true).unwrap();
         let l = tokio::net::UnixListener::from_std(l).unwrap();
         let server = tokio::spawn(async move {
@@ -174,11 +208,15 @@ mod tests {
     #[tokio::test]
     async fn errors_are_typed() {
         let dir = tempfile::tempdir().unwrap();
-        let e = request(&dir.path().join("none"), b"free\n", None).await.unwrap_err();
+        let e = request(&dir.path().join("none"), b"free\n", None)
+            .await
+            .unwrap_err();
         assert!(matches!(e, MxError::Connect(_)));
         let path = dir.path().join("silent.sock");
         let _l = tokio::net::UnixListener::bind(&path).unwrap();
-        let e = request(&path, b"free\n", Some(Duration::from_millis(200))).await.unwrap_err();
+        let e = request(&path, b"free\n", Some(Duration::from_millis(200)))
+            .await
+            .unwrap_err();
         assert!(matches!(e, MxError::Timeout(_)));
     }
 }

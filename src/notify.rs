@@ -122,7 +122,13 @@ impl Notifier {
             return;
         }
         let mut msg = format!("S {worker} ").into_bytes();
-        msg.extend(tag[..tag.len().min(MAX_TAG)].iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+        msg.extend(tag[..tag.len().min(MAX_TAG)].iter().map(|&b| {
+            if b == b'\n' || b == b'\r' {
+                b' '
+            } else {
+                b
+            }
+        }));
         msg.push(b'\n');
         self.send(&msg);
     }
@@ -134,7 +140,10 @@ impl Notifier {
     /// the first), `Z` while it is 0, and `Y` when it left 0.
     pub fn state_change(&self, worker: usize, old: &str, new: &str, free_now: usize) {
         let mut hub = self.lock();
-        deliver(&mut hub, format!("S {worker} StateChange {old} -> {new}\n").as_bytes());
+        deliver(
+            &mut hub,
+            format!("S {worker} StateChange {old} -> {new}\n").as_bytes(),
+        );
         let last = hub.last_free.replace(free_now);
         if last != Some(free_now) {
             deliver(&mut hub, format!("F {free_now}\n").as_bytes());
@@ -166,8 +175,14 @@ impl Notifier {
 
     /// How many listeners receive messages of type `letter` (`A`–`Z`).
     pub fn subscribed(&self, letter: u8) -> usize {
-        let Some(bit) = letter_bit(letter) else { return 0 };
-        self.lock().slots.iter().filter(|s| s.types & bit != 0).count()
+        let Some(bit) = letter_bit(letter) else {
+            return 0;
+        };
+        self.lock()
+            .slots
+            .iter()
+            .filter(|s| s.types & bit != 0)
+            .count()
     }
 
     fn add_listener(&self) -> Option<(u64, Arc<Notify>)> {
@@ -178,7 +193,13 @@ impl Notifier {
         let id = hub.next_id;
         hub.next_id += 1;
         let wake = Arc::new(Notify::new());
-        hub.slots.push(Slot { id, types: 0, pending: BANNER.to_vec(), overflowed: false, wake: wake.clone() });
+        hub.slots.push(Slot {
+            id,
+            types: 0,
+            pending: BANNER.to_vec(),
+            overflowed: false,
+            wake: wake.clone(),
+        });
         wake.notify_one();
         Some((id, wake))
     }
@@ -188,7 +209,9 @@ impl Notifier {
     }
 
     fn subscribe(&self, id: u64, line: &[u8]) {
-        let Some(letters) = line.strip_prefix(b"?") else { return };
+        let Some(letters) = line.strip_prefix(b"?") else {
+            return;
+        };
         let mut types = 0u32;
         for &b in letters {
             if b == b'*' {
@@ -248,7 +271,10 @@ fn line_content(line: &[u8]) -> &[u8] {
 }
 
 async fn serve_listener(stream: Stream, notifier: Notifier, id: u64, wake: Arc<Notify>) {
-    let _guard = SlotGuard { notifier: notifier.clone(), id };
+    let _guard = SlotGuard {
+        notifier: notifier.clone(),
+        id,
+    };
     let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
     let mut line: Vec<u8> = Vec::new();
@@ -374,7 +400,9 @@ S 1 StateChange Idle -> Busy\nF 0\nZ\nS 1 StateChange Busy -> Killed\nZ\nS 1 Sta
     #[test]
     fn slots_and_overflow() {
         let n = Notifier::new();
-        let ids: Vec<u64> = (0..MAX_LISTENERS).map(|_| n.add_listener().unwrap().0).collect();
+        let ids: Vec<u64> = (0..MAX_LISTENERS)
+            .map(|_| n.add_listener().unwrap().0)
+            .collect();
         assert!(n.add_listener().is_none());
         n.subscribe(ids[0], b"?*");
         for _ in 0..(MAX_PENDING / 2) {

@@ -17,7 +17,9 @@ pub const ENV: &str = "NOTIFY_SOCKET";
 /// Sends one notification (`READY=1`, `STOPPING=1`, `STATUS=…`). `Ok(false)`
 /// when no notification socket is configured.
 pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(target) = std::env::var_os(ENV) else { return Ok(false) };
+    let Some(target) = std::env::var_os(ENV) else {
+        return Ok(false);
+    };
     let target = target.into_encoded_bytes();
     let addr = match target.strip_prefix(b"@") {
         // Abstract namespace: systemd writes the leading NUL as '@'.
@@ -29,7 +31,11 @@ pub fn notify(state: &str) -> io::Result<bool> {
             use std::os::unix::ffi::OsStrExt;
             SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(&target))?
         }
-        None => return Err(io::Error::other("NOTIFY_SOCKET is neither a path nor an abstract name")),
+        None => {
+            return Err(io::Error::other(
+                "NOTIFY_SOCKET is neither a path nor an abstract name",
+            ))
+        }
     };
     let sock = UnixDatagram::unbound()?;
     sock.send_to_addr(state.as_bytes(), &addr)?;
@@ -64,7 +70,9 @@ mod tests {
 
         use std::os::linux::net::SocketAddrExt;
         let name = format!("mm-sdnotify-test-{}", std::process::id());
-        let arx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let arx =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
         std::env::set_var(ENV, format!("@{name}"));
         assert!(stopping().unwrap());
         let n = arx.recv(&mut buf).unwrap();

@@ -47,7 +47,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { reply_timeout: Duration::from_secs(10), request_timeout: Some(Duration::from_secs(60)) }
+        Config {
+            reply_timeout: Duration::from_secs(10),
+            request_timeout: Some(Duration::from_secs(60)),
+        }
     }
 }
 
@@ -137,7 +140,10 @@ pub fn parse_request(body: &[u8]) -> Request {
     };
     let payload = until_nul(payload);
     match payload.iter().position(|&b| b == b' ') {
-        Some(n) => Request::Lookup(MapRequest { map: payload[..n].to_vec(), key: payload[n + 1..].to_vec() }),
+        Some(n) => Request::Lookup(MapRequest {
+            map: payload[..n].to_vec(),
+            key: payload[n + 1..].to_vec(),
+        }),
         None => Request::Refused(b"PERM Invalid request format"),
     }
 }
@@ -203,7 +209,10 @@ where
         let Some(reply) = encode_netstring(&payload) else {
             crate::daemon::log(
                 crate::daemon::LOG_WARNING,
-                &format!("socketmap: reply of {} bytes is too long; closing", payload.len()),
+                &format!(
+                    "socketmap: reply of {} bytes is too long; closing",
+                    payload.len()
+                ),
             );
             return;
         };
@@ -216,12 +225,20 @@ where
 
 /// Serves socketmap connections on `listener` until `shutdown` completes,
 /// then drops every connection (lookups in flight are abandoned).
-pub async fn run<H, F>(listener: Listener, handler: H, cfg: Config, shutdown: impl Future<Output = ()>)
-where
+pub async fn run<H, F>(
+    listener: Listener,
+    handler: H,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) where
     H: Fn(MapRequest) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = MapOutcome> + Send + 'static,
 {
-    listener.serve_each("socketmap socket", shutdown, |stream| serve(stream, handler.clone(), cfg)).await;
+    listener
+        .serve_each("socketmap socket", shutdown, |stream| {
+            serve(stream, handler.clone(), cfg)
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -230,16 +247,28 @@ mod tests {
 
     #[test]
     fn worker_command_observed() {
-        let m = |map: &str, key: &str| MapRequest { map: map.into(), key: key.into() }.worker_command();
+        let m = |map: &str, key: &str| {
+            MapRequest {
+                map: map.into(),
+                key: key.into(),
+            }
+            .worker_command()
+        };
         assert_eq!(m("virtuser", "a@b"), b"map virtuser a@b\n");
-        assert_eq!(m("mymap", "key with space"), b"map mymap key%20with%20space\n");
+        assert_eq!(
+            m("mymap", "key with space"),
+            b"map mymap key%20with%20space\n"
+        );
         assert_eq!(m("m", "100%'\""), b"map m 100%25%27%22\n");
     }
 
     #[test]
     fn payloads() {
         let r = |b: &[u8]| MapOutcome::Reply(b.to_vec()).payload();
-        assert_eq!(r(b"OK value%20for%20a@b%2Fin%20virtuser\n"), b"OK value for a@b/in virtuser");
+        assert_eq!(
+            r(b"OK value%20for%20a@b%2Fin%20virtuser\n"),
+            b"OK value for a@b/in virtuser"
+        );
         assert_eq!(r(b"NOTFOUND\n"), b"NOTFOUND");
         assert_eq!(r(b"OK partial"), b"OK partial");
         assert_eq!(r(b"\n"), b"");
@@ -247,23 +276,65 @@ mod tests {
         assert_eq!(r(b"OK a%00b\n"), b"OK a");
         assert_eq!(r(b"OK x\n\n"), b"OK x\n");
         assert_eq!(MapOutcome::NoFreeWorkers.payload(), b"TEMP No free workers");
-        assert_eq!(MapOutcome::ActivationFailed.payload(), b"TEMP Unable to activate worker");
-        assert_eq!(MapOutcome::CouldNotSend.payload(), b"TEMP Could not send command to worker");
-        assert_eq!(MapOutcome::WriteFailed.payload(), b"TEMP Error talking to worker process");
-        assert_eq!(MapOutcome::BusyTimeout.payload(), b"TEMP Busy timeout on worker");
-        assert_eq!(MapOutcome::TempFail("Multiplexor is shutting down".into()).payload(), b"TEMP Multiplexor is shutting down");
+        assert_eq!(
+            MapOutcome::ActivationFailed.payload(),
+            b"TEMP Unable to activate worker"
+        );
+        assert_eq!(
+            MapOutcome::CouldNotSend.payload(),
+            b"TEMP Could not send command to worker"
+        );
+        assert_eq!(
+            MapOutcome::WriteFailed.payload(),
+            b"TEMP Error talking to worker process"
+        );
+        assert_eq!(
+            MapOutcome::BusyTimeout.payload(),
+            b"TEMP Busy timeout on worker"
+        );
+        assert_eq!(
+            MapOutcome::TempFail("Multiplexor is shutting down".into()).payload(),
+            b"TEMP Multiplexor is shutting down"
+        );
     }
 
     #[test]
     fn netstrings_and_requests() {
-        assert_eq!(encode_netstring(b"OK value for a@b/in virtuser").unwrap(), b"28:OK value for a@b/in virtuser,");
+        assert_eq!(
+            encode_netstring(b"OK value for a@b/in virtuser").unwrap(),
+            b"28:OK value for a@b/in virtuser,"
+        );
         assert_eq!(encode_netstring(b"").unwrap(), b"0:,");
         assert!(encode_netstring(&vec![b'x'; NETSTRING_MAX + 1]).is_none());
-        assert_eq!(parse_request(b"virtuser a@b,"), Request::Lookup(MapRequest { map: b"virtuser".to_vec(), key: b"a@b".to_vec() }));
-        assert_eq!(parse_request(b"m  two  spaces,"), Request::Lookup(MapRequest { map: b"m".to_vec(), key: b" two  spaces".to_vec() }));
-        assert_eq!(parse_request(b"nospace,"), Request::Refused(b"PERM Invalid request format"));
-        assert_eq!(parse_request(b","), Request::Refused(b"PERM Invalid request format"));
-        assert_eq!(parse_request(b"m k;"), Request::Refused(b"PERM Netstring missing terminating comma"));
-        assert_eq!(parse_request(b"m\0 k,"), Request::Refused(b"PERM Invalid request format"));
+        assert_eq!(
+            parse_request(b"virtuser a@b,"),
+            Request::Lookup(MapRequest {
+                map: b"virtuser".to_vec(),
+                key: b"a@b".to_vec()
+            })
+        );
+        assert_eq!(
+            parse_request(b"m  two  spaces,"),
+            Request::Lookup(MapRequest {
+                map: b"m".to_vec(),
+                key: b" two  spaces".to_vec()
+            })
+        );
+        assert_eq!(
+            parse_request(b"nospace,"),
+            Request::Refused(b"PERM Invalid request format")
+        );
+        assert_eq!(
+            parse_request(b","),
+            Request::Refused(b"PERM Invalid request format")
+        );
+        assert_eq!(
+            parse_request(b"m k;"),
+            Request::Refused(b"PERM Netstring missing terminating comma")
+        );
+        assert_eq!(
+            parse_request(b"m\0 k,"),
+            Request::Refused(b"PERM Invalid request format")
+        );
     }
 }

@@ -60,7 +60,13 @@ fn parse_port(s: &str) -> Result<u16, SockSpecError> {
 fn unix_path(spec: &str) -> Option<&str> {
     spec.strip_prefix("unix:")
         .or_else(|| spec.strip_prefix("local:"))
-        .or_else(|| if spec.starts_with("inet") { None } else { Some(spec) })
+        .or_else(|| {
+            if spec.starts_with("inet") {
+                None
+            } else {
+                Some(spec)
+            }
+        })
 }
 
 impl SockSpec {
@@ -146,7 +152,10 @@ impl SockSpec {
                 let l = std::os::unix::net::UnixListener::bind(path)?;
                 listen_again(&l, backlog)?;
                 l.set_nonblocking(true)?;
-                Ok(Listener::Unix(tokio::net::UnixListener::from_std(l)?, path.clone()))
+                Ok(Listener::Unix(
+                    tokio::net::UnixListener::from_std(l)?,
+                    path.clone(),
+                ))
             }
             SockSpec::Tcp(addr) => {
                 let sock = if addr.is_ipv6() {
@@ -197,8 +206,12 @@ impl Listener {
     /// Accept errors (typically EMFILE) are logged as `<name>: accept: ...`
     /// and retried after a pause, so that running out of descriptors does
     /// not spin the loop.
-    pub async fn serve_each<S, F>(&self, name: &str, shutdown: impl std::future::Future<Output = ()>, mut serve: S)
-    where
+    pub async fn serve_each<S, F>(
+        &self,
+        name: &str,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut serve: S,
+    ) where
         S: FnMut(Stream) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -248,7 +261,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
@@ -257,7 +274,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
@@ -288,11 +309,26 @@ mod tests {
         assert_eq!(SockSpec::parse_mux("unix:/a").unwrap(), u("/a"));
         assert_eq!(SockSpec::parse_mux("local:/a").unwrap(), u("/a"));
         assert_eq!(SockSpec::parse_mux("rel.sock").unwrap(), u("rel.sock"));
-        assert_eq!(SockSpec::parse_mux("inet:4000").unwrap(), SockSpec::Tcp("127.0.0.1:4000".parse().unwrap()));
-        assert_eq!(SockSpec::parse_mux("inet_any:4000").unwrap(), SockSpec::Tcp("0.0.0.0:4000".parse().unwrap()));
-        assert_eq!(SockSpec::parse_mux("inet6:4000").unwrap(), SockSpec::Tcp("[::1]:4000".parse().unwrap()));
-        assert_eq!(SockSpec::parse_mux("inet6_any:4000").unwrap(), SockSpec::Tcp("[::]:4000".parse().unwrap()));
-        assert_eq!(SockSpec::parse_mux("inet: 25x").unwrap(), SockSpec::Tcp("127.0.0.1:25".parse().unwrap()));
+        assert_eq!(
+            SockSpec::parse_mux("inet:4000").unwrap(),
+            SockSpec::Tcp("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_mux("inet_any:4000").unwrap(),
+            SockSpec::Tcp("0.0.0.0:4000".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_mux("inet6:4000").unwrap(),
+            SockSpec::Tcp("[::1]:4000".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_mux("inet6_any:4000").unwrap(),
+            SockSpec::Tcp("[::]:4000".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_mux("inet: 25x").unwrap(),
+            SockSpec::Tcp("127.0.0.1:25".parse().unwrap())
+        );
         assert!(SockSpec::parse_mux("inet:0").is_err());
         assert!(SockSpec::parse_mux("inet:70000").is_err());
         assert!(SockSpec::parse_mux("inet:abc").is_err());
@@ -300,13 +336,34 @@ mod tests {
 
     #[test]
     fn milter_forms() {
-        assert_eq!(SockSpec::parse_milter("inet:2525@127.0.0.1").unwrap(), SockSpec::Tcp("127.0.0.1:2525".parse().unwrap()));
-        assert_eq!(SockSpec::parse_milter("inet:2525").unwrap(), SockSpec::Tcp("0.0.0.0:2525".parse().unwrap()));
-        assert_eq!(SockSpec::parse_milter("inet6:2525@::1").unwrap(), SockSpec::Tcp("[::1]:2525".parse().unwrap()));
-        assert_eq!(SockSpec::parse_milter("inet:2525@localhost").unwrap(), SockSpec::Tcp("127.0.0.1:2525".parse().unwrap()));
-        assert_eq!(SockSpec::parse_milter("unix:/x.sock").unwrap(), SockSpec::Unix("/x.sock".into()));
-        assert_eq!(SockSpec::parse_milter("local:/x.sock").unwrap(), SockSpec::Unix("/x.sock".into()));
-        assert_eq!(SockSpec::parse_milter("/x.sock").unwrap(), SockSpec::Unix("/x.sock".into()));
+        assert_eq!(
+            SockSpec::parse_milter("inet:2525@127.0.0.1").unwrap(),
+            SockSpec::Tcp("127.0.0.1:2525".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_milter("inet:2525").unwrap(),
+            SockSpec::Tcp("0.0.0.0:2525".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_milter("inet6:2525@::1").unwrap(),
+            SockSpec::Tcp("[::1]:2525".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_milter("inet:2525@localhost").unwrap(),
+            SockSpec::Tcp("127.0.0.1:2525".parse().unwrap())
+        );
+        assert_eq!(
+            SockSpec::parse_milter("unix:/x.sock").unwrap(),
+            SockSpec::Unix("/x.sock".into())
+        );
+        assert_eq!(
+            SockSpec::parse_milter("local:/x.sock").unwrap(),
+            SockSpec::Unix("/x.sock".into())
+        );
+        assert_eq!(
+            SockSpec::parse_milter("/x.sock").unwrap(),
+            SockSpec::Unix("/x.sock".into())
+        );
         assert!(SockSpec::parse_milter("relative.sock").is_err());
         assert!(SockSpec::parse_milter("inet:0@127.0.0.1").is_err());
     }

@@ -162,7 +162,11 @@ impl Vars {
 
     /// The current process environment.
     pub fn from_env() -> Vars {
-        Vars(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))).collect())
+        Vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+                .collect(),
+        )
     }
 
     pub fn set(&mut self, name: &str, value: impl Into<OsString>) {
@@ -200,7 +204,9 @@ impl Vars {
             };
             let snapshot = self.clone();
             let lookup = move |n: &str| snapshot.raw(n).map(OsStr::to_owned);
-            for a in crate::envfile::read_file(Path::new(path), optional, &lookup)?.unwrap_or_default() {
+            for a in
+                crate::envfile::read_file(Path::new(path), optional, &lookup)?.unwrap_or_default()
+            {
                 self.set(&a.name, a.value.clone());
                 read.push((a.name, a.value));
             }
@@ -211,7 +217,9 @@ impl Vars {
     /// Fills [`LAUNCHER_DEFAULTS`] for absent variables.
     pub fn with_launcher_defaults(mut self) -> Vars {
         for (k, v) in LAUNCHER_DEFAULTS {
-            self.0.entry((*k).to_owned()).or_insert_with(|| OsString::from(v));
+            self.0
+                .entry((*k).to_owned())
+                .or_insert_with(|| OsString::from(v));
         }
         self
     }
@@ -219,7 +227,10 @@ impl Vars {
     /// `SPOOLDIR`, unset or empty meaning the compiled-in default (the units'
     /// `${SPOOLDIR:=…}`).
     pub fn spooldir(&self) -> PathBuf {
-        PathBuf::from(self.value("SPOOLDIR").unwrap_or(OsStr::new(DEFAULT_SPOOLDIR)))
+        PathBuf::from(
+            self.value("SPOOLDIR")
+                .unwrap_or(OsStr::new(DEFAULT_SPOOLDIR)),
+        )
     }
 
     /// Milter listen socket: `SOCKET`, else `$SPOOLDIR/mailmunge.sock`.
@@ -233,7 +244,11 @@ impl Vars {
     pub fn mx_socket(&self) -> OsString {
         self.value("MX_SOCKET")
             .map(OsStr::to_owned)
-            .unwrap_or_else(|| self.spooldir().join("mailmunge-multiplexor.sock").into_os_string())
+            .unwrap_or_else(|| {
+                self.spooldir()
+                    .join("mailmunge-multiplexor.sock")
+                    .into_os_string()
+            })
     }
 
     /// The socket `daemon` listens on.
@@ -256,7 +271,11 @@ pub fn argv(daemon: Daemon, vars: &Vars, foreground: bool) -> Vec<OsString> {
         match kind {
             Yes if vars.yes(name) => out.push(flag.into()),
             Value => {
-                let v = if name == "SPOOLDIR" { Some(spool.as_os_str()) } else { vars.value(name) };
+                let v = if name == "SPOOLDIR" {
+                    Some(spool.as_os_str())
+                } else {
+                    vars.value(name)
+                };
                 if let Some(v) = v {
                     out.push(flag.into());
                     out.push(v.to_owned());
@@ -277,7 +296,12 @@ pub fn argv(daemon: Daemon, vars: &Vars, foreground: bool) -> Vec<OsString> {
                         .map(|w| OsStr::from_bytes(w).to_owned()),
                 );
             }
-            out.extend(["-p".into(), vars.milter_socket(), "-m".into(), vars.mx_socket()]);
+            out.extend([
+                "-p".into(),
+                vars.milter_socket(),
+                "-m".into(),
+                vars.mx_socket(),
+            ]);
             out.extend(["-o".into(), lock("mailmunge.lock")]);
         }
         Daemon::Multiplexor => {
@@ -295,7 +319,11 @@ pub fn argv(daemon: Daemon, vars: &Vars, foreground: bool) -> Vec<OsString> {
 /// when `SPOOLDIR` differs from the installed default.
 pub fn extra_env(vars: &Vars) -> Vec<(&'static str, OsString)> {
     let spool = vars.spooldir().into_os_string();
-    vec![("HOME", spool.clone()), ("LC_ALL", "C".into()), ("MAILMUNGE_SPOOLDIR", spool)]
+    vec![
+        ("HOME", spool.clone()),
+        ("LC_ALL", "C".into()),
+        ("MAILMUNGE_SPOOLDIR", spool),
+    ]
 }
 
 /// The UNIX-socket path of a socket specification, if it is one
@@ -327,7 +355,9 @@ pub enum StaleSocket {
 /// alone, and ignores TCP specifications (deployment.md §6.5).
 pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
     use std::os::unix::fs::FileTypeExt;
-    let Some(path) = unix_socket_path(spec) else { return Ok(StaleSocket::Nothing) };
+    let Some(path) = unix_socket_path(spec) else {
+        return Ok(StaleSocket::Nothing);
+    };
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StaleSocket::Nothing),
@@ -357,7 +387,10 @@ pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
     if dir.is_dir() {
         return Ok(false);
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&dir)?;
     // The umask may have narrowed the mode.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
     if nix::unistd::geteuid().is_root() {
@@ -381,7 +414,8 @@ pub fn shell_line(words: &[OsString]) -> String {
         .map(|w| {
             let s = w.to_string_lossy();
             let plain = !s.is_empty()
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:@=,+%".contains(&b));
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:@=,+%".contains(&b));
             if plain {
                 s.into_owned()
             } else {
@@ -405,7 +439,10 @@ mod tests {
     }
 
     fn words(d: Daemon, v: &Vars) -> Vec<String> {
-        argv(d, v, false).into_iter().map(|w| w.into_string().unwrap()).collect()
+        argv(d, v, false)
+            .into_iter()
+            .map(|w| w.into_string().unwrap())
+            .collect()
     }
 
     /// The fixed tail every milter command line ends with, for SPOOLDIR default.
@@ -432,7 +469,11 @@ mod tests {
     /// the flags of deployment.md's table, followed by the fixed tail.
     fn only(d: Daemon, name: &str, value: &str) -> Vec<String> {
         let w = words(d, &vars(&[(name, value)]));
-        let tail = if d == Daemon::Milter { &MILTER_TAIL[..] } else { &MX_TAIL[..] };
+        let tail = if d == Daemon::Milter {
+            &MILTER_TAIL[..]
+        } else {
+            &MX_TAIL[..]
+        };
         let tail: Vec<String> = tail.iter().map(|s| s.to_string()).collect();
         assert!(w.ends_with(&tail), "{name}: {w:?}");
         w[..w.len() - tail.len()].to_vec()
@@ -490,7 +531,10 @@ mod tests {
         ] {
             assert_eq!(only(Daemon::Multiplexor, name, "yes"), [flag], "{name}");
             for off in ["no", "Yes", "1", ""] {
-                assert!(only(Daemon::Multiplexor, name, off).is_empty(), "{name}={off:?}");
+                assert!(
+                    only(Daemon::Multiplexor, name, off).is_empty(),
+                    "{name}={off:?}"
+                );
             }
         }
     }
@@ -526,17 +570,38 @@ mod tests {
             ("MX_RECIPOK_PERDOMAIN", "-y"),
             ("MX_METRICS_SOCKET", "--metrics"),
         ] {
-            assert_eq!(only(Daemon::Multiplexor, name, "v1"), [flag, "v1"], "{name}");
-            assert!(only(Daemon::Multiplexor, name, "").is_empty(), "{name} empty");
+            assert_eq!(
+                only(Daemon::Multiplexor, name, "v1"),
+                [flag, "v1"],
+                "{name}"
+            );
+            assert!(
+                only(Daemon::Multiplexor, name, "").is_empty(),
+                "{name} empty"
+            );
         }
     }
 
     #[test]
     fn milter_only_variables_do_not_reach_the_multiplexor_and_vice_versa() {
-        for name in ["MX_HELO_CHECK", "MM_PIDFILE", "SCANNED_BY", "MM_EXTRA", "SOCKET", "MX_GROUP"] {
+        for name in [
+            "MX_HELO_CHECK",
+            "MM_PIDFILE",
+            "SCANNED_BY",
+            "MM_EXTRA",
+            "SOCKET",
+            "MX_GROUP",
+        ] {
             assert!(only(Daemon::Multiplexor, name, "yes").is_empty(), "{name}");
         }
-        for name in ["MX_EMBED_PERL", "MX_BUSY", "FILTER", "MX_PIDFILE", "MX_GROUP", "MX_TICK_INTERVAL"] {
+        for name in [
+            "MX_EMBED_PERL",
+            "MX_BUSY",
+            "FILTER",
+            "MX_PIDFILE",
+            "MX_GROUP",
+            "MX_TICK_INTERVAL",
+        ] {
             assert!(only(Daemon::Milter, name, "yes").is_empty(), "{name}");
         }
     }
@@ -557,9 +622,16 @@ mod tests {
         }
         v.set("SPOOLDIR", "/s");
         let flags = |d| -> String {
-            argv(d, &v, true).iter().map(|w| w.to_str().unwrap()).filter(|w| w.starts_with('-')).collect()
+            argv(d, &v, true)
+                .iter()
+                .map(|w| w.to_str().unwrap())
+                .filter(|w| w.starts_with('-'))
+                .collect()
         };
-        assert_eq!(flags(Daemon::Milter), "-D-C-G-H-L-N-P-R-S-T-U-X-b-c-k-q-r-s-t-x-y-z-p-m-o");
+        assert_eq!(
+            flags(Daemon::Milter),
+            "-D-C-G-H-L-N-P-R-S-T-U-X-b-c-k-q-r-s-t-x-y-z-p-m-o"
+        );
         assert_eq!(
             flags(Daemon::Multiplexor),
             "-D-E-G-I-L-M-N-O-P-Q-R-S-T-U-V-W-X-Y-Z-a-b-c-f-i-l-m-p-q-r-w-x-y--metrics-z-s-o"
@@ -569,19 +641,34 @@ mod tests {
     #[test]
     fn scanned_by_is_one_argument_without_added_quotes() {
         // deployment.md §6.1: upstream yields `"My` and a stray `Scanner"`.
-        let w = words(Daemon::Milter, &vars(&[("SCANNED_BY", "My \"Scanner\" 1.0")]));
+        let w = words(
+            Daemon::Milter,
+            &vars(&[("SCANNED_BY", "My \"Scanner\" 1.0")]),
+        );
         assert_eq!(&w[..2], ["-x", "My \"Scanner\" 1.0"]);
     }
 
     #[test]
     fn values_with_blanks_are_not_split() {
-        let w = words(Daemon::Multiplexor, &vars(&[("MX_SYSLOG_LABEL", "mm two"), ("FILTER", "/etc/my filters/f.pl")]));
+        let w = words(
+            Daemon::Multiplexor,
+            &vars(&[
+                ("MX_SYSLOG_LABEL", "mm two"),
+                ("FILTER", "/etc/my filters/f.pl"),
+            ]),
+        );
         assert_eq!(&w[..4], ["-Y", "mm two", "-f", "/etc/my filters/f.pl"]);
     }
 
     #[test]
     fn mm_extra_is_split_on_blanks_and_placed_after_z() {
-        let w = words(Daemon::Milter, &vars(&[("MM_EXTRA", " -a auth_type\t-a  foo\n"), ("MX_RELAY_CHECK", "yes")]));
+        let w = words(
+            Daemon::Milter,
+            &vars(&[
+                ("MM_EXTRA", " -a auth_type\t-a  foo\n"),
+                ("MX_RELAY_CHECK", "yes"),
+            ]),
+        );
         assert_eq!(
             w,
             [
@@ -607,18 +694,50 @@ mod tests {
         let v = vars(&[("SPOOLDIR", "/srv/mm")]);
         assert_eq!(
             words(Daemon::Milter, &v),
-            ["-z", "/srv/mm", "-p", "/srv/mm/mailmunge.sock", "-m", "/srv/mm/mailmunge-multiplexor.sock", "-o", "/srv/mm/mailmunge.lock"]
+            [
+                "-z",
+                "/srv/mm",
+                "-p",
+                "/srv/mm/mailmunge.sock",
+                "-m",
+                "/srv/mm/mailmunge-multiplexor.sock",
+                "-o",
+                "/srv/mm/mailmunge.lock"
+            ]
         );
         assert_eq!(
             words(Daemon::Multiplexor, &v),
-            ["-z", "/srv/mm", "-s", "/srv/mm/mailmunge-multiplexor.sock", "-o", "/srv/mm/mailmunge-multiplexor.lock"]
+            [
+                "-z",
+                "/srv/mm",
+                "-s",
+                "/srv/mm/mailmunge-multiplexor.sock",
+                "-o",
+                "/srv/mm/mailmunge-multiplexor.lock"
+            ]
         );
-        let v = vars(&[("SPOOLDIR", "/srv/mm"), ("SOCKET", "inet:8872@127.0.0.1"), ("MX_SOCKET", "/run/mx.sock")]);
+        let v = vars(&[
+            ("SPOOLDIR", "/srv/mm"),
+            ("SOCKET", "inet:8872@127.0.0.1"),
+            ("MX_SOCKET", "/run/mx.sock"),
+        ]);
         assert_eq!(
             words(Daemon::Milter, &v),
-            ["-z", "/srv/mm", "-p", "inet:8872@127.0.0.1", "-m", "/run/mx.sock", "-o", "/srv/mm/mailmunge.lock"]
+            [
+                "-z",
+                "/srv/mm",
+                "-p",
+                "inet:8872@127.0.0.1",
+                "-m",
+                "/run/mx.sock",
+                "-o",
+                "/srv/mm/mailmunge.lock"
+            ]
         );
-        assert_eq!(&words(Daemon::Multiplexor, &v)[2..4], ["-s", "/run/mx.sock"]);
+        assert_eq!(
+            &words(Daemon::Multiplexor, &v)[2..4],
+            ["-s", "/run/mx.sock"]
+        );
     }
 
     #[test]
@@ -641,18 +760,43 @@ mod tests {
         let v = Vars::new().with_launcher_defaults();
         assert_eq!(
             words(Daemon::Multiplexor, &v),
-            ["-G", "-U", "mailmunge", "-b", "600", "-l", "-m", "2", "-x", "10"]
+            [
+                "-G",
+                "-U",
+                "mailmunge",
+                "-b",
+                "600",
+                "-l",
+                "-m",
+                "2",
+                "-x",
+                "10"
+            ]
+            .into_iter()
+            .chain(MX_TAIL)
+            .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            words(Daemon::Milter, &v),
+            ["-G", "-U", "mailmunge"]
+                .into_iter()
+                .chain(MILTER_TAIL)
+                .collect::<Vec<_>>()
+        );
+        // Set-but-empty turns a default off, as `[ -n "" ]` does upstream.
+        let v = vars(&[
+            ("MX_USER", ""),
+            ("MM_ALLOW_GROUP_ACCESS", "no"),
+            ("MX_BUSY", ""),
+        ])
+        .with_launcher_defaults();
+        assert_eq!(
+            words(Daemon::Multiplexor, &v),
+            ["-l", "-m", "2", "-x", "10"]
                 .into_iter()
                 .chain(MX_TAIL)
                 .collect::<Vec<_>>()
         );
-        assert_eq!(
-            words(Daemon::Milter, &v),
-            ["-G", "-U", "mailmunge"].into_iter().chain(MILTER_TAIL).collect::<Vec<_>>()
-        );
-        // Set-but-empty turns a default off, as `[ -n "" ]` does upstream.
-        let v = vars(&[("MX_USER", ""), ("MM_ALLOW_GROUP_ACCESS", "no"), ("MX_BUSY", "")]).with_launcher_defaults();
-        assert_eq!(words(Daemon::Multiplexor, &v), ["-l", "-m", "2", "-x", "10"].into_iter().chain(MX_TAIL).collect::<Vec<_>>());
     }
 
     /// deployment.md §5.2: upstream's regression-test configuration under the
@@ -691,16 +835,33 @@ mod tests {
     fn known_variables_cover_section_two() {
         let k = known_variables();
         assert_eq!(k.len(), 54);
-        for n in ["MM_EXTRA", "SOCKET", "MX_SOCKET", "MX_GROUP", "MX_TICK_INTERVAL", "FILTER", "SPOOLDIR"] {
+        for n in [
+            "MM_EXTRA",
+            "SOCKET",
+            "MX_SOCKET",
+            "MX_GROUP",
+            "MX_TICK_INTERVAL",
+            "FILTER",
+            "SPOOLDIR",
+        ] {
             assert!(k.contains(&n), "{n}");
         }
     }
 
     #[test]
     fn unix_socket_paths() {
-        assert_eq!(unix_socket_path(OsStr::new("/a/b.sock")), Some(Path::new("/a/b.sock")));
-        assert_eq!(unix_socket_path(OsStr::new("unix:/a")), Some(Path::new("/a")));
-        assert_eq!(unix_socket_path(OsStr::new("local:/a")), Some(Path::new("/a")));
+        assert_eq!(
+            unix_socket_path(OsStr::new("/a/b.sock")),
+            Some(Path::new("/a/b.sock"))
+        );
+        assert_eq!(
+            unix_socket_path(OsStr::new("unix:/a")),
+            Some(Path::new("/a"))
+        );
+        assert_eq!(
+            unix_socket_path(OsStr::new("local:/a")),
+            Some(Path::new("/a"))
+        );
         assert_eq!(unix_socket_path(OsStr::new("inet:8872@127.0.0.1")), None);
         assert_eq!(unix_socket_path(OsStr::new("inet6:8872")), None);
         assert_eq!(unix_socket_path(OsStr::new("relative.sock")), None);
@@ -712,9 +873,15 @@ mod tests {
         let stale = dir.path().join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
         assert!(stale.exists());
-        assert_eq!(remove_stale_socket(stale.as_os_str()).unwrap(), StaleSocket::Removed);
+        assert_eq!(
+            remove_stale_socket(stale.as_os_str()).unwrap(),
+            StaleSocket::Removed
+        );
         assert!(!stale.exists());
-        assert_eq!(remove_stale_socket(stale.as_os_str()).unwrap(), StaleSocket::Nothing);
+        assert_eq!(
+            remove_stale_socket(stale.as_os_str()).unwrap(),
+            StaleSocket::Nothing
+        );
 
         let live = dir.path().join("live.sock");
         let _l = std::os::unix::net::UnixListener::bind(&live).unwrap();
@@ -724,9 +891,15 @@ mod tests {
 
         let file = dir.path().join("file");
         std::fs::write(&file, "keep").unwrap();
-        assert_eq!(remove_stale_socket(file.as_os_str()).unwrap(), StaleSocket::NotASocket);
+        assert_eq!(
+            remove_stale_socket(file.as_os_str()).unwrap(),
+            StaleSocket::NotASocket
+        );
         assert!(file.exists());
-        assert_eq!(remove_stale_socket(OsStr::new("inet:1@127.0.0.1")).unwrap(), StaleSocket::Nothing);
+        assert_eq!(
+            remove_stale_socket(OsStr::new("inet:1@127.0.0.1")).unwrap(),
+            StaleSocket::Nothing
+        );
     }
 
     #[test]
@@ -734,21 +907,36 @@ mod tests {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("a/spool");
-        let mut v = vars(&[("SPOOLDIR", spool.to_str().unwrap()), ("MX_USER", "mailmunge"), ("MX_GROUP", "mailmunge")]);
-        if !nix::unistd::geteuid().is_root() || nix::unistd::User::from_name("mailmunge").ok().flatten().is_none() {
+        let mut v = vars(&[
+            ("SPOOLDIR", spool.to_str().unwrap()),
+            ("MX_USER", "mailmunge"),
+            ("MX_GROUP", "mailmunge"),
+        ]);
+        if !nix::unistd::geteuid().is_root()
+            || nix::unistd::User::from_name("mailmunge")
+                .ok()
+                .flatten()
+                .is_none()
+        {
             v.set("MX_USER", "");
             v.set("MX_GROUP", "");
         }
         assert!(ensure_spooldir(&v).unwrap());
         let m = std::fs::metadata(&spool).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o750);
-        if let Some(u) = v.value("MX_USER").and_then(|u| nix::unistd::User::from_name(u.to_str().unwrap()).unwrap()) {
+        if let Some(u) = v
+            .value("MX_USER")
+            .and_then(|u| nix::unistd::User::from_name(u.to_str().unwrap()).unwrap())
+        {
             assert_eq!(m.uid(), u.uid.as_raw());
             assert_eq!(m.gid(), u.gid.as_raw());
         }
         std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o770)).unwrap();
         assert!(!ensure_spooldir(&v).unwrap());
-        assert_eq!(std::fs::metadata(&spool).unwrap().permissions().mode() & 0o7777, 0o770);
+        assert_eq!(
+            std::fs::metadata(&spool).unwrap().permissions().mode() & 0o7777,
+            0o770
+        );
     }
 
     #[test]
@@ -759,7 +947,11 @@ mod tests {
         std::fs::write(&a, "SPOOLDIR=/srv/a\nMX_MAXIMUM=4\n").unwrap();
         std::fs::write(&b, "SOCKET=unix:$SPOOLDIR/m.sock\nMX_MAXIMUM=8\n").unwrap();
         let mut v = vars(&[("MX_MAXIMUM", "2"), ("MX_USER", "env")]);
-        let specs = [a.to_str().unwrap().to_string(), b.to_str().unwrap().to_string(), "-/nonexistent/x".into()];
+        let specs = [
+            a.to_str().unwrap().to_string(),
+            b.to_str().unwrap().to_string(),
+            "-/nonexistent/x".into(),
+        ];
         let read = v.read_env_files(&specs).unwrap();
         let names: Vec<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["SPOOLDIR", "MX_MAXIMUM", "SOCKET", "MX_MAXIMUM"]);
@@ -771,7 +963,10 @@ mod tests {
 
     #[test]
     fn shell_line_quotes_only_when_needed() {
-        let w: Vec<OsString> = ["-x", "My Scanner", "it's", "", "/a/b:c@d"].iter().map(OsString::from).collect();
+        let w: Vec<OsString> = ["-x", "My Scanner", "it's", "", "/a/b:c@d"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         assert_eq!(shell_line(&w), r#"-x 'My Scanner' 'it'\''s' '' /a/b:c@d"#);
     }
 }

@@ -82,8 +82,12 @@ pub struct Transaction {
 pub enum Verdict {
     Continue,
     Accept,
-    Reject { reply: String },
-    Tempfail { reply: String },
+    Reject {
+        reply: String,
+    },
+    Tempfail {
+        reply: String,
+    },
     Discard,
     /// Stop sending body chunks (treated as continue).
     Skip,
@@ -94,7 +98,10 @@ pub enum Verdict {
 impl Verdict {
     /// True when the transaction (or, at RCPT, the recipient) stops here.
     pub fn is_final(&self) -> bool {
-        matches!(self, Verdict::Accept | Verdict::Reject { .. } | Verdict::Tempfail { .. } | Verdict::Discard)
+        matches!(
+            self,
+            Verdict::Accept | Verdict::Reject { .. } | Verdict::Tempfail { .. } | Verdict::Discard
+        )
     }
 
     fn word(&self) -> &'static str {
@@ -131,15 +138,38 @@ pub struct Stage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Modification {
-    AddHeader { name: String, value: String },
-    InsertHeader { index: u32, name: String, value: String },
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
     /// Empty value = delete.
-    ChangeHeader { index: u32, name: String, value: String },
-    AddRecipient { recipient: String, args: Option<String> },
-    DeleteRecipient { recipient: String },
-    ChangeSender { sender: String, args: Option<String> },
-    ReplaceBody { length: usize },
-    Quarantine { reason: String },
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    AddRecipient {
+        recipient: String,
+        args: Option<String>,
+    },
+    DeleteRecipient {
+        recipient: String,
+    },
+    ChangeSender {
+        sender: String,
+        args: Option<String>,
+    },
+    ReplaceBody {
+        length: usize,
+    },
+    Quarantine {
+        reason: String,
+    },
 }
 
 /// The whole result.
@@ -185,13 +215,15 @@ impl Conn {
     fn open(spec: &SockSpec, label: &str, timeout: Duration) -> Result<Conn, TryError> {
         let s: Box<dyn Wire> = match spec {
             SockSpec::Unix(p) => {
-                let s = std::os::unix::net::UnixStream::connect(p).map_err(|e| TryError::Connect(label.into(), e))?;
+                let s = std::os::unix::net::UnixStream::connect(p)
+                    .map_err(|e| TryError::Connect(label.into(), e))?;
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;
                 Box::new(s)
             }
             SockSpec::Tcp(a) => {
-                let s = std::net::TcpStream::connect_timeout(a, timeout).map_err(|e| TryError::Connect(label.into(), e))?;
+                let s = std::net::TcpStream::connect_timeout(a, timeout)
+                    .map_err(|e| TryError::Connect(label.into(), e))?;
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;
                 s.set_nodelay(true)?;
@@ -213,7 +245,9 @@ impl Conn {
     fn recv(&mut self) -> Result<(u8, Vec<u8>), TryError> {
         let mut len = [0u8; 4];
         self.s.read_exact(&mut len).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => TryError::Protocol("the milter closed the connection".into()),
+            std::io::ErrorKind::UnexpectedEof => {
+                TryError::Protocol("the milter closed the connection".into())
+            }
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 TryError::Protocol("no answer from the milter within the timeout".into())
             }
@@ -238,8 +272,12 @@ impl Conn {
                 b's' => return Ok(Verdict::Skip),
                 _ => {}
             }
-            return verdict_packet(cmd, &data)
-                .unwrap_or_else(|| Err(TryError::Protocol(format!("unexpected reply {:?}", cmd as char))));
+            return verdict_packet(cmd, &data).unwrap_or_else(|| {
+                Err(TryError::Protocol(format!(
+                    "unexpected reply {:?}",
+                    cmd as char
+                )))
+            });
         }
     }
 
@@ -261,14 +299,22 @@ fn verdict_packet(cmd: u8, data: &[u8]) -> Option<Result<Verdict, TryError>> {
         b'c' => Verdict::Continue,
         b'a' => Verdict::Accept,
         b'd' => Verdict::Discard,
-        b'r' => Verdict::Reject { reply: "550 5.7.1 Command rejected".into() },
-        b't' => Verdict::Tempfail { reply: "451 4.7.1 Service unavailable - try again later".into() },
+        b'r' => Verdict::Reject {
+            reply: "550 5.7.1 Command rejected".into(),
+        },
+        b't' => Verdict::Tempfail {
+            reply: "451 4.7.1 Service unavailable - try again later".into(),
+        },
         b'y' => {
             let text = cstr(data);
             match text.as_bytes().first() {
                 Some(b'4') => Verdict::Tempfail { reply: text },
                 Some(b'5') => Verdict::Reject { reply: text },
-                _ => return Some(Err(TryError::Protocol(format!("reply code neither 4xx nor 5xx: {text:?}")))),
+                _ => {
+                    return Some(Err(TryError::Protocol(format!(
+                        "reply code neither 4xx nor 5xx: {text:?}"
+                    ))))
+                }
             }
         }
         _ => return None,
@@ -283,7 +329,9 @@ fn cstr(b: &[u8]) -> String {
 /// NUL-terminated strings of a packet.
 fn cstrs(b: &[u8]) -> Vec<String> {
     let b = b.strip_suffix(&[0]).unwrap_or(b);
-    b.split(|&c| c == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    b.split(|&c| c == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 fn nul_join(parts: &[&[u8]]) -> Vec<u8> {
@@ -342,7 +390,11 @@ fn join_message(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     }
     out.push('\n');
     let mut v = out.into_bytes();
-    v.extend_from_slice(&String::from_utf8_lossy(body).replace("\r\n", "\n").into_bytes());
+    v.extend_from_slice(
+        &String::from_utf8_lossy(body)
+            .replace("\r\n", "\n")
+            .into_bytes(),
+    );
     v
 }
 
@@ -450,7 +502,11 @@ impl Step {
                 c.verdict()?
             }
         };
-        stages.push(Stage { stage: self.name(), argument, verdict: verdict.clone() });
+        stages.push(Stage {
+            stage: self.name(),
+            argument,
+            verdict: verdict.clone(),
+        });
         Ok(verdict)
     }
 }
@@ -475,7 +531,12 @@ fn finish(stages: Vec<Stage>, v: Verdict, t: &Transaction) -> Outcome {
 }
 
 /// Runs the transaction against the milter at `spec`.
-pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> Result<Outcome, TryError> {
+pub fn run(
+    spec: &SockSpec,
+    label: &str,
+    t: &Transaction,
+    timeout: Duration,
+) -> Result<Outcome, TryError> {
     let mut c = Conn::open(spec, label, timeout)?;
     let mut neg = Vec::new();
     for v in [VERSION, ALL_ACTIONS, ALL_PROTOCOL] {
@@ -484,7 +545,10 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
     c.send(b'O', &neg)?;
     let (cmd, data) = c.recv()?;
     if cmd != b'O' || data.len() < 12 {
-        return Err(TryError::Protocol(format!("bad negotiation reply {:?}", cmd as char)));
+        return Err(TryError::Protocol(format!(
+            "bad negotiation reply {:?}",
+            cmd as char
+        )));
     }
     let word = |i: usize| u32::from_be_bytes(data[i..i + 4].try_into().expect("4 bytes"));
     let proto = word(8);
@@ -515,12 +579,26 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
         ],
     );
     let argument = format!("{} [{}]", t.client_name, t.client_ip);
-    let v = Step::Connect.run(&mut c, proto, &mut stages, argument, Some(conn_macros), &conn)?;
+    let v = Step::Connect.run(
+        &mut c,
+        proto,
+        &mut stages,
+        argument,
+        Some(conn_macros),
+        &conn,
+    )?;
     if v.is_final() {
         c.quit(false);
         return Ok(finish(stages, v, t));
     }
-    let v = Step::Helo.run(&mut c, proto, &mut stages, t.helo.clone(), None, &nul_join(&[t.helo.as_bytes()]))?;
+    let v = Step::Helo.run(
+        &mut c,
+        proto,
+        &mut stages,
+        t.helo.clone(),
+        None,
+        &nul_join(&[t.helo.as_bytes()]),
+    )?;
     if v.is_final() {
         c.quit(false);
         return Ok(finish(stages, v, t));
@@ -532,12 +610,22 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
         &[
             ("i", &t.queue_id),
             ("{mail_addr}", &sender_addr),
-            ("{mail_host}", sender_addr.rsplit_once('@').map(|x| x.1).unwrap_or("")),
+            (
+                "{mail_host}",
+                sender_addr.rsplit_once('@').map(|x| x.1).unwrap_or(""),
+            ),
             ("{mail_mailer}", "smtp"),
         ],
     );
     let sender = nul_join(&[t.sender.as_bytes()]);
-    let v = Step::Mail.run(&mut c, proto, &mut stages, t.sender.clone(), Some(mail_macros), &sender)?;
+    let v = Step::Mail.run(
+        &mut c,
+        proto,
+        &mut stages,
+        t.sender.clone(),
+        Some(mail_macros),
+        &sender,
+    )?;
     if v.is_final() {
         c.quit(true);
         return Ok(finish(stages, v, t));
@@ -548,9 +636,20 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
         let a = addr(r);
         let rcpt_macros = macros(
             b'R',
-            &[("{rcpt_addr}", &a), ("{rcpt_host}", a.rsplit_once('@').map(|x| x.1).unwrap_or("")), ("{rcpt_mailer}", "smtp")],
+            &[
+                ("{rcpt_addr}", &a),
+                ("{rcpt_host}", a.rsplit_once('@').map(|x| x.1).unwrap_or("")),
+                ("{rcpt_mailer}", "smtp"),
+            ],
         );
-        let v = Step::Rcpt.run(&mut c, proto, &mut stages, r.clone(), Some(rcpt_macros), &nul_join(&[r.as_bytes()]))?;
+        let v = Step::Rcpt.run(
+            &mut c,
+            proto,
+            &mut stages,
+            r.clone(),
+            Some(rcpt_macros),
+            &nul_join(&[r.as_bytes()]),
+        )?;
         match v {
             Verdict::Reject { .. } | Verdict::Tempfail { .. } => last_refusal = Some(v),
             Verdict::Discard | Verdict::Accept => {
@@ -563,7 +662,9 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
     }
     if accepted.is_empty() {
         c.quit(true);
-        let v = last_refusal.unwrap_or(Verdict::Reject { reply: "554 5.5.1 Error: no valid recipients".into() });
+        let v = last_refusal.unwrap_or(Verdict::Reject {
+            reply: "554 5.5.1 Error: no valid recipients".into(),
+        });
         return Ok(finish(stages, v, t));
     }
 
@@ -576,7 +677,14 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
     let mut ended = None;
     for (n, val) in &headers {
         let argument = format!("{n}: {}", val.replace("\r\n", " "));
-        let v = Step::Header.run(&mut c, proto, &mut stages, argument, None, &nul_join(&[n.as_bytes(), val.as_bytes()]))?;
+        let v = Step::Header.run(
+            &mut c,
+            proto,
+            &mut stages,
+            argument,
+            None,
+            &nul_join(&[n.as_bytes(), val.as_bytes()]),
+        )?;
         if v.is_final() {
             ended = Some(v);
             break;
@@ -590,7 +698,14 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
     }
     if ended.is_none() && proto & P_NOBODY == 0 {
         for chunk in body.chunks(CHUNK) {
-            let v = Step::Body.run(&mut c, proto, &mut stages, format!("{} bytes", chunk.len()), None, chunk)?;
+            let v = Step::Body.run(
+                &mut c,
+                proto,
+                &mut stages,
+                format!("{} bytes", chunk.len()),
+                None,
+                chunk,
+            )?;
             if v.is_final() {
                 ended = Some(v);
                 break;
@@ -616,7 +731,10 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
             if d.len() < 4 {
                 return Err(TryError::Protocol("short header-change packet".into()));
             }
-            Ok((u32::from_be_bytes(d[..4].try_into().expect("4 bytes")), cstrs(&d[4..])))
+            Ok((
+                u32::from_be_bytes(d[..4].try_into().expect("4 bytes")),
+                cstrs(&d[4..]),
+            ))
         };
         let two = |v: Vec<String>| -> (String, String) {
             let mut it = v.into_iter();
@@ -637,25 +755,43 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
                 let (name, value) = two(s);
                 mods.push(Modification::ChangeHeader { index, name, value });
             }
-            b'+' => mods.push(Modification::AddRecipient { recipient: cstr(&data), args: None }),
+            b'+' => mods.push(Modification::AddRecipient {
+                recipient: cstr(&data),
+                args: None,
+            }),
             b'2' => {
                 let (recipient, args) = two(cstrs(&data));
-                mods.push(Modification::AddRecipient { recipient, args: (!args.is_empty()).then_some(args) });
+                mods.push(Modification::AddRecipient {
+                    recipient,
+                    args: (!args.is_empty()).then_some(args),
+                });
             }
-            b'-' => mods.push(Modification::DeleteRecipient { recipient: cstr(&data) }),
+            b'-' => mods.push(Modification::DeleteRecipient {
+                recipient: cstr(&data),
+            }),
             b'e' => {
                 let (sender, args) = two(cstrs(&data));
-                mods.push(Modification::ChangeSender { sender, args: (!args.is_empty()).then_some(args) });
+                mods.push(Modification::ChangeSender {
+                    sender,
+                    args: (!args.is_empty()).then_some(args),
+                });
             }
             b'b' => {
                 let nb = new_body.get_or_insert_with(Vec::new);
                 nb.extend_from_slice(&data);
             }
-            b'q' => mods.push(Modification::Quarantine { reason: cstr(&data) }),
+            b'q' => mods.push(Modification::Quarantine {
+                reason: cstr(&data),
+            }),
             b'p' => {}
             other => match verdict_packet(other, &data) {
                 Some(v) => break v?,
-                None => return Err(TryError::Protocol(format!("unexpected end-of-message packet {:?}", other as char))),
+                None => {
+                    return Err(TryError::Protocol(format!(
+                        "unexpected end-of-message packet {:?}",
+                        other as char
+                    )))
+                }
             },
         }
     };
@@ -663,7 +799,11 @@ pub fn run(spec: &SockSpec, label: &str, t: &Transaction, timeout: Duration) -> 
     if let Some(b) = &new_body {
         mods.push(Modification::ReplaceBody { length: b.len() });
     }
-    stages.push(Stage { stage: "eom", argument: String::new(), verdict: verdict.clone() });
+    stages.push(Stage {
+        stage: "eom",
+        argument: String::new(),
+        verdict: verdict.clone(),
+    });
 
     let mut sender = t.sender.clone();
     let mut recipients = accepted;
@@ -702,7 +842,11 @@ pub fn unified_diff(a: &[u8], b: &[u8], a_name: &str, b_name: &str) -> String {
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     // Edit script: (tag, a index, b index).
@@ -724,7 +868,12 @@ pub fn unified_diff(a: &[u8], b: &[u8], a_name: &str, b_name: &str) -> String {
     }
     let mut out = format!("--- {a_name}\n+++ {b_name}\n");
     let ctx = 3;
-    let changed: Vec<usize> = ops.iter().enumerate().filter(|(_, o)| o.0 != ' ').map(|(k, _)| k).collect();
+    let changed: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.0 != ' ')
+        .map(|(k, _)| k)
+        .collect();
     let mut k = 0;
     while k < changed.len() {
         let start = changed[k].saturating_sub(ctx);
@@ -735,12 +884,26 @@ pub fn unified_diff(a: &[u8], b: &[u8], a_name: &str, b_name: &str) -> String {
         }
         let end = (end + ctx + 1).min(ops.len());
         let hunk = &ops[start..end];
-        let a_start = hunk.iter().find(|o| o.0 != '+').map(|o| o.1).unwrap_or(hunk[0].1);
-        let b_start = hunk.iter().find(|o| o.0 != '-').map(|o| o.2).unwrap_or(hunk[0].2);
+        let a_start = hunk
+            .iter()
+            .find(|o| o.0 != '+')
+            .map(|o| o.1)
+            .unwrap_or(hunk[0].1);
+        let b_start = hunk
+            .iter()
+            .find(|o| o.0 != '-')
+            .map(|o| o.2)
+            .unwrap_or(hunk[0].2);
         let a_len = hunk.iter().filter(|o| o.0 != '+').count();
         let b_len = hunk.iter().filter(|o| o.0 != '-').count();
         let pos = |s: usize, l: usize| if l == 0 { s } else { s + 1 };
-        out.push_str(&format!("@@ -{},{} +{},{} @@\n", pos(a_start, a_len), a_len, pos(b_start, b_len), b_len));
+        out.push_str(&format!(
+            "@@ -{},{} +{},{} @@\n",
+            pos(a_start, a_len),
+            a_len,
+            pos(b_start, b_len),
+            b_len
+        ));
         for &(tag, ai, bj) in hunk {
             let line = if tag == '+' { b[bj] } else { a[ai] };
             out.push(tag);
@@ -761,30 +924,59 @@ pub fn render_text(o: &Outcome) -> String {
     while k < o.stages.len() {
         let st = &o.stages[k];
         // A run of header stages with the same verdict is one line.
-        let run = o.stages[k..].iter().take_while(|x| x.stage == "header" && x.verdict == st.verdict).count();
+        let run = o.stages[k..]
+            .iter()
+            .take_while(|x| x.stage == "header" && x.verdict == st.verdict)
+            .count();
         let (stage, arg) = if run > 1 {
             ("headers", format!("{run} fields"))
         } else {
             (st.stage, st.argument.clone())
         };
-        let reply = st.verdict.smtp_reply().map(|r| format!("  {r}")).unwrap_or_default();
-        s.push_str(&format!("{:<8} {:<40} {}{}\n", stage, arg, st.verdict.word(), reply));
+        let reply = st
+            .verdict
+            .smtp_reply()
+            .map(|r| format!("  {r}"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:<8} {:<40} {}{}\n",
+            stage,
+            arg,
+            st.verdict.word(),
+            reply
+        ));
         k += run.max(1);
     }
-    s.push_str(&format!("\nverdict: {}\nSMTP reply: {}\n", o.final_verdict.word(), o.smtp_reply));
+    s.push_str(&format!(
+        "\nverdict: {}\nSMTP reply: {}\n",
+        o.final_verdict.word(),
+        o.smtp_reply
+    ));
     if !o.modifications.is_empty() {
         s.push_str("changes:\n");
         for m in &o.modifications {
             let line = match m {
                 Modification::AddHeader { name, value } => format!("add header {name}: {value}"),
-                Modification::InsertHeader { index, name, value } => format!("insert header at {index}: {name}: {value}"),
+                Modification::InsertHeader { index, name, value } => {
+                    format!("insert header at {index}: {name}: {value}")
+                }
                 Modification::ChangeHeader { index, name, value } if value.is_empty() => {
                     format!("delete header {name} #{index}")
                 }
-                Modification::ChangeHeader { index, name, value } => format!("change header {name} #{index}: {value}"),
-                Modification::AddRecipient { recipient, args: Some(a) } => format!("add recipient {recipient} {a}"),
-                Modification::AddRecipient { recipient, args: None } => format!("add recipient {recipient}"),
-                Modification::DeleteRecipient { recipient } => format!("delete recipient {recipient}"),
+                Modification::ChangeHeader { index, name, value } => {
+                    format!("change header {name} #{index}: {value}")
+                }
+                Modification::AddRecipient {
+                    recipient,
+                    args: Some(a),
+                } => format!("add recipient {recipient} {a}"),
+                Modification::AddRecipient {
+                    recipient,
+                    args: None,
+                } => format!("add recipient {recipient}"),
+                Modification::DeleteRecipient { recipient } => {
+                    format!("delete recipient {recipient}")
+                }
                 Modification::ChangeSender { sender, .. } => format!("change sender to {sender}"),
                 Modification::ReplaceBody { length } => format!("replace body ({length} bytes)"),
                 Modification::Quarantine { reason } => format!("quarantine (hold): {reason}"),
@@ -793,7 +985,11 @@ pub fn render_text(o: &Outcome) -> String {
         }
     }
     if o.stages.last().is_some_and(|st| st.stage == "eom") {
-        s.push_str(&format!("envelope: from {} to {}\n", o.sender, o.recipients.join(", ")));
+        s.push_str(&format!(
+            "envelope: from {} to {}\n",
+            o.sender,
+            o.recipients.join(", ")
+        ));
     }
     if !o.diff.is_empty() {
         s.push('\n');
@@ -811,25 +1007,61 @@ mod tests {
         let (h, b) = split_message(b"From: a@b\nSubject: one\n two\nX:\n\nline1\nline2\n");
         assert_eq!(
             h,
-            [("From".into(), "a@b".into()), ("Subject".into(), "one\r\n two".into()), ("X".into(), "".into())]
+            [
+                ("From".into(), "a@b".into()),
+                ("Subject".into(), "one\r\n two".into()),
+                ("X".into(), "".into())
+            ]
         );
         assert_eq!(b, b"line1\r\nline2\r\n");
-        assert_eq!(join_message(&h, &b), b"From: a@b\nSubject: one\n two\nX: \n\nline1\nline2\n");
+        assert_eq!(
+            join_message(&h, &b),
+            b"From: a@b\nSubject: one\n two\nX: \n\nline1\nline2\n"
+        );
     }
 
     #[test]
     fn applies_header_changes_like_postfix() {
         let msg = b"A: 1\nB: 2\nA: 3\n\nbody\n";
         let mods = vec![
-            Modification::ChangeHeader { index: 2, name: "a".into(), value: "three".into() },
-            Modification::ChangeHeader { index: 1, name: "B".into(), value: "".into() },
-            Modification::InsertHeader { index: 0, name: "First".into(), value: "x".into() },
-            Modification::AddHeader { name: "Last".into(), value: "y".into() },
-            Modification::ChangeHeader { index: 1, name: "New".into(), value: "z".into() },
-            Modification::ChangeHeader { index: 5, name: "Absent".into(), value: "".into() },
+            Modification::ChangeHeader {
+                index: 2,
+                name: "a".into(),
+                value: "three".into(),
+            },
+            Modification::ChangeHeader {
+                index: 1,
+                name: "B".into(),
+                value: "".into(),
+            },
+            Modification::InsertHeader {
+                index: 0,
+                name: "First".into(),
+                value: "x".into(),
+            },
+            Modification::AddHeader {
+                name: "Last".into(),
+                value: "y".into(),
+            },
+            Modification::ChangeHeader {
+                index: 1,
+                name: "New".into(),
+                value: "z".into(),
+            },
+            Modification::ChangeHeader {
+                index: 5,
+                name: "Absent".into(),
+                value: "".into(),
+            },
         ];
-        assert_eq!(apply(msg, &mods, None), b"First: x\nA: 1\nA: three\nLast: y\nNew: z\n\nbody\n");
-        assert_eq!(apply(msg, &[], Some(b"new\r\nbody\r\n")), b"A: 1\nB: 2\nA: 3\n\nnew\nbody\n");
+        assert_eq!(
+            apply(msg, &mods, None),
+            b"First: x\nA: 1\nA: three\nLast: y\nNew: z\n\nbody\n"
+        );
+        assert_eq!(
+            apply(msg, &[], Some(b"new\r\nbody\r\n")),
+            b"A: 1\nB: 2\nA: 3\n\nnew\nbody\n"
+        );
     }
 
     #[test]
@@ -846,8 +1078,14 @@ mod tests {
 
     #[test]
     fn postfix_style_specs_are_accepted() {
-        assert_eq!(parse_spec("inet:127.0.0.1:8872").unwrap(), parse_spec("inet:8872@127.0.0.1").unwrap());
-        assert!(matches!(parse_spec("unix:/x/y.sock").unwrap(), SockSpec::Unix(_)));
+        assert_eq!(
+            parse_spec("inet:127.0.0.1:8872").unwrap(),
+            parse_spec("inet:8872@127.0.0.1").unwrap()
+        );
+        assert!(matches!(
+            parse_spec("unix:/x/y.sock").unwrap(),
+            SockSpec::Unix(_)
+        ));
         assert!(parse_spec("inet:notaport@127.0.0.1").is_err());
     }
 }

@@ -26,7 +26,11 @@ fn ctrl(mx: &Mx, args: &[&str], stdin: &[u8]) -> Output {
 #[track_caller]
 fn out(mx: &Mx, args: &[&str]) -> String {
     let o = ctrl(mx, args, b"");
-    assert!(o.stderr.is_empty(), "stderr of {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "stderr of {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(0), "status of {args:?}");
     String::from_utf8(o.stdout).unwrap()
 }
@@ -41,11 +45,20 @@ fn idle_pool() -> Mx {
 #[test]
 fn status_formats_from_live_replies() {
     let mx = idle_pool();
-    assert_eq!(out(&mx, &["status"]), "Max workers: 2\nWorker 0: idle\nWorker 1: stopped\n");
+    assert_eq!(
+        out(&mx, &["status"]),
+        "Max workers: 2\nWorker 0: idle\nWorker 1: stopped\n"
+    );
     assert_eq!(out(&mx, &["barstatus"]), "  0/2 ..    0/2 .. 0\n");
-    assert_eq!(out(&mx, &["-b", "status"]), "<\nMax workers: 2\nWorker 0: idle\nWorker 1: stopped\n>\n");
+    assert_eq!(
+        out(&mx, &["-b", "status"]),
+        "<\nMax workers: 2\nWorker 0: idle\nWorker 1: stopped\n>\n"
+    );
     let raw = out(&mx, &["rawstatus"]);
-    assert!(raw.starts_with("IS 0 1 2 0 ") && raw.ends_with('\n'), "{raw:?}");
+    assert!(
+        raw.starts_with("IS 0 1 2 0 ") && raw.ends_with('\n'),
+        "{raw:?}"
+    );
     let j: serde_json::Value = serde_json::from_str(&out(&mx, &["jsonstatus"])).unwrap();
     assert_eq!(j["workers"], serde_json::json!(["idle", "stopped"]));
     assert_eq!(j["queue_size"], 2);
@@ -74,10 +87,28 @@ fn load_formats_from_live_replies() {
     let l1 = out(&mx, &["load1", "60"]);
     let lines: Vec<&str> = l1.lines().collect();
     assert_eq!(lines[0], "Statistics for last 60 seconds:");
-    assert_eq!(lines[1], "       Cmd             Num           Num/s      AvgWorkers           AvgMS");
-    assert!(lines[2].starts_with("      Scan               2             0.0             1.0 "), "{l1}");
-    assert_eq!(lines[3], "   Relayok               0             0.0             0.0             0.0");
-    assert_eq!(&lines[6..], ["", "Current Snapshot:", "Workers: busy=0 idle=1 stopped=1 killed=0", "Cmds:   scan=0 relayok=0 senderok=0 recipok=0", "Queue:  size=2 queued=0"]);
+    assert_eq!(
+        lines[1],
+        "       Cmd             Num           Num/s      AvgWorkers           AvgMS"
+    );
+    assert!(
+        lines[2].starts_with("      Scan               2             0.0             1.0 "),
+        "{l1}"
+    );
+    assert_eq!(
+        lines[3],
+        "   Relayok               0             0.0             0.0             0.0"
+    );
+    assert_eq!(
+        &lines[6..],
+        [
+            "",
+            "Current Snapshot:",
+            "Workers: busy=0 idle=1 stopped=1 killed=0",
+            "Cmds:   scan=0 relayok=0 senderok=0 recipok=0",
+            "Queue:  size=2 queued=0"
+        ]
+    );
     assert_eq!(out(&mx, &["msgs"]), "2\n");
     let raw1 = out(&mx, &["rawload1", "60"]);
     assert_eq!(raw1.split_whitespace().count(), 26, "{raw1:?}");
@@ -88,7 +119,10 @@ fn load_formats_from_live_replies() {
     assert_eq!(j["msgs"], 2);
     // load1 with a bad window: the server's error, exit 1.
     let o = ctrl(&mx, &["load1", "5"], b"");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "Could not interpret response: error: Invalid 'back' amount (must be 10-600)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "Could not interpret response: error: Invalid 'back' amount (must be 10-600)\n"
+    );
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -98,28 +132,62 @@ fn pass_through_reaches_the_worker_encoded_and_comes_back_decoded() {
     assert_eq!(out(&mx, &["version"]), "3.09\n");
     assert_eq!(out(&mx, &["free"]), "2\n");
     // The worker echoes its (still encoded) arguments; mm-mx-ctrl decodes.
-    assert_eq!(out(&mx, &["echo", "a b", "c%d", "x'y", "é"]), "a b c%d x'y é\n");
-    assert_eq!(out(&mx, &["relayok", "10.0.0.1", "h", "4567", "127.0.0.1", "25", "qid"]), "ok 0 Unknown command 554 5.7.1 0\n");
+    assert_eq!(
+        out(&mx, &["echo", "a b", "c%d", "x'y", "é"]),
+        "a b c%d x'y é\n"
+    );
+    assert_eq!(
+        out(
+            &mx,
+            &["relayok", "10.0.0.1", "h", "4567", "127.0.0.1", "25", "qid"]
+        ),
+        "ok 0 Unknown command 554 5.7.1 0\n"
+    );
     assert_eq!(out(&mx, &["reread"]), "Forced reread of filter rules\n");
     assert_eq!(out(&mx, &["busyworkers"]), "");
     assert_eq!(out(&mx, &["-b", "busyworkers"]), "<\n>\n");
     let wi = out(&mx, &["workerinfo", "1"]);
-    assert!(wi.starts_with("Worker 1\nState ") && wi.ends_with("StatusTag \n"), "{wi:?}");
-    assert_eq!(out(&mx, &["foo_no_such_command"]), "error: Unknown command\n");
+    assert!(
+        wi.starts_with("Worker 1\nState ") && wi.ends_with("StatusTag \n"),
+        "{wi:?}"
+    );
+    assert_eq!(
+        out(&mx, &["foo_no_such_command"]),
+        "error: Unknown command\n"
+    );
 }
 
 #[test]
 fn interactive_bracketed_session_like_the_tcl_monitor() {
     let mx = idle_pool();
-    let o = ctrl(&mx, &["-i", "-b"], b"rawload\nbusyworkers\nrawload1 60\nping\nfree");
+    let o = ctrl(
+        &mx,
+        &["-i", "-b"],
+        b"rawload\nbusyworkers\nrawload1 60\nping\nfree",
+    );
     assert_eq!(o.status.code(), Some(0));
     let text = String::from_utf8(o.stdout).unwrap();
     let blocks: Vec<&str> = text.split(">\n").collect();
     assert_eq!(blocks.len(), 6, "{text:?}");
-    assert!(blocks.iter().take(5).all(|b| b.starts_with("<\n")), "{text:?}");
-    assert_eq!(blocks[0].trim_start_matches("<\n").split_whitespace().count(), 29);
+    assert!(
+        blocks.iter().take(5).all(|b| b.starts_with("<\n")),
+        "{text:?}"
+    );
+    assert_eq!(
+        blocks[0]
+            .trim_start_matches("<\n")
+            .split_whitespace()
+            .count(),
+        29
+    );
     assert_eq!(blocks[1], "<\n");
-    assert_eq!(blocks[2].trim_start_matches("<\n").split_whitespace().count(), 26);
+    assert_eq!(
+        blocks[2]
+            .trim_start_matches("<\n")
+            .split_whitespace()
+            .count(),
+        26
+    );
     assert_eq!(blocks[3], "<\nPONG\n");
     // The last line had no newline; it was still answered.
     assert_eq!(blocks[4], "<\n2\n");
@@ -131,22 +199,39 @@ fn busy_workers_show_up_in_status_and_top() {
     let mx = idle_pool();
     let sock = mx.sock.clone();
     let sleeper = std::thread::spawn(move || {
-        Command::new(CTRL).arg("-s").arg(&sock).args(["sleep", "3"]).output().unwrap()
+        Command::new(CTRL)
+            .arg("-s")
+            .arg(&sock)
+            .args(["sleep", "3"])
+            .output()
+            .unwrap()
     });
     mx.wait_for("status", |r| r.starts_with('B'));
-    assert_eq!(out(&mx, &["status"]), "Max workers: 2\nWorker 0: busy\nWorker 1: stopped\n");
+    assert_eq!(
+        out(&mx, &["status"]),
+        "Max workers: 2\nWorker 0: busy\nWorker 1: stopped\n"
+    );
     assert_eq!(out(&mx, &["barstatus"]), "  1/2 B.    0/2 .. 0\n");
     let bw = out(&mx, &["busyworkers"]);
     assert!(bw.starts_with("0 B ") && bw.contains(" ago="), "{bw:?}");
     let j: serde_json::Value = serde_json::from_str(&out(&mx, &["jsonbusyworkers"])).unwrap();
     assert_eq!(j["workers"][0]["slot"], 0);
     assert_eq!(j["workers"][0]["state"], "busy");
-    assert!(j["workers"][0]["pid"].as_i64().is_some_and(|p| p > 1), "{j}");
+    assert!(
+        j["workers"][0]["pid"].as_i64().is_some_and(|p| p > 1),
+        "{j}"
+    );
     assert_eq!(j["workers"].as_array().unwrap().len(), 1);
     let top = out(&mx, &["top", "1", "1"]);
     let lines: Vec<&str> = top.lines().collect();
     assert_eq!(lines[0], "mm-mx-ctrl top: 1 multiplexor(s), every 1s");
-    assert!(lines[4].starts_with(&format!("{:<28}     1/2    0    1    0     0/2        0 ", mx.sock.display())), "{top}");
+    assert!(
+        lines[4].starts_with(&format!(
+            "{:<28}     1/2    0    1    0     0/2        0 ",
+            mx.sock.display()
+        )),
+        "{top}"
+    );
     assert_eq!(lines[5], "  [B.]");
     let o = sleeper.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "slept 3\n");
@@ -158,7 +243,12 @@ fn unprivileged_socket_serves_the_client_side_formats() {
     mx.wait_for("status", |r| r.starts_with("IS "));
     let unpriv = mx.spool.file("unpriv.sock");
     let run = |args: &[&str]| {
-        let o = Command::new(CTRL).arg("-s").arg(&unpriv).args(args).output().unwrap();
+        let o = Command::new(CTRL)
+            .arg("-s")
+            .arg(&unpriv)
+            .args(args)
+            .output()
+            .unwrap();
         (String::from_utf8(o.stdout).unwrap(), o.status.code())
     };
     // The raw aliases and formats are translated client-side, so they work
@@ -168,6 +258,9 @@ fn unprivileged_socket_serves_the_client_side_formats() {
     assert!(run(&["load"]).0.starts_with("  Load              Msgs"));
     assert_eq!(
         run(&["reread"]),
-        ("error: Attempt to use privileged command on unprivileged socket\n".to_string(), Some(0))
+        (
+            "error: Attempt to use privileged command on unprivileged socket\n".to_string(),
+            Some(0)
+        )
     );
 }

@@ -408,8 +408,14 @@ async fn descriptor_limit_raised_to_hard_limit() {
         Some(256),
     );
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.child.id())).unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
     let f: Vec<&str> = line.split_whitespace().collect();
     assert_ne!(f[3], "256", "{line}");
-    assert_eq!(f[3], f[4], "soft limit not raised to the hard limit: {line}");
+    assert_eq!(
+        f[3], f[4],
+        "soft limit not raised to the hard limit: {line}"
+    );
 }

@@ -32,7 +32,9 @@ impl Listener {
     }
     fn line(&mut self) -> String {
         let mut l = std::mem::take(&mut self.partial);
-        self.r.read_line(&mut l).expect("notifier line before timeout");
+        self.r
+            .read_line(&mut l)
+            .expect("notifier line before timeout");
         l
     }
     /// The next line if one arrives within `limit`. A line cut by the
@@ -40,11 +42,21 @@ impl Listener {
     fn line_within(&mut self, limit: Duration) -> Option<String> {
         self.r.get_mut().set_read_timeout(Some(limit)).unwrap();
         let r = self.r.read_line(&mut self.partial);
-        self.r.get_mut().set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        self.r
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         match r {
             Ok(0) => panic!("notifier closed the connection"),
             Ok(_) => Some(std::mem::take(&mut self.partial)),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
             Err(e) => panic!("notifier: {e}"),
         }
     }
@@ -101,7 +113,11 @@ fn banner_and_state_changes_of_a_request() {
             break;
         }
     }
-    let f = |s: &str| msgs.iter().position(|m| m == s).unwrap_or_else(|| panic!("{s:?} missing from {msgs:?}"));
+    let f = |s: &str| {
+        msgs.iter()
+            .position(|m| m == s)
+            .unwrap_or_else(|| panic!("{s:?} missing from {msgs:?}"))
+    };
     let busy = f("S 0 StateChange Idle -> Busy\n");
     assert_eq!(msgs[busy + 1], "F 2\n", "{msgs:?}");
     assert!(f("S 0 tag 1: tagging\n") > busy, "{msgs:?}");
@@ -138,7 +154,10 @@ fn all_busy_gives_z_then_y() {
     } else {
         first
     };
-    assert_eq!([first, l.line(), l.line(), l.line()], ["F 0\n", "Z\n", "F 1\n", "Y\n"]);
+    assert_eq!(
+        [first, l.line(), l.line(), l.line()],
+        ["F 0\n", "Z\n", "F 1\n", "Y\n"]
+    );
 }
 
 #[test]

@@ -28,7 +28,13 @@ async fn start() -> Server {
     let task = tokio::spawn(notify::run(listener, notifier.clone(), async move {
         let _ = rx.await;
     }));
-    Server { _dir: dir, path, notifier, stop: Some(tx), task }
+    Server {
+        _dir: dir,
+        path,
+        notifier,
+        stop: Some(tx),
+        task,
+    }
 }
 
 type Client = BufReader<UnixStream>;
@@ -39,7 +45,10 @@ async fn connect(s: &Server) -> Client {
 
 async fn line(c: &mut Client) -> String {
     let mut l = String::new();
-    tokio::time::timeout(WAIT, c.read_line(&mut l)).await.expect("timed out waiting for a notifier line").unwrap();
+    tokio::time::timeout(WAIT, c.read_line(&mut l))
+        .await
+        .expect("timed out waiting for a notifier line")
+        .unwrap();
     l
 }
 
@@ -80,14 +89,28 @@ async fn banner_subscription_and_message_formats() {
         }
         got.push(l);
     }
-    assert_eq!(got, ["S 4 StateChange Idle -> Busy\n", "F 0\n", "Z\n", "S 4 1: sleeping 2\n", "S 2 StateChange Busy -> Idle\n", "F 1\n", "Y\n"]);
+    assert_eq!(
+        got,
+        [
+            "S 4 StateChange Idle -> Busy\n",
+            "F 0\n",
+            "Z\n",
+            "S 4 1: sleeping 2\n",
+            "S 2 StateChange Busy -> Idle\n",
+            "F 1\n",
+            "Y\n"
+        ]
+    );
     // A new `?` line replaces the set; `*` means all.
     c.get_mut().write_all(b"?*\n").await.unwrap();
     until("?*", || s.notifier.subscribed(b'B') == 1).await;
     s.notifier.busy_timeout();
     s.notifier.worker_exited_unexpectedly();
     s.notifier.reread();
-    assert_eq!([line(&mut c).await, line(&mut c).await, line(&mut c).await], ["B\n", "U\n", "R\n"]);
+    assert_eq!(
+        [line(&mut c).await, line(&mut c).await, line(&mut c).await],
+        ["B\n", "U\n", "R\n"]
+    );
 }
 
 #[tokio::test]
@@ -102,11 +125,17 @@ async fn five_listeners_then_refusal() {
     let mut sixth = connect(&s).await;
     assert_eq!(line(&mut sixth).await, "*ERR No free listening slots\n");
     let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, sixth.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, sixth.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rest.is_empty(), "refused connection must be closed");
     // Closing one frees its slot.
     drop(clients.pop());
-    until("slot release", || s.notifier.listeners() == MAX_LISTENERS - 1).await;
+    until("slot release", || {
+        s.notifier.listeners() == MAX_LISTENERS - 1
+    })
+    .await;
     let mut again = connect(&s).await;
     assert_eq!(line(&mut again).await, "*OK\n");
 }
@@ -126,9 +155,15 @@ async fn slow_listener_never_blocks_the_sender_and_is_dropped() {
     }
     until("overflow disconnect", || s.notifier.listeners() == 0).await;
     let mut all = Vec::new();
-    tokio::time::timeout(WAIT, slow.read_to_end(&mut all)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, slow.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8(all).unwrap();
-    assert!(text.lines().all(|l| l.starts_with("S ") && l.len() == 194), "only whole messages arrive");
+    assert!(
+        text.lines().all(|l| l.starts_with("S ") && l.len() == 194),
+        "only whole messages arrive"
+    );
 }
 
 #[tokio::test]
@@ -137,9 +172,15 @@ async fn shutdown_closes_listeners() {
     let mut c = connect(&s).await;
     assert_eq!(line(&mut c).await, "*OK\n");
     s.stop.take().unwrap().send(()).unwrap();
-    tokio::time::timeout(WAIT, &mut s.task).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, &mut s.task)
+        .await
+        .unwrap()
+        .unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rest.is_empty());
     assert_eq!(s.notifier.listeners(), 0);
     // Events after shutdown go nowhere and do not fail.
@@ -148,10 +189,16 @@ async fn shutdown_closes_listeners() {
 
 #[tokio::test]
 async fn tcp_listener_and_eof() {
-    let listener = SockSpec::Tcp("127.0.0.1:0".parse().unwrap()).bind(5).unwrap();
+    let listener = SockSpec::Tcp("127.0.0.1:0".parse().unwrap())
+        .bind(5)
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let notifier = Notifier::new();
-    let _task = tokio::spawn(notify::run(listener, notifier.clone(), std::future::pending()));
+    let _task = tokio::spawn(notify::run(
+        listener,
+        notifier.clone(),
+        std::future::pending(),
+    ));
     let mut c = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let mut l = String::new();
     c.read_line(&mut l).await.unwrap();

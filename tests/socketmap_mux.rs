@@ -45,7 +45,10 @@ fn lookups_through_workers() {
     assert_eq!(netstring(&mut s), "28:OK value for a@b/in virtuser,");
     // The key is encoded for the worker and the reply decoded for Sendmail.
     s.write_all(b"20:mymap key with space,").unwrap();
-    assert_eq!(netstring(&mut s), "36:OK value for key with space/in mymap,");
+    assert_eq!(
+        netstring(&mut s),
+        "36:OK value for key with space/in mymap,"
+    );
     s.write_all(b"7:nospace,").unwrap();
     assert_eq!(netstring(&mut s), "27:PERM Invalid request format,");
     // Map lookups are not scans and not queued.
@@ -78,5 +81,8 @@ fn side_sockets_use_the_socket_umask_and_are_removed_at_shutdown() {
     }
     mx.signal(libc::SIGTERM);
     assert_eq!(mx.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(!map.exists() && !notify.exists(), "UNIX side sockets are removed (§20.10)");
+    assert!(
+        !map.exists() && !notify.exists(),
+        "UNIX side sockets are removed (§20.10)"
+    );
 }

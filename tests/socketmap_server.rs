@@ -14,7 +14,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Starts a server whose "workers" answer by key; returns its address and
 /// the worker commands it was asked to run.
 async fn start(cfg: Config) -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let listener = SockSpec::Tcp("127.0.0.1:0".parse().unwrap()).bind(5).unwrap();
+    let listener = SockSpec::Tcp("127.0.0.1:0".parse().unwrap())
+        .bind(5)
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -34,14 +36,22 @@ async fn start(cfg: Config) -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) 
             }
         }
     };
-    tokio::spawn(socketmap::run(listener, handler, cfg, std::future::pending()));
+    tokio::spawn(socketmap::run(
+        listener,
+        handler,
+        cfg,
+        std::future::pending(),
+    ));
     (addr, seen)
 }
 
 async fn reply(c: &mut TcpStream) -> String {
     let mut len = Vec::new();
     loop {
-        let b = tokio::time::timeout(WAIT, c.read_u8()).await.expect("reply timed out").expect("connection closed");
+        let b = tokio::time::timeout(WAIT, c.read_u8())
+            .await
+            .expect("reply timed out")
+            .expect("connection closed");
         if b == b':' {
             break;
         }
@@ -56,7 +66,10 @@ async fn reply(c: &mut TcpStream) -> String {
 
 async fn closed(c: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
-    matches!(tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await, Ok(Ok(0)))
+    matches!(
+        tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await,
+        Ok(Ok(0))
+    )
 }
 
 #[tokio::test]
@@ -73,7 +86,12 @@ async fn lookups_on_one_persistent_connection() {
     assert_eq!(reply(&mut c).await, "27:TEMP Busy timeout on worker,");
     assert_eq!(
         *seen.lock().unwrap(),
-        [b"map virtuser a@b\n".to_vec(), b"map mymap key%20with%20space\n".to_vec(), b"map m busy\n".to_vec(), b"map m dead\n".to_vec()]
+        [
+            b"map virtuser a@b\n".to_vec(),
+            b"map mymap key%20with%20space\n".to_vec(),
+            b"map m busy\n".to_vec(),
+            b"map m dead\n".to_vec()
+        ]
     );
 }
 
@@ -84,21 +102,34 @@ async fn malformed_requests() {
     c.write_all(b"7:nospace,").await.unwrap();
     assert_eq!(reply(&mut c).await, "27:PERM Invalid request format,");
     c.write_all(b"3:m k;").await.unwrap();
-    assert_eq!(reply(&mut c).await, "40:PERM Netstring missing terminating comma,");
+    assert_eq!(
+        reply(&mut c).await,
+        "40:PERM Netstring missing terminating comma,"
+    );
     // Leading blanks and trailing junk in the length are read like %d.
     c.write_all(b" 5x:m a@b,").await.unwrap();
     assert_eq!(reply(&mut c).await, "28:OK value for a@b/in virtuser,");
-    assert!(seen.lock().unwrap().len() == 1, "refused requests never reach a worker");
+    assert!(
+        seen.lock().unwrap().len() == 1,
+        "refused requests never reach a worker"
+    );
     for bad in [&b"abc:x,"[..], b"-1:,", b"65537:", b"99999999999999999999:"] {
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(bad).await.unwrap();
-        assert!(closed(&mut c).await, "{:?} must close the connection", String::from_utf8_lossy(bad));
+        assert!(
+            closed(&mut c).await,
+            "{:?} must close the connection",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
 #[tokio::test]
 async fn stalled_request_is_dropped_but_idle_connection_is_kept() {
-    let cfg = Config { reply_timeout: Duration::from_secs(5), request_timeout: Some(Duration::from_millis(300)) };
+    let cfg = Config {
+        reply_timeout: Duration::from_secs(5),
+        request_timeout: Some(Duration::from_millis(300)),
+    };
     let (addr, _) = start(cfg).await;
     let mut idle = TcpStream::connect(addr).await.unwrap();
     let mut stalled = TcpStream::connect(addr).await.unwrap();
@@ -133,11 +164,20 @@ async fn connections_are_independent_and_unix_works() {
     let mut fast = tokio::net::UnixStream::connect(&path).await.unwrap();
     fast.write_all(b"6:m fast,").await.unwrap();
     let mut buf = [0u8; 10];
-    tokio::time::timeout(WAIT, fast.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, fast.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"7:OK fast,");
     // Shutdown drops the connection with the lookup in flight.
     stop_tx.send(()).unwrap();
     tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
     let mut rest = Vec::new();
-    assert_eq!(tokio::time::timeout(WAIT, slow.read_to_end(&mut rest)).await.unwrap().unwrap(), 0);
+    assert_eq!(
+        tokio::time::timeout(WAIT, slow.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
 }

@@ -19,7 +19,11 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
@@ -56,7 +60,11 @@ fn env_files_override_the_environment_in_order() {
     let a = dir.path().join("sysconfig");
     let b = dir.path().join("default");
     std::fs::write(&a, "MX_MAXIMUM=4\nSCANNED_BY=\"from sysconfig\"\n").unwrap();
-    std::fs::write(&b, "# later file wins\nSCANNED_BY='My Scanner'\nSOCKET=inet:8872@127.0.0.1\nMX_USER=\n").unwrap();
+    std::fs::write(
+        &b,
+        "# later file wins\nSCANNED_BY='My Scanner'\nSOCKET=inet:8872@127.0.0.1\nMX_USER=\n",
+    )
+    .unwrap();
     let o = start(
         &[
             "--print",
@@ -84,12 +92,21 @@ fn bad_env_file_stops_with_its_line_number() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("default");
     std::fs::write(&f, "MX_LOG=yes\nSCANNED_BY=My Scanner\n").unwrap();
-    let o = start(&["--print", "--env-file", f.to_str().unwrap(), "milter"], &[]);
+    let o = start(
+        &["--print", "--env-file", f.to_str().unwrap(), "milter"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("mailmunge-start: ") && err.contains("default:2: "), "{err}");
+    assert!(
+        err.starts_with("mailmunge-start: ") && err.contains("default:2: "),
+        "{err}"
+    );
     // A required file that does not exist is an error too.
-    let o = start(&["--print", "--env-file", "/nonexistent/default", "milter"], &[]);
+    let o = start(
+        &["--print", "--env-file", "/nonexistent/default", "milter"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -107,7 +124,12 @@ fn execs_the_daemon_with_argv_and_environment() {
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     let o = start(
-        &["-D", "--bindir", dir.path().to_str().unwrap(), "multiplexor"],
+        &[
+            "-D",
+            "--bindir",
+            dir.path().to_str().unwrap(),
+            "multiplexor",
+        ],
         &[
             ("SPOOLDIR", spool.to_str().unwrap()),
             ("MX_USER", ""),
@@ -118,8 +140,23 @@ fn execs_the_daemon_with_argv_and_environment() {
     );
     let s = spool.to_str().unwrap();
     let expected: Vec<String> = [
-        "-D", "-G", "-Y", "two words", "-b", "600", "-l", "-m", "2", "-x", "10", "-z", s, "-s",
-        &format!("{s}/mailmunge-multiplexor.sock"), "-o", &format!("{s}/mailmunge-multiplexor.lock"),
+        "-D",
+        "-G",
+        "-Y",
+        "two words",
+        "-b",
+        "600",
+        "-l",
+        "-m",
+        "2",
+        "-x",
+        "10",
+        "-z",
+        s,
+        "-s",
+        &format!("{s}/mailmunge-multiplexor.sock"),
+        "-o",
+        &format!("{s}/mailmunge-multiplexor.lock"),
         &format!("HOME={s} LC_ALL=C MX_LOG=yes MAILMUNGE_SPOOLDIR={s}"),
     ]
     .iter()
@@ -135,7 +172,10 @@ fn start_removes_a_stale_socket_and_cleanup_does_too() {
     let sock = dir.path().join("m.sock");
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let sock_spec = format!("unix:{}", sock.display());
-    let env = [("SOCKET", sock_spec.as_str()), ("SPOOLDIR", dir.path().to_str().unwrap())];
+    let env = [
+        ("SOCKET", sock_spec.as_str()),
+        ("SPOOLDIR", dir.path().to_str().unwrap()),
+    ];
     let o = start(&["--bindir", dir.path().to_str().unwrap(), "milter"], &env);
     assert!(stdout(&o).contains(&format!("-p\n{sock_spec}\n")));
     assert!(!sock.exists(), "stale socket still there");
@@ -156,7 +196,14 @@ fn start_removes_a_stale_socket_and_cleanup_does_too() {
 #[test]
 fn missing_daemon_binary_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let o = start(&["--bindir", dir.path().to_str().unwrap(), "milter"], &[("SPOOLDIR", dir.path().to_str().unwrap())]);
+    let o = start(
+        &["--bindir", dir.path().to_str().unwrap(), "milter"],
+        &[("SPOOLDIR", dir.path().to_str().unwrap())],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot execute"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot execute"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

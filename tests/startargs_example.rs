@@ -7,14 +7,19 @@ use std::ffi::OsString;
 
 /// The example with every `# NAME=value` line uncommented.
 fn uncommented() -> Vec<envfile::Assignment> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/default/mailmunge")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/etc/default/mailmunge"
+    ))
+    .unwrap();
     let lines: String = text
         .lines()
         .filter_map(|l| {
             let l = l.strip_prefix("# ")?;
             let name_end = l.find('=')?;
             let name = &l[..name_end];
-            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')).then(|| format!("{l}\n"))
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+                .then(|| format!("{l}\n"))
         })
         .collect();
     envfile::parse(lines.as_bytes(), &|_| None).unwrap()
@@ -57,7 +62,10 @@ fn example_values_are_the_defaults() {
     for d in [Daemon::Milter, Daemon::Multiplexor] {
         let mut with: Vec<OsString> = startargs::argv(d, &file, false);
         for (flag, value) in builtin {
-            if let Some(i) = with.windows(2).position(|w| w[0] == *flag && w[1] == *value) {
+            if let Some(i) = with
+                .windows(2)
+                .position(|w| w[0] == *flag && w[1] == *value)
+            {
                 with.drain(i..i + 2);
             }
         }

@@ -35,7 +35,9 @@ fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
     std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o750)).unwrap();
     let user = if is_root() { "mailmunge" } else { "" };
     if is_root() {
-        let u = nix::unistd::User::from_name("mailmunge").unwrap().expect("user mailmunge (see .ci/install-deps)");
+        let u = nix::unistd::User::from_name("mailmunge")
+            .unwrap()
+            .expect("user mailmunge (see .ci/install-deps)");
         nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
     }
     let notify = dir.path().join("notify");
@@ -63,16 +65,29 @@ fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
     assert_eq!(&buf[..n], b"READY=1");
     // Ready means ready: the control socket answers at once.
     let answer = free(&sock).expect("control socket does not answer after READY=1");
-    assert!(answer.trim_end().parse::<u32>().is_ok(), "free answered {answer:?}");
-    assert!(child.try_wait().unwrap().is_none(), "mailmunge-start must exec the daemon, not exit");
+    assert!(
+        answer.trim_end().parse::<u32>().is_ok(),
+        "free answered {answer:?}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "mailmunge-start must exec the daemon, not exit"
+    );
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "multiplexor did not stop within 30 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "multiplexor did not stop within 30 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "exit status {status:?}");

@@ -59,7 +59,12 @@ fn with_milter(
         }
         seen
     });
-    let out = tryout::run(&SockSpec::Unix(path.clone()), "test", t, Duration::from_secs(10));
+    let out = tryout::run(
+        &SockSpec::Unix(path.clone()),
+        "test",
+        t,
+        Duration::from_secs(10),
+    );
     let seen = h.join().unwrap();
     (out, seen)
 }
@@ -111,9 +116,17 @@ fn end_of_message_actions_are_decoded_and_applied() {
             write_packet(s, b'c', b"");
             continue_until(s, seen, b'E', false);
             write_packet(s, b'h', b"X-Added\0yes\0");
-            write_packet(s, b'i', &[&0u32.to_be_bytes()[..], b"X-First\0top\0"].concat());
+            write_packet(
+                s,
+                b'i',
+                &[&0u32.to_be_bytes()[..], b"X-First\0top\0"].concat(),
+            );
             write_packet(s, b'm', &[&1u32.to_be_bytes()[..], b"X-Old\0\0"].concat());
-            write_packet(s, b'm', &[&1u32.to_be_bytes()[..], b"Subject\0changed\0"].concat());
+            write_packet(
+                s,
+                b'm',
+                &[&1u32.to_be_bytes()[..], b"Subject\0changed\0"].concat(),
+            );
             write_packet(s, b'e', b"<new@example.org>\0SIZE=10\0");
             write_packet(s, b'2', b"<c@example.com>\0NOTIFY=NEVER\0");
             write_packet(s, b'-', b"<b@example.com>\0");
@@ -126,23 +139,61 @@ fn end_of_message_actions_are_decoded_and_applied() {
         &txn(),
     );
     let out = out.unwrap();
-    let verdicts: Vec<(&str, &Verdict)> = out.stages.iter().map(|s| (s.stage, &s.verdict)).collect();
+    let verdicts: Vec<(&str, &Verdict)> =
+        out.stages.iter().map(|s| (s.stage, &s.verdict)).collect();
     assert_eq!(verdicts[0], ("connect", &Verdict::Continue));
-    assert_eq!(verdicts[4], ("rcpt", &Verdict::Reject { reply: "550 5.1.1 No such user".into() }));
-    assert!(out.stages.iter().filter(|s| s.stage == "header").all(|s| s.verdict == Verdict::NotAsked));
+    assert_eq!(
+        verdicts[4],
+        (
+            "rcpt",
+            &Verdict::Reject {
+                reply: "550 5.1.1 No such user".into()
+            }
+        )
+    );
+    assert!(out
+        .stages
+        .iter()
+        .filter(|s| s.stage == "header")
+        .all(|s| s.verdict == Verdict::NotAsked));
     assert_eq!(out.final_verdict, Verdict::Accept);
     assert_eq!(out.smtp_reply, "250 2.0.0 Ok");
     assert_eq!(
         out.modifications,
         vec![
-            Modification::AddHeader { name: "X-Added".into(), value: "yes".into() },
-            Modification::InsertHeader { index: 0, name: "X-First".into(), value: "top".into() },
-            Modification::ChangeHeader { index: 1, name: "X-Old".into(), value: "".into() },
-            Modification::ChangeHeader { index: 1, name: "Subject".into(), value: "changed".into() },
-            Modification::ChangeSender { sender: "<new@example.org>".into(), args: Some("SIZE=10".into()) },
-            Modification::AddRecipient { recipient: "<c@example.com>".into(), args: Some("NOTIFY=NEVER".into()) },
-            Modification::DeleteRecipient { recipient: "<b@example.com>".into() },
-            Modification::Quarantine { reason: "held for review".into() },
+            Modification::AddHeader {
+                name: "X-Added".into(),
+                value: "yes".into()
+            },
+            Modification::InsertHeader {
+                index: 0,
+                name: "X-First".into(),
+                value: "top".into()
+            },
+            Modification::ChangeHeader {
+                index: 1,
+                name: "X-Old".into(),
+                value: "".into()
+            },
+            Modification::ChangeHeader {
+                index: 1,
+                name: "Subject".into(),
+                value: "changed".into()
+            },
+            Modification::ChangeSender {
+                sender: "<new@example.org>".into(),
+                args: Some("SIZE=10".into())
+            },
+            Modification::AddRecipient {
+                recipient: "<c@example.com>".into(),
+                args: Some("NOTIFY=NEVER".into())
+            },
+            Modification::DeleteRecipient {
+                recipient: "<b@example.com>".into()
+            },
+            Modification::Quarantine {
+                reason: "held for review".into()
+            },
             Modification::ReplaceBody { length: 10 },
         ]
     );
@@ -152,18 +203,45 @@ fn end_of_message_actions_are_decoded_and_applied() {
         String::from_utf8(out.result.clone()).unwrap(),
         "X-First: top\nFrom: a@example.org\nSubject: changed\nX-Added: yes\n\nnew body\n"
     );
-    assert!(out.diff.contains("-X-Old: 1\n") && out.diff.contains("+X-First: top\n") && out.diff.contains("-body line\n+new body\n"), "{}", out.diff);
+    assert!(
+        out.diff.contains("-X-Old: 1\n")
+            && out.diff.contains("+X-First: top\n")
+            && out.diff.contains("-body line\n+new body\n"),
+        "{}",
+        out.diff
+    );
 
     // What the milter saw: macros before connect (with {client_addr}) and
     // MAIL (with the queue id), header values without the leading space,
     // the body with CRLF, and no rejected recipient's data.
-    let macro_for = |stage: u8| seen.iter().find(|(c, d)| *c == b'D' && d[0] == stage).map(|(_, d)| d.clone()).unwrap();
+    let macro_for = |stage: u8| {
+        seen.iter()
+            .find(|(c, d)| *c == b'D' && d[0] == stage)
+            .map(|(_, d)| d.clone())
+            .unwrap()
+    };
     let conn = macro_for(b'C');
-    assert!(conn.windows(b"{client_addr}\x00192.0.2.1\x00".len()).any(|w| w == b"{client_addr}\x00192.0.2.1\x00"));
-    assert!(macro_for(b'M').windows(b"i\x00QID1\x00".len()).any(|w| w == b"i\x00QID1\x00"));
+    assert!(conn
+        .windows(b"{client_addr}\x00192.0.2.1\x00".len())
+        .any(|w| w == b"{client_addr}\x00192.0.2.1\x00"));
+    assert!(macro_for(b'M')
+        .windows(b"i\x00QID1\x00".len())
+        .any(|w| w == b"i\x00QID1\x00"));
     let connect = &seen.iter().find(|(c, _)| *c == b'C').unwrap().1;
-    assert_eq!(connect, &[&b"client.example\x004"[..], &4567u16.to_be_bytes(), b"192.0.2.1\x00"].concat());
-    let headers: Vec<&Vec<u8>> = seen.iter().filter(|(c, _)| *c == b'L').map(|(_, d)| d).collect();
+    assert_eq!(
+        connect,
+        &[
+            &b"client.example\x004"[..],
+            &4567u16.to_be_bytes(),
+            b"192.0.2.1\x00"
+        ]
+        .concat()
+    );
+    let headers: Vec<&Vec<u8>> = seen
+        .iter()
+        .filter(|(c, _)| *c == b'L')
+        .map(|(_, d)| d)
+        .collect();
     assert_eq!(headers[1], &b"Subject\x00hi\x00".to_vec());
     let body = &seen.iter().find(|(c, _)| *c == b'B').unwrap().1;
     assert_eq!(body, b"body line\r\n");
@@ -190,15 +268,30 @@ fn skipped_stages_are_not_sent_and_early_rejects_end_the_transaction() {
         &txn(),
     );
     let out = out.unwrap();
-    let stages: Vec<(&str, Verdict)> = out.stages.iter().map(|s| (s.stage, s.verdict.clone())).collect();
+    let stages: Vec<(&str, Verdict)> = out
+        .stages
+        .iter()
+        .map(|s| (s.stage, s.verdict.clone()))
+        .collect();
     assert_eq!(stages[0], ("connect", Verdict::NotAsked));
     assert_eq!(stages[1], ("helo", Verdict::NotAsked));
     assert_eq!(stages[2], ("mail", Verdict::NotAsked));
     assert_eq!(stages.len(), 5);
     // All recipients refused: the last refusal is the answer.
-    assert_eq!(out.final_verdict, Verdict::Reject { reply: "550 5.7.1 Command rejected".into() });
-    assert!(!seen.iter().any(|(c, _)| *c == b'C' || *c == b'H'), "skipped stages were sent");
-    assert!(seen.iter().any(|(c, _)| *c == b'M'), "MAIL is still sent without reply");
+    assert_eq!(
+        out.final_verdict,
+        Verdict::Reject {
+            reply: "550 5.7.1 Command rejected".into()
+        }
+    );
+    assert!(
+        !seen.iter().any(|(c, _)| *c == b'C' || *c == b'H'),
+        "skipped stages were sent"
+    );
+    assert!(
+        seen.iter().any(|(c, _)| *c == b'M'),
+        "MAIL is still sent without reply"
+    );
 }
 
 #[test]
@@ -217,8 +310,16 @@ fn a_milter_that_hangs_up_is_a_clear_error() {
 #[test]
 fn nothing_listening_is_a_connect_error() {
     let dir = tempfile::tempdir().unwrap();
-    let e = tryout::run(&SockSpec::Unix(dir.path().join("none")), "unix:/none", &txn(), Duration::from_secs(1))
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("cannot connect to the milter at unix:/none: "), "{e}");
+    let e = tryout::run(
+        &SockSpec::Unix(dir.path().join("none")),
+        "unix:/none",
+        &txn(),
+        Duration::from_secs(1),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("cannot connect to the milter at unix:/none: "),
+        "{e}"
+    );
 }

@@ -52,7 +52,10 @@ fn main() {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     let Some(daemon) = Daemon::from_name(&cli.daemon) else {
-        bail!("unknown daemon {:?} (expected `milter` or `multiplexor`)", cli.daemon);
+        bail!(
+            "unknown daemon {:?} (expected `milter` or `multiplexor`)",
+            cli.daemon
+        );
     };
     let mut vars = Vars::from_env();
     let from_files = vars.read_env_files(&cli.env_files)?;
@@ -60,9 +63,17 @@ fn run() -> Result<()> {
 
     if cli.cleanup {
         let sock = vars.listen_socket(daemon);
-        match startargs::remove_stale_socket(&sock).with_context(|| format!("checking {}", sock.to_string_lossy()))? {
-            StaleSocket::InUse => eprintln!("mailmunge-start: {} is in use; left alone", sock.to_string_lossy()),
-            StaleSocket::NotASocket => eprintln!("mailmunge-start: {} is not a socket; left alone", sock.to_string_lossy()),
+        match startargs::remove_stale_socket(&sock)
+            .with_context(|| format!("checking {}", sock.to_string_lossy()))?
+        {
+            StaleSocket::InUse => eprintln!(
+                "mailmunge-start: {} is in use; left alone",
+                sock.to_string_lossy()
+            ),
+            StaleSocket::NotASocket => eprintln!(
+                "mailmunge-start: {} is not a socket; left alone",
+                sock.to_string_lossy()
+            ),
             StaleSocket::Removed | StaleSocket::Nothing => {}
         }
         return Ok(());
@@ -85,7 +96,9 @@ fn run() -> Result<()> {
         return Ok(());
     }
 
-    if startargs::ensure_spooldir(&vars).with_context(|| format!("creating {}", vars.spooldir().display()))? {
+    if startargs::ensure_spooldir(&vars)
+        .with_context(|| format!("creating {}", vars.spooldir().display()))?
+    {
         eprintln!("mailmunge-start: created {}", vars.spooldir().display());
     }
     // A socket left by a crash would make the daemon fail to bind.
@@ -94,7 +107,9 @@ fn run() -> Result<()> {
         eprintln!("mailmunge-start: checking {}: {e}", sock.to_string_lossy());
     }
     let mut cmd = std::process::Command::new(&program);
-    cmd.args(&args).envs(from_files).envs(startargs::extra_env(&vars));
+    cmd.args(&args)
+        .envs(from_files)
+        .envs(startargs::extra_env(&vars));
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot execute {}", program.display()))
 }

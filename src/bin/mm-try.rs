@@ -77,10 +77,14 @@ fn bracket(a: &str) -> String {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     let message = match &cli.message {
-        Some(p) if p.as_os_str() != "-" => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+        }
         _ => {
             let mut v = Vec::new();
-            std::io::stdin().read_to_end(&mut v).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .context("reading standard input")?;
             v
         }
     };
@@ -103,15 +107,24 @@ fn run() -> Result<i32> {
             "to" => m.to(),
             _ => m.cc(),
         };
-        addr.map(|a| a.iter().filter_map(|x| x.address()).map(bracket).collect()).unwrap_or_default()
+        addr.map(|a| a.iter().filter_map(|x| x.address()).map(bracket).collect())
+            .unwrap_or_default()
     };
-    let sender = cli.from.as_deref().map(bracket).or_else(|| header_addrs("from").into_iter().next()).unwrap_or_else(|| "<>".into());
+    let sender = cli
+        .from
+        .as_deref()
+        .map(bracket)
+        .or_else(|| header_addrs("from").into_iter().next())
+        .unwrap_or_else(|| "<>".into());
     let mut recipients: Vec<String> = cli.to.iter().map(|a| bracket(a)).collect();
     if recipients.is_empty() {
         recipients = header_addrs("to");
         recipients.extend(header_addrs("cc"));
     }
-    anyhow::ensure!(!recipients.is_empty(), "no recipients: give --to, or a message with To: or Cc:");
+    anyhow::ensure!(
+        !recipients.is_empty(),
+        "no recipients: give --to, or a message with To: or Cc:"
+    );
 
     let t = Transaction {
         client_ip: cli.client_ip.clone(),
@@ -121,13 +134,22 @@ fn run() -> Result<i32> {
         sender,
         recipients,
         message,
-        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()),
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
         queue_id: format!("MMTRY{:X}", std::process::id()),
     };
-    let outcome = tryout::run(&spec, &spec_text, &t, Duration::from_secs(cli.timeout.max(1)))?;
+    let outcome = tryout::run(
+        &spec,
+        &spec_text,
+        &t,
+        Duration::from_secs(cli.timeout.max(1)),
+    )?;
 
     if let Some(path) = &cli.output {
-        std::fs::write(path, &outcome.result).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, &outcome.result)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if cli.json {
         let mut v = serde_json::to_value(&outcome)?;

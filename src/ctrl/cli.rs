@@ -34,7 +34,9 @@ pub fn strerror(e: &std::io::Error) -> String {
             let rc = unsafe { libc::strerror_r(n, buf.as_mut_ptr(), buf.len()) };
             if rc == 0 {
                 // SAFETY: NUL-terminated by strerror_r.
-                return unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+                return unsafe { CStr::from_ptr(buf.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned();
             }
             format!("Unknown error {n}")
         }
@@ -49,18 +51,36 @@ pub fn error_message(e: &MxError) -> String {
         MxError::Connect(io) if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
             format!("ERROR MXCommand: connect: {}\n", strerror(io))
         }
-        MxError::Connect(io) => format!("ERROR MXCommand: connect: {}: Is multiplexor running?\n", strerror(io)),
-        MxError::Write(io) => format!("ERROR MXCommand: write: {}: Is multiplexor running?\n", strerror(io)),
-        MxError::Read(io) => format!("ERROR MXCommand: read: {}: Is multiplexor running?\n", strerror(io)),
+        MxError::Connect(io) => format!(
+            "ERROR MXCommand: connect: {}: Is multiplexor running?\n",
+            strerror(io)
+        ),
+        MxError::Write(io) => format!(
+            "ERROR MXCommand: write: {}: Is multiplexor running?\n",
+            strerror(io)
+        ),
+        MxError::Read(io) => format!(
+            "ERROR MXCommand: read: {}: Is multiplexor running?\n",
+            strerror(io)
+        ),
         MxError::Timeout(d) => {
-            format!("ERROR MXCommand: no complete reply within {} seconds: Is multiplexor running?\n", d.as_secs())
+            format!(
+                "ERROR MXCommand: no complete reply within {} seconds: Is multiplexor running?\n",
+                d.as_secs()
+            )
         }
     }
 }
 
 /// Sends one request line and returns the whole reply.
-pub async fn exchange(socket: &OsStr, line: &[u8], timeout: Option<std::time::Duration>) -> Result<Vec<u8>, MxError> {
-    mxclient::request_spec(&socket_spec(socket), line, timeout, MAX_REPLY).await.map(|r| r.bytes)
+pub async fn exchange(
+    socket: &OsStr,
+    line: &[u8],
+    timeout: Option<std::time::Duration>,
+) -> Result<Vec<u8>, MxError> {
+    mxclient::request_spec(&socket_spec(socket), line, timeout, MAX_REPLY)
+        .await
+        .map(|r| r.bytes)
 }
 
 /// Where output goes: errors to stderr, or to stdout in `-i` mode.
@@ -114,7 +134,9 @@ async fn usage(options: &Options, diagnostic: Option<String>) -> std::io::Result
     let mut text = diagnostic.unwrap_or_default();
     text.push_str(USAGE);
     std::io::stderr().lock().write_all(text.as_bytes())?;
-    let sink = Sink { interactive: options.interactive };
+    let sink = Sink {
+        interactive: options.interactive,
+    };
     match exchange(&options.socket(), b"help\n", options.timeout).await {
         Ok(reply) => {
             let mut text = b"\nPossible commands:\n".to_vec();
@@ -127,13 +149,19 @@ async fn usage(options: &Options, diagnostic: Option<String>) -> std::io::Result
 
 async fn run(inv: Invocation) -> i32 {
     let o = match inv {
-        Invocation::Usage { options, diagnostic, exit_ok } => {
+        Invocation::Usage {
+            options,
+            diagnostic,
+            exit_ok,
+        } => {
             let _ = usage(&options, diagnostic).await;
             return if exit_ok { 0 } else { 1 };
         }
         Invocation::Run(o) => o,
     };
-    let sink = Sink { interactive: o.interactive };
+    let sink = Sink {
+        interactive: o.interactive,
+    };
     if o.interactive {
         let stdin = std::io::stdin();
         let mut input = stdin.lock();
@@ -169,10 +197,16 @@ async fn run(inv: Invocation) -> i32 {
 
 /// Entry point of the `mm-mx-ctrl` binary; returns the exit status.
 pub fn main(argv: Vec<OsString>) -> i32 {
-    let prog = argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "mm-mx-ctrl".into());
+    let prog = argv
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mm-mx-ctrl".into());
     let args = argv.get(1..).unwrap_or(&[]);
     let inv = options::parse(&prog, args, std::env::var_os("POSIXLY_CORRECT").is_some());
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{prog}: cannot start: {e}");

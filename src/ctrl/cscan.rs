@@ -52,7 +52,11 @@ impl<'a> Scanner<'a> {
             return None;
         }
         let text = std::str::from_utf8(&self.input[start..end]).ok()?;
-        let wide: i64 = text.parse().unwrap_or(if text.starts_with('-') { i64::MIN } else { i64::MAX });
+        let wide: i64 = text.parse().unwrap_or(if text.starts_with('-') {
+            i64::MIN
+        } else {
+            i64::MAX
+        });
         self.pos = end;
         Some(wide as i32)
     }
@@ -75,8 +79,16 @@ impl<'a> Scanner<'a> {
             _ => false,
         };
         let rest = &self.input[at..];
-        let lower: Vec<u8> = rest.iter().take(8).map(|b| b.to_ascii_lowercase()).collect();
-        for (word, value) in [(&b"infinity"[..], f64::INFINITY), (b"inf", f64::INFINITY), (b"nan", f64::NAN)] {
+        let lower: Vec<u8> = rest
+            .iter()
+            .take(8)
+            .map(|b| b.to_ascii_lowercase())
+            .collect();
+        for (word, value) in [
+            (&b"infinity"[..], f64::INFINITY),
+            (b"inf", f64::INFINITY),
+            (b"nan", f64::NAN),
+        ] {
             if lower.starts_with(word) {
                 self.pos = at + word.len();
                 return Some(if neg { -value } else { value });
@@ -107,7 +119,10 @@ impl<'a> Scanner<'a> {
         }
         let mut text = String::from_utf8_lossy(&self.input[start..end]).into_owned();
         if text.ends_with(['e', 'E', '+', '-']) {
-            text = text.trim_end_matches(['+', '-']).trim_end_matches(['e', 'E']).to_string();
+            text = text
+                .trim_end_matches(['+', '-'])
+                .trim_end_matches(['e', 'E'])
+                .to_string();
         }
         let v: f64 = text.parse().ok()?;
         self.pos = end;
@@ -147,7 +162,10 @@ impl<'a> Scanner<'a> {
             }
             let end = self.digits_from(j);
             if end > j {
-                let e: i32 = std::str::from_utf8(&b[j..end]).ok()?.parse().unwrap_or(i32::MAX / 2);
+                let e: i32 = std::str::from_utf8(&b[j..end])
+                    .ok()?
+                    .parse()
+                    .unwrap_or(i32::MAX / 2);
                 scale = scale.saturating_add(if neg { -e } else { e });
                 i = end;
             }

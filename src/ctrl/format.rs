@@ -21,13 +21,25 @@ pub struct Rendered {
 
 impl Rendered {
     fn out(out: Vec<u8>) -> Self {
-        Rendered { out, err: Vec::new(), ok: true }
+        Rendered {
+            out,
+            err: Vec::new(),
+            ok: true,
+        }
     }
     fn failed_out(out: Vec<u8>) -> Self {
-        Rendered { out, err: Vec::new(), ok: false }
+        Rendered {
+            out,
+            err: Vec::new(),
+            ok: false,
+        }
     }
     fn failed_err(err: Vec<u8>) -> Self {
-        Rendered { out: Vec::new(), err, ok: false }
+        Rendered {
+            out: Vec::new(),
+            err,
+            ok: false,
+        }
     }
 }
 
@@ -128,10 +140,14 @@ pub fn status(reply: &[u8], bracket: bool) -> Rendered {
 /// above `max`) show `mark`, computed in single precision as upstream does.
 fn bar(filled: i32, total: i32, max: i32, mark: u8) -> Vec<u8> {
     if total <= max {
-        (0..total.max(0)).map(|i| if i < filled { mark } else { b'.' }).collect()
+        (0..total.max(0))
+            .map(|i| if i < filled { mark } else { b'.' })
+            .collect()
     } else {
         let limit = filled as f32 / total as f32 * max as f32;
-        (0..max).map(|i| if (i as f32) < limit { mark } else { b'.' }).collect()
+        (0..max)
+            .map(|i| if (i as f32) < limit { mark } else { b'.' })
+            .collect()
     }
 }
 
@@ -170,7 +186,12 @@ pub enum LoadKind {
 }
 
 impl LoadKind {
-    pub const ALL: [LoadKind; 4] = [LoadKind::Scan, LoadKind::Relayok, LoadKind::Senderok, LoadKind::Recipok];
+    pub const ALL: [LoadKind; 4] = [
+        LoadKind::Scan,
+        LoadKind::Relayok,
+        LoadKind::Senderok,
+        LoadKind::Recipok,
+    ];
 
     /// The suffix of the command word: `load`, `load-relayok`, ….
     pub fn suffix(self) -> &'static str {
@@ -203,23 +224,38 @@ impl LoadKind {
     }
 
     pub fn from_suffix(s: &[u8]) -> Option<LoadKind> {
-        LoadKind::ALL.into_iter().find(|k| k.suffix().as_bytes() == s)
+        LoadKind::ALL
+            .into_iter()
+            .find(|k| k.suffix().as_bytes() == s)
     }
 }
 
 fn load_header(kind: LoadKind) -> String {
     let (x, y) = kind.labels();
-    format!("{:>6} {:>17} {:>15} {:>15} {}\n", "Load", x, format!("{x}/Sec"), format!("Avg ms/{y}"), "  Avg Busy Workers")
+    format!(
+        "{:>6} {:>17} {:>15} {:>15} {}\n",
+        "Load",
+        x,
+        format!("{x}/Sec"),
+        format!("Avg ms/{y}"),
+        "  Avg Busy Workers"
+    )
 }
 
 fn load_row(label: &str, count: i32, rate: f64, avg_ms: f64, avg_busy: f64) -> String {
-    format!("{label:>6} {count:15} {} {} {}\n", cfix(rate, 15, 2), cfix(avg_ms, 15, 1), cfix(avg_busy, 15, 2))
+    format!(
+        "{label:>6} {count:15} {} {} {}\n",
+        cfix(rate, 15, 2),
+        cfix(avg_ms, 15, 1),
+        cfix(avg_busy, 15, 2)
+    )
 }
 
 /// The 29-number `load` reply (§5.3): counts, average busy workers and
 /// average ms for the four windows, then activations and reaps per
 /// window, the worker-state counts and the five totals. The text format
 /// reads only the first [`LOAD_WINDOW_NUMBERS`], as upstream does.
+#[rustfmt::skip] // one row per group of the reply
 pub(crate) const LOAD_PATTERN: [Conv; 29] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
@@ -242,13 +278,28 @@ pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
         return could_not_interpret(reply);
     }
     let mut body = load_header(kind);
-    for (i, (label, secs)) in [("10 Sec", 10.0), ("1 Min", 60.0), ("5 Min", 300.0), ("10 Min", 600.0)].into_iter().enumerate() {
+    for (i, (label, secs)) in [
+        ("10 Sec", 10.0),
+        ("1 Min", 60.0),
+        ("5 Min", 300.0),
+        ("10 Min", 600.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let count = n[i].as_i32();
-        body.push_str(&load_row(label, count, count as f64 / secs, n[8 + i].as_f64(), n[4 + i].as_f64()));
+        body.push_str(&load_row(
+            label,
+            count,
+            count as f64 / secs,
+            n[8 + i].as_f64(),
+            n[4 + i].as_f64(),
+        ));
     }
     Rendered::out(bracketed(bracket, body.into_bytes()))
 }
 
+#[rustfmt::skip] // one row per group of the reply
 pub(crate) const HLOAD_PATTERN: [Conv; 16] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
     Conv::Float, Conv::Float, Conv::Float, Conv::Float,
@@ -267,13 +318,24 @@ pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
     let mut body = load_header(kind);
     for (i, label) in [" 1h", " 4h", "12h", "24h"].into_iter().enumerate() {
         let (count, secs) = (n[i].as_i32(), n[12 + i].as_i32());
-        let rate = if secs != 0 { count as f64 / secs as f64 } else { 0.0 };
-        body.push_str(&load_row(label, count, rate, n[8 + i].as_f64(), n[4 + i].as_f64()));
+        let rate = if secs != 0 {
+            count as f64 / secs as f64
+        } else {
+            0.0
+        };
+        body.push_str(&load_row(
+            label,
+            count,
+            rate,
+            n[8 + i].as_f64(),
+            n[4 + i].as_f64(),
+        ));
     }
     Rendered::out(bracketed(bracket, body.into_bytes()))
 }
 
 /// The 26-number `load1` reply pattern (§5.4).
+#[rustfmt::skip] // one row per group of the reply
 pub const LOAD1_PATTERN: [Conv; 26] = [
     Conv::Int, Conv::Float, Conv::Float,
     Conv::Int, Conv::Float, Conv::Float,
@@ -293,8 +355,14 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
     let i = |k: usize| n[k].as_i32();
     let back = i(21);
     let mut body = format!("Statistics for last {back} seconds:\n");
-    body.push_str(&format!("{:>10} {:>15} {:>15} {:>15} {:>15}\n", "Cmd", "Num", "Num/s", "AvgWorkers", "AvgMS"));
-    for (k, label) in ["Scan", "Relayok", "Senderok", "Recipok"].into_iter().enumerate() {
+    body.push_str(&format!(
+        "{:>10} {:>15} {:>15} {:>15} {:>15}\n",
+        "Cmd", "Num", "Num/s", "AvgWorkers", "AvgMS"
+    ));
+    for (k, label) in ["Scan", "Relayok", "Senderok", "Recipok"]
+        .into_iter()
+        .enumerate()
+    {
         let num = i(3 * k);
         body.push_str(&format!(
             "{label:>10} {num:15} {} {} {}\n",
@@ -305,9 +373,18 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
     }
     body.push_str(&format!(
         "\nCurrent Snapshot:\nWorkers: busy={} idle={} stopped={} killed={}\n",
-        i(12), i(13), i(14), i(15)
+        i(12),
+        i(13),
+        i(14),
+        i(15)
     ));
-    body.push_str(&format!("Cmds:   scan={} relayok={} senderok={} recipok={}\n", i(22), i(23), i(24), i(25)));
+    body.push_str(&format!(
+        "Cmds:   scan={} relayok={} senderok={} recipok={}\n",
+        i(22),
+        i(23),
+        i(24),
+        i(25)
+    ));
     body.push_str(&format!("Queue:  size={} queued={}\n", i(18), i(19)));
     Rendered::out(bracketed(bracket, body.into_bytes()))
 }
@@ -316,7 +393,11 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
 /// `decode`), with a newline added if it lacks one; always succeeds.
 pub fn passthrough(reply: &[u8], decode: bool, bracket: bool) -> Rendered {
     let reply = until_nul(reply);
-    let mut body = if decode { percent::decode_c(reply) } else { reply.to_vec() };
+    let mut body = if decode {
+        percent::decode_c(reply)
+    } else {
+        reply.to_vec()
+    };
     if body.last().is_some_and(|&b| b != b'\n') {
         body.push(b'\n');
     }
@@ -377,7 +458,11 @@ mod tests {
             (2.675, "2.67", "2.7"),
             (-0.0, "-0.00", "-0.0"),
             (-0.001, "-0.00", "-0.0"),
-            (1e21, "1000000000000000000000.00", "1000000000000000000000.0"),
+            (
+                1e21,
+                "1000000000000000000000.00",
+                "1000000000000000000000.0",
+            ),
             (123456789.125, "123456789.12", "123456789.1"),
             (1502.5, "1502.50", "1502.5"),
             (2003.35, "2003.35", "2003.3"),
@@ -398,7 +483,10 @@ mod tests {
         assert!(r.ok);
         assert_eq!(s(&r), "Max workers: 4\nWorker 0: idle\nWorker 1: idle\nWorker 2: stopped\nWorker 3: stopped\n");
         let r = status(b"BK 1 2 3 4 5\n", true);
-        assert_eq!(s(&r), "<\nMax workers: 2\nWorker 0: busy\nWorker 1: killed\n>\n");
+        assert_eq!(
+            s(&r),
+            "<\nMax workers: 2\nWorker 0: busy\nWorker 1: killed\n>\n"
+        );
         // No space: the newline counts as a (unknown) state, as upstream.
         let r = status(b"IX\n", false);
         assert_eq!(s(&r), "Max workers: 3\nWorker 0: idle\nWorker 1: unknown state 'X'\nWorker 2: unknown state '\n'\n");
@@ -407,7 +495,14 @@ mod tests {
     #[test]
     fn status_errors_go_to_the_error_stream() {
         let r = status(b"error: Unknown command\n", true);
-        assert_eq!(r, Rendered { out: vec![], err: b"ERROR error: Unknown command\n".to_vec(), ok: false });
+        assert_eq!(
+            r,
+            Rendered {
+                out: vec![],
+                err: b"ERROR error: Unknown command\n".to_vec(),
+                ok: false
+            }
+        );
         let r = barstatus(b"", false);
         assert_eq!(r.err, b"ERROR ");
         assert!(!r.ok);
@@ -415,9 +510,18 @@ mod tests {
 
     #[test]
     fn barstatus_observed() {
-        assert_eq!(s(&barstatus(b"IISS 0 2 2 0 6\n", false)), "  0/4 ....    0/2 .. 0\n");
-        assert_eq!(s(&barstatus(b"BBBB 1 4 2 2 40\n", false)), "  4/4 BBBB    2/2 QQ 1\n");
-        assert_eq!(s(&barstatus(b"BIS 7 1 0 0 3\n", true)), "<\n  1/3 B.. 7\n>\n");
+        assert_eq!(
+            s(&barstatus(b"IISS 0 2 2 0 6\n", false)),
+            "  0/4 ....    0/2 .. 0\n"
+        );
+        assert_eq!(
+            s(&barstatus(b"BBBB 1 4 2 2 40\n", false)),
+            "  4/4 BBBB    2/2 QQ 1\n"
+        );
+        assert_eq!(
+            s(&barstatus(b"BIS 7 1 0 0 3\n", true)),
+            "<\n  1/3 B.. 7\n>\n"
+        );
     }
 
     #[test]
@@ -426,7 +530,15 @@ mod tests {
         let mut reply = vec![b'B'; 10];
         reply.extend(vec![b'I'; 20]);
         reply.extend_from_slice(b" 5 0 40 7 9\n");
-        let want = format!("{:>3}/30 {}{}  {:>3}/40 {}{} 5\n", 10, "B".repeat(9), ".".repeat(16), 7, "Q".repeat(4), ".".repeat(16));
+        let want = format!(
+            "{:>3}/30 {}{}  {:>3}/40 {}{} 5\n",
+            10,
+            "B".repeat(9),
+            ".".repeat(16),
+            7,
+            "Q".repeat(4),
+            ".".repeat(16)
+        );
         assert_eq!(s(&barstatus(&reply, false)), want);
     }
 
@@ -442,30 +554,54 @@ mod tests {
         assert_eq!(s(&load(LoadKind::Scan, IDLE_LOAD, false)), want);
         let r = load(LoadKind::Recipok, b"3 4 4 4 2.0 2.0 2.0 2.0 2003.333333 1502.5 1502.5 1502.5 0 0 0 0 0 0 0 0 0 3 1 0 0 2 2 0 6\n", false);
         let text = s(&r);
-        assert!(text.starts_with("  Load              RCPT        RCPT/Sec     Avg ms/RCPT   Avg Busy Workers\n\
+        assert!(
+            text.starts_with(
+                "  Load              RCPT        RCPT/Sec     Avg ms/RCPT   Avg Busy Workers\n\
 10 Sec               3            0.30          2003.3            2.00\n \
-1 Min               4            0.07          1502.5            2.00\n"), "{text}");
+1 Min               4            0.07          1502.5            2.00\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
     fn load_rejects_unparseable_replies() {
         let r = load(LoadKind::Relayok, b"error: Unknown command\n", true);
-        assert_eq!(r, Rendered { out: b"Could not interpret response: error: Unknown command\n".to_vec(), err: vec![], ok: false });
+        assert_eq!(
+            r,
+            Rendered {
+                out: b"Could not interpret response: error: Unknown command\n".to_vec(),
+                err: vec![],
+                ok: false
+            }
+        );
         assert!(!hload(LoadKind::Scan, b"1 2 3", false).ok);
     }
 
     #[test]
     fn hload_observed_and_rates() {
         let r = hload(LoadKind::Scan, b"0 0 0 0 0.000000 0.000000 0.000000 0.000000 0.000000 0.000000 0.000000 0.000000 0 0 0 0\n", false);
-        assert_eq!(s(&r), "  Load              Msgs        Msgs/Sec     Avg ms/Scan   Avg Busy Workers\n    \
+        assert_eq!(
+            s(&r),
+            "  Load              Msgs        Msgs/Sec     Avg ms/Scan   Avg Busy Workers\n    \
 1h               0            0.00             0.0            0.00\n    \
 4h               0            0.00             0.0            0.00\n   \
 12h               0            0.00             0.0            0.00\n   \
-24h               0            0.00             0.0            0.00\n");
-        let r = hload(LoadKind::Senderok, b"10 10 10 10 1.5 1.5 1.5 1.5 20.25 20.25 20.25 20.25 4 4 0 4\n", false);
+24h               0            0.00             0.0            0.00\n"
+        );
+        let r = hload(
+            LoadKind::Senderok,
+            b"10 10 10 10 1.5 1.5 1.5 1.5 20.25 20.25 20.25 20.25 4 4 0 4\n",
+            false,
+        );
         let t = s(&r);
         assert!(t.starts_with("  Load              MAIL        MAIL/Sec     Avg ms/MAIL   Avg Busy Workers\n    1h              10            2.50            20.2            1.50\n"), "{t}");
-        assert!(t.contains("\n   12h              10            0.00            20.2            1.50\n"), "{t}");
+        assert!(
+            t.contains(
+                "\n   12h              10            0.00            20.2            1.50\n"
+            ),
+            "{t}"
+        );
     }
 
     #[test]
@@ -481,15 +617,24 @@ Recipok               4             0.1             2.0          1502.5\n\
         assert!(r.ok);
         assert_eq!(s(&r), want);
         let r = load1(b"error: Invalid 'back' amount (must be 10-600)\n", true);
-        assert_eq!(s(&r), "Could not interpret response: error: Invalid 'back' amount (must be 10-600)\n");
+        assert_eq!(
+            s(&r),
+            "Could not interpret response: error: Invalid 'back' amount (must be 10-600)\n"
+        );
         assert!(!r.ok);
     }
 
     #[test]
     fn passthrough_rules() {
         assert_eq!(s(&passthrough(b"3.09", true, false)), "3.09\n");
-        assert_eq!(s(&passthrough(b"ok 1 ok 250 2.1.0 0", true, false)), "ok 1 ok 250 2.1.0 0\n");
-        assert_eq!(s(&passthrough(b"ok 1 a%20b%25\n", true, false)), "ok 1 a b%\n");
+        assert_eq!(
+            s(&passthrough(b"ok 1 ok 250 2.1.0 0", true, false)),
+            "ok 1 ok 250 2.1.0 0\n"
+        );
+        assert_eq!(
+            s(&passthrough(b"ok 1 a%20b%25\n", true, false)),
+            "ok 1 a b%\n"
+        );
         assert_eq!(s(&passthrough(b"a%20b\n", false, false)), "a%20b\n");
         assert_eq!(s(&passthrough(b"", true, false)), "");
         assert_eq!(s(&passthrough(b"", true, true)), "<\n>\n");

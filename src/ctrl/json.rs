@@ -41,7 +41,12 @@ impl Totals {
     /// queued and uptime from `at` on.
     fn read(i: impl Fn(usize) -> i64, at: usize) -> Totals {
         Totals {
-            workers: Counts { busy: i(at), idle: i(at + 1), stopped: i(at + 2), killed: i(at + 3) },
+            workers: Counts {
+                busy: i(at),
+                idle: i(at + 1),
+                stopped: i(at + 2),
+                killed: i(at + 3),
+            },
             msgs: i(at + 4),
             activations: i(at + 5),
             queue_size: i(at + 6),
@@ -168,13 +173,23 @@ pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
                 hours,
                 count,
                 elapsed_seconds: secs,
-                per_second: if secs != 0 { count as f64 / secs as f64 } else { 0.0 },
+                per_second: if secs != 0 {
+                    count as f64 / secs as f64
+                } else {
+                    0.0
+                },
                 avg_busy_workers: n[4 + w].as_f64(),
                 avg_ms: n[8 + w].as_f64(),
             }
         })
         .collect();
-    emit(&HLoad { command: kind.command(), windows }, bracket)
+    emit(
+        &HLoad {
+            command: kind.command(),
+            windows,
+        },
+        bracket,
+    )
 }
 
 #[derive(Serialize)]
@@ -208,7 +223,11 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
         .map(|(k, kind)| CmdLoad {
             command: kind.command(),
             count: i(3 * k),
-            per_second: if back != 0 { i(3 * k) as f64 / back as f64 } else { 0.0 },
+            per_second: if back != 0 {
+                i(3 * k) as f64 / back as f64
+            } else {
+                0.0
+            },
             avg_busy_workers: n[3 * k + 1].as_f64(),
             avg_ms: n[3 * k + 2].as_f64(),
             busy_now: i(22 + k),
@@ -257,11 +276,23 @@ fn worker_line(line: &str) -> Option<WorkerLine> {
         &[letter] => format::state_word(letter)?,
         _ => return None,
     };
-    let mut w = WorkerLine { slot, state, pid: None, command: None, last: None, ago: ago.parse().ok()?, tag };
+    let mut w = WorkerLine {
+        slot,
+        state,
+        pid: None,
+        command: None,
+        last: None,
+        ago: ago.parse().ok()?,
+        tag,
+    };
     for t in tok {
         if let Some(l) = t.strip_prefix("last=") {
             w.last = Some(l.to_string());
-        } else if w.pid.is_none() && w.command.is_none() && t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
+        } else if w.pid.is_none()
+            && w.command.is_none()
+            && t.bytes().all(|b| b.is_ascii_digit())
+            && !t.is_empty()
+        {
             w.pid = t.parse().ok();
         } else if w.command.is_none() && w.last.is_none() {
             w.command = Some(t.to_string());
@@ -304,7 +335,10 @@ mod tests {
 {\"slot\":4,\"state\":\"killed\",\"pid\":77,\"command\":null,\"last\":null,\"ago\":1,\"tag\":null}]}\n"
         );
         assert_eq!(s(&workers(b"", true)), "<\n{\"workers\":[]}\n>\n");
-        let r = workers(b"error: Attempt to use privileged command on unprivileged socket\n", false);
+        let r = workers(
+            b"error: Attempt to use privileged command on unprivileged socket\n",
+            false,
+        );
         assert!(!r.ok);
         assert!(s(&r).starts_with("Could not interpret response: error:"));
     }
@@ -321,7 +355,11 @@ mod tests {
 
     #[test]
     fn load_json() {
-        let r = load(LoadKind::Scan, b"3 6 6 6 2.000000 1.5 1.5 1.5 10.5 8.0 8.0 8.0 1 2 2 2 0 0 1 1 1 2 1 0 6 2 0 0 99\n", true);
+        let r = load(
+            LoadKind::Scan,
+            b"3 6 6 6 2.000000 1.5 1.5 1.5 10.5 8.0 8.0 8.0 1 2 2 2 0 0 1 1 1 2 1 0 6 2 0 0 99\n",
+            true,
+        );
         let t = s(&r);
         assert!(t.starts_with("<\n{\"command\":\"scan\",\"windows\":[{\"seconds\":10,\"count\":3,\"per_second\":0.3,\"avg_busy_workers\":2.0,\"avg_ms\":10.5,\"activated\":1,\"reaped\":0},"), "{t}");
         assert!(t.ends_with("\"workers\":{\"busy\":1,\"idle\":2,\"stopped\":1,\"killed\":0},\"msgs\":6,\"activations\":2,\"queue_size\":0,\"queued\":0,\"uptime\":99}\n>\n"), "{t}");
@@ -332,13 +370,25 @@ mod tests {
 
     #[test]
     fn hload_and_load1_json() {
-        let r = hload(LoadKind::Recipok, b"8 8 8 8 1 1 1 1 5 5 5 5 4 4 4 0\n", false);
+        let r = hload(
+            LoadKind::Recipok,
+            b"8 8 8 8 1 1 1 1 5 5 5 5 4 4 4 0\n",
+            false,
+        );
         assert!(s(&r).starts_with("{\"command\":\"recipok\",\"windows\":[{\"hours\":1,\"count\":8,\"elapsed_seconds\":4,\"per_second\":2.0,\"avg_busy_workers\":1.0,\"avg_ms\":5.0},"));
-        assert!(s(&r).contains("{\"hours\":24,\"count\":8,\"elapsed_seconds\":0,\"per_second\":0.0,"));
+        assert!(
+            s(&r).contains("{\"hours\":24,\"count\":8,\"elapsed_seconds\":0,\"per_second\":0.0,")
+        );
         let r = load1(b"1 1.000000 0.000000 1 1.000000 0.000000 0 0.000000 0.000000 4 2.000000 1502.500000 0 3 1 0 1 2 2 0 60 60 0 0 0 1\n", false);
         let t = s(&r);
-        assert!(t.starts_with("{\"seconds\":60,\"commands\":[{\"command\":\"scan\",\"count\":1,"), "{t}");
+        assert!(
+            t.starts_with("{\"seconds\":60,\"commands\":[{\"command\":\"scan\",\"count\":1,"),
+            "{t}"
+        );
         assert!(t.contains("{\"command\":\"recipok\",\"count\":4,\"per_second\":0.06666666666666667,\"avg_busy_workers\":2.0,\"avg_ms\":1502.5,\"busy_now\":1}"), "{t}");
-        assert!(t.ends_with("\"queue_size\":2,\"queued\":0,\"uptime\":60}\n"), "{t}");
+        assert!(
+            t.ends_with("\"queue_size\":2,\"queued\":0,\"uptime\":60}\n"),
+            "{t}"
+        );
     }
 }

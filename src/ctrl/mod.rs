@@ -111,8 +111,13 @@ impl Command {
         match self {
             Command::Status | Command::BarStatus | Command::JsonStatus => b"status\n".to_vec(),
             Command::Load(k) | Command::JsonLoad(k) => format!("load{}\n", k.suffix()).into_bytes(),
-            Command::HLoad(k) | Command::JsonHLoad(k) => format!("hload{}\n", k.suffix()).into_bytes(),
-            Command::Raw(l) | Command::Load1(l) | Command::PassThrough(l) | Command::JsonLoad1(l) => l.clone(),
+            Command::HLoad(k) | Command::JsonHLoad(k) => {
+                format!("hload{}\n", k.suffix()).into_bytes()
+            }
+            Command::Raw(l)
+            | Command::Load1(l)
+            | Command::PassThrough(l)
+            | Command::JsonLoad1(l) => l.clone(),
             Command::JsonWorkers(req) => req.as_bytes().to_vec(),
         }
     }
@@ -160,8 +165,14 @@ mod tests {
 
     #[test]
     fn request_encoding_observed() {
-        assert_eq!(build_request(&w(&[b"echo", b"a b", b"c%d", b"x'y", "é".as_bytes()])), b"echo a%20b c%25d x%27y %C3%A9\n");
-        assert_eq!(build_request(&w(&[b"scan", b"NOQUEUE", b"/dir"])), b"scan NOQUEUE /dir\n");
+        assert_eq!(
+            build_request(&w(&[b"echo", b"a b", b"c%d", b"x'y", "é".as_bytes()])),
+            b"echo a%20b c%25d x%27y %C3%A9\n"
+        );
+        assert_eq!(
+            build_request(&w(&[b"scan", b"NOQUEUE", b"/dir"])),
+            b"scan NOQUEUE /dir\n"
+        );
         assert_eq!(build_request(&w(&[b"load1", b"60"])), b"load1 60\n");
         assert_eq!(build_request(&w(&[b"load1 60"])), b"load1%2060\n");
         assert_eq!(build_request(&w(&[b"a\\\"b"])), b"a%5C%22b\n");
@@ -174,30 +185,106 @@ mod tests {
             (b"status\n", b"status\n", Command::Status),
             (b"barstatus\n", b"status\n", Command::BarStatus),
             (b"reread\n", b"reread\n", Command::Raw(b"reread\n".to_vec())),
-            (b"rawstatus\n", b"status\n", Command::Raw(b"status\n".to_vec())),
+            (
+                b"rawstatus\n",
+                b"status\n",
+                Command::Raw(b"status\n".to_vec()),
+            ),
             (b"msgs\n", b"msgs\n", Command::Raw(b"msgs\n".to_vec())),
             (b"rawload\n", b"load\n", Command::Raw(b"load\n".to_vec())),
-            (b"rawload-relayok\n", b"load-relayok\n", Command::Raw(b"load-relayok\n".to_vec())),
-            (b"rawload-senderok\n", b"load-senderok\n", Command::Raw(b"load-senderok\n".to_vec())),
-            (b"rawload-recipok\n", b"load-recipok\n", Command::Raw(b"load-recipok\n".to_vec())),
-            (b"rawload1 60\n", b"load1 60\n", Command::Raw(b"load1 60\n".to_vec())),
-            (b"load1 60\n", b"load1 60\n", Command::Load1(b"load1 60\n".to_vec())),
+            (
+                b"rawload-relayok\n",
+                b"load-relayok\n",
+                Command::Raw(b"load-relayok\n".to_vec()),
+            ),
+            (
+                b"rawload-senderok\n",
+                b"load-senderok\n",
+                Command::Raw(b"load-senderok\n".to_vec()),
+            ),
+            (
+                b"rawload-recipok\n",
+                b"load-recipok\n",
+                Command::Raw(b"load-recipok\n".to_vec()),
+            ),
+            (
+                b"rawload1 60\n",
+                b"load1 60\n",
+                Command::Raw(b"load1 60\n".to_vec()),
+            ),
+            (
+                b"load1 60\n",
+                b"load1 60\n",
+                Command::Load1(b"load1 60\n".to_vec()),
+            ),
             (b"rawhload\n", b"hload\n", Command::Raw(b"hload\n".to_vec())),
-            (b"rawhload-recipok\n", b"hload-recipok\n", Command::Raw(b"hload-recipok\n".to_vec())),
+            (
+                b"rawhload-recipok\n",
+                b"hload-recipok\n",
+                Command::Raw(b"hload-recipok\n".to_vec()),
+            ),
             (b"load\n", b"load\n", Command::Load(LoadKind::Scan)),
-            (b"load-senderok\n", b"load-senderok\n", Command::Load(LoadKind::Senderok)),
-            (b"hload-relayok\n", b"hload-relayok\n", Command::HLoad(LoadKind::Relayok)),
+            (
+                b"load-senderok\n",
+                b"load-senderok\n",
+                Command::Load(LoadKind::Senderok),
+            ),
+            (
+                b"hload-relayok\n",
+                b"hload-relayok\n",
+                Command::HLoad(LoadKind::Relayok),
+            ),
             (b"jsonstatus\n", b"status\n", Command::JsonStatus),
-            (b"jsonload-recipok\n", b"load-recipok\n", Command::JsonLoad(LoadKind::Recipok)),
-            (b"jsonhload\n", b"hload\n", Command::JsonHLoad(LoadKind::Scan)),
-            (b"jsonload1 30\n", b"load1 30\n", Command::JsonLoad1(b"load1 30\n".to_vec())),
-            (b"jsonworkers\n", b"workers\n", Command::JsonWorkers("workers\n")),
-            (b"jsonbusyworkers\n", b"busyworkers\n", Command::JsonWorkers("busyworkers\n")),
-            (b"status now\n", b"status now\n", Command::PassThrough(b"status now\n".to_vec())),
-            (b"load1\n", b"load1\n", Command::PassThrough(b"load1\n".to_vec())),
-            (b"load-foo\n", b"load-foo\n", Command::PassThrough(b"load-foo\n".to_vec())),
-            (b"status", b"status", Command::PassThrough(b"status".to_vec())),
-            (b"free\n", b"free\n", Command::PassThrough(b"free\n".to_vec())),
+            (
+                b"jsonload-recipok\n",
+                b"load-recipok\n",
+                Command::JsonLoad(LoadKind::Recipok),
+            ),
+            (
+                b"jsonhload\n",
+                b"hload\n",
+                Command::JsonHLoad(LoadKind::Scan),
+            ),
+            (
+                b"jsonload1 30\n",
+                b"load1 30\n",
+                Command::JsonLoad1(b"load1 30\n".to_vec()),
+            ),
+            (
+                b"jsonworkers\n",
+                b"workers\n",
+                Command::JsonWorkers("workers\n"),
+            ),
+            (
+                b"jsonbusyworkers\n",
+                b"busyworkers\n",
+                Command::JsonWorkers("busyworkers\n"),
+            ),
+            (
+                b"status now\n",
+                b"status now\n",
+                Command::PassThrough(b"status now\n".to_vec()),
+            ),
+            (
+                b"load1\n",
+                b"load1\n",
+                Command::PassThrough(b"load1\n".to_vec()),
+            ),
+            (
+                b"load-foo\n",
+                b"load-foo\n",
+                Command::PassThrough(b"load-foo\n".to_vec()),
+            ),
+            (
+                b"status",
+                b"status",
+                Command::PassThrough(b"status".to_vec()),
+            ),
+            (
+                b"free\n",
+                b"free\n",
+                Command::PassThrough(b"free\n".to_vec()),
+            ),
         ];
         for (line, sent, cmd) in cases {
             let got = Command::parse(line);

@@ -35,7 +35,10 @@ pub struct Options {
 impl Options {
     /// The socket commands talk to.
     pub fn socket(&self) -> OsString {
-        self.sockets.last().cloned().unwrap_or_else(|| DEFAULT_SOCKET.into())
+        self.sockets
+            .last()
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_SOCKET.into())
     }
 }
 
@@ -45,14 +48,28 @@ pub enum Invocation {
     Run(Options),
     /// Print the usage (and the multiplexor's help); exit 0 for `-h`, 1
     /// otherwise. `diagnostic` is getopt's complaint, if any.
-    Usage { options: Options, diagnostic: Option<String>, exit_ok: bool },
+    Usage {
+        options: Options,
+        diagnostic: Option<String>,
+        exit_ok: bool,
+    },
 }
 
 /// Parses `args` (without the program name). `prog` is used in diagnostics
 /// as getopt uses `argv[0]`.
 pub fn parse(prog: &str, args: &[OsString], posixly_correct: bool) -> Invocation {
-    let mut o = Options { sockets: Vec::new(), interactive: false, bracket: false, timeout: Some(DEFAULT_TIMEOUT), words: Vec::new() };
-    let usage = |o: &Options, diagnostic: Option<String>, exit_ok: bool| Invocation::Usage { options: o.clone(), diagnostic, exit_ok };
+    let mut o = Options {
+        sockets: Vec::new(),
+        interactive: false,
+        bracket: false,
+        timeout: Some(DEFAULT_TIMEOUT),
+        words: Vec::new(),
+    };
+    let usage = |o: &Options, diagnostic: Option<String>, exit_ok: bool| Invocation::Usage {
+        options: o.clone(),
+        diagnostic,
+        exit_ok,
+    };
     let mut i = 0;
     let mut only_words = false;
     while i < args.len() {
@@ -86,17 +103,24 @@ pub fn parse(prog: &str, args: &[OsString], posixly_correct: bool) -> Invocation
                         i += 1;
                         args[i - 1].as_bytes().to_vec()
                     } else {
-                        let msg = format!("{prog}: option requires an argument -- '{}'\n", c as char);
+                        let msg =
+                            format!("{prog}: option requires an argument -- '{}'\n", c as char);
                         return usage(&o, Some(msg), false);
                     };
                     if c == b's' {
                         o.sockets.push(OsString::from_vec(value));
                     } else {
-                        match std::str::from_utf8(&value).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                        match std::str::from_utf8(&value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                        {
                             Some(0) => o.timeout = None,
                             Some(secs) => o.timeout = Some(Duration::from_secs(secs)),
                             None => {
-                                let msg = format!("{prog}: invalid timeout '{}'\n", String::from_utf8_lossy(&value));
+                                let msg = format!(
+                                    "{prog}: invalid timeout '{}'\n",
+                                    String::from_utf8_lossy(&value)
+                                );
                                 return usage(&o, Some(msg), false);
                             }
                         }
@@ -104,7 +128,11 @@ pub fn parse(prog: &str, args: &[OsString], posixly_correct: bool) -> Invocation
                 }
                 other => {
                     let shown = String::from_utf8_lossy(&[other]).into_owned();
-                    return usage(&o, Some(format!("{prog}: invalid option -- '{shown}'\n")), false);
+                    return usage(
+                        &o,
+                        Some(format!("{prog}: invalid option -- '{shown}'\n")),
+                        false,
+                    );
                 }
             }
         }
@@ -147,7 +175,15 @@ mod tests {
         assert!(o.bracket && o.interactive);
         assert_eq!(o.words, vec![b"status".to_vec()]);
         let o = run(&["scan", "-b", "q", "--", "-x", "-"]);
-        assert_eq!(o.words, vec![b"scan".to_vec(), b"q".to_vec(), b"-x".to_vec(), b"-".to_vec()]);
+        assert_eq!(
+            o.words,
+            vec![
+                b"scan".to_vec(),
+                b"q".to_vec(),
+                b"-x".to_vec(),
+                b"-".to_vec()
+            ]
+        );
         assert_eq!(o.timeout, Some(DEFAULT_TIMEOUT));
         assert_eq!(run(&["-t", "0", "x"]).timeout, None);
         assert_eq!(run(&["-t5", "x"]).timeout, Some(Duration::from_secs(5)));
@@ -170,23 +206,42 @@ mod tests {
     #[test]
     fn help_and_errors_act_where_met() {
         match p(&["-s", "/a", "-h", "-s", "/b"]) {
-            Invocation::Usage { options, diagnostic: None, exit_ok: true } => assert_eq!(options.socket(), OsString::from("/a")),
+            Invocation::Usage {
+                options,
+                diagnostic: None,
+                exit_ok: true,
+            } => assert_eq!(options.socket(), OsString::from("/a")),
             other => panic!("{other:?}"),
         }
         match p(&["status", "-x"]) {
-            Invocation::Usage { diagnostic: Some(d), exit_ok: false, .. } => assert_eq!(d, "mm-mx-ctrl: invalid option -- 'x'\n"),
+            Invocation::Usage {
+                diagnostic: Some(d),
+                exit_ok: false,
+                ..
+            } => assert_eq!(d, "mm-mx-ctrl: invalid option -- 'x'\n"),
             other => panic!("{other:?}"),
         }
         match p(&["-s"]) {
-            Invocation::Usage { diagnostic: Some(d), exit_ok: false, .. } => assert_eq!(d, "mm-mx-ctrl: option requires an argument -- 's'\n"),
+            Invocation::Usage {
+                diagnostic: Some(d),
+                exit_ok: false,
+                ..
+            } => assert_eq!(d, "mm-mx-ctrl: option requires an argument -- 's'\n"),
             other => panic!("{other:?}"),
         }
         match p(&["--long"]) {
-            Invocation::Usage { diagnostic: Some(d), .. } => assert_eq!(d, "mm-mx-ctrl: invalid option -- '-'\n"),
+            Invocation::Usage {
+                diagnostic: Some(d),
+                ..
+            } => assert_eq!(d, "mm-mx-ctrl: invalid option -- '-'\n"),
             other => panic!("{other:?}"),
         }
         match p(&["-b"]) {
-            Invocation::Usage { diagnostic: None, exit_ok: false, options } => assert!(options.bracket),
+            Invocation::Usage {
+                diagnostic: None,
+                exit_ok: false,
+                options,
+            } => assert!(options.bracket),
             other => panic!("{other:?}"),
         }
     }

@@ -10,9 +10,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::cli::{error_message, exchange};
-use crate::mxclient::MxError;
 use super::format::{self, cfix};
 use super::options::Options;
+use crate::mxclient::MxError;
 
 /// Why a multiplexor could not be shown.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,15 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from a `status` and a `load` reply.
     pub fn from_replies(status: &[u8], load: &[u8]) -> Result<Snapshot, SnapshotError> {
-        let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply { what, reply: String::from_utf8_lossy(crate::cstr::until_nul(r)).trim_end().to_string() };
+        let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply {
+            what,
+            reply: String::from_utf8_lossy(crate::cstr::until_nul(r))
+                .trim_end()
+                .to_string(),
+        };
         let (letters, n) = format::status_numbers(status).ok_or_else(|| bad("status", status))?;
-        let l = format::scan_all(load, &format::LOAD_PATTERN[..format::LOAD_WINDOW_NUMBERS]).ok_or_else(|| bad("load", load))?;
+        let l = format::scan_all(load, &format::LOAD_PATTERN[..format::LOAD_WINDOW_NUMBERS])
+            .ok_or_else(|| bad("load", load))?;
         Ok(Snapshot {
             letters,
             msgs: n[0].unwrap_or(0),
@@ -76,12 +82,29 @@ fn uptime(secs: i64) -> String {
 
 /// Renders one frame.
 pub fn render(rows: &[(String, Result<Snapshot, SnapshotError>)], interval: u64) -> String {
-    let mut f = format!("mm-mx-ctrl top: {} multiplexor(s), every {interval}s\n\n", rows.len());
+    let mut f = format!(
+        "mm-mx-ctrl top: {} multiplexor(s), every {interval}s\n\n",
+        rows.len()
+    );
     f.push_str(&format!(
         "{:<28} {:>7} {:>4} {:>4} {:>4} {:>7} {:>8} {:>7} {:>7} {:>9} {:>9} {:>11}\n",
-        "SOCKET", "BUSY", "IDLE", "STOP", "KILL", "QUEUE", "MSGS", "MSG/S", "MSG/S", "MS/MSG", "MS/MSG", "UPTIME"
+        "SOCKET",
+        "BUSY",
+        "IDLE",
+        "STOP",
+        "KILL",
+        "QUEUE",
+        "MSGS",
+        "MSG/S",
+        "MSG/S",
+        "MS/MSG",
+        "MS/MSG",
+        "UPTIME"
     ));
-    let units = format!("{:<28} {:>7} {:>4} {:>4} {:>4} {:>7} {:>8} {:>7} {:>7} {:>9} {:>9}", "", "", "", "", "", "", "", "10s", "1m", "10s", "1m");
+    let units = format!(
+        "{:<28} {:>7} {:>4} {:>4} {:>4} {:>7} {:>8} {:>7} {:>7} {:>9} {:>9}",
+        "", "", "", "", "", "", "", "10s", "1m", "10s", "1m"
+    );
     f.push_str(units.trim_end());
     f.push('\n');
     for (name, row) in rows {
@@ -122,7 +145,14 @@ pub fn render(rows: &[(String, Result<Snapshot, SnapshotError>)], interval: u64)
 }
 
 async fn snapshot(socket: &OsString, timeout: Option<Duration>) -> Result<Snapshot, SnapshotError> {
-    let trim = |e: MxError| SnapshotError::Unreachable(error_message(&e).trim_end().trim_start_matches("ERROR MXCommand: ").to_string());
+    let trim = |e: MxError| {
+        SnapshotError::Unreachable(
+            error_message(&e)
+                .trim_end()
+                .trim_start_matches("ERROR MXCommand: ")
+                .to_string(),
+        )
+    };
     let status = exchange(socket, b"status\n", timeout).await.map_err(trim)?;
     let load = exchange(socket, b"load\n", timeout).await.map_err(trim)?;
     Snapshot::from_replies(&status, &load)
@@ -138,7 +168,8 @@ fn parse_arg(words: &[Vec<u8>], i: usize, default: u64) -> Option<u64> {
 /// Runs the live view; returns the exit status (1 when every multiplexor
 /// failed in the last frame).
 pub async fn run(o: &Options) -> i32 {
-    let (Some(interval), Some(count)) = (parse_arg(&o.words, 1, 2), parse_arg(&o.words, 2, 0)) else {
+    let (Some(interval), Some(count)) = (parse_arg(&o.words, 1, 2), parse_arg(&o.words, 2, 0))
+    else {
         eprintln!("mm-mx-ctrl: usage: top [interval-seconds [count]]");
         return 1;
     };
@@ -147,13 +178,20 @@ pub async fn run(o: &Options) -> i32 {
         return 1;
     }
     let interval = interval.max(1);
-    let sockets = if o.sockets.is_empty() { vec![o.socket()] } else { o.sockets.clone() };
+    let sockets = if o.sockets.is_empty() {
+        vec![o.socket()]
+    } else {
+        o.sockets.clone()
+    };
     // SAFETY: isatty only inspects the descriptor.
     let tty = unsafe { libc::isatty(1) } == 1;
     let mut n = 0u64;
     loop {
         let rows = futures_util::future::join_all(sockets.iter().map(|s| async move {
-            (s.to_string_lossy().into_owned(), snapshot(s, o.timeout).await)
+            (
+                s.to_string_lossy().into_owned(),
+                snapshot(s, o.timeout).await,
+            )
         }))
         .await;
         let mut frame = String::new();
@@ -164,13 +202,21 @@ pub async fn run(o: &Options) -> i32 {
         }
         frame.push_str(&render(&rows, interval));
         let mut out = std::io::stdout().lock();
-        if out.write_all(frame.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             return 1;
         }
         drop(out);
         n += 1;
         if count != 0 && n >= count {
-            return if rows.iter().all(|(_, r)| r.is_err()) { 1 } else { 0 };
+            return if rows.iter().all(|(_, r)| r.is_err()) {
+                1
+            } else {
+                0
+            };
         }
         tokio::time::sleep(Duration::from_secs(interval)).await;
     }
@@ -190,7 +236,12 @@ mod tests {
         assert_eq!(snap.scans_1m, 12);
         let rows = vec![
             ("/run/mx.sock".to_string(), Ok(snap)),
-            ("/nowhere.sock".to_string(), Err(SnapshotError::Unreachable("connect: No such file or directory: Is multiplexor running?".to_string()))),
+            (
+                "/nowhere.sock".to_string(),
+                Err(SnapshotError::Unreachable(
+                    "connect: No such file or directory: Is multiplexor running?".to_string(),
+                )),
+            ),
         ];
         let want = "mm-mx-ctrl top: 2 multiplexor(s), every 5s\n\n\
 SOCKET                          BUSY IDLE STOP KILL   QUEUE     MSGS   MSG/S   MSG/S    MS/MSG    MS/MSG      UPTIME\n"
@@ -201,6 +252,11 @@ SOCKET                          BUSY IDLE STOP KILL   QUEUE     MSGS   MSG/S   M
 [Bi.k]\n\
 /nowhere.sock                connect: No such file or directory: Is multiplexor running?\n";
         assert_eq!(render(&rows, 5), want);
-        assert_eq!(Snapshot::from_replies(b"error: x\n", b"").unwrap_err().to_string(), "bad status reply: error: x");
+        assert_eq!(
+            Snapshot::from_replies(b"error: x\n", b"")
+                .unwrap_err()
+                .to_string(),
+            "bad status reply: error: x"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! the MTA.
 
 use super::reply::split_word;
-use crate::percent::decode_c;
 use crate::cnum;
+use crate::percent::decode_c;
 
 /// Lines this long or longer (without the newline) are refused, as upstream.
 pub const MAX_LINE: usize = 8191;
