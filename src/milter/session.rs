@@ -357,6 +357,16 @@ async fn verdict_status(
 
 /// Closes the files and removes the working directory unless told to keep
 /// it (§4.3). Forgets the message either way.
+/// The filter (or the multiplexor running it) failed: tempfail, and keep
+/// the working directory for inspection when `-k` asks for that.
+fn filter_failed(cfg: &Config, conn: &mut Conn) -> Status {
+    if let Some(msg) = conn.msg.as_mut() {
+        msg.filter_failed = true;
+    }
+    cleanup(cfg, conn);
+    Status::Tempfail
+}
+
 fn cleanup(cfg: &Config, conn: &mut Conn) {
     let Some(mut msg) = conn.msg.take() else {
         return;
@@ -1001,19 +1011,12 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
                     String::from_utf8_lossy(&ans)
                 );
             }
-            conn.msg.as_mut().expect("checked").filter_failed = true;
-            cleanup(cfg, conn);
-            return Status::Tempfail;
+            return filter_failed(cfg, conn);
         }
     }
 
-    let failed = |conn: &mut Conn| {
-        conn.msg.as_mut().expect("checked").filter_failed = true;
-        cleanup(cfg, conn);
-        Status::Tempfail
-    };
     let Ok(data) = read_results(&qid, &dir) else {
-        return failed(conn);
+        return filter_failed(cfg, conn);
     };
     let status = match results::parse(&data) {
         Err(e) => {
@@ -1029,10 +1032,7 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
             );
             Status::Reject
         }
-        Ok(res) => {
-            let s = apply_results(cfg, conn, &cx.actions, &mut cx.reply, &qid, &dir, res).await;
-            s
-        }
+        Ok(res) => apply_results(cfg, conn, &cx.actions, &mut cx.reply, &qid, &dir, res).await,
     };
     if cfg.log_times {
         mm_log!(
@@ -1069,9 +1069,7 @@ async fn apply_results(
             "{qid}: RESULTS instruction {} refused: {e}: Tempfailing",
             i + 1
         );
-        conn.msg.as_mut().expect("in eom").filter_failed = true;
-        cleanup(cfg, conn);
-        return Status::Tempfail;
+        return filter_failed(cfg, conn);
     }
     let seen_mime_version = conn
         .msg
@@ -1116,9 +1114,7 @@ async fn apply_results(
             }
             Action::ReplaceBody => {
                 if !replace_body(actions, qid, dir).await {
-                    conn.msg.as_mut().expect("in eom").filter_failed = true;
-                    cleanup(cfg, conn);
-                    return Status::Tempfail;
+                    return filter_failed(cfg, conn);
                 }
                 Ok(())
             }
@@ -1200,9 +1196,7 @@ async fn apply_results(
             Error,
             "{qid}: RESULTS file did not finish with 'F' line: Tempfailing"
         );
-        conn.msg.as_mut().expect("in eom").filter_failed = true;
-        cleanup(cfg, conn);
-        return Status::Tempfail;
+        return filter_failed(cfg, conn);
     }
     if !cfg.scanned_by.is_empty() && !rejecting {
         let v = match &conn.myip {
