@@ -7,6 +7,7 @@
 #   envelope sender local part  reject-sender, tempfail-sender, reject550-sender,
 #                               accept-sender (accept, no more filtering), discard-sender,
 #                               multiline-sender, percent-sender, eightbit-sender (reply texts) (-s)
+#   sender greylist-sender      recipients greylisted (Mailmunge::Test::Greylist, SQLite in the spool) (-t)
 #   recipient local part        reject-rcpt, tempfail-rcpt, discard-rcpt (-t)
 #   Subject words (filter_message), any combination:
 #     addhdr inshdr chghdr delhdr addrcpt delrcpt chgsender newbody appendbody
@@ -23,6 +24,7 @@ package MMTestFilter;
 use base qw(Mailmunge::Filter);
 
 use Mailmunge::Response;
+use Mailmunge::Constants;
 use MIME::Entity;
 use POSIX ();
 
@@ -64,8 +66,23 @@ sub filter_sender {
     return Mailmunge::Response->CONTINUE();
 }
 
+sub _greylist_db {
+    require DBI;
+    my $file = Mailmunge::Constants->get('Path:SPOOLDIR') . '/mmtest-greylist.sqlite';
+    my $dbh = DBI->connect("dbi:SQLite:dbname=$file", '', '', { RaiseError => 1, PrintError => 0 });
+    $dbh->sqlite_busy_timeout(10_000);
+    $dbh->do('CREATE TABLE IF NOT EXISTS greylist(hash TEXT PRIMARY KEY NOT NULL, last_seen INTEGER)');
+    $dbh->do('CREATE TABLE IF NOT EXISTS ips_known_to_retry(ip TEXT PRIMARY KEY NOT NULL, last_seen INTEGER)');
+    return $dbh;
+}
+
 sub filter_recipient {
     my ($self, $ctx) = @_;
+    if ($self->_local_part($ctx->sender) eq 'greylist-sender') {
+        require Mailmunge::Test::Greylist;
+        return Mailmunge::Test::Greylist->new($self)->evaluate(_greylist_db(), 0, 0, $ctx->hostip,
+            $ctx->sender, $ctx->recipients->[0]);
+    }
     my $lp = $self->_local_part($ctx->recipients->[0]);
     return Mailmunge::Response->REJECT(message => 'MMTest rejects your recipient') if $lp eq 'reject-rcpt';
     return Mailmunge::Response->TEMPFAIL(message => 'MMTest tempfails your recipient') if $lp eq 'tempfail-rcpt';

@@ -388,6 +388,18 @@ sub extras {
         $e2e->stack->restart_milter(@orig);
     };
 
+    subtest 'greylisting (Mailmunge::Test::Greylist) at RCPT' => sub {
+        my $id = _id($e2e, 'greylist');
+        my $res = $e2e->send(id => $id, from => 'greylist-sender@example.com', to => ["gl-$id\@example.org"]);
+        is($res->{failed_at}, 'rcpt', 'first attempt refused at RCPT');
+        is($e2e->reply_line($res->{rcpt}[0]), '451 4.3.0 Greylisting in effect; please try again in 0 second(s)',
+            'with the greylisting text');
+        sleep 1;
+        $res = $e2e->send(id => $id, from => 'greylist-sender@example.com', to => ["gl-$id\@example.org"]);
+        ok($res->{ok}, 'the retry is accepted') or diag($res->{failure});
+        ok($e2e->delivered($id), 'and delivered');
+    };
+
     subtest 'many recipients' => sub {
         my $id = _id($e2e, 'many-rcpts');
         my @to = map { sprintf('user%02d@example.org', $_) } 1 .. 30;
