@@ -516,6 +516,44 @@ impl Latencies {
     }
 }
 
+/// The outcome of one timed run of concurrent clients.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// Requests (or sessions) completed.
+    pub ok: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    /// One sample per completed request.
+    pub lat: Latencies,
+}
+
+impl Run {
+    /// Adds one client's latencies, error count and first error.
+    pub fn add(&mut self, lat: Latencies, errors: usize, first_error: Option<String>) {
+        self.ok += lat.len();
+        self.errors += errors;
+        if self.first_error.is_none() {
+            self.first_error = first_error;
+        }
+        self.lat.extend(lat);
+    }
+
+    /// Completed requests per second.
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU milliseconds per 1000 completed requests for `ticks` of CPU time.
+    pub fn cpu_ms_per_1000(&self, ticks: u64) -> f64 {
+        if self.ok > 0 {
+            ticks_ms(ticks) * 1000.0 / self.ok as f64
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Raises the soft RLIMIT_NOFILE towards `want` (at most the hard limit);
 /// returns the soft limit now in force. Children inherit it.
 pub fn raise_nofile(want: u64) -> Result<u64> {

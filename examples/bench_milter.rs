@@ -30,7 +30,7 @@ use miltr_common::commands::{Connect, Family, Header};
 use miltr_common::modifications::ModificationAction;
 use miltr_common::optneg::OptNeg;
 
-use support::{Compat, Daemon, Latencies, Scratch};
+use support::{Compat, Daemon, Latencies, Run, Scratch};
 
 /// Where the milter listens.
 #[derive(Clone, Debug)]
@@ -215,14 +215,6 @@ async fn one_message(target: &Target, client: &Client, msg: &Message) -> Result<
 }
 
 /// Outcome of one timed run.
-struct Run {
-    ok: usize,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    lat: Latencies,
-}
-
 /// `sessions` concurrent MTA sessions, one message per connection, back to
 /// back until the time is up.
 async fn drive(target: &Target, sessions: usize, seconds: f64) -> Run {
@@ -263,21 +255,10 @@ async fn drive(target: &Target, sessions: usize, seconds: f64) -> Run {
             (lat, errors, first_error)
         }));
     }
-    let mut run = Run {
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        lat: Latencies::default(),
-    };
+    let mut run = Run::default();
     for t in tasks {
         if let Ok((lat, errors, first)) = t.await {
-            run.ok += lat.len();
-            run.errors += errors;
-            if run.first_error.is_none() {
-                run.first_error = first;
-            }
-            run.lat.extend(lat);
+            run.add(lat, errors, first);
         }
     }
     run.elapsed = started.elapsed();
@@ -441,22 +422,15 @@ fn main() -> Result<()> {
             let peak = sampler.stop();
             let after: Vec<u64> = pids.iter().map(|&p| support::cpu_ticks(&[p])).collect();
             let wafter = support::cpu_ticks(&workers);
-            let per_k = |t: u64| {
-                if run.ok > 0 {
-                    support::ticks_ms(t) * 1000.0 / run.ok as f64
-                } else {
-                    0.0
-                }
-            };
             println!(
                 "| {n} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {peak} |",
-                run.ok as f64 / run.elapsed.as_secs_f64(),
+                run.per_second(),
                 run.lat.quantile_ms(0.5),
                 run.lat.quantile_ms(0.99),
                 run.errors,
-                per_k(after[0] - before[0]),
-                per_k(after[1] - before[1]),
-                per_k(wafter - wbefore),
+                run.cpu_ms_per_1000(after[0] - before[0]),
+                run.cpu_ms_per_1000(after[1] - before[1]),
+                run.cpu_ms_per_1000(wafter - wbefore),
             );
             if let Some(e) = run.first_error {
                 println!("|  | first error: {e} | | | | | | | |");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use support::{Latencies, Scratch};
+use support::{Latencies, Run, Scratch};
 
 /// The message every scan parses.
 const MESSAGE: &str = "Received: from client.example (client.example [127.0.0.1])\n\tby mx.example with ESMTP id 4Bench\n\
@@ -95,14 +95,6 @@ fn scan(sock: &Path, dir: &Path) -> Result<Vec<u8>> {
 }
 
 /// Outcome of one timed run.
-struct Run {
-    ok: usize,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    lat: Latencies,
-}
-
 /// `clients` tasks, each sending its request back to back until the time is
 /// up; a reply counts as good when `good` accepts it.
 fn drive(
@@ -156,21 +148,12 @@ fn drive(
         }
         all
     });
-    let elapsed = started.elapsed();
     let mut run = Run {
-        ok: 0,
-        errors: 0,
-        first_error: None,
-        elapsed,
-        lat: Latencies::default(),
+        elapsed: started.elapsed(),
+        ..Run::default()
     };
     for (lat, errors, first) in results {
-        run.ok += lat.len();
-        run.errors += errors;
-        if run.first_error.is_none() {
-            run.first_error = first;
-        }
-        run.lat.extend(lat);
+        run.add(lat, errors, first);
     }
     run
 }
@@ -259,21 +242,14 @@ fn throughput(
         let peak = sampler.stop();
         peak_all = peak_all.max(peak);
         let after = (support::cpu_ticks(&[mux_pid]), support::cpu_ticks(&workers));
-        let per_k = |t: u64| {
-            if run.ok > 0 {
-                support::ticks_ms(t) * 1000.0 / run.ok as f64
-            } else {
-                0.0
-            }
-        };
         println!(
             "| {c} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.0} | {peak} |",
-            run.ok as f64 / run.elapsed.as_secs_f64(),
+            run.per_second(),
             run.lat.quantile_ms(0.50),
             run.lat.quantile_ms(0.99),
             run.errors,
-            per_k(after.0 - before.0),
-            per_k(after.1 - before.1),
+            run.cpu_ms_per_1000(after.0 - before.0),
+            run.cpu_ms_per_1000(after.1 - before.1),
         );
         if let Some(e) = run.first_error {
             println!("|  | first error: {e} | | | | | | |");
@@ -295,14 +271,10 @@ fn throughput(
             free_ok,
         );
         let after = support::cpu_ticks(&[mux_pid]);
-        let per_k = if run.ok > 0 {
-            support::ticks_ms(after - before) * 1000.0 / run.ok as f64
-        } else {
-            0.0
-        };
+        let per_k = run.cpu_ms_per_1000(after - before);
         println!(
             "| {c} | {:.0} | {:.3} | {:.3} | {} | {per_k:.1} |",
-            run.ok as f64 / run.elapsed.as_secs_f64(),
+            run.per_second(),
             run.lat.quantile_ms(0.50),
             run.lat.quantile_ms(0.99),
             run.errors
