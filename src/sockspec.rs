@@ -195,7 +195,10 @@ impl Listener {
             Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
             Listener::Tcp(l) => {
                 let (s, _) = l.accept().await?;
-                s.set_nodelay(true)?;
+                // Fails only when the peer is already gone; the first read
+                // or write reports that, and the accept loop must not
+                // treat it as its own failure (it pauses on errors).
+                let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))
             }
         }
