@@ -185,7 +185,11 @@ impl Mx {
 
     /// What the multiplexor logged so far (see `start_logged`).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.spool.dir.path().join("log")).unwrap_or_default()
+        // Lossy: one stray byte (a worker's stderr is logged as it comes)
+        // must not make the whole log look empty.
+        std::fs::read(self.spool.dir.path().join("log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Waits until the log contains `needle`.
