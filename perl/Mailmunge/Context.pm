@@ -495,6 +495,17 @@ default.  A message we re-sent ourselves is discarded instead.  Returns 1.
 
 =cut
 
+# Private: $code and $dsn, each replaced by the default of the status's
+# class unless it already fits (the rule of Response::fix_code_dsn).
+sub _fixed_code_dsn
+{
+	my ($status, $code, $dsn) = @_;
+	require Mailmunge::Response;
+	my $r = Mailmunge::Response->new(status => $status, code => $code, dsn => $dsn);
+	$r->fix_code_dsn();
+	return ($r->code, $r->dsn);
+}
+
 sub action_bounce
 {
 	my ($self, $text, $code, $dsn) = @_;
@@ -505,8 +516,7 @@ sub action_bounce
 	}
 	$self->bounced(1);
 	$text = 'Forbidden for policy reasons' unless defined($text) && $text ne '';
-	$code = 554 unless defined($code) && $code =~ /^5\d\d$/;
-	$dsn = '5.7.1' unless defined($dsn) && $dsn =~ /^5\.\d{1,3}\.\d{1,3}$/;
+	($code, $dsn) = _fixed_code_dsn('REJECT', $code, $dsn);
 	$self->_write_result_line('B', $code, $dsn, $text);
 	return 1;
 }
@@ -544,8 +554,7 @@ sub action_tempfail
 	}
 	$self->tempfailed(1);
 	$text = 'Try again later' unless defined($text) && $text ne '';
-	$code = 451 unless defined($code) && $code =~ /^4\d\d$/;
-	$dsn = '4.3.0' unless defined($dsn) && $dsn =~ /^4\.\d{1,3}\.\d{1,3}$/;
+	($code, $dsn) = _fixed_code_dsn('TEMPFAIL', $code, $dsn);
 	$self->_write_result_line('T', $code, $dsn, $text);
 	return 1;
 }
