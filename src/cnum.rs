@@ -2,10 +2,15 @@
 //! protocol parsing accepts leading blanks and ignores trailing garbage
 //! (`10abc` is 10), and several replies depend on that.
 
+/// C's `isspace` in the C locale: what `sscanf` skips before a number.
+pub fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
 /// Reads a leading decimal integer: optional blanks, an optional sign, then
 /// digits; stops at the first non-digit. `None` when no digit was found.
 pub fn scan_int(s: &str) -> Option<i64> {
-    let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let t = s.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
     let (neg, rest) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
         Some(b'+') => (false, &t[1..]),

@@ -12,17 +12,13 @@ pub struct Scanner<'a> {
     pos: usize,
 }
 
-fn is_c_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-}
-
 impl<'a> Scanner<'a> {
     pub fn new(input: &'a [u8]) -> Self {
         Scanner { input, pos: 0 }
     }
 
     fn skip_space(&mut self) {
-        while self.pos < self.input.len() && is_c_space(self.input[self.pos]) {
+        while self.pos < self.input.len() && crate::cnum::is_c_space(self.input[self.pos]) {
             self.pos += 1;
         }
     }

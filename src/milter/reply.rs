@@ -70,15 +70,11 @@ pub fn parse_free_reply(ans: &[u8]) -> Option<i64> {
     cnum::scan_int(&String::from_utf8_lossy(until_nul(ans)))
 }
 
-fn is_c_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
-}
-
 /// Splits off the first word at the first whitespace byte (one byte, not a
 /// run), as upstream's `split_on_space`: `(word, Some(rest))` or
 /// `(whole, None)` when there is no whitespace.
 pub fn split_word(s: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match s.iter().position(|&b| is_c_space(b)) {
+    match s.iter().position(|&b| cnum::is_c_space(b)) {
         Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     }
