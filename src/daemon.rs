@@ -16,13 +16,12 @@
 //! 6. [`Readiness::ready`] (or [`Readiness::fail`] with the message the
 //!    launcher prints as `Error from child: <message>`).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -403,30 +402,18 @@ pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
     })
 }
 
-/// openlog() keeps the ident pointer, so it must live forever.
-static IDENT: Mutex<Option<CString>> = Mutex::new(None);
-
-/// Opens syslog with LOG_PID|LOG_NDELAY. When the environment variable
-/// `MAILMUNGE_LOG_STDERR` is set, messages are copied to stderr as well
-/// (LOG_PERROR) — handy with `-D` when debugging.
+/// Installs the log subscriber (`crate::logging::init`) with ident
+/// `ident`, options LOG_PID|LOG_NDELAY and `facility`. When the
+/// environment variable `MAILMUNGE_LOG_STDERR` is set, lines are copied to
+/// stderr as well — handy with `-D` when debugging.
 pub fn open_syslog(ident: &str, facility: libc::c_int) {
-    let c = CString::new(ident.replace('\0', "")).unwrap_or_default();
-    let mut opts = libc::LOG_PID | libc::LOG_NDELAY;
-    if std::env::var_os("MAILMUNGE_LOG_STDERR").is_some() {
-        opts |= libc::LOG_PERROR;
-    }
-    let mut g = IDENT.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: the CString is stored in a static and never dropped while open.
-    unsafe { libc::openlog(c.as_ptr(), opts, facility) };
-    *g = Some(c);
+    crate::logging::init(ident, facility, libc::LOG_PID | libc::LOG_NDELAY);
 }
 
-/// Logs one message (any bytes; NULs are dropped).
+/// Logs one message (any bytes; NULs are dropped) through
+/// `crate::logging::emit`.
 pub fn log(priority: libc::c_int, msg: &str) {
-    let c = CString::new(msg.replace('\0', "")).unwrap_or_default();
-    let fmt: &CStr = c"%s";
-    // SAFETY: constant format with one string argument.
-    unsafe { libc::syslog(priority, fmt.as_ptr(), c.as_ptr()) };
+    crate::logging::emit(priority, None, msg);
 }
 
 #[cfg(test)]

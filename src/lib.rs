@@ -6,6 +6,7 @@ pub mod cstr;
 pub mod ctrl;
 pub mod daemon;
 pub mod envfile;
+pub mod logging;
 pub mod milter;
 pub mod mux;
 pub mod mxclient;

@@ -222,7 +222,8 @@ async fn mx_request(cfg: &Config, log_qid: &str, line: &[u8]) -> Option<Vec<u8>>
     if line.len() >= C_MUX_MAX_LINE {
         mm_log!(
             Warning,
-            "{log_qid}: request line is {} bytes; the C multiplexor refuses lines of {C_MUX_MAX_LINE} bytes or more",
+            qid = log_qid,
+            "request line is {} bytes; the C multiplexor refuses lines of {C_MUX_MAX_LINE} bytes or more",
             line.len()
         );
     }
@@ -231,13 +232,14 @@ async fn mx_request(cfg: &Config, log_qid: &str, line: &[u8]) -> Option<Vec<u8>>
             if r.truncated {
                 mm_log!(
                     Warning,
-                    "{log_qid}: MXCommand: Overlong reply from multiplexor was truncated!"
+                    qid = log_qid,
+                    "MXCommand: Overlong reply from multiplexor was truncated!"
                 );
             }
             Some(r.bytes)
         }
         Err(e) => {
-            mm_log!(Error, "{log_qid}: MXCommand: {e}");
+            mm_log!(Error, qid = log_qid, "MXCommand: {e}");
             None
         }
     }
@@ -257,7 +259,8 @@ async fn check(cfg: &Config, log_qid: &str, line: &[u8]) -> Option<CheckReply> {
         Err(text) => {
             mm_log!(
                 Error,
-                "{log_qid}: Error from multiplexor: {}",
+                qid = log_qid,
+                "Error from multiplexor: {}",
                 String::from_utf8_lossy(&text)
             );
             None
@@ -288,7 +291,8 @@ fn set_reply(
             // 5.07.1); keep the text with the default codes.
             mm_log!(
                 Warning,
-                "{qid}: reply code {} {} not accepted by the milter library; using {} {}",
+                qid = qid,
+                "reply code {} {} not accepted by the milter library; using {} {}",
                 r.code,
                 r.dsn,
                 class.default_code(),
@@ -298,11 +302,11 @@ fn set_reply(
                 .set_error_reply(class.default_code(), Some(class.default_dsn()), lines(&r))
                 .is_err()
             {
-                mm_log!(Warning, "{qid}: set_reply returned MI_FAILURE");
+                mm_log!(Warning, qid = qid, "set_reply returned MI_FAILURE");
             }
         }
         Err(SmtpReplyError::InvalidReplyText) => {
-            mm_log!(Warning, "{qid}: set_reply returned MI_FAILURE")
+            mm_log!(Warning, qid = qid, "set_reply returned MI_FAILURE")
         }
     }
 }
@@ -382,7 +386,8 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
     if cfg.debug {
         mm_log!(
             Info,
-            "{qid}: Not cleaning up {dir} because of command-line `-d' flag"
+            qid = qid,
+            "Not cleaning up {dir} because of command-line `-d' flag"
         );
         return;
     }
@@ -390,17 +395,18 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
     if flag.exists() {
         mm_log!(
             Info,
-            "{qid}: Not cleaning up {dir} because of {}",
+            qid = qid,
+            "Not cleaning up {dir} because of {}",
             flag.display()
         );
         return;
     }
     if cfg.keep_failed && filter_failed {
-        mm_log!(Warning, "{qid}: Filter failed.  Message kept in {dir}");
+        mm_log!(Warning, qid = qid, "Filter failed.  Message kept in {dir}");
         return;
     }
     if let Err(e) = spool::remove_tree(Path::new(dir), &mut |m| mm_log!(Warning, "{m}")) {
-        mm_log!(Error, "{qid}: failed to clean up {dir}: {e}");
+        mm_log!(Error, qid = qid, "failed to clean up {dir}: {e}");
     }
 }
 
@@ -603,7 +609,7 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     let dir = match WorkDir::create(&cfg.spool_dir, &name, cfg.conserve_fds) {
         Ok(d) => d,
         Err(e) => {
-            mm_log!(Warning, "{qid}: {e}");
+            mm_log!(Warning, qid = qid, "{e}");
             cleanup(cfg, conn);
             return Status::Tempfail;
         }
@@ -659,7 +665,7 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
         .and_then(|_| msg.dir.pristine.touch())
         .and_then(|_| msg.dir.commands.append(block.as_bytes()));
     if let Err(e) = written {
-        mm_log!(Warning, "{qid}: {e}");
+        mm_log!(Warning, qid = qid, "{e}");
         cleanup(cfg, conn);
         return Status::Tempfail;
     }
@@ -696,7 +702,7 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     if conn.msg.is_none() {
-        mm_log!(Warning, "{qid}: rcptto: no message in progress");
+        mm_log!(Warning, qid = qid, "rcptto: no message in progress");
         return Status::Tempfail;
     }
     let mut qblock = CommandsBlock::new();
@@ -704,7 +710,7 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     if !qblock.is_empty() {
         let msg = conn.msg.as_mut().expect("checked");
         if let Err(e) = msg.dir.commands.append(qblock.as_bytes()) {
-            mm_log!(Warning, "{qid}: {e}");
+            mm_log!(Warning, qid = qid, "{e}");
             conn.qid_written = false;
         }
     }
@@ -765,7 +771,7 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     }
     let msg = conn.msg.as_mut().expect("checked");
     if let Err(e) = msg.dir.commands.append(block.as_bytes()) {
-        mm_log!(Warning, "{qid}: {e}");
+        mm_log!(Warning, qid = qid, "{e}");
         cleanup(cfg, conn);
         return Status::Tempfail;
     }
@@ -778,7 +784,7 @@ async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CStr
     };
     let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
-        mm_log!(Warning, "{qid}: header: no message in progress");
+        mm_log!(Warning, qid = qid, "header: no message in progress");
         return Status::Tempfail;
     };
     let (name, value) = (name.as_bytes(), value.as_bytes());
@@ -802,7 +808,7 @@ async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CStr
             .and_then(|_| msg.dir.pristine.append(&line))
             .and_then(|_| msg.dir.headers.append(&spool::headers_line(name, value)));
         if let Err(e) = r {
-            mm_log!(Warning, "{qid}: {e}");
+            mm_log!(Warning, qid = qid, "{e}");
             cleanup(cfg, conn);
             return Status::Tempfail;
         }
@@ -819,7 +825,7 @@ async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CStr
     }
     if !block.is_empty() {
         if let Err(e) = msg.dir.commands.append(block.as_bytes()) {
-            mm_log!(Warning, "{qid}: {e}");
+            mm_log!(Warning, qid = qid, "{e}");
             cleanup(cfg, conn);
             return Status::Tempfail;
         }
@@ -834,14 +840,14 @@ async fn eoh(cfg: &Config, cx: &mut Context<Conn>) -> Status {
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
-        mm_log!(Warning, "{qid}: eoh: no message in progress");
+        mm_log!(Warning, qid = qid, "eoh: no message in progress");
         return Status::Tempfail;
     };
     msg.dir.headers.close();
     msg.dir.pristine.close();
     msg.body = BodyFilter::new(cfg.strip_bare_cr);
     if let Err(e) = msg.dir.inputmsg.append(b"\n") {
-        mm_log!(Warning, "{qid}: {e}");
+        mm_log!(Warning, qid = qid, "{e}");
         cleanup(cfg, conn);
         return Status::Tempfail;
     }
@@ -855,7 +861,7 @@ async fn body(cfg: &Config, cx: &mut Context<Conn>, chunk: bytes::Bytes) -> Stat
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
-        mm_log!(Warning, "{qid}: body: no message in progress");
+        mm_log!(Warning, qid = qid, "body: no message in progress");
         return Status::Tempfail;
     };
     if chunk.is_empty() {
@@ -864,7 +870,7 @@ async fn body(cfg: &Config, cx: &mut Context<Conn>, chunk: bytes::Bytes) -> Stat
     let out = msg.body.feed(&chunk);
     if !out.is_empty() {
         if let Err(e) = msg.dir.inputmsg.append(&out) {
-            mm_log!(Warning, "{qid}: writen failed: {e}");
+            mm_log!(Warning, qid = qid, "writen failed: {e}");
             cleanup(cfg, conn);
             return Status::Tempfail;
         }
@@ -878,21 +884,22 @@ fn read_results(qid: &str, dir: &str) -> Result<Vec<u8>, ()> {
     let f = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(_) => {
-            mm_log!(Warning, "{qid}: Filter did not create RESULTS file");
+            mm_log!(Warning, qid = qid, "Filter did not create RESULTS file");
             return Err(());
         }
     };
     let size = match f.metadata() {
         Ok(m) => m.len(),
         Err(e) => {
-            mm_log!(Warning, "{qid}: Unable to stat RESULTS file: {e}");
+            mm_log!(Warning, qid = qid, "Unable to stat RESULTS file: {e}");
             return Err(());
         }
     };
     if size > results::MAX_SIZE {
         mm_log!(
             Warning,
-            "{qid}: RESULTS file is unreasonably large - {size} byes; max is {} bytes",
+            qid = qid,
+            "RESULTS file is unreasonably large - {size} byes; max is {} bytes",
             results::MAX_SIZE
         );
         return Err(());
@@ -900,14 +907,14 @@ fn read_results(qid: &str, dir: &str) -> Result<Vec<u8>, ()> {
     let mut data = Vec::with_capacity(size as usize);
     use std::io::Read;
     if let Err(e) = f.take(results::MAX_SIZE + 1).read_to_end(&mut data) {
-        mm_log!(Warning, "{qid}: Error reading RESULTS file: {e}");
+        mm_log!(Warning, qid = qid, "Error reading RESULTS file: {e}");
         return Err(());
     }
     Ok(data)
 }
 
 fn action_failed(qid: &str, what: &str, e: &ActionError) {
-    mm_log!(Warning, "{qid}: {what} returned MI_FAILURE ({e})");
+    mm_log!(Warning, qid = qid, "{what} returned MI_FAILURE ({e})");
 }
 
 /// Streams NEWBODY to the MTA in 4096-byte replacebody packets. Returns
@@ -927,12 +934,13 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
         Ok(_) => {
             mm_log!(
                 Warning,
-                "{qid}: Could not open {path} for reading: not a regular file"
+                qid = qid,
+                "Could not open {path} for reading: not a regular file"
             );
             return false;
         }
         Err(e) => {
-            mm_log!(Warning, "{qid}: Could not open {path} for reading: {e}");
+            mm_log!(Warning, qid = qid, "Could not open {path} for reading: {e}");
             return false;
         }
     };
@@ -946,7 +954,7 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    mm_log!(Warning, "{qid}: Error reading {path}: {e}");
+                    mm_log!(Warning, qid = qid, "Error reading {path}: {e}");
                     return false;
                 }
             }
@@ -957,7 +965,7 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
         match actions.replace_body(&buf[..n]).await {
             Ok(()) => {}
             Err(ActionError::NotAvailable) => {
-                mm_log!(Warning, "{qid}: smfi_replacebody returned MI_FAILURE (the MTA did not allow body changes)");
+                mm_log!(Warning, qid = qid, "smfi_replacebody returned MI_FAILURE (the MTA did not allow body changes)");
                 return true;
             }
             Err(e) => {
@@ -979,7 +987,7 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     conn.set_queueid(&cx.macros);
     let qid = conn.qid();
     if conn.msg.is_none() {
-        mm_log!(Warning, "{qid}: eom: no message in progress");
+        mm_log!(Warning, qid = qid, "eom: no message in progress");
         return Status::Tempfail;
     }
     let mut block = CommandsBlock::new();
@@ -990,7 +998,7 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     }
     block.line(b'F', None);
     if let Err(e) = msg.dir.commands.append(block.as_bytes()) {
-        mm_log!(Warning, "{qid}: {e}");
+        mm_log!(Warning, qid = qid, "{e}");
         cleanup(cfg, conn);
         return Status::Tempfail;
     }
@@ -1007,7 +1015,8 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
                 }
                 mm_log!(
                     Error,
-                    "{qid}: Error from multiplexor: {}",
+                    qid = qid,
+                    "Error from multiplexor: {}",
                     String::from_utf8_lossy(&ans)
                 );
             }
@@ -1020,7 +1029,7 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     };
     let status = match results::parse(&data) {
         Err(e) => {
-            mm_log!(Warning, "{qid}: {e}");
+            mm_log!(Warning, qid = qid, "{e}");
             cleanup(cfg, conn);
             set_reply(
                 &mut cx.reply,
@@ -1037,8 +1046,8 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     if cfg.log_times {
         mm_log!(
             Info,
-            "{}: Filter time is {}ms",
-            conn.qid(),
+            qid = conn.qid(),
+            "Filter time is {}ms",
             start.elapsed().as_millis()
         );
     }
@@ -1066,7 +1075,8 @@ async fn apply_results(
     if let Err((i, e)) = results::check_actions(&to_check) {
         mm_log!(
             Error,
-            "{qid}: RESULTS instruction {} refused: {e}: Tempfailing",
+            qid = qid,
+            "RESULTS instruction {} refused: {e}: Tempfailing",
             i + 1
         );
         return filter_failed(cfg, conn);
@@ -1082,7 +1092,7 @@ async fn apply_results(
         }
         let r = match action {
             Action::Bounce { code, dsn, text } => {
-                mm_log!(Debug, "{qid}: Bouncing because filter instructed us to");
+                mm_log!(Debug, qid = qid, "Bouncing because filter instructed us to");
                 set_reply(
                     reply,
                     qid,
@@ -1095,12 +1105,12 @@ async fn apply_results(
                 return Status::Reject;
             }
             Action::Discard => {
-                mm_log!(Debug, "{qid}: Discarding because filter instructed us to");
+                mm_log!(Debug, qid = qid, "Discarding because filter instructed us to");
                 cleanup(cfg, conn);
                 return Status::Discard;
             }
             Action::Tempfail { code, dsn, text } => {
-                mm_log!(Debug, "{qid}: Tempfailing because filter instructed us to");
+                mm_log!(Debug, qid = qid, "Tempfailing because filter instructed us to");
                 set_reply(
                     reply,
                     qid,
@@ -1168,7 +1178,8 @@ async fn apply_results(
                 if reason.is_empty() {
                     mm_log!(
                         Warning,
-                        "{qid}: do_sm_quarantine returned MI_FAILURE (empty reason)"
+                        qid = qid,
+                        "do_sm_quarantine returned MI_FAILURE (empty reason)"
                     );
                     Ok(())
                 } else {
@@ -1181,7 +1192,8 @@ async fn apply_results(
             Action::Unknown(c) => {
                 mm_log!(
                     Warning,
-                    "{qid}: Unknown command '{}' in RESULTS file",
+                    qid = qid,
+                    "Unknown command '{}' in RESULTS file",
                     char::from(*c).escape_default()
                 );
                 Ok(())
@@ -1194,7 +1206,8 @@ async fn apply_results(
     if !res.finished {
         mm_log!(
             Error,
-            "{qid}: RESULTS file did not finish with 'F' line: Tempfailing"
+            qid = qid,
+            "RESULTS file did not finish with 'F' line: Tempfailing"
         );
         return filter_failed(cfg, conn);
     }
@@ -1211,7 +1224,8 @@ async fn apply_results(
     if n > 1 {
         mm_log!(
             Warning,
-            "{qid}: WARNING: {n} Content-Type headers found -- deleting all but first"
+            qid = qid,
+            "WARNING: {n} Content-Type headers found -- deleting all but first"
         );
         // Highest index first: correct whether or not the MTA renumbers
         // the remaining headers after a deletion.

@@ -650,11 +650,8 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
                             String::new()
                         }
                     };
-                    if qid.is_empty() {
-                        daemon::log(LOG_INFO, &format!("Worker {slot} stderr: {text}"));
-                    } else {
-                        daemon::log(LOG_INFO, &format!("{qid}: Worker {slot} stderr: {text}"));
-                    }
+                    let qid = Some(qid.as_str()).filter(|q| !q.is_empty());
+                    crate::logging::emit(LOG_INFO, qid, &format!("Worker {slot} stderr: {text}"));
                 }
             }
         }
