@@ -327,13 +327,7 @@ async fn results_verdicts_and_overlong_line() {
     message_until_eom(&mut mta).await;
     let (mods, v) = mta.eom().await;
     assert!(mods.is_empty());
-    assert_eq!(
-        v,
-        Packet {
-            kind: b'y',
-            data: b"554 5.4.0 Overlong line in RESULTS file\0".to_vec()
-        }
-    );
+    assert_eq!(v, Packet::reply("554 5.4.0 Overlong line in RESULTS file"));
     e.assert_log("QID1: Overlong line in RESULTS file - 9003 chars (max 8191)");
 
     let next = async |mta: &mut MtaClient| {
@@ -351,22 +345,10 @@ async fn results_verdicts_and_overlong_line() {
             data: b"reason here\0".to_vec()
         }]
     );
-    assert_eq!(
-        v,
-        Packet {
-            kind: b'y',
-            data: b"550 5.7.1 go away, 100%%\0".to_vec()
-        }
-    );
+    assert_eq!(v, Packet::reply("550 5.7.1 go away, 100%%"));
     // Tempfail without text gets the default text.
     let (_, v) = next(&mut mta).await;
-    assert_eq!(
-        v,
-        Packet {
-            kind: b'y',
-            data: b"451 4.7.1 Please try again later\0".to_vec()
-        }
-    );
+    assert_eq!(v, Packet::reply("451 4.7.1 Please try again later"));
     let (_, v) = next(&mut mta).await;
     assert_eq!(v.kind, b'd');
     e.wait_clean().await;
@@ -434,13 +416,7 @@ async fn delay_does_not_block_other_sessions() {
     );
     assert_eq!(quick.helo("x").await.kind, CONTINUE);
     let r = slow.recv().await.unwrap();
-    assert_eq!(
-        r,
-        Packet {
-            kind: b'y',
-            data: b"550 5.7.1 slow\0".to_vec()
-        }
-    );
+    assert_eq!(r, Packet::reply("550 5.7.1 slow"));
     e.wait_clean().await;
 }
 

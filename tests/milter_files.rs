@@ -222,21 +222,12 @@ async fn recipient_and_helo_verdicts() {
     let mut mta = milter.connect().await;
     mta.negotiate().await;
     mta.connect_inet("h", "192.0.2.10", 1).await;
-    assert_eq!(
-        mta.helo("first").await,
-        Packet {
-            kind: b'y',
-            data: b"421 4.3.2 busy now\0".to_vec()
-        }
-    );
+    assert_eq!(mta.helo("first").await, Packet::reply("421 4.3.2 busy now"));
     assert_eq!(mta.helo("second").await.kind, b'c');
     assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, b'c');
     assert_eq!(
         mta.rcpt(&[b"<nobody@x>"]).await,
-        Packet {
-            kind: b'y',
-            data: b"550 5.1.1 no such user\0".to_vec()
-        }
+        Packet::reply("550 5.1.1 no such user")
     );
     // A bare "ok -1" carries no text: the MTA's own tempfail text is used.
     assert_eq!(
@@ -289,17 +280,11 @@ async fn unusual_reply_codes_fall_back_to_defaults() {
     mta.connect_inet("h", "192.0.2.10", 1).await;
     assert_eq!(
         mta.mail(&[b"<a@b>"]).await,
-        Packet {
-            kind: b'y',
-            data: b"554 5.7.1 odd code\0".to_vec()
-        }
+        Packet::reply("554 5.7.1 odd code")
     );
     assert_eq!(
         mta.mail(&[b"<a@b>"]).await,
-        Packet {
-            kind: b'y',
-            data: b"451 4.3.0 zero led\0".to_vec()
-        }
+        Packet::reply("451 4.3.0 zero led")
     );
     assert!(milter
         .log()

@@ -410,6 +410,15 @@ pub struct Packet {
     pub data: Vec<u8>,
 }
 
+impl Packet {
+    /// The milter's `y` (SMTP reply) packet carrying `text` as a C string.
+    pub fn reply(text: &str) -> Packet {
+        let mut data = text.as_bytes().to_vec();
+        data.push(0);
+        Packet { kind: b'y', data }
+    }
+}
+
 impl std::fmt::Display for Packet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
