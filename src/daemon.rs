@@ -1,6 +1,7 @@
 //! Process plumbing shared by the daemons (milter and multiplexor):
 //! umask, set-id checks, privilege drop, PID and lock files, daemonising with
-//! a readiness pipe (multiplexor.md §2.1–§2.4) and syslog.
+//! a readiness pipe (multiplexor.md §2.1–§2.4), and the entry points to
+//! logging (`crate::logging`: syslog or journald).
 //!
 //! Everything here is synchronous and meant to run before the tokio runtime
 //! exists (forking a multi-threaded process is unsafe), except [`log`], which

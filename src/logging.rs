@@ -14,7 +14,6 @@
 //! `ident[pid]: text` that the tests read.
 
 use std::ffi::{CStr, CString};
-use std::io::Write;
 use std::sync::Mutex;
 
 use tracing::field::{Field, Visit};
@@ -227,9 +226,21 @@ pub fn perror_line(ident: &str, pid: u32, text: &str) -> Vec<u8> {
     out
 }
 
-/// The real stderr sink.
-pub fn stderr_sink(bytes: &[u8]) {
-    let _ = std::io::stderr().lock().write_all(bytes);
+/// The real stderr sink: write(2) on descriptor 2 directly, as glibc
+/// does, so no lock of std's stderr handle is involved.
+pub fn stderr_sink(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a valid slice.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
+            continue;
+        } else {
+            return;
+        }
+    }
 }
 
 impl<S: Subscriber, F: Fn(&[u8]) + Send + Sync + 'static> Layer<S> for StderrLayer<F> {
@@ -246,7 +257,10 @@ impl<S: Subscriber, F: Fn(&[u8]) + Send + Sync + 'static> Layer<S> for StderrLay
 /// has no level for it), SYSLOG_IDENTIFIER and SYSLOG_FACILITY as syslog
 /// would set them, QUEUE_ID on per-message lines. Fails when the journal
 /// socket cannot be reached.
-pub fn journald_layer(ident: &str, facility: libc::c_int) -> std::io::Result<tracing_journald::Layer> {
+pub fn journald_layer(
+    ident: &str,
+    facility: libc::c_int,
+) -> std::io::Result<tracing_journald::Layer> {
     use tracing_journald::{Priority, PriorityMappings};
     Ok(tracing_journald::layer()?
         .with_field_prefix(None)
@@ -363,18 +377,43 @@ mod tests {
     #[test]
     fn exact_text_and_priority() {
         let (lines, err) = with_capture(|| {
-            emit(libc::LOG_INFO, None, "mailmunge-multiplexor is responding - entering main loop");
-            emit(libc::LOG_WARNING, Some("QID1"), "Filter did not create RESULTS file");
-            emit(libc::LOG_ERR, Some("NOQUEUE"), "MXCommand: connect: refused");
-            emit(libc::LOG_DEBUG, Some("Q2"), "Bouncing because filter instructed us to");
+            emit(
+                libc::LOG_INFO,
+                None,
+                "mailmunge-multiplexor is responding - entering main loop",
+            );
+            emit(
+                libc::LOG_WARNING,
+                Some("QID1"),
+                "Filter did not create RESULTS file",
+            );
+            emit(
+                libc::LOG_ERR,
+                Some("NOQUEUE"),
+                "MXCommand: connect: refused",
+            );
+            emit(
+                libc::LOG_DEBUG,
+                Some("Q2"),
+                "Bouncing because filter instructed us to",
+            );
         });
         assert_eq!(
             lines,
             vec![
-                (libc::LOG_INFO, "mailmunge-multiplexor is responding - entering main loop".into()),
-                (libc::LOG_WARNING, "QID1: Filter did not create RESULTS file".into()),
+                (
+                    libc::LOG_INFO,
+                    "mailmunge-multiplexor is responding - entering main loop".into()
+                ),
+                (
+                    libc::LOG_WARNING,
+                    "QID1: Filter did not create RESULTS file".into()
+                ),
                 (libc::LOG_ERR, "NOQUEUE: MXCommand: connect: refused".into()),
-                (libc::LOG_DEBUG, "Q2: Bouncing because filter instructed us to".into()),
+                (
+                    libc::LOG_DEBUG,
+                    "Q2: Bouncing because filter instructed us to".into()
+                ),
             ]
         );
         let pid = std::process::id();
@@ -398,14 +437,25 @@ mod tests {
             emit(libc::LOG_EMERG, None, "e");
         });
         let prios: Vec<_> = lines.iter().map(|(p, _)| *p).collect();
-        assert_eq!(prios, vec![libc::LOG_NOTICE, libc::LOG_CRIT, libc::LOG_ALERT, libc::LOG_EMERG]);
+        assert_eq!(
+            prios,
+            vec![
+                libc::LOG_NOTICE,
+                libc::LOG_CRIT,
+                libc::LOG_ALERT,
+                libc::LOG_EMERG
+            ]
+        );
     }
 
     /// A layer keeping each event's extracted fields.
     struct Fields(Arc<Mutex<Vec<(Level, Line)>>>);
     impl<S: Subscriber> Layer<S> for Fields {
         fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-            self.0.lock().unwrap().push((*event.metadata().level(), line_of(event)));
+            self.0
+                .lock()
+                .unwrap()
+                .push((*event.metadata().level(), line_of(event)));
         }
     }
 
@@ -414,8 +464,16 @@ mod tests {
         let got: Arc<Mutex<Vec<(Level, Line)>>> = Arc::default();
         let sub = tracing_subscriber::registry().with(Fields(got.clone()));
         tracing::subscriber::with_default(sub, || {
-            emit(libc::LOG_WARNING, Some("4XyZ1"), "Filter failed.  Message kept in /x");
-            emit(libc::LOG_WARNING, Some("NOQUEUE"), "rcptto: no message in progress");
+            emit(
+                libc::LOG_WARNING,
+                Some("4XyZ1"),
+                "Filter failed.  Message kept in /x",
+            );
+            emit(
+                libc::LOG_WARNING,
+                Some("NOQUEUE"),
+                "rcptto: no message in progress",
+            );
             emit(libc::LOG_NOTICE, None, "plain");
         });
         let got = std::mem::take(&mut *got.lock().unwrap());

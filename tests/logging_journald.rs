@@ -41,7 +41,11 @@ fn parse_entry(mut d: &[u8]) -> Entry {
             let rest = &d[nl + 1..];
             let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
             e.insert(name, rest[8..8 + len].to_vec());
-            assert_eq!(rest[8 + len], b'\n', "length-encoded field ends with a newline");
+            assert_eq!(
+                rest[8 + len],
+                b'\n',
+                "length-encoded field ends with a newline"
+            );
             d = &rest[8 + len + 1..];
         }
     }
@@ -66,7 +70,10 @@ impl Journal {
                 return e.clone();
             }
             if Instant::now() > deadline {
-                panic!("no journal entry with {needle:?}; got {:?}", self.messages());
+                panic!(
+                    "no journal entry with {needle:?}; got {:?}",
+                    self.messages()
+                );
             }
             match self.sock.recv(&mut buf) {
                 Ok(0) => {} // the layer's connectivity probe
@@ -124,7 +131,8 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     // The milter drops to the `mailmunge` user before it opens the journal.
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mount_point = if Path::new("/run/systemd").is_dir() {
         "/run/systemd"
     } else {
@@ -189,7 +197,8 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     };
     mta.negotiate().await;
     mta.macros(b'C', &[("j", "mx.example.com")]).await;
-    mta.connect_inet("client.example.net", "192.0.2.10", 40000).await;
+    mta.connect_inet("client.example.net", "192.0.2.10", 40000)
+        .await;
     mta.helo("client.example.net").await;
     mta.mail(&[b"<a@example.net>"]).await;
     mta.rcpt(&[b"<b@example.com>"]).await;
@@ -202,7 +211,10 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     assert_eq!(v.kind, b't', "tempfail without RESULTS");
 
     let w = tokio::task::block_in_place(|| journal.wait_for("Filter did not create RESULTS file"));
-    assert_eq!(field(&w, "MESSAGE"), "QID1: Filter did not create RESULTS file");
+    assert_eq!(
+        field(&w, "MESSAGE"),
+        "QID1: Filter did not create RESULTS file"
+    );
     assert_eq!(field(&w, "QUEUE_ID"), "QID1");
     assert_eq!(field(&w, "PRIORITY"), "4");
     assert_eq!(field(&w, "SYSLOG_IDENTIFIER"), "mailmunge");

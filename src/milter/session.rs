@@ -965,7 +965,11 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
         match actions.replace_body(&buf[..n]).await {
             Ok(()) => {}
             Err(ActionError::NotAvailable) => {
-                mm_log!(Warning, qid = qid, "smfi_replacebody returned MI_FAILURE (the MTA did not allow body changes)");
+                mm_log!(
+                    Warning,
+                    qid = qid,
+                    "smfi_replacebody returned MI_FAILURE (the MTA did not allow body changes)"
+                );
                 return true;
             }
             Err(e) => {
@@ -1105,12 +1109,20 @@ async fn apply_results(
                 return Status::Reject;
             }
             Action::Discard => {
-                mm_log!(Debug, qid = qid, "Discarding because filter instructed us to");
+                mm_log!(
+                    Debug,
+                    qid = qid,
+                    "Discarding because filter instructed us to"
+                );
                 cleanup(cfg, conn);
                 return Status::Discard;
             }
             Action::Tempfail { code, dsn, text } => {
-                mm_log!(Debug, qid = qid, "Tempfailing because filter instructed us to");
+                mm_log!(
+                    Debug,
+                    qid = qid,
+                    "Tempfailing because filter instructed us to"
+                );
                 set_reply(
                     reply,
                     qid,
