@@ -153,18 +153,18 @@ fn bar(filled: i32, total: i32, max: i32, mark: u8) -> Vec<u8> {
 
 /// `barstatus` (§5.2).
 pub fn barstatus(reply: &[u8], bracket: bool) -> Rendered {
-    let reply = until_nul(reply);
-    let Some(letters) = state_letters(reply) else {
-        return status_error(reply);
+    let Some((letters, nums)) = status_numbers(reply) else {
+        return state_error(reply);
     };
     let ntotal = letters.len() as i32;
     let nbusy = letters.iter().filter(|&&b| b == b'B').count() as i32;
+    // Cannot happen after the validation above (one letter at least); kept
+    // because upstream has it (mm-mx-ctrl.md §5.2).
     if ntotal == 0 {
         return Rendered::out(bracketed(bracket, b"Max 0 workers ??\n".to_vec()));
     }
     // Upstream leaves a number it could not read uninitialised; we use 0.
-    let nums = scan(&reply[letters.len()..], &[Conv::Int; 4]);
-    let get = |i: usize| nums.get(i).map(|n| n.as_i32()).unwrap_or(0);
+    let get = |i: usize| nums[i].unwrap_or(0) as i32;
     let (msgs, qsize, queued) = (get(0), get(2), get(3));
     let mut body = format!("{nbusy:3}/{ntotal} ").into_bytes();
     body.extend(bar(nbusy, ntotal, 25, b'B'));
