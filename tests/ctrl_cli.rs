@@ -251,48 +251,19 @@ fn raw_aliases_print_the_reply_undecoded() {
     check(&mux, &["rawstatus"], "IISS 0 2 2 0 6\n", "", 0);
     check(&mux, &["msgs"], "17\n", "", 0);
     check(&mux, &["reread"], "Forced reread of filter rules\n", "", 0);
-    check(
-        &mux,
-        &["rawload"],
-        std::str::from_utf8(LOAD).unwrap(),
-        "",
-        0,
-    );
-    check(
-        &mux,
-        &["rawload-relayok"],
-        std::str::from_utf8(LOAD).unwrap(),
-        "",
-        0,
-    );
-    check(
-        &mux,
-        &["rawload-senderok"],
-        std::str::from_utf8(LOAD).unwrap(),
-        "",
-        0,
-    );
-    check(
-        &mux,
-        &["rawload-recipok"],
-        std::str::from_utf8(LOAD_RECIPOK).unwrap(),
-        "",
-        0,
-    );
-    check(
-        &mux,
-        &["rawload1", "60"],
-        std::str::from_utf8(LOAD1).unwrap(),
-        "",
-        0,
-    );
-    for w in [
-        "rawhload",
-        "rawhload-relayok",
-        "rawhload-senderok",
-        "rawhload-recipok",
+    let text = |b: &'static [u8]| std::str::from_utf8(b).unwrap();
+    for (words, reply) in [
+        (&["rawload"][..], LOAD),
+        (&["rawload-relayok"], LOAD),
+        (&["rawload-senderok"], LOAD),
+        (&["rawload-recipok"], LOAD_RECIPOK),
+        (&["rawload1", "60"], LOAD1),
+        (&["rawhload"], HLOAD),
+        (&["rawhload-relayok"], HLOAD),
+        (&["rawhload-senderok"], HLOAD),
+        (&["rawhload-recipok"], HLOAD),
     ] {
-        check(&mux, &[w], std::str::from_utf8(HLOAD).unwrap(), "", 0);
+        check(&mux, words, text(reply), "", 0);
     }
     assert_eq!(
         mux.requests(),
