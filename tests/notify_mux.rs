@@ -1,6 +1,8 @@
 //! The multiplexor's -O notifier socket with real workers
 //! (multiplexor.md §14, observed sequences of §19).
 
+#[path = "common/mod.rs"]
+mod common;
 mod mux_support;
 use mux_support::*;
 use std::io::{BufRead, BufReader, Write};
@@ -16,14 +18,11 @@ struct Listener {
 impl Listener {
     fn connect(mx: &Mx) -> Listener {
         // -O is created just after -s, so it may not exist quite yet.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let s = loop {
-            match UnixStream::connect(mx.spool.file("notify.sock")) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("connect notifier: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let s = common::connect_when_ready(
+            &mx.spool.file("notify.sock"),
+            "notifier",
+            Duration::from_secs(20),
+        );
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Listener {
             r: BufReader::new(s),

@@ -1,22 +1,21 @@
 //! The multiplexor's -N Sendmail socketmap with real workers
 //! (multiplexor.md §13, observed examples).
 
+#[path = "common/mod.rs"]
+mod common;
 mod mux_support;
 use mux_support::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn connect(mx: &Mx) -> UnixStream {
     // -N is created just after -s, so it may not exist quite yet.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let s = loop {
-        match UnixStream::connect(mx.spool.file("map.sock")) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => panic!("connect socketmap: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let s = common::connect_when_ready(
+        &mx.spool.file("map.sock"),
+        "socketmap",
+        Duration::from_secs(20),
+    );
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s
 }

@@ -44,6 +44,23 @@ pub fn scratch_with_spool() -> (tempfile::TempDir, PathBuf) {
     (tmp, spool)
 }
 
+/// Connects to a UNIX socket a daemon creates during start-up, retrying
+/// until it accepts or `limit` has passed (then panics naming `what`).
+pub fn connect_when_ready(
+    path: &Path,
+    what: &str,
+    limit: std::time::Duration,
+) -> std::os::unix::net::UnixStream {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() > deadline => panic!("connect {what}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Starts the command with its soft `RLIMIT_NOFILE` set to `soft` (the
 /// hard limit unchanged), as a daemon started under a low default gets.
 pub fn set_soft_nofile(cmd: &mut Command, soft: u64) {
