@@ -232,3 +232,28 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
         .count();
     assert_eq!(n, 1, "{:?}", journal.messages());
 }
+
+/// Outside systemd the stderr copy keeps glibc's LOG_PERROR layout,
+/// `ident[pid]: text`, which the log-reading tests and admins rely on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_copy_has_the_perror_layout() {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
+    let m = Milter::start(
+        scratch.path(),
+        &mux_path,
+        &scratch.spool,
+        &[],
+        &[("MAILMUNGE_LOG", "syslog")],
+    );
+    let want = format!(
+        "mailmunge[{}]: mailmunge-multiplexor is responding - entering main loop\n",
+        m.child.id()
+    );
+    let log = m.log();
+    assert!(
+        log.lines().any(|l| format!("{l}\n") == want),
+        "no line {want:?} in:\n{log}"
+    );
+}
