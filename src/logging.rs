@@ -330,8 +330,11 @@ fn open_syslog(ident: &str, options: libc::c_int, facility: libc::c_int) {
 /// is the journal, which would store every line twice). Returns the
 /// backend in use. A second call only reopens syslog.
 pub fn init(ident: &str, facility: libc::c_int, options: libc::c_int) -> Backend {
+    let mut unreachable = None;
     let journal = match wanted_backend() {
-        Backend::Journald => journald_layer(ident, facility).ok(),
+        Backend::Journald => journald_layer(ident, facility)
+            .map_err(|e| unreachable = Some(e))
+            .ok(),
         Backend::Syslog => None,
     };
     let backend = if journal.is_some() {
@@ -347,6 +350,13 @@ pub fn init(ident: &str, facility: libc::c_int, options: libc::c_int) -> Backend
         .with((backend == Backend::Syslog).then(|| SyslogLayer::new(syslog_sink)))
         .with(copy.then(|| StderrLayer::new(ident, stderr_sink)));
     let _ = tracing::subscriber::set_global_default(subscriber);
+    if let Some(e) = unreachable {
+        emit(
+            libc::LOG_WARNING,
+            None,
+            &format!("Cannot reach journald ({e}); logging to syslog"),
+        );
+    }
     backend
 }
 
