@@ -330,6 +330,13 @@ fn open_syslog(ident: &str, options: libc::c_int, facility: libc::c_int) {
 /// is the journal, which would store every line twice). Returns the
 /// backend in use. A second call only reopens syslog.
 pub fn init(ident: &str, facility: libc::c_int, options: libc::c_int) -> Backend {
+    static INSTALLED: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+    if let Some(&b) = INSTALLED.get() {
+        if b == Backend::Syslog {
+            open_syslog(ident, options, facility);
+        }
+        return b;
+    }
     let mut unreachable = None;
     let journal = match wanted_backend() {
         Backend::Journald => journald_layer(ident, facility)
@@ -350,6 +357,7 @@ pub fn init(ident: &str, facility: libc::c_int, options: libc::c_int) -> Backend
         .with((backend == Backend::Syslog).then(|| SyslogLayer::new(syslog_sink)))
         .with(copy.then(|| StderrLayer::new(ident, stderr_sink)));
     let _ = tracing::subscriber::set_global_default(subscriber);
+    let _ = INSTALLED.set(backend);
     if let Some(e) = unreachable {
         emit(
             libc::LOG_WARNING,
