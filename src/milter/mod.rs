@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod log;
+pub mod mtastream;
 pub mod options;
 pub mod reply;
 pub mod results;

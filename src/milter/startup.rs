@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use super::mtastream::MtaStream;
 use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
 use super::session::{self, Config};
 use crate::daemon;
@@ -421,9 +422,9 @@ impl NoDelayListener {
 }
 
 impl indymilter::Listener for NoDelayListener {
-    type Io = Stream;
+    type Io = MtaStream;
 
-    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<Stream>> {
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<MtaStream>> {
         loop {
             if let Some(sleep) = self.backoff.as_mut() {
                 if sleep.as_mut().poll(cx).is_pending() {
@@ -454,7 +455,7 @@ impl indymilter::Listener for NoDelayListener {
                     mm_log!(Error, "accept failed: {e}; pausing for 100ms");
                     self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                 }
-                other => return other,
+                other => return other.map_ok(MtaStream::new),
             }
         }
     }
