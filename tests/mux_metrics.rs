@@ -151,14 +151,31 @@ fn counters_follow_the_traffic() {
         "{s:#?}"
     );
 
-    // A request in progress shows in the oldest-busy gauge.
+    // A request in progress shows in the oldest-busy gauge. The idle
+    // workers are stopped first, so that the request stays in progress
+    // until the gauge has been seen, however slow the scrapes.
     assert_eq!(val(&s, "mailmunge_mux_oldest_busy_seconds"), 0.0);
+    let idle: Vec<i32> = mx
+        .req_s("workers")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[1] == "I").then(|| f[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(idle.len(), 2, "{idle:?}");
+    for &pid in &idle {
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
     let sock = mx.sock.clone();
-    let slow = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
+    let slow = std::thread::spawn(move || request(&sock, b"ping\n"));
     scrape_until(port, "a busy worker", |s| {
         val(s, "mailmunge_mux_oldest_busy_seconds") >= 0.2
     });
-    assert_eq!(slow.join().unwrap(), b"slept 2\n");
+    for &pid in &idle {
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert_eq!(slow.join().unwrap(), b"PONG\n");
     assert_eq!(val(&scrape(port), "mailmunge_mux_oldest_busy_seconds"), 0.0);
 
     // A reread retires the idle workers and counts under that reason.
