@@ -178,8 +178,9 @@ fn protocol_violations_retire_the_worker() {
 #[test]
 fn no_free_workers() {
     let mx = Mx::start(&["-x", "1"]);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     assert_eq!(mx.req(b"ping\n"), b"error: No free workers\n");
     assert_eq!(
@@ -188,7 +189,8 @@ fn no_free_workers() {
     );
     // Built-ins still work.
     assert_eq!(mx.req(b"free\n"), b"0\n");
-    assert_eq!(t.join().unwrap(), b"slept 3\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
 }
 
 #[test]
@@ -271,16 +273,19 @@ fn unprivileged_socket() {
 #[test]
 fn queueing() {
     let mx = Mx::start(&["-x", "1", "-q", "2", "-Q", "1"]);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     // Waits one second in the queue, then gives up.
     assert_eq!(mx.req(b"ping\n"), b"error: Queued request timed out\n");
-    assert_eq!(t.join().unwrap(), b"slept 3\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
 
     let mx = Mx::start(&["-x", "1", "-q", "1", "-Q", "20"]);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     let sock2 = mx.sock.clone();
     let q = std::thread::spawn(move || request(&sock2, b"ping\n"));
@@ -291,7 +296,8 @@ fn queueing() {
     );
     // The queue is full: a third request is refused at once.
     assert_eq!(mx.req(b"ping\n"), b"error: No free workers\n");
-    assert_eq!(t.join().unwrap(), b"slept 3\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
     assert_eq!(q.join().unwrap(), b"PONG\n");
 }
 

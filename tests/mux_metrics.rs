@@ -155,26 +155,13 @@ fn counters_follow_the_traffic() {
     // workers are stopped first, so that the request stays in progress
     // until the gauge has been seen, however slow the scrapes.
     assert_eq!(val(&s, "mailmunge_mux_oldest_busy_seconds"), 0.0);
-    let idle: Vec<i32> = mx
-        .req_s("workers")
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[1] == "I").then(|| f[2].parse().unwrap())
-        })
-        .collect();
-    assert_eq!(idle.len(), 2, "{idle:?}");
-    for &pid in &idle {
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
-    }
+    let held = mx.hold_idle_workers(2);
     let sock = mx.sock.clone();
     let slow = std::thread::spawn(move || request(&sock, b"ping\n"));
     scrape_until(port, "a busy worker", |s| {
         val(s, "mailmunge_mux_oldest_busy_seconds") >= 0.2
     });
-    for &pid in &idle {
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-    }
+    drop(held);
     assert_eq!(slow.join().unwrap(), b"PONG\n");
     assert_eq!(val(&scrape(port), "mailmunge_mux_oldest_busy_seconds"), 0.0);
 

@@ -22,12 +22,14 @@ fn lifetime_retires_after_completion() {
 #[test]
 fn activation_spacing() {
     let mx = Mx::start(&["-x", "2", "-W", "600"]);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.starts_with("BS "));
     // A second worker may not start within 600 s of the first.
     assert_eq!(mx.req(b"ping\n"), b"error: Unable to activate worker\n");
-    assert_eq!(t.join().unwrap(), b"slept 3\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
 }
 
 #[test]

@@ -84,11 +84,13 @@ fn filter_failing_at_start_stops_the_multiplexor() {
 #[test]
 fn idle_workers_above_minimum_are_stopped() {
     let mx = Mx::start(&["-x", "2", "-m", "1", "-i", "10"]);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.starts_with("B"));
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
-    assert_eq!(t.join().unwrap(), b"slept 3\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
     assert!(mx.req_s("status").starts_with("II "));
     // Within two idle periods one of them is retired; one stays (-m 1).
     let st = mx.wait_for("status", |r| r.starts_with("IS ") || r.starts_with("SI "));

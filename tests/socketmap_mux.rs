@@ -58,12 +58,14 @@ fn lookups_through_workers() {
 fn no_free_worker_is_a_temporary_failure() {
     let mx = Mx::start(&["-x", "1", "-q", "2", "-N", "map.sock"]);
     let mut s = connect(&mx);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let sleeper = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
+    let busy = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.starts_with("B "));
     s.write_all(b"5:m key,").unwrap();
     assert_eq!(netstring(&mut s), "20:TEMP No free workers,");
-    assert_eq!(sleeper.join().unwrap(), b"slept 2\n");
+    drop(held);
+    assert_eq!(busy.join().unwrap(), b"held\n");
     s.write_all(b"5:m key,").unwrap();
     assert_eq!(netstring(&mut s), "21:OK value for key/in m,");
 }

@@ -235,6 +235,27 @@ impl Mx {
         }
     }
 
+    /// Waits until `n` workers are idle and stops them (SIGSTOP) until the
+    /// guard is dropped: a request sent meanwhile keeps its worker busy for
+    /// as long as the test needs, instead of for a sleep that a slow
+    /// machine may outlast.
+    pub fn hold_idle_workers(&self, n: usize) -> Held {
+        let idle = |r: &str| -> Vec<i32> {
+            r.lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    (f.len() > 2 && f[1] == "I").then(|| f[2].parse().unwrap())
+                })
+                .collect()
+        };
+        let w = self.wait_for("workers", |r| idle(r).len() == n);
+        let pids = idle(&w);
+        for &p in &pids {
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        Held { pids }
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe { libc::kill(self.pid(), sig) };
     }
@@ -261,6 +282,19 @@ impl Drop for Mx {
             let pgid = c.id() as i32;
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = c.wait();
+        }
+    }
+}
+
+/// Workers stopped by [`Mx::hold_idle_workers`]; continued when dropped.
+pub struct Held {
+    pub pids: Vec<i32>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            unsafe { libc::kill(p, libc::SIGCONT) };
         }
     }
 }
