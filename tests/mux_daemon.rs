@@ -164,11 +164,13 @@ fn startup_errors() {
 #[test]
 fn sigterm_lets_busy_workers_answer_then_exits() {
     let mut mx = Mx::start(&["-x", "2"]);
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 2\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.contains('B'));
     mx.signal(libc::SIGTERM);
-    assert_eq!(t.join().unwrap(), b"slept 2\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
     assert_eq!(mx.wait_exit(Duration::from_secs(25)), Some(0));
     assert!(!mx.sock.exists());
 }

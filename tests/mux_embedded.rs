@@ -23,11 +23,13 @@ fn workers_are_forked_from_the_preloaded_filter() {
     assert_eq!(mx.req_s("sigpipe"), "IGNORE\n");
     assert_eq!(mx.req_s("fds"), "0,1,2\n");
     // A second worker comes from the same load.
+    let held = mx.hold_idle_workers(1);
     let sock = mx.sock.clone();
-    let t = std::thread::spawn(move || request(&sock, b"sleep 3\n"));
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
     mx.wait_for("status", |r| r.contains('B'));
     assert_eq!(mx.req_s("loadpid"), loaded);
-    assert_eq!(t.join().unwrap(), b"slept 3\n");
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
     // A worker dying mid-request is noticed and replaced.
     assert_eq!(mx.req(b"die\n"), b"ERR No response from worker\n");
     mx.wait_for("status", |r| !r.contains('K'));
