@@ -121,6 +121,12 @@ pub fn local_stamp(epoch: i64) -> String {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let t = epoch as libc::time_t;
     unsafe { libc::localtime_r(&t, &mut tm) };
+    stamp_of(&tm)
+}
+
+/// The `DD/MM/YYYY:HH:MM:SS` form of a broken-down time; split from
+/// `local_stamp` so the format can be tested without depending on `TZ`.
+fn stamp_of(tm: &libc::tm) -> String {
     format!(
         "{:02}/{:02}/{:04}:{:02}:{:02}:{:02}",
         tm.tm_mday,
@@ -186,22 +192,22 @@ mod tests {
         assert_eq!(sanitize_reason(b"a\tb\r\n"), "a b");
     }
 
+    fn utc_tm(epoch: libc::time_t) -> libc::tm {
+        // SAFETY: gmtime_r writes into our zeroed struct.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        unsafe { libc::gmtime_r(&epoch, &mut tm) };
+        tm
+    }
+
     #[test]
     fn stamp_is_day_month_year() {
-        // Compare with the C library's own local time for the same instant.
+        assert_eq!(stamp_of(&utc_tm(1795697728)), "26/11/2026:12:55:28");
+        // Every field is zero-padded.
+        assert_eq!(stamp_of(&utc_tm(1767323045)), "02/01/2026:03:04:05");
+        // local_stamp uses the local zone; with no offset it is the UTC form.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         let t: libc::time_t = 1795697728;
         unsafe { libc::localtime_r(&t, &mut tm) };
-        let expect = format!(
-            "{:02}/{:02}/{}:{:02}:{:02}:{:02}",
-            tm.tm_mday,
-            tm.tm_mon + 1,
-            tm.tm_year + 1900,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        );
-        assert_eq!(local_stamp(1795697728), expect);
         if tm.tm_gmtoff == 0 {
             assert_eq!(local_stamp(1795697728), "26/11/2026:12:55:28");
         }
