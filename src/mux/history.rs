@@ -41,18 +41,10 @@ impl Totals {
     /// Average busy workers; `empty` is what upstream prints for no data
     /// (1.0 in `load`, 0.0 elsewhere).
     pub fn avg_busy(&self, empty: f64) -> f64 {
-        if self.count == 0 {
-            empty
-        } else {
-            self.busy as f64 / self.count as f64
-        }
+        mean(self.busy, self.count, empty)
     }
     pub fn avg_ms(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.ms as f64 / self.count as f64
-        }
+        mean(self.ms, self.count, 0.0)
     }
 }
 
@@ -68,18 +60,19 @@ pub struct HourTotals {
 
 impl HourTotals {
     pub fn avg_busy(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.busy as f64 / self.count as f64
-        }
+        mean(self.busy, self.count, 0.0)
     }
     pub fn avg_ms(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.ms as f64 / self.count as f64
-        }
+        mean(self.ms, self.count, 0.0)
+    }
+}
+
+/// `sum / count`, or `empty` when the window saw no requests.
+fn mean(sum: u64, count: u64, empty: f64) -> f64 {
+    if count == 0 {
+        empty
+    } else {
+        sum as f64 / count as f64
     }
 }
 
