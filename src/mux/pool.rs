@@ -1118,9 +1118,15 @@ pub fn tag_from_command(line: &[u8]) -> String {
         .nth(1)
         .map(|(p, _)| p)
         .unwrap_or(line.len());
-    let head = &line[..end.min(MAX_STATUS_LEN)];
-    let decoded = crate::percent::decode(head);
-    let mut s: String = decoded
+    let mut s = printable_tag(&line[..end.min(MAX_STATUS_LEN)]);
+    s.truncate(MAX_STATUS_LEN);
+    s
+}
+
+/// Percent-decodes a status tag and blanks every byte that is not
+/// printable ASCII, so a tag can never break a reply or log line (§8).
+pub fn printable_tag(raw: &[u8]) -> String {
+    crate::percent::decode(raw)
         .iter()
         .map(|&b| {
             if (0x20..=0x7e).contains(&b) {
@@ -1129,9 +1135,7 @@ pub fn tag_from_command(line: &[u8]) -> String {
                 ' '
             }
         })
-        .collect();
-    s.truncate(MAX_STATUS_LEN);
-    s
+        .collect()
 }
 
 /// The queue id remembered for logging (§6.1), still percent-encoded.

@@ -672,17 +672,7 @@ async fn read_status(mux: Arc<Mux>, slot: usize, wid: u64, pipe: tokio::net::uni
         };
         let raw = line.strip_suffix(b"\n").unwrap_or(&line);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let decoded = crate::percent::decode(raw);
-        let text: String = decoded
-            .iter()
-            .map(|&b| {
-                if (0x20..=0x7e).contains(&b) {
-                    b as char
-                } else {
-                    ' '
-                }
-            })
-            .collect();
+        let text = super::pool::printable_tag(raw);
         let mut p = mux.lock();
         if p.slots[slot].wid == wid && p.slots[slot].state == State::Busy {
             p.set_tag(slot, &text, true);
