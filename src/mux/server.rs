@@ -183,6 +183,36 @@ fn bind_with_umask(
     r
 }
 
+/// Parses a socket argument and binds it under `mask`.
+fn parse_and_bind(arg: &str, backlog: i32, mask: u32, file_mask: u32) -> std::io::Result<Listener> {
+    let spec = SockSpec::parse_mux(arg).map_err(|e| std::io::Error::other(e.to_string()))?;
+    bind_with_umask(&spec, backlog, mask, file_mask)
+}
+
+/// Binds one of the optional sockets (notifier, socketmap, metrics): a
+/// failure is logged and the daemon runs on without it, like upstream.
+fn bind_side(
+    kind: &str,
+    arg: &str,
+    backlog: i32,
+    (mask, file_mask): (u32, u32),
+    cleanup: &mut Cleanup,
+) -> Option<Listener> {
+    match parse_and_bind(arg, backlog, mask, file_mask) {
+        Ok(l) => {
+            cleanup.sockets.extend(l.path().map(Path::to_path_buf));
+            Some(l)
+        }
+        Err(e) => {
+            daemon::log(
+                LOG_ERR,
+                &format!("Unable to create {kind} socket {arg}: {e}"),
+            );
+            None
+        }
+    }
+}
+
 async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) -> i32 {
     let file_mask = if opts.group_perms { 0o027 } else { 0o077 };
     let sock_mask = if opts.group_perms { 0o007 } else { 0o077 };
@@ -235,10 +265,7 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     }
     let unpriv = match &opts.unpriv_socket {
         None => None,
-        Some(a) => match SockSpec::parse_mux(a)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|s| bind_with_umask(&s, opts.backlog, 0, file_mask))
-        {
+        Some(a) => match parse_and_bind(a, opts.backlog, 0, file_mask) {
             Ok(l) => {
                 cleanup.sockets.extend(l.path().map(Path::to_path_buf));
                 Some(l)
@@ -281,66 +308,36 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     }
 
     let mux = Mux::new(opts.clone());
-    if let Some(spec) = &opts.notify_socket {
-        match SockSpec::parse_mux(spec)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|s| bind_with_umask(&s, 5, sock_mask, file_mask))
-        {
-            Ok(l) => {
-                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
-                let n = crate::notify::Notifier::new();
-                mux.lock().notify = Some(n.clone());
-                tokio::spawn(crate::notify::run(l, n, std::future::pending::<()>()));
-            }
-            Err(e) => daemon::log(
-                LOG_ERR,
-                &format!("Unable to create notifier socket {spec}: {e}"),
-            ),
-        }
+    let masks = (sock_mask, file_mask);
+    let notify_l = opts.notify_socket.as_deref();
+    if let Some(l) = notify_l.and_then(|a| bind_side("notifier", a, 5, masks, &mut cleanup)) {
+        let n = crate::notify::Notifier::new();
+        mux.lock().notify = Some(n.clone());
+        tokio::spawn(crate::notify::run(l, n, std::future::pending::<()>()));
     }
-    if let Some(spec) = &opts.map_socket {
-        match SockSpec::parse_mux(spec)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|s| bind_with_umask(&s, opts.backlog, sock_mask, file_mask))
-        {
-            Ok(l) => {
-                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
-                let m = mux.clone();
-                let handler = move |req: crate::socketmap::MapRequest| {
-                    let m = m.clone();
-                    async move { control::map_lookup(&m, req.worker_command()).await }
-                };
-                let cfg = crate::socketmap::Config {
-                    reply_timeout: opts.cmd_timeout(),
-                    ..Default::default()
-                };
-                tokio::spawn(crate::socketmap::run(
-                    l,
-                    handler,
-                    cfg,
-                    std::future::pending::<()>(),
-                ));
-            }
-            Err(e) => daemon::log(
-                LOG_ERR,
-                &format!("Unable to create socketmap socket {spec}: {e}"),
-            ),
-        }
+    let map_l = opts.map_socket.as_deref();
+    if let Some(l) =
+        map_l.and_then(|a| bind_side("socketmap", a, opts.backlog, masks, &mut cleanup))
+    {
+        let m = mux.clone();
+        let handler = move |req: crate::socketmap::MapRequest| {
+            let m = m.clone();
+            async move { control::map_lookup(&m, req.worker_command()).await }
+        };
+        let cfg = crate::socketmap::Config {
+            reply_timeout: opts.cmd_timeout(),
+            ..Default::default()
+        };
+        tokio::spawn(crate::socketmap::run(
+            l,
+            handler,
+            cfg,
+            std::future::pending::<()>(),
+        ));
     }
-    if let Some(spec) = &opts.metrics {
-        match SockSpec::parse_mux(spec)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|s| bind_with_umask(&s, 16, sock_mask, file_mask))
-        {
-            Ok(l) => {
-                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
-                tokio::spawn(super::metrics_http::serve(mux.clone(), l));
-            }
-            Err(e) => daemon::log(
-                LOG_ERR,
-                &format!("Unable to create metrics socket {spec}: {e}"),
-            ),
-        }
+    let metrics_l = opts.metrics.as_deref();
+    if let Some(l) = metrics_l.and_then(|a| bind_side("metrics", a, 16, masks, &mut cleanup)) {
+        tokio::spawn(super::metrics_http::serve(mux.clone(), l));
     }
     spawn_signal_tasks(&mux);
     tokio::spawn(filler(mux.clone()));
