@@ -171,6 +171,42 @@ impl Cleanup {
     }
 }
 
+/// The notifier and socketmap servers: on SIGTERM they stop accepting and
+/// close their listeners before the socket files are removed.
+struct SideServers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SideServers {
+    fn new() -> Self {
+        SideServers {
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Completes once `stop` has been called.
+    fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|&stopped| stopped).await;
+        }
+    }
+
+    fn spawn(&mut self, server: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(server));
+    }
+
+    /// Stops the servers and waits (bounded) until their listeners are closed.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+}
+
 fn bind_with_umask(
     spec: &SockSpec,
     backlog: i32,
@@ -309,11 +345,12 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
 
     let mux = Mux::new(opts.clone());
     let masks = (sock_mask, file_mask);
+    let mut side = SideServers::new();
     let notify_l = opts.notify_socket.as_deref();
     if let Some(l) = notify_l.and_then(|a| bind_side("notifier", a, 5, masks, &mut cleanup)) {
         let n = crate::notify::Notifier::new();
         mux.lock().notify = Some(n.clone());
-        tokio::spawn(crate::notify::run(l, n, std::future::pending::<()>()));
+        side.spawn(crate::notify::run(l, n, side.shutdown_signal()));
     }
     let map_l = opts.map_socket.as_deref();
     if let Some(l) =
@@ -328,11 +365,11 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
             reply_timeout: opts.cmd_timeout(),
             ..Default::default()
         };
-        tokio::spawn(crate::socketmap::run(
+        side.spawn(crate::socketmap::run(
             l,
             handler,
             cfg,
-            std::future::pending::<()>(),
+            side.shutdown_signal(),
         ));
     }
     let metrics_l = opts.metrics.as_deref();
@@ -402,7 +439,7 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
         _ = sigterm.recv() => {}
         _ = mux.shutdown.notified() => {}
     }
-    shutdown(&mux, &cleanup).await
+    shutdown(&mux, &cleanup, side).await
 }
 
 fn spawn_signal_tasks(mux: &Arc<Mux>) {
@@ -499,12 +536,13 @@ fn detect_mta() -> Option<&'static str> {
 }
 
 /// SIGTERM (§16): clean up files, retire workers, escalate, exit 0.
-async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup) -> i32 {
+async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup, side: SideServers) -> i32 {
     daemon::log(
         LOG_INFO,
         "Received SIGTERM: Stopping workers and terminating",
     );
     cleanup.files();
+    side.stop().await;
     for s in &cleanup.sockets {
         daemon::remove_socket(s);
     }
