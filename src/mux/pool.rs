@@ -1087,19 +1087,40 @@ impl Pool {
         self.slots.iter().filter_map(|s| s.pid).collect()
     }
 
+    /// The worker counts and totals that `-L` logs and the `load`
+    /// replies end with.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            busy: self.count(State::Busy),
+            idle: self.count(State::Idle),
+            stopped: self.count(State::Stopped),
+            killed: self.count(State::Killed),
+            queued: self.queue.len(),
+            msgs: self.msgs,
+            activations: self.activations,
+        }
+    }
+
     /// The `-L` status line (§15.3).
     pub fn status_log_line(&self) -> String {
+        let c = self.counters();
         format!(
             "Worker status: Stopped={} Idle={} Busy={} Killed={} Queued={} Msgs={} Activations={}",
-            self.count(State::Stopped),
-            self.count(State::Idle),
-            self.count(State::Busy),
-            self.count(State::Killed),
-            self.queue.len(),
-            self.msgs,
-            self.activations
+            c.stopped, c.idle, c.busy, c.killed, c.queued, c.msgs, c.activations
         )
     }
+}
+
+/// A snapshot of the pool's counters (see `Pool::counters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub busy: usize,
+    pub idle: usize,
+    pub stopped: usize,
+    pub killed: usize,
+    pub queued: usize,
+    pub msgs: u64,
+    pub activations: u64,
 }
 
 /// Sends a signal to a process, ignoring errors (it may be gone already).

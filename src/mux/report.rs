@@ -74,16 +74,17 @@ pub fn workerinfo(p: &Pool, arg: &str) -> String {
 }
 
 fn state_counts(p: &Pool) -> String {
+    let c = p.counters();
     format!(
         "{} {} {} {} {} {} {} {} {}",
-        p.count(State::Busy),
-        p.count(State::Idle),
-        p.count(State::Stopped),
-        p.count(State::Killed),
-        p.msgs,
-        p.activations,
+        c.busy,
+        c.idle,
+        c.stopped,
+        c.killed,
+        c.msgs,
+        c.activations,
         p.opts.queue_size,
-        p.queue.len(),
+        c.queued,
         p.uptime()
     )
 }
