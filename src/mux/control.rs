@@ -14,7 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pool::{epoch_now, replies, Job, JobKind, Mux, Outcome};
 use super::{report, Class};
-use crate::daemon::{self, LOG_ERR};
 use crate::sockspec::{Listener, Stream};
 
 /// Request buffer size; a line of 4095 bytes or more is "too long".
@@ -32,26 +31,34 @@ pub enum Access {
 /// Accepts connections forever, one task per connection.
 pub async fn serve(mux: Arc<Mux>, listener: Listener, access: Access) {
     let pending = Arc::new(AtomicUsize::new(0));
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                daemon::log(LOG_ERR, &format!("accept: {e}"));
-                // Typically EMFILE: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let name = match access {
+        Access::Privileged => "control socket",
+        Access::Unprivileged => "unprivileged control socket",
+    };
+    let serve_one = |stream: Stream| {
+        // Over the §4.3 limit the connection is closed here, before any
+        // task runs, with no reply.
+        let stream = if access == Access::Unprivileged {
+            if pending.load(Ordering::SeqCst) >= MAX_UNPRIV_CONNS {
+                drop(stream);
+                None
+            } else {
+                pending.fetch_add(1, Ordering::SeqCst);
+                Some(stream)
             }
+        } else {
+            Some(stream)
         };
-        if access == Access::Unprivileged && pending.load(Ordering::SeqCst) >= MAX_UNPRIV_CONNS {
-            drop(stream);
-            continue;
-        }
-        if access == Access::Unprivileged {
-            pending.fetch_add(1, Ordering::SeqCst);
-        }
         let (mux, pending) = (mux.clone(), pending.clone());
-        tokio::spawn(async move { handle(mux, stream, access, &pending).await });
-    }
+        async move {
+            if let Some(stream) = stream {
+                handle(mux, stream, access, &pending).await
+            }
+        }
+    };
+    listener
+        .serve_each(name, std::future::pending(), serve_one)
+        .await;
 }
 
 /// Reads the request line: up to the first `\n`, keeping at most

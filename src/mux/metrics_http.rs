@@ -13,8 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::metrics;
 use super::pool::Mux;
-use crate::daemon::{self, LOG_ERR};
-use crate::sockspec::Listener;
+use crate::sockspec::{Listener, Stream};
 
 /// Longest request head accepted (request line and headers).
 pub const MAX_REQUEST: usize = 8192;
@@ -117,56 +116,61 @@ pub fn scrape(mux: &Mux) -> String {
 /// Serves the metrics endpoint forever.
 pub async fn serve(mux: Arc<Mux>, listener: Listener) {
     let active = Arc::new(AtomicUsize::new(0));
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                daemon::log(LOG_ERR, &format!("metrics: accept: {e}"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
+    let serve_one = |stream: Stream| {
+        // Over the cap the connection is closed here, before any task runs.
+        let stream = if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
             active.fetch_sub(1, Ordering::SeqCst);
             drop(stream);
-            continue;
-        }
+            None
+        } else {
+            Some(stream)
+        };
         let (mux, active) = (mux.clone(), active.clone());
-        tokio::spawn(async move {
-            let reply = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
-                Ok(Some(head)) => match parse_request(&head) {
-                    Request::Metrics { head } => {
-                        let body = tokio::task::spawn_blocking({
-                            let mux = mux.clone();
-                            move || scrape(&mux)
-                        })
-                        .await
-                        .unwrap_or_default();
-                        response("200 OK", CONTENT_TYPE, &body, head)
-                    }
-                    Request::NotFound { head } => response(
-                        "404 Not Found",
-                        "text/plain",
-                        "Not found; try /metrics\n",
-                        head,
-                    ),
-                    Request::MethodNotAllowed => response(
-                        "405 Method Not Allowed",
-                        "text/plain",
-                        "Only GET and HEAD\n",
-                        false,
-                    ),
-                    Request::BadRequest => {
-                        response("400 Bad Request", "text/plain", "Bad request\n", false)
-                    }
-                },
-                _ => response("400 Bad Request", "text/plain", "Bad request\n", false),
-            };
-            let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(&reply)).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-            active.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
+        async move {
+            if let Some(stream) = stream {
+                answer(mux, stream).await;
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    };
+    listener
+        .serve_each("metrics", std::future::pending(), serve_one)
+        .await;
+}
+
+/// Reads one request and writes its reply.
+async fn answer(mux: Arc<Mux>, mut stream: Stream) {
+    let reply = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Some(head)) => match parse_request(&head) {
+            Request::Metrics { head } => {
+                let body = tokio::task::spawn_blocking({
+                    let mux = mux.clone();
+                    move || scrape(&mux)
+                })
+                .await
+                .unwrap_or_default();
+                response("200 OK", CONTENT_TYPE, &body, head)
+            }
+            Request::NotFound { head } => response(
+                "404 Not Found",
+                "text/plain",
+                "Not found; try /metrics\n",
+                head,
+            ),
+            Request::MethodNotAllowed => response(
+                "405 Method Not Allowed",
+                "text/plain",
+                "Only GET and HEAD\n",
+                false,
+            ),
+            Request::BadRequest => {
+                response("400 Bad Request", "text/plain", "Bad request\n", false)
+            }
+        },
+        _ => response("400 Bad Request", "text/plain", "Bad request\n", false),
+    };
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(&reply)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
 #[cfg(test)]
