@@ -142,7 +142,7 @@ fn startup_errors() {
     let (code, _, err) = run(&["-k"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("\n\nUsage: "), "{err}");
-    if is_root() {
+    if common::is_root() {
         let out = Command::new(BIN)
             .args(["-D", "-z", "/tmp", "-f", "/bin/true"])
             .output()

@@ -1,8 +1,6 @@
 //! The multiplexor's -O notifier socket with real workers
 //! (multiplexor.md §14, observed sequences of §19).
 
-#[path = "common/mod.rs"]
-mod common;
 mod mux_support;
 use mux_support::*;
 use std::io::{BufRead, BufReader, Write};

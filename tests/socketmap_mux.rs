@@ -1,8 +1,6 @@
 //! The multiplexor's -N Sendmail socketmap with real workers
 //! (multiplexor.md §13, observed examples).
 
-#[path = "common/mod.rs"]
-mod common;
 mod mux_support;
 use mux_support::*;
 use std::io::{Read, Write};

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration-test harnesses (`milter_support`,
-//! and meant for `mux_support` too): the daemons refuse to run workers as
+//! `mux_support`): the daemons refuse to run workers as
 //! root, so as root the tests pass `-U mailmunge` and give that user
 //! directories it can use; and a daemon can be started with a lowered
 //! descriptor limit.

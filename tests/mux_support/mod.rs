@@ -3,6 +3,9 @@
 //! control sockets, clean up.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+pub mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -46,10 +49,6 @@ pub fn worker_path() -> PathBuf {
         .clone()
 }
 
-pub fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A spool directory the `-U mailmunge` worker user can use.
 pub struct Spool {
     pub dir: tempfile::TempDir,
@@ -58,11 +57,7 @@ pub struct Spool {
 
 impl Spool {
     pub fn new() -> Spool {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.path().join("spool");
-        std::fs::create_dir(&path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (dir, path) = common::scratch_with_spool();
         Spool { dir, path }
     }
     pub fn file(&self, name: &str) -> PathBuf {
@@ -72,10 +67,10 @@ impl Spool {
 
 /// The options every test needs: user (as root), spool, socket, filter.
 pub fn base_args(spool: &Spool, filter: &Path) -> Vec<String> {
-    let mut a = Vec::new();
-    if is_root() {
-        a.extend(["-U".to_string(), "mailmunge".to_string()]);
-    }
+    let mut a: Vec<String> = common::worker_user_args()
+        .into_iter()
+        .map(String::from)
+        .collect();
     a.extend([
         "-z".into(),
         spool.path.display().to_string(),
@@ -143,16 +138,7 @@ impl Mx {
             cmd.env(k, v);
         }
         if let Some(soft) = nofile {
-            // SAFETY: only setrlimit between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let mut l: libc::rlimit = std::mem::zeroed();
-                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-                    l.rlim_cur = soft;
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-                    Ok(())
-                });
-            }
+            common::set_soft_nofile(&mut cmd, soft);
         }
         if logged {
             let f = std::fs::File::create(spool.dir.path().join("log")).unwrap();
