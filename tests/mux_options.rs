@@ -69,10 +69,22 @@ fn verbose_logging_of_worker_stderr_and_status() {
     // Both lines are logged together when the worker is reaped; a failure
     // shows the whole log (the lossy read keeps a stray byte from hiding it).
     let log = mx.wait_log(") exited normally with status 0\n");
-    let usage = log.find("Worker 0 resource usage: ").unwrap_or_else(|| panic!("no usage line:\n{log}"));
+    let usage = log
+        .find("Worker 0 resource usage: ")
+        .unwrap_or_else(|| panic!("no usage line:\n{log}"));
     let reap = log.find("Reap: worker 0 (pid ").unwrap();
-    assert!(log[usage..].starts_with("Worker 0 resource usage: req=2, scans=1, user="), "{log}");
-    assert!(log[reap..].split('\n').next().unwrap().ends_with(") exited normally with status 0"), "{log}");
+    assert!(
+        log[usage..].starts_with("Worker 0 resource usage: req=2, scans=1, user="),
+        "{log}"
+    );
+    assert!(
+        log[reap..]
+            .split('\n')
+            .next()
+            .unwrap()
+            .ends_with(") exited normally with status 0"),
+        "{log}"
+    );
 }
 
 #[test]
