@@ -270,6 +270,47 @@ fn unprivileged_socket() {
     );
 }
 
+/// §4.3: at most 20 unprivileged connections may wait for their request
+/// line; one more is accepted and closed at once with no reply, and a place
+/// freed by an answered request can be taken again.
+#[test]
+fn unprivileged_socket_lets_twenty_wait() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+    let sp = Spool::new();
+    let a = sp.file("unpriv.sock").display().to_string();
+    // A long -c keeps the silent connections waiting for the whole test.
+    let _mx = Mx::start_in(sp, &worker_path(), &["-a", &a, "-c", "120"]);
+    let u = std::path::Path::new(&a);
+    let mut waiting: Vec<UnixStream> = (0..20)
+        .map(|i| UnixStream::connect(u).unwrap_or_else(|e| panic!("connect {i}: {e}")))
+        .collect();
+    // Accepted after the 20 (one listener, FIFO), so it finds them all
+    // waiting. The close may reach us as EOF, EPIPE or ECONNRESET.
+    let mut extra = UnixStream::connect(u).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = extra.write_all(b"version\n");
+    let mut got = Vec::new();
+    match extra.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("21st connection: {e} (a timeout means it was served)"),
+    }
+    assert_eq!(got, b"", "the 21st waiting connection must get no reply");
+    let mut first = waiting.remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    first.write_all(b"version\n").unwrap();
+    let mut r = Vec::new();
+    first.read_to_end(&mut r).expect("reply before timeout");
+    assert_eq!(r, b"3.09");
+    assert_eq!(request(u, b"version\n"), b"3.09");
+}
+
 #[test]
 fn queueing() {
     let mx = Mx::start(&["-x", "1", "-q", "2", "-Q", "1"]);
