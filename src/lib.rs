@@ -5,6 +5,7 @@ pub mod cnum;
 pub mod cstr;
 pub mod ctrl;
 pub mod daemon;
+pub mod diagnose;
 pub mod envfile;
 pub mod logging;
 pub mod milter;

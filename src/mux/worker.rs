@@ -629,12 +629,16 @@ async fn serve(
 /// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
 async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiver) {
     let mut r = LineReader::new(stderr);
+    // What it said last, for a worker that dies before answering
+    // (protocol/multiplexor.md §6).
+    let mut tail = super::startfail::StderrTail::default();
     loop {
         match r.read_line(1023).await {
             LineRead::Eof => break,
             LineRead::Line(l) | LineRead::Truncated(l) | LineRead::Partial(l) => {
                 let text = String::from_utf8_lossy(&l);
                 let text = text.trim_end_matches(['\n', '\r']);
+                tail.push(text);
                 if text.contains("Out of memory!") {
                     let mut p = mux.lock();
                     if p.slots[slot].wid == wid {
@@ -656,6 +660,7 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
             }
         }
     }
+    mux.lock().worker_stderr_closed(slot, wid, &tail);
 }
 
 /// Reads `-Z` status lines from fd 3 (§8), whole lines at a time (§20.7):

@@ -111,7 +111,7 @@ impl Mx {
         Mx::start_cmd(Spool::new(), &worker_path(), extra, false, Some(soft), &[])
     }
 
-    fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
+    pub fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
         Mx::start_cmd(spool, filter, extra, logged, None, &[])
     }
 
