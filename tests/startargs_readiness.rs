@@ -8,11 +8,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{is_root, PidFileGuard};
+
 const START: &str = env!("CARGO_BIN_EXE_mailmunge-start");
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// `free` over the control socket, as the milter asks it.
 fn free(sock: &Path) -> Option<String> {
@@ -116,25 +117,6 @@ fn dying_filter_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::Pa
     .unwrap();
     std::fs::set_permissions(&filter, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, spool, filter)
-}
-
-/// Kills the daemon named in a PID file when dropped, pass or fail.
-struct PidFileGuard(std::path::PathBuf);
-impl Drop for PidFileGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
 }
 
 #[test]
