@@ -14,7 +14,6 @@ use common::{is_root, PidFileGuard};
 
 const START: &str = env!("CARGO_BIN_EXE_mailmunge-start");
 
-
 /// `free` over the control socket, as the milter asks it.
 fn free(sock: &Path) -> Option<String> {
     use std::io::{Read, Write};

@@ -125,11 +125,11 @@ impl Drop for PidFileGuard {
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline {
+            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
-
