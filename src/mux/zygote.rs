@@ -230,6 +230,7 @@ impl Zygote {
                 ))
             }
         };
+        check_forked_pid(pid, self.pid)?;
         let (tx, rx) = oneshot::channel();
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = reg.early.remove(&pid) {
@@ -239,6 +240,32 @@ impl Zygote {
         }
         Ok((pid, rx))
     }
+}
+
+/// The pid the preloading process reported must be a process it forked:
+/// never 0, 1 or ours (a signal to 0 or -1 would reach our own process
+/// group or everyone), and its parent must be the preloading process
+/// (protocol/SECURITY.md, -E worker pids).
+pub fn check_forked_pid(pid: u32, zygote: u32) -> io::Result<()> {
+    let bad = |why: &str| io::Error::other(format!("preloading process reported pid {pid}: {why}"));
+    if pid <= 1 || pid == std::process::id() || pid > i32::MAX as u32 {
+        return Err(bad("not a worker's pid"));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+    // A worker that exited at once may already be gone; its exit arrives
+    // as an event and it is never signalled.
+    let Ok(stat) = stat else { return Ok(()) };
+    match parent_of(&stat) {
+        Some(ppid) if ppid == zygote => Ok(()),
+        _ => Err(bad("not a child of the preloading process")),
+    }
+}
+
+/// The parent pid in a `/proc/PID/stat` line (the field after the state,
+/// which follows the command name in parentheses).
+fn parent_of(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for Zygote {
@@ -309,5 +336,28 @@ pub async fn wait_forked(
             return std::process::ExitStatus::from_raw(libc::SIGKILL);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_pids_are_checked() {
+        let me = std::process::id();
+        for pid in [0, 1, me, u32::MAX] {
+            assert!(check_forked_pid(pid, 4242).is_err(), "{pid}");
+        }
+        // A live process whose parent is not the preloading process.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(check_forked_pid(child.id(), me + 1).is_err());
+        assert!(check_forked_pid(child.id(), me).is_ok());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(parent_of("12 (a) b) S 34 12"), Some(34));
     }
 }
