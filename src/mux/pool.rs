@@ -452,7 +452,7 @@ impl Pool {
             return Err(ActivateError::Unavailable);
         };
         self.last_activation = Some(now);
-        let spawned = self.spawner.spawn(&self.opts, i);
+        let spawned = self.spawner.spawn(&self.opts, reason);
         if self.spawner.needs_zygote() {
             self.load_zygote(std::time::Duration::from_secs(10), false);
         }
@@ -476,12 +476,12 @@ impl Pool {
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let pid = spawned.pid;
+        let pid = spawned.pid();
         let generation = self.generation;
         let seq = self.activations;
         {
             let s = &mut self.slots[i];
-            s.pid = Some(pid);
+            s.pid = pid;
             s.wid = wid;
             s.tx = Some(tx);
             s.activated = Some(now);
@@ -501,12 +501,54 @@ impl Pool {
         }
         self.set_state(i, State::Idle);
         tokio::spawn(worker::run(me, i, wid, spawned, rx));
+        if let Some(pid) = pid {
+            self.log_start(i, pid, reason);
+        }
+        self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
+        Ok(())
+    }
+
+    fn log_start(&self, i: usize, pid: u32, reason: &str) {
         self.verbose(&format!(
             "Starting worker {i} (pid {pid}) ({} running): {reason}",
             self.running()
         ));
-        self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
-        Ok(())
+    }
+
+    /// The zygote forked the worker of slot `i` (or perl started it after
+    /// the zygote failed): its pid is known now.
+    pub fn worker_forked(&mut self, i: usize, wid: u64, pid: u32, reason: &str) {
+        if self.slots[i].wid == wid && self.slots[i].state != State::Stopped {
+            self.slots[i].pid = Some(pid);
+            self.log_start(i, pid, reason);
+        }
+    }
+
+    /// A fork request to the zygote failed: give it up and load another.
+    pub fn zygote_failed(&mut self, z: &Arc<super::zygote::Zygote>, e: &std::io::Error) {
+        if self.spawner.zygote_failed(z) {
+            daemon::log(LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
+            self.load_zygote(std::time::Duration::from_secs(10), false);
+        }
+    }
+
+    /// A worker could not be started after all (neither forked nor exec'd).
+    pub fn start_failed(&mut self, i: usize, wid: u64, e: &std::io::Error) {
+        if self.slots[i].wid != wid {
+            return;
+        }
+        daemon::log(
+            LOG_ERR,
+            &format!("Could not execute {}: {e}", self.opts.filter.display()),
+        );
+        self.count_failure(43);
+        let s = &mut self.slots[i];
+        s.pid = None;
+        s.tx = None;
+        s.activated = None;
+        s.cur_class = None;
+        self.set_state(i, State::Stopped);
+        self.pump_queue();
     }
 
     /// Activates one worker if fewer than the minimum run; returns true
@@ -1120,7 +1162,7 @@ impl Pool {
                             LOG_INFO,
                             &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
                         );
-                        *current = Some(z);
+                        *current = Some(Arc::new(z));
                     }
                     Err(e) => {
                         let fallback = if current.is_some() {

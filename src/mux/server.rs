@@ -404,7 +404,7 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
         match super::zygote::Zygote::start(&opts).await {
             Ok(z) => {
                 mux.lock().spawner = super::worker::Spawner::Zygote {
-                    current: Some(z),
+                    current: Some(Arc::new(z)),
                     reloading: false,
                 }
             }
