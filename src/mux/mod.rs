@@ -9,6 +9,7 @@
 //! connection ([`control`]); timers for idle reaping, the minimum filler,
 //! ticks and the status log.
 
+pub mod child;
 pub mod control;
 pub mod history;
 pub mod metrics;

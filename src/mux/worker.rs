@@ -7,10 +7,8 @@
 //! that writes half a line, floods output or hangs therefore delays nobody
 //! but the request it is serving.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
+use super::child::{perl_command, ChildSetup};
 use super::options::Options;
 use super::pool::{signal, Completion, Job, Mux, Outcome};
 use super::State;
@@ -316,86 +315,6 @@ pub fn reserve_low_fds() {
     }
 }
 
-/// Everything a child needs after fork, prepared before it: cwd, signal
-/// dispositions, rlimits, and which descriptor becomes fd 3.
-pub struct ChildSetup {
-    spool: CString,
-    status_w: i32,
-    rss_bytes: u64,
-    mem_bytes: u64,
-    /// The descriptor limit the multiplexor was started with.
-    nofile: Option<libc::rlimit>,
-}
-
-impl ChildSetup {
-    /// `fd3`: the descriptor to put on fd 3 in the child, or -1 for none.
-    pub fn new(opts: &Options, fd3: i32) -> ChildSetup {
-        ChildSetup {
-            spool: CString::new(opts.spool_dir.as_os_str().as_bytes()).unwrap_or_default(),
-            status_w: fd3,
-            rss_bytes: opts.rss_kb.saturating_mul(1024),
-            mem_bytes: opts.mem_kb.saturating_mul(1024),
-            nofile: daemon::original_nofile(),
-        }
-    }
-
-    /// Runs in the forked child before exec: only async-signal-safe calls.
-    pub fn apply(&self) {
-        // SAFETY: plain syscalls on the child's own state.
-        unsafe {
-            libc::chdir(self.spool.as_ptr());
-            for sig in [libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP, libc::SIGINT] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            // Upstream workers inherit SIGPIPE ignored; std resets it to the
-            // default before this hook runs.
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            // Workers get the descriptor limit we were started with, not
-            // the one we raised for ourselves.
-            if let Some(l) = &self.nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, l);
-            }
-            if self.rss_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.rss_bytes,
-                    rlim_max: self.rss_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_RSS, &l);
-            }
-            if self.mem_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.mem_bytes,
-                    rlim_max: self.mem_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_AS, &l);
-                libc::setrlimit(libc::RLIMIT_DATA, &l);
-            }
-            let first_closed = if self.status_w >= 0 {
-                if self.status_w == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0);
-                } else {
-                    libc::dup2(self.status_w, 3);
-                }
-                4
-            } else {
-                3
-            };
-            // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever
-            // the multiplexor itself inherited.
-            if libc::close_range(
-                first_closed as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as i32,
-            ) != 0
-            {
-                for fd in first_closed..1024 {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-        }
-    }
-}
-
 /// Starts `filter -server` (or `-serveru` with `-Z`); with `via_perl`,
 /// `perl filter -server` (the `-E` fallback, which needs no execute bit).
 pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
@@ -406,7 +325,7 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         .unwrap_or_else(|| opts.filter.clone().into_os_string());
     // std, not tokio: we reap our workers ourselves (see `Proc`).
     let mut cmd = if via_perl {
-        let (perl, switches) = super::zygote::perl_command(&opts.filter);
+        let (perl, switches) = perl_command(&opts.filter);
         let mut c = std::process::Command::new(perl);
         c.args(switches).arg(&opts.filter);
         c
@@ -428,17 +347,11 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     } else {
         None
     };
-    let setup = ChildSetup::new(
+    ChildSetup::new(
         opts,
         status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1),
-    );
-    // SAFETY: the hook only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            setup.apply();
-            Ok(())
-        });
-    }
+    )
+    .install(&mut cmd);
     let mut child = cmd.spawn()?;
     let status = match status {
         Some((r, w)) => {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader, Interest};
 use tokio::sync::oneshot;
 
+use super::child::{perl_command, ChildSetup};
 use super::options::Options;
 use crate::daemon::{self, LOG_ERR, LOG_INFO};
 
@@ -70,32 +71,6 @@ pub struct Zygote {
     status_pipe: bool,
 }
 
-fn perl_path() -> &'static str {
-    if std::path::Path::new("/usr/bin/perl").exists() {
-        "/usr/bin/perl"
-    } else {
-        "perl"
-    }
-}
-
-/// The perl that runs the filter under `-E` (the system perl, as upstream's
-/// embedded interpreter) and the taint switches of the filter's `#!` line,
-/// which perl insists on seeing on its command line.
-pub fn perl_command(filter: &std::path::Path) -> (&'static str, Vec<String>) {
-    let first = std::fs::read(filter)
-        .ok()
-        .and_then(|b| {
-            b.split(|&c| c == b'\n')
-                .next()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-        })
-        .unwrap_or_default();
-    let switches = super::reload::interpreter(&first)
-        .map(|i| i.switches)
-        .unwrap_or_default();
-    (perl_path(), switches)
-}
-
 impl Zygote {
     /// Starts a zygote and waits until the filter is loaded. `Err` carries
     /// a readable reason (including Perl's error output).
@@ -119,14 +94,7 @@ impl Zygote {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
-        let setup = super::worker::ChildSetup::new(opts, theirs.as_raw_fd());
-        // SAFETY: the hook only makes async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || {
-                setup.apply();
-                Ok(())
-            });
-        }
+        ChildSetup::new(opts, theirs.as_raw_fd()).install(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
             .map_err(|e| StartError::Failed(format!("cannot start perl: {e}")))?;
