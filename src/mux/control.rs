@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::pool::{epoch_now, replies, Job, JobKind, Mux, Outcome};
+use super::job::{replies, Job, JobKind, Outcome};
+use super::pool::{epoch_now, Mux};
 use super::{report, Class};
 use crate::sockspec::{Listener, Stream};
 

@@ -107,11 +107,15 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>
     }
 }
 
-/// The current scrape: counters under the lock, `/proc` reads outside it.
+/// The current scrape: a snapshot under the lock; the `/proc` reads and
+/// the rendering outside it.
 pub fn scrape(mux: &Mux) -> String {
-    let pids = metrics::worker_pids(&mux.lock());
-    let mem = metrics::read_mem(&pids);
-    metrics::render(&mux.lock(), &mem)
+    let (gauges, counters) = {
+        let p = mux.lock();
+        (p.gauges(), p.metrics.clone())
+    };
+    let mem = metrics::read_mem(&gauges.pids);
+    metrics::render(&gauges, &counters, &mem)
 }
 
 /// Connections still sending their request, oldest first: the ones a new

@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal as unix_signal, SignalKind};
 use super::control::{self, Access};
 use super::options::{usage, Exit, Options};
 use super::pool::{signal, Mux};
+use super::worker::Spawner;
 use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
 use crate::sockspec::{Listener, SockSpec};
 
@@ -400,21 +401,16 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     if opts.log_interval > 0 {
         tokio::spawn(status_logger(mux.clone()));
     }
-    if opts.embedded {
+    let spawner = if opts.embedded {
         match super::zygote::Zygote::start(&opts).await {
-            Ok(z) => {
-                mux.lock().spawner = super::worker::Spawner::Zygote {
-                    current: Some(Arc::new(z)),
-                    reloading: false,
-                }
-            }
+            Ok(z) => Spawner::preloaded(z),
             Err(super::zygote::StartError::NoFdPass(why)) => {
                 // Like upstream's build without embedded Perl: go on
                 // without preloading.
                 let msg = format!("Ignoring -E flag: {why}; workers are started with perl");
                 daemon::log(LOG_ERR, &msg);
                 eprintln!("{}: {msg}", opts.argv0);
-                mux.lock().spawner = super::worker::Spawner::Perl;
+                Spawner::Perl
             }
             Err(e) => {
                 let msg = format!(
@@ -424,6 +420,11 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                 return fail(&mut ready, &cleanup, &msg);
             }
         }
+    } else {
+        Spawner::Exec
+    };
+    if let Some(requests) = mux.take_launches() {
+        tokio::spawn(super::worker::launcher(mux.clone(), spawner, requests));
     }
     if !opts.embedded {
         if let Err(msg) = compile_check(&opts).await {

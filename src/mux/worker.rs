@@ -22,26 +22,18 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use super::child::{perl_command, ChildSetup};
+use super::job::{Completion, Job, Launch, Outcome, ToWorker};
 use super::options::Options;
-use super::pool::{signal, Completion, Job, Mux, Outcome};
+use super::pool::{signal, Mux};
+use super::zygote::Zygote;
 use super::State;
-use crate::daemon::{self, LOG_INFO, LOG_WARNING};
+use crate::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
 
 /// Longest reply line relayed (§7.5); longer ones are truncated.
 pub const MAX_REPLY_LINE: usize = 4096;
 /// Grace periods of the retirement sequence (§7.12).
 pub const TERM_AFTER: Duration = Duration::from_secs(10);
 pub const KILL_AFTER: Duration = Duration::from_secs(10);
-
-/// Messages to a worker's task.
-#[derive(Debug)]
-pub enum ToWorker {
-    Job(Job),
-    /// Close stdin and escalate to SIGTERM/SIGKILL if it does not exit.
-    Retire {
-        busy: bool,
-    },
-}
 
 /// A worker process: our own child (reaped by us with wait4, so that its
 /// resource usage can be logged), or a child of the `-E` zygote.
@@ -147,43 +139,19 @@ pub struct Spawned {
     pub status: Option<pipe::Receiver>,
 }
 
-/// A worker that is running, or one the `-E` zygote has yet to fork: the
-/// fork exchange happens in the worker's own task, outside the pool's lock
-/// (protocol/multiplexor.md §3).
-pub enum Start {
-    Running(Spawned),
-    Fork(PendingFork),
-}
-
-impl Start {
-    /// The pid, once there is a process.
-    pub fn pid(&self) -> Option<u32> {
-        match self {
-            Start::Running(s) => Some(s.pid),
-            Start::Fork(_) => None,
-        }
-    }
-}
-
-/// Pipes made for a worker that the zygote is asked to fork.
-pub struct PendingFork {
-    zygote: Arc<super::zygote::Zygote>,
-    /// The child's ends: stdin read, stdout write, stderr write (+ status).
-    theirs: Vec<OwnedFd>,
-    ours: Spawned,
-    /// Why it is started, for the log line once its pid is known.
-    pub reason: String,
-}
-
-/// How workers are started.
+/// How workers are started: the launcher's state, owned by its task alone.
 pub enum Spawner {
     /// fork + exec of the filter (`filter -server`).
     Exec,
     /// `-E`: forked from a preloaded zygote when one is ready, otherwise
     /// `perl FILTER -server`.
     Zygote {
-        current: Option<Arc<super::zygote::Zygote>>,
+        current: Option<Arc<Zygote>>,
+        /// A reread asked for a new load; until it is ready, workers are
+        /// started with perl so that they run the new rules.
         reloading: bool,
+        /// A load is under way.
+        loading: bool,
     },
     /// `-E` where preloading is impossible (no IO::FDPass):
     /// `perl FILTER -server`, like upstream's build without embedded Perl.
@@ -191,40 +159,204 @@ pub enum Spawner {
 }
 
 impl Spawner {
-    pub fn spawn(&mut self, opts: &Options, reason: &str) -> io::Result<Start> {
-        match self {
-            Spawner::Exec => spawn_exec(opts, false).map(Start::Running),
-            Spawner::Perl => spawn_exec(opts, true).map(Start::Running),
-            Spawner::Zygote { current, reloading } => match (current.as_ref(), *reloading) {
-                (Some(z), false) => pending_fork(z.clone(), opts, reason).map(Start::Fork),
-                _ => spawn_exec(opts, true).map(Start::Running),
-            },
+    /// `-E` with the zygote the start-up loaded.
+    pub fn preloaded(z: Zygote) -> Spawner {
+        Spawner::Zygote {
+            current: Some(Arc::new(z)),
+            reloading: false,
+            loading: false,
         }
     }
 
-    /// The zygote `z` failed a fork: stop using it (a new one is loaded).
-    pub fn zygote_failed(&mut self, z: &Arc<super::zygote::Zygote>) -> bool {
+    /// How the next worker is started.
+    fn plan(&self) -> Plan {
         match self {
-            Spawner::Zygote { current, .. }
-                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, z)) =>
-            {
-                *current = None;
-                true
-            }
-            _ => false,
+            Spawner::Exec => Plan::Exec { via_perl: false },
+            Spawner::Perl => Plan::Exec { via_perl: true },
+            Spawner::Zygote {
+                current: Some(z),
+                reloading: false,
+                ..
+            } => Plan::Fork(z.clone()),
+            Spawner::Zygote { .. } => Plan::Exec { via_perl: true },
         }
     }
 
-    /// True when a preloaded zygote is missing and not being reloaded.
-    pub fn needs_zygote(&self) -> bool {
+    /// Starts a load unless one is under way (`fresh`: for a reread) or
+    /// preloading is off; the result arrives as [`Event::Preloaded`].
+    fn load(
+        &mut self,
+        opts: &Arc<Options>,
+        events: &mpsc::UnboundedSender<Event>,
+        delay: Duration,
+        fresh: bool,
+    ) {
+        let Spawner::Zygote {
+            reloading, loading, ..
+        } = self
+        else {
+            return;
+        };
+        if *loading {
+            return;
+        }
+        *loading = true;
+        *reloading = fresh;
+        let (opts, events) = (opts.clone(), events.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Preloaded(Zygote::start(&opts).await));
+        });
+    }
+
+    /// True when a preloaded zygote is missing and none is being loaded.
+    fn needs_zygote(&self) -> bool {
         matches!(
             self,
             Spawner::Zygote {
                 current: None,
-                reloading: false
+                loading: false,
+                ..
             }
         )
     }
+
+    fn preloaded_result(&mut self, opts: &Options, r: Result<Zygote, super::zygote::StartError>) {
+        let Spawner::Zygote {
+            current,
+            reloading,
+            loading,
+        } = self
+        else {
+            return;
+        };
+        *loading = false;
+        *reloading = false;
+        match r {
+            Ok(z) => {
+                daemon::log(
+                    LOG_INFO,
+                    &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
+                );
+                *current = Some(Arc::new(z));
+            }
+            Err(e) => {
+                let fallback = if current.is_some() {
+                    "keeping the filter loaded before"
+                } else {
+                    "starting workers with perl instead"
+                };
+                daemon::log(
+                    LOG_ERR,
+                    &format!(
+                        "Could not preload {}: {e}; {fallback}",
+                        opts.filter.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The zygote `z` failed a fork: stop using it.
+    fn zygote_failed(&mut self, z: &Arc<Zygote>, e: &io::Error) {
+        if let Spawner::Zygote { current, .. } = self {
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, z)) {
+                *current = None;
+                daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
+            }
+        }
+    }
+}
+
+/// How one worker is to be started.
+enum Plan {
+    Exec { via_perl: bool },
+    Fork(Arc<Zygote>),
+}
+
+/// What the launcher's own tasks report to it.
+enum Event {
+    Preloaded(Result<Zygote, super::zygote::StartError>),
+    ZygoteFailed(Arc<Zygote>, io::Error),
+}
+
+/// The one task that starts worker processes and owns the `-E` preloading
+/// state. The pool only sends it [`Launch`] requests, so it never waits
+/// for a process while it holds its lock; each worker then starts in its
+/// own task (a fork exchange with a stalled zygote delays only that
+/// worker), which reports back through [`super::pool::Pool::worker_started`]
+/// or [`super::pool::Pool::start_failed`] (protocol/multiplexor.md §3).
+pub async fn launcher(
+    mux: Arc<Mux>,
+    mut spawner: Spawner,
+    mut requests: mpsc::UnboundedReceiver<Launch>,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    loop {
+        tokio::select! {
+            r = requests.recv() => match r {
+                None => return,
+                Some(Launch::Worker { slot, wid, reason, rx }) => {
+                    let plan = spawner.plan();
+                    tokio::spawn(start(mux.clone(), slot, wid, reason, plan, rx, events_tx.clone()));
+                    if spawner.needs_zygote() {
+                        spawner.load(&mux.opts, &events_tx, Duration::from_secs(10), false);
+                    }
+                }
+                Some(Launch::Reload) => spawner.load(&mux.opts, &events_tx, Duration::ZERO, true),
+            },
+            Some(ev) = events.recv() => match ev {
+                Event::Preloaded(r) => spawner.preloaded_result(&mux.opts, r),
+                Event::ZygoteFailed(z, e) => spawner.zygote_failed(&z, &e),
+            },
+        }
+    }
+}
+
+/// Starts one worker as planned, then runs its task; on failure the slot
+/// is given back and whatever was sent to it gets a failure.
+async fn start(
+    mux: Arc<Mux>,
+    slot: usize,
+    wid: u64,
+    reason: String,
+    plan: Plan,
+    mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let started = match plan {
+        Plan::Fork(z) => match fork(&z, &mux.opts, slot).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = events.send(Event::ZygoteFailed(z, e));
+                exec(&mux, true).await
+            }
+        },
+        Plan::Exec { via_perl } => exec(&mux, via_perl).await,
+    };
+    match started {
+        Ok(w) => {
+            mux.lock().worker_started(slot, wid, w.pid, &reason);
+            run(mux, slot, wid, w, rx).await;
+        }
+        Err(e) => {
+            mux.lock().start_failed(slot, wid, &e);
+            rx.close();
+            while let Ok(m) = rx.try_recv() {
+                if let ToWorker::Job(job) = m {
+                    let _ = job.reply.send(Outcome::ActivateFailed);
+                }
+            }
+        }
+    }
+}
+
+/// fork + exec, off the runtime threads (exec is waited for).
+async fn exec(mux: &Arc<Mux>, via_perl: bool) -> io::Result<Spawned> {
+    let opts = mux.opts.clone();
+    tokio::task::spawn_blocking(move || spawn_exec(&opts, via_perl))
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Creates a pipe with both ends close-on-exec: (read end, write end).
@@ -232,76 +364,31 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// Fresh pipes for a worker the zygote will fork.
-fn pending_fork(
-    zygote: Arc<super::zygote::Zygote>,
-    opts: &Options,
-    reason: &str,
-) -> io::Result<PendingFork> {
+/// Has the zygote fork a worker wired to fresh pipes.
+async fn fork(z: &Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
     let (in_r, in_w) = cloexec_pipe()?;
     let (out_r, out_w) = cloexec_pipe()?;
     let (err_r, err_w) = cloexec_pipe()?;
+    let mut theirs = vec![in_r, out_w, err_w];
     let status = if opts.status_tags {
-        Some(cloexec_pipe()?)
+        let (r, w) = cloexec_pipe()?;
+        theirs.push(w);
+        Some(pipe::Receiver::from_owned_fd(r)?)
     } else {
         None
     };
-    let mut theirs = vec![in_r, out_w, err_w];
-    let status = match status {
-        Some((r, w)) => {
-            theirs.push(w);
-            Some(pipe::Receiver::from_owned_fd(r)?)
-        }
-        None => None,
-    };
-    Ok(PendingFork {
-        zygote,
-        theirs,
-        ours: Spawned {
-            pid: 0,
-            proc: Proc::Forked { pid: 0, exit: None },
-            stdin: pipe::Sender::from_owned_fd(in_w)?,
-            stdout: pipe::Receiver::from_owned_fd(out_r)?,
-            stderr: pipe::Receiver::from_owned_fd(err_r)?,
-            status,
+    let (pid, exit) = z.fork(slot, &theirs).await?;
+    Ok(Spawned {
+        pid,
+        proc: Proc::Forked {
+            pid,
+            exit: Some(exit),
         },
-        reason: reason.to_string(),
+        stdin: pipe::Sender::from_owned_fd(in_w)?,
+        stdout: pipe::Receiver::from_owned_fd(out_r)?,
+        stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        status,
     })
-}
-
-/// Has the zygote fork the worker; if it cannot, the zygote is given up
-/// and the worker is started with perl instead, so the request waiting
-/// for it is still served.
-async fn resolve_fork(
-    mux: &Arc<Mux>,
-    slot: usize,
-    wid: u64,
-    f: PendingFork,
-) -> io::Result<Spawned> {
-    let PendingFork {
-        zygote,
-        theirs,
-        mut ours,
-        reason,
-    } = f;
-    match zygote.fork(slot, &theirs).await {
-        Ok((pid, exit)) => {
-            ours.pid = pid;
-            ours.proc = Proc::Forked {
-                pid,
-                exit: Some(exit),
-            };
-            mux.lock().worker_forked(slot, wid, pid, &reason);
-            Ok(ours)
-        }
-        Err(e) => {
-            mux.lock().zygote_failed(&zygote, &e);
-            drop(theirs);
-            let spawned = spawn_exec(&mux.opts, true)?;
-            mux.lock().worker_forked(slot, wid, spawned.pid, &reason);
-            Ok(spawned)
-        }
-    }
 }
 
 /// Makes sure descriptors 0..=3 are in use, so that no pipe we create later
@@ -455,30 +542,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// The task owning one worker process until it is reaped.
-pub async fn run(
+async fn run(
     mux: Arc<Mux>,
     slot: usize,
     wid: u64,
-    start: Start,
+    w: Spawned,
     mut rx: mpsc::UnboundedReceiver<ToWorker>,
 ) {
-    let w = match start {
-        Start::Running(w) => w,
-        Start::Fork(f) => match resolve_fork(&mux, slot, wid, f).await {
-            Ok(w) => w,
-            Err(e) => {
-                mux.lock().start_failed(slot, wid, &e);
-                // Whatever was sent to it meanwhile gets a failure.
-                rx.close();
-                while let Ok(m) = rx.try_recv() {
-                    if let ToWorker::Job(job) = m {
-                        let _ = job.reply.send(Outcome::ActivateFailed);
-                    }
-                }
-                return;
-            }
-        },
-    };
     let Spawned {
         pid,
         proc: mut child,
