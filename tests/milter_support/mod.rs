@@ -27,6 +27,9 @@ pub struct Step {
     pub reply: Vec<u8>,
     /// At `scan`: files to drop into the working directory first.
     pub results: Vec<(String, Vec<u8>)>,
+    /// At `scan`: FIFOs to create there (after `results`), as a broken or
+    /// hostile worker might leave them.
+    pub fifos: Vec<String>,
     /// Seconds to wait before answering.
     pub delay: Duration,
 }
@@ -38,6 +41,7 @@ impl Step {
             args: None,
             reply: format!("{reply}\n").into_bytes(),
             results: vec![],
+            fifos: vec![],
             delay: Duration::ZERO,
         }
     }
@@ -49,6 +53,10 @@ impl Step {
     }
     pub fn with_file(mut self, name: &str, data: &[u8]) -> Step {
         self.results.push((name.into(), data.to_vec()));
+        self
+    }
+    pub fn with_fifo(mut self, name: &str) -> Step {
+        self.fifos.push(name.into());
         self
     }
     pub fn delayed(mut self, d: Duration) -> Step {
@@ -221,6 +229,12 @@ async fn serve(
         log.lock().unwrap().scans.push((dir.clone(), files));
         for (name, data) in &step.results {
             std::fs::write(Path::new(dir).join(name), data).unwrap();
+        }
+        for name in &step.fifos {
+            let p = Path::new(dir).join(name);
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+            // Readable by the milter's user whatever the umask.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
         }
     }
     if !step.delay.is_zero() {
