@@ -342,15 +342,56 @@ pub fn original_nofile() -> Option<libc::rlimit> {
     ORIGINAL_NOFILE.get().copied()
 }
 
-/// Closes every descriptor from 3 up to 1023 except those in `keep`
-/// (upstream closes what a daemon inherited). Call while single-threaded.
+/// Closes every descriptor from 3 up, whatever its number, except those
+/// in `keep` (protocol/SECURITY.md §2): a daemon must not hold what its
+/// starter left open. Uses close_range(2), or closes what /proc/self/fd
+/// lists where the kernel lacks it. Call while single-threaded.
 pub fn close_inherited_fds(keep: &[i32]) {
-    for fd in 3..1024 {
-        if !keep.contains(&fd) {
+    let ranges = ranges_to_close(keep);
+    if ranges.iter().all(|&(lo, hi)| close_range(lo, hi)) {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // Collected first: the directory's own descriptor goes away with `dir`.
+    let open: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&fd)) {
             // SAFETY: single-threaded; nothing else owns these descriptors yet.
-            unsafe { libc::close(fd) };
+            unsafe { libc::close(fd as i32) };
         }
     }
+}
+
+/// The descriptor ranges from 3 to the largest number, minus `keep`.
+fn ranges_to_close(keep: &[i32]) -> Vec<(u32, u32)> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::new();
+    let mut lo = 3u32;
+    for k in keep {
+        if k > lo {
+            ranges.push((lo, k - 1));
+        }
+        lo = k + 1;
+    }
+    ranges.push((lo, u32::MAX));
+    ranges
+}
+
+/// close_range(2) without flags; false when the kernel lacks it.
+fn close_range(lo: u32, hi: u32) -> bool {
+    // SAFETY: closes descriptors only; the caller owns them all (see
+    // close_inherited_fds). Raw syscall: older C libraries lack a wrapper.
+    unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) == 0 }
 }
 
 /// Removes a file, ignoring errors (used at shutdown).
@@ -429,6 +470,16 @@ mod tests {
         assert_eq!(syslog_facility("log_authpriv"), Some(libc::LOG_AUTHPRIV));
         assert_eq!(syslog_facility("local8"), None);
         assert_eq!(syslog_facility("bogus"), None);
+    }
+
+    #[test]
+    fn descriptor_ranges_skip_kept_ones() {
+        assert_eq!(ranges_to_close(&[]), [(3, u32::MAX)]);
+        assert_eq!(
+            ranges_to_close(&[120, 0, 4, 100, 4, -1]),
+            [(3, 3), (5, 99), (101, 119), (121, u32::MAX)]
+        );
+        assert_eq!(ranges_to_close(&[3]), [(4, u32::MAX)]);
     }
 
     #[test]

@@ -324,7 +324,35 @@ async fn inet_listener() {
         vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0]
     );
     assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, b'c');
+    assert!(!m.log().contains("listens on all addresses"), "{}", m.log());
     drop(m);
+}
+
+/// protocol/SECURITY.md §3: `-p inet:PORT` without a host listens on every
+/// address, which the milter says in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inet_listener_on_all_addresses_is_logged() {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let m = Milter::start_on(
+        &format!("inet:{port}"),
+        scratch.path().join("unused"),
+        scratch.path(),
+        &mux.path,
+        &scratch.spool,
+        &[],
+        &[],
+    );
+    assert_log(
+        &m,
+        &format!("WARNING: socket inet:{port} listens on all addresses (0.0.0.0:{port})"),
+    );
 }
 
 #[test]
@@ -338,8 +366,14 @@ fn daemon_mode_pid_and_lock_files() {
     common::create_open_dir(&run_dir);
     let pidfile = run_dir.join("mailmunge.pid");
     let sock = run_dir.join("milter.sock");
+    // protocol/SECURITY.md §2: descriptors the starter left open, at any number.
+    let marker = scratch.path().join("inherited");
+    let inherited = std::fs::File::create(&marker).unwrap();
     let launch = || {
         let mut c = bin();
+        for fd in [7, 1500] {
+            common::inherit_fd(&mut c, &inherited, fd);
+        }
         c.arg("-p")
             .arg(format!("unix:{}", sock.display()))
             .arg("-m")
@@ -363,7 +397,13 @@ fn daemon_mode_pid_and_lock_files() {
         .trim()
         .parse()
         .unwrap();
+    let _guard = common::KillOnDrop(pid);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        common::fds_open_on(pid as u32, &marker),
+        Vec::<String>::new(),
+        "inherited descriptors still open in the daemon"
+    );
     assert_eq!(
         std::fs::metadata(&pidfile).unwrap().permissions().mode() & 0o777,
         0o644

@@ -2,21 +2,13 @@
 //! errors, and SIGTERM clean-up (multiplexor.md §2).
 
 mod mux_support;
+use common::KillOnDrop;
 use mux_support::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
-}
-
-struct KillOnDrop(i32);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0 > 0 && alive(self.0) {
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
-        }
-    }
 }
 
 #[test]
@@ -173,4 +165,33 @@ fn sigterm_lets_busy_workers_answer_then_exits() {
     assert_eq!(t.join().unwrap(), b"held\n");
     assert_eq!(mx.wait_exit(Duration::from_secs(25)), Some(0));
     assert!(!mx.sock.exists());
+}
+
+/// protocol/SECURITY.md §2: every descriptor the starter left open is
+/// closed, whatever its number (upstream stops at 255), and a TCP socket
+/// on all addresses is reported (§3).
+#[test]
+fn inherited_descriptors_are_closed_and_wildcard_sockets_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("inherited");
+    let inherited = std::fs::File::create(&marker).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("inet_any:{port}");
+    let mx = Mx::start_configured(&["-a", &spec], |cmd| {
+        for fd in [7, 1500] {
+            common::inherit_fd(cmd, &inherited, fd);
+        }
+    });
+    assert_eq!(
+        common::fds_open_on(mx.pid() as u32, &marker),
+        Vec::<String>::new(),
+        "inherited descriptors still open in the multiplexor"
+    );
+    mx.wait_log(&format!(
+        "WARNING: socket {spec} listens on all addresses (0.0.0.0:{port})"
+    ));
 }

@@ -75,3 +75,47 @@ pub fn set_soft_nofile(cmd: &mut Command, soft: u64) {
         });
     }
 }
+
+/// Makes the started command inherit `file` as descriptor `fd` (not
+/// close-on-exec), as a careless starter would leave it; the soft
+/// descriptor limit is raised to the hard one so that high numbers fit.
+pub fn inherit_fd(cmd: &mut Command, file: &std::fs::File, fd: i32) {
+    use std::os::fd::AsRawFd;
+    let src = file.as_raw_fd();
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut l: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            if libc::dup2(src, fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The descriptors of process `pid` that refer to `path`.
+pub fn fds_open_on(pid: u32, path: &Path) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Kills the process with SIGKILL when dropped, if it still runs: a
+/// daemon a test started must not outlive a failed assertion.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall; pid 0 and below are never signalled.
+        if self.0 > 0 && unsafe { libc::kill(self.0, 0) } == 0 {
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}

@@ -302,6 +302,26 @@ impl Milter {
         env: &[(&str, &str)],
         soft_nofile: Option<u64>,
     ) -> Milter {
+        Milter::start_configured(spec, socket, dir, mux, spool, extra, env, |cmd| {
+            if let Some(soft) = soft_nofile {
+                common::set_soft_nofile(cmd, soft);
+            }
+        })
+    }
+
+    /// Like [`Milter::start_on`], after `configure` has adjusted the
+    /// command (descriptor limit, inherited descriptors, credentials).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_configured(
+        spec: &str,
+        socket: PathBuf,
+        dir: &Path,
+        mux: &Path,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Milter {
         let stderr_path = dir.join("milter.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailmunge"));
@@ -322,9 +342,7 @@ impl Milter {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if let Some(soft) = soft_nofile {
-            common::set_soft_nofile(&mut cmd, soft);
-        }
+        configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let mut m = Milter {
             child,
