@@ -45,6 +45,15 @@ impl OpenError {
     }
 }
 
+impl From<OpenError> for std::io::Error {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Io(e) => e,
+            refused => std::io::Error::new(std::io::ErrorKind::InvalidInput, refused),
+        }
+    }
+}
+
 /// Opens `path` with `opts` plus `O_NOFOLLOW|O_NONBLOCK` and insists on a
 /// regular file: a symlink is refused instead of followed, and a FIFO or a
 /// device is refused instead of waited on (O_NONBLOCK makes the open of a

@@ -116,7 +116,9 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Opens (creating) the PID file read-write, mode 0644.
+    /// Opens (creating) the PID file read-write, mode 0644. Opened as
+    /// root, it must be a regular file and is never reached through a
+    /// symlink (protocol/SECURITY.md §4).
     pub fn open(path: &Path) -> Result<PidFile, DaemonError> {
         let what = format!("Could not open PID file {}", path.display());
         let file = open_rw_create(path, &what)?;
@@ -141,16 +143,20 @@ impl PidFile {
 }
 
 /// Opens read-write, creating with mode 0666 & ~umask and keeping the
-/// contents (a PID or lock file may belong to a running daemon).
+/// contents (a PID or lock file may belong to a running daemon). Only a
+/// regular file, not reached through a symlink, is accepted: the file is
+/// changed (mode, contents) before anything else is known about it.
 fn open_rw_create(path: &Path, what: &str) -> Result<File, DaemonError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o666)
-        .open(path)
-        .map_err(sys(what))
+    crate::blocking::open_regular(
+        path,
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666),
+    )
+    .map_err(|e| sys(what)(e.into()))
 }
 
 /// Opens (creating, mode 0666 & ~umask) and write-locks a whole file with
@@ -491,5 +497,28 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "42\n");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn pid_and_lock_files_refuse_symlinks_and_non_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("pid");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = PidFile::open(&link).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Could not open PID file {}: not a regular file but a symbolic link",
+                link.display()
+            )
+        );
+        assert!(lock_file(&link).is_err());
+        assert!(PidFile::open(Path::new("/dev/null")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -427,6 +427,38 @@ fn daemon_mode_pid_and_lock_files() {
     assert!(!pidfile.exists(), "pid file removed at exit");
 }
 
+/// protocol/SECURITY.md §4: a PID file that is a symlink is refused (the
+/// milter opens it as root), and the file it points at stays as it was.
+#[test]
+fn symlinked_pid_file_is_refused() {
+    let scratch = Scratch::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mux_path = scratch.path().join("mx.sock");
+    let _mux =
+        rt.block_on(async { FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str()) });
+    let victim = common::Victim::new(scratch.path(), "mailmunge.pid");
+    let sock = scratch.path().join("milter.sock");
+    let out = bin()
+        .arg("-p")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["-m", mux_path.to_str().unwrap(), "-z", &scratch.spool_str()])
+        .args(["-P", victim.link.to_str().unwrap()])
+        .args(common::worker_user_args())
+        .env("MAILMUNGE_MY_IP", "192.0.2.1")
+        .output()
+        .unwrap();
+    victim.assert_untouched();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{}: Could not open PID file {}: not a regular file but a symbolic link\n",
+            env!("CARGO_BIN_EXE_mailmunge"),
+            victim.link.display()
+        )
+    );
+}
+
 /// Regression (bench finding): with the usual soft limit of 1024 the milter
 /// tempfailed mail once about a thousand sessions were open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,3 +195,23 @@ fn inherited_descriptors_are_closed_and_wildcard_sockets_logged() {
         "WARNING: socket {spec} listens on all addresses (0.0.0.0:{port})"
     ));
 }
+
+/// protocol/SECURITY.md §4: a PID file that is a symlink is refused (the
+/// multiplexor opens it as root), and the file it points at stays as it was.
+#[test]
+fn symlinked_pid_file_is_refused() {
+    let sp = Spool::new();
+    let victim = common::Victim::new(sp.dir.path(), "mx.pid");
+    let mut args = base_args(&sp, &worker_path());
+    args.extend(["-p".into(), victim.link.display().to_string()]);
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    victim.assert_untouched();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{BIN}: Could not open PID file {}: not a regular file but a symbolic link\n",
+            victim.link.display()
+        )
+    );
+}

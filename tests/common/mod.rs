@@ -119,3 +119,33 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A root-owned file a symlinked PID file points at, with its contents
+/// and mode recorded, to show the daemons leave it alone
+/// (protocol/SECURITY.md §4).
+pub struct Victim {
+    pub path: PathBuf,
+    pub link: PathBuf,
+}
+
+impl Victim {
+    /// Creates `<dir>/victim` (mode 0600) and the symlink `<dir>/<link>` to it.
+    pub fn new(dir: &Path, link: &str) -> Victim {
+        let path = dir.join("victim");
+        std::fs::write(&path, "precious\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.join(link);
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        Victim { path, link }
+    }
+
+    /// Panics unless contents and mode are as created. A daemon that did
+    /// write its PID there is killed (it would run on otherwise).
+    pub fn assert_untouched(&self) {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let _guard = text.trim().parse().ok().map(KillOnDrop);
+        assert_eq!(text, "precious\n", "the victim file was written");
+        let mode = std::fs::metadata(&self.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the victim file's mode was changed");
+    }
+}
