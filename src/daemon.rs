@@ -83,26 +83,97 @@ pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
-/// initgroups + setgid + setuid to `user` (c/drop_privs.c). Does nothing
-/// when we already are that user.
+/// initgroups + setgid + setuid to `user` (c/drop_privs.c), then every
+/// capability dropped. Done even when we already run as that user: such a
+/// process may still hold root's group ids or capabilities
+/// (protocol/SECURITY.md §5). Without the right to change groups, the
+/// user's own group list is accepted as it is; anything else is an error.
 pub fn drop_privileges(user: &str) -> Result<(), DaemonError> {
     let (uid, gid) = lookup_user(user).ok_or_else(|| DaemonError::UnknownUser(user.to_string()))?;
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } == uid && unsafe { libc::getuid() } == uid {
-        return Ok(());
-    }
     let cuser = CString::new(user).map_err(|_| DaemonError::UnknownUser(user.to_string()))?;
-    // SAFETY: valid C string; the calls only change process credentials.
-    unsafe {
-        if libc::initgroups(cuser.as_ptr(), gid) != 0 {
-            return Err(sys("initgroups")(std::io::Error::last_os_error()));
+    // SAFETY: valid C string; the call only changes process credentials.
+    if unsafe { libc::initgroups(cuser.as_ptr(), gid) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) || !has_groups_of(&cuser, gid) {
+            return Err(sys("initgroups")(e));
         }
-        if libc::setgid(gid) != 0 {
+    }
+    // SAFETY: the calls only change process credentials.
+    unsafe {
+        if libc::setresgid(gid, gid, gid) != 0 {
             return Err(sys("setgid")(std::io::Error::last_os_error()));
         }
-        if libc::setuid(uid) != 0 {
+        if libc::setresuid(uid, uid, uid) != 0 {
             return Err(sys("setuid")(std::io::Error::last_os_error()));
         }
+        // Unsupported before Linux 4.3; nothing to clear there.
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    set_capabilities(0).map_err(sys("capset"))
+}
+
+/// True when every id of the process (real, effective, saved gid and the
+/// supplementary list) already is `gid` and the user's group list.
+fn has_groups_of(user: &std::ffi::CStr, gid: u32) -> bool {
+    let Ok(mut want) = nix::unistd::getgrouplist(user, nix::unistd::Gid::from_raw(gid)) else {
+        return false;
+    };
+    let Ok(mut have) = nix::unistd::getgroups() else {
+        return false;
+    };
+    want.sort_unstable_by_key(|g| g.as_raw());
+    want.dedup();
+    have.sort_unstable_by_key(|g| g.as_raw());
+    have.dedup();
+    let ids = nix::unistd::getresgid();
+    have == want
+        && ids.is_ok_and(|r| {
+            [r.real, r.effective, r.saved]
+                .iter()
+                .all(|g| g.as_raw() == gid)
+        })
+}
+
+/// `struct __user_cap_header_struct` of capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` of capset(2); version 3 takes two.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the effective, permitted and inheritable capability sets of the
+/// calling thread to `bits` (bit n = capability n). Only syscalls: safe
+/// between fork and exec (the tests use it there).
+pub fn set_capabilities(bits: u64) -> std::io::Result<()> {
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let half = |b: u64| CapData {
+        effective: b as u32,
+        permitted: b as u32,
+        inheritable: b as u32,
+    };
+    let data = [half(bits), half(bits >> 32)];
+    // SAFETY: header and two data structs as capset(2) version 3 expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

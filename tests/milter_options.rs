@@ -459,6 +459,34 @@ fn symlinked_pid_file_is_refused() {
     );
 }
 
+/// protocol/SECURITY.md §5: started as the target user but with root's
+/// group (and the capabilities to change groups), the milter ends up with
+/// the user's own groups and no capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privilege_drop_sheds_root_group_as_the_target_user() {
+    if !common::is_root() {
+        eprintln!("skipped: starting a daemon as another user with group 0 needs root");
+        return;
+    }
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
+    let sockdir = scratch.path().join("creds");
+    common::create_open_dir(&sockdir);
+    let sock = sockdir.join("m.sock");
+    let m = Milter::start_configured(
+        &format!("unix:{}", sock.display()),
+        sock.clone(),
+        scratch.path(),
+        &mux_path,
+        &scratch.spool,
+        &[],
+        &[],
+        |cmd| common::as_worker_with_root_group(cmd, true),
+    );
+    common::assert_worker_credentials(m.child.id(), "milter");
+}
+
 /// Regression (bench finding): with the usual soft limit of 1024 the milter
 /// tempfailed mail once about a thousand sessions were open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 mod mux_support;
 use common::KillOnDrop;
 use mux_support::*;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -213,5 +214,47 @@ fn symlinked_pid_file_is_refused() {
             "{BIN}: Could not open PID file {}: not a regular file but a symbolic link\n",
             victim.link.display()
         )
+    );
+}
+
+/// protocol/SECURITY.md §5: started as the target user but with root's
+/// group (and the capabilities to change groups), the multiplexor and its
+/// workers end up with the user's own groups and no capability. Without
+/// those capabilities it refuses to run with root's group.
+#[test]
+fn privilege_drop_sheds_root_group_as_the_target_user() {
+    if !common::is_root() {
+        eprintln!("skipped: starting a daemon as another user with group 0 needs root");
+        return;
+    }
+    let mx = Mx::start_configured(&[], |cmd| common::as_worker_with_root_group(cmd, true));
+    common::assert_worker_credentials(mx.pid() as u32, "multiplexor");
+    let worker: u32 = mx.req_s("pid").trim().parse().unwrap();
+    common::assert_worker_credentials(worker, "worker");
+
+    let sp = Spool::new();
+    let mut cmd = Command::new(BIN);
+    cmd.args(base_args(&sp, &worker_path()))
+        .arg("-D")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    common::as_worker_with_root_group(&mut cmd, false);
+    let mut child = cmd.spawn().unwrap();
+    let _guard = KillOnDrop(-(child.id() as i32));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "ran on with root's group");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        err,
+        format!("{BIN}: initgroups: Operation not permitted (os error 1)\n")
     );
 }
