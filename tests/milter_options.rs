@@ -293,21 +293,18 @@ async fn do_not_delete_flag_file() {
     assert_eq!(scratch.leftover_dirs().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inet_listener() {
-    let (scratch, mux, _) = {
-        let scratch = Scratch::new();
-        let mux_path = scratch.path().join("mx.sock");
-        let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
-        (scratch, mux, ())
-    };
+/// A milter on `-p inet:<free port><host>`, and the port.
+fn start_inet(host: &str) -> (Scratch, FakeMux, Milter, u16) {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let m = Milter::start_on(
-        &format!("inet:{port}@127.0.0.1"),
+        &format!("inet:{port}{host}"),
         scratch.path().join("unused"),
         scratch.path(),
         &mux.path,
@@ -315,6 +312,12 @@ async fn inet_listener() {
         &[],
         &[],
     );
+    (scratch, mux, m, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inet_listener() {
+    let (_scratch, _mux, m, port) = start_inet("@127.0.0.1");
     let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -332,23 +335,7 @@ async fn inet_listener() {
 /// address, which the milter says in its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inet_listener_on_all_addresses_is_logged() {
-    let scratch = Scratch::new();
-    let mux_path = scratch.path().join("mx.sock");
-    let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let m = Milter::start_on(
-        &format!("inet:{port}"),
-        scratch.path().join("unused"),
-        scratch.path(),
-        &mux.path,
-        &scratch.spool,
-        &[],
-        &[],
-    );
+    let (_scratch, _mux, m, port) = start_inet("");
     assert_log(
         &m,
         &format!("WARNING: socket inet:{port} listens on all addresses (0.0.0.0:{port})"),
@@ -471,19 +458,9 @@ async fn privilege_drop_sheds_root_group_as_the_target_user() {
     let scratch = Scratch::new();
     let mux_path = scratch.path().join("mx.sock");
     let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
-    let sockdir = scratch.path().join("creds");
-    common::create_open_dir(&sockdir);
-    let sock = sockdir.join("m.sock");
-    let m = Milter::start_configured(
-        &format!("unix:{}", sock.display()),
-        sock.clone(),
-        scratch.path(),
-        &mux_path,
-        &scratch.spool,
-        &[],
-        &[],
-        |cmd| common::as_worker_with_root_group(cmd, true),
-    );
+    let m = Milter::start_with(scratch.path(), &mux_path, &scratch.spool, &[], &[], |cmd| {
+        common::as_worker_with_root_group(cmd, true)
+    });
     common::assert_worker_credentials(m.child.id(), "milter");
 }
 
@@ -494,19 +471,9 @@ async fn descriptor_limit_raised_to_hard_limit() {
     let scratch = Scratch::new();
     let mux_path = scratch.path().join("mx.sock");
     let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
-    let sockdir = scratch.path().join("limited");
-    common::create_open_dir(&sockdir);
-    let sock = sockdir.join("m.sock");
-    let m = Milter::start_limited(
-        &format!("unix:{}", sock.display()),
-        sock.clone(),
-        scratch.path(),
-        &mux_path,
-        &scratch.spool,
-        &[],
-        &[],
-        Some(256),
-    );
+    let m = Milter::start_with(scratch.path(), &mux_path, &scratch.spool, &[], &[], |cmd| {
+        common::set_soft_nofile(cmd, 256)
+    });
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.child.id())).unwrap();
     let line = limits
         .lines()

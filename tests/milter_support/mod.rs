@@ -263,10 +263,23 @@ impl Milter {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Milter {
+        Milter::start_with(dir, mux, spool, extra, env, |_| {})
+    }
+
+    /// Like [`Milter::start`], after `configure` has adjusted the command
+    /// (descriptor limit, inherited descriptors, credentials).
+    pub fn start_with(
+        dir: &Path,
+        mux: &Path,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Milter {
         let sockdir = dir.join("msock");
         common::create_open_dir(&sockdir);
         let socket = sockdir.join("milter.sock");
-        Milter::start_on(
+        Milter::start_configured(
             &format!("unix:{}", socket.display()),
             socket.clone(),
             dir,
@@ -274,6 +287,7 @@ impl Milter {
             spool,
             extra,
             env,
+            configure,
         )
     }
 
@@ -286,31 +300,11 @@ impl Milter {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Milter {
-        Milter::start_limited(spec, socket, dir, mux, spool, extra, env, None)
-    }
-
-    /// Like [`Milter::start_on`], optionally starting the milter with a
-    /// lower soft descriptor limit.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_limited(
-        spec: &str,
-        socket: PathBuf,
-        dir: &Path,
-        mux: &Path,
-        spool: &Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-        soft_nofile: Option<u64>,
-    ) -> Milter {
-        Milter::start_configured(spec, socket, dir, mux, spool, extra, env, |cmd| {
-            if let Some(soft) = soft_nofile {
-                common::set_soft_nofile(cmd, soft);
-            }
-        })
+        Milter::start_configured(spec, socket, dir, mux, spool, extra, env, |_| {})
     }
 
     /// Like [`Milter::start_on`], after `configure` has adjusted the
-    /// command (descriptor limit, inherited descriptors, credentials).
+    /// command.
     #[allow(clippy::too_many_arguments)]
     pub fn start_configured(
         spec: &str,
