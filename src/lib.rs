@@ -6,6 +6,7 @@ pub mod cnum;
 pub mod cstr;
 pub mod ctrl;
 pub mod daemon;
+pub mod diagnose;
 pub mod envfile;
 pub mod logging;
 pub mod milter;

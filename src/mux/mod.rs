@@ -18,6 +18,7 @@ pub mod pool;
 pub mod reload;
 pub mod report;
 pub mod server;
+pub mod startfail;
 pub mod statsfile;
 pub mod ticks;
 pub mod worker;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::history::History;
 use super::options::Options;
+use super::startfail::{self, StartFailure, StartFailures, StderrTail};
 use super::statsfile::{sanitize_reason, StatsFile};
 use super::worker::{self, ToWorker};
 use super::{Class, State};
@@ -167,6 +168,8 @@ pub struct Slot {
     /// Retire as soon as the current command completes (shutdown).
     pub retire_after: bool,
     pub oom: bool,
+    /// The process has written at least one reply line.
+    pub replied: bool,
 }
 
 /// A request waiting for a worker (§10).
@@ -247,6 +250,8 @@ pub struct Pool {
     pub spawner: worker::Spawner,
     /// Event counters for `--metrics`.
     pub metrics: super::metrics::Metrics,
+    /// Workers that died before answering (`lasterror`).
+    pub start_failures: StartFailures,
 }
 
 impl Pool {
@@ -277,6 +282,7 @@ impl Pool {
                 expected_exit: false,
                 retire_after: false,
                 oom: false,
+                replied: false,
             })
             .collect();
         Pool {
@@ -301,6 +307,7 @@ impl Pool {
             zygote_loading: false,
             notify: None,
             metrics: Default::default(),
+            start_failures: StartFailures::default(),
         }
     }
 
@@ -445,7 +452,7 @@ impl Pool {
             return Err(ActivateError::Unavailable);
         };
         self.last_activation = Some(now);
-        let spawned = self.spawner.spawn(&self.opts, i);
+        let spawned = self.spawner.spawn(&self.opts, reason);
         if self.spawner.needs_zygote() {
             self.load_zygote(std::time::Duration::from_secs(10), false);
         }
@@ -469,12 +476,12 @@ impl Pool {
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let pid = spawned.pid;
+        let pid = spawned.pid();
         let generation = self.generation;
         let seq = self.activations;
         {
             let s = &mut self.slots[i];
-            s.pid = Some(pid);
+            s.pid = pid;
             s.wid = wid;
             s.tx = Some(tx);
             s.activated = Some(now);
@@ -490,15 +497,58 @@ impl Pool {
             s.expected_exit = false;
             s.retire_after = false;
             s.oom = false;
+            s.replied = false;
         }
         self.set_state(i, State::Idle);
         tokio::spawn(worker::run(me, i, wid, spawned, rx));
+        if let Some(pid) = pid {
+            self.log_start(i, pid, reason);
+        }
+        self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
+        Ok(())
+    }
+
+    fn log_start(&self, i: usize, pid: u32, reason: &str) {
         self.verbose(&format!(
             "Starting worker {i} (pid {pid}) ({} running): {reason}",
             self.running()
         ));
-        self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
-        Ok(())
+    }
+
+    /// The zygote forked the worker of slot `i` (or perl started it after
+    /// the zygote failed): its pid is known now.
+    pub fn worker_forked(&mut self, i: usize, wid: u64, pid: u32, reason: &str) {
+        if self.slots[i].wid == wid && self.slots[i].state != State::Stopped {
+            self.slots[i].pid = Some(pid);
+            self.log_start(i, pid, reason);
+        }
+    }
+
+    /// A fork request to the zygote failed: give it up and load another.
+    pub fn zygote_failed(&mut self, z: &Arc<super::zygote::Zygote>, e: &std::io::Error) {
+        if self.spawner.zygote_failed(z) {
+            daemon::log(LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
+            self.load_zygote(std::time::Duration::from_secs(10), false);
+        }
+    }
+
+    /// A worker could not be started after all (neither forked nor exec'd).
+    pub fn start_failed(&mut self, i: usize, wid: u64, e: &std::io::Error) {
+        if self.slots[i].wid != wid {
+            return;
+        }
+        daemon::log(
+            LOG_ERR,
+            &format!("Could not execute {}: {e}", self.opts.filter.display()),
+        );
+        self.count_failure(43);
+        let s = &mut self.slots[i];
+        s.pid = None;
+        s.tx = None;
+        s.activated = None;
+        s.cur_class = None;
+        self.set_state(i, State::Stopped);
+        self.pump_queue();
     }
 
     /// Activates one worker if fewer than the minimum run; returns true
@@ -716,6 +766,11 @@ impl Pool {
         }
         let outcome = match how {
             Completion::Reply { bytes, violation } => {
+                if current {
+                    self.slots[i].replied = true;
+                    let ev = self.start_failures.answered();
+                    self.announce(ev);
+                }
                 if let Some(why) = violation {
                     daemon::log(LOG_WARNING, &format!("Worker {i}: {why}; retiring it"));
                     if current {
@@ -927,6 +982,7 @@ impl Pool {
             }
             self.failures = 0;
         }
+        self.record_exit(i, wid, expected, &status);
         if !expected {
             self.emit(|n| n.worker_exited_unexpectedly());
             if self.slots[i].num_requests == 0 {
@@ -961,6 +1017,67 @@ impl Pool {
             if let Some(me) = self.me.upgrade() {
                 me.fill.notify_one();
             }
+        }
+    }
+
+    /// Keeps a worker that died before answering as the last start-up
+    /// failure (protocol/multiplexor.md §6).
+    fn record_exit(
+        &mut self,
+        i: usize,
+        wid: u64,
+        expected: bool,
+        status: &std::process::ExitStatus,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let s = &self.slots[i];
+        if expected || s.replied || s.oom {
+            self.start_failures.forget(wid);
+            return;
+        }
+        let exit = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "unknown exit".into(),
+        };
+        let ev = self.start_failures.died(StartFailure {
+            wid,
+            slot: i,
+            pid: s.pid.unwrap_or(0),
+            exit,
+            at: epoch_now(),
+            stderr: None,
+        });
+        self.announce(ev);
+    }
+
+    /// A worker's stderr reached its end; `tail` is what it wrote last.
+    pub fn worker_stderr_closed(&mut self, i: usize, wid: u64, tail: &StderrTail) {
+        let s = &self.slots[i];
+        let reaped = s.wid != wid || s.state == State::Stopped;
+        if !reaped && s.replied {
+            return;
+        }
+        let ev = self.start_failures.stderr_closed(wid, tail, reaped);
+        self.announce(ev);
+    }
+
+    /// Logs a start-up failure or recovery and shows it in systemd's status.
+    fn announce(&self, ev: Option<startfail::Event>) {
+        let status = match ev {
+            None => return,
+            Some(startfail::Event::Failed(line)) => {
+                daemon::log(LOG_ERR, &line);
+                self.start_failures.current().map(|f| f.headline())
+            }
+            Some(startfail::Event::Recovered) => {
+                daemon::log(LOG_INFO, "Workers answer requests again");
+                Some("workers answer requests".into())
+            }
+        };
+        if let Some(st) = status {
+            // Under systemd only; errors do not matter to the pool.
+            let _ = crate::sdnotify::notify(&format!("STATUS={st}"));
         }
     }
 
@@ -1045,7 +1162,7 @@ impl Pool {
                             LOG_INFO,
                             &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
                         );
-                        *current = Some(z);
+                        *current = Some(Arc::new(z));
                     }
                     Err(e) => {
                         let fallback = if current.is_some() {

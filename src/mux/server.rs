@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal as unix_signal, SignalKind};
 use super::control::{self, Access};
 use super::options::{usage, Exit, Options};
 use super::pool::{signal, Mux};
-use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO};
+use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
 use crate::sockspec::{Listener, SockSpec};
 
 /// `strerror` text of an I/O error (without Rust's " (os error N)").
@@ -55,6 +55,24 @@ fn check_filter(o: &Options) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Refuses to start with a filter that does not compile: every worker
+/// would die at start-up (protocol/multiplexor.md §6). Other check
+/// failures are only logged; the workers will tell.
+async fn compile_check(opts: &Options) -> Result<(), String> {
+    use super::reload::{check_filter, CheckError};
+    match check_filter(opts).await {
+        Ok(_) => Ok(()),
+        Err(CheckError::Compile(why)) => Err(format!(
+            "The filter {} does not compile, so no worker could start; perl -c said: {why}  MULTIPLEXOR IS TERMINATING.",
+            opts.filter.display()
+        )),
+        Err(e) => {
+            daemon::log(LOG_WARNING, &format!("Could not check the filter: {e}"));
+            Ok(())
+        }
+    }
 }
 
 /// The whole program; returns the exit status.
@@ -390,7 +408,7 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
         match super::zygote::Zygote::start(&opts).await {
             Ok(z) => {
                 mux.lock().spawner = super::worker::Spawner::Zygote {
-                    current: Some(z),
+                    current: Some(Arc::new(z)),
                     reloading: false,
                 }
             }
@@ -409,6 +427,11 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                 );
                 return fail(&mut ready, &cleanup, &msg);
             }
+        }
+    }
+    if !opts.embedded {
+        if let Err(msg) = compile_check(&opts).await {
+            return fail(&mut ready, &cleanup, &msg);
         }
     }
     // The first worker starts before we report ready (§2.2).

@@ -148,6 +148,34 @@ pub struct Spawned {
     pub status: Option<pipe::Receiver>,
 }
 
+/// A worker that is running, or one the `-E` zygote has yet to fork: the
+/// fork exchange happens in the worker's own task, outside the pool's lock
+/// (protocol/multiplexor.md §3).
+pub enum Start {
+    Running(Spawned),
+    Fork(PendingFork),
+}
+
+impl Start {
+    /// The pid, once there is a process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Start::Running(s) => Some(s.pid),
+            Start::Fork(_) => None,
+        }
+    }
+}
+
+/// Pipes made for a worker that the zygote is asked to fork.
+pub struct PendingFork {
+    zygote: Arc<super::zygote::Zygote>,
+    /// The child's ends: stdin read, stdout write, stderr write (+ status).
+    theirs: Vec<OwnedFd>,
+    ours: Spawned,
+    /// Why it is started, for the log line once its pid is known.
+    pub reason: String,
+}
+
 /// How workers are started.
 pub enum Spawner {
     /// fork + exec of the filter (`filter -server`).
@@ -155,7 +183,7 @@ pub enum Spawner {
     /// `-E`: forked from a preloaded zygote when one is ready, otherwise
     /// `perl FILTER -server`.
     Zygote {
-        current: Option<super::zygote::Zygote>,
+        current: Option<Arc<super::zygote::Zygote>>,
         reloading: bool,
     },
     /// `-E` where preloading is impossible (no IO::FDPass):
@@ -164,22 +192,27 @@ pub enum Spawner {
 }
 
 impl Spawner {
-    pub fn spawn(&mut self, opts: &Options, slot: usize) -> io::Result<Spawned> {
+    pub fn spawn(&mut self, opts: &Options, reason: &str) -> io::Result<Start> {
         match self {
-            Spawner::Exec => spawn_exec(opts, false),
-            Spawner::Perl => spawn_exec(opts, true),
-            Spawner::Zygote { current, reloading } => {
-                if let (Some(z), false) = (current.as_mut(), *reloading) {
-                    match spawn_forked(z, opts, slot) {
-                        Ok(s) => return Ok(s),
-                        Err(e) => {
-                            daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
-                            *current = None;
-                        }
-                    }
-                }
-                spawn_exec(opts, true)
+            Spawner::Exec => spawn_exec(opts, false).map(Start::Running),
+            Spawner::Perl => spawn_exec(opts, true).map(Start::Running),
+            Spawner::Zygote { current, reloading } => match (current.as_ref(), *reloading) {
+                (Some(z), false) => pending_fork(z.clone(), opts, reason).map(Start::Fork),
+                _ => spawn_exec(opts, true).map(Start::Running),
+            },
+        }
+    }
+
+    /// The zygote `z` failed a fork: stop using it (a new one is loaded).
+    pub fn zygote_failed(&mut self, z: &Arc<super::zygote::Zygote>) -> bool {
+        match self {
+            Spawner::Zygote { current, .. }
+                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, z)) =>
+            {
+                *current = None;
+                true
             }
+            _ => false,
         }
     }
 
@@ -200,9 +233,12 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// Asks the zygote for a worker wired to fresh pipes.
-fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
-    use std::os::fd::AsFd;
+/// Fresh pipes for a worker the zygote will fork.
+fn pending_fork(
+    zygote: Arc<super::zygote::Zygote>,
+    opts: &Options,
+    reason: &str,
+) -> io::Result<PendingFork> {
     let (in_r, in_w) = cloexec_pipe()?;
     let (out_r, out_w) = cloexec_pipe()?;
     let (err_r, err_w) = cloexec_pipe()?;
@@ -211,26 +247,62 @@ fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> i
     } else {
         None
     };
-    let mut theirs = vec![in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
-    if let Some((_, w)) = &status {
-        theirs.push(w.as_fd());
-    }
-    let (pid, exit) = z.fork(slot, &theirs)?;
-    drop(theirs);
-    Ok(Spawned {
-        pid,
-        proc: Proc::Forked {
-            pid,
-            exit: Some(exit),
+    let mut theirs = vec![in_r, out_w, err_w];
+    let status = match status {
+        Some((r, w)) => {
+            theirs.push(w);
+            Some(pipe::Receiver::from_owned_fd(r)?)
+        }
+        None => None,
+    };
+    Ok(PendingFork {
+        zygote,
+        theirs,
+        ours: Spawned {
+            pid: 0,
+            proc: Proc::Forked { pid: 0, exit: None },
+            stdin: pipe::Sender::from_owned_fd(in_w)?,
+            stdout: pipe::Receiver::from_owned_fd(out_r)?,
+            stderr: pipe::Receiver::from_owned_fd(err_r)?,
+            status,
         },
-        stdin: pipe::Sender::from_owned_fd(in_w)?,
-        stdout: pipe::Receiver::from_owned_fd(out_r)?,
-        stderr: pipe::Receiver::from_owned_fd(err_r)?,
-        status: match status {
-            Some((r, _w)) => Some(pipe::Receiver::from_owned_fd(r)?),
-            None => None,
-        },
+        reason: reason.to_string(),
     })
+}
+
+/// Has the zygote fork the worker; if it cannot, the zygote is given up
+/// and the worker is started with perl instead, so the request waiting
+/// for it is still served.
+async fn resolve_fork(
+    mux: &Arc<Mux>,
+    slot: usize,
+    wid: u64,
+    f: PendingFork,
+) -> io::Result<Spawned> {
+    let PendingFork {
+        zygote,
+        theirs,
+        mut ours,
+        reason,
+    } = f;
+    match zygote.fork(slot, &theirs).await {
+        Ok((pid, exit)) => {
+            ours.pid = pid;
+            ours.proc = Proc::Forked {
+                pid,
+                exit: Some(exit),
+            };
+            mux.lock().worker_forked(slot, wid, pid, &reason);
+            Ok(ours)
+        }
+        Err(e) => {
+            mux.lock().zygote_failed(&zygote, &e);
+            drop(theirs);
+            let spawned = spawn_exec(&mux.opts, true)?;
+            mux.lock().worker_forked(slot, wid, spawned.pid, &reason);
+            Ok(spawned)
+        }
+    }
 }
 
 /// Makes sure descriptors 0..=3 are in use, so that no pipe we create later
@@ -474,9 +546,26 @@ pub async fn run(
     mux: Arc<Mux>,
     slot: usize,
     wid: u64,
-    w: Spawned,
+    start: Start,
     mut rx: mpsc::UnboundedReceiver<ToWorker>,
 ) {
+    let w = match start {
+        Start::Running(w) => w,
+        Start::Fork(f) => match resolve_fork(&mux, slot, wid, f).await {
+            Ok(w) => w,
+            Err(e) => {
+                mux.lock().start_failed(slot, wid, &e);
+                // Whatever was sent to it meanwhile gets a failure.
+                rx.close();
+                while let Ok(m) = rx.try_recv() {
+                    if let ToWorker::Job(job) = m {
+                        let _ = job.reply.send(Outcome::ActivateFailed);
+                    }
+                }
+                return;
+            }
+        },
+    };
     let Spawned {
         pid,
         proc: mut child,
@@ -629,12 +718,16 @@ async fn serve(
 /// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
 async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiver) {
     let mut r = LineReader::new(stderr);
+    // What it said last, for a worker that dies before answering
+    // (protocol/multiplexor.md §6).
+    let mut tail = super::startfail::StderrTail::default();
     loop {
         match r.read_line(1023).await {
             LineRead::Eof => break,
             LineRead::Line(l) | LineRead::Truncated(l) | LineRead::Partial(l) => {
                 let text = String::from_utf8_lossy(&l);
                 let text = text.trim_end_matches(['\n', '\r']);
+                tail.push(text);
                 if text.contains("Out of memory!") {
                     let mut p = mux.lock();
                     if p.slots[slot].wid == wid {
@@ -656,6 +749,7 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
             }
         }
     }
+    mux.lock().worker_stderr_closed(slot, wid, &tail);
 }
 
 /// Reads `-Z` status lines from fd 3 (§8), whole lines at a time (§20.7):

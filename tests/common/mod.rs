@@ -76,6 +76,64 @@ pub fn set_soft_nofile(cmd: &mut Command, soft: u64) {
     }
 }
 
+/// Whether an optional part of the machine is there. When it is missing,
+/// a test run by hand is skipped with the reason printed; under `CI=true`,
+/// where `.ci/install-deps` installs every part, the test fails instead.
+pub fn have_part(part: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{part} is missing, and CI installs every part (.ci/install-deps)");
+    }
+    eprintln!("SKIPPED: {part} is missing (.ci/install-deps installs it)");
+    false
+}
+
+/// Whether perl can load each of `modules`.
+pub fn perl_modules(modules: &[&str]) -> bool {
+    modules.iter().all(|m| {
+        Command::new("perl")
+            .arg(format!("-M{m}"))
+            .arg("-e1")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Returns from the calling test (skipped, or failed under CI) unless perl
+/// has every module named.
+#[macro_export]
+macro_rules! require_perl_modules {
+    ($($m:expr),+) => {
+        let mods = [$($m),+];
+        if !common::have_part(&format!("Perl module {}", mods.join(", ")), common::perl_modules(&mods)) {
+            return;
+        }
+    };
+}
+
+/// Kills the daemon named in a PID file when dropped, pass or fail.
+pub struct PidFileGuard(pub PathBuf);
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Makes the started command inherit `file` as descriptor `fd` (not
 /// close-on-exec), as a careless starter would leave it; the soft
 /// descriptor limit is raised to the hard one so that high numbers fit.

@@ -133,7 +133,7 @@ impl Mx {
         )
     }
 
-    fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
+    pub fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
         Mx::start_cmd(spool, filter, extra, logged, None, &[], |_| {})
     }
 
