@@ -241,7 +241,11 @@ fn bind_with_umask(
 /// Parses a socket argument and binds it under `mask`.
 fn parse_and_bind(arg: &str, backlog: i32, mask: u32, file_mask: u32) -> std::io::Result<Listener> {
     let spec = SockSpec::parse_mux(arg).map_err(|e| std::io::Error::other(e.to_string()))?;
-    bind_with_umask(&spec, backlog, mask, file_mask)
+    let l = bind_with_umask(&spec, backlog, mask, file_mask)?;
+    if let Some(w) = spec.all_addresses_warning(arg) {
+        daemon::log(daemon::LOG_WARNING, &w);
+    }
+    Ok(l)
 }
 
 /// Binds one of the optional sockets (notifier, socketmap, metrics): a
