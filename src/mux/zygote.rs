@@ -224,7 +224,7 @@ impl Zygote {
 /// The pid the preloading process reported must be a process it forked:
 /// never 0, 1 or ours (a signal to 0 or -1 would reach our own process
 /// group or everyone), and its parent must be the preloading process
-/// (protocol/SECURITY.md, -E worker pids).
+/// (protocol/SECURITY.md §6).
 pub fn check_forked_pid(pid: u32, zygote: u32) -> io::Result<()> {
     let bad = |why: &str| io::Error::other(format!("preloading process reported pid {pid}: {why}"));
     if pid <= 1 || pid == std::process::id() || pid > i32::MAX as u32 {
