@@ -129,20 +129,33 @@ pub enum ToWorker {
     },
 }
 
-/// What the pool asks of the launcher, the one task that starts processes
-/// (`worker::launcher`): the pool decides, the launcher acts and reports
-/// back through the pool's methods (protocol/multiplexor.md §1).
+/// A worker the pool wants started in slot `slot`, identity `wid`; its
+/// task takes requests from `rx`.
 #[derive(Debug)]
-pub enum Launch {
-    /// Start a worker for slot `slot`, identity `wid`; its task takes
-    /// requests from `rx`.
-    Worker {
-        slot: usize,
-        wid: u64,
-        reason: String,
-        rx: mpsc::UnboundedReceiver<ToWorker>,
-    },
-    /// `-E`: load the filter into a new preloading process, because the
-    /// rules were reread.
-    Reload,
+pub struct LaunchWorker {
+    pub slot: usize,
+    pub wid: u64,
+    pub reason: String,
+    pub rx: mpsc::UnboundedReceiver<ToWorker>,
+}
+
+/// How the pool has processes started without knowing how
+/// (`worker::Starter`; protocol/multiplexor.md §1).
+pub trait Launcher: Send {
+    /// Starts a worker. `Ok(Some(pid))` when it runs already (fork + exec);
+    /// `Ok(None)` when the `-E` preloading process was asked to fork it,
+    /// which ends in `Pool::worker_started` or `Pool::start_failed`.
+    fn launch(&mut self, w: LaunchWorker) -> std::io::Result<Option<u32>>;
+    /// `-E`: load the filter into a new preloading process (a reread).
+    fn reload(&mut self);
+}
+
+/// The launcher of a pool whose daemon has not installed one (unit tests).
+pub struct NoLauncher;
+
+impl Launcher for NoLauncher {
+    fn launch(&mut self, _: LaunchWorker) -> std::io::Result<Option<u32>> {
+        Err(std::io::Error::other("no launcher installed"))
+    }
+    fn reload(&mut self) {}
 }

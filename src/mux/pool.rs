@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
 
 use super::history::History;
-use super::job::{Completion, Job, JobKind, Launch, Outcome, ToWorker};
+use super::job::{Completion, Job, JobKind, LaunchWorker, Launcher, NoLauncher, Outcome, ToWorker};
 use super::options::Options;
 use super::startfail::{self, StartFailure, StartFailures, StderrTail};
 use super::statsfile::{sanitize_reason, StatsFile};
@@ -75,14 +75,14 @@ pub enum ActivateError {
     Unavailable,
     #[error("not enough time elapsed since the last activation (-W)")]
     TooSoon,
+    #[error("cannot start {0}")]
+    Spawn(String),
 }
 
 /// Everything shared by the multiplexor's tasks.
 pub struct Mux {
     pub opts: Arc<Options>,
     pub pool: Mutex<Pool>,
-    /// The launcher's end of the pool's requests, until it is started.
-    launches: Mutex<Option<mpsc::UnboundedReceiver<Launch>>>,
     /// Wakes the minimum filler.
     pub fill: Notify,
     /// Wakes the shutdown sequence (SIGTERM or too many failures).
@@ -92,22 +92,12 @@ pub struct Mux {
 impl Mux {
     pub fn new(opts: Options) -> Arc<Mux> {
         let opts = Arc::new(opts);
-        let (tx, rx) = mpsc::unbounded_channel();
         Arc::new_cyclic(|me| Mux {
             opts: opts.clone(),
-            pool: Mutex::new(Pool::new(opts.clone(), me.clone(), tx)),
-            launches: Mutex::new(Some(rx)),
+            pool: Mutex::new(Pool::new(opts.clone(), me.clone())),
             fill: Notify::new(),
             shutdown: Notify::new(),
         })
-    }
-
-    /// The requests for the launcher (once; `None` afterwards).
-    pub fn take_launches(&self) -> Option<mpsc::UnboundedReceiver<Launch>> {
-        self.launches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
     }
 
     /// Locks the pool (a panic elsewhere must not wedge the daemon).
@@ -144,8 +134,8 @@ pub struct Pool {
     /// Notifier listeners (`-O`, §14), when configured.
     pub notify: Option<crate::notify::Notifier>,
     pub stats: StatsFile,
-    /// Requests to the launcher, which starts processes.
-    launcher: mpsc::UnboundedSender<Launch>,
+    /// Starts worker processes; installed by the daemon at start-up.
+    pub launcher: Box<dyn Launcher>,
     /// Event counters for `--metrics`.
     pub metrics: super::metrics::Metrics,
     /// Workers that died before answering (`lasterror`).
@@ -153,7 +143,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn new(opts: Arc<Options>, me: Weak<Mux>, launcher: mpsc::UnboundedSender<Launch>) -> Pool {
+    fn new(opts: Arc<Options>, me: Weak<Mux>) -> Pool {
         let now = Instant::now();
         let n = opts.max_workers;
         let slots = (0..n)
@@ -185,7 +175,7 @@ impl Pool {
             .collect();
         Pool {
             stats: StatsFile::open(opts.stats_file.clone(), opts.stats_flush, opts.stats_syslog),
-            launcher,
+            launcher: Box::new(NoLauncher),
             opts,
             me,
             slots,
@@ -374,26 +364,37 @@ impl Pool {
             }
         }
         self.last_activation = Some(now);
-        self.activations += 1;
-        self.metrics.activated(reason);
-        self.history.activated(epoch_now());
         let wid = self.next_wid;
-        self.next_wid += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let launch = Launch::Worker {
+        let launch = LaunchWorker {
             slot: i,
             wid,
             reason: reason.to_string(),
             rx,
         };
-        if self.launcher.send(launch).is_err() {
-            return Err(ActivateError::Unavailable);
-        }
+        let pid = match self.launcher.launch(launch) {
+            Ok(pid) => pid,
+            Err(e) => {
+                daemon::log(
+                    LOG_ERR,
+                    &format!("Could not execute {}: {e}", self.opts.filter.display()),
+                );
+                self.count_failure(43);
+                return Err(ActivateError::Spawn(format!(
+                    "{}: {e}",
+                    self.opts.filter.display()
+                )));
+            }
+        };
+        self.next_wid += 1;
+        self.activations += 1;
+        self.metrics.activated(reason);
+        self.history.activated(epoch_now());
         let generation = self.generation;
         let seq = self.activations;
         {
             let s = &mut self.slots[i];
-            s.pid = None;
+            s.pid = pid;
             s.wid = wid;
             s.tx = Some(tx);
             s.activated = Some(now);
@@ -412,18 +413,26 @@ impl Pool {
             s.replied = false;
         }
         self.set_state(i, State::Idle);
+        if let Some(pid) = pid {
+            self.log_start(i, pid, reason);
+        }
         self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
         Ok(())
     }
 
-    /// The launcher started the worker of slot `i`: its pid is known now.
+    fn log_start(&self, i: usize, pid: u32, reason: &str) {
+        self.verbose(&format!(
+            "Starting worker {i} (pid {pid}) ({} running): {reason}",
+            self.running()
+        ));
+    }
+
+    /// The preloading process forked the worker of slot `i` (or perl
+    /// started it after a failed fork): its pid is known now.
     pub fn worker_started(&mut self, i: usize, wid: u64, pid: u32, reason: &str) {
         if self.slots[i].wid == wid && self.slots[i].state != State::Stopped {
             self.slots[i].pid = Some(pid);
-            self.verbose(&format!(
-                "Starting worker {i} (pid {pid}) ({} running): {reason}",
-                self.running()
-            ));
+            self.log_start(i, pid, reason);
         }
     }
 
@@ -1018,7 +1027,7 @@ impl Pool {
     /// `reread` / SIGINT (§7.11).
     pub fn reread(&mut self) {
         self.generation += 1;
-        let _ = self.launcher.send(Launch::Reload);
+        self.launcher.reload();
         for i in 0..self.slots.len() {
             if self.slots[i].state == State::Idle {
                 self.kill(i, "Forcing reread of filter rules");

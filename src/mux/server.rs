@@ -367,6 +367,8 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     }
 
     let mux = Mux::new(opts.clone());
+    // Until the filter is preloaded (-E), workers are started with perl.
+    let spawner = super::worker::Starter::install(&mux, Spawner::initial(&opts));
     let masks = (sock_mask, file_mask);
     let mut side = SideServers::new();
     let notify_l = opts.notify_socket.as_deref();
@@ -405,8 +407,8 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     if opts.log_interval > 0 {
         tokio::spawn(status_logger(mux.clone()));
     }
-    let spawner = if opts.embedded {
-        match super::zygote::Zygote::start(&opts).await {
+    if opts.embedded {
+        let preloaded = match super::zygote::Zygote::start(&opts).await {
             Ok(z) => Spawner::preloaded(z),
             Err(super::zygote::StartError::NoFdPass(why)) => {
                 // Like upstream's build without embedded Perl: go on
@@ -423,12 +425,8 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                 );
                 return fail(&mut ready, &cleanup, &msg);
             }
-        }
-    } else {
-        Spawner::Exec
-    };
-    if let Some(requests) = mux.take_launches() {
-        tokio::spawn(super::worker::launcher(mux.clone(), spawner, requests));
+        };
+        *spawner.lock().unwrap_or_else(|e| e.into_inner()) = preloaded;
     }
     if !opts.embedded {
         if let Err(msg) = compile_check(&opts).await {

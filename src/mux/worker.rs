@@ -22,7 +22,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use super::child::{perl_command, ChildSetup};
-use super::job::{Completion, Job, Launch, Outcome, ToWorker};
+use super::job::{Completion, Job, LaunchWorker, Launcher, Outcome, ToWorker};
 use super::options::Options;
 use super::pool::{signal, Mux};
 use super::zygote::Zygote;
@@ -159,6 +159,20 @@ pub enum Spawner {
 }
 
 impl Spawner {
+    /// Before start-up preloaded anything: `-E` starts workers with perl
+    /// (a load is under way), otherwise by exec.
+    pub fn initial(opts: &Options) -> Spawner {
+        if opts.embedded {
+            Spawner::Zygote {
+                current: None,
+                reloading: false,
+                loading: true,
+            }
+        } else {
+            Spawner::Exec
+        }
+    }
+
     /// `-E` with the zygote the start-up loaded.
     pub fn preloaded(z: Zygote) -> Spawner {
         Spawner::Zygote {
@@ -280,64 +294,114 @@ enum Event {
     ZygoteFailed(Arc<Zygote>, io::Error),
 }
 
-/// The one task that starts worker processes and owns the `-E` preloading
-/// state. The pool only sends it [`Launch`] requests, so it never waits
-/// for a process while it holds its lock; each worker then starts in its
-/// own task (a fork exchange with a stalled zygote delays only that
-/// worker), which reports back through [`super::pool::Pool::worker_started`]
-/// or [`super::pool::Pool::start_failed`] (protocol/multiplexor.md §3).
-pub async fn launcher(
-    mux: Arc<Mux>,
-    mut spawner: Spawner,
-    mut requests: mpsc::UnboundedReceiver<Launch>,
-) {
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    loop {
-        tokio::select! {
-            r = requests.recv() => match r {
-                None => return,
-                Some(Launch::Worker { slot, wid, reason, rx }) => {
-                    let plan = spawner.plan();
-                    tokio::spawn(start(mux.clone(), slot, wid, reason, plan, rx, events_tx.clone()));
-                    if spawner.needs_zygote() {
-                        spawner.load(&mux.opts, &events_tx, Duration::from_secs(10), false);
-                    }
-                }
-                Some(Launch::Reload) => spawner.load(&mux.opts, &events_tx, Duration::ZERO, true),
-            },
-            Some(ev) = events.recv() => match ev {
-                Event::Preloaded(r) => spawner.preloaded_result(&mux.opts, r),
-                Event::ZygoteFailed(z, e) => spawner.zygote_failed(&z, &e),
-            },
+/// The pool's [`Launcher`]: starts workers by fork + exec (under the pool's
+/// lock, as upstream does: the pid is known when the slot is handed out), or
+/// asks the `-E` preloading process to fork one, in the worker's own task,
+/// so that a stalled preloading process delays only that worker
+/// (protocol/multiplexor.md §1, §3). Owns the preloading state together
+/// with its event task.
+pub struct Starter {
+    mux: std::sync::Weak<Mux>,
+    spawner: Arc<std::sync::Mutex<Spawner>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Starter {
+    /// Installs the starter for `mux` (from the daemon's start-up, inside
+    /// the runtime); returns the shared preloading state, which start-up
+    /// sets once the filter is preloaded.
+    pub fn install(mux: &Arc<Mux>, spawner: Spawner) -> Arc<std::sync::Mutex<Spawner>> {
+        let spawner = Arc::new(std::sync::Mutex::new(spawner));
+        let (events, rx) = mpsc::unbounded_channel();
+        tokio::spawn(handle_events(mux.opts.clone(), spawner.clone(), rx));
+        mux.lock().launcher = Box::new(Starter {
+            mux: Arc::downgrade(mux),
+            spawner: spawner.clone(),
+            events,
+        });
+        spawner
+    }
+
+    fn spawner(&self) -> std::sync::MutexGuard<'_, Spawner> {
+        self.spawner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Launcher for Starter {
+    fn launch(&mut self, w: LaunchWorker) -> io::Result<Option<u32>> {
+        let mux = self
+            .mux
+            .upgrade()
+            .ok_or_else(|| io::Error::other("the multiplexor is stopping"))?;
+        let plan = self.spawner().plan();
+        let pid = match plan {
+            Plan::Exec { via_perl } => {
+                let s = spawn_exec(&mux.opts, via_perl)?;
+                let pid = s.pid;
+                tokio::spawn(run(mux.clone(), w.slot, w.wid, s, w.rx));
+                Some(pid)
+            }
+            Plan::Fork(z) => {
+                tokio::spawn(start_forked(mux.clone(), w, z, self.events.clone()));
+                None
+            }
+        };
+        let mut sp = self.spawner();
+        if sp.needs_zygote() {
+            sp.load(&mux.opts, &self.events, Duration::from_secs(10), false);
+        }
+        Ok(pid)
+    }
+
+    fn reload(&mut self) {
+        if let Some(mux) = self.mux.upgrade() {
+            let events = self.events.clone();
+            self.spawner().load(&mux.opts, &events, Duration::ZERO, true);
         }
     }
 }
 
-/// Starts one worker as planned, then runs its task; on failure the slot
-/// is given back and whatever was sent to it gets a failure.
-async fn start(
+/// Results of loads and failed forks, applied to the preloading state.
+async fn handle_events(
+    opts: Arc<Options>,
+    spawner: Arc<std::sync::Mutex<Spawner>>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
+    while let Some(ev) = events.recv().await {
+        let mut sp = spawner.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            Event::Preloaded(r) => sp.preloaded_result(&opts, r),
+            Event::ZygoteFailed(z, e) => sp.zygote_failed(&z, &e),
+        }
+    }
+}
+
+/// Has the preloading process fork a worker (perl starts it instead if
+/// that fails), then runs its task; if no process could be started, the
+/// slot is given back and whatever was sent to it gets a failure.
+async fn start_forked(
     mux: Arc<Mux>,
-    slot: usize,
-    wid: u64,
-    reason: String,
-    plan: Plan,
-    mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    w: LaunchWorker,
+    z: Arc<Zygote>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let started = match plan {
-        Plan::Fork(z) => match fork(&z, &mux.opts, slot).await {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                let _ = events.send(Event::ZygoteFailed(z, e));
-                exec(&mux, true).await
-            }
-        },
-        Plan::Exec { via_perl } => exec(&mux, via_perl).await,
+    let LaunchWorker {
+        slot,
+        wid,
+        reason,
+        mut rx,
+    } = w;
+    let started = match fork(&z, &mux.opts, slot).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let _ = events.send(Event::ZygoteFailed(z, e));
+            exec(&mux, true).await
+        }
     };
     match started {
-        Ok(w) => {
-            mux.lock().worker_started(slot, wid, w.pid, &reason);
-            run(mux, slot, wid, w, rx).await;
+        Ok(s) => {
+            mux.lock().worker_started(slot, wid, s.pid, &reason);
+            run(mux, slot, wid, s, rx).await;
         }
         Err(e) => {
             mux.lock().start_failed(slot, wid, &e);

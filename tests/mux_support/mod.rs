@@ -254,7 +254,11 @@ impl Mx {
             r.lines()
                 .filter_map(|l| {
                     let f: Vec<&str> = l.split(' ').collect();
-                    (f.len() > 2 && f[1] == "I").then(|| f[2].parse().unwrap())
+                    // A slot whose process is still starting shows pid -1:
+                    // never signal that (kill(-1) reaches every process).
+                    (f.len() > 2 && f[1] == "I")
+                        .then(|| f[2].parse::<i32>().unwrap())
+                        .filter(|&pid| pid > 1)
                 })
                 .collect()
         };
