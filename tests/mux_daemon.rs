@@ -1,5 +1,5 @@
 //! Start-up as a daemon (readiness pipe, PID and lock files), start-up
-//! errors, and SIGTERM clean-up (multiplexor.md §2).
+//! errors, and SIGTERM clean-up (protocol/multiplexor.md §2).
 
 mod mux_support;
 use common::KillOnDrop;

@@ -30,8 +30,8 @@ pub mod zygote;
 
 pub use options::Options;
 
-/// The class of a forwarded command (§6.1), used for statistics, `workers`
-/// and `-y`.
+/// The class of a forwarded command (protocol/multiplexor.md §6.1), used for
+/// statistics, `workers` and `-y`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     Scan,
@@ -81,7 +81,7 @@ impl Class {
     pub const TRACKED: [Class; 4] = [Class::Scan, Class::RelayOk, Class::SenderOk, Class::RecipOk];
 }
 
-/// Worker slot states (§7.1).
+/// Worker slot states (protocol/multiplexor.md §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Stopped,
