@@ -477,7 +477,8 @@ mod tests {
     ];
 
     /// Setting one variable alone (no launcher defaults) must produce exactly
-    /// the flags of deployment.md's table, followed by the fixed tail.
+    /// the flags of its table (protocol/deployment.md §2.1, §2.2), followed by
+    /// the fixed tail.
     fn only(d: Daemon, name: &str, value: &str) -> Vec<String> {
         let w = words(d, &vars(&[(name, value)]));
         let tail = if d == Daemon::Milter {

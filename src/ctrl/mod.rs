@@ -1,5 +1,5 @@
-//! `mm-mx-ctrl`, the operator's control tool (mm-mx-ctrl.md): argument
-//! encoding, the command dispatcher, the client-side formats and the
+//! `mm-mx-ctrl`, the operator's control tool (protocol/mm-mx-ctrl.md):
+//! argument encoding, the command dispatcher, the client-side formats and the
 //! command-line driver. The binary only calls [`cli::main`].
 //!
 //! Layout: [`options`] parses argv like upstream's getopt; [`Command`] maps a

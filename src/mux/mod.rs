@@ -1,6 +1,6 @@
 //! `mailmunge-multiplexor`: a pool of filter worker processes behind a
-//! control socket (multiplexor.md). The binary only parses options and calls
-//! [`run`].
+//! control socket (protocol/multiplexor.md). The binary only parses options
+//! and calls [`run`].
 //!
 //! Shape: one [`pool::Pool`] (all slot state, counters and history) behind a
 //! `std::sync::Mutex` that is never held across an `.await` and that calls
