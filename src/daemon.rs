@@ -267,7 +267,7 @@ impl Readiness {
 
     /// Tells the launcher the daemon is up; it exits 0. In the foreground
     /// under a `Type=notify` systemd unit, tells systemd instead
-    /// (protocol/deployment.md; a no-op without `NOTIFY_SOCKET`).
+    /// (protocol/deployment.md §9; a no-op without `NOTIFY_SOCKET`).
     pub fn ready(&mut self) {
         match self.pipe.take() {
             Some(mut p) => {

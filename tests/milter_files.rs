@@ -269,7 +269,7 @@ async fn recipient_and_helo_verdicts() {
 }
 
 /// Codes libmilter would pass but indymilter refuses keep their text with
-/// the default codes (protocol/milter.md).
+/// the default codes (protocol/milter.md §12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusual_reply_codes_fall_back_to_defaults() {
     let (_scratch, mux, milter) = start(&["-s"]);
