@@ -1,12 +1,13 @@
 //! What flows between clients, the pool and the worker tasks: a job (one
 //! command line for one worker), how it ended, and the fixed replies the
-//! multiplexor writes itself (multiplexor.md §6.4).
+//! multiplexor writes itself (protocol/multiplexor.md §6.4).
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::Class;
 
-/// Multiplexor-generated replies on the forwarding path (§6.4).
+/// Multiplexor-generated replies on the forwarding path
+/// (protocol/multiplexor.md §6.4).
 pub mod replies {
     pub const TOO_LONG: &[u8] = b"error: Command too long\n";
     pub const NO_FREE: &[u8] = b"error: No free workers\n";
@@ -131,7 +132,7 @@ pub enum ToWorker {
 
 /// What the pool asks of the launcher, the one task that starts processes
 /// (`worker::launcher`): the pool decides, the launcher acts and reports
-/// back through the pool's methods (protocol/multiplexor.md §1).
+/// back through the pool's methods (protocol/multiplexor.md §21).
 #[derive(Debug)]
 pub enum Launch {
     /// Start a worker for slot `slot`, identity `wid`; its task takes

@@ -9,7 +9,7 @@
 //! pipes, so a slow or misbehaving worker can only ever delay its own
 //! request; one task per client connection ([`control`]); timers for idle
 //! reaping, the minimum filler, ticks and the status log
-//! (protocol/multiplexor.md §1).
+//! (protocol/multiplexor.md §21).
 
 pub mod child;
 pub mod control;

@@ -287,7 +287,7 @@ enum Event {
 /// for a process while it holds its lock; each worker then starts in its
 /// own task (a fork exchange with a stalled zygote delays only that
 /// worker), which reports back through [`super::pool::Pool::worker_started`]
-/// or [`super::pool::Pool::start_failed`] (protocol/multiplexor.md §3).
+/// or [`super::pool::Pool::start_failed`] (protocol/multiplexor.md §23).
 pub async fn launcher(
     mux: Arc<Mux>,
     mut spawner: Spawner,

@@ -62,7 +62,7 @@ pub enum StartError {
 
 /// A running zygote. Shared (`Arc`) by the worker tasks waiting for a
 /// fork; the exchange itself is async and never runs under the pool's lock
-/// (protocol/multiplexor.md §3).
+/// (protocol/multiplexor.md §23).
 pub struct Zygote {
     pub pid: u32,
     /// The control connection: one fork exchange at a time.
