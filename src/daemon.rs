@@ -1,7 +1,7 @@
 //! Process plumbing shared by the daemons (milter and multiplexor):
 //! umask, set-id checks, privilege drop, PID and lock files, daemonising with
-//! a readiness pipe (multiplexor.md §2.1–§2.4), and the entry points to
-//! logging (`crate::logging`: syslog or journald).
+//! a readiness pipe (protocol/multiplexor.md §2.1–§2.4), and the entry points
+//! to logging (`crate::logging`: syslog or journald).
 //!
 //! Everything here is synchronous and meant to run before the tokio runtime
 //! exists (forking a multi-threaded process is unsafe), except [`log`], which
@@ -247,8 +247,8 @@ pub fn lock_file(path: &Path) -> Result<File, DaemonError> {
     Ok(file)
 }
 
-/// The daemon's end of the readiness pipe (§2.2): exactly one report, `X`
-/// for ready or `E<message>` for a start-up failure.
+/// The daemon's end of the readiness pipe (protocol/multiplexor.md §2.2):
+/// exactly one report, `X` for ready or `E<message>` for a start-up failure.
 #[derive(Debug)]
 pub struct Readiness {
     pipe: Option<File>,
@@ -267,7 +267,7 @@ impl Readiness {
 
     /// Tells the launcher the daemon is up; it exits 0. In the foreground
     /// under a `Type=notify` systemd unit, tells systemd instead
-    /// (protocol/deployment.md; a no-op without `NOTIFY_SOCKET`).
+    /// (protocol/deployment.md §9; a no-op without `NOTIFY_SOCKET`).
     pub fn ready(&mut self) {
         match self.pipe.take() {
             Some(mut p) => {
@@ -476,7 +476,8 @@ pub fn unlink_quietly(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Removes a UNIX socket left by us, but never a regular file (§20.18).
+/// Removes a UNIX socket left by us, but never a regular file
+/// (protocol/multiplexor.md §20.18).
 pub fn remove_socket(path: &Path) {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(m) = std::fs::symlink_metadata(path) {
@@ -491,8 +492,9 @@ pub fn remove_socket(path: &Path) {
 /// Syslog priorities used by the daemons.
 pub use libc::{LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_NOTICE, LOG_WARNING};
 
-/// Maps a facility name (§2 `-S`) to its value: the plain names, `security`
-/// (= auth), `local0`..`local7`, or the `LOG_*` spellings, case-insensitive.
+/// Maps a facility name (protocol/multiplexor.md §2 `-S`) to its value: the
+/// plain names, `security` (= auth), `local0`..`local7`, or the `LOG_*`
+/// spellings, case-insensitive.
 pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
     let lower = name.to_ascii_lowercase();
     let n = lower.strip_prefix("log_").unwrap_or(&lower);

@@ -1,5 +1,5 @@
 //! Asks a running multiplexor why mail is being tempfailed, in words for
-//! the admin (`mm-try`, `script/local-stack`; protocol/multiplexor.md §6).
+//! the admin (`mm-try`, `script/local-stack`; protocol/multiplexor.md §26).
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Socket specifications (multiplexor.md §3, milter.md §1.6) and the listeners
-//! and streams they open.
+//! Socket specifications (protocol/multiplexor.md §3, protocol/milter.md §1.6)
+//! and the listeners and streams they open.
 //!
 //! Two syntaxes exist upstream. The multiplexor takes `/path`, `unix:/path`,
 //! `local:/path`, `inet:PORT` (127.0.0.1), `inet_any:PORT`, `inet6:PORT` (::1)

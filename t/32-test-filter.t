@@ -1,7 +1,7 @@
-# Test::Mailmunge::Filter (perl-api.md §11.1) run as a worker: SMTP-stage
-# verdicts, the Compat actions on a message with executables, every message
-# modification, the four boilerplate variants, quarantine, copying INPUTMSG
-# and DKIM signing, checked byte for byte against fixtures in
+# Test::Mailmunge::Filter (protocol/perl-api.md §11.1) run as a worker:
+# SMTP-stage verdicts, the Compat actions on a message with executables, every
+# message modification, the four boilerplate variants, quarantine, copying
+# INPUTMSG and DKIM signing, checked byte for byte against fixtures in
 # t/data/ext/expected (set MM_REGEN_FIXTURES=1 to rewrite them, then review).
 use strict;
 use warnings;

@@ -1,6 +1,6 @@
-# Mailmunge::Action::Boilerplate in process (perl-api.md §9.1): where the
-# text goes in text/plain and text/html parts, one part or all, what is
-# left alone, character sets, and failures.
+# Mailmunge::Action::Boilerplate in process (protocol/perl-api.md §9.1): where
+# the text goes in text/plain and text/html parts, one part or all, what is left
+# alone, character sets, and failures.
 use strict;
 use warnings;
 

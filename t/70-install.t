@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# script/install into a temporary DESTDIR: upstream's layout (deployment.md
-# §1.2), modes, substituted paths, and nothing chowned or created outside.
+# script/install into a temporary DESTDIR: upstream's layout
+# (protocol/deployment.md §1.2), modes, substituted paths, and nothing chowned
+# or created outside.
 use strict;
 use warnings;
 use Test::More;
@@ -74,7 +75,7 @@ for my $unit ($mm, $mx) {
 	like($unit, qr{^TimeoutStopSec=30s$}m, 'TimeoutStopSec=30s');
 	like($unit, qr{^Restart=on-failure$}m, 'Restart=on-failure');
 }
-# Upstream's unit relations (deployment.md §3).
+# Upstream's unit relations (protocol/deployment.md §3).
 like($mm, qr{^BindsTo=mailmunge-multiplexor\.service$}m, 'BindsTo');
 like($mm, qr{^After=mailmunge-multiplexor\.service$}m, 'After multiplexor');
 like($mm, qr{^PropagatesReloadTo=mailmunge-multiplexor\.service$}m, 'PropagatesReloadTo');

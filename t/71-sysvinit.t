@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # sysvinit/mailmunge with stand-in daemons: configuration files in upstream
-# order, command lines (deployment.md §4, §5.2), pid files, status texts,
-# stop, reload.
+# order, command lines (protocol/deployment.md §4, §5.2), pid files, status
+# texts, stop, reload.
 use strict;
 use warnings;
 use Test::More;

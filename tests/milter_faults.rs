@@ -550,8 +550,8 @@ async fn many_concurrent_sessions_few_threads() {
     assert_eq!(e.mux.remaining(), 0);
 }
 
-/// §10.9: with -k the directory of a failed scan is kept on every failure
-/// path, including an oversized RESULTS and a missing NEWBODY.
+/// protocol/milter.md §10.9: with -k the directory of a failed scan is kept on
+/// every failure path, including an oversized RESULTS and a missing NEWBODY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_failed_on_oversized_results_and_missing_newbody() {
     let e = start(FREE_REPLY, &["-k"], &[]);

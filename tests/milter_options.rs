@@ -1,7 +1,7 @@
-//! Command-line options (milter.md §1-§2, §4.2-4.3, §5.4): prcap/-v/usage and
-//! start-up errors, negotiation (-N, -y), Sendmail-style queue ids, -a, -x,
-//! -X, -L, -G, -d, -T, DO-NOT-DELETE-WORK-DIRS, pid/lock files and daemon
-//! mode, and the inet listener form used by the e2e harness.
+//! Command-line options (protocol/milter.md §1–§2, §4.2–§4.3, §5.4):
+//! prcap/-v/usage and start-up errors, negotiation (-N, -y), Sendmail-style
+//! queue ids, -a, -x, -X, -L, -G, -d, -T, DO-NOT-DELETE-WORK-DIRS, pid/lock
+//! files and daemon mode, and the inet listener form used by the e2e harness.
 
 mod milter_support;
 

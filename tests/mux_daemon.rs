@@ -1,5 +1,5 @@
 //! Start-up as a daemon (readiness pipe, PID and lock files), start-up
-//! errors, and SIGTERM clean-up (multiplexor.md §2).
+//! errors, and SIGTERM clean-up (protocol/multiplexor.md §2).
 
 mod mux_support;
 use common::KillOnDrop;
@@ -170,7 +170,7 @@ fn sigterm_lets_busy_workers_answer_then_exits() {
 
 /// protocol/SECURITY.md §2: every descriptor the starter left open is
 /// closed, whatever its number (upstream stops at 255), and a TCP socket
-/// on all addresses is reported (§3).
+/// on all addresses is reported (protocol/SECURITY.md §3).
 #[test]
 fn inherited_descriptors_are_closed_and_wildcard_sockets_logged() {
     let tmp = tempfile::tempdir().unwrap();

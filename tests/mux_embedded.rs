@@ -1,5 +1,5 @@
 //! `-E`: workers forked from a preloaded Perl process (the zygote) instead
-//! of exec'd (multiplexor.md §7.4, worker-protocol.md §1.2).
+//! of exec'd (protocol/multiplexor.md §7.4, protocol/worker-protocol.md §1.2).
 
 mod mux_support;
 use mux_support::*;

@@ -1,6 +1,6 @@
 //! The `Type=notify` units' contract: `mailmunge-start -D multiplexor` with
 //! `NOTIFY_SOCKET` set sends `READY=1` only once the control socket answers,
-//! and the multiplexor stops on SIGTERM (protocol/deployment.md).
+//! and the multiplexor stops on SIGTERM (protocol/deployment.md §9).
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};

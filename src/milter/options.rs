@@ -1,6 +1,6 @@
-//! Command-line options of `mailmunge` (milter.md §1.3), with upstream's
-//! letters and getopt-like behaviour: clustered flags, last occurrence wins,
-//! `-h`/unknown options print the usage to stderr and exit 1.
+//! Command-line options of `mailmunge` (protocol/milter.md §1.3), with
+//! upstream's letters and getopt-like behaviour: clustered flags, last
+//! occurrence wins, `-h`/unknown options print the usage to stderr and exit 1.
 
 use clap::{ArgAction, Parser};
 

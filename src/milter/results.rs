@@ -1,6 +1,6 @@
-//! The RESULTS file a worker leaves in the working directory (milter.md
-//! §5.2-5.3), parsed into a typed list of actions before anything is sent to
-//! the MTA.
+//! The RESULTS file a worker leaves in the working directory
+//! (protocol/milter.md §5.2–§5.3), parsed into a typed list of actions before
+//! anything is sent to the MTA.
 
 use super::reply::split_word;
 use crate::cnum;

@@ -1,4 +1,5 @@
-//! Per-SMTP-session state and the indymilter callbacks (milter.md §3, §5).
+//! Per-SMTP-session state and the indymilter callbacks
+//! (protocol/milter.md §3, §5).
 //!
 //! Each MTA connection is one tokio task inside indymilter; the state lives
 //! in `Context::data`. Every multiplexor request is one connection with a
@@ -178,7 +179,7 @@ fn append_macro(block: &mut CommandsBlock, m: &Macros, name: &str) {
     }
 }
 
-/// The client address as upstream reports it (§3.1 step 6).
+/// The client address as upstream reports it (protocol/milter.md §3.1 step 6).
 fn host_ip(sock: &SocketInfo) -> Option<String> {
     match sock {
         SocketInfo::Unknown => None,
@@ -334,8 +335,8 @@ async fn set_dsn(target: &mut indymilter::SmtpReply, qid: &str, msg: &[u8], clas
 }
 
 /// Maps a check outcome at helo/mail/rcpt to the status, setting the reply
-/// and honouring the delay (§3.11). Returns the status and whether the
-/// verdict ends the transaction (cleanup needed).
+/// and honouring the delay (protocol/milter.md §3.11). Returns the status and
+/// whether the verdict ends the transaction (cleanup needed).
 async fn verdict_status(
     reply: &mut indymilter::SmtpReply,
     qid: &str,
@@ -371,7 +372,8 @@ async fn filter_failed(cfg: &Config, conn: &mut Conn) -> Status {
 }
 
 /// Closes the files and removes the working directory unless told to keep
-/// it (§4.3), on the blocking pool. Forgets the message either way.
+/// it (protocol/milter.md §4.3), on the blocking pool. Forgets the message
+/// either way.
 async fn cleanup(cfg: &Config, conn: &mut Conn) {
     let Some(msg) = conn.msg.take() else {
         return;
@@ -385,7 +387,7 @@ async fn cleanup(cfg: &Config, conn: &mut Conn) {
     blocking::run(move || remove_working_directory(&keep, &qid, &msg.dir.into_path())).await;
 }
 
-/// What keeps a working directory after its message (§4.3).
+/// What keeps a working directory after its message (protocol/milter.md §4.3).
 struct KeepRules {
     /// `-d`
     debug: bool,

@@ -1,5 +1,5 @@
-//! The per-message working directory (milter.md §4): its name, its
-//! permissions, and the writers for INPUTMSG, HEADERS and PRISTINE_HEADERS.
+//! The per-message working directory (protocol/milter.md §4): its name,
+//! its permissions, and the writers for INPUTMSG, HEADERS and PRISTINE_HEADERS.
 //! The file work runs on the blocking pool (`crate::blocking`).
 //!
 //! The byte transformations here are contract: the Perl workers (and filters
@@ -29,7 +29,8 @@ fn base60(mut v: u64, digits: usize, out: &mut Vec<u8>) {
 }
 
 /// Builds an 8-character id from a time in seconds and a counter value
-/// (§4.1): five base-60 digits of the time, three of the counter.
+/// (protocol/milter.md §4.1): five base-60 digits of the time, three of the
+/// counter.
 pub fn format_id(time: u64, counter: u64) -> String {
     let mut out = Vec::with_capacity(8);
     base60(time % 60u64.pow(5), 5, &mut out);
@@ -89,9 +90,10 @@ pub fn headers_line(name: &[u8], value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The body transformation of §3.8: CRLF becomes LF, bare CRs are kept (or
-/// dropped with `-c`) and flagged, NULs are flagged. A CR at the end of a
-/// chunk is held back until the next chunk shows whether an LF follows.
+/// The body transformation of protocol/milter.md §3.8: CRLF becomes LF, bare
+/// CRs are kept (or dropped with `-c`) and flagged, NULs are flagged. A CR at
+/// the end of a chunk is held back until the next chunk shows whether an LF
+/// follows.
 #[derive(Debug, Default)]
 pub struct BodyFilter {
     strip_bare_cr: bool,

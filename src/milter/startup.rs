@@ -1,5 +1,5 @@
-//! Program start-up (milter.md §1.3-1.5): option checks, privilege drop,
-//! daemonising with a readiness pipe, pid/lock files, the wait for the
+//! Program start-up (protocol/milter.md §1.3–§1.5): option checks, privilege
+//! drop, daemonising with a readiness pipe, pid/lock files, the wait for the
 //! multiplexor, and the indymilter main loop with signal handling.
 
 use std::future::Future;
@@ -24,7 +24,7 @@ pub const SPOOLDIR: &str = "/var/spool/mailmunge";
 /// normally fires first.
 const DEFAULT_MX_TIMEOUT: Duration = Duration::from_secs(660);
 
-/// `mailmunge prcap`: the capability dump (§1.2).
+/// `mailmunge prcap`: the capability dump (protocol/milter.md §1.2).
 pub fn prcap() -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: &str| s.push_str(&format!("{k:<30} {v}\n"));
@@ -341,7 +341,8 @@ fn mx_timeout() -> Option<Duration> {
     }
 }
 
-/// Up to 200 tries, 100 ms apart, for a `free` answer (§1.4 step 10).
+/// Up to 200 tries, 100 ms apart, for a `free` answer
+/// (protocol/milter.md §1.4 step 10).
 async fn wait_for_multiplexor(cfg: &Config) -> bool {
     let probe = Config {
         mx_timeout: Some(Duration::from_secs(2)),

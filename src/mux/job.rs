@@ -1,12 +1,12 @@
 //! What flows between clients, the pool and the worker tasks: a job (one
 //! command line for one worker), how it ended, and the fixed replies the
-//! multiplexor writes itself (multiplexor.md §6.4).
+//! multiplexor writes itself (protocol/multiplexor.md §6.4).
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::Class;
 
-/// Multiplexor-generated replies on the forwarding path (§6.4).
+/// Multiplexor-generated replies on the forwarding path (protocol/multiplexor.md §6.4).
 pub mod replies {
     pub const TOO_LONG: &[u8] = b"error: Command too long\n";
     pub const NO_FREE: &[u8] = b"error: No free workers\n";
@@ -140,7 +140,7 @@ pub struct LaunchWorker {
 }
 
 /// How the pool has processes started without knowing how
-/// (`worker::Starter`; protocol/multiplexor.md §1).
+/// (`worker::Starter`; protocol/multiplexor.md §21).
 pub trait Launcher: Send {
     /// Starts a worker. `Ok(Some(pid))` when it runs already (fork + exec);
     /// `Ok(None)` when the `-E` preloading process was asked to fork it,

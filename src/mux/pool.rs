@@ -1,12 +1,13 @@
 //! Worker slots, their states and every decision about them: choosing a
 //! worker, activation, completion bookkeeping, retirement, reaping, the
-//! request queue, idle reaping and generations (multiplexor.md §7, §10, §11).
+//! request queue, idle reaping and generations
+//! (protocol/multiplexor.md §7, §10, §11).
 //!
 //! All of it is synchronous and runs under the [`Mux`] mutex, and none of
 //! it waits: processes are started by the launcher task and pipes are read
 //! by the worker tasks (`super::worker`), which report through
 //! [`Pool::worker_started`], [`Pool::complete`] and [`Pool::reaped`]
-//! (protocol/multiplexor.md §1).
+//! (protocol/multiplexor.md §21).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -61,7 +62,7 @@ pub struct Slot {
     pub replied: bool,
 }
 
-/// A request waiting for a worker (§10).
+/// A request waiting for a worker (protocol/multiplexor.md §10).
 #[derive(Debug)]
 pub struct Queued {
     pub id: u64,
@@ -131,7 +132,7 @@ pub struct Pool {
     pub histo: Vec<u64>,
     failures: u32,
     pub shutting_down: bool,
-    /// Notifier listeners (`-O`, §14), when configured.
+    /// Notifier listeners (`-O`, protocol/multiplexor.md §14), when configured.
     pub notify: Option<crate::notify::Notifier>,
     pub stats: StatsFile,
     /// Starts worker processes; installed by the daemon at start-up.
@@ -303,9 +304,9 @@ impl Pool {
 
     // ------------------------------------------------------------ choosing
 
-    /// Picks a worker for a class (§7.2): an idle one (preferring one that
-    /// last ran the same class, then the oldest), else the head of the
-    /// Stopped list.
+    /// Picks a worker for a class (protocol/multiplexor.md §7.2): an idle one
+    /// (preferring one that last ran the same class, then the oldest), else the
+    /// head of the Stopped list.
     pub fn find_free(&self, class: Class) -> Option<usize> {
         let want = class.tracked_index().map(|_| class);
         let mut best: Option<usize> = None;
@@ -456,7 +457,7 @@ impl Pool {
     }
 
     /// Activates one worker if fewer than the minimum run; returns true
-    /// when still below the minimum afterwards (§7.10).
+    /// when still below the minimum afterwards (protocol/multiplexor.md §7.10).
     pub fn fill_once(&mut self) -> bool {
         if self.shutting_down || self.running() >= self.opts.min_workers {
             return false;
@@ -495,7 +496,7 @@ impl Pool {
     // ------------------------------------------------------------ dispatch
 
     /// Sends a job to a worker now, queues it, or answers it with an error
-    /// (§6.1, §10). Returns the queue id when queued.
+    /// (protocol/multiplexor.md §6.1, §10). Returns the queue id when queued.
     pub fn submit(&mut self, job: Job, allow_queue: bool) -> Option<u64> {
         if self.shutting_down {
             let _ = job.reply.send(Outcome::ShuttingDown);
@@ -627,7 +628,7 @@ impl Pool {
     }
 
     /// Hands queued requests to free workers (after completions, reaps and
-    /// activations — §20.4).
+    /// activations — protocol/multiplexor.md §20.4).
     pub fn pump_queue(&mut self) {
         while let Some(front) = self.queue.front() {
             if self.shutting_down {
@@ -645,8 +646,8 @@ impl Pool {
 
     // ------------------------------------------------------------ completion
 
-    /// Bookkeeping when a worker's task finished a job (§7.7, §7.8).
-    /// Returns what the requester gets.
+    /// Bookkeeping when a worker's task finished a job
+    /// (protocol/multiplexor.md §7.7, §7.8). Returns what the requester gets.
     pub fn complete(
         &mut self,
         i: usize,
@@ -757,8 +758,9 @@ impl Pool {
 
     // ------------------------------------------------------------ retirement
 
-    /// Retires a worker (§7.12): stdin closed; a busy one gets SIGTERM at
-    /// once, an idle one 10 s later; SIGKILL after another 10 s.
+    /// Retires a worker (protocol/multiplexor.md §7.12): stdin closed; a busy
+    /// one gets SIGTERM at once, an idle one 10 s later; SIGKILL after another
+    /// 10 s.
     pub fn kill(&mut self, i: usize, reason: &str) {
         let s = &self.slots[i];
         if matches!(s.state, State::Killed | State::Stopped) {
@@ -799,7 +801,8 @@ impl Pool {
         );
     }
 
-    /// Logs a reaped worker's resource usage (with `-l`, §17).
+    /// Logs a reaped worker's resource usage (with `-l`,
+    /// protocol/multiplexor.md §17).
     pub fn log_usage(&self, i: usize, wid: u64, ru: &libc::rusage) {
         let s = &self.slots[i];
         if !self.opts.verbose || s.wid != wid {
@@ -825,7 +828,7 @@ impl Pool {
         );
     }
 
-    /// The worker task saw its process exit (§7.13).
+    /// The worker task saw its process exit (protocol/multiplexor.md §7.13).
     pub fn reaped(&mut self, i: usize, wid: u64, status: std::process::ExitStatus) {
         use std::os::unix::process::ExitStatusExt;
         if self.slots[i].wid != wid || self.slots[i].state == State::Stopped {
@@ -925,7 +928,7 @@ impl Pool {
     }
 
     /// Keeps a worker that died before answering as the last start-up
-    /// failure (protocol/multiplexor.md §6).
+    /// failure (protocol/multiplexor.md §26).
     fn record_exit(
         &mut self,
         i: usize,
@@ -987,7 +990,7 @@ impl Pool {
 
     // ------------------------------------------------------------ timers
 
-    /// The idle timer (§7.9).
+    /// The idle timer (protocol/multiplexor.md §7.9).
     pub fn idle_sweep(&mut self) {
         if let Some(life) = self.opts.max_lifetime {
             for i in 0..self.slots.len() {
@@ -1024,7 +1027,7 @@ impl Pool {
         }
     }
 
-    /// `reread` / SIGINT (§7.11).
+    /// `reread` / SIGINT (protocol/multiplexor.md §7.11).
     pub fn reread(&mut self) {
         self.generation += 1;
         self.launcher.reload();
@@ -1074,7 +1077,7 @@ impl Pool {
         }
     }
 
-    /// The `-L` status line (§15.3).
+    /// The `-L` status line (protocol/multiplexor.md §15.3).
     pub fn status_log_line(&self) -> String {
         let c = self.counters();
         format!(
@@ -1102,8 +1105,9 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
-/// The status tag for a dispatched command (§8): first word and first
-/// argument, percent-decoded, control bytes blanked, at most 63 bytes.
+/// The status tag for a dispatched command (protocol/multiplexor.md §8): first
+/// word and first argument, percent-decoded, control bytes blanked, at most 63
+/// bytes.
 pub fn tag_from_command(line: &[u8]) -> String {
     let end = line
         .iter()
@@ -1118,7 +1122,8 @@ pub fn tag_from_command(line: &[u8]) -> String {
 }
 
 /// Percent-decodes a status tag and blanks every byte that is not
-/// printable ASCII, so a tag can never break a reply or log line (§8).
+/// printable ASCII, so a tag can never break a reply or log line
+/// (protocol/multiplexor.md §8).
 pub fn printable_tag(raw: &[u8]) -> String {
     crate::percent::decode(raw)
         .iter()
@@ -1132,7 +1137,8 @@ pub fn printable_tag(raw: &[u8]) -> String {
         .collect()
 }
 
-/// The queue id remembered for logging (§6.1), still percent-encoded.
+/// The queue id remembered for logging (protocol/multiplexor.md §6.1), still
+/// percent-encoded.
 pub fn queue_id(class: Class, line: &[u8]) -> String {
     let idx = match class {
         Class::RelayOk => 6,
@@ -1158,9 +1164,10 @@ fn printable(b: &[u8]) -> String {
         .collect()
 }
 
-/// The recipient domain of a `recipok` line for `-y` (§11, with §20.5's
-/// fix): the first argument, percent-decoded, the part after its last `@`
-/// up to `>`; lower-cased; at most 127 bytes; empty when there is none.
+/// The recipient domain of a `recipok` line for `-y`
+/// (protocol/multiplexor.md §11, with §20.5's fix): the first argument,
+/// percent-decoded, the part after its last `@` up to `>`; lower-cased; at most
+/// 127 bytes; empty when there is none.
 pub fn recipient_domain(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let Some(arg) = line.split(|&b| b == b' ').nth(1) else {

@@ -14,7 +14,8 @@ use super::options::Options;
 use super::pool::Mux;
 use crate::daemon::{self, LOG_ERR, LOG_INFO};
 
-/// Reply to an accepted `reread` (upstream's text, multiplexor.md §4.3).
+/// Reply to an accepted `reread` (upstream's text,
+/// protocol/multiplexor.md §4.3).
 pub const REREAD_DONE: &[u8] = b"Forced reread of filter rules\n";
 /// Start of the reply to a refused `reread`.
 pub const REFUSED_PREFIX: &str = "error: Filter rules not reread: ";

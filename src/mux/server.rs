@@ -1,5 +1,5 @@
 //! Start-up, timers, signals and shutdown of the multiplexor
-//! (multiplexor.md §2.1, §7.9, §7.10, §15.3, §16).
+//! (protocol/multiplexor.md §2.1, §7.9, §7.10, §15.3, §16).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ fn access_ok(path: &Path, mode: libc::c_int) -> bool {
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
-/// The filter checks of §2.1 step 8.
+/// The filter checks of protocol/multiplexor.md §2.1 step 8.
 fn check_filter(o: &Options) -> Result<(), String> {
     let f = &o.filter;
     let a0 = &o.argv0;
@@ -59,7 +59,7 @@ fn check_filter(o: &Options) -> Result<(), String> {
 }
 
 /// Refuses to start with a filter that does not compile: every worker
-/// would die at start-up (protocol/multiplexor.md §6). Other check
+/// would die at start-up (protocol/multiplexor.md §26). Other check
 /// failures are only logged; the workers will tell.
 async fn compile_check(opts: &Options) -> Result<(), String> {
     use super::reload::{check_filter, CheckError};
@@ -433,7 +433,8 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
             return fail(&mut ready, &cleanup, &msg);
         }
     }
-    // The first worker starts before we report ready (§2.2).
+    // The first worker starts before we report ready
+    // (protocol/multiplexor.md §2.2).
     if mux.lock().fill_once() {
         mux.fill.notify_one();
     }
@@ -517,7 +518,8 @@ async fn status_logger(mux: Arc<Mux>) {
     }
 }
 
-/// Logs the `alive` line with the detected MTA, off the event loop (§20.16).
+/// Logs the `alive` line with the detected MTA, off the event loop
+/// (protocol/multiplexor.md §20.16).
 async fn log_alive() {
     let mta = tokio::time::timeout(
         Duration::from_secs(10),
@@ -561,7 +563,8 @@ fn detect_mta() -> Option<&'static str> {
     }
 }
 
-/// SIGTERM (§16): clean up files, retire workers, escalate, exit 0.
+/// SIGTERM (protocol/multiplexor.md §16): clean up files, retire workers,
+/// escalate, exit 0.
 async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup, side: SideServers) -> i32 {
     daemon::log(
         LOG_INFO,

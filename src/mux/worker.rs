@@ -1,9 +1,11 @@
-//! Worker processes: starting one (multiplexor.md §7.3, worker-protocol.md
-//! §1.1) and the task that owns its pipes for its whole life.
+//! Worker processes: starting one (protocol/multiplexor.md §7.3,
+//! protocol/worker-protocol.md §1.1) and the task that owns its pipes for
+//! its whole life.
 //!
 //! Each worker has one task that writes commands to its stdin and reads
 //! replies from its stdout (non-blocking, with a per-worker buffer), plus
-//! small tasks draining stderr (§9) and the `-Z` status pipe (§8). A worker
+//! small tasks draining stderr (protocol/multiplexor.md §9) and the `-Z`
+//! status pipe (protocol/multiplexor.md §8). A worker
 //! that writes half a line, floods output or hangs therefore delays nobody
 //! but the request it is serving.
 
@@ -29,9 +31,9 @@ use super::zygote::Zygote;
 use super::State;
 use crate::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
 
-/// Longest reply line relayed (§7.5); longer ones are truncated.
+/// Longest reply line relayed (protocol/multiplexor.md §7.5); longer ones are truncated.
 pub const MAX_REPLY_LINE: usize = 4096;
-/// Grace periods of the retirement sequence (§7.12).
+/// Grace periods of the retirement sequence (protocol/multiplexor.md §7.12).
 pub const TERM_AFTER: Duration = Duration::from_secs(10);
 pub const KILL_AFTER: Duration = Duration::from_secs(10);
 
@@ -298,7 +300,7 @@ enum Event {
 /// lock, as upstream does: the pid is known when the slot is handed out), or
 /// asks the `-E` preloading process to fork one, in the worker's own task,
 /// so that a stalled preloading process delays only that worker
-/// (protocol/multiplexor.md §1, §3). Owns the preloading state together
+/// (protocol/multiplexor.md §21, §23). Owns the preloading state together
 /// with its event task.
 pub struct Starter {
     mux: std::sync::Weak<Mux>,
@@ -667,7 +669,7 @@ async fn run(
                     out.clear();
                 } else if matches!(r, Ok(n) if n > 0) {
                     // Output nobody asked for: the worker is out of step
-                    // with the protocol (§20.2), so retire it.
+                    // with the protocol (protocol/multiplexor.md §20.2), so retire it.
                     out.clear();
                     daemon::log(LOG_WARNING, &format!("Worker {slot} (pid {pid}) wrote output while idle; retiring it"));
                     let mut p = mux.lock();
@@ -762,11 +764,11 @@ async fn serve(
     let _ = job.reply.send(outcome);
 }
 
-/// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
+/// Reads a worker's stderr so it never blocks, logging lines with `-l` (protocol/multiplexor.md §9).
 async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiver) {
     let mut r = LineReader::new(stderr);
     // What it said last, for a worker that dies before answering
-    // (protocol/multiplexor.md §6).
+    // (protocol/multiplexor.md §26).
     let mut tail = super::startfail::StderrTail::default();
     loop {
         match r.read_line(1023).await {
@@ -799,7 +801,7 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
     mux.lock().worker_stderr_closed(slot, wid, &tail);
 }
 
-/// Reads `-Z` status lines from fd 3 (§8), whole lines at a time (§20.7):
+/// Reads `-Z` status lines from fd 3 (protocol/multiplexor.md §8), whole lines at a time (protocol/multiplexor.md §20.7):
 /// each complete line replaces the tag of a busy worker; an empty line
 /// clears it.
 async fn read_status(mux: Arc<Mux>, slot: usize, wid: u64, pipe: tokio::net::unix::pipe::Receiver) {

@@ -1,9 +1,9 @@
 //! `-E` without linking libperl: a long-lived Perl process (the "zygote",
 //! `zygote.pl`) loads the filter once with `-embserver`/`-embserveru`, the
-//! way upstream's embedded interpreter does (worker-protocol.md §1.2), and
-//! forks a worker per activation. The child receives its stdin/stdout/stderr
-//! (and the `-Z` status pipe) as descriptors passed with SCM_RIGHTS, puts
-//! them on fds 0–3 and calls `main::_mailmunge_do_main_loop`.
+//! way upstream's embedded interpreter does (protocol/worker-protocol.md §1.2),
+//! and forks a worker per activation. The child receives its
+//! stdin/stdout/stderr (and the `-Z` status pipe) as descriptors passed with
+//! SCM_RIGHTS, puts them on fds 0–3 and calls `main::_mailmunge_do_main_loop`.
 //!
 //! Workers are the zygote's children, so the zygote reports their exits
 //! (`exit <pid> <wait status>` on its stdout); if it dies, their exits are
@@ -62,7 +62,7 @@ pub enum StartError {
 
 /// A running zygote. Shared (`Arc`) by the worker tasks waiting for a
 /// fork; the exchange itself is async and never runs under the pool's lock
-/// (protocol/multiplexor.md §3).
+/// (protocol/multiplexor.md §23).
 pub struct Zygote {
     pub pid: u32,
     /// The control connection: one fork exchange at a time.
