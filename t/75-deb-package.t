@@ -19,8 +19,10 @@ use MMTest::Util qw(have_root repo_root free_port slurp spew wait_until missing_
 use MMTest::Sink;
 use MMTest::Postfix;
 use MMTest::SMTP;
+use File::Temp ();
 
 my $PKG = 'mailmunge-rs';
+my $UPSTREAM = 'mailmunge-base';    # a stand-in of upstream's package, built below
 my $top = repo_root();
 my $DEFAULT = '/etc/default/mailmunge';
 my $FILTER = '/etc/mailmunge/mailmunge-filter.pl';
@@ -39,7 +41,8 @@ missing_part('postfix is not installed (run .ci/install-deps)') unless -x '/usr/
 missing_part('no mailmunge user (run .ci/install-deps)') unless getpwnam('mailmunge');
 
 sub package_status {
-	my $s = `dpkg-query -W -f='\${db:Status-Abbrev}' $PKG 2>/dev/null`;
+	my $name = shift // $PKG;
+	my $s = `dpkg-query -W -f='\${db:Status-Abbrev}' $name 2>/dev/null`;
 	return $s =~ s/\s+\z//r;
 }
 # Everything the package installs or creates at a fixed path.
@@ -47,7 +50,9 @@ my @taken = grep { -e $_ } (@DAEMONS, '/usr/share/perl5/Mailmunge', $DEFAULT, '/
 	'/etc/init.d/mailmunge', '/lib/systemd/system/mailmunge.service', $SPOOL, $QDIR, @PIDFILES);
 missing_part("this machine already has @taken; the test installs there and could not leave it as found")
 	if @taken;
-missing_part("package $PKG is already known to dpkg (" . package_status() . ')') if package_status() ne '';
+for my $p ($PKG, $UPSTREAM) {
+	missing_part("package $p is already known to dpkg (" . package_status($p) . ')') if package_status($p) ne '';
+}
 
 # Files whose names the package's scripts derive from ours (kept, moved
 # aside, dpkg-new): whatever is there afterwards and not now goes.
@@ -97,7 +102,7 @@ sub cleanup {
 	$sink->stop if $sink;
 	service('stop') if -x '/etc/init.d/mailmunge' || $systemd;
 	stop_pid($_, 5) for daemon_pids();
-	eval { dpkg("--purge $PKG") } if package_status() ne '';
+	eval { dpkg("--purge $_") } for grep { package_status($_) ne '' } ($PKG, $UPSTREAM);
 	unlink(grep { !$before{$_} } map { glob } @GLOBS);
 	system('rm', '-rf', '/etc/mailmunge', $SPOOL, $QDIR);
 	unlink(@PIDFILES);
@@ -114,6 +119,8 @@ sub dpkg {
 	});
 	return $out;
 }
+
+sub contents { my $c = eval { slurp($_[0]) }; return $c // "($_[0] missing)" }
 
 sub mode_owner {
 	my @st = stat($_[0]) or return 'missing';
@@ -171,8 +178,6 @@ spew($FILTER, $admin_filter, 0755);
 # package moves it aside.
 my $upstream_init = "#!/bin/sh\n# upstream's init script (t/75 marker)\nexit 0\n";
 spew('/etc/init.d/mailmunge', $upstream_init, 0755);
-
-sub contents { my $c = eval { slurp($_[0]) }; return $c // "($_[0] missing)" }
 
 sub admin_files_kept {
 	my ($when) = @_;
@@ -257,5 +262,46 @@ ok(!-e $SPOOL, 'empty spool deleted on purge');
 ok(-e "$QDIR/qdir-t75", 'quarantined mail kept on purge');
 ok(getpwnam('mailmunge'), 'user kept on purge');
 is(contents('/etc/init.d/mailmunge.pre-mailmunge-rs'), $upstream_init, "upstream's init script still aside after purge");
+
+# --- from upstream's package and back ------------------------------------------
+# A stand-in of upstream's mailmunge-base: a program, the init script (a
+# conffile) and a unit in /etc/systemd/system, as upstream's package has.
+my $fake = File::Temp::tempdir(CLEANUP => 1);
+my $upstream_unit = "[Service]\nExecStart=/usr/bin/mailmunge\n";
+mkdir("$fake/$_") or die "$fake/$_: $!" for qw(DEBIAN usr usr/bin etc etc/init.d etc/systemd etc/systemd/system);
+spew("$fake/$_->[0]", $_->[1], $_->[2]) for
+	['DEBIAN/control', "Package: $UPSTREAM\nVersion: 3.09-1\nArchitecture: all\nMaintainer: t75 <t75\@mailmunge-rs.invalid>\nDescription: stand-in of upstream's package (t/75)\n", 0644],
+	['usr/bin/mailmunge', "#!/bin/sh\nexit 1\n", 0755],
+	['etc/init.d/mailmunge', $upstream_init, 0755],
+	['etc/systemd/system/mailmunge.service', $upstream_unit, 0644];
+my $fake_deb = "$fake.deb";
+$out = `dpkg-deb --root-owner-group --build '$fake' '$fake_deb' 2>&1`;
+is($?, 0, "stand-in $UPSTREAM built") or diag($out);
+END { unlink($fake_deb) if $fake_deb }
+unlink('/etc/init.d/mailmunge.pre-mailmunge-rs');
+$out = dpkg("-i '$fake_deb'");
+is($?, 0, "stand-in $UPSTREAM installed") or diag($out);
+mkdir('/etc/mailmunge', 0755);
+spew($DEFAULT, $admin_default, 0644);
+spew($FILTER, $admin_filter, 0755);
+
+$out = dpkg("-i '$deb'");
+is($?, 0, "dpkg -i replaces $UPSTREAM without asking") or diag($out);
+is(package_status(), 'ii', "$PKG installed");
+unlike(package_status($UPSTREAM), qr/^.i/, "$UPSTREAM removed");
+admin_files_kept("over $UPSTREAM");
+is(contents('/etc/init.d/mailmunge.pre-mailmunge-rs'), $upstream_init, "${UPSTREAM}'s init script moved aside");
+like(contents('/etc/init.d/mailmunge'), qr{"\$PROGDIR/mailmunge-start" multiplexor}, "the package's init script in place");
+is(contents('/etc/systemd/system/mailmunge.service.pre-mailmunge-rs'), $upstream_unit,
+	"${UPSTREAM}'s unit, which would override ours, moved aside");
+ok(!-e '/etc/systemd/system/mailmunge.service', '... and not left in /etc/systemd/system');
+
+# Roll-back: remove ours (conffiles kept), install upstream's again.
+$out = dpkg("-r $PKG");
+is($?, 0, "dpkg -r $PKG for the roll-back") or diag($out);
+$out = dpkg("-i '$fake_deb'");
+is($?, 0, "$UPSTREAM installs again over the removed $PKG") or diag($out);
+is(contents('/etc/init.d/mailmunge'), $upstream_init, "${UPSTREAM}'s init script is back");
+admin_files_kept("after the roll-back to $UPSTREAM");
 
 done_testing();
