@@ -16,7 +16,7 @@ use strict;
 use warnings;
 use Test::More;
 
-use MMTest::Util qw(have_root repo_root free_port slurp spew wait_until missing_part stop_pid);
+use MMTest::Util qw(have_root repo_root free_port slurp spew wait_until skip_or_fail stop_pid);
 use MMTest::Sink;
 use MMTest::Postfix;
 use MMTest::SMTP;
@@ -32,14 +32,14 @@ my $QDIR = '/var/spool/mm-quarantine';
 my @PIDFILES = ('/var/run/mailmunge-multiplexor.pid', '/var/run/mailmunge.pid');
 my @DAEMONS = ('/usr/bin/mailmunge', '/usr/bin/mailmunge-multiplexor');
 
-missing_part('needs root (installs a Debian package)') unless have_root();
+skip_or_fail('needs root (installs a Debian package)') unless have_root();
 for my $tool (qw(dpkg dpkg-deb dpkg-shlibdeps)) {
-	missing_part("$tool is not installed (dpkg-dev)") unless grep { -x "$_/$tool" } split(/:/, $ENV{PATH});
+	skip_or_fail("$tool is not installed (dpkg-dev)") unless grep { -x "$_/$tool" } split(/:/, $ENV{PATH});
 }
-missing_part('cargo-deb is not installed (cargo install cargo-deb --version 3.8.0 --locked)')
+skip_or_fail('cargo-deb is not installed (cargo install cargo-deb --version 3.8.0 --locked)')
 	unless system('cargo deb --version >/dev/null 2>&1') == 0;
-missing_part('postfix is not installed (run .ci/install-deps)') unless -x '/usr/sbin/postfix';
-missing_part('no mailmunge user (run .ci/install-deps)') unless getpwnam('mailmunge');
+skip_or_fail('postfix is not installed (run .ci/install-deps)') unless -x '/usr/sbin/postfix';
+skip_or_fail('no mailmunge user (run .ci/install-deps)') unless getpwnam('mailmunge');
 
 # dpkg's two-letter state ("ii", "rc"), or '' for a package that is not
 # installed at all (dpkg may still list it as "un" after a purge).
@@ -51,10 +51,10 @@ sub package_status {
 # Everything the package installs or creates at a fixed path.
 my @taken = grep { -e $_ } (@DAEMONS, '/usr/share/perl5/Mailmunge', $DEFAULT, '/etc/mailmunge',
 	'/etc/init.d/mailmunge', '/lib/systemd/system/mailmunge.service', $SPOOL, $QDIR, @PIDFILES);
-missing_part("this machine already has @taken; the test installs there and could not leave it as found")
+skip_or_fail("this machine already has @taken; the test installs there and could not leave it as found")
 	if @taken;
 for my $p ($PKG, $UPSTREAM) {
-	missing_part("package $p is already known to dpkg (" . package_status($p) . ')') if package_status($p) ne '';
+	skip_or_fail("package $p is already known to dpkg (" . package_status($p) . ')') if package_status($p) ne '';
 }
 
 # Files whose names the package's scripts derive from ours (kept, moved
