@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# The Debian package end to end (protocol/deployment.md §9): script/build-deb
+# The Debian package end to end (protocol/deployment.md §15): script/build-deb
 # builds it; installed over an admin's upstream-layout files it keeps
 # /etc/default/mailmunge and the filter; the installed init script (or
 # systemd) starts the installed daemons, which filter a message through a
