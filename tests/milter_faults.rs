@@ -667,3 +667,45 @@ async fn queue_id_cannot_escape_the_spool() {
     assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
     assert!(e.scratch.spool.join("mm-4AB1cD.01_2-3").is_dir());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_over_the_limit_close_the_session() {
+    let e = start(FREE_REPLY, &["--max-packet", "70000"], &[]);
+    let mut big = e.milter.connect().await;
+    big.negotiate().await;
+    assert_eq!(big.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    // A header packet of 100 000 bytes, over the 70 000 allowed.
+    let mut header = b"X-Big\0".to_vec();
+    header.extend(std::iter::repeat(b'a').take(100_000 - 7));
+    header.push(0);
+    big.send(b'L', &header).await;
+    assert!(big.recv().await.is_none(), "the session is closed");
+    e.assert_log("milter packet of 100001 bytes is over the limit of 70000 (--max-packet)");
+    // One of 60 000 bytes is fine, and other sessions go on.
+    let mut ok = e.milter.connect().await;
+    ok.negotiate().await;
+    assert_eq!(ok.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(ok.helo(&"x".repeat(60_000)).await.kind, CONTINUE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_their_turn() {
+    let e = start(FREE_REPLY, &["--max-connections", "2"], &[]);
+    let mut a = e.milter.connect().await;
+    a.negotiate().await;
+    let mut b = e.milter.connect().await;
+    b.negotiate().await;
+    e.assert_log("2 MTA connections are open, the --max-connections limit");
+    // A third connects (the kernel queues it) but is not served...
+    let mut c = e.milter.connect().await;
+    let served = tokio::time::timeout(Duration::from_millis(500), c.negotiate()).await;
+    assert!(served.is_err(), "a third session must wait");
+    // ...until one of the two closes.
+    drop(a);
+    drop(c);
+    let mut d = e.milter.connect().await;
+    tokio::time::timeout(Duration::from_secs(30), d.negotiate())
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(b.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+}

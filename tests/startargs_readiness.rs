@@ -120,7 +120,7 @@ fn dying_filter_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::Pa
 
 #[test]
 fn start_as_daemon_reports_workers_that_cannot_start() {
-    let (dir, spool, filter) = dying_filter_setup();
+    let (_dir, spool, filter) = dying_filter_setup();
     let pidfile = spool.join("mx.pid");
     let _guard = PidFileGuard(pidfile.clone());
     let out = Command::new(START)
@@ -144,7 +144,7 @@ fn start_as_daemon_reports_workers_that_cannot_start() {
         "{err}"
     );
     assert!(pidfile.exists(), "the daemon keeps running for mm-mx-ctrl");
-    drop(dir);
+    // The guard (declared after `dir`) stops the daemon before `dir` goes.
 }
 
 #[test]

@@ -358,7 +358,8 @@ impl Launcher for Starter {
     fn reload(&mut self) {
         if let Some(mux) = self.mux.upgrade() {
             let events = self.events.clone();
-            self.spawner().load(&mux.opts, &events, Duration::ZERO, true);
+            self.spawner()
+                .load(&mux.opts, &events, Duration::ZERO, true);
         }
     }
 }
