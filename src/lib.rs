@@ -1,10 +1,12 @@
 //! mailmunge-rs: a drop-in reimplementation of the Mailmunge milter framework.
 //!
 //! One module owns each wire format; see `protocol/README.md` for the map.
+pub mod blocking;
 pub mod cnum;
 pub mod cstr;
 pub mod ctrl;
 pub mod daemon;
+pub mod diagnose;
 pub mod envfile;
 pub mod logging;
 pub mod milter;

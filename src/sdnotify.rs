@@ -38,6 +38,8 @@ pub fn notify(state: &str) -> io::Result<bool> {
         }
     };
     let sock = UnixDatagram::unbound()?;
+    // Never wait on systemd: callers may be on an async runtime thread.
+    sock.set_nonblocking(true)?;
     sock.send_to_addr(state.as_bytes(), &addr)?;
     Ok(true)
 }

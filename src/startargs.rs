@@ -382,7 +382,7 @@ pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
 /// directory is left exactly as the admin set it up. Returns whether it was
 /// created.
 pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = vars.spooldir();
     if dir.is_dir() {
         return Ok(false);
@@ -391,8 +391,14 @@ pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
         .recursive(true)
         .mode(0o750)
         .create(&dir)?;
+    // Mode and owner are set through a descriptor of the directory itself,
+    // never through a symlink put in its place (we may be root).
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dir)?;
     // The umask may have narrowed the mode.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
+    handle.set_permissions(std::fs::Permissions::from_mode(0o750))?;
     if nix::unistd::geteuid().is_root() {
         let name = |v| vars.value(v).and_then(|s| s.to_str());
         let user = name("MX_USER").and_then(|u| nix::unistd::User::from_name(u).ok().flatten());
@@ -401,7 +407,11 @@ pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
             .map(|g| g.gid)
             .or(user.as_ref().map(|u| u.gid));
         if user.is_some() || group.is_some() {
-            nix::unistd::chown(&dir, user.map(|u| u.uid), group).map_err(std::io::Error::from)?;
+            std::os::unix::fs::fchown(
+                &handle,
+                user.map(|u| u.uid.as_raw()),
+                group.map(|g| g.as_raw()),
+            )?;
         }
     }
     Ok(true)

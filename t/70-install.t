@@ -139,6 +139,10 @@ isnt($?, 0, 'relative PREFIX is refused');
 like($err, qr/PREFIX must be an absolute path/, '... with a message');
 $err = `'$top/script/install' DESTDIR='$dest3' BOGUS BUILD=no 2>&1`;
 isnt($?, 0, 'unknown argument is refused');
+# A path that sed would turn into Perl code (protocol/SECURITY.md §8).
+$err = `'$top/script/install' DESTDIR='$dest3' "SPOOLDIR=/srv/x',system('id'),'" BUILD=no PROFILE=debug 2>&1`;
+isnt($?, 0, 'a SPOOLDIR with a quote is refused');
+like($err, qr/SPOOLDIR may hold only letters, digits/, '... naming the variable');
 opendir(my $d3, $dest3) or die;
 is(scalar(grep { !/^\.\.?$/ } readdir($d3)), 0, 'nothing installed by refused runs');
 

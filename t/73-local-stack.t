@@ -50,6 +50,8 @@ while (time() < $deadline && $banner !~ /Press Ctrl-C to stop\.\n/) {
 like($banner, qr/Press Ctrl-C to stop\.\n/, 'local-stack reports it is running') or do {
 	kill('TERM', $pid); waitpid($pid, 0); diag($banner); done_testing(); exit;
 };
+like($banner, qr/^local-stack: ready\b.*; a test message got: 250 /m, 'ready only after a message went through');
+like($banner, qr/^  logs:\s+\Q$local\E\/log\/multiplexor\.log$/m, 'names the log files');
 like($banner, qr/^  milter:\s+inet:$port\@127\.0\.0\.1 /m, 'prints where the milter listens');
 like($banner, qr/^  Postfix:\s+smtpd_milters = inet:127\.0\.0\.1:$port$/m, 'prints the Postfix setting');
 my ($mm_pid) = $banner =~ /\(mailmunge pid (\d+)\)/;
@@ -107,5 +109,23 @@ ok(!kill(0, $mm_pid), 'mailmunge stopped');
 ok(!kill(0, $mx_pid), 'mailmunge-multiplexor stopped');
 ok(!-e $sock, 'multiplexor socket removed');
 if (!defined($status)) { kill('KILL', $pid, $mm_pid, $mx_pid); waitpid($pid, 0); }
+
+# A filter whose workers die at start-up: no "ready", the Perl error on
+# the terminal, a non-zero exit, nothing left running.
+{
+	my $bad = "$dir/dies.pl";
+	open(my $f, '>', $bad) or die;
+	print $f "#!/usr/bin/perl\ndie \"the database is down\\n\";\n";
+	close($f);
+	chmod(0755, $bad);
+	my $out = `'$top/script/local-stack' --port $port --filter '$bad' --dir '$dir/bad' 2>&1 </dev/null`;
+	my $rc = $? >> 8;
+	is($rc, 1, 'a filter that cannot start: local-stack exits 1');
+	unlike($out, qr/ready/, 'and never says ready');
+	like($out, qr/^mm-try: why the temporary failure: the filter's workers fail: Worker \d+ \(pid \d+\) died before answering a request/m, 'mm-try explains the tempfail');
+	like($out, qr/^  the database is down$/m, "the worker's Perl error is on the terminal");
+	my @left = grep { /\Q$dir\E\/bad/ } `ps -eo args`;
+	is_deeply(\@left, [], 'no daemon of it is left');
+}
 
 done_testing();

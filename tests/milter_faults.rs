@@ -626,3 +626,90 @@ async fn keep_failed_on_oversized_results_and_missing_newbody() {
         e.scratch.leftover_dirs()
     );
 }
+
+/// protocol/SECURITY.md §1: a worker that leaves a FIFO named RESULTS or
+/// NEWBODY gets its message tempfailed at once, and the open must not hold
+/// a runtime thread. There are more such messages in flight than the
+/// milter has runtime threads (2-8), so a blocking open would leave none
+/// to serve the ordinary session started meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_results_or_newbody_tempfails_and_blocks_nothing() {
+    let e = start(FREE_REPLY, &[], &[]);
+    const HOSTILE: usize = 9;
+    for n in 0..HOSTILE {
+        e.mux.push(if n % 2 == 0 {
+            Step::new("scan", "ok").with_fifo("RESULTS")
+        } else {
+            scan_with(&[("RESULTS", b"C\nF\n")]).with_fifo("NEWBODY")
+        });
+    }
+    let mut hostile = Vec::new();
+    for _ in 0..HOSTILE {
+        let mut mta = e.milter.connect().await;
+        message_until_eom(&mut mta).await;
+        mta.send(b'E', b"").await;
+        hostile.push(mta);
+    }
+    // Every hostile scan has been answered before the ordinary one is scripted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.mux.remaining() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scans not all requested"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.mux.push(scan_with(&[("RESULTS", b"F\n")]));
+    let mut ordinary = e.milter.connect().await;
+    message_until_eom(&mut ordinary).await;
+    let (_, v) = ordinary.eom().await;
+    assert_eq!(v.kind, CONTINUE, "{v}");
+    for mut mta in hostile {
+        let v = loop {
+            let p = mta.recv().await.expect("a verdict");
+            if p.kind != b'p' {
+                break p;
+            }
+        };
+        assert_eq!(v.kind, TEMPFAIL, "{v}");
+    }
+    e.assert_log("QID1: RESULTS file refused: not a regular file but a FIFO: Tempfailing");
+    e.assert_log("/NEWBODY for reading: not a regular file but a FIFO");
+    e.wait_clean().await;
+}
+
+/// protocol/SECURITY.md §3: the `i` macro names the working directory only
+/// when it is safe as one path component; otherwise the generated id is
+/// used and the refusal logged. (The traversal needs an existing `mm-X`,
+/// which an earlier message with queue id `X` would have left.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_id_cannot_escape_the_spool() {
+    let e = start(FREE_REPLY, &[], &[]);
+    let outside = e.scratch.path().join("w");
+    milter_support::common::create_open_dir(&outside);
+    milter_support::common::create_open_dir(&e.scratch.spool.join("mm-X"));
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    for (n, qid) in ["X/../../w/escaped", ".."].into_iter().enumerate() {
+        mta.macros(b'M', &[("i", qid)]).await;
+        let r = mta.mail(&[b"<a@b>"]).await;
+        assert_eq!(r.kind, CONTINUE, "{r}");
+        assert!(!outside.join("escaped").exists(), "wrote outside the spool");
+        e.assert_log(&format!(
+            "{qid}: queue id \"{qid}\" {}: working directory named mm-",
+            [
+                "has characters other than A-Z a-z 0-9 . _ -",
+                "is empty or only dots"
+            ][n]
+        ));
+        let mut dirs = e.scratch.leftover_dirs();
+        dirs.retain(|d| d != "mm-X");
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        assert_eq!(dirs[0].len(), "mm-".len() + 8, "a generated id: {dirs:?}");
+    }
+    // A safe queue id still names the directory.
+    mta.macros(b'M', &[("i", "4AB1cD.01_2-3")]).await;
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    assert!(e.scratch.spool.join("mm-4AB1cD.01_2-3").is_dir());
+}

@@ -84,6 +84,7 @@ fn wire(case: &str) -> Vec<Item> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_sessions_through_our_multiplexor_and_workers() {
+    require_perl_modules!("MIME::Tools", "HTML::Parser");
     let filter_src = top().join("t/data/core/golden/filter");
     if !filter_src.join("capture-filter.pl").exists() {
         panic!("capture filter missing at {}", filter_src.display());

@@ -11,6 +11,7 @@ fn good(r: &str) -> bool {
 
 #[test]
 fn workers_are_forked_from_the_preloaded_filter() {
+    require_perl_modules!("IO::FDPass");
     let mx = Mx::start(&["-E", "-x", "2"]);
     assert_eq!(mx.req(b"ping\n"), b"PONG\n");
     let pid = mx.req_s("pid");
@@ -42,6 +43,7 @@ fn workers_are_forked_from_the_preloaded_filter() {
 
 #[test]
 fn status_pipe_with_preloading() {
+    require_perl_modules!("IO::FDPass");
     let mx = Mx::start(&["-E", "-Z", "-x", "2"]);
     assert_eq!(mx.req_s("argv"), "-embserveru\n");
     assert_eq!(mx.req_s("fds"), "0,1,2,3\n");
@@ -53,10 +55,15 @@ fn status_pipe_with_preloading() {
 
 #[test]
 fn filter_that_fails_to_load_is_a_clear_startup_error() {
+    require_perl_modules!("IO::FDPass");
     let sp = Spool::new();
     std::fs::write(sp.file("worker-fail-load"), "").unwrap();
     let mut args = base_args(&sp, &worker_path());
     args.push("-E".into());
+    // Should it start after all, it must not outlive the test.
+    let pidfile = sp.file("mx.pid");
+    let _guard = common::PidFileGuard(pidfile.clone());
+    args.extend(["-p".into(), pidfile.display().to_string()]);
     let out = Command::new(BIN).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -71,6 +78,7 @@ fn filter_that_fails_to_load_is_a_clear_startup_error() {
 
 #[test]
 fn real_mailmunge_filter_preloaded() {
+    require_perl_modules!("IO::FDPass");
     let sp = Spool::new();
     let perl_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perl");
     let filter = sp.file("filter.pl");
@@ -98,6 +106,7 @@ fn real_mailmunge_filter_preloaded() {
 
 #[test]
 fn reread_with_a_broken_filter_keeps_the_loaded_one() {
+    require_perl_modules!("IO::FDPass");
     let mx = Mx::start_logged(&["-E", "-x", "2", "-r", "1"]);
     let loaded = mx.req_s("loadpid");
     assert!(good(&loaded));
@@ -112,6 +121,7 @@ fn reread_with_a_broken_filter_keeps_the_loaded_one() {
 
 #[test]
 fn taint_switch_on_the_shebang_line_is_honoured() {
+    require_perl_modules!("IO::FDPass");
     let sp = Spool::new();
     let src = std::fs::read_to_string(worker_path()).unwrap();
     let body = src.split_once('\n').unwrap().1;
@@ -140,4 +150,31 @@ fn without_io_fdpass_workers_are_started_with_perl() {
     // Each worker loaded the filter itself.
     assert_eq!(mx.req_s("pid"), mx.req_s("loadpid"));
     assert_eq!(mx.req_s("argv"), "-server\n");
+}
+
+#[test]
+fn stalled_preloading_process_does_not_stop_the_multiplexor() {
+    require_perl_modules!("IO::FDPass");
+    let mx = Mx::start(&["-E", "-m", "1", "-x", "3"]);
+    let zygote: i32 = mx.req_s("loadpid").trim().parse().unwrap();
+    // The one worker is kept busy, so the next request needs a fork.
+    let held = mx.hold_idle_workers(1);
+    let sock = mx.sock.clone();
+    let busy = std::thread::spawn(move || request(&sock, b"echo held\n"));
+    mx.wait_for("status", |r| r.starts_with('B'));
+    // SAFETY: stopping the preloading process this test started.
+    unsafe { libc::kill(zygote, libc::SIGSTOP) };
+    let stalled = Held { pids: vec![zygote] };
+    let sock = mx.sock.clone();
+    let waiting = std::thread::spawn(move || request(&sock, b"ping\n"));
+    // While its fork request hangs, the multiplexor keeps answering: the
+    // second worker shows as busy and the request is still waiting.
+    mx.wait_for("status", |r| r.starts_with("BB"));
+    assert_eq!(mx.req_s("free"), "1\n");
+    assert!(!waiting.is_finished(), "the fork cannot have completed");
+    drop(stalled);
+    assert_eq!(waiting.join().unwrap(), b"PONG\n");
+    assert_eq!(mx.req_s("loadpid").trim(), zygote.to_string());
+    drop(held);
+    assert_eq!(busy.join().unwrap(), b"held\n");
 }

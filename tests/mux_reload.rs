@@ -144,6 +144,7 @@ fn shell_wrappers_are_not_checked() {
 
 #[test]
 fn preloaded_filter_is_kept_when_the_new_one_is_broken() {
+    require_perl_modules!("IO::FDPass");
     // -E: a refused reread keeps the preloaded filter and its workers.
     let sp = Spool::new();
     let filter = own_filter(&sp);

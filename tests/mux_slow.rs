@@ -99,6 +99,7 @@ fn idle_workers_above_minimum_are_stopped() {
 
 #[test]
 fn preloading_process_that_dies_is_replaced() {
+    require_perl_modules!("IO::FDPass");
     let mx = Mx::start_logged(&["-E", "-x", "2", "-r", "1"]);
     let loaded: i32 = mx.req_s("loadpid").trim_end().parse().unwrap();
     unsafe { libc::kill(loaded, libc::SIGKILL) };

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const START: &str = env!("CARGO_BIN_EXE_mailmunge-start");
+#[path = "common/mod.rs"]
+mod common;
+use common::{is_root, PidFileGuard};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+const START: &str = env!("CARGO_BIN_EXE_mailmunge-start");
 
 /// `free` over the control socket, as the milter asks it.
 fn free(sock: &Path) -> Option<String> {
@@ -92,4 +92,94 @@ fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
     };
     assert!(status.success(), "exit status {status:?}");
     assert!(!sock.exists(), "control socket left behind");
+}
+
+/// A spool and a filter that dies at start-up, in a directory the worker
+/// user can reach.
+fn dying_filter_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o750)).unwrap();
+    if is_root() {
+        let u = nix::unistd::User::from_name("mailmunge")
+            .unwrap()
+            .expect("user mailmunge");
+        nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
+    }
+    let filter = dir.path().join("dies.pl");
+    std::fs::write(
+        &filter,
+        "#!/usr/bin/perl\ndie \"the database is down\\n\";\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&filter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, spool, filter)
+}
+
+#[test]
+fn start_as_daemon_reports_workers_that_cannot_start() {
+    let (dir, spool, filter) = dying_filter_setup();
+    let pidfile = spool.join("mx.pid");
+    let _guard = PidFileGuard(pidfile.clone());
+    let out = Command::new(START)
+        .arg("multiplexor")
+        .env("SPOOLDIR", &spool)
+        .env("MX_USER", if is_root() { "mailmunge" } else { "" })
+        .env("MX_MINIMUM", "1")
+        .env("MX_PIDFILE", &pidfile)
+        .env("FILTER", &filter)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("mailmunge-start: the multiplexor is running, but no worker answers: the filter's workers fail: Worker "),
+        "{err}"
+    );
+    assert!(
+        err.contains("\nIts stderr:\n  the database is down"),
+        "{err}"
+    );
+    assert!(pidfile.exists(), "the daemon keeps running for mm-mx-ctrl");
+    drop(dir);
+}
+
+#[test]
+fn status_tells_systemd_why_workers_die() {
+    let (dir, spool, filter) = dying_filter_setup();
+    let notify = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&notify).unwrap();
+    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut child = Command::new(START)
+        .args(["-D", "multiplexor"])
+        .env("SPOOLDIR", &spool)
+        .env("MX_USER", if is_root() { "mailmunge" } else { "" })
+        .env("MX_MINIMUM", "1")
+        .env("FILTER", &filter)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = rx.recv(&mut buf) {
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = msg.starts_with("STATUS=");
+        seen.push(msg);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("STATUS=workers die at start-up (exit status 255): the database is down"),
+        "{seen:?}"
+    );
 }

@@ -110,6 +110,36 @@ fn run() -> Result<()> {
     cmd.args(&args)
         .envs(from_files)
         .envs(startargs::extra_env(&vars));
+    if daemon == Daemon::Multiplexor && !cli.foreground {
+        return start_and_probe(cmd, &program, &vars);
+    }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot execute {}", program.display()))
 }
+
+/// Starts the multiplexor as a daemon (it returns once it listens), then
+/// checks that a worker answers, so that a filter that cannot start is
+/// reported here, with its Perl error (protocol/deployment.md §2).
+fn start_and_probe(
+    mut cmd: std::process::Command,
+    program: &std::path::Path,
+    vars: &Vars,
+) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot execute {}", program.display()))?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let Some(sock) = startargs::unix_socket_path(&vars.mx_socket()).map(PathBuf::from) else {
+        return Ok(());
+    };
+    let probe = mailmunge::diagnose::probe_workers(&sock, PROBE_LIMIT);
+    match mailmunge::diagnose::blocking(probe).context("checking the workers")? {
+        Ok(()) => Ok(()),
+        Err(why) => bail!("the multiplexor is running, but no worker answers: {why}"),
+    }
+}
+
+/// How long a worker may take to load the filter and answer `ping`.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);

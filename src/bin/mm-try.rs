@@ -43,6 +43,10 @@ struct Cli {
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 660)]
     timeout: u64,
+    /// Multiplexor socket asked why a message was tempfailed; default:
+    /// MX_SOCKET from the env files.
+    #[arg(short = 's', long = "mx", value_name = "PATH")]
+    mx: Option<std::path::PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -89,14 +93,16 @@ fn run() -> Result<i32> {
         }
     };
 
+    let mut vars = Vars::from_env();
+    vars.read_env_files(&cli.env_files)?;
     let spec_text = match &cli.milter {
         Some(s) => s.clone(),
-        None => {
-            let mut vars = Vars::from_env();
-            vars.read_env_files(&cli.env_files)?;
-            vars.milter_socket().to_string_lossy().into_owned()
-        }
+        None => vars.milter_socket().to_string_lossy().into_owned(),
     };
+    let mx_socket = cli
+        .mx
+        .clone()
+        .or_else(|| mailmunge::startargs::unix_socket_path(&vars.mx_socket()).map(Into::into));
     let spec = tryout::parse_spec(&spec_text)?;
 
     let parsed = mail_parser::MessageParser::default().parse(&message[..]);
@@ -157,6 +163,10 @@ fn run() -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", tryout::render_text(&outcome));
+    }
+    if let (Verdict::Tempfail { .. }, Some(sock)) = (&outcome.final_verdict, &mx_socket) {
+        let why = mailmunge::diagnose::why_tempfail_blocking(sock);
+        eprintln!("mm-try: why the temporary failure: {why}");
     }
     Ok(match outcome.final_verdict {
         Verdict::Reject { .. } => 2,

@@ -171,6 +171,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     } else {
         daemon::daemonize().unwrap_or_else(|e| die(format!("{argv0}: {e}\n")))
     };
+    // Nothing the starter left open stays open (protocol/SECURITY.md §2).
+    let mut keep: Vec<i32> = ready.raw_fd().into_iter().collect();
+    keep.extend(pidfile.as_ref().map(daemon::PidFile::raw_fd));
+    daemon::close_inherited_fds(&keep);
     super::log::init(facility);
     // Every SMTP session holds a descriptor; the usual soft limit of 1024
     // would cap concurrent sessions well below what the milter can serve.
@@ -266,6 +270,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
                 return 1;
             }
         };
+        if let Some(w) = sockspec.all_addresses_warning(&conn) {
+            mm_log!(Warning, "{w}");
+        }
         mm_log!(
             Info,
             "mailmunge {} alive. workersReservedForLoopback={} AllowNewConnectionsToQueue={} doRelayCheck={} doHeloCheck={} doSenderCheck={} doRecipientCheck={}",

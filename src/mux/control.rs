@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::pool::{epoch_now, replies, Job, JobKind, Mux, Outcome};
+use super::job::{replies, Job, JobKind, Outcome};
+use super::pool::{epoch_now, Mux};
 use super::{report, Class};
 use crate::sockspec::{Listener, Stream};
 
@@ -146,6 +147,14 @@ fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
         "hload-recipok" => report::hload(&p, Class::RecipOk, now),
         "histo" => report::histo(&p),
         "msgs" => format!("{}\n", p.msgs),
+        // Our extension (protocol/multiplexor.md §6).
+        "lasterror" => {
+            let text = p.start_failures.report(now);
+            let mut s =
+                String::from_utf8_lossy(&crate::percent::encode(text.as_bytes())).into_owned();
+            s.push('\n');
+            s
+        }
         "foo_no_such_command" => "error: Unknown command\n".into(),
         _ => {
             if let Some(rest) = prefix("load1 ") {

@@ -3,14 +3,18 @@
 //! [`run`].
 //!
 //! Shape: one [`pool::Pool`] (all slot state, counters and history) behind a
-//! `std::sync::Mutex` that is never held across an `.await`; one tokio task
-//! per worker process owning its pipes ([`worker`]), so a slow or misbehaving
-//! worker can only ever delay its own request; one task per client
-//! connection ([`control`]); timers for idle reaping, the minimum filler,
-//! ticks and the status log.
+//! `std::sync::Mutex` that is never held across an `.await` and that calls
+//! out to no other module; a launcher task that starts every worker
+//! ([`worker::launcher`]); one tokio task per worker process owning its
+//! pipes, so a slow or misbehaving worker can only ever delay its own
+//! request; one task per client connection ([`control`]); timers for idle
+//! reaping, the minimum filler, ticks and the status log
+//! (protocol/multiplexor.md §1).
 
+pub mod child;
 pub mod control;
 pub mod history;
+pub mod job;
 pub mod metrics;
 pub mod metrics_http;
 pub mod options;
@@ -18,6 +22,7 @@ pub mod pool;
 pub mod reload;
 pub mod report;
 pub mod server;
+pub mod startfail;
 pub mod statsfile;
 pub mod ticks;
 pub mod worker;

@@ -2,20 +2,23 @@
 //! worker, activation, completion bookkeeping, retirement, reaping, the
 //! request queue, idle reaping and generations (multiplexor.md §7, §10, §11).
 //!
-//! All of it is synchronous and runs under the [`Mux`] mutex; the actual
-//! pipe I/O happens in the per-worker tasks of [`super::worker`], which call
-//! back into [`Pool::complete`] and [`Pool::reaped`].
+//! All of it is synchronous and runs under the [`Mux`] mutex, and none of
+//! it waits: processes are started by the launcher task and pipes are read
+//! by the worker tasks (`super::worker`), which report through
+//! [`Pool::worker_started`], [`Pool::complete`] and [`Pool::reaped`]
+//! (protocol/multiplexor.md §1).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::history::History;
+use super::job::{Completion, Job, JobKind, Launch, Outcome, ToWorker};
 use super::options::Options;
+use super::startfail::{self, StartFailure, StartFailures, StderrTail};
 use super::statsfile::{sanitize_reason, StatsFile};
-use super::worker::{self, ToWorker};
 use super::{Class, State};
 use crate::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
 
@@ -23,119 +26,6 @@ use crate::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
 pub const MAX_SYNTAX_ERROR_EXITS: u32 = 10;
 /// Maximum status tag length.
 pub const MAX_STATUS_LEN: usize = 63;
-
-/// Multiplexor-generated replies on the forwarding path (§6.4).
-pub mod replies {
-    pub const TOO_LONG: &[u8] = b"error: Command too long\n";
-    pub const NO_FREE: &[u8] = b"error: No free workers\n";
-    pub const QUEUE_TIMEOUT: &[u8] = b"error: Queued request timed out\n";
-    pub const ACTIVATE_FAILED: &[u8] = b"error: Unable to activate worker\n";
-    pub const WRITE_FAILED: &[u8] = b"error: Error talking to worker process\n";
-    pub const TIMEOUT_OVERLOADED: &[u8] =
-        b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n";
-    pub const TIMEOUT: &[u8] = b"ERR Filter timed out - check filter rules or system load\n";
-    pub const NO_RESPONSE: &[u8] = b"ERR No response from worker\n";
-    pub const RECIPOK_LIMIT: &[u8] =
-        b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n";
-    pub const SHUTTING_DOWN: &[u8] = b"error: Multiplexor is shutting down\n";
-}
-
-/// What became of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The worker's reply bytes, relayed verbatim (normally one line with
-    /// its `\n`; a partial or truncated line otherwise).
-    Reply(Vec<u8>),
-    /// The worker closed stdout without a byte.
-    NoResponse,
-    /// No reply within `-b`; `overloaded` when more than 3 workers were busy.
-    Timeout { overloaded: bool },
-    /// The command could not be written within `-c`.
-    WriteFailed,
-    /// No worker could be had.
-    NoFree,
-    /// Activating a worker failed.
-    ActivateFailed,
-    /// Refused by the per-domain recipok limit.
-    RecipokLimit,
-    /// Waited in the queue longer than `-Q`.
-    QueueTimeout,
-    /// The multiplexor is stopping.
-    ShuttingDown,
-}
-
-impl Outcome {
-    /// The bytes a control-socket client receives.
-    pub fn client_bytes(&self) -> Vec<u8> {
-        use replies::*;
-        match self {
-            Outcome::Reply(b) => b.clone(),
-            Outcome::NoResponse => NO_RESPONSE.to_vec(),
-            Outcome::Timeout { overloaded: true } => TIMEOUT_OVERLOADED.to_vec(),
-            Outcome::Timeout { overloaded: false } => TIMEOUT.to_vec(),
-            Outcome::WriteFailed => WRITE_FAILED.to_vec(),
-            Outcome::NoFree => NO_FREE.to_vec(),
-            Outcome::ActivateFailed => ACTIVATE_FAILED.to_vec(),
-            Outcome::RecipokLimit => RECIPOK_LIMIT.to_vec(),
-            Outcome::QueueTimeout => QUEUE_TIMEOUT.to_vec(),
-            Outcome::ShuttingDown => SHUTTING_DOWN.to_vec(),
-        }
-    }
-}
-
-/// Who asked for a job; decides notifications and statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    Client,
-    Map,
-    Tick(u32),
-}
-
-/// One command for one worker.
-#[derive(Debug)]
-pub struct Job {
-    /// The command line including its `\n`.
-    pub line: Vec<u8>,
-    pub class: Class,
-    pub kind: JobKind,
-    pub reply: oneshot::Sender<Outcome>,
-}
-
-impl Job {
-    pub fn new(line: Vec<u8>, kind: JobKind) -> (Job, oneshot::Receiver<Outcome>) {
-        let (tx, rx) = oneshot::channel();
-        let class = if kind == JobKind::Client {
-            Class::of(&line)
-        } else {
-            Class::Other
-        };
-        (
-            Job {
-                line,
-                class,
-                kind,
-                reply: tx,
-            },
-            rx,
-        )
-    }
-}
-
-/// How a worker's reply went, as seen by its task.
-#[derive(Debug)]
-pub enum Completion {
-    /// A reply (possibly partial); `violation` when the worker broke the
-    /// one-line protocol (overlong line, extra output) and must be retired.
-    Reply {
-        bytes: Vec<u8>,
-        violation: Option<&'static str>,
-    },
-    /// End of file before a complete line; the bytes received, if any, are
-    /// relayed (the process is on its way out).
-    Eof(Vec<u8>),
-    Timeout,
-    WriteFailed,
-}
 
 /// One worker slot.
 #[derive(Debug)]
@@ -167,6 +57,8 @@ pub struct Slot {
     /// Retire as soon as the current command completes (shutdown).
     pub retire_after: bool,
     pub oom: bool,
+    /// The process has written at least one reply line.
+    pub replied: bool,
 }
 
 /// A request waiting for a worker (§10).
@@ -183,14 +75,14 @@ pub enum ActivateError {
     Unavailable,
     #[error("not enough time elapsed since the last activation (-W)")]
     TooSoon,
-    #[error("cannot start {0}")]
-    Spawn(String),
 }
 
 /// Everything shared by the multiplexor's tasks.
 pub struct Mux {
     pub opts: Arc<Options>,
     pub pool: Mutex<Pool>,
+    /// The launcher's end of the pool's requests, until it is started.
+    launches: Mutex<Option<mpsc::UnboundedReceiver<Launch>>>,
     /// Wakes the minimum filler.
     pub fill: Notify,
     /// Wakes the shutdown sequence (SIGTERM or too many failures).
@@ -200,12 +92,22 @@ pub struct Mux {
 impl Mux {
     pub fn new(opts: Options) -> Arc<Mux> {
         let opts = Arc::new(opts);
+        let (tx, rx) = mpsc::unbounded_channel();
         Arc::new_cyclic(|me| Mux {
             opts: opts.clone(),
-            pool: Mutex::new(Pool::new(opts.clone(), me.clone())),
+            pool: Mutex::new(Pool::new(opts.clone(), me.clone(), tx)),
+            launches: Mutex::new(Some(rx)),
             fill: Notify::new(),
             shutdown: Notify::new(),
         })
+    }
+
+    /// The requests for the launcher (once; `None` afterwards).
+    pub fn take_launches(&self) -> Option<mpsc::UnboundedReceiver<Launch>> {
+        self.launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Locks the pool (a panic elsewhere must not wedge the daemon).
@@ -239,18 +141,19 @@ pub struct Pool {
     pub histo: Vec<u64>,
     failures: u32,
     pub shutting_down: bool,
-    zygote_loading: bool,
     /// Notifier listeners (`-O`, §14), when configured.
     pub notify: Option<crate::notify::Notifier>,
     pub stats: StatsFile,
-    /// Spawns worker processes (exec or zygote).
-    pub spawner: worker::Spawner,
+    /// Requests to the launcher, which starts processes.
+    launcher: mpsc::UnboundedSender<Launch>,
     /// Event counters for `--metrics`.
     pub metrics: super::metrics::Metrics,
+    /// Workers that died before answering (`lasterror`).
+    pub start_failures: StartFailures,
 }
 
 impl Pool {
-    fn new(opts: Arc<Options>, me: Weak<Mux>) -> Pool {
+    fn new(opts: Arc<Options>, me: Weak<Mux>, launcher: mpsc::UnboundedSender<Launch>) -> Pool {
         let now = Instant::now();
         let n = opts.max_workers;
         let slots = (0..n)
@@ -277,11 +180,12 @@ impl Pool {
                 expected_exit: false,
                 retire_after: false,
                 oom: false,
+                replied: false,
             })
             .collect();
         Pool {
             stats: StatsFile::open(opts.stats_file.clone(), opts.stats_flush, opts.stats_syslog),
-            spawner: worker::Spawner::Exec,
+            launcher,
             opts,
             me,
             slots,
@@ -298,9 +202,9 @@ impl Pool {
             histo: vec![0; n],
             failures: 0,
             shutting_down: false,
-            zygote_loading: false,
             notify: None,
             metrics: Default::default(),
+            start_failures: StartFailures::default(),
         }
     }
 
@@ -317,6 +221,34 @@ impl Pool {
     pub fn running(&self) -> usize {
         self.slots.len() - self.count(State::Stopped)
     }
+    /// The gauges of a metrics scrape (protocol/metrics.md).
+    pub fn gauges(&self) -> super::metrics::Gauges {
+        super::metrics::Gauges {
+            idle: self.count(State::Idle),
+            busy: self.count(State::Busy),
+            stopped: self.count(State::Stopped),
+            killed: self.count(State::Killed),
+            workers_max: self.slots.len(),
+            queue_length: self.queue.len(),
+            queue_capacity: self.opts.queue_size,
+            msgs: self.msgs,
+            generation: self.generation,
+            uptime: self.uptime(),
+            oldest_busy: self
+                .slots
+                .iter()
+                .filter(|s| s.state == State::Busy)
+                .map(|s| s.last_change.elapsed().as_secs_f64())
+                .fold(0.0, f64::max),
+            pids: self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.pid.map(|pid| (i, pid)))
+                .collect(),
+        }
+    }
+
     pub fn uptime(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
@@ -441,40 +373,27 @@ impl Pool {
                 }
             }
         }
-        let Some(me) = self.me.upgrade() else {
-            return Err(ActivateError::Unavailable);
-        };
         self.last_activation = Some(now);
-        let spawned = self.spawner.spawn(&self.opts, i);
-        if self.spawner.needs_zygote() {
-            self.load_zygote(std::time::Duration::from_secs(10), false);
-        }
-        let spawned = match spawned {
-            Ok(s) => s,
-            Err(e) => {
-                daemon::log(
-                    LOG_ERR,
-                    &format!("Could not execute {}: {e}", self.opts.filter.display()),
-                );
-                self.count_failure(43);
-                return Err(ActivateError::Spawn(format!(
-                    "{}: {e}",
-                    self.opts.filter.display()
-                )));
-            }
-        };
         self.activations += 1;
         self.metrics.activated(reason);
         self.history.activated(epoch_now());
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let pid = spawned.pid;
+        let launch = Launch::Worker {
+            slot: i,
+            wid,
+            reason: reason.to_string(),
+            rx,
+        };
+        if self.launcher.send(launch).is_err() {
+            return Err(ActivateError::Unavailable);
+        }
         let generation = self.generation;
         let seq = self.activations;
         {
             let s = &mut self.slots[i];
-            s.pid = Some(pid);
+            s.pid = None;
             s.wid = wid;
             s.tx = Some(tx);
             s.activated = Some(now);
@@ -490,15 +409,41 @@ impl Pool {
             s.expected_exit = false;
             s.retire_after = false;
             s.oom = false;
+            s.replied = false;
         }
         self.set_state(i, State::Idle);
-        tokio::spawn(worker::run(me, i, wid, spawned, rx));
-        self.verbose(&format!(
-            "Starting worker {i} (pid {pid}) ({} running): {reason}",
-            self.running()
-        ));
         self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
         Ok(())
+    }
+
+    /// The launcher started the worker of slot `i`: its pid is known now.
+    pub fn worker_started(&mut self, i: usize, wid: u64, pid: u32, reason: &str) {
+        if self.slots[i].wid == wid && self.slots[i].state != State::Stopped {
+            self.slots[i].pid = Some(pid);
+            self.verbose(&format!(
+                "Starting worker {i} (pid {pid}) ({} running): {reason}",
+                self.running()
+            ));
+        }
+    }
+
+    /// A worker could not be started after all (neither forked nor exec'd).
+    pub fn start_failed(&mut self, i: usize, wid: u64, e: &std::io::Error) {
+        if self.slots[i].wid != wid {
+            return;
+        }
+        daemon::log(
+            LOG_ERR,
+            &format!("Could not execute {}: {e}", self.opts.filter.display()),
+        );
+        self.count_failure(43);
+        let s = &mut self.slots[i];
+        s.pid = None;
+        s.tx = None;
+        s.activated = None;
+        s.cur_class = None;
+        self.set_state(i, State::Stopped);
+        self.pump_queue();
     }
 
     /// Activates one worker if fewer than the minimum run; returns true
@@ -716,6 +661,11 @@ impl Pool {
         }
         let outcome = match how {
             Completion::Reply { bytes, violation } => {
+                if current {
+                    self.slots[i].replied = true;
+                    let ev = self.start_failures.answered();
+                    self.announce(ev);
+                }
                 if let Some(why) = violation {
                     daemon::log(LOG_WARNING, &format!("Worker {i}: {why}; retiring it"));
                     if current {
@@ -927,6 +877,7 @@ impl Pool {
             }
             self.failures = 0;
         }
+        self.record_exit(i, wid, expected, &status);
         if !expected {
             self.emit(|n| n.worker_exited_unexpectedly());
             if self.slots[i].num_requests == 0 {
@@ -961,6 +912,67 @@ impl Pool {
             if let Some(me) = self.me.upgrade() {
                 me.fill.notify_one();
             }
+        }
+    }
+
+    /// Keeps a worker that died before answering as the last start-up
+    /// failure (protocol/multiplexor.md §6).
+    fn record_exit(
+        &mut self,
+        i: usize,
+        wid: u64,
+        expected: bool,
+        status: &std::process::ExitStatus,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let s = &self.slots[i];
+        if expected || s.replied || s.oom {
+            self.start_failures.forget(wid);
+            return;
+        }
+        let exit = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "unknown exit".into(),
+        };
+        let ev = self.start_failures.died(StartFailure {
+            wid,
+            slot: i,
+            pid: s.pid.unwrap_or(0),
+            exit,
+            at: epoch_now(),
+            stderr: None,
+        });
+        self.announce(ev);
+    }
+
+    /// A worker's stderr reached its end; `tail` is what it wrote last.
+    pub fn worker_stderr_closed(&mut self, i: usize, wid: u64, tail: &StderrTail) {
+        let s = &self.slots[i];
+        let reaped = s.wid != wid || s.state == State::Stopped;
+        if !reaped && s.replied {
+            return;
+        }
+        let ev = self.start_failures.stderr_closed(wid, tail, reaped);
+        self.announce(ev);
+    }
+
+    /// Logs a start-up failure or recovery and shows it in systemd's status.
+    fn announce(&self, ev: Option<startfail::Event>) {
+        let status = match ev {
+            None => return,
+            Some(startfail::Event::Failed(line)) => {
+                daemon::log(LOG_ERR, &line);
+                self.start_failures.current().map(|f| f.headline())
+            }
+            Some(startfail::Event::Recovered) => {
+                daemon::log(LOG_INFO, "Workers answer requests again");
+                Some("workers answer requests".into())
+            }
+        };
+        if let Some(st) = status {
+            // Under systemd only; errors do not matter to the pool.
+            let _ = crate::sdnotify::notify(&format!("STATUS={st}"));
         }
     }
 
@@ -1006,7 +1018,7 @@ impl Pool {
     /// `reread` / SIGINT (§7.11).
     pub fn reread(&mut self) {
         self.generation += 1;
-        self.load_zygote(std::time::Duration::ZERO, true);
+        let _ = self.launcher.send(Launch::Reload);
         for i in 0..self.slots.len() {
             if self.slots[i].state == State::Idle {
                 self.kill(i, "Forcing reread of filter rules");
@@ -1016,54 +1028,6 @@ impl Pool {
         if let Some(me) = self.me.upgrade() {
             me.fill.notify_one();
         }
-    }
-
-    /// (Re)loads the `-E` zygote in the background after `delay`. During a
-    /// reread (`fresh`) the previous zygote is not used until the new one is
-    /// ready; if the new one fails to load, the previous one stays.
-    pub fn load_zygote(&mut self, delay: std::time::Duration, fresh: bool) {
-        let worker::Spawner::Zygote { reloading, .. } = &mut self.spawner else {
-            return;
-        };
-        if self.zygote_loading {
-            return;
-        }
-        self.zygote_loading = true;
-        *reloading = fresh;
-        let (me, opts) = (self.me.clone(), self.opts.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let r = super::zygote::Zygote::start(&opts).await;
-            let Some(mux) = me.upgrade() else { return };
-            let mut p = mux.lock();
-            p.zygote_loading = false;
-            if let worker::Spawner::Zygote { current, reloading } = &mut p.spawner {
-                *reloading = false;
-                match r {
-                    Ok(z) => {
-                        daemon::log(
-                            LOG_INFO,
-                            &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
-                        );
-                        *current = Some(z);
-                    }
-                    Err(e) => {
-                        let fallback = if current.is_some() {
-                            "keeping the filter loaded before"
-                        } else {
-                            "starting workers with perl instead"
-                        };
-                        daemon::log(
-                            LOG_ERR,
-                            &format!(
-                                "Could not preload {}: {e}; {fallback}",
-                                opts.filter.display()
-                            ),
-                        );
-                    }
-                }
-            }
-        });
     }
 
     /// Starts the SIGTERM shutdown: no new work, idle workers retired now,

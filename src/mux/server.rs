@@ -10,7 +10,8 @@ use tokio::signal::unix::{signal as unix_signal, SignalKind};
 use super::control::{self, Access};
 use super::options::{usage, Exit, Options};
 use super::pool::{signal, Mux};
-use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO};
+use super::worker::Spawner;
+use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
 use crate::sockspec::{Listener, SockSpec};
 
 /// `strerror` text of an I/O error (without Rust's " (os error N)").
@@ -55,6 +56,24 @@ fn check_filter(o: &Options) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Refuses to start with a filter that does not compile: every worker
+/// would die at start-up (protocol/multiplexor.md §6). Other check
+/// failures are only logged; the workers will tell.
+async fn compile_check(opts: &Options) -> Result<(), String> {
+    use super::reload::{check_filter, CheckError};
+    match check_filter(opts).await {
+        Ok(_) => Ok(()),
+        Err(CheckError::Compile(why)) => Err(format!(
+            "The filter {} does not compile, so no worker could start; perl -c said: {why}  MULTIPLEXOR IS TERMINATING.",
+            opts.filter.display()
+        )),
+        Err(e) => {
+            daemon::log(LOG_WARNING, &format!("Could not check the filter: {e}"));
+            Ok(())
+        }
+    }
 }
 
 /// The whole program; returns the exit status.
@@ -222,7 +241,11 @@ fn bind_with_umask(
 /// Parses a socket argument and binds it under `mask`.
 fn parse_and_bind(arg: &str, backlog: i32, mask: u32, file_mask: u32) -> std::io::Result<Listener> {
     let spec = SockSpec::parse_mux(arg).map_err(|e| std::io::Error::other(e.to_string()))?;
-    bind_with_umask(&spec, backlog, mask, file_mask)
+    let l = bind_with_umask(&spec, backlog, mask, file_mask)?;
+    if let Some(w) = spec.all_addresses_warning(arg) {
+        daemon::log(daemon::LOG_WARNING, &w);
+    }
+    Ok(l)
 }
 
 /// Binds one of the optional sockets (notifier, socketmap, metrics): a
@@ -382,21 +405,16 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     if opts.log_interval > 0 {
         tokio::spawn(status_logger(mux.clone()));
     }
-    if opts.embedded {
+    let spawner = if opts.embedded {
         match super::zygote::Zygote::start(&opts).await {
-            Ok(z) => {
-                mux.lock().spawner = super::worker::Spawner::Zygote {
-                    current: Some(z),
-                    reloading: false,
-                }
-            }
+            Ok(z) => Spawner::preloaded(z),
             Err(super::zygote::StartError::NoFdPass(why)) => {
                 // Like upstream's build without embedded Perl: go on
                 // without preloading.
                 let msg = format!("Ignoring -E flag: {why}; workers are started with perl");
                 daemon::log(LOG_ERR, &msg);
                 eprintln!("{}: {msg}", opts.argv0);
-                mux.lock().spawner = super::worker::Spawner::Perl;
+                Spawner::Perl
             }
             Err(e) => {
                 let msg = format!(
@@ -405,6 +423,16 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                 );
                 return fail(&mut ready, &cleanup, &msg);
             }
+        }
+    } else {
+        Spawner::Exec
+    };
+    if let Some(requests) = mux.take_launches() {
+        tokio::spawn(super::worker::launcher(mux.clone(), spawner, requests));
+    }
+    if !opts.embedded {
+        if let Err(msg) = compile_check(&opts).await {
+            return fail(&mut ready, &cleanup, &msg);
         }
     }
     // The first worker starts before we report ready (§2.2).

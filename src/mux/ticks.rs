@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::pool::{Job, JobKind, Mux, Outcome};
+use super::job::{Job, JobKind, Outcome};
+use super::pool::Mux;
 use crate::daemon::{self, LOG_INFO, LOG_WARNING};
 
 /// Starts one timer task per tick type (nothing when `-X` is 0).

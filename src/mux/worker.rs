@@ -7,10 +7,8 @@
 //! that writes half a line, floods output or hangs therefore delays nobody
 //! but the request it is serving.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,26 +21,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
+use super::child::{perl_command, ChildSetup};
+use super::job::{Completion, Job, Launch, Outcome, ToWorker};
 use super::options::Options;
-use super::pool::{signal, Completion, Job, Mux, Outcome};
+use super::pool::{signal, Mux};
+use super::zygote::Zygote;
 use super::State;
-use crate::daemon::{self, LOG_INFO, LOG_WARNING};
+use crate::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
 
 /// Longest reply line relayed (§7.5); longer ones are truncated.
 pub const MAX_REPLY_LINE: usize = 4096;
 /// Grace periods of the retirement sequence (§7.12).
 pub const TERM_AFTER: Duration = Duration::from_secs(10);
 pub const KILL_AFTER: Duration = Duration::from_secs(10);
-
-/// Messages to a worker's task.
-#[derive(Debug)]
-pub enum ToWorker {
-    Job(Job),
-    /// Close stdin and escalate to SIGTERM/SIGKILL if it does not exit.
-    Retire {
-        busy: bool,
-    },
-}
 
 /// A worker process: our own child (reaped by us with wait4, so that its
 /// resource usage can be logged), or a child of the `-E` zygote.
@@ -148,15 +139,19 @@ pub struct Spawned {
     pub status: Option<pipe::Receiver>,
 }
 
-/// How workers are started.
+/// How workers are started: the launcher's state, owned by its task alone.
 pub enum Spawner {
     /// fork + exec of the filter (`filter -server`).
     Exec,
     /// `-E`: forked from a preloaded zygote when one is ready, otherwise
     /// `perl FILTER -server`.
     Zygote {
-        current: Option<super::zygote::Zygote>,
+        current: Option<Arc<Zygote>>,
+        /// A reread asked for a new load; until it is ready, workers are
+        /// started with perl so that they run the new rules.
         reloading: bool,
+        /// A load is under way.
+        loading: bool,
     },
     /// `-E` where preloading is impossible (no IO::FDPass):
     /// `perl FILTER -server`, like upstream's build without embedded Perl.
@@ -164,35 +159,204 @@ pub enum Spawner {
 }
 
 impl Spawner {
-    pub fn spawn(&mut self, opts: &Options, slot: usize) -> io::Result<Spawned> {
-        match self {
-            Spawner::Exec => spawn_exec(opts, false),
-            Spawner::Perl => spawn_exec(opts, true),
-            Spawner::Zygote { current, reloading } => {
-                if let (Some(z), false) = (current.as_mut(), *reloading) {
-                    match spawn_forked(z, opts, slot) {
-                        Ok(s) => return Ok(s),
-                        Err(e) => {
-                            daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
-                            *current = None;
-                        }
-                    }
-                }
-                spawn_exec(opts, true)
-            }
+    /// `-E` with the zygote the start-up loaded.
+    pub fn preloaded(z: Zygote) -> Spawner {
+        Spawner::Zygote {
+            current: Some(Arc::new(z)),
+            reloading: false,
+            loading: false,
         }
     }
 
-    /// True when a preloaded zygote is missing and not being reloaded.
-    pub fn needs_zygote(&self) -> bool {
+    /// How the next worker is started.
+    fn plan(&self) -> Plan {
+        match self {
+            Spawner::Exec => Plan::Exec { via_perl: false },
+            Spawner::Perl => Plan::Exec { via_perl: true },
+            Spawner::Zygote {
+                current: Some(z),
+                reloading: false,
+                ..
+            } => Plan::Fork(z.clone()),
+            Spawner::Zygote { .. } => Plan::Exec { via_perl: true },
+        }
+    }
+
+    /// Starts a load unless one is under way (`fresh`: for a reread) or
+    /// preloading is off; the result arrives as [`Event::Preloaded`].
+    fn load(
+        &mut self,
+        opts: &Arc<Options>,
+        events: &mpsc::UnboundedSender<Event>,
+        delay: Duration,
+        fresh: bool,
+    ) {
+        let Spawner::Zygote {
+            reloading, loading, ..
+        } = self
+        else {
+            return;
+        };
+        if *loading {
+            return;
+        }
+        *loading = true;
+        *reloading = fresh;
+        let (opts, events) = (opts.clone(), events.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Preloaded(Zygote::start(&opts).await));
+        });
+    }
+
+    /// True when a preloaded zygote is missing and none is being loaded.
+    fn needs_zygote(&self) -> bool {
         matches!(
             self,
             Spawner::Zygote {
                 current: None,
-                reloading: false
+                loading: false,
+                ..
             }
         )
     }
+
+    fn preloaded_result(&mut self, opts: &Options, r: Result<Zygote, super::zygote::StartError>) {
+        let Spawner::Zygote {
+            current,
+            reloading,
+            loading,
+        } = self
+        else {
+            return;
+        };
+        *loading = false;
+        *reloading = false;
+        match r {
+            Ok(z) => {
+                daemon::log(
+                    LOG_INFO,
+                    &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
+                );
+                *current = Some(Arc::new(z));
+            }
+            Err(e) => {
+                let fallback = if current.is_some() {
+                    "keeping the filter loaded before"
+                } else {
+                    "starting workers with perl instead"
+                };
+                daemon::log(
+                    LOG_ERR,
+                    &format!(
+                        "Could not preload {}: {e}; {fallback}",
+                        opts.filter.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The zygote `z` failed a fork: stop using it.
+    fn zygote_failed(&mut self, z: &Arc<Zygote>, e: &io::Error) {
+        if let Spawner::Zygote { current, .. } = self {
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, z)) {
+                *current = None;
+                daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
+            }
+        }
+    }
+}
+
+/// How one worker is to be started.
+enum Plan {
+    Exec { via_perl: bool },
+    Fork(Arc<Zygote>),
+}
+
+/// What the launcher's own tasks report to it.
+enum Event {
+    Preloaded(Result<Zygote, super::zygote::StartError>),
+    ZygoteFailed(Arc<Zygote>, io::Error),
+}
+
+/// The one task that starts worker processes and owns the `-E` preloading
+/// state. The pool only sends it [`Launch`] requests, so it never waits
+/// for a process while it holds its lock; each worker then starts in its
+/// own task (a fork exchange with a stalled zygote delays only that
+/// worker), which reports back through [`super::pool::Pool::worker_started`]
+/// or [`super::pool::Pool::start_failed`] (protocol/multiplexor.md §3).
+pub async fn launcher(
+    mux: Arc<Mux>,
+    mut spawner: Spawner,
+    mut requests: mpsc::UnboundedReceiver<Launch>,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    loop {
+        tokio::select! {
+            r = requests.recv() => match r {
+                None => return,
+                Some(Launch::Worker { slot, wid, reason, rx }) => {
+                    let plan = spawner.plan();
+                    tokio::spawn(start(mux.clone(), slot, wid, reason, plan, rx, events_tx.clone()));
+                    if spawner.needs_zygote() {
+                        spawner.load(&mux.opts, &events_tx, Duration::from_secs(10), false);
+                    }
+                }
+                Some(Launch::Reload) => spawner.load(&mux.opts, &events_tx, Duration::ZERO, true),
+            },
+            Some(ev) = events.recv() => match ev {
+                Event::Preloaded(r) => spawner.preloaded_result(&mux.opts, r),
+                Event::ZygoteFailed(z, e) => spawner.zygote_failed(&z, &e),
+            },
+        }
+    }
+}
+
+/// Starts one worker as planned, then runs its task; on failure the slot
+/// is given back and whatever was sent to it gets a failure.
+async fn start(
+    mux: Arc<Mux>,
+    slot: usize,
+    wid: u64,
+    reason: String,
+    plan: Plan,
+    mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let started = match plan {
+        Plan::Fork(z) => match fork(&z, &mux.opts, slot).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = events.send(Event::ZygoteFailed(z, e));
+                exec(&mux, true).await
+            }
+        },
+        Plan::Exec { via_perl } => exec(&mux, via_perl).await,
+    };
+    match started {
+        Ok(w) => {
+            mux.lock().worker_started(slot, wid, w.pid, &reason);
+            run(mux, slot, wid, w, rx).await;
+        }
+        Err(e) => {
+            mux.lock().start_failed(slot, wid, &e);
+            rx.close();
+            while let Ok(m) = rx.try_recv() {
+                if let ToWorker::Job(job) = m {
+                    let _ = job.reply.send(Outcome::ActivateFailed);
+                }
+            }
+        }
+    }
+}
+
+/// fork + exec, off the runtime threads (exec is waited for).
+async fn exec(mux: &Arc<Mux>, via_perl: bool) -> io::Result<Spawned> {
+    let opts = mux.opts.clone();
+    tokio::task::spawn_blocking(move || spawn_exec(&opts, via_perl))
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Creates a pipe with both ends close-on-exec: (read end, write end).
@@ -200,23 +364,20 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// Asks the zygote for a worker wired to fresh pipes.
-fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
-    use std::os::fd::AsFd;
+/// Has the zygote fork a worker wired to fresh pipes.
+async fn fork(z: &Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
     let (in_r, in_w) = cloexec_pipe()?;
     let (out_r, out_w) = cloexec_pipe()?;
     let (err_r, err_w) = cloexec_pipe()?;
+    let mut theirs = vec![in_r, out_w, err_w];
     let status = if opts.status_tags {
-        Some(cloexec_pipe()?)
+        let (r, w) = cloexec_pipe()?;
+        theirs.push(w);
+        Some(pipe::Receiver::from_owned_fd(r)?)
     } else {
         None
     };
-    let mut theirs = vec![in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
-    if let Some((_, w)) = &status {
-        theirs.push(w.as_fd());
-    }
-    let (pid, exit) = z.fork(slot, &theirs)?;
-    drop(theirs);
+    let (pid, exit) = z.fork(slot, &theirs).await?;
     Ok(Spawned {
         pid,
         proc: Proc::Forked {
@@ -226,10 +387,7 @@ fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> i
         stdin: pipe::Sender::from_owned_fd(in_w)?,
         stdout: pipe::Receiver::from_owned_fd(out_r)?,
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
-        status: match status {
-            Some((r, _w)) => Some(pipe::Receiver::from_owned_fd(r)?),
-            None => None,
-        },
+        status,
     })
 }
 
@@ -244,86 +402,6 @@ pub fn reserve_low_fds() {
     }
 }
 
-/// Everything a child needs after fork, prepared before it: cwd, signal
-/// dispositions, rlimits, and which descriptor becomes fd 3.
-pub struct ChildSetup {
-    spool: CString,
-    status_w: i32,
-    rss_bytes: u64,
-    mem_bytes: u64,
-    /// The descriptor limit the multiplexor was started with.
-    nofile: Option<libc::rlimit>,
-}
-
-impl ChildSetup {
-    /// `fd3`: the descriptor to put on fd 3 in the child, or -1 for none.
-    pub fn new(opts: &Options, fd3: i32) -> ChildSetup {
-        ChildSetup {
-            spool: CString::new(opts.spool_dir.as_os_str().as_bytes()).unwrap_or_default(),
-            status_w: fd3,
-            rss_bytes: opts.rss_kb.saturating_mul(1024),
-            mem_bytes: opts.mem_kb.saturating_mul(1024),
-            nofile: daemon::original_nofile(),
-        }
-    }
-
-    /// Runs in the forked child before exec: only async-signal-safe calls.
-    pub fn apply(&self) {
-        // SAFETY: plain syscalls on the child's own state.
-        unsafe {
-            libc::chdir(self.spool.as_ptr());
-            for sig in [libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP, libc::SIGINT] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            // Upstream workers inherit SIGPIPE ignored; std resets it to the
-            // default before this hook runs.
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            // Workers get the descriptor limit we were started with, not
-            // the one we raised for ourselves.
-            if let Some(l) = &self.nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, l);
-            }
-            if self.rss_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.rss_bytes,
-                    rlim_max: self.rss_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_RSS, &l);
-            }
-            if self.mem_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.mem_bytes,
-                    rlim_max: self.mem_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_AS, &l);
-                libc::setrlimit(libc::RLIMIT_DATA, &l);
-            }
-            let first_closed = if self.status_w >= 0 {
-                if self.status_w == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0);
-                } else {
-                    libc::dup2(self.status_w, 3);
-                }
-                4
-            } else {
-                3
-            };
-            // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever
-            // the multiplexor itself inherited.
-            if libc::close_range(
-                first_closed as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as i32,
-            ) != 0
-            {
-                for fd in first_closed..1024 {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-        }
-    }
-}
-
 /// Starts `filter -server` (or `-serveru` with `-Z`); with `via_perl`,
 /// `perl filter -server` (the `-E` fallback, which needs no execute bit).
 pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
@@ -334,7 +412,7 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         .unwrap_or_else(|| opts.filter.clone().into_os_string());
     // std, not tokio: we reap our workers ourselves (see `Proc`).
     let mut cmd = if via_perl {
-        let (perl, switches) = super::zygote::perl_command(&opts.filter);
+        let (perl, switches) = perl_command(&opts.filter);
         let mut c = std::process::Command::new(perl);
         c.args(switches).arg(&opts.filter);
         c
@@ -356,17 +434,11 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     } else {
         None
     };
-    let setup = ChildSetup::new(
+    ChildSetup::new(
         opts,
         status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1),
-    );
-    // SAFETY: the hook only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            setup.apply();
-            Ok(())
-        });
-    }
+    )
+    .install(&mut cmd);
     let mut child = cmd.spawn()?;
     let status = match status {
         Some((r, w)) => {
@@ -470,7 +542,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// The task owning one worker process until it is reaped.
-pub async fn run(
+async fn run(
     mux: Arc<Mux>,
     slot: usize,
     wid: u64,
@@ -629,12 +701,16 @@ async fn serve(
 /// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
 async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiver) {
     let mut r = LineReader::new(stderr);
+    // What it said last, for a worker that dies before answering
+    // (protocol/multiplexor.md §6).
+    let mut tail = super::startfail::StderrTail::default();
     loop {
         match r.read_line(1023).await {
             LineRead::Eof => break,
             LineRead::Line(l) | LineRead::Truncated(l) | LineRead::Partial(l) => {
                 let text = String::from_utf8_lossy(&l);
                 let text = text.trim_end_matches(['\n', '\r']);
+                tail.push(text);
                 if text.contains("Out of memory!") {
                     let mut p = mux.lock();
                     if p.slots[slot].wid == wid {
@@ -656,6 +732,7 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
             }
         }
     }
+    mux.lock().worker_stderr_closed(slot, wid, &tail);
 }
 
 /// Reads `-Z` status lines from fd 3 (§8), whole lines at a time (§20.7):

@@ -101,6 +101,9 @@ if ($mode eq '-embserver' || $mode eq '-embserveru') {
     if (-e 'worker-exit-at-start') {
         open(my $f, '<', 'worker-exit-at-start') or die;
         my $code = <$f> // 0;
+        chomp $code;
+        print STDERR "test worker: told to exit at start with $code\n";
+        print STDERR "second line of the reason\n";
         exit($code + 0);
     }
     open_status();

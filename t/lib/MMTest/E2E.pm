@@ -4,7 +4,7 @@ use warnings;
 
 use Test::More;
 
-use MMTest::Util qw(have_root);
+use MMTest::Util qw(have_root skip_or_fail);
 use MMTest::Sink;
 use MMTest::Stack;
 use MMTest::Postfix;
@@ -38,25 +38,29 @@ whose relay is the sink.  One setup serves every case of a test file.
 
 Options: C<mta> (C<postfix> or C<sendmail>, required), C<filter>,
 C<milter_args>, C<mx_args>, C<milter_socket>, C<copy_filter>, C<env> (passed to L<MMTest::Stack>), C<mta_opts>
-(more options for the MTA class, e.g. C<main_cf> or C<mc>).  Calls
+(more options for the MTA class, e.g. C<main_cf> or C<hostname>), C<sink>
+(an L<MMTest::Sink> another setup owns, so that several MTAs relay to one
+sink; it is then left running at teardown).  Calls
 C<plan skip_all> when the test cannot run here (not root, MTA or daemons
-missing).  Dies with diagnostics if something fails to start.
+missing; with C<CI=true> that is a failure instead, see
+L<MMTest::Util/skip_or_fail>).  Dies with diagnostics if something fails
+to start.
 
 =cut
 
 sub setup {
     my ($class, %o) = @_;
     my $kind = $o{mta} or die "MMTest::E2E: mta required\n";
-    plan skip_all => 'end-to-end tests need root (the MTAs start as root)' unless have_root();
+    skip_or_fail('end-to-end tests need root (the MTAs start as root)') unless have_root();
     if ($kind eq 'postfix') {
-        plan skip_all => 'postfix is not installed (run .ci/install-deps)' unless -x '/usr/sbin/postfix';
+        skip_or_fail('postfix is not installed (run .ci/install-deps)') unless -x '/usr/sbin/postfix';
     } else {
-        if (my $why = MMTest::Sendmail->unavailable) { plan skip_all => $why }
+        if (my $why = MMTest::Sendmail->unavailable) { skip_or_fail($why) }
     }
-    if (my $why = MMTest::Stack->unavailable) { plan skip_all => $why }
+    if (my $why = MMTest::Stack->unavailable) { skip_or_fail($why) }
 
-    my $self = bless { kind => $kind, owner => $$ }, $class;
-    $self->{sink}  = MMTest::Sink->new;
+    my $self = bless { kind => $kind, owner => $$, own_sink => !$o{sink} }, $class;
+    $self->{sink}  = $o{sink} // MMTest::Sink->new;
     $self->{stack} = MMTest::Stack->new(
         filter      => $o{filter} // 't/data/e2e/mmtest-filter.pl',
         mta         => $kind,
@@ -189,8 +193,8 @@ sub rejection {
 
 =head2 teardown
 
-Stops the MTA, the daemons and the sink.  Idempotent; also on
-destruction.
+Stops the MTA, the daemons and the sink (unless it came from the
+C<sink> option).  Idempotent; also on destruction.
 
 =cut
 
@@ -199,7 +203,7 @@ sub teardown {
     return unless $$ == $self->{owner};
     for my $k (qw(mta stack sink)) {
         my $o = delete $self->{$k} or next;
-        $o->stop;
+        $o->stop unless $k eq 'sink' && !$self->{own_sink};
     }
 }
 

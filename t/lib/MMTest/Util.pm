@@ -13,7 +13,7 @@ use Time::HiRes ();
 
 our @EXPORT_OK = qw(
     free_port wait_until repo_root slurp spew private_dir
-    pid_alive stop_pid port_open have_root
+    pid_alive stop_pid port_open have_root skip_or_fail procs_in
 );
 
 =head1 NAME
@@ -192,5 +192,42 @@ True when running with euid 0 (the MTAs need root to start).
 =cut
 
 sub have_root { return $> == 0 }
+
+=head2 skip_or_fail($reason)
+
+For a test that cannot run here: C<plan skip_all> with $reason, except
+when the environment variable C<CI> is C<true> (CI installs everything,
+so a missing part is a failure there): then one failing test and exit.
+
+=cut
+
+sub skip_or_fail {
+    my ($why) = @_;
+    require Test::More;
+    Test::More::plan(skip_all => $why) unless ($ENV{CI} // '') eq 'true';
+    Test::More::plan(tests => 1);
+    Test::More::fail("CI=true but $why");
+    exit 1;
+}
+
+=head2 procs_in(@dirs)
+
+The pids of the processes whose working directory is one of @dirs or
+below (Postfix and PostgreSQL daemons work in their queue and data
+directories, so this finds any that outlived a test).
+
+=cut
+
+sub procs_in {
+    my @dirs = map { Cwd::abs_path($_) // $_ } @_;
+    my @pids;
+    for my $p (glob('/proc/[0-9]*')) {
+        my $cwd = readlink("$p/cwd") // next;
+        $cwd =~ s/ \(deleted\)\z//;    # its directory was removed meanwhile
+        next if $p eq "/proc/$$";
+        push @pids, $p =~ m{(\d+)\z} if grep { $cwd eq $_ || index($cwd, "$_/") == 0 } @dirs;
+    }
+    return @pids;
+}
 
 1;
