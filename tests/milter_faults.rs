@@ -250,6 +250,52 @@ async fn header_injection_in_results_is_refused() {
     e.wait_clean().await;
 }
 
+/// A filter's `action_add_header('X-After-CR', "seen\rwith CR")` leaves a
+/// percent-encoded bare CR in RESULTS. Upstream hands it to the MTA; we send
+/// a space instead, log a warning, and apply the other actions: the message
+/// must not be tempfailed (protocol/milter.md §15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_cr_in_header_value_becomes_a_space() {
+    let e = start(FREE_REPLY, &["-X"], &[]);
+    e.mux.push(scan_with(&[(
+        "RESULTS",
+        b"HX-After-CR seen%0Dwith%20CR\nNX-Ins 0 a%0Db%0D\nR<c@example.com>\nHX-Next ok\nF\n",
+    )]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, CONTINUE, "log:\n{}", e.milter.log());
+    assert_eq!(
+        mods,
+        vec![
+            Packet {
+                kind: b'h',
+                data: b"X-After-CR\0seen with CR\0".to_vec()
+            },
+            Packet {
+                kind: b'i',
+                data: [&0u32.to_be_bytes()[..], b"X-Ins\0a b \0"].concat()
+            },
+            Packet {
+                kind: b'+',
+                data: b"<c@example.com>\0".to_vec()
+            },
+            Packet {
+                kind: b'h',
+                data: b"X-Next\0ok\0".to_vec()
+            },
+        ]
+    );
+    e.assert_log("QID1: RESULTS instruction 1: bare CR in header value replaced by a space");
+    e.assert_log("QID1: RESULTS instruction 2: bare CR in header value replaced by a space");
+    assert!(
+        !e.milter.log().contains("Tempfailing"),
+        "{}",
+        e.milter.log()
+    );
+    e.wait_clean().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newbody_streaming_and_faults() {
     let e = start(FREE_REPLY, &["-X"], &[]);

@@ -1143,33 +1143,47 @@ async fn apply_results(
     dir: &str,
     res: Results,
 ) -> Status {
-    let rejecting = res.rejecting;
-    // Refuse values that would inject header lines or break the header
-    // grammar before sending anything: a half-applied result is worse.
-    let to_check: Vec<Action> = res
-        .actions
-        .iter()
+    let Results {
+        actions: all,
+        rejecting,
+        finished,
+    } = res;
+    // Modifications are skipped when the message is refused.
+    let mut to_apply: Vec<Action> = all
+        .into_iter()
         .filter(|a| !rejecting || !a.is_modification())
-        .cloned()
         .collect();
-    if let Err((i, e)) = results::check_actions(&to_check) {
-        mm_log!(
-            Error,
-            qid = qid,
-            "RESULTS instruction {} refused: {e}: Tempfailing",
-            i + 1
-        );
-        return filter_failed(cfg, conn).await;
+    // Refuse values that would inject header lines or break the header
+    // grammar before sending anything: a half-applied result is worse. A
+    // bare CR in a header value is not worth a tempfail on every retry: it
+    // becomes a space (protocol/milter.md §15).
+    match results::sanitize_actions(&mut to_apply) {
+        Err((i, e)) => {
+            mm_log!(
+                Error,
+                qid = qid,
+                "RESULTS instruction {} refused: {e}: Tempfailing",
+                i + 1
+            );
+            return filter_failed(cfg, conn).await;
+        }
+        Ok(replaced) => {
+            for i in replaced {
+                mm_log!(
+                    Warning,
+                    qid = qid,
+                    "RESULTS instruction {}: bare CR in header value replaced by a space",
+                    i + 1
+                );
+            }
+        }
     }
     let seen_mime_version = conn
         .msg
         .as_ref()
         .map(|m| m.seen_mime_version)
         .unwrap_or(true);
-    for action in &res.actions {
-        if rejecting && action.is_modification() {
-            continue;
-        }
+    for action in &to_apply {
         let r = match action {
             Action::Bounce { code, dsn, text } => {
                 mm_log!(Debug, qid = qid, "Bouncing because filter instructed us to");
@@ -1291,7 +1305,7 @@ async fn apply_results(
             action_failed(qid, what, &e);
         }
     }
-    if !res.finished {
+    if !finished {
         mm_log!(
             Error,
             qid = qid,
