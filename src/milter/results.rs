@@ -250,8 +250,8 @@ pub fn check_header_value(value: &[u8]) -> Result<(), UnsafeValue> {
     Ok(())
 }
 
-/// Replaces every CR not followed by LF with a space (protocol/milter.md
-/// §5); returns whether one was replaced.
+/// Replaces every CR not followed by LF with a space
+/// (protocol/milter.md §15); returns whether one was replaced.
 pub fn replace_bare_crs(value: &mut [u8]) -> bool {
     let mut replaced = false;
     for i in 0..value.len() {
