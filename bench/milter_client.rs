@@ -8,9 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use miltr_client::{Client, Connection};
@@ -18,6 +16,9 @@ use miltr_common::actions::Action;
 use miltr_common::commands::{Connect, Family, Header};
 use miltr_common::modifications::ModificationAction;
 use miltr_common::optneg::OptNeg;
+
+// Either kind of stream, so sessions over both transports share code.
+use mailmunge::sockspec::Stream;
 
 use crate::support::{Compat, Daemon, Latencies, Run, START_LIMIT};
 
@@ -49,50 +50,6 @@ impl Target {
 pub fn free_tcp_port() -> std::io::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     l.local_addr()
-}
-
-/// Either kind of stream, so sessions over both transports share code.
-pub enum Stream {
-    Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 pub type Session = Connection<Compat<Stream>>;
@@ -367,4 +324,65 @@ pub fn spawn_milter(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Opens idle sessions on `target` until `held` has `n` (in batches, which
+/// keep the accept backlog from overflowing), giving up after 100
+/// failures. Each session negotiates, and with `helo` also sends connect
+/// and HELO. Returns the failures and the first one.
+pub fn open_idle(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    n: usize,
+    helo: bool,
+    held: &mut Vec<Session>,
+) -> (usize, Option<String>) {
+    let client = Arc::new(client());
+    let (mut failures, mut first) = (0usize, None);
+    while held.len() < n && failures < 100 {
+        let batch = (n - held.len()).min(128);
+        let opened = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..batch {
+                let (target, client) = (target.clone(), client.clone());
+                tasks.push(tokio::spawn(async move {
+                    let f = async {
+                        let mut s = open(&target, &client).await?;
+                        if helo {
+                            s.connect(Connect::new(
+                                b"idle.example",
+                                Family::Inet,
+                                Some(40002),
+                                b"127.0.0.1",
+                            ))
+                            .await
+                            .map_err(|e| format!("connect: {e}"))?;
+                            s.helo(b"idle.example".as_slice())
+                                .await
+                                .map_err(|e| format!("helo: {e}"))?;
+                        }
+                        Ok::<_, String>(s)
+                    };
+                    tokio::time::timeout(Duration::from_secs(20), f)
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".into()))
+                }));
+            }
+            let mut v = Vec::new();
+            for t in tasks {
+                v.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+            }
+            v
+        });
+        for r in opened {
+            match r {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    failures += 1;
+                    first.get_or_insert(e);
+                }
+            }
+        }
+    }
+    (failures, first)
 }

@@ -784,11 +784,16 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
 
 /// One line about the machine the figures come from.
 pub fn machine_note() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{}, load average {} at start", cpu_note(), load.join(" "))
+}
+
+/// The number and model of the CPUs.
+pub fn cpu_note() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -798,10 +803,7 @@ pub fn machine_note() -> String {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!(
-        "{cpus} CPUs ({model}), load average {} at start",
-        load.join(" ")
-    )
+    format!("{cpus} CPUs ({model})")
 }
 
 /// A `--name value` option from argv, else the default.

@@ -691,24 +691,19 @@ fn matrix(
     notes: &mut Vec<String>,
 ) -> Result<Vec<Cell>> {
     let args = cfg.mux_args();
-    let mut peer = start_stack(
-        scratch,
-        Stack::Peer,
-        filter,
-        &cfg.transports,
-        &args,
-        &[],
-        filter.name(),
-    )?;
-    let mut ours = start_stack(
-        scratch,
-        Stack::Ours,
-        filter,
-        &cfg.transports,
-        &args,
-        &[],
-        filter.name(),
-    )?;
+    let start = |st| {
+        start_stack(
+            scratch,
+            st,
+            filter,
+            &cfg.transports,
+            &args,
+            &[],
+            filter.name(),
+        )
+    };
+    let mut peer = start(Stack::Peer)?;
+    let mut ours = start(Stack::Ours)?;
     notes.extend(first_messages(rt, &[&peer, &ours], filter, cfg)?);
     if filter == cfg.filters[0] {
         notes.push(format!(
@@ -793,7 +788,7 @@ fn peer_embedded(run: &Running) -> String {
     if exes.is_empty() {
         "unknown (no worker running)".into()
     } else if exes.iter().all(|e| e == PEER_MUX) {
-        format!("yes ({} workers forked from {PEER_MUX})", exes.len())
+        format!("yes ({} worker(s) forked from {PEER_MUX})", exes.len())
     } else {
         format!("NO (workers run {})", exes.join(", "))
     }
@@ -1085,53 +1080,9 @@ fn idle_probe(
     let (target, pid) = (target.clone(), milter.pid());
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = support::proc_stat(pid).map(|s| s.rss_kb).unwrap_or(0);
-    let client = Arc::new(milter_client::client());
     let started = Instant::now();
     let mut held = vec![];
-    let (mut failures, mut first_failure) = (0usize, None);
-    while held.len() < n && failures < 200 {
-        let batch = (n - held.len()).min(100);
-        let opened = rt.block_on(async {
-            let mut tasks = vec![];
-            for _ in 0..batch {
-                let (target, client) = (target.clone(), client.clone());
-                tasks.push(tokio::spawn(async move {
-                    let f = async {
-                        let mut s = milter_client::open(&target, &client).await?;
-                        s.connect(miltr_common::commands::Connect::new(
-                            b"idle.example",
-                            miltr_common::commands::Family::Inet,
-                            Some(40002),
-                            b"127.0.0.1",
-                        ))
-                        .await
-                        .map_err(|e| format!("connect: {e}"))?;
-                        s.helo(b"idle.example".as_slice())
-                            .await
-                            .map_err(|e| format!("helo: {e}"))?;
-                        Ok::<_, String>(s)
-                    };
-                    tokio::time::timeout(Duration::from_secs(20), f)
-                        .await
-                        .unwrap_or_else(|_| Err("timed out".into()))
-                }));
-            }
-            let mut v = vec![];
-            for t in tasks {
-                v.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-            }
-            v
-        });
-        for r in opened {
-            match r {
-                Ok(s) => held.push(s),
-                Err(e) => {
-                    failures += 1;
-                    first_failure.get_or_insert(e);
-                }
-            }
-        }
-    }
+    let (failures, first_failure) = milter_client::open_idle(rt, &target, n, true, &mut held);
     let open_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     run.check_alive()?;
@@ -1230,6 +1181,20 @@ fn f2(x: f64) -> String {
     }
 }
 
+/// The start of one table of the report: a blank line, the heading, an
+/// introduction and the header row; the first `text` columns are
+/// left-aligned, the others (figures) right-aligned.
+fn table_start(title: &str, intro: &str, cols: &[&str], text: usize) -> String {
+    let align: Vec<&str> = (0..cols.len())
+        .map(|i| if i < text { "---" } else { "---:" })
+        .collect();
+    format!(
+        "\n#### {title}\n\n{intro}\n\n| {} |\n|{}|",
+        cols.join(" | "),
+        align.join("|")
+    )
+}
+
 fn report(cfg: &Config, res: &Results) -> String {
     let mut o = String::new();
     let mut p = |s: String| {
@@ -1242,7 +1207,7 @@ fn report(cfg: &Config, res: &Results) -> String {
         res.started,
         git_commit(),
         res.elapsed.as_secs_f64(),
-        support::machine_note(),
+        support::cpu_note(),
         peer_version(),
         perl_version()
     ));
@@ -1275,13 +1240,12 @@ fn report(cfg: &Config, res: &Results) -> String {
     for n in &res.notes {
         p(format!("- {n}"));
     }
-    p(String::new());
-    p("#### Ratios ours / MIMEDefang".into());
-    p(String::new());
-    p("Medians over the repetitions; ratio = median of the paired ratios (> 1: ours handles more messages per second; CPU < 1: ours spends less).".into());
-    p(String::new());
-    p("| filter | socket | message | sessions | MIMEDefang msgs/s | ours msgs/s | **msgs/s ratio** | p50 ms MD / ours | p99 ms MD / ours | CPU s/1000 msgs MD / ours | CPU ratio | errors MD / ours |".into());
-    p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|".into());
+    p(table_start(
+        "Ratios ours / MIMEDefang",
+        "Medians over the repetitions; ratio = median of the paired ratios (> 1: ours handles more messages per second; CPU < 1: ours spends less).",
+        &["filter", "socket", "message", "sessions", "MIMEDefang msgs/s", "ours msgs/s", "**msgs/s ratio**", "p50 ms MD / ours", "p99 ms MD / ours", "CPU s/1000 msgs MD / ours", "CPU ratio", "errors MD / ours"],
+        3,
+    ));
     for c in &res.cells {
         p(format!(
             "| {} | {} | {} | {} | {} | {} | **{}** | {} / {} | {} / {} | {} / {} | {} | {} / {} |",
@@ -1332,13 +1296,12 @@ fn report(cfg: &Config, res: &Results) -> String {
             p(format!("- {e}"));
         }
     }
-    p(String::new());
-    p("#### CPU and memory per stack".into());
-    p(String::new());
-    p("CPU seconds per 1,000 messages (medians): the milter process; the multiplexor process itself; its workers, i.e. every descendant of the multiplexor (exec'd workers, ours' preloading process and the workers it forks, MIMEDefang's forked embedded-Perl workers). Peak memory in kB: milter RSS, multiplexor RSS, workers' PSS summed (shared pages counted once).".into());
-    p(String::new());
-    p("| cell | stack | milter CPU | mux CPU | workers CPU | milter RSS | mux RSS | workers PSS |".into());
-    p("|---|---|---:|---:|---:|---:|---:|---:|".into());
+    p(table_start(
+        "CPU and memory per stack",
+        "CPU seconds per 1,000 messages (medians): the milter process; the multiplexor process itself; its workers, i.e. every descendant of the multiplexor (exec'd workers, ours' preloading process and the workers it forks, MIMEDefang's forked embedded-Perl workers). Peak memory in kB: milter RSS, multiplexor RSS, workers' PSS summed (shared pages counted once).",
+        &["cell", "stack", "milter CPU", "mux CPU", "workers CPU", "milter RSS", "mux RSS", "workers PSS"],
+        2,
+    ));
     for c in &res.cells {
         for st in [Stack::Peer, Stack::Ours] {
             p(format!(
@@ -1354,13 +1317,12 @@ fn report(cfg: &Config, res: &Results) -> String {
             ));
         }
     }
-    p(String::new());
-    p("#### Worker activation".into());
-    p(String::new());
-    p("`-m 1 -x 4 -r 2 -w 600`, the typical filter; `ping` needing a new worker versus the next `ping` on it; `free` asked every 2 ms meanwhile.".into());
-    p(String::new());
-    p("| stack | mode | new worker p50 ms (max) | next request p50 ms | activation ms | `free` p99 / max ms |".into());
-    p("|---|---|---:|---:|---:|---:|".into());
+    p(table_start(
+        "Worker activation",
+        "`-m 1 -x 4 -r 2 -w 600`, the typical filter; `ping` needing a new worker versus the next `ping` on it; `free` asked every 2 ms meanwhile.",
+        &["stack", "mode", "new worker p50 ms (max)", "next request p50 ms", "activation ms", "`free` p99 / max ms"],
+        2,
+    ));
     for a in &res.activation {
         p(format!(
             "| {} | {} | {} ({}) | {} | {} | {} / {} |",
@@ -1374,13 +1336,12 @@ fn report(cfg: &Config, res: &Results) -> String {
             f1(a.free_max)
         ));
     }
-    p(String::new());
-    p("#### Perl-only ceiling".into());
-    p(String::new());
-    p("One worker (`-server`) driven on its stdin/stdout, no milter or multiplexor: back-to-back `scan`s of a working directory that the stack's own milter wrote. scans/s of one worker (the machine has 2 cores) and its CPU per scan.".into());
-    p(String::new());
-    p("| filter | message | MIMEDefang scans/s | ours scans/s | ratio | MIMEDefang CPU ms/scan | ours CPU ms/scan |".into());
-    p("|---|---|---:|---:|---:|---:|---:|".into());
+    p(table_start(
+        "Perl-only ceiling",
+        "One worker (`-server`) driven on its stdin/stdout, no milter or multiplexor: back-to-back `scan`s of a working directory that the stack's own milter wrote. scans/s of one worker (the machine has 2 cores) and its CPU per scan.",
+        &["filter", "message", "MIMEDefang scans/s", "ours scans/s", "ratio", "MIMEDefang CPU ms/scan", "ours CPU ms/scan"],
+        2,
+    ));
     for (i, r) in res.ceiling.iter().enumerate() {
         if r.stack != Stack::Peer {
             continue;
@@ -1403,13 +1364,12 @@ fn report(cfg: &Config, res: &Results) -> String {
         ));
     }
     if !res.idle.is_empty() {
-        p(String::new());
-        p("#### Idle sessions".into());
-        p(String::new());
-        p("A fresh milter on the unix socket; sessions connect, negotiate, send connect and HELO, then stay silent. Milter RSS before and with them held; then one message on a new connection.".into());
-        p(String::new());
-        p("| stack | idle sessions held | failed | open time s | milter RSS before kB | with them kB | kB per session | milter threads | new message passes |".into());
-        p("|---|---:|---:|---:|---:|---:|---:|---:|---|".into());
+        p(table_start(
+            "Idle sessions",
+            "A fresh milter on the unix socket; sessions connect, negotiate, send connect and HELO, then stay silent. Milter RSS before and with them held; then one message on a new connection.",
+            &["stack", "idle sessions held", "failed", "open time s", "milter RSS before kB", "with them kB", "kB per session", "milter threads", "new message passes"],
+            1,
+        ));
         for r in &res.idle {
             p(format!(
                 "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} |",

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use miltr_common::commands::{Connect, Family};
 
-use milter_client::{drive, free_tcp_port, one_message, open, Message, Session, Target};
+use milter_client::{drive, free_tcp_port, one_message, Message, Session, Target};
 use support::{Daemon, Scratch};
 
 /// The message of every session: 2 kB of plain text, one recipient.
@@ -215,43 +215,12 @@ fn idle_probe(
         "| 0 | - | {} | - | {} | {} | - | - | - | - |",
         base.rss_kb, base.threads, base.fds
     );
-    let client = Arc::new(milter_client::client());
     let mut held: Vec<Session> = Vec::new();
     let mut sorted = counts.to_vec();
     sorted.sort_unstable();
     for &n in &sorted {
         let t = Instant::now();
-        let mut failures = 0usize;
-        let mut first_failure = None;
-        while held.len() < n && failures < 100 {
-            // Batches keep the accept backlog from overflowing.
-            let batch = (n - held.len()).min(256);
-            let opened = rt.block_on(async {
-                let mut tasks = Vec::new();
-                for _ in 0..batch {
-                    let (target, client) = (target.clone(), client.clone());
-                    tasks.push(tokio::spawn(async move {
-                        tokio::time::timeout(Duration::from_secs(20), open(&target, &client))
-                            .await
-                            .unwrap_or_else(|_| Err("negotiation timed out".into()))
-                    }));
-                }
-                let mut v = Vec::new();
-                for t in tasks {
-                    v.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-                }
-                v
-            });
-            for r in opened {
-                match r {
-                    Ok(s) => held.push(s),
-                    Err(e) => {
-                        failures += 1;
-                        first_failure.get_or_insert(e);
-                    }
-                }
-            }
-        }
+        let (failures, first_failure) = milter_client::open_idle(rt, &target, n, false, &mut held);
         let open_time = t.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(500));
         let alive = milter.check_alive();
