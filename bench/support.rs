@@ -22,6 +22,8 @@ use anyhow::{bail, Context as _, Result};
 /// interrupt handler.
 static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 static SCRATCH_ROOT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+/// Set once an interrupt is being handled: no daemon may start any more.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes an interrupted run (Ctrl-C, SIGTERM, SIGHUP) clean up too: the
 /// daemons run in their own process groups, so the terminal's signal does
@@ -39,13 +41,29 @@ pub fn install_interrupt_cleanup() -> Result<()> {
     std::thread::spawn(move || {
         let Ok(sig) = set.wait() else { return };
         eprintln!("\ninterrupted ({sig}): stopping the daemons");
-        let groups: Vec<i32> = LIVE_GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+        // Under the lock, so that no daemon starts after the snapshot.
+        let groups: Vec<i32> = LIVE_GROUPS
+            .lock()
+            .map(|g| {
+                STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+                g.clone()
+            })
+            .unwrap_or_default();
         for &g in &groups {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), Signal::SIGTERM);
         }
-        std::thread::sleep(Duration::from_secs(2));
+        // Reap the daemons (our children) so that none is left a zombie;
+        // give them 2 s to exit on SIGTERM.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !reap_groups(&groups) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for &g in &groups {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !reap_groups(&groups) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
         if let Some(root) = SCRATCH_ROOT.lock().ok().and_then(|r| r.clone()) {
             let _ = std::fs::remove_dir_all(root);
@@ -53,6 +71,26 @@ pub fn install_interrupt_cleanup() -> Result<()> {
         std::process::exit(128 + sig as i32);
     });
     Ok(())
+}
+
+/// Reaps whatever children of ours in `groups` have exited; true when none
+/// is left.
+fn reap_groups(groups: &[i32]) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut all_gone = true;
+    for &g in groups {
+        loop {
+            match waitpid(nix::unistd::Pid::from_raw(-g), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    all_gone = false;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    all_gone
 }
 
 /// Upper bound of every wait for a daemon to come up.
@@ -149,6 +187,17 @@ impl Scratch {
         })
     }
 
+    /// A world-readable copy of the repository file `rel` in the scratch
+    /// root, for daemons that run as another user.
+    pub fn copy_in(&self, rel: &str) -> Result<PathBuf> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        let name = src.file_name().context("file name")?;
+        let dst = self.root.join(name);
+        std::fs::copy(&src, &dst).with_context(|| format!("copy {}", src.display()))?;
+        chmod(&dst, 0o755)?;
+        Ok(dst)
+    }
+
     /// One line saying where the spool is and on what file system.
     pub fn describe(&self) -> String {
         format!(
@@ -227,11 +276,33 @@ impl Daemon {
     pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Daemon> {
         let out =
             std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?);
+        Daemon::spawn_logged(name, cmd, log, out)
+    }
+
+    /// Like `spawn`, but with pipes on the process's stdin and stdout (a
+    /// Perl worker driven directly); stderr goes to `log`.
+    pub fn spawn_piped(
+        name: &'static str,
+        mut cmd: Command,
+        log: PathBuf,
+    ) -> Result<(Daemon, std::process::ChildStdin, std::process::ChildStdout)> {
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut d = Daemon::spawn_logged(name, cmd, log, err)?;
+        let child = d.child.as_mut().context("child")?;
+        let (i, o) = (child.stdin.take(), child.stdout.take());
+        Ok((d, i.context("stdin")?, o.context("stdout")?))
+    }
+
+    fn spawn_logged(
+        name: &'static str,
+        mut cmd: Command,
+        log: PathBuf,
+        err: std::fs::File,
+    ) -> Result<Daemon> {
+        cmd.stderr(err).process_group(0);
         // SAFETY: sigprocmask is async-signal-safe. `Command` keeps the
         // parent's signal mask, and ours blocks the stop signals (see
         // install_interrupt_cleanup): a daemon must start with none blocked.
@@ -242,10 +313,17 @@ impl Daemon {
                     .map_err(std::io::Error::from)
             });
         }
-        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
-        if let Ok(mut g) = LIVE_GROUPS.lock() {
-            g.push(child.id() as i32);
+        // Spawned under the lock: the interrupt handler either sees this
+        // daemon or has already forbidden it.
+        let mut groups = LIVE_GROUPS
+            .lock()
+            .map_err(|_| anyhow::anyhow!("daemon list poisoned"))?;
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("interrupted: not starting {name}");
         }
+        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        groups.push(child.id() as i32);
+        drop(groups);
         Ok(Daemon {
             name,
             child: Some(child),
@@ -276,27 +354,45 @@ impl Daemon {
         Ok(())
     }
 
+    /// Sends SIGTERM to the process group without waiting (several daemons
+    /// can then wind down at once; `stop` collects them).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let pgid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
     /// Stops the process group; returns how long the leader took to exit.
     pub fn stop(&mut self) -> Option<Duration> {
+        self.stop_within(Duration::from_secs(10))
+    }
+
+    /// Stops the process group, with SIGKILL after `limit`; returns how
+    /// long the leader took to exit on SIGTERM.
+    pub fn stop_within(&mut self, limit: Duration) -> Option<Duration> {
         let mut child = self.child.take()?;
         let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-        if let Ok(mut g) = LIVE_GROUPS.lock() {
-            g.retain(|&p| p != pgid.as_raw());
-        }
         let t = Instant::now();
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
-        while t.elapsed() < Duration::from_secs(10) {
+        let mut took = None;
+        while t.elapsed() < limit {
             if let Ok(Some(_)) = child.try_wait() {
-                let took = t.elapsed();
-                // Workers that outlive their multiplexor get the same end.
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                return Some(took);
+                took = Some(t.elapsed());
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Workers that outlive their multiplexor get the same end.
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = child.wait();
-        None
+        if took.is_none() {
+            let _ = child.wait();
+        }
+        // Only now: until it is gone, an interrupt must still kill it.
+        if let Ok(mut g) = LIVE_GROUPS.lock() {
+            g.retain(|&p| p != pgid.as_raw());
+        }
+        took
     }
 }
 
@@ -323,10 +419,21 @@ pub fn start_mux(s: &Scratch, extra: &[&str]) -> Result<Daemon> {
         .env("PERL5LIB", s.perl5lib())
         .env("MAILMUNGE_SPOOLDIR", &s.spool)
         .env("MAILMUNGE_MTA", "postfix");
-    let mut d = Daemon::spawn("mailmunge-multiplexor", cmd, s.root.join("mux.log"))?;
+    spawn_mux(
+        "mailmunge-multiplexor",
+        cmd,
+        s.root.join("mux.log"),
+        &s.mux_socket(),
+    )
+}
+
+/// Starts a multiplexor (`cmd`, in the foreground) with its output in
+/// `log` and waits until its control socket `sock` answers `status`.
+pub fn spawn_mux(name: &'static str, cmd: Command, log: PathBuf, sock: &Path) -> Result<Daemon> {
+    let mut d = Daemon::spawn(name, cmd, log)?;
     let deadline = Instant::now() + START_LIMIT;
     loop {
-        if let Ok(r) = mux_request(&s.mux_socket(), b"status\n") {
+        if let Ok(r) = mux_request(sock, b"status\n") {
             if !r.is_empty() {
                 return Ok(d);
             }
@@ -334,7 +441,7 @@ pub fn start_mux(s: &Scratch, extra: &[&str]) -> Result<Daemon> {
         d.check_alive()?;
         if Instant::now() > deadline {
             bail!(
-                "multiplexor did not answer within {START_LIMIT:?}; output:\n{}",
+                "{name} did not answer within {START_LIMIT:?}; output:\n{}",
                 d.output()
             );
         }
@@ -443,6 +550,115 @@ pub fn ticks_per_second() -> u64 {
 /// Converts clock ticks to milliseconds.
 pub fn ticks_ms(ticks: u64) -> f64 {
     ticks as f64 * 1000.0 / ticks_per_second() as f64
+}
+
+/// CPU of whole process trees, counting processes that came and went.
+///
+/// One snapshot reads `/proc/*/stat` of every process. The CPU of a tree at
+/// that instant is, over its live members, their own utime+stime plus
+/// their cutime+cstime: the kernel adds a child's times (its own and those
+/// of the children it reaped) to its parent's when the parent reaps it, so a
+/// worker that exited and was waited for between two snapshots is still
+/// counted, in its parent's (multiplexor's or preloading process's)
+/// cutime; a zombie keeps its own times until it is reaped. Only children
+/// nobody waits for (SIGCHLD ignored) would escape; neither multiplexor
+/// ignores it. The difference of two snapshots is the tree's CPU between
+/// them.
+pub struct ProcTree {
+    /// pid -> (ppid, own ticks, reaped children's ticks)
+    procs: std::collections::HashMap<u32, (u32, u64, u64)>,
+}
+
+impl ProcTree {
+    pub fn snapshot() -> ProcTree {
+        let mut procs = std::collections::HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some(v) = stat_times(pid) {
+                    procs.insert(pid, v);
+                }
+            }
+        }
+        ProcTree { procs }
+    }
+
+    /// `root` and every live descendant.
+    pub fn members(&self, root: u32) -> Vec<u32> {
+        let mut out = vec![];
+        if !self.procs.contains_key(&root) {
+            return out;
+        }
+        let mut todo = vec![root];
+        while let Some(p) = todo.pop() {
+            out.push(p);
+            todo.extend(self.procs.iter().filter(|(_, v)| v.0 == p).map(|(&c, _)| c));
+        }
+        out
+    }
+
+    /// CPU ticks of `root`'s tree so far (see the type's comment).
+    pub fn tree_ticks(&self, root: u32) -> u64 {
+        self.members(root)
+            .iter()
+            .filter_map(|p| self.procs.get(p))
+            .map(|v| v.1 + v.2)
+            .sum()
+    }
+
+    /// CPU ticks of `pid` itself (utime+stime).
+    pub fn own_ticks(&self, pid: u32) -> u64 {
+        self.procs.get(&pid).map(|v| v.1).unwrap_or(0)
+    }
+}
+
+/// (ppid, utime+stime, cutime+cstime) from /proc/PID/stat.
+fn stat_times(pid: u32) -> Option<(u32, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3 of the
+    // whole line, ppid 4, utime..cstime 14..17.
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((n(1)? as u32, n(11)? + n(12)?, n(13)? + n(14)?))
+}
+
+/// Live descendants of `pid` (not `pid` itself), from
+/// /proc/PID/task/TID/children: cheaper than reading all of /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in kids
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Proportional set size of a process in kB (its share of pages it shares
+/// with others, e.g. forked workers), from /proc/PID/smaps_rollup.
+pub fn pss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Samples the RSS of a process in a background thread; `stop` returns the
@@ -568,11 +784,16 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
 
 /// One line about the machine the figures come from.
 pub fn machine_note() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{}, load average {} at start", cpu_note(), load.join(" "))
+}
+
+/// The number and model of the CPUs.
+pub fn cpu_note() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -582,10 +803,7 @@ pub fn machine_note() -> String {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!(
-        "{cpus} CPUs ({model}), load average {} at start",
-        load.join(" ")
-    )
+    format!("{cpus} CPUs ({model})")
 }
 
 /// A `--name value` option from argv, else the default.
@@ -656,5 +874,129 @@ impl<T: tokio::io::AsyncWrite + Unpin> futures_io::AsyncWrite for Compat<T> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// What `activation_rounds` measured.
+pub struct Activation {
+    /// Requests that had to start a worker.
+    pub cold: Latencies,
+    /// The next request, on the worker just started.
+    pub warm: Latencies,
+    /// `free` asked every 2 ms meanwhile.
+    pub free: Latencies,
+    pub free_max: Duration,
+}
+
+/// On-demand worker activation, on a multiplexor started with `-r 2` (a
+/// worker serves two requests, then retires) and a long `-w` (the
+/// minimum-worker filler does not replace it): once every slot is
+/// Stopped, the next `request` has to start a worker (cold) and the one
+/// after runs on that worker (warm). A thread asks `free` every 2 ms
+/// meanwhile; its worst latency shows whether starting a worker holds up
+/// the multiplexor's other clients. `request` does one round trip and
+/// returns the reply, which must equal `ok`.
+pub fn activation_rounds(
+    sock: &Path,
+    mux: &mut Daemon,
+    rounds: usize,
+    request: &dyn Fn() -> Result<Vec<u8>>,
+    ok: &[u8],
+) -> Result<Activation> {
+    // The start-up worker answers first.
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        let last = request()?;
+        if last == ok {
+            break;
+        }
+        mux.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "no successful request (last answer {:?}); output:\n{}",
+                String::from_utf8_lossy(&last),
+                mux.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (stop, sock) = (stop.clone(), sock.to_path_buf());
+        std::thread::spawn(move || {
+            let mut lat = Latencies::default();
+            let mut max = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                if mux_request(&sock, b"free\n").is_ok() {
+                    let d = t.elapsed();
+                    max = max.max(d);
+                    lat.push(d);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (lat, max)
+        })
+    };
+    let (mut cold, mut warm) = (Latencies::default(), Latencies::default());
+    let mut result = Ok(());
+    for _ in 0..rounds {
+        if let Err(e) = wait_all_stopped(sock, mux, request) {
+            result = Err(e);
+            break;
+        }
+        let t = Instant::now();
+        let r = request();
+        cold.push(t.elapsed());
+        let t = Instant::now();
+        let r2 = request();
+        warm.push(t.elapsed());
+        match (r, r2) {
+            (Ok(a), Ok(b)) if a == ok && b == ok => {}
+            (a, b) => {
+                result = Err(anyhow::anyhow!("requests answered {a:?} / {b:?}"));
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (free, free_max) = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("free prober panicked"))?;
+    result?;
+    Ok(Activation {
+        cold,
+        warm,
+        free,
+        free_max,
+    })
+}
+
+/// Polls `status` until every slot is Stopped (retired workers reaped);
+/// an Idle worker with a request left is given an untimed request so that
+/// it retires too.
+fn wait_all_stopped(
+    sock: &Path,
+    mux: &mut Daemon,
+    request: &dyn Fn() -> Result<Vec<u8>>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = mux_request(sock, b"status\n")?;
+        let letters = r.split(|&b| b == b' ').next().unwrap_or_default();
+        if !letters.is_empty() && letters.iter().all(|&b| b == b'S') {
+            return Ok(());
+        }
+        if letters.contains(&b'I') {
+            request()?;
+        }
+        mux.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "workers still running after 20 s: {}",
+                String::from_utf8_lossy(&r)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -14,255 +14,24 @@
 //! --spool-base DIR (default /dev/shm when it is a tmpfs), --mux-args and
 //! --milter-args "..." (extra daemon options).
 
+#[path = "../bench/milter_client.rs"]
+mod milter_client;
 #[path = "../bench/support.rs"]
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use miltr_client::{Client, Connection};
-use miltr_common::actions::Action;
-use miltr_common::commands::{Connect, Family, Header};
-use miltr_common::modifications::ModificationAction;
-use miltr_common::optneg::OptNeg;
+use miltr_common::commands::{Connect, Family};
 
-use support::{Compat, Daemon, Latencies, Run, Scratch};
+use milter_client::{drive, free_tcp_port, one_message, Message, Session, Target};
+use support::{Daemon, Scratch};
 
-/// Where the milter listens.
-#[derive(Clone, Debug)]
-enum Target {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-impl Target {
-    fn name(&self) -> &'static str {
-        match self {
-            Target::Unix(_) => "unix",
-            Target::Tcp(_) => "tcp",
-        }
-    }
-
-    fn spec(&self) -> String {
-        match self {
-            Target::Unix(p) => format!("unix:{}", p.display()),
-            Target::Tcp(a) => format!("inet:{}@{}", a.port(), a.ip()),
-        }
-    }
-}
-
-/// Either kind of stream, so sessions over both transports share code.
-enum Stream {
-    Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-type Session = Connection<Compat<Stream>>;
-
-/// Opens a connection and does the option negotiation.
-async fn open(target: &Target, client: &Client) -> Result<Session, String> {
-    let stream = match target {
-        Target::Unix(p) => Stream::Unix(
-            tokio::net::UnixStream::connect(p)
-                .await
-                .map_err(|e| format!("connect: {e}"))?,
-        ),
-        Target::Tcp(a) => {
-            let s = tokio::net::TcpStream::connect(a)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            // As an MTA would: each milter command is a small write.
-            let _ = s.set_nodelay(true);
-            Stream::Tcp(s)
-        }
-    };
-    client
-        .connect_via(Compat(stream))
-        .await
-        .map_err(|e| format!("negotiate: {e}"))
-}
-
-/// The message every session sends.
-struct Message {
-    headers: Vec<(&'static str, &'static str)>,
-    body: Vec<u8>,
-}
-
-impl Message {
-    fn new() -> Message {
-        let body: String = (0..30)
-            .map(|n| {
-                format!("Line {n} of a plain benchmark body, long enough to look like mail.\r\n")
-            })
-            .collect();
-        Message {
-            headers: vec![
-                ("From", "Sender <sender@example.com>"),
-                ("To", "Recipient <rcpt@example.net>"),
-                ("Subject", "benchmark message"),
-                ("Date", "Thu, 26 Nov 2026 12:00:00 +0000"),
-                ("Message-ID", "<bench@example.com>"),
-                ("MIME-Version", "1.0"),
-                ("Content-Type", "text/plain; charset=us-ascii"),
-            ],
-            body: body.into_bytes(),
-        }
-    }
-}
-
-/// What the milter answered at end of message.
-struct Verdict {
-    action: String,
-    modifications: Vec<String>,
-}
-
-/// One SMTP transaction on a fresh connection, as an MTA plays it.
-async fn one_message(target: &Target, client: &Client, msg: &Message) -> Result<Verdict, String> {
-    let mut s = open(target, client).await?;
-    let step =
-        |what: &'static str| move |e: miltr_client::ResponseError| format!("{what}: {e} ({e:?})");
-    s.connect(Connect::new(
-        b"client.example",
-        Family::Inet,
-        Some(40000),
-        b"127.0.0.1",
-    ))
-    .await
-    .map_err(step("connect"))?;
-    s.helo(b"client.example".as_slice())
-        .await
-        .map_err(step("helo"))?;
-    s.mail(b"<sender@example.com>".as_slice())
-        .await
-        .map_err(step("mail"))?;
-    s.recipient(b"<rcpt@example.net>".as_slice())
-        .await
-        .map_err(step("rcpt"))?;
-    s.data().await.map_err(step("data"))?;
-    for (n, v) in &msg.headers {
-        s.header(Header::new(n.as_bytes(), v.as_bytes()))
-            .await
-            .map_err(step("header"))?;
-    }
-    s.end_of_header().await.map_err(step("eoh"))?;
-    s.body(msg.body.as_slice()).await.map_err(step("body"))?;
-    let r = s.end_of_body().await.map_err(step("eom"))?;
-    let action = match r.final_action() {
-        Action::Continue(_) => "continue".to_string(),
-        other => format!("{other:?}"),
-    };
-    let modifications = r
-        .modifications()
-        .iter()
-        .map(|m| match m {
-            ModificationAction::AddHeader(h) => format!("add header {}: {}", h.name(), h.value()),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    s.quit().await.map_err(|e| format!("quit: {e}"))?;
-    Ok(Verdict {
-        action,
-        modifications,
-    })
-}
-
-/// Outcome of one timed run.
-/// `sessions` concurrent MTA sessions, one message per connection, back to
-/// back until the time is up.
-async fn drive(target: &Target, sessions: usize, seconds: f64) -> Run {
-    let client = Arc::new(Client::new(OptNeg::default()));
-    let msg = Arc::new(Message::new());
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..sessions {
-        let (target, client, msg) = (target.clone(), client.clone(), msg.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Latencies::default();
-            let (mut errors, mut first_error) = (0usize, None);
-            while Instant::now() < until {
-                let t = Instant::now();
-                match tokio::time::timeout(
-                    Duration::from_secs(60),
-                    one_message(&target, &client, &msg),
-                )
-                .await
-                {
-                    Ok(Ok(v)) if v.action == "continue" => lat.push(t.elapsed()),
-                    Ok(Ok(v)) => {
-                        errors += 1;
-                        first_error.get_or_insert(format!("final action {}", v.action));
-                    }
-                    Ok(Err(e)) => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        first_error.get_or_insert("no answer within 60 s".into());
-                    }
-                }
-            }
-            (lat, errors, first_error)
-        }));
-    }
-    let mut run = Run::default();
-    for t in tasks {
-        if let Ok((lat, errors, first)) = t.await {
-            run.add(lat, errors, first);
-        }
-    }
-    run.elapsed = started.elapsed();
-    run
+/// The message of every session: 2 kB of plain text, one recipient.
+fn message() -> Arc<Message> {
+    Arc::new(Message::plain(2300, 1))
 }
 
 /// Starts `mailmunge -D` on `target`, connected to the scratch multiplexor,
@@ -292,42 +61,12 @@ fn start_milter(scratch: &Scratch, target: &Target, nofile: Option<u64>) -> Resu
             });
         }
     }
-    let mut d = Daemon::spawn(
+    milter_client::spawn_milter(
         "mailmunge",
         cmd,
         scratch.root.join(format!("milter-{}.log", target.name())),
-    )?;
-    let deadline = Instant::now() + support::START_LIMIT;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = Client::new(OptNeg::default());
-    loop {
-        // Ready once a connection gets through negotiation.
-        if rt
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), open(target, &client)).await
-            })
-            .is_ok_and(|r| r.is_ok())
-        {
-            return Ok(d);
-        }
-        d.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "milter did not answer on {} within {:?}; output:\n{}",
-                target.spec(),
-                support::START_LIMIT,
-                d.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn free_tcp_port() -> Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+        target,
+    )
 }
 
 fn main() -> Result<()> {
@@ -370,8 +109,8 @@ fn main() -> Result<()> {
     ];
     for target in &targets {
         let mut milter = start_milter(&scratch, target, milter_nofile)?;
-        let client = Client::new(OptNeg::default());
-        let first = rt.block_on(one_message(target, &client, &Message::new()));
+        let client = milter_client::client();
+        let first = rt.block_on(one_message(target, &client, &message()));
         match first {
             Ok(v) if v.action == "continue" => {
                 if target.name() == "unix" {
@@ -393,7 +132,7 @@ fn main() -> Result<()> {
             ),
         }
         // Warm-up brings up the workers.
-        let warm = rt.block_on(drive(target, max_sessions, 3.0_f64.min(seconds)));
+        let warm = rt.block_on(drive(target, message(), max_sessions, 3.0_f64.min(seconds)));
         if warm.ok == 0 {
             bail!(
                 "warm-up failed: {:?}; milter output:\n{}",
@@ -418,7 +157,7 @@ fn main() -> Result<()> {
             let before: Vec<u64> = pids.iter().map(|&p| support::cpu_ticks(&[p])).collect();
             let wbefore = support::cpu_ticks(&workers);
             let sampler = support::RssSampler::start(milter_pid);
-            let mut run = rt.block_on(drive(target, n, seconds));
+            let mut run = rt.block_on(drive(target, message(), n, seconds));
             let peak = sampler.stop();
             let after: Vec<u64> = pids.iter().map(|&p| support::cpu_ticks(&[p])).collect();
             let wafter = support::cpu_ticks(&workers);
@@ -476,43 +215,12 @@ fn idle_probe(
         "| 0 | - | {} | - | {} | {} | - | - | - | - |",
         base.rss_kb, base.threads, base.fds
     );
-    let client = Arc::new(Client::new(OptNeg::default()));
     let mut held: Vec<Session> = Vec::new();
     let mut sorted = counts.to_vec();
     sorted.sort_unstable();
     for &n in &sorted {
         let t = Instant::now();
-        let mut failures = 0usize;
-        let mut first_failure = None;
-        while held.len() < n && failures < 100 {
-            // Batches keep the accept backlog from overflowing.
-            let batch = (n - held.len()).min(256);
-            let opened = rt.block_on(async {
-                let mut tasks = Vec::new();
-                for _ in 0..batch {
-                    let (target, client) = (target.clone(), client.clone());
-                    tasks.push(tokio::spawn(async move {
-                        tokio::time::timeout(Duration::from_secs(20), open(&target, &client))
-                            .await
-                            .unwrap_or_else(|_| Err("negotiation timed out".into()))
-                    }));
-                }
-                let mut v = Vec::new();
-                for t in tasks {
-                    v.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-                }
-                v
-            });
-            for r in opened {
-                match r {
-                    Ok(s) => held.push(s),
-                    Err(e) => {
-                        failures += 1;
-                        first_failure.get_or_insert(e);
-                    }
-                }
-            }
-        }
+        let (failures, first_failure) = milter_client::open_idle(rt, &target, n, false, &mut held);
         let open_time = t.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(500));
         let alive = milter.check_alive();
@@ -526,7 +234,7 @@ fn idle_probe(
             (rss as f64 - base.rss_kb as f64) / held.len() as f64
         };
         let mut live = if alive.is_ok() {
-            Some(rt.block_on(drive(&target, 4, 3.0)))
+            Some(rt.block_on(drive(&target, message(), 4, 3.0)))
         } else {
             None
         };

@@ -319,77 +319,14 @@ fn activation(scratch: &Scratch, dir: &Path, rounds: usize, embedded: bool) -> R
     }
     let mut mux = support::start_mux(scratch, &args)?;
     let sock = scratch.mux_socket();
-    let line = scan_line(dir);
-    // The start-up worker answers first (exec in both modes).
-    let deadline = Instant::now() + support::START_LIMIT;
-    loop {
-        let last = scan(&sock, dir)?;
-        if last == b"ok\n" {
-            break;
-        }
-        mux.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "no successful scan (last answer {:?}); output:\n{}",
-                String::from_utf8_lossy(&last),
-                mux.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let a = support::activation_rounds(&sock, &mut mux, rounds, &|| scan(&sock, dir), b"ok\n")?;
+    let (mut cold, mut warm, mut free_lat, free_max) = (a.cold, a.warm, a.free, a.free_max);
     let ignored = mux.output().contains("Ignoring -E");
     let label = match (embedded, ignored) {
         (false, _) => "without -E (fork+exec of the filter)".to_string(),
         (true, false) => "with -E (fork of the preloaded filter)".to_string(),
         (true, true) => "with -E: NOT IMPLEMENTED by this multiplexor (it prints \"Ignoring -E flag\"), so this is exec again".to_string(),
     };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let prober = {
-        let (stop, sock) = (stop.clone(), sock.clone());
-        std::thread::spawn(move || {
-            let mut lat = Latencies::default();
-            let mut max = Duration::ZERO;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                if support::mux_request(&sock, b"free\n").is_ok() {
-                    let d = t.elapsed();
-                    max = max.max(d);
-                    lat.push(d);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (lat, max)
-        })
-    };
-    let (mut cold, mut warm) = (Latencies::default(), Latencies::default());
-    let mut result = Ok(());
-    for _ in 0..rounds {
-        if let Err(e) = wait_all_stopped(&sock, dir, &mut mux) {
-            result = Err(e);
-            break;
-        }
-        clean(dir);
-        let t = Instant::now();
-        let r = support::mux_request(&sock, &line)?;
-        cold.push(t.elapsed());
-        clean(dir);
-        let t = Instant::now();
-        let r2 = support::mux_request(&sock, &line)?;
-        warm.push(t.elapsed());
-        if r != b"ok\n" || r2 != b"ok\n" {
-            result = Err(anyhow::anyhow!(
-                "scans answered {:?} / {:?}",
-                String::from_utf8_lossy(&r),
-                String::from_utf8_lossy(&r2)
-            ));
-            break;
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut free_lat, free_max) = prober
-        .join()
-        .map_err(|_| anyhow::anyhow!("free prober panicked"))?;
-    result?;
     let (c50, cmax, w50) = (
         cold.quantile_ms(0.5),
         cold.quantile_ms(1.0),
@@ -411,29 +348,4 @@ fn activation(scratch: &Scratch, dir: &Path, rounds: usize, embedded: bool) -> R
     );
     mux.stop();
     Ok(())
-}
-
-/// Polls `status` until every slot is Stopped (retired workers reaped);
-/// an Idle worker with a request left is given an untimed scan so that it
-/// retires too.
-fn wait_all_stopped(sock: &Path, dir: &Path, mux: &mut support::Daemon) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = support::mux_request(sock, b"status\n")?;
-        let letters = r.split(|&b| b == b' ').next().unwrap_or_default();
-        if !letters.is_empty() && letters.iter().all(|&b| b == b'S') {
-            return Ok(());
-        }
-        if letters.contains(&b'I') {
-            scan(sock, dir)?;
-        }
-        mux.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "workers still running after 20 s: {}",
-                String::from_utf8_lossy(&r)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

@@ -1,0 +1,388 @@
+//! The MTA side of the milter benchmarks (`examples/bench_milter.rs`,
+//! `examples/bench_compare.rs`): milter sessions played with the
+//! `miltr-client` crate over a unix socket or TCP, one message per
+//! connection, and timed runs of concurrent sessions.
+//!
+//! Included with `#[path]` after `support.rs` (it uses `crate::support`).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use miltr_client::{Client, Connection};
+use miltr_common::actions::Action;
+use miltr_common::commands::{Connect, Family, Header};
+use miltr_common::modifications::ModificationAction;
+use miltr_common::optneg::OptNeg;
+
+// Either kind of stream, so sessions over both transports share code.
+use mailmunge::sockspec::Stream;
+
+use crate::support::{Compat, Daemon, Latencies, Run, START_LIMIT};
+
+/// Where a milter listens.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Unix(_) => "unix",
+            Target::Tcp(_) => "tcp",
+        }
+    }
+
+    /// The milter's `-p` argument (libmilter's syntax, which ours shares).
+    pub fn spec(&self) -> String {
+        match self {
+            Target::Unix(p) => format!("unix:{}", p.display()),
+            Target::Tcp(a) => format!("inet:{}@{}", a.port(), a.ip()),
+        }
+    }
+}
+
+/// A TCP address on loopback that nothing listens on right now.
+pub fn free_tcp_port() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.local_addr()
+}
+
+pub type Session = Connection<Compat<Stream>>;
+
+/// Opens a connection and does the option negotiation.
+pub async fn open(target: &Target, client: &Client) -> Result<Session, String> {
+    let stream = match target {
+        Target::Unix(p) => Stream::Unix(
+            tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        ),
+        Target::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            // As an MTA would: each milter command is a small write.
+            let _ = s.set_nodelay(true);
+            Stream::Tcp(s)
+        }
+    };
+    client
+        .connect_via(Compat(stream))
+        .await
+        .map_err(|e| format!("negotiate: {e}"))
+}
+
+/// A client with the default option negotiation.
+pub fn client() -> Client {
+    Client::new(OptNeg::default())
+}
+
+/// Largest body chunk: an MTA sends at most 64 KiB per milter packet, and
+/// miltr-client refuses bigger ones.
+const BODY_CHUNK: usize = 65535;
+
+/// One message as an MTA hands it to a milter.
+pub struct Message {
+    pub headers: Vec<(String, String)>,
+    /// Body with CRLF line ends, as it comes over SMTP.
+    pub body: Vec<u8>,
+    pub recipients: Vec<String>,
+}
+
+impl Message {
+    /// A plain-text message of about `bytes` bytes (headers included) for
+    /// `recipients` recipients.
+    pub fn plain(bytes: usize, recipients: usize) -> Message {
+        let line = "Line of a plain benchmark body, long enough to look like mail.\r\n";
+        let body = line.repeat(bytes.saturating_sub(300) / line.len() + 1);
+        Message::with_body("text/plain; charset=us-ascii", body, recipients)
+    }
+
+    /// multipart/mixed: a short text part and a base64 attachment, about
+    /// `bytes` bytes in all.
+    pub fn with_attachment(bytes: usize) -> Message {
+        let boundary = "=-bench-boundary-4711";
+        let mut body = format!(
+            "This is a multi-part message in MIME format.\r\n\r\n--{boundary}\r\n\
+             Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        );
+        for _ in 0..20 {
+            body.push_str("Please find the report attached; the figures are in the appendix.\r\n");
+        }
+        body.push_str(&format!(
+            "\r\n--{boundary}\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\
+             Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n"
+        ));
+        let lines = bytes.saturating_sub(body.len() + 400) / 78 + 1;
+        body.push_str(&base64_lines(lines));
+        body.push_str(&format!("\r\n--{boundary}--\r\n"));
+        Message::with_body(
+            &format!("multipart/mixed; boundary=\"{boundary}\""),
+            body,
+            1,
+        )
+    }
+
+    fn with_body(content_type: &str, body: String, recipients: usize) -> Message {
+        let pairs = [
+            ("From", "Sender <sender@example.com>"),
+            ("To", "Recipient <rcpt@example.net>"),
+            ("Subject", "benchmark message"),
+            ("Date", "Thu, 26 Nov 2026 12:00:00 +0000"),
+            ("Message-ID", "<bench@example.com>"),
+            ("MIME-Version", "1.0"),
+            ("Content-Type", content_type),
+        ];
+        Message {
+            headers: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: body.into_bytes(),
+            recipients: (0..recipients.max(1))
+                .map(|i| format!("<rcpt{i}@example.net>"))
+                .collect(),
+        }
+    }
+
+    /// Size as the MTA would store it: headers, blank line, body.
+    pub fn size(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+            + 2
+            + self.body.len()
+    }
+}
+
+/// `n` lines of 76 base64 characters (valid base64 of pseudo-random bytes:
+/// any run of alphabet characters in groups of four decodes).
+fn base64_lines(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u32 = 0x9e37_79b9;
+    let mut out = String::with_capacity(n * 78);
+    for _ in 0..n {
+        for _ in 0..76 {
+            // xorshift32: cheap, deterministic, not compressible by accident.
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            out.push(ALPHABET[(x % 64) as usize] as char);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// What the milter answered at end of message.
+pub struct Verdict {
+    pub action: String,
+    pub modifications: Vec<String>,
+}
+
+/// One SMTP transaction on a fresh connection, as an MTA plays it.
+pub async fn one_message(
+    target: &Target,
+    client: &Client,
+    msg: &Message,
+) -> Result<Verdict, String> {
+    let mut s = open(target, client).await?;
+    let step =
+        |what: &'static str| move |e: miltr_client::ResponseError| format!("{what}: {e} ({e:?})");
+    s.connect(Connect::new(
+        b"client.example",
+        Family::Inet,
+        Some(40000),
+        b"127.0.0.1",
+    ))
+    .await
+    .map_err(step("connect"))?;
+    s.helo(b"client.example".as_slice())
+        .await
+        .map_err(step("helo"))?;
+    s.mail(b"<sender@example.com>".as_slice())
+        .await
+        .map_err(step("mail"))?;
+    for r in &msg.recipients {
+        s.recipient(r.as_bytes()).await.map_err(step("rcpt"))?;
+    }
+    s.data().await.map_err(step("data"))?;
+    for (n, v) in &msg.headers {
+        s.header(Header::new(n.as_bytes(), v.as_bytes()))
+            .await
+            .map_err(step("header"))?;
+    }
+    s.end_of_header().await.map_err(step("eoh"))?;
+    for chunk in msg.body.chunks(BODY_CHUNK) {
+        s.body(chunk).await.map_err(step("body"))?;
+    }
+    let r = s.end_of_body().await.map_err(step("eom"))?;
+    let action = match r.final_action() {
+        Action::Continue(_) => "continue".to_string(),
+        other => format!("{other:?}"),
+    };
+    let modifications = r
+        .modifications()
+        .iter()
+        .map(|m| match m {
+            ModificationAction::AddHeader(h) => format!("add header {}: {}", h.name(), h.value()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    s.quit().await.map_err(|e| format!("quit: {e}"))?;
+    Ok(Verdict {
+        action,
+        modifications,
+    })
+}
+
+/// `sessions` concurrent MTA sessions, one message per connection, back to
+/// back until `seconds` are up; a message counts when the milter lets it
+/// through (`continue`).
+pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Run {
+    let client = Arc::new(client());
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (target, client, msg) = (target.clone(), client.clone(), msg.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let (mut errors, mut first_error) = (0usize, None);
+            while Instant::now() < until {
+                let t = Instant::now();
+                match tokio::time::timeout(
+                    Duration::from_secs(60),
+                    one_message(&target, &client, &msg),
+                )
+                .await
+                {
+                    Ok(Ok(v)) if v.action == "continue" => lat.push(t.elapsed()),
+                    Ok(Ok(v)) => {
+                        errors += 1;
+                        first_error.get_or_insert(format!("final action {}", v.action));
+                    }
+                    Ok(Err(e)) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        first_error.get_or_insert("no answer within 60 s".into());
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    let mut run = Run::default();
+    for t in tasks {
+        if let Ok((lat, errors, first)) = t.await {
+            run.add(lat, errors, first);
+        }
+    }
+    run.elapsed = started.elapsed();
+    run
+}
+
+/// Starts a milter (`cmd`, in the foreground) with its output in `log`
+/// and waits until a connection to `target` gets through negotiation.
+pub fn spawn_milter(
+    name: &'static str,
+    cmd: std::process::Command,
+    log: PathBuf,
+    target: &Target,
+) -> anyhow::Result<Daemon> {
+    let mut d = Daemon::spawn(name, cmd, log)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = client();
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        let ok = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), open(target, &client)).await
+        });
+        if ok.is_ok_and(|r| r.is_ok()) {
+            return Ok(d);
+        }
+        d.check_alive()?;
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{name} did not answer on {} within {START_LIMIT:?}; output:\n{}",
+                target.spec(),
+                d.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Opens idle sessions on `target` until `held` has `n` (in batches, which
+/// keep the accept backlog from overflowing), giving up after 100
+/// failures. Each session negotiates, and with `helo` also sends connect
+/// and HELO. Returns the failures and the first one.
+pub fn open_idle(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    n: usize,
+    helo: bool,
+    held: &mut Vec<Session>,
+) -> (usize, Option<String>) {
+    let client = Arc::new(client());
+    let (mut failures, mut first) = (0usize, None);
+    while held.len() < n && failures < 100 {
+        let batch = (n - held.len()).min(128);
+        let opened = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..batch {
+                let (target, client) = (target.clone(), client.clone());
+                tasks.push(tokio::spawn(async move {
+                    let f = async {
+                        let mut s = open(&target, &client).await?;
+                        if helo {
+                            s.connect(Connect::new(
+                                b"idle.example",
+                                Family::Inet,
+                                Some(40002),
+                                b"127.0.0.1",
+                            ))
+                            .await
+                            .map_err(|e| format!("connect: {e}"))?;
+                            s.helo(b"idle.example".as_slice())
+                                .await
+                                .map_err(|e| format!("helo: {e}"))?;
+                        }
+                        Ok::<_, String>(s)
+                    };
+                    tokio::time::timeout(Duration::from_secs(20), f)
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".into()))
+                }));
+            }
+            let mut v = Vec::new();
+            for t in tasks {
+                v.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+            }
+            v
+        });
+        for r in opened {
+            match r {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    failures += 1;
+                    first.get_or_insert(e);
+                }
+            }
+        }
+    }
+    (failures, first)
+}
