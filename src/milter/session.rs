@@ -410,6 +410,17 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
     }
 }
 
+/// The name of a message's working directory: the MTA's queue id, or the
+/// generated id when there is none. A queue id with a `/` (no MTA makes
+/// one) would put the directory outside the spool, so it gets the
+/// generated id too (protocol/milter.md, deliberate differences).
+fn workdir_name(qid: Option<&[u8]>, id: &str) -> String {
+    match qid {
+        Some(q) if !q.contains(&b'/') => String::from_utf8_lossy(q).into_owned(),
+        _ => id.to_string(),
+    }
+}
+
 fn no_private_data(callback: &str) -> Status {
     mm_log!(
         Warning,
@@ -602,10 +613,7 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
         .map(|a| a.as_bytes().to_vec())
         .unwrap_or_default();
 
-    let name = match &conn.qid {
-        Some(q) => String::from_utf8_lossy(q).into_owned(),
-        None => id.clone(),
-    };
+    let name = workdir_name(conn.qid.as_deref(), &id);
     let dir = match WorkDir::create(&cfg.spool_dir, &name, cfg.conserve_fds) {
         Ok(d) => d,
         Err(e) => {
@@ -1313,6 +1321,14 @@ pub fn callbacks(cfg: Arc<Config>) -> Callbacks<Conn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn working_directory_stays_in_the_spool() {
+        assert_eq!(workdir_name(Some(b"4XabcQ12"), "gen00001"), "4XabcQ12");
+        assert_eq!(workdir_name(None, "gen00001"), "gen00001");
+        assert_eq!(workdir_name(Some(b"a/../../../tmp/x"), "gen00001"), "gen00001");
+        assert_eq!(workdir_name(Some(b"/etc"), "gen00001"), "gen00001");
+    }
 
     #[test]
     fn client_addresses() {
