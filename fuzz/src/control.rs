@@ -27,8 +27,8 @@ pub fn run(data: &[u8]) {
     let Some(line) = got else { return };
     let _ = Class::of(&line);
     let _ = metrics::command_label(&line);
-    let reply = crate::block_on(dispatch(mux(), &line, Access::Unprivileged));
-    assert!(!reply.is_empty());
+    // An empty reply is fine (`busyworkers` with none busy).
+    let _ = crate::block_on(dispatch(mux(), &line, Access::Unprivileged));
 }
 
 async fn framed(input: &[u8], step: usize) -> Option<Vec<u8>> {
