@@ -2,8 +2,10 @@
 #
 # Example Mailmunge filter (mailmunge-rs).
 #
-# Installed as /etc/mailmunge/mailmunge-filter.pl.example; copy it to
-# /etc/mailmunge/mailmunge-filter.pl and adapt it. After editing, check it
+# script/install installs it as /etc/mailmunge/mailmunge-filter.pl.example:
+# copy it to /etc/mailmunge/mailmunge-filter.pl and adapt it. The Debian
+# package mailmunge-rs installs it as that filter itself (a conffile: your
+# changes are kept on upgrades). After editing, check it
 # with "perl -c" and make the workers load it with
 #     mm-mx-ctrl reread        (or: systemctl reload mailmunge)
 #

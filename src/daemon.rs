@@ -1,7 +1,7 @@
 //! Process plumbing shared by the daemons (milter and multiplexor):
 //! umask, set-id checks, privilege drop, PID and lock files, daemonising with
-//! a readiness pipe (multiplexor.md §2.1–§2.4), and the entry points to
-//! logging (`crate::logging`: syslog or journald).
+//! a readiness pipe (protocol/multiplexor.md §2.1–§2.4), and the entry points
+//! to logging (`crate::logging`: syslog or journald).
 //!
 //! Everything here is synchronous and meant to run before the tokio runtime
 //! exists (forking a multi-threaded process is unsafe), except [`log`], which
@@ -83,26 +83,97 @@ pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
-/// initgroups + setgid + setuid to `user` (c/drop_privs.c). Does nothing
-/// when we already are that user.
+/// initgroups + setgid + setuid to `user` (c/drop_privs.c), then every
+/// capability dropped. Done even when we already run as that user: such a
+/// process may still hold root's group ids or capabilities
+/// (protocol/SECURITY.md §5). Without the right to change groups, the
+/// user's own group list is accepted as it is; anything else is an error.
 pub fn drop_privileges(user: &str) -> Result<(), DaemonError> {
     let (uid, gid) = lookup_user(user).ok_or_else(|| DaemonError::UnknownUser(user.to_string()))?;
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } == uid && unsafe { libc::getuid() } == uid {
-        return Ok(());
-    }
     let cuser = CString::new(user).map_err(|_| DaemonError::UnknownUser(user.to_string()))?;
-    // SAFETY: valid C string; the calls only change process credentials.
-    unsafe {
-        if libc::initgroups(cuser.as_ptr(), gid) != 0 {
-            return Err(sys("initgroups")(std::io::Error::last_os_error()));
+    // SAFETY: valid C string; the call only changes process credentials.
+    if unsafe { libc::initgroups(cuser.as_ptr(), gid) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) || !has_groups_of(&cuser, gid) {
+            return Err(sys("initgroups")(e));
         }
-        if libc::setgid(gid) != 0 {
+    }
+    // SAFETY: the calls only change process credentials.
+    unsafe {
+        if libc::setresgid(gid, gid, gid) != 0 {
             return Err(sys("setgid")(std::io::Error::last_os_error()));
         }
-        if libc::setuid(uid) != 0 {
+        if libc::setresuid(uid, uid, uid) != 0 {
             return Err(sys("setuid")(std::io::Error::last_os_error()));
         }
+        // Unsupported before Linux 4.3; nothing to clear there.
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    set_capabilities(0).map_err(sys("capset"))
+}
+
+/// True when every id of the process (real, effective, saved gid and the
+/// supplementary list) already is `gid` and the user's group list.
+fn has_groups_of(user: &std::ffi::CStr, gid: u32) -> bool {
+    let Ok(mut want) = nix::unistd::getgrouplist(user, nix::unistd::Gid::from_raw(gid)) else {
+        return false;
+    };
+    let Ok(mut have) = nix::unistd::getgroups() else {
+        return false;
+    };
+    want.sort_unstable_by_key(|g| g.as_raw());
+    want.dedup();
+    have.sort_unstable_by_key(|g| g.as_raw());
+    have.dedup();
+    let ids = nix::unistd::getresgid();
+    have == want
+        && ids.is_ok_and(|r| {
+            [r.real, r.effective, r.saved]
+                .iter()
+                .all(|g| g.as_raw() == gid)
+        })
+}
+
+/// `struct __user_cap_header_struct` of capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` of capset(2); version 3 takes two.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the effective, permitted and inheritable capability sets of the
+/// calling thread to `bits` (bit n = capability n). Only syscalls: safe
+/// between fork and exec (the tests use it there).
+pub fn set_capabilities(bits: u64) -> std::io::Result<()> {
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let half = |b: u64| CapData {
+        effective: b as u32,
+        permitted: b as u32,
+        inheritable: b as u32,
+    };
+    let data = [half(bits), half(bits >> 32)];
+    // SAFETY: header and two data structs as capset(2) version 3 expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -116,7 +187,9 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Opens (creating) the PID file read-write, mode 0644.
+    /// Opens (creating) the PID file read-write, mode 0644. Opened as
+    /// root, it must be a regular file and is never reached through a
+    /// symlink (protocol/SECURITY.md §4).
     pub fn open(path: &Path) -> Result<PidFile, DaemonError> {
         let what = format!("Could not open PID file {}", path.display());
         let file = open_rw_create(path, &what)?;
@@ -141,16 +214,20 @@ impl PidFile {
 }
 
 /// Opens read-write, creating with mode 0666 & ~umask and keeping the
-/// contents (a PID or lock file may belong to a running daemon).
+/// contents (a PID or lock file may belong to a running daemon). Only a
+/// regular file, not reached through a symlink, is accepted: the file is
+/// changed (mode, contents) before anything else is known about it.
 fn open_rw_create(path: &Path, what: &str) -> Result<File, DaemonError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o666)
-        .open(path)
-        .map_err(sys(what))
+    crate::blocking::open_regular(
+        path,
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666),
+    )
+    .map_err(|e| sys(what)(e.into()))
 }
 
 /// Opens (creating, mode 0666 & ~umask) and write-locks a whole file with
@@ -170,8 +247,8 @@ pub fn lock_file(path: &Path) -> Result<File, DaemonError> {
     Ok(file)
 }
 
-/// The daemon's end of the readiness pipe (§2.2): exactly one report, `X`
-/// for ready or `E<message>` for a start-up failure.
+/// The daemon's end of the readiness pipe (protocol/multiplexor.md §2.2):
+/// exactly one report, `X` for ready or `E<message>` for a start-up failure.
 #[derive(Debug)]
 pub struct Readiness {
     pipe: Option<File>,
@@ -190,7 +267,7 @@ impl Readiness {
 
     /// Tells the launcher the daemon is up; it exits 0. In the foreground
     /// under a `Type=notify` systemd unit, tells systemd instead
-    /// (protocol/deployment.md; a no-op without `NOTIFY_SOCKET`).
+    /// (protocol/deployment.md §9; a no-op without `NOTIFY_SOCKET`).
     pub fn ready(&mut self) {
         match self.pipe.take() {
             Some(mut p) => {
@@ -342,15 +419,56 @@ pub fn original_nofile() -> Option<libc::rlimit> {
     ORIGINAL_NOFILE.get().copied()
 }
 
-/// Closes every descriptor from 3 up to 1023 except those in `keep`
-/// (upstream closes what a daemon inherited). Call while single-threaded.
+/// Closes every descriptor from 3 up, whatever its number, except those
+/// in `keep` (protocol/SECURITY.md §2): a daemon must not hold what its
+/// starter left open. Uses close_range(2), or closes what /proc/self/fd
+/// lists where the kernel lacks it. Call while single-threaded.
 pub fn close_inherited_fds(keep: &[i32]) {
-    for fd in 3..1024 {
-        if !keep.contains(&fd) {
+    let ranges = ranges_to_close(keep);
+    if ranges.iter().all(|&(lo, hi)| close_range(lo, hi)) {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // Collected first: the directory's own descriptor goes away with `dir`.
+    let open: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&fd)) {
             // SAFETY: single-threaded; nothing else owns these descriptors yet.
-            unsafe { libc::close(fd) };
+            unsafe { libc::close(fd as i32) };
         }
     }
+}
+
+/// The descriptor ranges from 3 to the largest number, minus `keep`.
+fn ranges_to_close(keep: &[i32]) -> Vec<(u32, u32)> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::new();
+    let mut lo = 3u32;
+    for k in keep {
+        if k > lo {
+            ranges.push((lo, k - 1));
+        }
+        lo = k + 1;
+    }
+    ranges.push((lo, u32::MAX));
+    ranges
+}
+
+/// close_range(2) without flags; false when the kernel lacks it.
+fn close_range(lo: u32, hi: u32) -> bool {
+    // SAFETY: closes descriptors only; the caller owns them all (see
+    // close_inherited_fds). Raw syscall: older C libraries lack a wrapper.
+    unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) == 0 }
 }
 
 /// Removes a file, ignoring errors (used at shutdown).
@@ -358,7 +476,8 @@ pub fn unlink_quietly(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Removes a UNIX socket left by us, but never a regular file (§20.18).
+/// Removes a UNIX socket left by us, but never a regular file
+/// (protocol/multiplexor.md §20.18).
 pub fn remove_socket(path: &Path) {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(m) = std::fs::symlink_metadata(path) {
@@ -373,8 +492,9 @@ pub fn remove_socket(path: &Path) {
 /// Syslog priorities used by the daemons.
 pub use libc::{LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_NOTICE, LOG_WARNING};
 
-/// Maps a facility name (§2 `-S`) to its value: the plain names, `security`
-/// (= auth), `local0`..`local7`, or the `LOG_*` spellings, case-insensitive.
+/// Maps a facility name (protocol/multiplexor.md §2 `-S`) to its value: the
+/// plain names, `security` (= auth), `local0`..`local7`, or the `LOG_*`
+/// spellings, case-insensitive.
 pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
     let lower = name.to_ascii_lowercase();
     let n = lower.strip_prefix("log_").unwrap_or(&lower);
@@ -432,6 +552,16 @@ mod tests {
     }
 
     #[test]
+    fn descriptor_ranges_skip_kept_ones() {
+        assert_eq!(ranges_to_close(&[]), [(3, u32::MAX)]);
+        assert_eq!(
+            ranges_to_close(&[120, 0, 4, 100, 4, -1]),
+            [(3, 3), (5, 99), (101, 119), (121, u32::MAX)]
+        );
+        assert_eq!(ranges_to_close(&[3]), [(4, u32::MAX)]);
+    }
+
+    #[test]
     fn pid_file_contents() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pid");
@@ -440,5 +570,28 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "42\n");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn pid_and_lock_files_refuse_symlinks_and_non_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("pid");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = PidFile::open(&link).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Could not open PID file {}: not a regular file but a symbolic link",
+                link.display()
+            )
+        );
+        assert!(lock_file(&link).is_err());
+        assert!(PidFile::open(Path::new("/dev/null")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -1,5 +1,5 @@
 //! Asks a running multiplexor why mail is being tempfailed, in words for
-//! the admin (`mm-try`, `script/local-stack`; protocol/multiplexor.md §6).
+//! the admin (`mm-try`, `script/local-stack`; protocol/multiplexor.md §26).
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +20,17 @@ async fn ask(socket: &Path, command: &str) -> Result<String, mxclient::MxError> 
 /// Explains, from the multiplexor at `socket`, why no worker answered.
 pub async fn why_tempfail(socket: &Path) -> String {
     let shown = socket.display();
-    match ask(socket, "lasterror").await {
+    // A worker that just died may not have been reaped yet: give the
+    // multiplexor a moment to record why.
+    let mut last = ask(socket, "lasterror").await;
+    for _ in 0..20 {
+        if !matches!(&last, Ok(r) if r == "none") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = ask(socket, "lasterror").await;
+    }
+    match last {
         Err(e) => format!("the multiplexor at {shown} does not answer ({e})"),
         Ok(r) if r != "none" && !r.starts_with("error:") => {
             format!("the filter's workers fail: {r}")

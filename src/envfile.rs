@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 /// Longest value accepted: the kernel refuses longer arguments and
 /// environment strings (MAX_ARG_STRLEN, 128 KiB with the NUL). It also
-/// stops a few lines of `A=$A$A$A$A` from growing a value without bound.
+/// stops a few lines of `A=$A$A$A$A` from growing a value without bound
+/// (protocol/SECURITY.md §10.6).
 pub const MAX_VALUE: usize = 128 * 1024 - 1;
 
 /// Why a file could not be read as an assignment list.

@@ -1,6 +1,7 @@
 //! mailmunge-rs: a drop-in reimplementation of the Mailmunge milter framework.
 //!
 //! One module owns each wire format; see `protocol/README.md` for the map.
+pub mod blocking;
 pub mod cnum;
 pub mod cstr;
 pub mod ctrl;

@@ -1,6 +1,7 @@
-//! The client side of the multiplexor control socket (milter.md §7.1,
-//! mm-mx-ctrl.md §2): one connection per request, one request line out, the
-//! reply read until the multiplexor closes the connection.
+//! The client side of the multiplexor control socket
+//! (protocol/milter.md §7.1, protocol/mm-mx-ctrl.md §2): one connection per
+//! request, one request line out, the reply read until the multiplexor closes
+//! the connection.
 //!
 //! Upstream's client has no timeouts; ours takes one so that a wedged
 //! multiplexor turns into a temporary failure instead of a hung SMTP session.

@@ -1,4 +1,5 @@
-//! The notifier socket, `mailmunge-multiplexor -O` (multiplexor.md §14).
+//! The notifier socket, `mailmunge-multiplexor -O`
+//! (protocol/multiplexor.md §14).
 //!
 //! Monitoring programs connect, get `*OK\n`, subscribe with a line
 //! `?LETTERS` (`A`–`Z`, or `*` for all) and then receive one line per event

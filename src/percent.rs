@@ -1,5 +1,5 @@
 //! The percent codec shared by the milter, the multiplexor, mm-mx-ctrl and the
-//! Perl workers (multiplexor.md §4.2, worker-protocol.md §3).
+//! Perl workers (protocol/multiplexor.md §4.2, protocol/worker-protocol.md §3).
 //!
 //! Two escaping variants exist upstream: request lines and worker replies escape
 //! `%`, `\`, `'` and `"` besides control and 8-bit bytes; the COMMANDS file

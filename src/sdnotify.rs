@@ -1,5 +1,5 @@
 //! Readiness notification to systemd (`Type=notify` units, see
-//! protocol/deployment.md).
+//! protocol/deployment.md §9).
 //!
 //! With `-D` under systemd, a daemon calls [`ready`] at the moment it would
 //! otherwise write `X` on its readiness pipe: the multiplexor once its

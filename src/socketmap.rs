@@ -1,5 +1,5 @@
 //! The Sendmail socketmap server, `mailmunge-multiplexor -N`
-//! (multiplexor.md §13): netstring requests `<len>:<map> <key>,` on a
+//! (protocol/multiplexor.md §13): netstring requests `<len>:<map> <key>,` on a
 //! persistent connection, each answered by one netstring built from a
 //! worker's reply to `map <pct(map)> <pct(key)>`.
 //!
@@ -95,7 +95,7 @@ pub enum MapOutcome {
 }
 
 impl MapOutcome {
-    /// The socketmap reply payload (§13).
+    /// The socketmap reply payload (protocol/multiplexor.md §13).
     pub fn payload(&self) -> Vec<u8> {
         let fixed: &[u8] = match self {
             MapOutcome::Reply(r) if r.is_empty() => b"TEMP Busy timeout on worker",

@@ -1,5 +1,5 @@
-//! Socket specifications (multiplexor.md §3, milter.md §1.6) and the listeners
-//! and streams they open.
+//! Socket specifications (protocol/multiplexor.md §3, protocol/milter.md §1.6)
+//! and the listeners and streams they open.
 //!
 //! Two syntaxes exist upstream. The multiplexor takes `/path`, `unix:/path`,
 //! `local:/path`, `inet:PORT` (127.0.0.1), `inet_any:PORT`, `inet6:PORT` (::1)
@@ -140,6 +140,18 @@ impl SockSpec {
 
     pub fn is_tcp(&self) -> bool {
         matches!(self, SockSpec::Tcp(_))
+    }
+
+    /// The warning the daemons log for a TCP socket bound to every address
+    /// (protocol/SECURITY.md §3); `spec` is the option's text.
+    pub fn all_addresses_warning(&self, spec: &str) -> Option<String> {
+        match self {
+            SockSpec::Tcp(a) if a.ip().is_unspecified() => Some(format!(
+                "WARNING: socket {spec} listens on all addresses ({a}): every host that can reach port {} can connect; name a local address to restrict it",
+                a.port()
+            )),
+            _ => None,
+        }
     }
 
     /// Binds a listening socket. A UNIX path is removed first, as upstream
@@ -368,6 +380,18 @@ mod tests {
             SockSpec::Unix("/x.sock".into())
         );
         assert!(SockSpec::parse_milter("relative.sock").is_err());
+        let w = |s: &str| SockSpec::parse_milter(s).unwrap().all_addresses_warning(s);
+        assert_eq!(
+            w("inet:2525").unwrap(),
+            "WARNING: socket inet:2525 listens on all addresses (0.0.0.0:2525): every host that can reach port 2525 can connect; name a local address to restrict it"
+        );
+        assert!(w("inet6:2525@").unwrap().contains("([::]:2525)"));
+        assert_eq!(w("inet:2525@127.0.0.1"), None);
+        assert_eq!(w("unix:/x.sock"), None);
+        let m = |s: &str| SockSpec::parse_mux(s).unwrap().all_addresses_warning(s);
+        assert!(m("inet_any:4000").is_some());
+        assert!(m("inet6_any:4000").is_some());
+        assert_eq!(m("inet:4000"), None);
         assert!(SockSpec::parse_milter("inet:0@127.0.0.1").is_err());
     }
 

@@ -1,11 +1,12 @@
 //! `/etc/default/mailmunge` variables → the command line of each daemon
-//! (deployment.md §2.1, §2.2).
+//! (protocol/deployment.md §2.1, §2.2).
 //!
 //! Upstream builds the command lines in `/bin/sh -c` with one backtick test
-//! per variable, which word-splits every value (deployment.md §6.1, §6.4).
-//! Here each value becomes exactly one argument; only `MM_EXTRA` is split, on
-//! blanks, because it is documented as "extra arguments". The flag order is
-//! upstream's, so `ps` shows the same command line for the same file.
+//! per variable, which word-splits every value
+//! (protocol/deployment.md §6.1, §6.4). Here each value becomes exactly one
+//! argument; only `MM_EXTRA` is split, on blanks, because it is documented as
+//! "extra arguments". The flag order is upstream's, so `ps` shows the same
+//! command line for the same file.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -75,7 +76,7 @@ enum Kind {
 
 use Kind::{Value, Yes};
 
-/// deployment.md §2.1, in upstream's emission order.
+/// protocol/deployment.md §2.1, in upstream's emission order.
 const MILTER_FLAGS: &[(&str, &str, Kind)] = &[
     ("MM_CONSERVE_DESCRIPTORS", "-C", Yes),
     ("MM_ALLOW_GROUP_ACCESS", "-G", Yes),
@@ -100,7 +101,7 @@ const MILTER_FLAGS: &[(&str, &str, Kind)] = &[
     ("SPOOLDIR", "-z", Value),
 ];
 
-/// deployment.md §2.2, in upstream's emission order.
+/// protocol/deployment.md §2.2, in upstream's emission order.
 const MULTIPLEXOR_FLAGS: &[(&str, &str, Kind)] = &[
     ("MX_EMBED_PERL", "-E", Yes),
     ("MM_ALLOW_GROUP_ACCESS", "-G", Yes),
@@ -352,7 +353,7 @@ pub enum StaleSocket {
 
 /// Removes a UNIX socket left behind by a crashed daemon. Unlike upstream's
 /// `rm -f $SOCKET`, it leaves a live daemon's socket and non-socket files
-/// alone, and ignores TCP specifications (deployment.md §6.5).
+/// alone, and ignores TCP specifications (protocol/deployment.md §6.5).
 pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
     use std::os::unix::fs::FileTypeExt;
     let Some(path) = unix_socket_path(spec) else {
@@ -382,7 +383,7 @@ pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
 /// directory is left exactly as the admin set it up. Returns whether it was
 /// created.
 pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = vars.spooldir();
     if dir.is_dir() {
         return Ok(false);
@@ -391,8 +392,14 @@ pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
         .recursive(true)
         .mode(0o750)
         .create(&dir)?;
+    // Mode and owner are set through a descriptor of the directory itself,
+    // never through a symlink put in its place (we may be root).
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dir)?;
     // The umask may have narrowed the mode.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
+    handle.set_permissions(std::fs::Permissions::from_mode(0o750))?;
     if nix::unistd::geteuid().is_root() {
         let name = |v| vars.value(v).and_then(|s| s.to_str());
         let user = name("MX_USER").and_then(|u| nix::unistd::User::from_name(u).ok().flatten());
@@ -401,7 +408,11 @@ pub fn ensure_spooldir(vars: &Vars) -> std::io::Result<bool> {
             .map(|g| g.gid)
             .or(user.as_ref().map(|u| u.gid));
         if user.is_some() || group.is_some() {
-            nix::unistd::chown(&dir, user.map(|u| u.uid), group).map_err(std::io::Error::from)?;
+            std::os::unix::fs::fchown(
+                &handle,
+                user.map(|u| u.uid.as_raw()),
+                group.map(|g| g.as_raw()),
+            )?;
         }
     }
     Ok(true)
@@ -466,7 +477,8 @@ mod tests {
     ];
 
     /// Setting one variable alone (no launcher defaults) must produce exactly
-    /// the flags of deployment.md's table, followed by the fixed tail.
+    /// the flags of its table (protocol/deployment.md §2.1, §2.2), followed by
+    /// the fixed tail.
     fn only(d: Daemon, name: &str, value: &str) -> Vec<String> {
         let w = words(d, &vars(&[(name, value)]));
         let tail = if d == Daemon::Milter {
@@ -640,7 +652,8 @@ mod tests {
 
     #[test]
     fn scanned_by_is_one_argument_without_added_quotes() {
-        // deployment.md §6.1: upstream yields `"My` and a stray `Scanner"`.
+        // protocol/deployment.md §6.1: upstream yields `"My` and a stray
+        // `Scanner"`.
         let w = words(
             Daemon::Milter,
             &vars(&[("SCANNED_BY", "My \"Scanner\" 1.0")]),
@@ -799,8 +812,8 @@ mod tests {
         );
     }
 
-    /// deployment.md §5.2: upstream's regression-test configuration under the
-    /// sysv script's defaults gives these two command lines.
+    /// protocol/deployment.md §5.2: upstream's regression-test configuration
+    /// under the sysv script's defaults gives these two command lines.
     #[test]
     fn regression_test_configuration_matches_upstream_command_lines() {
         let v = vars(&[

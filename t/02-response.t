@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # Mailmunge::Response: constructors, defaults, status validation,
-# fix_code_dsn and predicates (perl-api.md section 4).
+# fix_code_dsn and predicates (protocol/perl-api.md §4).
 use strict;
 use warnings;
 use Test::More;

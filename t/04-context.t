@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Mailmunge::Context: accessors, message actions and the RESULTS lines
-# they write, COMMANDS reading, quarantine layout (perl-api.md section 5,
-# worker-protocol.md sections 6.3 and 7).
+# they write, COMMANDS reading, quarantine layout (protocol/perl-api.md §5,
+# protocol/worker-protocol.md §6.3 and §7).
 use strict;
 use warnings;
 use Test::More;

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # Mailmunge::Filter helpers callable on the class or an object
-# (perl-api.md section 6.2 - 6.4).
+# (protocol/perl-api.md §6.2–§6.4).
 use strict;
 use warnings;
 use Test::More;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # A filter run as a real worker process: command parsing, every verdict
 # command, map/tick/ping, unknown commands, misbehaving callbacks, exit
-# status (worker-protocol.md sections 2, 4, 5).
+# status (protocol/worker-protocol.md §2, §4, §5).
 use strict;
 use warnings;
 use Test::More;

@@ -4,7 +4,7 @@
 # in t/data/core/golden/<case>/).  Replies, the capture filter's own record
 # of each callback's context, and the RESULTS / NEWBODY / quarantine files
 # of each scan must match byte for byte (after the normalisation described
-# in shared/golden/README.md).
+# in t/data/core/golden/README.md).
 use strict;
 use warnings;
 use Test::More;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Bad input and misbehaving filters never kill the worker and always get
-# exactly one well-formed reply (worker-protocol.md section 10,
-# perl-api.md section 13).
+# exactly one well-formed reply (protocol/worker-protocol.md §10,
+# protocol/perl-api.md §13).
 use strict;
 use warnings;
 use Test::More;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Status tags on fd 3 (-serveru) and the embedded-mode contract
-# (-embserver[u] + main::_mailmunge_do_main_loop), worker-protocol.md
-# sections 1.2 - 1.4 and 8.
+# (-embserver[u] + main::_mailmunge_do_main_loop),
+# protocol/worker-protocol.md §1.2–§1.4 and §8.
 use strict;
 use warnings;
 use Test::More;

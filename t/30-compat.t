@@ -1,5 +1,5 @@
-# Mailmunge::Filter::Compat (perl-api.md §7): the part walk and its quirks,
-# the part actions, added parts and the warnings part, verdicts from the
+# Mailmunge::Filter::Compat (protocol/perl-api.md §7): the part walk and its
+# quirks, the part actions, added parts and the warnings part, verdicts from the
 # callbacks.  Each scan runs the filter as a real worker ("FILTER -server").
 use strict;
 use warnings;

@@ -1,7 +1,7 @@
-# Test::Mailmunge::Filter (perl-api.md §11.1) run as a worker: SMTP-stage
-# verdicts, the Compat actions on a message with executables, every message
-# modification, the four boilerplate variants, quarantine, copying INPUTMSG
-# and DKIM signing, checked byte for byte against fixtures in
+# Test::Mailmunge::Filter (protocol/perl-api.md §11.1) run as a worker:
+# SMTP-stage verdicts, the Compat actions on a message with executables, every
+# message modification, the four boilerplate variants, quarantine, copying
+# INPUTMSG and DKIM signing, checked byte for byte against fixtures in
 # t/data/ext/expected (set MM_REGEN_FIXTURES=1 to rewrite them, then review).
 use strict;
 use warnings;
@@ -11,6 +11,7 @@ use lib 't/data/ext/lib';
 use ExtUtil;
 use Test::Mailmunge::Tmpdir;
 use Mail::DKIM::Verifier;
+use File::Path qw(make_path);
 
 my $tmp = Test::Mailmunge::Tmpdir->new();
 my $spool = "$tmp->{dir}/spool";
@@ -20,7 +21,12 @@ my $FILTER = 't/data/ext/filters/test-filter.pl';
 my $EXP = 't/data/ext/expected';
 my $n = 0;
 
-sub worker { my ($r) = ExtUtil::run_worker($FILTER, [@_], cwd => $spool); return $r; }
+my $testdir;    # TESTDIR for the workers; the repository when undef
+sub worker
+{
+	my ($r) = ExtUtil::run_worker($FILTER, [@_], cwd => $spool, ($testdir ? (testdir => $testdir) : ()));
+	return $r;
+}
 
 sub scan
 {
@@ -159,6 +165,26 @@ is(verify($dir), 'pass', 'unchanged multipart message verifies');
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'chgsub dkim_sign');
 like(file("$dir/RESULTS"), qr/^ISubject 1 \[New%20subject\]%20chgsub%20dkim_sign\nHDKIM-Signature /m, 'subject changed, then signed');
 is(verify($dir), 'pass', 'the signature covers the changed subject');
+
+# A key file with a note before the key and text after it (as people keep
+# them): only the block between the BEGIN and END lines is the key, so the
+# signature is the one made with the bare key.
+my $key = file('t/data/ext/dkim/private-key.pem');
+$testdir = "$tmp->{dir}/noted-key";
+make_path("$testdir/t/data/dkim");
+open(my $kfh, '>', "$testdir/t/data/dkim/private-key.pem") or die("key file: $!");
+print $kfh "Test key for test.mailmunge.org, selector testing; never for real mail.\n\n$key\nSee the README.\n";
+close($kfh) or die("key file: $!");
+{
+	local $ENV{TESTDIR} = $testdir;
+	require Test::Mailmunge::Filter;
+	is(Test::Mailmunge::Filter::dkim_test_key_pem(), $key, 'dkim_test_key_pem: only the key block of a noted file');
+}
+($reply, $dir) = scan('t/data/ext/msgs/exe.eml', 'dkim_sign');
+is($reply, 'ok', 'noted key file: scan ok');
+is(file("$dir/RESULTS"), file("$EXP/dkim.RESULTS"), 'noted key file: same RESULTS as the bare key');
+is(verify($dir), 'pass', 'noted key file: signature verifies');
+$testdir = undef;
 
 kill('TERM', $dns_pid);
 waitpid($dns_pid, 0);

@@ -1,5 +1,6 @@
-# Plug-in base classes (perl-api.md §8) and the test helpers
-# Test::Mailmunge::Tmpdir and Test::Mailmunge::SMTPServer (§11.3, §11.4).
+# Plug-in base classes (protocol/perl-api.md §8) and the test helpers
+# Test::Mailmunge::Tmpdir and Test::Mailmunge::SMTPServer
+# (protocol/perl-api.md §11.3, §11.4).
 use strict;
 use warnings;
 

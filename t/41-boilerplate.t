@@ -1,6 +1,6 @@
-# Mailmunge::Action::Boilerplate in process (perl-api.md §9.1): where the
-# text goes in text/plain and text/html parts, one part or all, what is
-# left alone, character sets, and failures.
+# Mailmunge::Action::Boilerplate in process (protocol/perl-api.md §9.1): where
+# the text goes in text/plain and text/html parts, one part or all, what is left
+# alone, character sets, and failures.
 use strict;
 use warnings;
 
@@ -57,10 +57,46 @@ is($bp->add_text_boilerplate($ctx, $e, "END\n", 0, 1), 1, 'all parts');
 is(body($e->parts(0)), "TOP\none\nEND\n", 'first part at end');
 is(body($e->parts(1)), "two\nEND\n", 'second part at end');
 
-# Body without a final newline: the boilerplate still starts a new line.
-$e = parse("Content-Type: text/plain\n\nno newline");
-$bp->add_text_boilerplate($ctx, $e, 'FOOT');
-is(body($e), "no newline\nFOOT\n", 'single-part message, missing final newline');
+# A part whose last line lacks its newline: as upstream, nothing is put
+# between that line and the boilerplate (protocol/perl-ext.md, Plug-ins).
+foreach my $c (
+	# [type, original body, boilerplate, at_start, expected body]
+	['text/plain', 'no newline', 'FOOT', 0, "no newlineFOOT\n"],
+	['text/plain', 'no newline', "FOOT\n", 1, "FOOT\nno newline"],
+	['text/plain', "two\nlines", "\n-- \nsig", 0, "two\nlines\n-- \nsig\n"],
+	['text/html', 'bare text', '<b>B</b>', 0, "bare text<b>B</b>\n"],
+	['text/html', '<p>para</p>', '<b>B</b>', 0, "<p>para</p><b>B</b>\n"],
+	['text/html', '<p>para</p>', '<b>B</b>', 1, "<b>B</b>\n<p>para</p>"],
+	['text/html', "<body>\n<p>x</p>\n</body>", '<b>B</b>', 0, "<body>\n<p>x</p>\n<b>B</b>\n</body>"],
+    ) {
+	my ($type, $orig, $text, $start, $want) = @$c;
+	my $name = "$type without final newline, " . ($start ? 'start' : 'end') . ": [$orig]";
+	my $add = $type eq 'text/html' ? 'add_html_boilerplate' : 'add_text_boilerplate';
+	$e = parse("Content-Type: $type\n\n$orig");
+	is(body($e), $orig, "$name: parsed without newline");
+	is($bp->$add($ctx, $e, $text, $start), 1, "$name: changed");
+	is(body($e), $want, "$name: exact bytes");
+}
+
+# The same inside a multipart message, checked on the body the filter
+# writes out (NEWBODY is print_body of the entity): all text/plain parts,
+# then all text/html parts, at the end.
+$e = parse(mp("Content-Type: text/plain\n\nfirst", "Content-Type: text/html\n\n<p>second</p>",
+	      "Content-Type: text/plain\n\nthird\n"));
+is($bp->add_text_boilerplate($ctx, $e, 'TXT', 0, 1), 1, 'multipart: text parts changed');
+is($bp->add_html_boilerplate($ctx, $e, '<i>H</i>', 0, 1), 1, 'multipart: html part changed');
+is($e->stringify_body,
+   "--B\nContent-Type: text/plain\n\nfirstTXT\n\n"
+   . "--B\nContent-Type: text/html\n\n<p>second</p><i>H</i>\n\n"
+   . "--B\nContent-Type: text/plain\n\nthird\nTXT\n\n--B--\n",
+   'multipart: exact body bytes, boilerplate glued to the unterminated lines');
+$e = parse(mp("Content-Type: text/plain\n\nfirst", "Content-Type: text/html\n\n<p>second</p>"));
+$bp->add_text_boilerplate($ctx, $e, 'TXT', 1);
+$bp->add_html_boilerplate($ctx, $e, '<i>H</i>', 1);
+is($e->stringify_body,
+   "--B\nContent-Type: text/plain\n\nTXT\nfirst\n"
+   . "--B\nContent-Type: text/html\n\n<i>H</i>\n<p>second</p>\n--B--\n",
+   'multipart at start: exact body bytes');
 
 # Attachments and other types are left alone; nothing to do returns 0.
 $ctx = Mailmunge::Context->new();

@@ -1,4 +1,5 @@
-# Mailmunge::Test::Greylist against a private SQLite file (perl-api.md §10.2).
+# Mailmunge::Test::Greylist against a private SQLite file
+# (protocol/perl-api.md §10.2).
 use strict;
 use warnings;
 

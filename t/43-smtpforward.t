@@ -1,5 +1,5 @@
 # Mailmunge::Test::SMTPForward against Test::Mailmunge::SMTPServer
-# (perl-api.md §10.4): verdicts, exact log entries, loop detection.
+# (protocol/perl-api.md §10.4): verdicts, exact log entries, loop detection.
 use strict;
 use warnings;
 

@@ -1,4 +1,4 @@
-# Mailmunge::Test::Rspamd (perl-api.md §10.3): request format and every
+# Mailmunge::Test::Rspamd (protocol/perl-api.md §10.3): request format and every
 # error path against a scripted HTTP server, then the real rspamd started
 # on a loopback port with a private configuration (skipped only when the
 # rspamd program is not installed).

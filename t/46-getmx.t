@@ -1,5 +1,5 @@
 # Mailmunge::Test::GetMX against a private name server on 127.0.0.1
-# (perl-api.md §10.1).  No Internet DNS is used.
+# (protocol/perl-api.md §10.1).  No Internet DNS is used.
 use strict;
 use warnings;
 

@@ -1,4 +1,4 @@
-# Mailmunge::Action::DKIMSigner in process (perl-api.md §9.2): what is
+# Mailmunge::Action::DKIMSigner in process (protocol/perl-api.md §9.2): what is
 # signed with and without a replaced body, checked with Mail::DKIM's own
 # verifier against the test key served by a local name server.
 use strict;

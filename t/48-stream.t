@@ -1,4 +1,4 @@
-# Mailmunge::Action::Stream (perl-api.md §9.3) with a stand-in sendmail
+# Mailmunge::Action::Stream (protocol/perl-api.md §9.3) with a stand-in sendmail
 # that records its arguments and input.
 use strict;
 use warnings;

@@ -1,4 +1,4 @@
-# Test::Mailmunge::Utils (perl-api.md §11.2) and the SMTP client of
+# Test::Mailmunge::Utils (protocol/perl-api.md §11.2) and the SMTP client of
 # Test::Mailmunge::RegressionUtils; start_multiplexor / mm_mx_ctrl /
 # stop_multiplexor against our own mailmunge-multiplexor and mm-mx-ctrl.
 use strict;

@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# script/install into a temporary DESTDIR: upstream's layout (deployment.md
-# §1.2), modes, substituted paths, and nothing chowned or created outside.
+# script/install into a temporary DESTDIR: upstream's layout
+# (protocol/deployment.md §1.2), modes, substituted paths, and nothing chowned
+# or created outside.
 use strict;
 use warnings;
 use Test::More;
@@ -74,7 +75,7 @@ for my $unit ($mm, $mx) {
 	like($unit, qr{^TimeoutStopSec=30s$}m, 'TimeoutStopSec=30s');
 	like($unit, qr{^Restart=on-failure$}m, 'Restart=on-failure');
 }
-# Upstream's unit relations (deployment.md §3).
+# Upstream's unit relations (protocol/deployment.md §3).
 like($mm, qr{^BindsTo=mailmunge-multiplexor\.service$}m, 'BindsTo');
 like($mm, qr{^After=mailmunge-multiplexor\.service$}m, 'After multiplexor');
 like($mm, qr{^PropagatesReloadTo=mailmunge-multiplexor\.service$}m, 'PropagatesReloadTo');
@@ -139,6 +140,10 @@ isnt($?, 0, 'relative PREFIX is refused');
 like($err, qr/PREFIX must be an absolute path/, '... with a message');
 $err = `'$top/script/install' DESTDIR='$dest3' BOGUS BUILD=no 2>&1`;
 isnt($?, 0, 'unknown argument is refused');
+# A path that sed would turn into Perl code (protocol/SECURITY.md §8).
+$err = `'$top/script/install' DESTDIR='$dest3' "SPOOLDIR=/srv/x',system('id'),'" BUILD=no PROFILE=debug 2>&1`;
+isnt($?, 0, 'a SPOOLDIR with a quote is refused');
+like($err, qr/SPOOLDIR may hold only letters, digits/, '... naming the variable');
 opendir(my $d3, $dest3) or die;
 is(scalar(grep { !/^\.\.?$/ } readdir($d3)), 0, 'nothing installed by refused runs');
 

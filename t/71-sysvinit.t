@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # sysvinit/mailmunge with stand-in daemons: configuration files in upstream
-# order, command lines (deployment.md §4, §5.2), pid files, status texts,
-# stop, reload.
+# order, command lines (protocol/deployment.md §4, §5.2), pid files, status
+# texts, stop, reload.
 use strict;
 use warnings;
 use Test::More;
@@ -31,9 +31,10 @@ sub slurp { open(my $fh, '<', $_[0]) or return undef; local $/; return <$fh>; }
 copy($start_bin, "$bin/mailmunge-start") or die;
 chmod(0755, "$bin/mailmunge-start");
 
-# Stand-in daemons: record argv, leave a sleeping process behind as "the
-# daemon" and write its pid where -p/-P says, then return like a daemon
-# whose child reported ready.
+# Stand-in daemons: record argv, leave a process behind as "the daemon"
+# and write its pid where -p/-P says, then return like a daemon whose child
+# reported ready. The multiplexor's stand-in answers PONG on its control
+# socket (-s), as a worker would to mailmunge-start's check.
 my $fake = <<'EOF';
 #!/bin/sh
 name=$(basename "$0")
@@ -42,12 +43,26 @@ printf '%s\n' "$@" > "$TEST_LOG_DIR/$name.argv"
 flag=-p
 [ "$name" = mailmunge ] && flag=-P
 pidfile=
+sock=
 while [ $# -gt 0 ]; do
     [ "$1" = "$flag" ] && { pidfile=$2; shift; }
+    [ "$name" = mailmunge-multiplexor ] && [ "$1" = -s ] && { sock=$2; shift; }
     shift
 done
-sleep 300 >/dev/null 2>&1 &
-[ -n "$pidfile" ] && echo $! > "$pidfile"
+if [ -n "$sock" ]; then
+    rm -f "$sock"
+    perl -MIO::Socket::UNIX -e '
+        my $s = IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 5) or die "$ARGV[0]: $!";
+        alarm 300;
+        while (my $c = $s->accept) { my $l = <$c>; print $c "PONG\n"; close $c }
+    ' "$sock" >/dev/null 2>&1 &
+    daemon=$!
+    for i in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
+else
+    sleep 300 >/dev/null 2>&1 &
+    daemon=$!
+fi
+[ -n "$pidfile" ] && echo $daemon > "$pidfile"
 exit 0
 EOF
 write_file("$bin/$_", $fake, 0755) for qw(mailmunge mailmunge-multiplexor);

@@ -1,6 +1,6 @@
-//! mm-mx-ctrl against a fake multiplexor (mm-mx-ctrl.md): exact stdout and
-//! stderr bytes and exit codes for every command, using reply bytes from the
-//! spec's observed transcripts.
+//! mm-mx-ctrl against a fake multiplexor (protocol/mm-mx-ctrl.md): exact
+//! stdout and stderr bytes and exit codes for every command, using the reply
+//! bytes of upstream's observed runs.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -395,7 +395,7 @@ fn error_replies_and_exit_codes() {
         (o.stdout.as_slice(), o.stderr.as_slice(), o.status.code()),
         (&b""[..], &b"ERROR error: Unknown command\n"[..], Some(1))
     );
-    // load and hload now check their reply (§9.2).
+    // load and hload now check their reply (protocol/mm-mx-ctrl.md §9.2).
     for cmd in ["load", "load-recipok", "hload", "hload-senderok"] {
         let o = run(&["-s", sock, cmd], None);
         assert_eq!(
@@ -633,7 +633,8 @@ fn inet_socket_extension() {
 #[test]
 fn write_error_is_reported_not_fatal_signal() {
     // A server that accepts and closes without reading: writing a request
-    // larger than the socket buffer fails (SIGPIPE is ignored, §9.4).
+    // larger than the socket buffer fails (SIGPIPE is ignored,
+    // protocol/mm-mx-ctrl.md §9.4).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rude.sock");
     let l = UnixListener::bind(&path).unwrap();

@@ -68,7 +68,7 @@ fn status_formats_from_live_replies() {
 fn load_formats_from_live_replies() {
     let mx = idle_pool();
     // Nothing has run: every count is 0 and the server reports an average
-    // of 1 busy worker for empty windows (§5.5).
+    // of 1 busy worker for empty windows (protocol/multiplexor.md §5.5).
     assert_eq!(
         out(&mx, &["load"]),
         "  Load              Msgs        Msgs/Sec     Avg ms/Scan   Avg Busy Workers\n\

@@ -250,6 +250,52 @@ async fn header_injection_in_results_is_refused() {
     e.wait_clean().await;
 }
 
+/// A filter's `action_add_header('X-After-CR', "seen\rwith CR")` leaves a
+/// percent-encoded bare CR in RESULTS. Upstream hands it to the MTA; we send
+/// a space instead, log a warning, and apply the other actions: the message
+/// must not be tempfailed (protocol/milter.md §15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_cr_in_header_value_becomes_a_space() {
+    let e = start(FREE_REPLY, &["-X"], &[]);
+    e.mux.push(scan_with(&[(
+        "RESULTS",
+        b"HX-After-CR seen%0Dwith%20CR\nNX-Ins 0 a%0Db%0D\nR<c@example.com>\nHX-Next ok\nF\n",
+    )]));
+    let mut mta = e.milter.connect().await;
+    message_until_eom(&mut mta).await;
+    let (mods, v) = mta.eom().await;
+    assert_eq!(v.kind, CONTINUE, "log:\n{}", e.milter.log());
+    assert_eq!(
+        mods,
+        vec![
+            Packet {
+                kind: b'h',
+                data: b"X-After-CR\0seen with CR\0".to_vec()
+            },
+            Packet {
+                kind: b'i',
+                data: [&0u32.to_be_bytes()[..], b"X-Ins\0a b \0"].concat()
+            },
+            Packet {
+                kind: b'+',
+                data: b"<c@example.com>\0".to_vec()
+            },
+            Packet {
+                kind: b'h',
+                data: b"X-Next\0ok\0".to_vec()
+            },
+        ]
+    );
+    e.assert_log("QID1: RESULTS instruction 1: bare CR in header value replaced by a space");
+    e.assert_log("QID1: RESULTS instruction 2: bare CR in header value replaced by a space");
+    assert!(
+        !e.milter.log().contains("Tempfailing"),
+        "{}",
+        e.milter.log()
+    );
+    e.wait_clean().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newbody_streaming_and_faults() {
     let e = start(FREE_REPLY, &["-X"], &[]);
@@ -550,8 +596,8 @@ async fn many_concurrent_sessions_few_threads() {
     assert_eq!(e.mux.remaining(), 0);
 }
 
-/// §10.9: with -k the directory of a failed scan is kept on every failure
-/// path, including an oversized RESULTS and a missing NEWBODY.
+/// protocol/milter.md §10.9: with -k the directory of a failed scan is kept on
+/// every failure path, including an oversized RESULTS and a missing NEWBODY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_failed_on_oversized_results_and_missing_newbody() {
     let e = start(FREE_REPLY, &["-k"], &[]);
@@ -579,4 +625,133 @@ async fn keep_failed_on_oversized_results_and_missing_newbody() {
         "{:?}",
         e.scratch.leftover_dirs()
     );
+}
+
+/// protocol/SECURITY.md §1: a worker that leaves a FIFO named RESULTS or
+/// NEWBODY gets its message tempfailed at once, and the open must not hold
+/// a runtime thread. There are more such messages in flight than the
+/// milter has runtime threads (2-8), so a blocking open would leave none
+/// to serve the ordinary session started meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_results_or_newbody_tempfails_and_blocks_nothing() {
+    let e = start(FREE_REPLY, &[], &[]);
+    const HOSTILE: usize = 9;
+    for n in 0..HOSTILE {
+        e.mux.push(if n % 2 == 0 {
+            Step::new("scan", "ok").with_fifo("RESULTS")
+        } else {
+            scan_with(&[("RESULTS", b"C\nF\n")]).with_fifo("NEWBODY")
+        });
+    }
+    let mut hostile = Vec::new();
+    for _ in 0..HOSTILE {
+        let mut mta = e.milter.connect().await;
+        message_until_eom(&mut mta).await;
+        mta.send(b'E', b"").await;
+        hostile.push(mta);
+    }
+    // Every hostile scan has been answered before the ordinary one is scripted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.mux.remaining() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scans not all requested"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.mux.push(scan_with(&[("RESULTS", b"F\n")]));
+    let mut ordinary = e.milter.connect().await;
+    message_until_eom(&mut ordinary).await;
+    let (_, v) = ordinary.eom().await;
+    assert_eq!(v.kind, CONTINUE, "{v}");
+    for mut mta in hostile {
+        let v = loop {
+            let p = mta.recv().await.expect("a verdict");
+            if p.kind != b'p' {
+                break p;
+            }
+        };
+        assert_eq!(v.kind, TEMPFAIL, "{v}");
+    }
+    e.assert_log("QID1: RESULTS file refused: not a regular file but a FIFO: Tempfailing");
+    e.assert_log("/NEWBODY for reading: not a regular file but a FIFO");
+    e.wait_clean().await;
+}
+
+/// protocol/SECURITY.md §3: the `i` macro names the working directory only
+/// when it is safe as one path component; otherwise the generated id is
+/// used and the refusal logged. (The traversal needs an existing `mm-X`,
+/// which an earlier message with queue id `X` would have left.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_id_cannot_escape_the_spool() {
+    let e = start(FREE_REPLY, &[], &[]);
+    let outside = e.scratch.path().join("w");
+    milter_support::common::create_open_dir(&outside);
+    milter_support::common::create_open_dir(&e.scratch.spool.join("mm-X"));
+    let mut mta = e.milter.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    for (n, qid) in ["X/../../w/escaped", ".."].into_iter().enumerate() {
+        mta.macros(b'M', &[("i", qid)]).await;
+        let r = mta.mail(&[b"<a@b>"]).await;
+        assert_eq!(r.kind, CONTINUE, "{r}");
+        assert!(!outside.join("escaped").exists(), "wrote outside the spool");
+        e.assert_log(&format!(
+            "{qid}: queue id \"{qid}\" {}: working directory named mm-",
+            [
+                "has characters other than A-Z a-z 0-9 . _ -",
+                "is empty or only dots"
+            ][n]
+        ));
+        let mut dirs = e.scratch.leftover_dirs();
+        dirs.retain(|d| d != "mm-X");
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        assert_eq!(dirs[0].len(), "mm-".len() + 8, "a generated id: {dirs:?}");
+    }
+    // A safe queue id still names the directory.
+    mta.macros(b'M', &[("i", "4AB1cD.01_2-3")]).await;
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    assert!(e.scratch.spool.join("mm-4AB1cD.01_2-3").is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_over_the_limit_close_the_session() {
+    let e = start(FREE_REPLY, &["--max-packet", "70000"], &[]);
+    let mut big = e.milter.connect().await;
+    big.negotiate().await;
+    assert_eq!(big.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    // A header packet of 100 000 bytes, over the 70 000 allowed.
+    let mut header = b"X-Big\0".to_vec();
+    header.extend(std::iter::repeat(b'a').take(100_000 - 7));
+    header.push(0);
+    big.send(b'L', &header).await;
+    assert!(big.recv().await.is_none(), "the session is closed");
+    e.assert_log("milter packet of 100001 bytes is over the limit of 70000 (--max-packet)");
+    // One of 60 000 bytes is fine, and other sessions go on.
+    let mut ok = e.milter.connect().await;
+    ok.negotiate().await;
+    assert_eq!(ok.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(ok.helo(&"x".repeat(60_000)).await.kind, CONTINUE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_their_turn() {
+    let e = start(FREE_REPLY, &["--max-connections", "2"], &[]);
+    let mut a = e.milter.connect().await;
+    a.negotiate().await;
+    let mut b = e.milter.connect().await;
+    b.negotiate().await;
+    e.assert_log("2 MTA connections are open, the --max-connections limit");
+    // A third connects (the kernel queues it) but is not served...
+    let mut c = e.milter.connect().await;
+    let served = tokio::time::timeout(Duration::from_millis(500), c.negotiate()).await;
+    assert!(served.is_err(), "a third session must wait");
+    // ...until one of the two closes.
+    drop(a);
+    drop(c);
+    let mut d = e.milter.connect().await;
+    tokio::time::timeout(Duration::from_secs(30), d.negotiate())
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(b.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
 }

@@ -1,8 +1,8 @@
 //! Exact bytes of the working-directory files for tricky input, with
-//! hand-written expectations (milter.md §3.6, §3.8, §4.4-4.7): folded
+//! hand-written expectations (protocol/milter.md §3.6, §3.8, §4.4–§4.7): folded
 //! headers, 8-bit bytes, bare CRs split across body chunks, NULs, missing
-//! macros, many recipients with ESMTP arguments, and the queue id of a
-//! second message on the same connection.
+//! macros, many recipients with ESMTP arguments, and the queue id of a second
+//! message on the same connection.
 
 mod milter_support;
 
@@ -208,8 +208,8 @@ async fn queue_id_does_not_leak_into_the_next_message() {
     );
 }
 
-/// §3.11: a refused recipient leaves the transaction (and its directory)
-/// alone and gets no R line; accept/discard at RCPT end it.
+/// protocol/milter.md §3.11: a refused recipient leaves the transaction (and
+/// its directory) alone and gets no R line; accept/discard at RCPT end it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipient_and_helo_verdicts() {
     let (scratch, mux, milter) = start(&["-H", "-t"]);
@@ -269,7 +269,7 @@ async fn recipient_and_helo_verdicts() {
 }
 
 /// Codes libmilter would pass but indymilter refuses keep their text with
-/// the default codes (protocol/milter.md).
+/// the default codes (protocol/milter.md §12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusual_reply_codes_fall_back_to_defaults() {
     let (_scratch, mux, milter) = start(&["-s"]);

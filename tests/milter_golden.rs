@@ -1,5 +1,5 @@
 //! Replays the six sessions recorded against upstream's C milter
-//! (../shared/golden, copied into tests/data/milter/golden): the exact MTA
+//! (tests/data/milter/golden): the exact MTA
 //! packets go in, and we check the exact packets coming back, the requests
 //! and arguments reaching the multiplexor, and the bytes of COMMANDS,
 //! HEADERS, INPUTMSG and PRISTINE_HEADERS at `scan` time.

@@ -1,7 +1,7 @@
-//! Command-line options (milter.md §1-§2, §4.2-4.3, §5.4): prcap/-v/usage and
-//! start-up errors, negotiation (-N, -y), Sendmail-style queue ids, -a, -x,
-//! -X, -L, -G, -d, -T, DO-NOT-DELETE-WORK-DIRS, pid/lock files and daemon
-//! mode, and the inet listener form used by the e2e harness.
+//! Command-line options (protocol/milter.md §1–§2, §4.2–§4.3, §5.4):
+//! prcap/-v/usage and start-up errors, negotiation (-N, -y), Sendmail-style
+//! queue ids, -a, -x, -X, -L, -G, -d, -T, DO-NOT-DELETE-WORK-DIRS, pid/lock
+//! files and daemon mode, and the inet listener form used by the e2e harness.
 
 mod milter_support;
 
@@ -293,21 +293,18 @@ async fn do_not_delete_flag_file() {
     assert_eq!(scratch.leftover_dirs().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inet_listener() {
-    let (scratch, mux, _) = {
-        let scratch = Scratch::new();
-        let mux_path = scratch.path().join("mx.sock");
-        let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
-        (scratch, mux, ())
-    };
+/// A milter on `-p inet:<free port><host>`, and the port.
+fn start_inet(host: &str) -> (Scratch, FakeMux, Milter, u16) {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let m = Milter::start_on(
-        &format!("inet:{port}@127.0.0.1"),
+        &format!("inet:{port}{host}"),
         scratch.path().join("unused"),
         scratch.path(),
         &mux.path,
@@ -315,6 +312,12 @@ async fn inet_listener() {
         &[],
         &[],
     );
+    (scratch, mux, m, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inet_listener() {
+    let (_scratch, _mux, m, port) = start_inet("@127.0.0.1");
     let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -324,7 +327,19 @@ async fn inet_listener() {
         vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0]
     );
     assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, b'c');
+    assert!(!m.log().contains("listens on all addresses"), "{}", m.log());
     drop(m);
+}
+
+/// protocol/SECURITY.md §3: `-p inet:PORT` without a host listens on every
+/// address, which the milter says in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inet_listener_on_all_addresses_is_logged() {
+    let (_scratch, _mux, m, port) = start_inet("");
+    assert_log(
+        &m,
+        &format!("WARNING: socket inet:{port} listens on all addresses (0.0.0.0:{port})"),
+    );
 }
 
 #[test]
@@ -338,8 +353,14 @@ fn daemon_mode_pid_and_lock_files() {
     common::create_open_dir(&run_dir);
     let pidfile = run_dir.join("mailmunge.pid");
     let sock = run_dir.join("milter.sock");
+    // protocol/SECURITY.md §2: descriptors the starter left open, at any number.
+    let marker = scratch.path().join("inherited");
+    let inherited = std::fs::File::create(&marker).unwrap();
     let launch = || {
         let mut c = bin();
+        for fd in [7, 1500] {
+            common::inherit_fd(&mut c, &inherited, fd);
+        }
         c.arg("-p")
             .arg(format!("unix:{}", sock.display()))
             .arg("-m")
@@ -363,7 +384,13 @@ fn daemon_mode_pid_and_lock_files() {
         .trim()
         .parse()
         .unwrap();
+    let _guard = common::KillOnDrop(pid);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        common::fds_open_on(pid as u32, &marker),
+        Vec::<String>::new(),
+        "inherited descriptors still open in the daemon"
+    );
     assert_eq!(
         std::fs::metadata(&pidfile).unwrap().permissions().mode() & 0o777,
         0o644
@@ -387,6 +414,56 @@ fn daemon_mode_pid_and_lock_files() {
     assert!(!pidfile.exists(), "pid file removed at exit");
 }
 
+/// protocol/SECURITY.md §4: a PID file that is a symlink is refused (the
+/// milter opens it as root), and the file it points at stays as it was.
+#[test]
+fn symlinked_pid_file_is_refused() {
+    let scratch = Scratch::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mux_path = scratch.path().join("mx.sock");
+    let _mux =
+        rt.block_on(async { FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str()) });
+    let victim = common::Victim::new(scratch.path(), "mailmunge.pid");
+    let sock = scratch.path().join("milter.sock");
+    let out = bin()
+        .arg("-p")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["-m", mux_path.to_str().unwrap(), "-z", &scratch.spool_str()])
+        .args(["-P", victim.link.to_str().unwrap()])
+        .args(common::worker_user_args())
+        .env("MAILMUNGE_MY_IP", "192.0.2.1")
+        .output()
+        .unwrap();
+    victim.assert_untouched();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{}: Could not open PID file {}: not a regular file but a symbolic link\n",
+            env!("CARGO_BIN_EXE_mailmunge"),
+            victim.link.display()
+        )
+    );
+}
+
+/// protocol/SECURITY.md §5: started as the target user but with root's
+/// group (and the capabilities to change groups), the milter ends up with
+/// the user's own groups and no capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privilege_drop_sheds_root_group_as_the_target_user() {
+    if !common::is_root() {
+        eprintln!("skipped: starting a daemon as another user with group 0 needs root");
+        return;
+    }
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
+    let m = Milter::start_with(scratch.path(), &mux_path, &scratch.spool, &[], &[], |cmd| {
+        common::as_worker_with_root_group(cmd, true)
+    });
+    common::assert_worker_credentials(m.child.id(), "milter");
+}
+
 /// Regression (bench finding): with the usual soft limit of 1024 the milter
 /// tempfailed mail once about a thousand sessions were open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,19 +471,9 @@ async fn descriptor_limit_raised_to_hard_limit() {
     let scratch = Scratch::new();
     let mux_path = scratch.path().join("mx.sock");
     let _mux = FakeMux::start(&mux_path, vec![], FREE_REPLY, &scratch.spool_str());
-    let sockdir = scratch.path().join("limited");
-    common::create_open_dir(&sockdir);
-    let sock = sockdir.join("m.sock");
-    let m = Milter::start_limited(
-        &format!("unix:{}", sock.display()),
-        sock.clone(),
-        scratch.path(),
-        &mux_path,
-        &scratch.spool,
-        &[],
-        &[],
-        Some(256),
-    );
+    let m = Milter::start_with(scratch.path(), &mux_path, &scratch.spool, &[], &[], |cmd| {
+        common::set_soft_nofile(cmd, 256)
+    });
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.child.id())).unwrap();
     let line = limits
         .lines()

@@ -1,7 +1,7 @@
 //! The whole stack without an MTA: our milter, our multiplexor and our Perl
 //! workers running upstream's capture filter, fed the exact MTA packets of
 //! the six recorded sessions. Every packet the MTA receives must equal what
-//! upstream's C milter + multiplexor + Perl sent (shared/golden).
+//! upstream's C milter + multiplexor + Perl sent (tests/data/milter/golden).
 
 mod milter_support;
 

@@ -1,6 +1,6 @@
 //! Multiplexor integration tests: built-ins, forwarding, worker start-up
 //! environment and the fault cases that need no long timeout
-//! (multiplexor.md §4–§7, worker-protocol.md §1.1).
+//! (protocol/multiplexor.md §4–§7, protocol/worker-protocol.md §1.1).
 
 mod mux_support;
 use mux_support::*;
@@ -161,7 +161,8 @@ fn protocol_violations_retire_the_worker() {
     assert_eq!(mx.req(b"twolines\n"), b"one\n");
     let pid2 = mx.wait_for("pid", |r| r.ends_with('\n') && !r.starts_with("error"));
     assert_ne!(pid1, pid2);
-    // An overlong reply is cut at 4096 bytes, without newline (§7.5).
+    // An overlong reply is cut at 4096 bytes, without newline
+    // (protocol/multiplexor.md §7.5).
     let r = mx.req(b"big 5000\n");
     assert_eq!(r, vec![b'x'; 4096]);
     let pid3 = mx.wait_for("pid", |r| r.ends_with('\n') && !r.starts_with("error"));
@@ -270,9 +271,9 @@ fn unprivileged_socket() {
     );
 }
 
-/// §4.3: at most 20 unprivileged connections may wait for their request
-/// line; one more is accepted and closed at once with no reply, and a place
-/// freed by an answered request can be taken again.
+/// protocol/multiplexor.md §4.3: at most 20 unprivileged connections may wait
+/// for their request line; one more is accepted and closed at once with no
+/// reply, and a place freed by an answered request can be taken again.
 #[test]
 fn unprivileged_socket_lets_twenty_wait() {
     use std::io::{Read, Write};

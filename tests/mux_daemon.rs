@@ -1,22 +1,15 @@
 //! Start-up as a daemon (readiness pipe, PID and lock files), start-up
-//! errors, and SIGTERM clean-up (multiplexor.md §2).
+//! errors, and SIGTERM clean-up (protocol/multiplexor.md §2).
 
 mod mux_support;
+use common::KillOnDrop;
 use mux_support::*;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
-}
-
-struct KillOnDrop(i32);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0 > 0 && alive(self.0) {
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
-        }
-    }
 }
 
 #[test]
@@ -173,4 +166,95 @@ fn sigterm_lets_busy_workers_answer_then_exits() {
     assert_eq!(t.join().unwrap(), b"held\n");
     assert_eq!(mx.wait_exit(Duration::from_secs(25)), Some(0));
     assert!(!mx.sock.exists());
+}
+
+/// protocol/SECURITY.md §2: every descriptor the starter left open is
+/// closed, whatever its number (upstream stops at 255), and a TCP socket
+/// on all addresses is reported (protocol/SECURITY.md §3).
+#[test]
+fn inherited_descriptors_are_closed_and_wildcard_sockets_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("inherited");
+    let inherited = std::fs::File::create(&marker).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("inet_any:{port}");
+    let mx = Mx::start_configured(&["-a", &spec], |cmd| {
+        for fd in [7, 1500] {
+            common::inherit_fd(cmd, &inherited, fd);
+        }
+    });
+    assert_eq!(
+        common::fds_open_on(mx.pid() as u32, &marker),
+        Vec::<String>::new(),
+        "inherited descriptors still open in the multiplexor"
+    );
+    mx.wait_log(&format!(
+        "WARNING: socket {spec} listens on all addresses (0.0.0.0:{port})"
+    ));
+}
+
+/// protocol/SECURITY.md §4: a PID file that is a symlink is refused (the
+/// multiplexor opens it as root), and the file it points at stays as it was.
+#[test]
+fn symlinked_pid_file_is_refused() {
+    let sp = Spool::new();
+    let victim = common::Victim::new(sp.dir.path(), "mx.pid");
+    let mut args = base_args(&sp, &worker_path());
+    args.extend(["-p".into(), victim.link.display().to_string()]);
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    victim.assert_untouched();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{BIN}: Could not open PID file {}: not a regular file but a symbolic link\n",
+            victim.link.display()
+        )
+    );
+}
+
+/// protocol/SECURITY.md §5: started as the target user but with root's
+/// group (and the capabilities to change groups), the multiplexor and its
+/// workers end up with the user's own groups and no capability. Without
+/// those capabilities it refuses to run with root's group.
+#[test]
+fn privilege_drop_sheds_root_group_as_the_target_user() {
+    if !common::is_root() {
+        eprintln!("skipped: starting a daemon as another user with group 0 needs root");
+        return;
+    }
+    let mx = Mx::start_configured(&[], |cmd| common::as_worker_with_root_group(cmd, true));
+    common::assert_worker_credentials(mx.pid() as u32, "multiplexor");
+    let worker: u32 = mx.req_s("pid").trim().parse().unwrap();
+    common::assert_worker_credentials(worker, "worker");
+
+    let sp = Spool::new();
+    let mut cmd = Command::new(BIN);
+    cmd.args(base_args(&sp, &worker_path()))
+        .arg("-D")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    common::as_worker_with_root_group(&mut cmd, false);
+    let mut child = cmd.spawn().unwrap();
+    let _guard = KillOnDrop(-(child.id() as i32));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "ran on with root's group");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        err,
+        format!("{BIN}: initgroups: Operation not permitted (os error 1)\n")
+    );
 }

@@ -1,5 +1,5 @@
 //! `-E`: workers forked from a preloaded Perl process (the zygote) instead
-//! of exec'd (multiplexor.md §7.4, worker-protocol.md §1.2).
+//! of exec'd (protocol/multiplexor.md §7.4, protocol/worker-protocol.md §1.2).
 
 mod mux_support;
 use mux_support::*;
@@ -150,4 +150,31 @@ fn without_io_fdpass_workers_are_started_with_perl() {
     // Each worker loaded the filter itself.
     assert_eq!(mx.req_s("pid"), mx.req_s("loadpid"));
     assert_eq!(mx.req_s("argv"), "-server\n");
+}
+
+#[test]
+fn stalled_preloading_process_does_not_stop_the_multiplexor() {
+    require_perl_modules!("IO::FDPass");
+    let mx = Mx::start(&["-E", "-m", "1", "-x", "3"]);
+    let zygote: i32 = mx.req_s("loadpid").trim().parse().unwrap();
+    // The one worker is kept busy, so the next request needs a fork.
+    let held = mx.hold_idle_workers(1);
+    let sock = mx.sock.clone();
+    let busy = std::thread::spawn(move || request(&sock, b"echo held\n"));
+    mx.wait_for("status", |r| r.starts_with('B'));
+    // SAFETY: stopping the preloading process this test started.
+    unsafe { libc::kill(zygote, libc::SIGSTOP) };
+    let stalled = Held { pids: vec![zygote] };
+    let sock = mx.sock.clone();
+    let waiting = std::thread::spawn(move || request(&sock, b"ping\n"));
+    // While its fork request hangs, the multiplexor keeps answering: the
+    // second worker shows as busy and the request is still waiting.
+    mx.wait_for("status", |r| r.starts_with("BB"));
+    assert_eq!(mx.req_s("free"), "1\n");
+    assert!(!waiting.is_finished(), "the fork cannot have completed");
+    drop(stalled);
+    assert_eq!(waiting.join().unwrap(), b"PONG\n");
+    assert_eq!(mx.req_s("loadpid").trim(), zygote.to_string());
+    drop(held);
+    assert_eq!(busy.join().unwrap(), b"held\n");
 }

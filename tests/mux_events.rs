@@ -1,5 +1,5 @@
 //! The notifier (-O), socketmap (-N) and tick (-X/-P) integrations
-//! (multiplexor.md §12–§14).
+//! (protocol/multiplexor.md §12–§14).
 
 mod mux_support;
 use mux_support::*;

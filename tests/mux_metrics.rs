@@ -257,3 +257,24 @@ fn a_busy_port_does_not_stop_the_multiplexor() {
     mx.wait_log(&format!("Unable to create metrics socket {spec}"));
     assert_eq!(mx.req_s("ping"), "PONG\n");
 }
+
+#[test]
+fn idle_connections_beyond_the_cap_do_not_block_scrapes() {
+    let (_mx, port) = start_with_metrics(Spool::new(), &worker_path(), &[]);
+    // Far more silent clients than slots: each new one pushes out the
+    // oldest, and a scraper still gets its answer.
+    let silent: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for _ in 0..3 {
+        assert!(scrape(port).contains_key("mailmunge_mux_uptime_seconds"));
+    }
+    // The oldest silent clients were closed without a reply.
+    let mut first = &silent[0];
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    use std::io::Read;
+    assert_eq!(first.read_to_end(&mut buf).unwrap_or(0), 0);
+}

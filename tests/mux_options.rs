@@ -1,5 +1,5 @@
 //! Options that shape worker life and logging: -V, -W, -R/-M, -l, -L, -t
-//! with SIGHUP (multiplexor.md §2, §7.8, §7.10, §9, §15).
+//! with SIGHUP (protocol/multiplexor.md §2, §7.8, §7.10, §9, §15).
 
 mod mux_support;
 use mux_support::*;

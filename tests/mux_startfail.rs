@@ -1,6 +1,6 @@
 //! A filter whose workers die before answering: the multiplexor keeps what
 //! they wrote on stderr, logs it without `-l`, and answers `lasterror`
-//! (protocol/multiplexor.md §6).
+//! (protocol/multiplexor.md §26).
 
 mod mux_support;
 use mux_support::*;

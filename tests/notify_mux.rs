@@ -1,5 +1,5 @@
 //! The multiplexor's -O notifier socket with real workers
-//! (multiplexor.md §14, observed sequences of §19).
+//! (protocol/multiplexor.md §14, observed sequences of §19).
 
 mod mux_support;
 use mux_support::*;

@@ -1,5 +1,5 @@
-//! The notifier socket (multiplexor.md §14) served by `notify::run`, driven
-//! by real clients over UNIX and TCP sockets.
+//! The notifier socket (protocol/multiplexor.md §14) served by `notify::run`,
+//! driven by real clients over UNIX and TCP sockets.
 
 use std::time::Duration;
 

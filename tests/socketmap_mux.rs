@@ -1,5 +1,5 @@
 //! The multiplexor's -N Sendmail socketmap with real workers
-//! (multiplexor.md §13, observed examples).
+//! (protocol/multiplexor.md §13, observed examples).
 
 mod mux_support;
 use mux_support::*;
@@ -82,6 +82,6 @@ fn side_sockets_use_the_socket_umask_and_are_removed_at_shutdown() {
     assert_eq!(mx.wait_exit(Duration::from_secs(30)), Some(0));
     assert!(
         !map.exists() && !notify.exists(),
-        "UNIX side sockets are removed (§20.10)"
+        "UNIX side sockets are removed (protocol/multiplexor.md §20.10)"
     );
 }

@@ -1,5 +1,5 @@
-//! The socketmap server (multiplexor.md §13) driven over real sockets with
-//! a fake pool handler.
+//! The socketmap server (protocol/multiplexor.md §13) driven over real sockets
+//! with a fake pool handler.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! `mailmunge-start` as the units and the sysv script run it: variables from
 //! the environment and from env files, exec of the daemon with the argv and
-//! environment of deployment.md §2.
+//! environment of protocol/deployment.md §2.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! The example /etc/default/mailmunge documents every variable of
-//! deployment.md §2 with its real default.
+//! protocol/deployment.md §2 with its real default.
 
 use mailmunge::envfile;
 use mailmunge::startargs::{self, Daemon, Vars};

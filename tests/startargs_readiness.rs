@@ -1,6 +1,6 @@
 //! The `Type=notify` units' contract: `mailmunge-start -D multiplexor` with
 //! `NOTIFY_SOCKET` set sends `READY=1` only once the control socket answers,
-//! and the multiplexor stops on SIGTERM (protocol/deployment.md).
+//! and the multiplexor stops on SIGTERM (protocol/deployment.md §9).
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -13,7 +13,6 @@ mod common;
 use common::{is_root, PidFileGuard};
 
 const START: &str = env!("CARGO_BIN_EXE_mailmunge-start");
-
 
 /// `free` over the control socket, as the milter asks it.
 fn free(sock: &Path) -> Option<String> {
@@ -121,7 +120,7 @@ fn dying_filter_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::Pa
 
 #[test]
 fn start_as_daemon_reports_workers_that_cannot_start() {
-    let (dir, spool, filter) = dying_filter_setup();
+    let (_dir, spool, filter) = dying_filter_setup();
     let pidfile = spool.join("mx.pid");
     let _guard = PidFileGuard(pidfile.clone());
     let out = Command::new(START)
@@ -145,7 +144,7 @@ fn start_as_daemon_reports_workers_that_cannot_start() {
         "{err}"
     );
     assert!(pidfile.exists(), "the daemon keeps running for mm-mx-ctrl");
-    drop(dir);
+    // The guard (declared after `dir`) stops the daemon before `dir` goes.
 }
 
 #[test]

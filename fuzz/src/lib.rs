@@ -1,5 +1,5 @@
 //! Fuzz targets for mailmunge's parsers of outside input
-//! (protocol/fuzzing.md). Each module has `pub fn run(data: &[u8])`; the
+//! (protocol/SECURITY.md §10). Each module has `pub fn run(data: &[u8])`; the
 //! binaries in `fuzz_targets/` hand libFuzzer's inputs to it. A target
 //! panics (and libFuzzer saves the input) when our code panics or when one
 //! of the properties it checks does not hold.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mailmunge::milter::mtastream::MtaStream;
+use mailmunge::milter::mtastream::{MtaStream, DEFAULT_MAX_PACKET};
 use mailmunge::milter::session::{callbacks, Config};
 use mailmunge::sockspec::Stream;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -167,7 +167,7 @@ async fn session(cfg: Arc<Config>, input: Vec<u8>) {
     let (ours, mut mta) = tokio::net::UnixStream::pair().expect("socket pair");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let milter = tokio::spawn(indymilter::run(
-        OneConnection(Some(MtaStream::new(Stream::Unix(ours)))),
+        OneConnection(Some(MtaStream::new(Stream::Unix(ours), DEFAULT_MAX_PACKET, None))),
         callbacks(cfg),
         indymilter::Config::default(),
         stopped,

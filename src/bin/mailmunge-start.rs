@@ -119,7 +119,7 @@ fn run() -> Result<()> {
 
 /// Starts the multiplexor as a daemon (it returns once it listens), then
 /// checks that a worker answers, so that a filter that cannot start is
-/// reported here, with its Perl error (protocol/deployment.md §2).
+/// reported here, with its Perl error (protocol/deployment.md §8).
 fn start_and_probe(
     mut cmd: std::process::Command,
     program: &std::path::Path,

@@ -1,5 +1,5 @@
 //! The I/O side of mm-mx-ctrl: talking to the multiplexor, printing, exit
-//! statuses (mm-mx-ctrl.md §1, §2, §4, §6, §7).
+//! statuses (protocol/mm-mx-ctrl.md §1, §2, §4, §6, §7).
 
 use std::ffi::{CStr, OsStr, OsString};
 use std::io::{BufRead, Write};
@@ -11,12 +11,14 @@ use crate::mxclient::{self, MxError};
 use crate::sockspec::SockSpec;
 
 /// The most reply bytes we keep. Upstream cut replies at 4 KiB or 256 KiB
-/// (§9.3); this only guards memory against a runaway peer.
+/// (protocol/mm-mx-ctrl.md §9.3); this only guards memory against a runaway
+/// peer.
 pub const MAX_REPLY: usize = 64 << 20;
 
 /// Turns a `-s` value into a socket. Upstream only knew plain paths; the
 /// multiplexor's `unix:`, `local:` and `inet*:` forms are our extension
-/// (§9.6). Anything that does not parse is taken as a path.
+/// (protocol/mm-mx-ctrl.md §9.6). Anything that does not parse is taken as a
+/// path.
 pub fn socket_spec(s: &OsStr) -> SockSpec {
     s.to_str()
         .and_then(|t| SockSpec::parse_mux(t).ok())
@@ -44,8 +46,9 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
-/// The message upstream prints for a failed exchange (§2), plus ours for a
-/// timeout (§9.1).
+/// The message upstream prints for a failed exchange
+/// (protocol/mm-mx-ctrl.md §2), plus ours for a timeout
+/// (protocol/mm-mx-ctrl.md §9.1).
 pub fn error_message(e: &MxError) -> String {
     match e {
         MxError::Connect(io) if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
@@ -177,7 +180,7 @@ async fn run(inv: Invocation) -> i32 {
                 }
             }
             // Upstream sent a last unterminated line without its newline,
-            // so the multiplexor timed it out (§9.5).
+            // so the multiplexor timed it out (protocol/mm-mx-ctrl.md §9.5).
             if line.last() != Some(&b'\n') {
                 line.push(b'\n');
             }

@@ -1,5 +1,6 @@
-//! The client-side output formats of mm-mx-ctrl (mm-mx-ctrl.md §5): pure
-//! functions from the multiplexor's reply bytes to the bytes upstream prints.
+//! The client-side output formats of mm-mx-ctrl (protocol/mm-mx-ctrl.md §5):
+//! pure functions from the multiplexor's reply bytes to the bytes upstream
+//! prints.
 //!
 //! Replies are treated as C strings (upstream prints them with `%s`), so
 //! everything from the first NUL byte on is ignored.
@@ -86,7 +87,7 @@ fn could_not_interpret(reply: &[u8]) -> Rendered {
 }
 
 /// The run of worker-state letters at the start of a `status` reply, or
-/// `None` when the reply does not start with one (§5.1).
+/// `None` when the reply does not start with one (protocol/mm-mx-ctrl.md §5.1).
 fn state_letters(reply: &[u8]) -> Option<&[u8]> {
     match reply.first() {
         Some(b'I' | b'K' | b'S' | b'B') => {
@@ -114,7 +115,7 @@ fn status_error(reply: &[u8]) -> Rendered {
     Rendered::failed_err(err)
 }
 
-/// `status` (§5.1).
+/// `status` (protocol/mm-mx-ctrl.md §5.1).
 pub fn status(reply: &[u8], bracket: bool) -> Rendered {
     let reply = until_nul(reply);
     let Some(letters) = state_letters(reply) else {
@@ -151,7 +152,7 @@ fn bar(filled: i32, total: i32, max: i32, mark: u8) -> Vec<u8> {
     }
 }
 
-/// `barstatus` (§5.2).
+/// `barstatus` (protocol/mm-mx-ctrl.md §5.2).
 pub fn barstatus(reply: &[u8], bracket: bool) -> Rendered {
     let Some((letters, nums)) = status_numbers(reply) else {
         return state_error(reply);
@@ -159,7 +160,7 @@ pub fn barstatus(reply: &[u8], bracket: bool) -> Rendered {
     let ntotal = letters.len() as i32;
     let nbusy = letters.iter().filter(|&&b| b == b'B').count() as i32;
     // Cannot happen after the validation above (one letter at least); kept
-    // because upstream has it (mm-mx-ctrl.md §5.2).
+    // because upstream has it (protocol/mm-mx-ctrl.md §5.2).
     if ntotal == 0 {
         return Rendered::out(bracketed(bracket, b"Max 0 workers ??\n".to_vec()));
     }
@@ -251,9 +252,9 @@ fn load_row(label: &str, count: i32, rate: f64, avg_ms: f64, avg_busy: f64) -> S
     )
 }
 
-/// The 29-number `load` reply (§5.3): counts, average busy workers and
-/// average ms for the four windows, then activations and reaps per
-/// window, the worker-state counts and the five totals. The text format
+/// The 29-number `load` reply (protocol/mm-mx-ctrl.md §5.3): counts, average
+/// busy workers and average ms for the four windows, then activations and reaps
+/// per window, the worker-state counts and the five totals. The text format
 /// reads only the first [`LOAD_WINDOW_NUMBERS`], as upstream does.
 #[rustfmt::skip] // one row per group of the reply
 pub(crate) const LOAD_PATTERN: [Conv; 29] = [
@@ -268,8 +269,9 @@ pub(crate) const LOAD_PATTERN: [Conv; 29] = [
 /// Counts, average busy workers and average ms of the four windows.
 pub(crate) const LOAD_WINDOW_NUMBERS: usize = 12;
 
-/// `load`, `load-relayok`, `load-senderok`, `load-recipok` (§5.3). Unlike
-/// upstream, a reply without the 12 leading numbers is reported (§9.2).
+/// `load`, `load-relayok`, `load-senderok`, `load-recipok`
+/// (protocol/mm-mx-ctrl.md §5.3). Unlike upstream, a reply without the 12
+/// leading numbers is reported (protocol/mm-mx-ctrl.md §9.2).
 pub fn load(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
     let reply = until_nul(reply);
     let pattern = &LOAD_PATTERN[..LOAD_WINDOW_NUMBERS];
@@ -307,8 +309,8 @@ pub(crate) const HLOAD_PATTERN: [Conv; 16] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int,
 ];
 
-/// `hload`, `hload-relayok`, `hload-senderok`, `hload-recipok` (§5.5), with
-/// the same check as [`load`].
+/// `hload`, `hload-relayok`, `hload-senderok`, `hload-recipok`
+/// (protocol/mm-mx-ctrl.md §5.5), with the same check as [`load`].
 pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
     let reply = until_nul(reply);
     let n = scan(reply, &HLOAD_PATTERN);
@@ -334,7 +336,7 @@ pub fn hload(kind: LoadKind, reply: &[u8], bracket: bool) -> Rendered {
     Rendered::out(bracketed(bracket, body.into_bytes()))
 }
 
-/// The 26-number `load1` reply pattern (§5.4).
+/// The 26-number `load1` reply pattern (protocol/mm-mx-ctrl.md §5.4).
 #[rustfmt::skip] // one row per group of the reply
 pub const LOAD1_PATTERN: [Conv; 26] = [
     Conv::Int, Conv::Float, Conv::Float,
@@ -345,7 +347,7 @@ pub const LOAD1_PATTERN: [Conv; 26] = [
     Conv::Int, Conv::Int, Conv::Int, Conv::Int, Conv::Int, Conv::Int, Conv::Int,
 ];
 
-/// `load1 N` (§5.4).
+/// `load1 N` (protocol/mm-mx-ctrl.md §5.4).
 pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
     let reply = until_nul(reply);
     let n = scan(reply, &LOAD1_PATTERN);
@@ -389,8 +391,9 @@ pub fn load1(reply: &[u8], bracket: bool) -> Rendered {
     Rendered::out(bracketed(bracket, body.into_bytes()))
 }
 
-/// Pass-through and raw commands (§5.6): the reply (percent-decoded when
-/// `decode`), with a newline added if it lacks one; always succeeds.
+/// Pass-through and raw commands (protocol/mm-mx-ctrl.md §5.6): the reply
+/// (percent-decoded when `decode`), with a newline added if it lacks one;
+/// always succeeds.
 pub fn passthrough(reply: &[u8], decode: bool, bracket: bool) -> Rendered {
     let reply = until_nul(reply);
     let mut body = if decode {

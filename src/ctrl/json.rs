@@ -259,7 +259,7 @@ struct Workers {
     workers: Vec<WorkerLine>,
 }
 
-/// Parses one `workers` line (multiplexor.md §5.3):
+/// Parses one `workers` line (protocol/multiplexor.md §5.3):
 /// `<n> <S|I|B|K>[ <pid>][ <cmd>][ last=<cmd>] ago=<secs>[ (<tag>)]`.
 fn worker_line(line: &str) -> Option<WorkerLine> {
     // The tag may contain anything, so split it off first: it follows the

@@ -1,11 +1,12 @@
-//! `mm-mx-ctrl`, the operator's control tool (mm-mx-ctrl.md): argument
-//! encoding, the command dispatcher, the client-side formats and the
+//! `mm-mx-ctrl`, the operator's control tool (protocol/mm-mx-ctrl.md):
+//! argument encoding, the command dispatcher, the client-side formats and the
 //! command-line driver. The binary only calls [`cli::main`].
 //!
 //! Layout: [`options`] parses argv like upstream's getopt; [`Command`] maps a
-//! request line to what is sent and how the reply is shown (§4);
-//! [`format`] and [`json`] turn reply bytes into output bytes (pure, tested
-//! with exact bytes); [`cli`] does the I/O; [`top`] is the live view.
+//! request line to what is sent and how the reply is shown
+//! (protocol/mm-mx-ctrl.md §4); [`format`] and [`json`] turn reply bytes into
+//! output bytes (pure, tested with exact bytes); [`cli`] does the I/O; [`top`]
+//! is the live view.
 
 pub mod cli;
 pub mod cscan;
@@ -17,24 +18,25 @@ pub mod top;
 use crate::percent;
 pub use format::{LoadKind, Rendered};
 
-/// A request line as the dispatcher understands it (mm-mx-ctrl.md §4,
+/// A request line as the dispatcher understands it (protocol/mm-mx-ctrl.md §4,
 /// plus our `json*` extensions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `status`, formatted (§5.1).
+    /// `status`, formatted (protocol/mm-mx-ctrl.md §5.1).
     Status,
-    /// `barstatus`, formatted from `status` (§5.2).
+    /// `barstatus`, formatted from `status` (protocol/mm-mx-ctrl.md §5.2).
     BarStatus,
     /// Sent as given, reply printed raw (`reread`, `msgs`, `rawstatus`,
     /// `rawload*`, `rawload1 N`, `rawhload*`).
     Raw(Vec<u8>),
-    /// `load`, `load-*` (§5.3).
+    /// `load`, `load-*` (protocol/mm-mx-ctrl.md §5.3).
     Load(LoadKind),
-    /// `hload`, `hload-*` (§5.5).
+    /// `hload`, `hload-*` (protocol/mm-mx-ctrl.md §5.5).
     HLoad(LoadKind),
-    /// `load1 N`, the line as is (§5.4).
+    /// `load1 N`, the line as is (protocol/mm-mx-ctrl.md §5.4).
     Load1(Vec<u8>),
-    /// Anything else: the line as is, reply percent-decoded (§5.6).
+    /// Anything else: the line as is, reply percent-decoded
+    /// (protocol/mm-mx-ctrl.md §5.6).
     PassThrough(Vec<u8>),
     /// `jsonstatus` (extension).
     JsonStatus,
@@ -141,8 +143,8 @@ impl Command {
     }
 }
 
-/// Builds the request line from command-line words (§3): every word,
-/// the command word included, percent-encoded; single spaces; `\n`.
+/// Builds the request line from command-line words (protocol/mm-mx-ctrl.md §3):
+/// every word, the command word included, percent-encoded; single spaces; `\n`.
 pub fn build_request(words: &[Vec<u8>]) -> Vec<u8> {
     let mut line = Vec::new();
     for (i, w) in words.iter().enumerate() {

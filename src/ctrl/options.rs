@@ -1,9 +1,10 @@
 //! mm-mx-ctrl's command line, parsed like glibc `getopt(argc, argv, "hs:ibt:")`
-//! (mm-mx-ctrl.md §1): options may be clustered (`-bi`), `-s` takes the next
-//! word or the rest of its own (`-s/x`), options after the command word are
-//! still options (GNU permutation, unless `POSIXLY_CORRECT` is set) and `--`
-//! ends them. `-h` and errors act at the point where they are met, so only
-//! the `-s`/`-i` seen before them count. `-t` is our extension (§9.1).
+//! (protocol/mm-mx-ctrl.md §1): options may be clustered (`-bi`), `-s` takes
+//! the next word or the rest of its own (`-s/x`), options after the command
+//! word are still options (GNU permutation, unless `POSIXLY_CORRECT` is set)
+//! and `--` ends them. `-h` and errors act at the point where they are met, so
+//! only the `-s`/`-i` seen before them count. `-t` is our extension
+//! (protocol/mm-mx-ctrl.md §9.1).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -143,7 +144,7 @@ pub fn parse(prog: &str, args: &[OsString], posixly_correct: bool) -> Invocation
     Invocation::Run(o)
 }
 
-/// The usage text (mm-mx-ctrl.md §6), printed to stderr.
+/// The usage text (protocol/mm-mx-ctrl.md §6), printed to stderr.
 pub const USAGE: &str = "Usage: mm-mx-ctrl [options] command\n\n\
 Options:\n\
 -h               -- Display help\n\

@@ -1,5 +1,5 @@
-//! The COMMANDS file (milter.md §4.7): one letter per line followed by its
-//! percent-encoded argument, plus `=name value` macro lines. The milter
+//! The COMMANDS file (protocol/milter.md §4.7): one letter per line followed by
+//! its percent-encoded argument, plus `=name value` macro lines. The milter
 //! builds each block in memory and appends it in one write.
 
 use crate::percent::{encode_into, Variant};

@@ -1,7 +1,7 @@
 //! Logging for the milter: ident `mailmunge`, LOG_PID and the `-S`
-//! facility (milter.md §8), through `crate::logging` (syslog or journald;
-//! protocol/logging.md). Setting `MAILMUNGE_LOG_STDERR` also copies every
-//! line to stderr (tests and `-D` debugging read them there).
+//! facility (protocol/milter.md §8), through `crate::logging` (syslog or
+//! journald; protocol/logging.md). Setting `MAILMUNGE_LOG_STDERR` also copies
+//! every line to stderr (tests and `-D` debugging read them there).
 //!
 //! `mm_log!(Warning, "text")` logs a plain line; per-message lines name
 //! their queue id with `mm_log!(Warning, qid = q, "text")`: the line reads

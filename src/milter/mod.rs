@@ -1,5 +1,6 @@
 //! The `mailmunge` milter: a drop-in for upstream's C milter on indymilter
-//! (milter.md). `run` is the whole program after argument collection.
+//! (protocol/milter.md). `run` is the whole program after argument
+//! collection.
 
 pub mod commands;
 pub mod log;

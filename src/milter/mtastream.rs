@@ -15,40 +15,70 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::sockspec::Stream;
 
-/// Packets larger than this are not ours to judge: they pass through
-/// unparsed and indymilter reports the error.
-const MAX_PACKET: usize = 1 << 20;
+/// Default for `--max-packet`: the largest milter packet (its length
+/// field) a connection may send (protocol/SECURITY.md §9). Postfix sends
+/// headers of up to 100 KiB in one packet and body chunks of 64 KiB.
+pub const DEFAULT_MAX_PACKET: usize = 256 * 1024;
 
-/// An accepted MTA connection whose connect packets are repaired.
+/// Buffers grown past this are given back once empty, so an idle session
+/// keeps little memory.
+const KEEP_CAPACITY: usize = 4096;
+
+/// An accepted MTA connection whose connect packets are repaired and whose
+/// packets are bounded in size.
 #[derive(Debug)]
 pub struct MtaStream {
     inner: Stream,
+    max_packet: usize,
     /// Bytes read from the MTA and not yet framed.
     raw: Vec<u8>,
     /// Framed (and possibly repaired) bytes ready for indymilter.
     ready: Vec<u8>,
     ready_pos: usize,
-    /// Once framing is given up (oversized packet), bytes pass through as is.
-    passthrough: bool,
+    /// Set when the MTA sent a packet over the limit: the connection ends.
+    oversized: Option<usize>,
     eof: bool,
+    /// Held for as long as the connection lives (connection counting).
+    _open: Option<OpenConnection>,
+}
+
+/// Counts a connection as open until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenConnection {
+    /// Counts one more connection in `count`; returns the guard and the new
+    /// number.
+    pub fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> (OpenConnection, usize) {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        (OpenConnection(count.clone()), n)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl MtaStream {
-    pub fn new(inner: Stream) -> MtaStream {
+    pub fn new(inner: Stream, max_packet: usize, open: Option<OpenConnection>) -> MtaStream {
         MtaStream {
             inner,
+            max_packet,
             raw: Vec::new(),
             ready: Vec::new(),
             ready_pos: 0,
-            passthrough: false,
+            oversized: None,
             eof: false,
+            _open: open,
         }
     }
 
     /// Moves every complete packet from `raw` to `ready`.
     fn frame(&mut self) {
         loop {
-            if self.passthrough || self.eof {
+            if self.eof {
                 // Whatever is left goes on as it is (a truncated packet
                 // is indymilter's to report).
                 self.ready.append(&mut self.raw);
@@ -59,9 +89,15 @@ impl MtaStream {
             }
             let len =
                 u32::from_be_bytes([self.raw[0], self.raw[1], self.raw[2], self.raw[3]]) as usize;
-            if len > MAX_PACKET {
-                self.passthrough = true;
-                continue;
+            if len > self.max_packet {
+                crate::mm_log!(
+                    Warning,
+                    "milter packet of {len} bytes is over the limit of {} (--max-packet); connection closed",
+                    self.max_packet
+                );
+                self.oversized = Some(len);
+                self.raw = Vec::new();
+                return;
             }
             if self.raw.len() < 4 + len {
                 return;
@@ -117,11 +153,23 @@ impl AsyncRead for MtaStream {
                 if this.ready_pos == this.ready.len() {
                     this.ready.clear();
                     this.ready_pos = 0;
+                    if this.ready.capacity() > KEEP_CAPACITY {
+                        this.ready = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
+            if let Some(len) = this.oversized {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("milter packet of {len} bytes is over the limit"),
+                )));
+            }
             if this.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if this.raw.is_empty() && this.raw.capacity() > KEEP_CAPACITY {
+                this.raw = Vec::new();
             }
             let mut chunk = [0u8; 16384];
             let mut rb = ReadBuf::new(&mut chunk);
@@ -203,7 +251,7 @@ mod tests {
     /// what indymilter would read.
     async fn through(input: &[u8], step: usize) -> Vec<u8> {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let mut ours = MtaStream::new(Stream::Unix(a));
+        let mut ours = MtaStream::new(Stream::Unix(a), DEFAULT_MAX_PACKET, None);
         let input = input.to_vec();
         let writer = tokio::spawn(async move {
             let mut b = b;

@@ -1,6 +1,6 @@
-//! Command-line options of `mailmunge` (milter.md §1.3), with upstream's
-//! letters and getopt-like behaviour: clustered flags, last occurrence wins,
-//! `-h`/unknown options print the usage to stderr and exit 1.
+//! Command-line options of `mailmunge` (protocol/milter.md §1.3), with
+//! upstream's letters and getopt-like behaviour: clustered flags, last
+//! occurrence wins, `-h`/unknown options print the usage to stderr and exit 1.
 
 use clap::{ArgAction, Parser};
 
@@ -90,7 +90,17 @@ pub struct Options {
     pub version: bool,
     #[arg(short = 'h', action = ArgAction::SetTrue)]
     pub help: bool,
+    /// Most MTA connections served at once; more wait in the listen queue
+    /// (ours, protocol/SECURITY.md §9).
+    #[arg(long = "max-connections", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest milter packet accepted, in bytes (ours, protocol/SECURITY.md §9).
+    #[arg(long = "max-packet", value_name = "BYTES")]
+    pub max_packet: Option<usize>,
 }
+
+/// Default for `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Options that take an argument (upstream's getopt string).
 const WITH_ARG: &str = "LPoRSUabmpxz";

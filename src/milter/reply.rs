@@ -1,5 +1,5 @@
 //! Verdicts from the multiplexor and the SMTP replies made from them
-//! (milter.md §7.4 and §2.6).
+//! (protocol/milter.md §7.4 and §2.6).
 
 use crate::cnum;
 use crate::cstr::until_nul;
@@ -178,7 +178,8 @@ fn valid_dsn(dsn: &[u8], class: Class) -> bool {
     parts.len() == 3 && parts[0] == [class.digit()] && digits(parts[1]) && digits(parts[2])
 }
 
-/// Builds the reply the way upstream's `set_reply` does (§2.6).
+/// Builds the reply the way upstream's `set_reply` does
+/// (protocol/milter.md §2.6).
 pub fn build_reply(
     class: Class,
     code: Option<&[u8]>,

@@ -1,6 +1,6 @@
-//! The RESULTS file a worker leaves in the working directory (milter.md
-//! §5.2-5.3), parsed into a typed list of actions before anything is sent to
-//! the MTA.
+//! The RESULTS file a worker leaves in the working directory
+//! (protocol/milter.md §5.2–§5.3), parsed into a typed list of actions before
+//! anything is sent to the MTA.
 
 use super::reply::split_word;
 use crate::cnum;
@@ -234,7 +234,9 @@ pub fn check_header_name(name: &[u8]) -> Result<(), UnsafeValue> {
 }
 
 /// A header value may contain line breaks only as folding: LF (optionally
-/// preceded by CR) followed by a space or tab.
+/// preceded by CR) followed by a space or tab. A CR not followed by LF is
+/// refused here; [`sanitize_actions`] replaces those by spaces first
+/// (protocol/milter.md §15).
 pub fn check_header_value(value: &[u8]) -> Result<(), UnsafeValue> {
     for (i, &b) in value.iter().enumerate() {
         match b {
@@ -248,6 +250,19 @@ pub fn check_header_value(value: &[u8]) -> Result<(), UnsafeValue> {
     Ok(())
 }
 
+/// Replaces every CR not followed by LF with a space
+/// (protocol/milter.md §15); returns whether one was replaced.
+pub fn replace_bare_crs(value: &mut [u8]) -> bool {
+    let mut replaced = false;
+    for i in 0..value.len() {
+        if value[i] == b'\r' && value.get(i + 1) != Some(&b'\n') {
+            value[i] = b' ';
+            replaced = true;
+        }
+    }
+    replaced
+}
+
 /// Envelope addresses and quarantine reasons are single-line values.
 pub fn check_single_line(v: &[u8]) -> Result<(), UnsafeValue> {
     if v.iter().any(|&b| b == b'\r' || b == b'\n') {
@@ -256,37 +271,58 @@ pub fn check_single_line(v: &[u8]) -> Result<(), UnsafeValue> {
     Ok(())
 }
 
-/// Checks every action that would reach the MTA; returns the first problem.
-pub fn check_actions(actions: &[Action]) -> Result<(), (usize, UnsafeValue)> {
-    for (i, a) in actions.iter().enumerate() {
-        let r = match a {
-            // An empty new value deletes: same rule as `J`.
-            Action::ChangeHeader { name, value, .. } if value.is_empty() => {
-                if name.is_empty() {
-                    Err(UnsafeValue::EmptyName)
-                } else {
-                    check_single_line(name)
-                }
-            }
-            Action::AddHeader { name, value }
-            | Action::InsertHeader { name, value, .. }
-            | Action::ChangeHeader { name, value, .. } => {
-                check_header_name(name).and_then(|_| check_header_value(value))
-            }
-            // Deleting can only match an existing header: a name that could
-            // never match is harmless, but it must stay on one line.
-            Action::DeleteHeader { name, .. } if name.is_empty() => Err(UnsafeValue::EmptyName),
-            Action::DeleteHeader { name, .. } => check_single_line(name),
-            Action::ContentType(v) => check_header_value(v),
-            Action::AddRcpt(v)
-            | Action::DeleteRcpt(v)
-            | Action::ChangeFrom(v)
-            | Action::Quarantine(v) => check_single_line(v),
-            _ => Ok(()),
-        };
-        r.map_err(|e| (i, e))?;
+/// The value of a header the action adds or sets (not a deletion).
+fn header_value_mut(action: &mut Action) -> Option<&mut Vec<u8>> {
+    match action {
+        Action::AddHeader { value, .. }
+        | Action::InsertHeader { value, .. }
+        | Action::ContentType(value) => Some(value),
+        Action::ChangeHeader { value, .. } if !value.is_empty() => Some(value),
+        _ => None,
     }
-    Ok(())
+}
+
+/// Makes the actions that would reach the MTA safe to send: bare CRs in
+/// header values become spaces (the positions of the actions changed are
+/// returned, for a warning), and any other unsafe value is the error of the
+/// first action holding one.
+pub fn sanitize_actions(actions: &mut [Action]) -> Result<Vec<usize>, (usize, UnsafeValue)> {
+    let mut replaced = Vec::new();
+    for (i, a) in actions.iter_mut().enumerate() {
+        if header_value_mut(a).is_some_and(|v| replace_bare_crs(v)) {
+            replaced.push(i);
+        }
+        check_action(a).map_err(|e| (i, e))?;
+    }
+    Ok(replaced)
+}
+
+fn check_action(action: &Action) -> Result<(), UnsafeValue> {
+    match action {
+        // An empty new value deletes: same rule as `J`.
+        Action::ChangeHeader { name, value, .. } if value.is_empty() => {
+            if name.is_empty() {
+                Err(UnsafeValue::EmptyName)
+            } else {
+                check_single_line(name)
+            }
+        }
+        Action::AddHeader { name, value }
+        | Action::InsertHeader { name, value, .. }
+        | Action::ChangeHeader { name, value, .. } => {
+            check_header_name(name).and_then(|_| check_header_value(value))
+        }
+        // Deleting can only match an existing header: a name that could
+        // never match is harmless, but it must stay on one line.
+        Action::DeleteHeader { name, .. } if name.is_empty() => Err(UnsafeValue::EmptyName),
+        Action::DeleteHeader { name, .. } => check_single_line(name),
+        Action::ContentType(v) => check_header_value(v),
+        Action::AddRcpt(v)
+        | Action::DeleteRcpt(v)
+        | Action::ChangeFrom(v)
+        | Action::Quarantine(v) => check_single_line(v),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +476,7 @@ mod tests {
         );
         assert_eq!(check_header_value(b"x\n"), Err(UnsafeValue::BadFold));
         assert_eq!(check_header_value(b"x\ry"), Err(UnsafeValue::BareCr));
+        assert_eq!(check_header_value(b"x\r"), Err(UnsafeValue::BareCr));
         assert_eq!(check_header_name(b"X-Ok"), Ok(()));
         assert_eq!(
             check_header_name(b"X Bad"),
@@ -457,40 +494,137 @@ mod tests {
                 value: v("a\nb"),
             },
         ];
-        assert_eq!(check_actions(&acts), Err((1, UnsafeValue::BadFold)));
         assert_eq!(
-            check_actions(&[Action::ChangeFrom(v("<a@b>\r\nRCPT TO:<x>"))]),
+            sanitize_actions(&mut acts.clone()),
+            Err((1, UnsafeValue::BadFold))
+        );
+        assert_eq!(
+            sanitize_actions(&mut [Action::ChangeFrom(v("<a@b>\r\nRCPT TO:<x>"))]),
             Err((0, UnsafeValue::LineBreak))
         );
         assert_eq!(
-            check_actions(&[Action::DeleteHeader {
+            sanitize_actions(&mut [Action::DeleteHeader {
                 name: v("Odd Name"),
                 index: 1
             }]),
-            Ok(())
+            Ok(vec![])
         );
         assert_eq!(
-            check_actions(&[Action::DeleteHeader {
+            sanitize_actions(&mut [Action::DeleteHeader {
                 name: v("X\nY"),
                 index: 1
             }]),
             Err((0, UnsafeValue::LineBreak))
         );
         assert_eq!(
-            check_actions(&[Action::ChangeHeader {
+            sanitize_actions(&mut [Action::ChangeHeader {
                 name: v("Odd Name"),
                 index: 1,
                 value: v("")
             }]),
-            Ok(())
+            Ok(vec![])
         );
         assert_eq!(
-            check_actions(&[Action::ChangeHeader {
+            sanitize_actions(&mut [Action::ChangeHeader {
                 name: v("Odd Name"),
                 index: 1,
                 value: v("x")
             }]),
             Err((0, UnsafeValue::BadNameByte(b' ')))
+        );
+    }
+
+    #[test]
+    fn bare_crs_become_spaces() {
+        let cases: [(&[u8], &[u8], bool); 7] = [
+            (b"seen\rwith CR", b"seen with CR", true),
+            (b"end\r", b"end ", true),
+            (b"\r\rtwo", b"  two", true),
+            // The CR of a fold stays; the one before it does not.
+            (b"a\r\r\n b", b"a \r\n b", true),
+            (b"a\r\n\tb", b"a\r\n\tb", false),
+            // A CR before a non-folding LF stays: the LF is refused later.
+            (b"a\r\nB: c", b"a\r\nB: c", false),
+            (b"plain", b"plain", false),
+        ];
+        for (input, want, changed) in cases {
+            let mut got = input.to_vec();
+            assert_eq!(replace_bare_crs(&mut got), changed, "{input:?}");
+            assert_eq!(got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn sanitize_replaces_bare_crs_and_reports_where() {
+        let mut acts = vec![
+            Action::AddHeader {
+                name: v("X-After-CR"),
+                value: v("seen\rwith CR"),
+            },
+            Action::AddRcpt(v("<a@b>")),
+            Action::InsertHeader {
+                index: 0,
+                name: v("X-Ins"),
+                value: v("a\rb"),
+            },
+            Action::ChangeHeader {
+                name: v("X-Chg"),
+                index: 1,
+                value: v("c\r"),
+            },
+            Action::ContentType(v("text/plain;\rcharset=x")),
+            Action::AddHeader {
+                name: v("X-Fine"),
+                value: v("folded\r\n next"),
+            },
+        ];
+        assert_eq!(sanitize_actions(&mut acts), Ok(vec![0, 2, 3, 4]));
+        assert_eq!(
+            acts,
+            vec![
+                Action::AddHeader {
+                    name: v("X-After-CR"),
+                    value: v("seen with CR"),
+                },
+                Action::AddRcpt(v("<a@b>")),
+                Action::InsertHeader {
+                    index: 0,
+                    name: v("X-Ins"),
+                    value: v("a b"),
+                },
+                Action::ChangeHeader {
+                    name: v("X-Chg"),
+                    index: 1,
+                    value: v("c "),
+                },
+                Action::ContentType(v("text/plain; charset=x")),
+                Action::AddHeader {
+                    name: v("X-Fine"),
+                    value: v("folded\r\n next"),
+                },
+            ]
+        );
+        // A line break that could start a header is still refused, a CR in a
+        // header name too, and an address keeps its single-line rule.
+        let evil = Action::AddHeader {
+            name: v("X"),
+            value: v("a\r\nBcc: victim@example.com"),
+        };
+        assert_eq!(
+            sanitize_actions(&mut [evil]),
+            Err((0, UnsafeValue::BadFold))
+        );
+        let bad_name = Action::AddHeader {
+            name: v("X\rY"),
+            value: v("v"),
+        };
+        assert_eq!(
+            sanitize_actions(&mut [bad_name]),
+            Err((0, UnsafeValue::BadNameByte(b'\r')))
+        );
+        assert_eq!(
+            sanitize_actions(&mut [Action::AddRcpt(v("<a@b>\r"))]),
+            Err((0, UnsafeValue::LineBreak))
         );
     }
 }

@@ -1,4 +1,5 @@
-//! Per-SMTP-session state and the indymilter callbacks (milter.md §3, §5).
+//! Per-SMTP-session state and the indymilter callbacks
+//! (protocol/milter.md §3, §5).
 //!
 //! Each MTA connection is one tokio task inside indymilter; the state lives
 //! in `Context::data`. Every multiplexor request is one connection with a
@@ -20,6 +21,7 @@ use super::commands::{CommandsBlock, STANDARD_MACROS};
 use super::reply::{self, build_reply, split_reply_fields, CheckReply, Class, Verdict};
 use super::results::{self, Action, Results};
 use super::spool::{self, pristine_header_line, BodyFilter, WorkDir};
+use crate::blocking;
 use crate::mm_log;
 use crate::mxclient;
 
@@ -177,7 +179,7 @@ fn append_macro(block: &mut CommandsBlock, m: &Macros, name: &str) {
     }
 }
 
-/// The client address as upstream reports it (§3.1 step 6).
+/// The client address as upstream reports it (protocol/milter.md §3.1 step 6).
 fn host_ip(sock: &SocketInfo) -> Option<String> {
     match sock {
         SocketInfo::Unknown => None,
@@ -333,8 +335,8 @@ async fn set_dsn(target: &mut indymilter::SmtpReply, qid: &str, msg: &[u8], clas
 }
 
 /// Maps a check outcome at helo/mail/rcpt to the status, setting the reply
-/// and honouring the delay (§3.11). Returns the status and whether the
-/// verdict ends the transaction (cleanup needed).
+/// and honouring the delay (protocol/milter.md §3.11). Returns the status and
+/// whether the verdict ends the transaction (cleanup needed).
 async fn verdict_status(
     reply: &mut indymilter::SmtpReply,
     qid: &str,
@@ -359,31 +361,48 @@ async fn verdict_status(
     (status, r.verdict)
 }
 
-/// Closes the files and removes the working directory unless told to keep
-/// it (§4.3). Forgets the message either way.
 /// The filter (or the multiplexor running it) failed: tempfail, and keep
 /// the working directory for inspection when `-k` asks for that.
-fn filter_failed(cfg: &Config, conn: &mut Conn) -> Status {
+async fn filter_failed(cfg: &Config, conn: &mut Conn) -> Status {
     if let Some(msg) = conn.msg.as_mut() {
         msg.filter_failed = true;
     }
-    cleanup(cfg, conn);
+    cleanup(cfg, conn).await;
     Status::Tempfail
 }
 
-fn cleanup(cfg: &Config, conn: &mut Conn) {
-    let Some(mut msg) = conn.msg.take() else {
+/// Closes the files and removes the working directory unless told to keep
+/// it (protocol/milter.md §4.3), on the blocking pool. Forgets the message
+/// either way.
+async fn cleanup(cfg: &Config, conn: &mut Conn) {
+    let Some(msg) = conn.msg.take() else {
         return;
     };
-    msg.dir.close_all();
-    remove_working_directory(cfg, &conn.qid(), &msg.dir.path, msg.filter_failed);
+    let keep = KeepRules {
+        debug: cfg.debug,
+        flag: cfg.no_delete_flag(),
+        keep_failed: cfg.keep_failed && msg.filter_failed,
+    };
+    let qid = conn.qid();
+    blocking::run(move || remove_working_directory(&keep, &qid, &msg.dir.into_path())).await;
 }
 
-fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: bool) {
+/// What keeps a working directory after its message (protocol/milter.md §4.3).
+struct KeepRules {
+    /// `-d`
+    debug: bool,
+    /// `<spool>/DO-NOT-DELETE-WORK-DIRS`
+    flag: PathBuf,
+    /// `-k` and the filter failed.
+    keep_failed: bool,
+}
+
+/// Blocking: runs on the blocking pool.
+fn remove_working_directory(keep: &KeepRules, qid: &str, dir: &str) {
     if dir.is_empty() {
         return;
     }
-    if cfg.debug {
+    if keep.debug {
         mm_log!(
             Info,
             qid = qid,
@@ -391,7 +410,7 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
         );
         return;
     }
-    let flag = cfg.no_delete_flag();
+    let flag = &keep.flag;
     if flag.exists() {
         mm_log!(
             Info,
@@ -401,23 +420,12 @@ fn remove_working_directory(cfg: &Config, qid: &str, dir: &str, filter_failed: b
         );
         return;
     }
-    if cfg.keep_failed && filter_failed {
+    if keep.keep_failed {
         mm_log!(Warning, qid = qid, "Filter failed.  Message kept in {dir}");
         return;
     }
     if let Err(e) = spool::remove_tree(Path::new(dir), &mut |m| mm_log!(Warning, "{m}")) {
         mm_log!(Error, qid = qid, "failed to clean up {dir}: {e}");
-    }
-}
-
-/// The name of a message's working directory: the MTA's queue id, or the
-/// generated id when there is none. A queue id with a `/` (no MTA makes
-/// one) would put the directory outside the spool, so it gets the
-/// generated id too (protocol/milter.md, deliberate differences).
-fn workdir_name(qid: Option<&[u8]>, id: &str) -> String {
-    match qid {
-        Some(q) if !q.contains(&b'/') => String::from_utf8_lossy(q).into_owned(),
-        _ => id.to_string(),
     }
 }
 
@@ -590,7 +598,7 @@ async fn helo(cfg: &Config, cx: &mut Context<Conn>, arg: CString) -> Status {
     let outcome = check(cfg, "NOQUEUE", &line).await;
     let (status, verdict) = verdict_status(&mut cx.reply, &conn.qid(), outcome).await;
     if verdict != Verdict::Continue {
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
     }
     status
 }
@@ -613,21 +621,33 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
         .map(|a| a.as_bytes().to_vec())
         .unwrap_or_default();
 
-    let name = workdir_name(conn.qid.as_deref(), &id);
-    let dir = match WorkDir::create(&cfg.spool_dir, &name, cfg.conserve_fds) {
+    let (name, refused) = spool::dir_name(conn.qid.as_deref(), &id);
+    if let Some(why) = refused {
+        mm_log!(
+            Warning,
+            qid = qid,
+            "queue id {:?} {why}: working directory named mm-{id} instead",
+            String::from_utf8_lossy(conn.qid.as_deref().unwrap_or_default())
+        );
+    }
+    let name = name.to_string();
+    let dir = match WorkDir::create(&cfg.spool_dir, &name, cfg.conserve_fds).await {
         Ok(d) => d,
         Err(e) => {
             mm_log!(Warning, qid = qid, "{e}");
-            cleanup(cfg, conn);
+            cleanup(cfg, conn).await;
             return Status::Tempfail;
         }
     };
     // A directory left behind by the previous message goes now, whatever -d/-k say.
-    if let Some(mut old) = conn.msg.take() {
-        old.dir.close_all();
-        if Path::new(&old.dir.path).exists() {
-            let _ = spool::remove_tree(Path::new(&old.dir.path), &mut |m| mm_log!(Warning, "{m}"));
-        }
+    if let Some(old) = conn.msg.take() {
+        blocking::run(move || {
+            let path = old.dir.into_path();
+            if Path::new(&path).exists() {
+                let _ = spool::remove_tree(Path::new(&path), &mut |m| mm_log!(Warning, "{m}"));
+            }
+        })
+        .await;
     }
     conn.msg = Some(Msg {
         dir,
@@ -666,15 +686,18 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     let (ip, name, helo) = (conn.ip_or_unknown(), conn.name_or_ip(), conn.helo_field());
     let qid_field = conn.qid_bytes().to_vec();
     let msg = conn.msg.as_mut().expect("just created");
+    let block = block.as_bytes().to_vec();
     let written = msg
         .dir
-        .headers
-        .touch()
-        .and_then(|_| msg.dir.pristine.touch())
-        .and_then(|_| msg.dir.commands.append(block.as_bytes()));
+        .with_files(move |f| {
+            f.headers.touch()?;
+            f.pristine.touch()?;
+            f.commands.append(&block)
+        })
+        .await;
     if let Err(e) = written {
         mm_log!(Warning, qid = qid, "{e}");
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
         return Status::Tempfail;
     }
 
@@ -698,7 +721,7 @@ async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     let outcome = check(cfg, &qid, &line).await;
     let (status, verdict) = verdict_status(&mut cx.reply, &qid, outcome).await;
     if verdict != Verdict::Continue {
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
     }
     status
 }
@@ -717,7 +740,12 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
     conn.pending_qid_lines(&cx.macros, &mut qblock);
     if !qblock.is_empty() {
         let msg = conn.msg.as_mut().expect("checked");
-        if let Err(e) = msg.dir.commands.append(qblock.as_bytes()) {
+        let qblock = qblock.as_bytes().to_vec();
+        if let Err(e) = msg
+            .dir
+            .with_files(move |f| f.commands.append(&qblock))
+            .await
+        {
             mm_log!(Warning, qid = qid, "{e}");
             conn.qid_written = false;
         }
@@ -766,7 +794,7 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
             // A refused recipient keeps the transaction going.
             Verdict::Reject | Verdict::Tempfail => return status,
             Verdict::Accept | Verdict::Discard => {
-                cleanup(cfg, conn);
+                cleanup(cfg, conn).await;
                 return status;
             }
         }
@@ -778,9 +806,10 @@ async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Statu
         block.line(b'r', Some(a.as_bytes()));
     }
     let msg = conn.msg.as_mut().expect("checked");
-    if let Err(e) = msg.dir.commands.append(block.as_bytes()) {
+    let block = block.as_bytes().to_vec();
+    if let Err(e) = msg.dir.with_files(move |f| f.commands.append(&block)).await {
         mm_log!(Warning, qid = qid, "{e}");
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
         return Status::Tempfail;
     }
     Status::Continue
@@ -809,15 +838,18 @@ async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CStr
     if write {
         let (line, s) = pristine_header_line(name, value);
         suspicious = s;
+        let headers_line = spool::headers_line(name, value);
         let r = msg
             .dir
-            .inputmsg
-            .append(&line)
-            .and_then(|_| msg.dir.pristine.append(&line))
-            .and_then(|_| msg.dir.headers.append(&spool::headers_line(name, value)));
+            .with_files(move |f| {
+                f.inputmsg.append(&line)?;
+                f.pristine.append(&line)?;
+                f.headers.append(&headers_line)
+            })
+            .await;
         if let Err(e) = r {
             mm_log!(Warning, qid = qid, "{e}");
-            cleanup(cfg, conn);
+            cleanup(cfg, conn).await;
             return Status::Tempfail;
         }
     }
@@ -832,9 +864,10 @@ async fn header(cfg: &Config, cx: &mut Context<Conn>, name: CString, value: CStr
         block.line(b'X', Some(&value));
     }
     if !block.is_empty() {
-        if let Err(e) = msg.dir.commands.append(block.as_bytes()) {
+        let block = block.as_bytes().to_vec();
+        if let Err(e) = msg.dir.with_files(move |f| f.commands.append(&block)).await {
             mm_log!(Warning, qid = qid, "{e}");
-            cleanup(cfg, conn);
+            cleanup(cfg, conn).await;
             return Status::Tempfail;
         }
     }
@@ -851,12 +884,18 @@ async fn eoh(cfg: &Config, cx: &mut Context<Conn>) -> Status {
         mm_log!(Warning, qid = qid, "eoh: no message in progress");
         return Status::Tempfail;
     };
-    msg.dir.headers.close();
-    msg.dir.pristine.close();
     msg.body = BodyFilter::new(cfg.strip_bare_cr);
-    if let Err(e) = msg.dir.inputmsg.append(b"\n") {
+    let r = msg
+        .dir
+        .with_files(|f| {
+            f.headers.close();
+            f.pristine.close();
+            f.inputmsg.append(b"\n")
+        })
+        .await;
+    if let Err(e) = r {
         mm_log!(Warning, qid = qid, "{e}");
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
         return Status::Tempfail;
     }
     Status::Continue
@@ -877,9 +916,9 @@ async fn body(cfg: &Config, cx: &mut Context<Conn>, chunk: bytes::Bytes) -> Stat
     }
     let out = msg.body.feed(&chunk);
     if !out.is_empty() {
-        if let Err(e) = msg.dir.inputmsg.append(&out) {
+        if let Err(e) = msg.dir.with_files(move |f| f.inputmsg.append(&out)).await {
             mm_log!(Warning, qid = qid, "writen failed: {e}");
-            cleanup(cfg, conn);
+            cleanup(cfg, conn).await;
             return Status::Tempfail;
         }
     }
@@ -887,12 +926,18 @@ async fn body(cfg: &Config, cx: &mut Context<Conn>, chunk: bytes::Bytes) -> Stat
 }
 
 /// Reads RESULTS; `Err(())` after logging means "tempfail, filter failed".
+/// Blocking: runs on the blocking pool. RESULTS must be a regular file
+/// (protocol/SECURITY.md §1): a FIFO would otherwise hold the open forever.
 fn read_results(qid: &str, dir: &str) -> Result<Vec<u8>, ()> {
     let path = format!("{dir}/RESULTS");
-    let f = match std::fs::File::open(&path) {
+    let f = match blocking::open_regular(Path::new(&path), std::fs::OpenOptions::new().read(true)) {
         Ok(f) => f,
-        Err(_) => {
+        Err(e) if e.is_not_found() => {
             mm_log!(Warning, qid = qid, "Filter did not create RESULTS file");
+            return Err(());
+        }
+        Err(e) => {
+            mm_log!(Warning, qid = qid, "RESULTS file refused: {e}: Tempfailing");
             return Err(());
         }
     };
@@ -925,67 +970,78 @@ fn action_failed(qid: &str, what: &str, e: &ActionError) {
     mm_log!(Warning, qid = qid, "{what} returned MI_FAILURE ({e})");
 }
 
-/// Streams NEWBODY to the MTA in 4096-byte replacebody packets. Returns
-/// false (after logging) when the message must be tempfailed.
-async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
+/// NEWBODY is read this many packets at a time on the blocking pool.
+const BODY_CHUNKS_PER_READ: usize = 16;
+
+/// Fills `buf` from `file` unless the file ends first; returns the count.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = format!("{dir}/NEWBODY");
-    // NEWBODY must be a regular file inside the working directory: no
-    // symlinks leading elsewhere.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path);
-    let mut file = match file {
-        Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => f,
-        Ok(_) => {
-            mm_log!(
-                Warning,
-                qid = qid,
-                "Could not open {path} for reading: not a regular file"
-            );
-            return false;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
+    }
+    Ok(n)
+}
+
+/// Streams NEWBODY to the MTA in 4096-byte replacebody packets. Returns
+/// false (after logging) when the message must be tempfailed. The file is
+/// opened and read on the blocking pool; like RESULTS it must be a regular
+/// file (protocol/SECURITY.md §1).
+async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
+    let path = format!("{dir}/NEWBODY");
+    let opened = {
+        let path = path.clone();
+        blocking::run(move || {
+            blocking::open_regular(Path::new(&path), std::fs::OpenOptions::new().read(true))
+        })
+        .await
+    };
+    let mut file = match opened {
+        Ok(f) => f,
         Err(e) => {
             mm_log!(Warning, qid = qid, "Could not open {path} for reading: {e}");
             return false;
         }
     };
-    let mut buf = vec![0u8; BODY_CHUNK];
+    let mut buf = vec![0u8; BODY_CHUNK * BODY_CHUNKS_PER_READ];
     loop {
-        // Fill whole chunks so every packet but the last is 4096 bytes.
-        let mut n = 0;
-        while n < BODY_CHUNK {
-            match file.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        // Whole blocks, so that every packet but the last is 4096 bytes.
+        let (f, b, r) = blocking::run(move || {
+            let r = read_full(&mut file, &mut buf);
+            (file, buf, r)
+        })
+        .await;
+        (file, buf) = (f, b);
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                mm_log!(Warning, qid = qid, "Error reading {path}: {e}");
+                return false;
+            }
+        };
+        for chunk in buf[..n].chunks(BODY_CHUNK) {
+            match actions.replace_body(chunk).await {
+                Ok(()) => {}
+                Err(ActionError::NotAvailable) => {
+                    mm_log!(
+                        Warning,
+                        qid = qid,
+                        "smfi_replacebody returned MI_FAILURE (the MTA did not allow body changes)"
+                    );
+                    return true;
+                }
                 Err(e) => {
-                    mm_log!(Warning, qid = qid, "Error reading {path}: {e}");
+                    action_failed(qid, "smfi_replacebody", &e);
                     return false;
                 }
             }
         }
-        if n == 0 {
-            return true;
-        }
-        match actions.replace_body(&buf[..n]).await {
-            Ok(()) => {}
-            Err(ActionError::NotAvailable) => {
-                mm_log!(
-                    Warning,
-                    qid = qid,
-                    "smfi_replacebody returned MI_FAILURE (the MTA did not allow body changes)"
-                );
-                return true;
-            }
-            Err(e) => {
-                action_failed(qid, "smfi_replacebody", &e);
-                return false;
-            }
-        }
-        if n < BODY_CHUNK {
+        if n < buf.len() {
             return true;
         }
     }
@@ -1009,12 +1065,20 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
         block.line(b'?', None);
     }
     block.line(b'F', None);
-    if let Err(e) = msg.dir.commands.append(block.as_bytes()) {
+    let block = block.as_bytes().to_vec();
+    let written = msg
+        .dir
+        .with_files(move |f| {
+            let r = f.commands.append(&block);
+            f.close_all();
+            r
+        })
+        .await;
+    if let Err(e) = written {
         mm_log!(Warning, qid = qid, "{e}");
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
         return Status::Tempfail;
     }
-    msg.dir.close_all();
     let dir = msg.dir.path.clone();
 
     let line = mxclient::request_line("scan", &[conn.qid_bytes(), dir.as_bytes()]);
@@ -1032,17 +1096,21 @@ async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
                     String::from_utf8_lossy(&ans)
                 );
             }
-            return filter_failed(cfg, conn);
+            return filter_failed(cfg, conn).await;
         }
     }
 
-    let Ok(data) = read_results(&qid, &dir) else {
-        return filter_failed(cfg, conn);
+    let read = {
+        let (qid, dir) = (qid.clone(), dir.clone());
+        blocking::run(move || read_results(&qid, &dir)).await
+    };
+    let Ok(data) = read else {
+        return filter_failed(cfg, conn).await;
     };
     let status = match results::parse(&data) {
         Err(e) => {
             mm_log!(Warning, qid = qid, "{e}");
-            cleanup(cfg, conn);
+            cleanup(cfg, conn).await;
             set_reply(
                 &mut cx.reply,
                 &qid,
@@ -1075,33 +1143,47 @@ async fn apply_results(
     dir: &str,
     res: Results,
 ) -> Status {
-    let rejecting = res.rejecting;
-    // Refuse values that would inject header lines or break the header
-    // grammar before sending anything: a half-applied result is worse.
-    let to_check: Vec<Action> = res
-        .actions
-        .iter()
+    let Results {
+        actions: all,
+        rejecting,
+        finished,
+    } = res;
+    // Modifications are skipped when the message is refused.
+    let mut to_apply: Vec<Action> = all
+        .into_iter()
         .filter(|a| !rejecting || !a.is_modification())
-        .cloned()
         .collect();
-    if let Err((i, e)) = results::check_actions(&to_check) {
-        mm_log!(
-            Error,
-            qid = qid,
-            "RESULTS instruction {} refused: {e}: Tempfailing",
-            i + 1
-        );
-        return filter_failed(cfg, conn);
+    // Refuse values that would inject header lines or break the header
+    // grammar before sending anything: a half-applied result is worse. A
+    // bare CR in a header value is not worth a tempfail on every retry: it
+    // becomes a space (protocol/milter.md §15).
+    match results::sanitize_actions(&mut to_apply) {
+        Err((i, e)) => {
+            mm_log!(
+                Error,
+                qid = qid,
+                "RESULTS instruction {} refused: {e}: Tempfailing",
+                i + 1
+            );
+            return filter_failed(cfg, conn).await;
+        }
+        Ok(replaced) => {
+            for i in replaced {
+                mm_log!(
+                    Warning,
+                    qid = qid,
+                    "RESULTS instruction {}: bare CR in header value replaced by a space",
+                    i + 1
+                );
+            }
+        }
     }
     let seen_mime_version = conn
         .msg
         .as_ref()
         .map(|m| m.seen_mime_version)
         .unwrap_or(true);
-    for action in &res.actions {
-        if rejecting && action.is_modification() {
-            continue;
-        }
+    for action in &to_apply {
         let r = match action {
             Action::Bounce { code, dsn, text } => {
                 mm_log!(Debug, qid = qid, "Bouncing because filter instructed us to");
@@ -1113,7 +1195,7 @@ async fn apply_results(
                     dsn.as_deref(),
                     text.as_deref(),
                 );
-                cleanup(cfg, conn);
+                cleanup(cfg, conn).await;
                 return Status::Reject;
             }
             Action::Discard => {
@@ -1122,7 +1204,7 @@ async fn apply_results(
                     qid = qid,
                     "Discarding because filter instructed us to"
                 );
-                cleanup(cfg, conn);
+                cleanup(cfg, conn).await;
                 return Status::Discard;
             }
             Action::Tempfail { code, dsn, text } => {
@@ -1139,12 +1221,12 @@ async fn apply_results(
                     dsn.as_deref(),
                     text.as_deref(),
                 );
-                cleanup(cfg, conn);
+                cleanup(cfg, conn).await;
                 return Status::Tempfail;
             }
             Action::ReplaceBody => {
                 if !replace_body(actions, qid, dir).await {
-                    return filter_failed(cfg, conn);
+                    return filter_failed(cfg, conn).await;
                 }
                 Ok(())
             }
@@ -1223,13 +1305,13 @@ async fn apply_results(
             action_failed(qid, what, &e);
         }
     }
-    if !res.finished {
+    if !finished {
         mm_log!(
             Error,
             qid = qid,
             "RESULTS file did not finish with 'F' line: Tempfailing"
         );
-        return filter_failed(cfg, conn);
+        return filter_failed(cfg, conn).await;
     }
     if !cfg.scanned_by.is_empty() && !rejecting {
         let v = match &conn.myip {
@@ -1258,7 +1340,7 @@ async fn apply_results(
             }
         }
     }
-    cleanup(cfg, conn);
+    cleanup(cfg, conn).await;
     Status::Continue
 }
 
@@ -1269,7 +1351,7 @@ fn cstring(v: &[u8]) -> CString {
 
 async fn abort(cfg: &Config, cx: &mut Context<Conn>) -> Status {
     if let Some(conn) = cx.data.as_mut() {
-        cleanup(cfg, conn);
+        cleanup(cfg, conn).await;
     }
     Status::Continue
 }
@@ -1286,7 +1368,7 @@ async fn close(cfg: &Config, cx: &mut Context<Conn>) -> Status {
         }
     }
     if let Some(mut conn) = cx.data.take() {
-        cleanup(cfg, &mut conn);
+        cleanup(cfg, &mut conn).await;
     }
     Status::Continue
 }
@@ -1321,14 +1403,6 @@ pub fn callbacks(cfg: Arc<Config>) -> Callbacks<Conn> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn working_directory_stays_in_the_spool() {
-        assert_eq!(workdir_name(Some(b"4XabcQ12"), "gen00001"), "4XabcQ12");
-        assert_eq!(workdir_name(None, "gen00001"), "gen00001");
-        assert_eq!(workdir_name(Some(b"a/../../../tmp/x"), "gen00001"), "gen00001");
-        assert_eq!(workdir_name(Some(b"/etc"), "gen00001"), "gen00001");
-    }
 
     #[test]
     fn client_addresses() {

@@ -1,5 +1,6 @@
-//! The per-message working directory (milter.md §4): its name, its
-//! permissions, and the writers for INPUTMSG, HEADERS and PRISTINE_HEADERS.
+//! The per-message working directory (protocol/milter.md §4): its name,
+//! its permissions, and the writers for INPUTMSG, HEADERS and PRISTINE_HEADERS.
+//! The file work runs on the blocking pool (`crate::blocking`).
 //!
 //! The byte transformations here are contract: the Perl workers (and filters
 //! that sign DKIM over PRISTINE_HEADERS) read these files as upstream wrote them.
@@ -9,6 +10,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::blocking;
 
 /// The 60 symbols of upstream's message-id alphabet.
 const ID_ALPHABET: &[u8; 60] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX";
@@ -26,7 +29,8 @@ fn base60(mut v: u64, digits: usize, out: &mut Vec<u8>) {
 }
 
 /// Builds an 8-character id from a time in seconds and a counter value
-/// (§4.1): five base-60 digits of the time, three of the counter.
+/// (protocol/milter.md §4.1): five base-60 digits of the time, three of the
+/// counter.
 pub fn format_id(time: u64, counter: u64) -> String {
     let mut out = Vec::with_capacity(8);
     base60(time % 60u64.pow(5), 5, &mut out);
@@ -86,9 +90,10 @@ pub fn headers_line(name: &[u8], value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The body transformation of §3.8: CRLF becomes LF, bare CRs are kept (or
-/// dropped with `-c`) and flagged, NULs are flagged. A CR at the end of a
-/// chunk is held back until the next chunk shows whether an LF follows.
+/// The body transformation of protocol/milter.md §3.8: CRLF becomes LF, bare
+/// CRs are kept (or dropped with `-c`) and flagged, NULs are flagged. A CR at
+/// the end of a chunk is held back until the next chunk shows whether an LF
+/// follows.
 #[derive(Debug, Default)]
 pub struct BodyFilter {
     strip_bare_cr: bool,
@@ -148,6 +153,7 @@ impl BodyFilter {
 
 /// One file of the working directory, opened for appending on first use.
 /// With `-C` (conserve descriptors) it is closed again after every write.
+/// Blocking: use it through [`WorkDir::with_files`].
 #[derive(Debug)]
 pub struct SpoolFile {
     path: PathBuf,
@@ -168,15 +174,19 @@ impl SpoolFile {
         &self.path
     }
 
+    /// Opens (creating) the file; like every file a worker can reach, it
+    /// must be a regular file (protocol/SECURITY.md §1).
     fn open(&mut self) -> Result<&mut File, SpoolError> {
         if self.file.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .mode(0o640)
-                .open(&self.path)
-                .map_err(|e| SpoolError::Open(self.path.clone(), e))?;
+            let f = blocking::open_regular(
+                &self.path,
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .read(true)
+                    .mode(0o640),
+            )
+            .map_err(|e| SpoolError::Open(self.path.clone(), e))?;
             self.file = Some(f);
         }
         Ok(self.file.as_mut().expect("just opened"))
@@ -215,38 +225,29 @@ pub enum SpoolError {
     #[error("Could not create directory {path}: {source}", path = .0.display(), source = .1)]
     Mkdir(PathBuf, #[source] std::io::Error),
     #[error("Could not open {path}: {source}", path = .0.display(), source = .1)]
-    Open(PathBuf, #[source] std::io::Error),
+    Open(PathBuf, #[source] blocking::OpenError),
     #[error("Unable to write {len} bytes to file {path}: {source}", path = .0.display(), len = .1, source = .2)]
     Write(PathBuf, usize, #[source] std::io::Error),
 }
 
-/// The working directory of one message and its four milter-written files.
+/// The four milter-written files of a working directory.
 #[derive(Debug)]
-pub struct WorkDir {
-    /// The path exactly as given to the multiplexor (`<spool>/mm-<name>`).
-    pub path: String,
+pub struct Files {
     pub inputmsg: SpoolFile,
     pub headers: SpoolFile,
     pub pristine: SpoolFile,
     pub commands: SpoolFile,
 }
 
-impl WorkDir {
-    /// Creates `<spool>/mm-<name>` with mode 0750 (the umask narrows it).
-    pub fn create(spool: &str, name: &str, conserve: bool) -> Result<WorkDir, SpoolError> {
-        let path = format!("{spool}/mm-{name}");
-        std::fs::DirBuilder::new()
-            .mode(0o750)
-            .create(&path)
-            .map_err(|e| SpoolError::Mkdir(PathBuf::from(&path), e))?;
-        let file = |n: &str| SpoolFile::new(Path::new(&path).join(n), conserve);
-        Ok(WorkDir {
+impl Files {
+    fn new(dir: &Path, conserve: bool) -> Files {
+        let file = |n: &str| SpoolFile::new(dir.join(n), conserve);
+        Files {
             inputmsg: file("INPUTMSG"),
             headers: file("HEADERS"),
             pristine: file("PRISTINE_HEADERS"),
             commands: file("COMMANDS"),
-            path,
-        })
+        }
     }
 
     pub fn close_all(&mut self) {
@@ -257,8 +258,97 @@ impl WorkDir {
     }
 }
 
+/// The working directory of one message. Its files are only touched on
+/// the blocking pool ([`WorkDir::with_files`]), never on a runtime thread.
+#[derive(Debug)]
+pub struct WorkDir {
+    /// The path exactly as given to the multiplexor (`<spool>/mm-<name>`).
+    pub path: String,
+    conserve: bool,
+    /// `None` while a blocking task holds the files (or after that task
+    /// was abandoned: the files then reopen by path on next use).
+    files: Option<Files>,
+}
+
+impl WorkDir {
+    /// Creates `<spool>/mm-<name>` with mode 0750 (the umask narrows it).
+    /// `name` must come from [`dir_name`].
+    pub async fn create(spool: &str, name: &str, conserve: bool) -> Result<WorkDir, SpoolError> {
+        let path = format!("{spool}/mm-{name}");
+        let p = PathBuf::from(&path);
+        blocking::run(move || {
+            std::fs::DirBuilder::new()
+                .mode(0o750)
+                .create(&p)
+                .map_err(|e| SpoolError::Mkdir(p, e))
+        })
+        .await?;
+        Ok(WorkDir {
+            files: Some(Files::new(Path::new(&path), conserve)),
+            path,
+            conserve,
+        })
+    }
+
+    /// Runs `f` on the files on the blocking pool.
+    pub async fn with_files<R, F>(&mut self, f: F) -> R
+    where
+        F: FnOnce(&mut Files) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut files = self
+            .files
+            .take()
+            .unwrap_or_else(|| Files::new(Path::new(&self.path), self.conserve));
+        let (files, r) = blocking::run(move || {
+            let r = f(&mut files);
+            (files, r)
+        })
+        .await;
+        self.files = Some(files);
+        r
+    }
+
+    pub async fn close_all(&mut self) {
+        self.with_files(Files::close_all).await
+    }
+
+    /// Closes the files (blocking: call on the blocking pool).
+    pub fn into_path(self) -> String {
+        drop(self.files);
+        self.path
+    }
+}
+
+/// The working directory's name for a message (protocol/SECURITY.md §3):
+/// the MTA's queue id when it is safe as one path component, otherwise the
+/// generated id. Returns the name and, when the queue id was refused, why.
+pub fn dir_name<'a>(qid: Option<&'a [u8]>, generated: &'a str) -> (&'a str, Option<&'static str>) {
+    let Some(q) = qid else {
+        return (generated, None);
+    };
+    let refused = if q.len() > MAX_QID_NAME {
+        "too long"
+    } else if !q
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        "has characters other than A-Z a-z 0-9 . _ -"
+    } else if q.iter().all(|&b| b == b'.') {
+        "is empty or only dots"
+    } else {
+        return (std::str::from_utf8(q).expect("checked ASCII"), None);
+    };
+    (generated, Some(refused))
+}
+
+/// Longest queue id used as a directory name: `mm-` plus the id must fit
+/// in one path component (NAME_MAX, 255 bytes).
+const MAX_QID_NAME: usize = 252;
+
 /// Removes a directory tree without following symlinks, carrying on past
 /// errors (each is reported through `warn`). Returns the first error.
+/// Blocking: call on the blocking pool.
 pub fn remove_tree(path: &Path, warn: &mut dyn FnMut(String)) -> std::io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -362,26 +452,70 @@ mod tests {
         assert!(!f.suspicious());
     }
 
-    #[test]
-    fn workdir_files_and_removal() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn workdir_files_and_removal() {
         let d = tempfile::tempdir().unwrap();
         let spool = d.path().to_str().unwrap();
-        let mut w = WorkDir::create(spool, "abc", true).unwrap();
+        let mut w = WorkDir::create(spool, "abc", true).await.unwrap();
         assert_eq!(w.path, format!("{spool}/mm-abc"));
-        w.headers.touch().unwrap();
-        w.commands.append(b"F\n").unwrap();
-        w.commands.append(b"G\n").unwrap();
+        w.with_files(|f| {
+            f.headers.touch()?;
+            f.commands.append(b"F\n")?;
+            f.commands.append(b"G\n")
+        })
+        .await
+        .unwrap();
         assert_eq!(
             std::fs::read(Path::new(&w.path).join("COMMANDS")).unwrap(),
             b"F\nG\n"
         );
-        assert!(WorkDir::create(spool, "abc", false).is_err());
+        assert!(WorkDir::create(spool, "abc", false).await.is_err());
+        // A file someone replaced by a symlink is refused, not followed.
+        let target = d.path().join("target");
+        std::fs::write(&target, b"").unwrap();
+        std::fs::remove_file(Path::new(&w.path).join("HEADERS")).unwrap();
+        std::os::unix::fs::symlink(&target, Path::new(&w.path).join("HEADERS")).unwrap();
+        let e = w.with_files(|f| f.headers.append(b"x")).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("/HEADERS: not a regular file but a symbolic link"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
         std::fs::create_dir(Path::new(&w.path).join("Work")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", Path::new(&w.path).join("link")).unwrap();
+        let path = w.into_path();
         let mut warnings = vec![];
-        remove_tree(Path::new(&w.path), &mut |m| warnings.push(m)).unwrap();
-        assert!(!Path::new(&w.path).exists());
+        remove_tree(Path::new(&path), &mut |m| warnings.push(m)).unwrap();
+        assert!(!Path::new(&path).exists());
         assert!(Path::new("/etc/passwd").exists());
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn queue_ids_as_directory_names() {
+        fn ok(q: &str) -> (&str, Option<&'static str>) {
+            dir_name(Some(q.as_bytes()), "GEN")
+        }
+        assert_eq!(dir_name(None, "GEN"), ("GEN", None));
+        assert_eq!(ok("4AB1cD012345"), ("4AB1cD012345", None));
+        assert_eq!(ok("a.b_c-D9"), ("a.b_c-D9", None));
+        assert_eq!(ok("...x"), ("...x", None));
+        for bad in [
+            "X/../../../w/escaped",
+            "..",
+            ".",
+            "a b",
+            "a\nb",
+            "caf\u{e9}",
+            "a/b",
+        ] {
+            let (name, why) = ok(bad);
+            assert_eq!(name, "GEN", "{bad:?}");
+            assert!(why.is_some(), "{bad:?}");
+        }
+        let long = "a".repeat(MAX_QID_NAME);
+        assert_eq!(ok(&long).0, long);
+        assert_eq!(ok(&format!("{long}a")), ("GEN", Some("too long")));
     }
 }

@@ -1,5 +1,5 @@
-//! Program start-up (milter.md §1.3-1.5): option checks, privilege drop,
-//! daemonising with a readiness pipe, pid/lock files, the wait for the
+//! Program start-up (protocol/milter.md §1.3–§1.5): option checks, privilege
+//! drop, daemonising with a readiness pipe, pid/lock files, the wait for the
 //! multiplexor, and the indymilter main loop with signal handling.
 
 use std::future::Future;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use super::mtastream::MtaStream;
+use super::mtastream::{MtaStream, OpenConnection};
 use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
 use super::session::{self, Config};
 use crate::daemon;
@@ -24,7 +24,7 @@ pub const SPOOLDIR: &str = "/var/spool/mailmunge";
 /// normally fires first.
 const DEFAULT_MX_TIMEOUT: Duration = Duration::from_secs(660);
 
-/// `mailmunge prcap`: the capability dump (§1.2).
+/// `mailmunge prcap`: the capability dump (protocol/milter.md §1.2).
 pub fn prcap() -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: &str| s.push_str(&format!("{k:<30} {v}\n"));
@@ -171,6 +171,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     } else {
         daemon::daemonize().unwrap_or_else(|e| die(format!("{argv0}: {e}\n")))
     };
+    // Nothing the starter left open stays open (protocol/SECURITY.md §2).
+    let mut keep: Vec<i32> = ready.raw_fd().into_iter().collect();
+    keep.extend(pidfile.as_ref().map(daemon::PidFile::raw_fd));
+    daemon::close_inherited_fds(&keep);
     super::log::init(facility);
     // Every SMTP session holds a descriptor; the usual soft limit of 1024
     // would cap concurrent sessions well below what the milter can serve.
@@ -266,6 +270,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
                 return 1;
             }
         };
+        if let Some(w) = sockspec.all_addresses_warning(&conn) {
+            mm_log!(Warning, "{w}");
+        }
         mm_log!(
             Info,
             "mailmunge {} alive. workersReservedForLoopback={} AllowNewConnectionsToQueue={} doRelayCheck={} doHeloCheck={} doSenderCheck={} doRecipientCheck={}",
@@ -286,9 +293,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         mm_log!(Info, "mailmunge-multiplexor is responding - entering main loop");
         ready.ready();
         let unix_path = listener.path().map(|p| p.to_path_buf());
-        let config = indymilter::Config { max_connections: 1 << 20, ..Default::default() };
+        let limits = Limits::from(&opts);
+        let config = indymilter::Config { max_connections: limits.connections, ..Default::default() };
         let callbacks = session::callbacks(Arc::new(cfg));
-        let r = indymilter::run(NoDelayListener::new(listener), callbacks, config, shutdown_signal(opts.foreground)).await;
+        let r = indymilter::run(NoDelayListener::new(listener, limits), callbacks, config, shutdown_signal(opts.foreground)).await;
         if let Some(p) = unix_path {
             let _ = std::fs::remove_file(p);
         }
@@ -334,7 +342,8 @@ fn mx_timeout() -> Option<Duration> {
     }
 }
 
-/// Up to 200 tries, 100 ms apart, for a `free` answer (§1.4 step 10).
+/// Up to 200 tries, 100 ms apart, for a `free` answer
+/// (protocol/milter.md §1.4 step 10).
 async fn wait_for_multiplexor(cfg: &Config) -> bool {
     let probe = Config {
         mx_timeout: Some(Duration::from_secs(2)),
@@ -410,14 +419,54 @@ async fn shutdown_signal(foreground: bool) {
 struct NoDelayListener {
     inner: Listener,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    limits: Limits,
+    /// Connections open now.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Bounds on what MTA clients may hold (protocol/SECURITY.md §9).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    connections: usize,
+    packet: usize,
+}
+
+impl From<&Options> for Limits {
+    fn from(o: &Options) -> Limits {
+        Limits {
+            connections: o
+                .max_connections
+                .unwrap_or(super::options::DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+            packet: o
+                .max_packet
+                .unwrap_or(super::mtastream::DEFAULT_MAX_PACKET)
+                .max(1024),
+        }
+    }
 }
 
 impl NoDelayListener {
-    fn new(inner: Listener) -> Self {
+    fn new(inner: Listener, limits: Limits) -> Self {
         NoDelayListener {
             inner,
             backoff: None,
+            limits,
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    /// Wraps an accepted connection; says so in the log when it takes the
+    /// last allowed slot (further connections then wait).
+    fn wrap(&self, stream: Stream) -> MtaStream {
+        let (open, n) = OpenConnection::new(&self.open);
+        if n == self.limits.connections {
+            mm_log!(
+                Warning,
+                "{n} MTA connections are open, the --max-connections limit; new ones wait until one closes"
+            );
+        }
+        MtaStream::new(stream, self.limits.packet, Some(open))
     }
 }
 
@@ -455,7 +504,7 @@ impl indymilter::Listener for NoDelayListener {
                     mm_log!(Error, "accept failed: {e}; pausing for 100ms");
                     self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                 }
-                other => return other.map_ok(MtaStream::new),
+                other => return other.map_ok(|s| self.wrap(s)),
             }
         }
     }

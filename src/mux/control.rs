@@ -1,10 +1,10 @@
 //! The control sockets `-s` (privileged) and `-a` (unprivileged): request
-//! framing (multiplexor.md §4.1), the dispatch table (§4.3) and forwarding
-//! to workers (§6).
+//! framing (protocol/multiplexor.md §4.1), the dispatch table (§4.3) and
+//! forwarding to workers (protocol/multiplexor.md §6).
 //!
-//! Differences from upstream that no client can observe (§20.3): a request
-//! must end in `\n`; a connection that closes before sending one is dropped
-//! without being dispatched.
+//! Differences from upstream that no client can observe
+//! (protocol/multiplexor.md §20.3): a request must end in `\n`; a connection
+//! that closes before sending one is dropped without being dispatched.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::pool::{epoch_now, replies, Job, JobKind, Mux, Outcome};
+use super::job::{replies, Job, JobKind, Outcome};
+use super::pool::{epoch_now, Mux};
 use super::{report, Class};
 use crate::sockspec::{Listener, Stream};
 
@@ -36,8 +37,8 @@ pub async fn serve(mux: Arc<Mux>, listener: Listener, access: Access) {
         Access::Unprivileged => "unprivileged control socket",
     };
     let serve_one = |stream: Stream| {
-        // Over the §4.3 limit the connection is closed here, before any
-        // task runs, with no reply.
+        // Over the limit (protocol/multiplexor.md §4.3) the connection is
+        // closed here, before any task runs, with no reply.
         let stream = if access == Access::Unprivileged {
             if pending.load(Ordering::SeqCst) >= MAX_UNPRIV_CONNS {
                 drop(stream);
@@ -121,7 +122,8 @@ pub async fn dispatch(mux: &Arc<Mux>, line: &[u8], access: Access) -> Vec<u8> {
     forward(mux, line).await
 }
 
-/// The built-in commands of both sockets (§4.3 rows 1–15).
+/// The built-in commands of both sockets
+/// (protocol/multiplexor.md §4.3 rows 1–15).
 fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(line).ok()?;
     let prefix = |w: &str| text.strip_prefix(w).filter(|rest| !rest.is_empty());
@@ -146,7 +148,7 @@ fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
         "hload-recipok" => report::hload(&p, Class::RecipOk, now),
         "histo" => report::histo(&p),
         "msgs" => format!("{}\n", p.msgs),
-        // Our extension (protocol/multiplexor.md §6).
+        // Our extension (protocol/multiplexor.md §26).
         "lasterror" => {
             let text = p.start_failures.report(now);
             let mut s =
@@ -202,8 +204,8 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
     outcome.client_bytes()
 }
 
-/// Runs a socketmap lookup (`-N`, §13) on a worker: never queued, class
-/// "other".
+/// Runs a socketmap lookup (`-N`, protocol/multiplexor.md §13) on a worker:
+/// never queued, class "other".
 pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapOutcome {
     use crate::socketmap::MapOutcome;
     let started = std::time::Instant::now();

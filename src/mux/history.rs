@@ -1,6 +1,7 @@
-//! Load history behind `load*`, `load1` and `hload*` (multiplexor.md §5.10):
-//! per tracked command class, 600 one-second buckets and 24 one-hour
-//! buckets, each remembering which second/hour it holds.
+//! Load history behind `load*`, `load1` and `hload*`
+//! (protocol/multiplexor.md §5.10): per tracked command class, 600 one-second
+//! buckets and 24 one-hour buckets, each remembering which second/hour it
+//! holds.
 
 use super::Class;
 

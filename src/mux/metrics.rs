@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::pool::{Outcome, Pool};
+use super::job::Outcome;
 use super::State;
 
 /// Upper bounds (seconds) of the latency histogram buckets; `+Inf` follows.
@@ -119,7 +119,7 @@ impl Histogram {
 }
 
 /// Event counters, updated by hooks in the pool and the control socket.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Metrics {
     requests: BTreeMap<(&'static str, &'static str), u64>,
     latency: BTreeMap<&'static str, Histogram>,
@@ -198,14 +198,25 @@ pub struct WorkerMem {
     pub rss_bytes: u64,
 }
 
-/// Pids of running workers by slot (taken under the lock; the `/proc`
-/// reads happen after it is released).
-pub fn worker_pids(p: &Pool) -> Vec<(usize, u32)> {
-    p.slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| s.pid.map(|pid| (i, pid)))
-        .collect()
+/// The pool's state at scrape time, taken under its lock; the scrape is
+/// rendered after the lock is released.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Slots by state: idle, busy, stopped, killed.
+    pub idle: usize,
+    pub busy: usize,
+    pub stopped: usize,
+    pub killed: usize,
+    pub workers_max: usize,
+    pub queue_length: usize,
+    pub queue_capacity: usize,
+    pub msgs: u64,
+    pub generation: u64,
+    pub uptime: u64,
+    /// Seconds the longest-busy worker has been on its request.
+    pub oldest_busy: f64,
+    /// Pids of running workers by slot (their memory is read later).
+    pub pids: Vec<(usize, u32)>,
 }
 
 /// Resident set size of a process from `/proc/PID/statm`; `None` when it
@@ -241,8 +252,7 @@ fn num(v: f64) -> String {
 }
 
 /// The whole scrape in the Prometheus text format (version 0.0.4).
-pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
-    let m = &p.metrics;
+pub fn render(g: &Gauges, m: &Metrics, mem: &[WorkerMem]) -> String {
     let mut o = String::with_capacity(4096);
     header(
         &mut o,
@@ -250,12 +260,16 @@ pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
         "gauge",
         "Worker slots by state.",
     );
-    for st in [State::Idle, State::Busy, State::Stopped, State::Killed] {
+    for (st, n) in [
+        (State::Idle, g.idle),
+        (State::Busy, g.busy),
+        (State::Stopped, g.stopped),
+        (State::Killed, g.killed),
+    ] {
         let _ = writeln!(
             o,
-            "mailmunge_mux_workers{{state=\"{}\"}} {}",
+            "mailmunge_mux_workers{{state=\"{}\"}} {n}",
             st.name().to_ascii_lowercase(),
-            p.count(st)
         );
     }
     header(
@@ -264,21 +278,21 @@ pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
         "gauge",
         "Number of worker slots (-x).",
     );
-    let _ = writeln!(o, "mailmunge_mux_workers_max {}", p.slots.len());
+    let _ = writeln!(o, "mailmunge_mux_workers_max {}", g.workers_max);
     header(
         &mut o,
         "mailmunge_mux_queue_length",
         "gauge",
         "Requests waiting for a free worker.",
     );
-    let _ = writeln!(o, "mailmunge_mux_queue_length {}", p.queue.len());
+    let _ = writeln!(o, "mailmunge_mux_queue_length {}", g.queue_length);
     header(
         &mut o,
         "mailmunge_mux_queue_capacity",
         "gauge",
         "Maximum queue length (-q).",
     );
-    let _ = writeln!(o, "mailmunge_mux_queue_capacity {}", p.opts.queue_size);
+    let _ = writeln!(o, "mailmunge_mux_queue_capacity {}", g.queue_capacity);
 
     header(
         &mut o,
@@ -370,14 +384,14 @@ pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
         "counter",
         "Messages scanned (scan commands answered).",
     );
-    let _ = writeln!(o, "mailmunge_mux_messages_scanned_total {}", p.msgs);
+    let _ = writeln!(o, "mailmunge_mux_messages_scanned_total {}", g.msgs);
     header(
         &mut o,
         "mailmunge_mux_generation",
         "gauge",
         "Filter generation; incremented by each accepted reread.",
     );
-    let _ = writeln!(o, "mailmunge_mux_generation {}", p.generation);
+    let _ = writeln!(o, "mailmunge_mux_generation {}", g.generation);
     header(
         &mut o,
         "mailmunge_mux_rereads_total",
@@ -397,7 +411,7 @@ pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
         "gauge",
         "Seconds since the multiplexor started.",
     );
-    let _ = writeln!(o, "mailmunge_mux_uptime_seconds {}", p.uptime());
+    let _ = writeln!(o, "mailmunge_mux_uptime_seconds {}", g.uptime);
     // For alerts on a filter stuck in one request well before -b fires.
     header(
         &mut o,
@@ -405,13 +419,7 @@ pub fn render(p: &Pool, mem: &[WorkerMem]) -> String {
         "gauge",
         "How long the longest-busy worker has been on its request (0 when none is busy).",
     );
-    let oldest = p
-        .slots
-        .iter()
-        .filter(|s| s.state == State::Busy)
-        .map(|s| s.last_change.elapsed().as_secs_f64())
-        .fold(0.0, f64::max);
-    let _ = writeln!(o, "mailmunge_mux_oldest_busy_seconds {oldest:.3}");
+    let _ = writeln!(o, "mailmunge_mux_oldest_busy_seconds {:.3}", g.oldest_busy);
     header(
         &mut o,
         "mailmunge_mux_info",

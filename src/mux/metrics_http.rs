@@ -6,10 +6,11 @@
 //! a misbehaving scraper cannot starve the multiplexor.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use super::metrics;
 use super::pool::Mux;
@@ -106,29 +107,78 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>
     }
 }
 
-/// The current scrape: counters under the lock, `/proc` reads outside it.
+/// The current scrape: a snapshot under the lock; the `/proc` reads and
+/// the rendering outside it.
 pub fn scrape(mux: &Mux) -> String {
-    let pids = metrics::worker_pids(&mux.lock());
-    let mem = metrics::read_mem(&pids);
-    metrics::render(&mux.lock(), &mem)
+    let (gauges, counters) = {
+        let p = mux.lock();
+        (p.gauges(), p.metrics.clone())
+    };
+    let mem = metrics::read_mem(&gauges.pids);
+    metrics::render(&gauges, &counters, &mem)
+}
+
+/// Connections still sending their request, oldest first: the ones a new
+/// scrape may push out when all slots are taken (protocol/metrics.md).
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    queue: std::collections::VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Waiting {
+    /// Registers a connection; the receiver fires if it is pushed out.
+    fn enter(&mut self) -> (u64, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        self.next_id += 1;
+        self.queue.push_back((self.next_id, tx));
+        (self.next_id, rx)
+    }
+
+    /// The connection has its request (or is gone): no longer evictable.
+    fn leave(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
+
+    /// Pushes out the oldest idle connection; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some((_, tx)) => {
+                let _ = tx.send(());
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Serves the metrics endpoint forever.
 pub async fn serve(mux: Arc<Mux>, listener: Listener) {
     let active = Arc::new(AtomicUsize::new(0));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     let serve_one = |stream: Stream| {
-        // Over the cap the connection is closed here, before any task runs.
-        let stream = if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        // Over the cap, the oldest connection that has not sent its request
+        // makes room; only when every slot is busy answering is the new one
+        // closed here, before any task runs.
+        let admitted =
+            active.load(Ordering::SeqCst) < MAX_CONNS || waiting.lock().unwrap().evict_oldest();
+        let stream = if admitted {
+            active.fetch_add(1, Ordering::SeqCst);
+            let ticket = waiting.lock().unwrap().enter();
+            Some((stream, ticket))
+        } else {
+            crate::daemon::log(
+                crate::daemon::LOG_WARNING,
+                &format!("metrics: {MAX_CONNS} scrapes are being answered; connection closed"),
+            );
             drop(stream);
             None
-        } else {
-            Some(stream)
         };
-        let (mux, active) = (mux.clone(), active.clone());
+        let (mux, active, waiting) = (mux.clone(), active.clone(), waiting.clone());
         async move {
-            if let Some(stream) = stream {
-                answer(mux, stream).await;
+            if let Some((stream, (id, evicted))) = stream {
+                answer(mux, stream, evicted, || waiting.lock().unwrap().leave(id)).await;
+                waiting.lock().unwrap().leave(id);
                 active.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -138,9 +188,20 @@ pub async fn serve(mux: Arc<Mux>, listener: Listener) {
         .await;
 }
 
-/// Reads one request and writes its reply.
-async fn answer(mux: Arc<Mux>, mut stream: Stream) {
-    let reply = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
+/// Reads one request and writes its reply; gives up when `evicted` fires
+/// before the request is complete. `got_request` is called once it is.
+async fn answer(
+    mux: Arc<Mux>,
+    mut stream: Stream,
+    evicted: oneshot::Receiver<()>,
+    got_request: impl FnOnce(),
+) {
+    let head = tokio::select! {
+        h = tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)) => h,
+        _ = evicted => return,
+    };
+    got_request();
+    let reply = match head {
         Ok(Some(head)) => match parse_request(&head) {
             Request::Metrics { head } => {
                 let body = tokio::task::spawn_blocking({

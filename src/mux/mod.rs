@@ -1,16 +1,20 @@
 //! `mailmunge-multiplexor`: a pool of filter worker processes behind a
-//! control socket (multiplexor.md). The binary only parses options and calls
-//! [`run`].
+//! control socket (protocol/multiplexor.md). The binary only parses options
+//! and calls [`run`].
 //!
 //! Shape: one [`pool::Pool`] (all slot state, counters and history) behind a
-//! `std::sync::Mutex` that is never held across an `.await`; one tokio task
-//! per worker process owning its pipes ([`worker`]), so a slow or misbehaving
-//! worker can only ever delay its own request; one task per client
-//! connection ([`control`]); timers for idle reaping, the minimum filler,
-//! ticks and the status log.
+//! `std::sync::Mutex` that is never held across an `.await` and that calls
+//! out to no other module; a launcher task that starts every worker
+//! ([`worker::launcher`]); one tokio task per worker process owning its
+//! pipes, so a slow or misbehaving worker can only ever delay its own
+//! request; one task per client connection ([`control`]); timers for idle
+//! reaping, the minimum filler, ticks and the status log
+//! (protocol/multiplexor.md §21).
 
+pub mod child;
 pub mod control;
 pub mod history;
+pub mod job;
 pub mod metrics;
 pub mod metrics_http;
 pub mod options;
@@ -26,8 +30,8 @@ pub mod zygote;
 
 pub use options::Options;
 
-/// The class of a forwarded command (§6.1), used for statistics, `workers`
-/// and `-y`.
+/// The class of a forwarded command (protocol/multiplexor.md §6.1), used for
+/// statistics, `workers` and `-y`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     Scan,
@@ -77,7 +81,7 @@ impl Class {
     pub const TRACKED: [Class; 4] = [Class::Scan, Class::RelayOk, Class::SenderOk, Class::RecipOk];
 }
 
-/// Worker slot states (§7.1).
+/// Worker slot states (protocol/multiplexor.md §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Stopped,

@@ -1,13 +1,14 @@
-//! Command-line options of `mailmunge-multiplexor` (multiplexor.md §2): the
-//! upstream letters, parsed with clap, numbers read like C's `%d`, then the
-//! same defaults, clamps and fatal errors as upstream.
+//! Command-line options of `mailmunge-multiplexor`
+//! (protocol/multiplexor.md §2): the upstream letters, parsed with clap,
+//! numbers read like C's `%d`, then the same defaults, clamps and fatal errors
+//! as upstream.
 
 use clap::Parser;
 use std::path::PathBuf;
 
 use crate::cnum::scan_int;
 
-/// Build-time defaults (§1).
+/// Build-time defaults (protocol/multiplexor.md §1).
 pub const SPOOLDIR: &str = "/var/spool/mailmunge";
 pub const CONFDIR: &str = "/etc/mailmunge";
 /// Hard maximum of `-q`.

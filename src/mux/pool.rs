@@ -1,22 +1,25 @@
 //! Worker slots, their states and every decision about them: choosing a
 //! worker, activation, completion bookkeeping, retirement, reaping, the
-//! request queue, idle reaping and generations (multiplexor.md §7, §10, §11).
+//! request queue, idle reaping and generations
+//! (protocol/multiplexor.md §7, §10, §11).
 //!
-//! All of it is synchronous and runs under the [`Mux`] mutex; the actual
-//! pipe I/O happens in the per-worker tasks of [`super::worker`], which call
-//! back into [`Pool::complete`] and [`Pool::reaped`].
+//! All of it is synchronous and runs under the [`Mux`] mutex, and none of
+//! it waits: processes are started by the launcher task and pipes are read
+//! by the worker tasks (`super::worker`), which report through
+//! [`Pool::worker_started`], [`Pool::complete`] and [`Pool::reaped`]
+//! (protocol/multiplexor.md §21).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::history::History;
+use super::job::{Completion, Job, JobKind, LaunchWorker, Launcher, NoLauncher, Outcome, ToWorker};
 use super::options::Options;
 use super::startfail::{self, StartFailure, StartFailures, StderrTail};
 use super::statsfile::{sanitize_reason, StatsFile};
-use super::worker::{self, ToWorker};
 use super::{Class, State};
 use crate::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
 
@@ -24,119 +27,6 @@ use crate::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
 pub const MAX_SYNTAX_ERROR_EXITS: u32 = 10;
 /// Maximum status tag length.
 pub const MAX_STATUS_LEN: usize = 63;
-
-/// Multiplexor-generated replies on the forwarding path (§6.4).
-pub mod replies {
-    pub const TOO_LONG: &[u8] = b"error: Command too long\n";
-    pub const NO_FREE: &[u8] = b"error: No free workers\n";
-    pub const QUEUE_TIMEOUT: &[u8] = b"error: Queued request timed out\n";
-    pub const ACTIVATE_FAILED: &[u8] = b"error: Unable to activate worker\n";
-    pub const WRITE_FAILED: &[u8] = b"error: Error talking to worker process\n";
-    pub const TIMEOUT_OVERLOADED: &[u8] =
-        b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n";
-    pub const TIMEOUT: &[u8] = b"ERR Filter timed out - check filter rules or system load\n";
-    pub const NO_RESPONSE: &[u8] = b"ERR No response from worker\n";
-    pub const RECIPOK_LIMIT: &[u8] =
-        b"ok -1 Per-domain%20recipok%20limit%20hit;%20please%20try%20again%20later\n";
-    pub const SHUTTING_DOWN: &[u8] = b"error: Multiplexor is shutting down\n";
-}
-
-/// What became of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The worker's reply bytes, relayed verbatim (normally one line with
-    /// its `\n`; a partial or truncated line otherwise).
-    Reply(Vec<u8>),
-    /// The worker closed stdout without a byte.
-    NoResponse,
-    /// No reply within `-b`; `overloaded` when more than 3 workers were busy.
-    Timeout { overloaded: bool },
-    /// The command could not be written within `-c`.
-    WriteFailed,
-    /// No worker could be had.
-    NoFree,
-    /// Activating a worker failed.
-    ActivateFailed,
-    /// Refused by the per-domain recipok limit.
-    RecipokLimit,
-    /// Waited in the queue longer than `-Q`.
-    QueueTimeout,
-    /// The multiplexor is stopping.
-    ShuttingDown,
-}
-
-impl Outcome {
-    /// The bytes a control-socket client receives.
-    pub fn client_bytes(&self) -> Vec<u8> {
-        use replies::*;
-        match self {
-            Outcome::Reply(b) => b.clone(),
-            Outcome::NoResponse => NO_RESPONSE.to_vec(),
-            Outcome::Timeout { overloaded: true } => TIMEOUT_OVERLOADED.to_vec(),
-            Outcome::Timeout { overloaded: false } => TIMEOUT.to_vec(),
-            Outcome::WriteFailed => WRITE_FAILED.to_vec(),
-            Outcome::NoFree => NO_FREE.to_vec(),
-            Outcome::ActivateFailed => ACTIVATE_FAILED.to_vec(),
-            Outcome::RecipokLimit => RECIPOK_LIMIT.to_vec(),
-            Outcome::QueueTimeout => QUEUE_TIMEOUT.to_vec(),
-            Outcome::ShuttingDown => SHUTTING_DOWN.to_vec(),
-        }
-    }
-}
-
-/// Who asked for a job; decides notifications and statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    Client,
-    Map,
-    Tick(u32),
-}
-
-/// One command for one worker.
-#[derive(Debug)]
-pub struct Job {
-    /// The command line including its `\n`.
-    pub line: Vec<u8>,
-    pub class: Class,
-    pub kind: JobKind,
-    pub reply: oneshot::Sender<Outcome>,
-}
-
-impl Job {
-    pub fn new(line: Vec<u8>, kind: JobKind) -> (Job, oneshot::Receiver<Outcome>) {
-        let (tx, rx) = oneshot::channel();
-        let class = if kind == JobKind::Client {
-            Class::of(&line)
-        } else {
-            Class::Other
-        };
-        (
-            Job {
-                line,
-                class,
-                kind,
-                reply: tx,
-            },
-            rx,
-        )
-    }
-}
-
-/// How a worker's reply went, as seen by its task.
-#[derive(Debug)]
-pub enum Completion {
-    /// A reply (possibly partial); `violation` when the worker broke the
-    /// one-line protocol (overlong line, extra output) and must be retired.
-    Reply {
-        bytes: Vec<u8>,
-        violation: Option<&'static str>,
-    },
-    /// End of file before a complete line; the bytes received, if any, are
-    /// relayed (the process is on its way out).
-    Eof(Vec<u8>),
-    Timeout,
-    WriteFailed,
-}
 
 /// One worker slot.
 #[derive(Debug)]
@@ -172,7 +62,7 @@ pub struct Slot {
     pub replied: bool,
 }
 
-/// A request waiting for a worker (§10).
+/// A request waiting for a worker (protocol/multiplexor.md §10).
 #[derive(Debug)]
 pub struct Queued {
     pub id: u64,
@@ -242,12 +132,11 @@ pub struct Pool {
     pub histo: Vec<u64>,
     failures: u32,
     pub shutting_down: bool,
-    zygote_loading: bool,
-    /// Notifier listeners (`-O`, §14), when configured.
+    /// Notifier listeners (`-O`, protocol/multiplexor.md §14), when configured.
     pub notify: Option<crate::notify::Notifier>,
     pub stats: StatsFile,
-    /// Spawns worker processes (exec or zygote).
-    pub spawner: worker::Spawner,
+    /// Starts worker processes; installed by the daemon at start-up.
+    pub launcher: Box<dyn Launcher>,
     /// Event counters for `--metrics`.
     pub metrics: super::metrics::Metrics,
     /// Workers that died before answering (`lasterror`).
@@ -287,7 +176,7 @@ impl Pool {
             .collect();
         Pool {
             stats: StatsFile::open(opts.stats_file.clone(), opts.stats_flush, opts.stats_syslog),
-            spawner: worker::Spawner::Exec,
+            launcher: Box::new(NoLauncher),
             opts,
             me,
             slots,
@@ -304,7 +193,6 @@ impl Pool {
             histo: vec![0; n],
             failures: 0,
             shutting_down: false,
-            zygote_loading: false,
             notify: None,
             metrics: Default::default(),
             start_failures: StartFailures::default(),
@@ -324,6 +212,34 @@ impl Pool {
     pub fn running(&self) -> usize {
         self.slots.len() - self.count(State::Stopped)
     }
+    /// The gauges of a metrics scrape (protocol/metrics.md).
+    pub fn gauges(&self) -> super::metrics::Gauges {
+        super::metrics::Gauges {
+            idle: self.count(State::Idle),
+            busy: self.count(State::Busy),
+            stopped: self.count(State::Stopped),
+            killed: self.count(State::Killed),
+            workers_max: self.slots.len(),
+            queue_length: self.queue.len(),
+            queue_capacity: self.opts.queue_size,
+            msgs: self.msgs,
+            generation: self.generation,
+            uptime: self.uptime(),
+            oldest_busy: self
+                .slots
+                .iter()
+                .filter(|s| s.state == State::Busy)
+                .map(|s| s.last_change.elapsed().as_secs_f64())
+                .fold(0.0, f64::max),
+            pids: self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.pid.map(|pid| (i, pid)))
+                .collect(),
+        }
+    }
+
     pub fn uptime(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
@@ -388,9 +304,9 @@ impl Pool {
 
     // ------------------------------------------------------------ choosing
 
-    /// Picks a worker for a class (§7.2): an idle one (preferring one that
-    /// last ran the same class, then the oldest), else the head of the
-    /// Stopped list.
+    /// Picks a worker for a class (protocol/multiplexor.md §7.2): an idle one
+    /// (preferring one that last ran the same class, then the oldest), else the
+    /// head of the Stopped list.
     pub fn find_free(&self, class: Class) -> Option<usize> {
         let want = class.tracked_index().map(|_| class);
         let mut best: Option<usize> = None;
@@ -448,16 +364,17 @@ impl Pool {
                 }
             }
         }
-        let Some(me) = self.me.upgrade() else {
-            return Err(ActivateError::Unavailable);
-        };
         self.last_activation = Some(now);
-        let spawned = self.spawner.spawn(&self.opts, i);
-        if self.spawner.needs_zygote() {
-            self.load_zygote(std::time::Duration::from_secs(10), false);
-        }
-        let spawned = match spawned {
-            Ok(s) => s,
+        let wid = self.next_wid;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let launch = LaunchWorker {
+            slot: i,
+            wid,
+            reason: reason.to_string(),
+            rx,
+        };
+        let pid = match self.launcher.launch(launch) {
+            Ok(pid) => pid,
             Err(e) => {
                 daemon::log(
                     LOG_ERR,
@@ -470,18 +387,15 @@ impl Pool {
                 )));
             }
         };
+        self.next_wid += 1;
         self.activations += 1;
         self.metrics.activated(reason);
         self.history.activated(epoch_now());
-        let wid = self.next_wid;
-        self.next_wid += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let pid = spawned.pid;
         let generation = self.generation;
         let seq = self.activations;
         {
             let s = &mut self.slots[i];
-            s.pid = Some(pid);
+            s.pid = pid;
             s.wid = wid;
             s.tx = Some(tx);
             s.activated = Some(now);
@@ -500,17 +414,50 @@ impl Pool {
             s.replied = false;
         }
         self.set_state(i, State::Idle);
-        tokio::spawn(worker::run(me, i, wid, spawned, rx));
-        self.verbose(&format!(
-            "Starting worker {i} (pid {pid}) ({} running): {reason}",
-            self.running()
-        ));
+        if let Some(pid) = pid {
+            self.log_start(i, pid, reason);
+        }
         self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
         Ok(())
     }
 
+    fn log_start(&self, i: usize, pid: u32, reason: &str) {
+        self.verbose(&format!(
+            "Starting worker {i} (pid {pid}) ({} running): {reason}",
+            self.running()
+        ));
+    }
+
+    /// The preloading process forked the worker of slot `i` (or perl
+    /// started it after a failed fork): its pid is known now.
+    pub fn worker_started(&mut self, i: usize, wid: u64, pid: u32, reason: &str) {
+        if self.slots[i].wid == wid && self.slots[i].state != State::Stopped {
+            self.slots[i].pid = Some(pid);
+            self.log_start(i, pid, reason);
+        }
+    }
+
+    /// A worker could not be started after all (neither forked nor exec'd).
+    pub fn start_failed(&mut self, i: usize, wid: u64, e: &std::io::Error) {
+        if self.slots[i].wid != wid {
+            return;
+        }
+        daemon::log(
+            LOG_ERR,
+            &format!("Could not execute {}: {e}", self.opts.filter.display()),
+        );
+        self.count_failure(43);
+        let s = &mut self.slots[i];
+        s.pid = None;
+        s.tx = None;
+        s.activated = None;
+        s.cur_class = None;
+        self.set_state(i, State::Stopped);
+        self.pump_queue();
+    }
+
     /// Activates one worker if fewer than the minimum run; returns true
-    /// when still below the minimum afterwards (§7.10).
+    /// when still below the minimum afterwards (protocol/multiplexor.md §7.10).
     pub fn fill_once(&mut self) -> bool {
         if self.shutting_down || self.running() >= self.opts.min_workers {
             return false;
@@ -549,7 +496,7 @@ impl Pool {
     // ------------------------------------------------------------ dispatch
 
     /// Sends a job to a worker now, queues it, or answers it with an error
-    /// (§6.1, §10). Returns the queue id when queued.
+    /// (protocol/multiplexor.md §6.1, §10). Returns the queue id when queued.
     pub fn submit(&mut self, job: Job, allow_queue: bool) -> Option<u64> {
         if self.shutting_down {
             let _ = job.reply.send(Outcome::ShuttingDown);
@@ -681,7 +628,7 @@ impl Pool {
     }
 
     /// Hands queued requests to free workers (after completions, reaps and
-    /// activations — §20.4).
+    /// activations — protocol/multiplexor.md §20.4).
     pub fn pump_queue(&mut self) {
         while let Some(front) = self.queue.front() {
             if self.shutting_down {
@@ -699,8 +646,8 @@ impl Pool {
 
     // ------------------------------------------------------------ completion
 
-    /// Bookkeeping when a worker's task finished a job (§7.7, §7.8).
-    /// Returns what the requester gets.
+    /// Bookkeeping when a worker's task finished a job
+    /// (protocol/multiplexor.md §7.7, §7.8). Returns what the requester gets.
     pub fn complete(
         &mut self,
         i: usize,
@@ -811,8 +758,9 @@ impl Pool {
 
     // ------------------------------------------------------------ retirement
 
-    /// Retires a worker (§7.12): stdin closed; a busy one gets SIGTERM at
-    /// once, an idle one 10 s later; SIGKILL after another 10 s.
+    /// Retires a worker (protocol/multiplexor.md §7.12): stdin closed; a busy
+    /// one gets SIGTERM at once, an idle one 10 s later; SIGKILL after another
+    /// 10 s.
     pub fn kill(&mut self, i: usize, reason: &str) {
         let s = &self.slots[i];
         if matches!(s.state, State::Killed | State::Stopped) {
@@ -853,7 +801,8 @@ impl Pool {
         );
     }
 
-    /// Logs a reaped worker's resource usage (with `-l`, §17).
+    /// Logs a reaped worker's resource usage (with `-l`,
+    /// protocol/multiplexor.md §17).
     pub fn log_usage(&self, i: usize, wid: u64, ru: &libc::rusage) {
         let s = &self.slots[i];
         if !self.opts.verbose || s.wid != wid {
@@ -879,7 +828,7 @@ impl Pool {
         );
     }
 
-    /// The worker task saw its process exit (§7.13).
+    /// The worker task saw its process exit (protocol/multiplexor.md §7.13).
     pub fn reaped(&mut self, i: usize, wid: u64, status: std::process::ExitStatus) {
         use std::os::unix::process::ExitStatusExt;
         if self.slots[i].wid != wid || self.slots[i].state == State::Stopped {
@@ -979,7 +928,7 @@ impl Pool {
     }
 
     /// Keeps a worker that died before answering as the last start-up
-    /// failure (protocol/multiplexor.md §6).
+    /// failure (protocol/multiplexor.md §26).
     fn record_exit(
         &mut self,
         i: usize,
@@ -1041,7 +990,7 @@ impl Pool {
 
     // ------------------------------------------------------------ timers
 
-    /// The idle timer (§7.9).
+    /// The idle timer (protocol/multiplexor.md §7.9).
     pub fn idle_sweep(&mut self) {
         if let Some(life) = self.opts.max_lifetime {
             for i in 0..self.slots.len() {
@@ -1078,10 +1027,10 @@ impl Pool {
         }
     }
 
-    /// `reread` / SIGINT (§7.11).
+    /// `reread` / SIGINT (protocol/multiplexor.md §7.11).
     pub fn reread(&mut self) {
         self.generation += 1;
-        self.load_zygote(std::time::Duration::ZERO, true);
+        self.launcher.reload();
         for i in 0..self.slots.len() {
             if self.slots[i].state == State::Idle {
                 self.kill(i, "Forcing reread of filter rules");
@@ -1091,54 +1040,6 @@ impl Pool {
         if let Some(me) = self.me.upgrade() {
             me.fill.notify_one();
         }
-    }
-
-    /// (Re)loads the `-E` zygote in the background after `delay`. During a
-    /// reread (`fresh`) the previous zygote is not used until the new one is
-    /// ready; if the new one fails to load, the previous one stays.
-    pub fn load_zygote(&mut self, delay: std::time::Duration, fresh: bool) {
-        let worker::Spawner::Zygote { reloading, .. } = &mut self.spawner else {
-            return;
-        };
-        if self.zygote_loading {
-            return;
-        }
-        self.zygote_loading = true;
-        *reloading = fresh;
-        let (me, opts) = (self.me.clone(), self.opts.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let r = super::zygote::Zygote::start(&opts).await;
-            let Some(mux) = me.upgrade() else { return };
-            let mut p = mux.lock();
-            p.zygote_loading = false;
-            if let worker::Spawner::Zygote { current, reloading } = &mut p.spawner {
-                *reloading = false;
-                match r {
-                    Ok(z) => {
-                        daemon::log(
-                            LOG_INFO,
-                            &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
-                        );
-                        *current = Some(z);
-                    }
-                    Err(e) => {
-                        let fallback = if current.is_some() {
-                            "keeping the filter loaded before"
-                        } else {
-                            "starting workers with perl instead"
-                        };
-                        daemon::log(
-                            LOG_ERR,
-                            &format!(
-                                "Could not preload {}: {e}; {fallback}",
-                                opts.filter.display()
-                            ),
-                        );
-                    }
-                }
-            }
-        });
     }
 
     /// Starts the SIGTERM shutdown: no new work, idle workers retired now,
@@ -1176,7 +1077,7 @@ impl Pool {
         }
     }
 
-    /// The `-L` status line (§15.3).
+    /// The `-L` status line (protocol/multiplexor.md §15.3).
     pub fn status_log_line(&self) -> String {
         let c = self.counters();
         format!(
@@ -1204,8 +1105,9 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
-/// The status tag for a dispatched command (§8): first word and first
-/// argument, percent-decoded, control bytes blanked, at most 63 bytes.
+/// The status tag for a dispatched command (protocol/multiplexor.md §8): first
+/// word and first argument, percent-decoded, control bytes blanked, at most 63
+/// bytes.
 pub fn tag_from_command(line: &[u8]) -> String {
     let end = line
         .iter()
@@ -1220,7 +1122,8 @@ pub fn tag_from_command(line: &[u8]) -> String {
 }
 
 /// Percent-decodes a status tag and blanks every byte that is not
-/// printable ASCII, so a tag can never break a reply or log line (§8).
+/// printable ASCII, so a tag can never break a reply or log line
+/// (protocol/multiplexor.md §8).
 pub fn printable_tag(raw: &[u8]) -> String {
     crate::percent::decode(raw)
         .iter()
@@ -1234,7 +1137,8 @@ pub fn printable_tag(raw: &[u8]) -> String {
         .collect()
 }
 
-/// The queue id remembered for logging (§6.1), still percent-encoded.
+/// The queue id remembered for logging (protocol/multiplexor.md §6.1), still
+/// percent-encoded.
 pub fn queue_id(class: Class, line: &[u8]) -> String {
     let idx = match class {
         Class::RelayOk => 6,
@@ -1260,9 +1164,10 @@ fn printable(b: &[u8]) -> String {
         .collect()
 }
 
-/// The recipient domain of a `recipok` line for `-y` (§11, with §20.5's
-/// fix): the first argument, percent-decoded, the part after its last `@`
-/// up to `>`; lower-cased; at most 127 bytes; empty when there is none.
+/// The recipient domain of a `recipok` line for `-y`
+/// (protocol/multiplexor.md §11, with §20.5's fix): the first argument,
+/// percent-decoded, the part after its last `@` up to `>`; lower-cased; at most
+/// 127 bytes; empty when there is none.
 pub fn recipient_domain(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let Some(arg) = line.split(|&b| b == b' ').nth(1) else {

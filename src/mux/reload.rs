@@ -5,17 +5,17 @@
 //! serving, where upstream would retire them and tempfail mail until the
 //! filter is fixed.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::child::{first_line, interpreter, ChildSetup};
 use super::options::Options;
 use super::pool::Mux;
-use super::worker::ChildSetup;
 use crate::daemon::{self, LOG_ERR, LOG_INFO};
 
-/// Reply to an accepted `reread` (upstream's text, multiplexor.md §4.3).
+/// Reply to an accepted `reread` (upstream's text,
+/// protocol/multiplexor.md §4.3).
 pub const REREAD_DONE: &[u8] = b"Forced reread of filter rules\n";
 /// Start of the reply to a refused `reread`.
 pub const REFUSED_PREFIX: &str = "error: Filter rules not reread: ";
@@ -32,45 +32,6 @@ pub enum CheckError {
     Spawn { perl: String, err: String },
     #[error("perl -c {filter} did not finish within {secs} s")]
     Timeout { filter: String, secs: u64 },
-}
-
-/// How to run perl on the filter: the interpreter and the switches perl
-/// insists on seeing on its command line (`-T`/`-t` on the `#!` line).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Interpreter {
-    pub perl: PathBuf,
-    pub switches: Vec<String>,
-}
-
-/// Reads the filter's `#!` line: a perl named there is used (workers are
-/// exec'd through it), else `perl` from PATH. `Err(program)` when the line
-/// names another program (a shell wrapper, say): perl cannot check that.
-pub fn interpreter(first_line: &str) -> Result<Interpreter, String> {
-    let mut perl = PathBuf::from("perl");
-    let mut switches = Vec::new();
-    if let Some(rest) = first_line.strip_prefix("#!") {
-        let mut words = rest.split_whitespace();
-        let mut prog = words.next().unwrap_or("");
-        if Path::new(prog).file_name().is_some_and(|n| n == "env") {
-            prog = words.next().unwrap_or("");
-        }
-        if Path::new(prog)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("perl"))
-        {
-            perl = PathBuf::from(prog);
-        } else if !prog.is_empty() {
-            return Err(prog.to_string());
-        }
-        for w in words.filter(|w| w.starts_with('-') && !w.starts_with("--")) {
-            for taint in ['T', 't'] {
-                if w[1..].contains(taint) && !switches.iter().any(|s: &String| s.contains(taint)) {
-                    switches.push(format!("-{taint}"));
-                }
-            }
-        }
-    }
-    Ok(Interpreter { perl, switches })
 }
 
 /// What the check found when it did not refuse.
@@ -107,12 +68,7 @@ pub fn one_line(output: &[u8]) -> String {
 
 /// Runs `perl -c FILTER` the way a worker would run; Ok when it compiles.
 pub async fn check_filter(opts: &Options) -> Result<Checked, CheckError> {
-    let first = std::fs::read(&opts.filter).ok().and_then(|b| {
-        b.split(|&c| c == b'\n')
-            .next()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-    });
-    let interp = match interpreter(first.as_deref().unwrap_or("")) {
+    let interp = match interpreter(&first_line(&opts.filter)) {
         Ok(i) => i,
         Err(prog) => return Ok(Checked::NotPerl(prog)),
     };
@@ -125,14 +81,8 @@ pub async fn check_filter(opts: &Options) -> Result<Checked, CheckError> {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     // Same cwd, signal dispositions and rlimits as a worker.
-    let setup = ChildSetup::new(opts, -1);
-    // SAFETY: the hook only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            setup.apply();
-            Ok(())
-        });
-    }
+    // Same cwd, signal dispositions and rlimits as a worker.
+    ChildSetup::new(opts, -1).install(cmd.as_std_mut());
     let child = cmd.spawn().map_err(|e| CheckError::Spawn {
         perl: interp.perl.display().to_string(),
         err: e.to_string(),
@@ -214,38 +164,6 @@ pub async fn reread(mux: &Arc<Mux>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shebangs() {
-        let perl = |p: &str, sw: &[&str]| {
-            Ok(Interpreter {
-                perl: p.into(),
-                switches: sw.iter().map(|s| s.to_string()).collect(),
-            })
-        };
-        assert_eq!(interpreter("#!/usr/bin/perl"), perl("/usr/bin/perl", &[]));
-        assert_eq!(
-            interpreter("#!/usr/bin/perl -w"),
-            perl("/usr/bin/perl", &[])
-        );
-        assert_eq!(
-            interpreter("#!/usr/bin/perl -wT"),
-            perl("/usr/bin/perl", &["-T"])
-        );
-        assert_eq!(
-            interpreter("#! /usr/bin/env perl5.36 -t"),
-            perl("perl5.36", &["-t"])
-        );
-        assert_eq!(interpreter("use strict;"), perl("perl", &[]));
-        assert_eq!(interpreter(""), perl("perl", &[]));
-        assert_eq!(interpreter("#!"), perl("perl", &[]));
-        // A wrapper in another language cannot be checked by perl.
-        assert_eq!(interpreter("#!/bin/sh -e"), Err("/bin/sh".to_string()));
-        assert_eq!(
-            interpreter("#!/usr/bin/env python3"),
-            Err("python3".to_string())
-        );
-    }
 
     #[test]
     fn messages_become_one_bounded_line() {

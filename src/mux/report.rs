@@ -1,13 +1,14 @@
-//! Exact text layouts of the built-in control commands (multiplexor.md §5):
-//! `status`, `workers`/`busyworkers`, `workerinfo`, `load*`, `load1`,
-//! `hload*`, `histo` and `help`. Monitors parse these positionally.
+//! Exact text layouts of the built-in control commands
+//! (protocol/multiplexor.md §5): `status`, `workers`/`busyworkers`,
+//! `workerinfo`, `load*`, `load1`, `hload*`, `histo` and `help`. Monitors parse
+//! these positionally.
 
 use std::fmt::Write;
 
 use super::pool::Pool;
 use super::{Class, State};
 
-/// `status` (§5.1).
+/// `status` (protocol/multiplexor.md §5.1).
 pub fn status(p: &Pool) -> String {
     let mut s: String = p.slots.iter().map(|w| w.state.letter()).collect();
     let _ = writeln!(
@@ -22,7 +23,7 @@ pub fn status(p: &Pool) -> String {
     s
 }
 
-/// `workers` and `busyworkers` (§5.3).
+/// `workers` and `busyworkers` (protocol/multiplexor.md §5.3).
 pub fn workers(p: &Pool, busy_only: bool) -> String {
     let mut out = String::new();
     for (i, w) in p.slots.iter().enumerate() {
@@ -50,7 +51,8 @@ pub fn workers(p: &Pool, busy_only: bool) -> String {
     out
 }
 
-/// `workerinfo N` (§5.4); `arg` is the text after `workerinfo `.
+/// `workerinfo N` (protocol/multiplexor.md §5.4); `arg` is the text after
+/// `workerinfo `.
 pub fn workerinfo(p: &Pool, arg: &str) -> String {
     let Some(n) = crate::cnum::scan_int(arg) else {
         return "error: Invalid worker number\n".into();
@@ -89,7 +91,8 @@ fn state_counts(p: &Pool) -> String {
     )
 }
 
-/// `load`, `load-relayok`, `load-senderok`, `load-recipok` (§5.5).
+/// `load`, `load-relayok`, `load-senderok`, `load-recipok`
+/// (protocol/multiplexor.md §5.5).
 pub fn load(p: &Pool, class: Class, now: i64) -> String {
     let windows = [10, 60, 300, 600];
     let t: Vec<_> = windows
@@ -123,7 +126,8 @@ pub fn load(p: &Pool, class: Class, now: i64) -> String {
     s
 }
 
-/// `load1 SECS` (§5.6); `arg` is the text after `load1 `.
+/// `load1 SECS` (protocol/multiplexor.md §5.6); `arg` is the text after
+/// `load1 `.
 pub fn load1(p: &Pool, arg: &str, now: i64) -> String {
     let back = crate::cnum::scan_int(arg).unwrap_or(0);
     if !(10..=600).contains(&back) {
@@ -148,7 +152,7 @@ pub fn load1(p: &Pool, arg: &str, now: i64) -> String {
     s
 }
 
-/// `hload*` (§5.7).
+/// `hload*` (protocol/multiplexor.md §5.7).
 pub fn hload(p: &Pool, class: Class, now: i64) -> String {
     let t: Vec<_> = [1, 4, 12, 24]
         .iter()
@@ -164,7 +168,7 @@ pub fn hload(p: &Pool, class: Class, now: i64) -> String {
     s
 }
 
-/// `histo` (§5.8).
+/// `histo` (protocol/multiplexor.md §5.8).
 pub fn histo(p: &Pool) -> String {
     let mut s = String::new();
     for (i, n) in p.histo.iter().enumerate() {
@@ -249,7 +253,8 @@ const HELP_UNPRIV: &[(&str, &str)] = &[
     ),
 ];
 
-/// `help` (§5.9) for the privileged or the unprivileged socket.
+/// `help` (protocol/multiplexor.md §5.9) for the privileged or the unprivileged
+/// socket.
 pub fn help(privileged: bool) -> String {
     let mut s = String::new();
     for (label, text) in if privileged { HELP_PRIV } else { HELP_UNPRIV } {

@@ -1,5 +1,5 @@
 //! Start-up, timers, signals and shutdown of the multiplexor
-//! (multiplexor.md §2.1, §7.9, §7.10, §15.3, §16).
+//! (protocol/multiplexor.md §2.1, §7.9, §7.10, §15.3, §16).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal as unix_signal, SignalKind};
 use super::control::{self, Access};
 use super::options::{usage, Exit, Options};
 use super::pool::{signal, Mux};
+use super::worker::Spawner;
 use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
 use crate::sockspec::{Listener, SockSpec};
 
@@ -30,7 +31,7 @@ fn access_ok(path: &Path, mode: libc::c_int) -> bool {
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
-/// The filter checks of §2.1 step 8.
+/// The filter checks of protocol/multiplexor.md §2.1 step 8.
 fn check_filter(o: &Options) -> Result<(), String> {
     let f = &o.filter;
     let a0 = &o.argv0;
@@ -58,7 +59,7 @@ fn check_filter(o: &Options) -> Result<(), String> {
 }
 
 /// Refuses to start with a filter that does not compile: every worker
-/// would die at start-up (protocol/multiplexor.md §6). Other check
+/// would die at start-up (protocol/multiplexor.md §26). Other check
 /// failures are only logged; the workers will tell.
 async fn compile_check(opts: &Options) -> Result<(), String> {
     use super::reload::{check_filter, CheckError};
@@ -240,7 +241,11 @@ fn bind_with_umask(
 /// Parses a socket argument and binds it under `mask`.
 fn parse_and_bind(arg: &str, backlog: i32, mask: u32, file_mask: u32) -> std::io::Result<Listener> {
     let spec = SockSpec::parse_mux(arg).map_err(|e| std::io::Error::other(e.to_string()))?;
-    bind_with_umask(&spec, backlog, mask, file_mask)
+    let l = bind_with_umask(&spec, backlog, mask, file_mask)?;
+    if let Some(w) = spec.all_addresses_warning(arg) {
+        daemon::log(daemon::LOG_WARNING, &w);
+    }
+    Ok(l)
 }
 
 /// Binds one of the optional sockets (notifier, socketmap, metrics): a
@@ -362,6 +367,8 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     }
 
     let mux = Mux::new(opts.clone());
+    // Until the filter is preloaded (-E), workers are started with perl.
+    let spawner = super::worker::Starter::install(&mux, Spawner::initial(&opts));
     let masks = (sock_mask, file_mask);
     let mut side = SideServers::new();
     let notify_l = opts.notify_socket.as_deref();
@@ -401,20 +408,15 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
         tokio::spawn(status_logger(mux.clone()));
     }
     if opts.embedded {
-        match super::zygote::Zygote::start(&opts).await {
-            Ok(z) => {
-                mux.lock().spawner = super::worker::Spawner::Zygote {
-                    current: Some(z),
-                    reloading: false,
-                }
-            }
+        let preloaded = match super::zygote::Zygote::start(&opts).await {
+            Ok(z) => Spawner::preloaded(z),
             Err(super::zygote::StartError::NoFdPass(why)) => {
                 // Like upstream's build without embedded Perl: go on
                 // without preloading.
                 let msg = format!("Ignoring -E flag: {why}; workers are started with perl");
                 daemon::log(LOG_ERR, &msg);
                 eprintln!("{}: {msg}", opts.argv0);
-                mux.lock().spawner = super::worker::Spawner::Perl;
+                Spawner::Perl
             }
             Err(e) => {
                 let msg = format!(
@@ -423,14 +425,16 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
                 );
                 return fail(&mut ready, &cleanup, &msg);
             }
-        }
+        };
+        *spawner.lock().unwrap_or_else(|e| e.into_inner()) = preloaded;
     }
     if !opts.embedded {
         if let Err(msg) = compile_check(&opts).await {
             return fail(&mut ready, &cleanup, &msg);
         }
     }
-    // The first worker starts before we report ready (§2.2).
+    // The first worker starts before we report ready
+    // (protocol/multiplexor.md §2.2).
     if mux.lock().fill_once() {
         mux.fill.notify_one();
     }
@@ -514,7 +518,8 @@ async fn status_logger(mux: Arc<Mux>) {
     }
 }
 
-/// Logs the `alive` line with the detected MTA, off the event loop (§20.16).
+/// Logs the `alive` line with the detected MTA, off the event loop
+/// (protocol/multiplexor.md §20.16).
 async fn log_alive() {
     let mta = tokio::time::timeout(
         Duration::from_secs(10),
@@ -558,7 +563,8 @@ fn detect_mta() -> Option<&'static str> {
     }
 }
 
-/// SIGTERM (§16): clean up files, retire workers, escalate, exit 0.
+/// SIGTERM (protocol/multiplexor.md §16): clean up files, retire workers,
+/// escalate, exit 0.
 async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup, side: SideServers) -> i32 {
     daemon::log(
         LOG_INFO,

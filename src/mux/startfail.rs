@@ -1,5 +1,5 @@
 //! Workers that die before answering their first request, and what they
-//! wrote on stderr (protocol/multiplexor.md §6).
+//! wrote on stderr (protocol/multiplexor.md §26).
 //!
 //! A filter that cannot load (a missing Perl module, a syntax error, a `die`
 //! at start-up) kills every worker the same way. Upstream logs only "died

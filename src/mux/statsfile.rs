@@ -1,9 +1,9 @@
-//! The statistics file (`-t`, `-u`, `-T`; multiplexor.md §15.1–§15.2).
+//! The statistics file (`-t`, `-u`, `-T`; protocol/multiplexor.md §15.1–§15.2).
 //!
 //! Line layout: `DD/MM/YYYY:HH:MM:SS <epoch>.<mmm> <Event> worker=<n>
 //! nworkers=<running> nbusy=<busy>[ <extra>]`, local time. Unlike upstream,
 //! control characters and double quotes inside `reason="…"` are replaced
-//! (§20.6) so that one event is always one line.
+//! (protocol/multiplexor.md §20.6) so that one event is always one line.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -1,12 +1,13 @@
-//! Periodic ticks (`-X`, `-P`; multiplexor.md §12): for each tick type one
-//! timer; `tick <N>` goes to a free worker, its answer is ignored, and the
-//! next tick of that type is due `-X` seconds after completion, so at most
-//! one tick per type is ever in flight.
+//! Periodic ticks (`-X`, `-P`; protocol/multiplexor.md §12): for each tick type
+//! one timer; `tick <N>` goes to a free worker, its answer is ignored, and the
+//! next tick of that type is due `-X` seconds after completion, so at most one
+//! tick per type is ever in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::pool::{Job, JobKind, Mux, Outcome};
+use super::job::{Job, JobKind, Outcome};
+use super::pool::Mux;
 use crate::daemon::{self, LOG_INFO, LOG_WARNING};
 
 /// Starts one timer task per tick type (nothing when `-X` is 0).

@@ -1,16 +1,16 @@
-//! Worker processes: starting one (multiplexor.md §7.3, worker-protocol.md
-//! §1.1) and the task that owns its pipes for its whole life.
+//! Worker processes: starting one (protocol/multiplexor.md §7.3,
+//! protocol/worker-protocol.md §1.1) and the task that owns its pipes for
+//! its whole life.
 //!
 //! Each worker has one task that writes commands to its stdin and reads
 //! replies from its stdout (non-blocking, with a per-worker buffer), plus
-//! small tasks draining stderr (§9) and the `-Z` status pipe (§8). A worker
+//! small tasks draining stderr (protocol/multiplexor.md §9) and the `-Z`
+//! status pipe (protocol/multiplexor.md §8). A worker
 //! that writes half a line, floods output or hangs therefore delays nobody
 //! but the request it is serving.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,26 +23,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
+use super::child::{perl_command, ChildSetup};
+use super::job::{Completion, Job, LaunchWorker, Launcher, Outcome, ToWorker};
 use super::options::Options;
-use super::pool::{signal, Completion, Job, Mux, Outcome};
+use super::pool::{signal, Mux};
+use super::zygote::Zygote;
 use super::State;
-use crate::daemon::{self, LOG_INFO, LOG_WARNING};
+use crate::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
 
-/// Longest reply line relayed (§7.5); longer ones are truncated.
+/// Longest reply line relayed (protocol/multiplexor.md §7.5); longer ones are truncated.
 pub const MAX_REPLY_LINE: usize = 4096;
-/// Grace periods of the retirement sequence (§7.12).
+/// Grace periods of the retirement sequence (protocol/multiplexor.md §7.12).
 pub const TERM_AFTER: Duration = Duration::from_secs(10);
 pub const KILL_AFTER: Duration = Duration::from_secs(10);
-
-/// Messages to a worker's task.
-#[derive(Debug)]
-pub enum ToWorker {
-    Job(Job),
-    /// Close stdin and escalate to SIGTERM/SIGKILL if it does not exit.
-    Retire {
-        busy: bool,
-    },
-}
 
 /// A worker process: our own child (reaped by us with wait4, so that its
 /// resource usage can be logged), or a child of the `-E` zygote.
@@ -148,15 +141,19 @@ pub struct Spawned {
     pub status: Option<pipe::Receiver>,
 }
 
-/// How workers are started.
+/// How workers are started: the launcher's state, owned by its task alone.
 pub enum Spawner {
     /// fork + exec of the filter (`filter -server`).
     Exec,
     /// `-E`: forked from a preloaded zygote when one is ready, otherwise
     /// `perl FILTER -server`.
     Zygote {
-        current: Option<super::zygote::Zygote>,
+        current: Option<Arc<Zygote>>,
+        /// A reread asked for a new load; until it is ready, workers are
+        /// started with perl so that they run the new rules.
         reloading: bool,
+        /// A load is under way.
+        loading: bool,
     },
     /// `-E` where preloading is impossible (no IO::FDPass):
     /// `perl FILTER -server`, like upstream's build without embedded Perl.
@@ -164,35 +161,269 @@ pub enum Spawner {
 }
 
 impl Spawner {
-    pub fn spawn(&mut self, opts: &Options, slot: usize) -> io::Result<Spawned> {
-        match self {
-            Spawner::Exec => spawn_exec(opts, false),
-            Spawner::Perl => spawn_exec(opts, true),
-            Spawner::Zygote { current, reloading } => {
-                if let (Some(z), false) = (current.as_mut(), *reloading) {
-                    match spawn_forked(z, opts, slot) {
-                        Ok(s) => return Ok(s),
-                        Err(e) => {
-                            daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
-                            *current = None;
-                        }
-                    }
-                }
-                spawn_exec(opts, true)
+    /// Before start-up preloaded anything: `-E` starts workers with perl
+    /// (a load is under way), otherwise by exec.
+    pub fn initial(opts: &Options) -> Spawner {
+        if opts.embedded {
+            Spawner::Zygote {
+                current: None,
+                reloading: false,
+                loading: true,
             }
+        } else {
+            Spawner::Exec
         }
     }
 
-    /// True when a preloaded zygote is missing and not being reloaded.
-    pub fn needs_zygote(&self) -> bool {
+    /// `-E` with the zygote the start-up loaded.
+    pub fn preloaded(z: Zygote) -> Spawner {
+        Spawner::Zygote {
+            current: Some(Arc::new(z)),
+            reloading: false,
+            loading: false,
+        }
+    }
+
+    /// How the next worker is started.
+    fn plan(&self) -> Plan {
+        match self {
+            Spawner::Exec => Plan::Exec { via_perl: false },
+            Spawner::Perl => Plan::Exec { via_perl: true },
+            Spawner::Zygote {
+                current: Some(z),
+                reloading: false,
+                ..
+            } => Plan::Fork(z.clone()),
+            Spawner::Zygote { .. } => Plan::Exec { via_perl: true },
+        }
+    }
+
+    /// Starts a load unless one is under way (`fresh`: for a reread) or
+    /// preloading is off; the result arrives as [`Event::Preloaded`].
+    fn load(
+        &mut self,
+        opts: &Arc<Options>,
+        events: &mpsc::UnboundedSender<Event>,
+        delay: Duration,
+        fresh: bool,
+    ) {
+        let Spawner::Zygote {
+            reloading, loading, ..
+        } = self
+        else {
+            return;
+        };
+        if *loading {
+            return;
+        }
+        *loading = true;
+        *reloading = fresh;
+        let (opts, events) = (opts.clone(), events.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Preloaded(Zygote::start(&opts).await));
+        });
+    }
+
+    /// True when a preloaded zygote is missing and none is being loaded.
+    fn needs_zygote(&self) -> bool {
         matches!(
             self,
             Spawner::Zygote {
                 current: None,
-                reloading: false
+                loading: false,
+                ..
             }
         )
     }
+
+    fn preloaded_result(&mut self, opts: &Options, r: Result<Zygote, super::zygote::StartError>) {
+        let Spawner::Zygote {
+            current,
+            reloading,
+            loading,
+        } = self
+        else {
+            return;
+        };
+        *loading = false;
+        *reloading = false;
+        match r {
+            Ok(z) => {
+                daemon::log(
+                    LOG_INFO,
+                    &format!("Filter {} preloaded (pid {})", opts.filter.display(), z.pid),
+                );
+                *current = Some(Arc::new(z));
+            }
+            Err(e) => {
+                let fallback = if current.is_some() {
+                    "keeping the filter loaded before"
+                } else {
+                    "starting workers with perl instead"
+                };
+                daemon::log(
+                    LOG_ERR,
+                    &format!(
+                        "Could not preload {}: {e}; {fallback}",
+                        opts.filter.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The zygote `z` failed a fork: stop using it.
+    fn zygote_failed(&mut self, z: &Arc<Zygote>, e: &io::Error) {
+        if let Spawner::Zygote { current, .. } = self {
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, z)) {
+                *current = None;
+                daemon::log(daemon::LOG_ERR, &format!("Preloading process {} could not fork a worker: {e}; starting workers with perl until it is back", z.pid));
+            }
+        }
+    }
+}
+
+/// How one worker is to be started.
+enum Plan {
+    Exec { via_perl: bool },
+    Fork(Arc<Zygote>),
+}
+
+/// What the launcher's own tasks report to it.
+enum Event {
+    Preloaded(Result<Zygote, super::zygote::StartError>),
+    ZygoteFailed(Arc<Zygote>, io::Error),
+}
+
+/// The pool's [`Launcher`]: starts workers by fork + exec (under the pool's
+/// lock, as upstream does: the pid is known when the slot is handed out), or
+/// asks the `-E` preloading process to fork one, in the worker's own task,
+/// so that a stalled preloading process delays only that worker
+/// (protocol/multiplexor.md §21, §23). Owns the preloading state together
+/// with its event task.
+pub struct Starter {
+    mux: std::sync::Weak<Mux>,
+    spawner: Arc<std::sync::Mutex<Spawner>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Starter {
+    /// Installs the starter for `mux` (from the daemon's start-up, inside
+    /// the runtime); returns the shared preloading state, which start-up
+    /// sets once the filter is preloaded.
+    pub fn install(mux: &Arc<Mux>, spawner: Spawner) -> Arc<std::sync::Mutex<Spawner>> {
+        let spawner = Arc::new(std::sync::Mutex::new(spawner));
+        let (events, rx) = mpsc::unbounded_channel();
+        tokio::spawn(handle_events(mux.opts.clone(), spawner.clone(), rx));
+        mux.lock().launcher = Box::new(Starter {
+            mux: Arc::downgrade(mux),
+            spawner: spawner.clone(),
+            events,
+        });
+        spawner
+    }
+
+    fn spawner(&self) -> std::sync::MutexGuard<'_, Spawner> {
+        self.spawner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Launcher for Starter {
+    fn launch(&mut self, w: LaunchWorker) -> io::Result<Option<u32>> {
+        let mux = self
+            .mux
+            .upgrade()
+            .ok_or_else(|| io::Error::other("the multiplexor is stopping"))?;
+        let plan = self.spawner().plan();
+        let pid = match plan {
+            Plan::Exec { via_perl } => {
+                let s = spawn_exec(&mux.opts, via_perl)?;
+                let pid = s.pid;
+                tokio::spawn(run(mux.clone(), w.slot, w.wid, s, w.rx));
+                Some(pid)
+            }
+            Plan::Fork(z) => {
+                tokio::spawn(start_forked(mux.clone(), w, z, self.events.clone()));
+                None
+            }
+        };
+        let mut sp = self.spawner();
+        if sp.needs_zygote() {
+            sp.load(&mux.opts, &self.events, Duration::from_secs(10), false);
+        }
+        Ok(pid)
+    }
+
+    fn reload(&mut self) {
+        if let Some(mux) = self.mux.upgrade() {
+            let events = self.events.clone();
+            self.spawner()
+                .load(&mux.opts, &events, Duration::ZERO, true);
+        }
+    }
+}
+
+/// Results of loads and failed forks, applied to the preloading state.
+async fn handle_events(
+    opts: Arc<Options>,
+    spawner: Arc<std::sync::Mutex<Spawner>>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
+    while let Some(ev) = events.recv().await {
+        let mut sp = spawner.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            Event::Preloaded(r) => sp.preloaded_result(&opts, r),
+            Event::ZygoteFailed(z, e) => sp.zygote_failed(&z, &e),
+        }
+    }
+}
+
+/// Has the preloading process fork a worker (perl starts it instead if
+/// that fails), then runs its task; if no process could be started, the
+/// slot is given back and whatever was sent to it gets a failure.
+async fn start_forked(
+    mux: Arc<Mux>,
+    w: LaunchWorker,
+    z: Arc<Zygote>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let LaunchWorker {
+        slot,
+        wid,
+        reason,
+        mut rx,
+    } = w;
+    let started = match fork(&z, &mux.opts, slot).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let _ = events.send(Event::ZygoteFailed(z, e));
+            exec(&mux, true).await
+        }
+    };
+    match started {
+        Ok(s) => {
+            mux.lock().worker_started(slot, wid, s.pid, &reason);
+            run(mux, slot, wid, s, rx).await;
+        }
+        Err(e) => {
+            mux.lock().start_failed(slot, wid, &e);
+            rx.close();
+            while let Ok(m) = rx.try_recv() {
+                if let ToWorker::Job(job) = m {
+                    let _ = job.reply.send(Outcome::ActivateFailed);
+                }
+            }
+        }
+    }
+}
+
+/// fork + exec, off the runtime threads (exec is waited for).
+async fn exec(mux: &Arc<Mux>, via_perl: bool) -> io::Result<Spawned> {
+    let opts = mux.opts.clone();
+    tokio::task::spawn_blocking(move || spawn_exec(&opts, via_perl))
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Creates a pipe with both ends close-on-exec: (read end, write end).
@@ -200,23 +431,20 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// Asks the zygote for a worker wired to fresh pipes.
-fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
-    use std::os::fd::AsFd;
+/// Has the zygote fork a worker wired to fresh pipes.
+async fn fork(z: &Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
     let (in_r, in_w) = cloexec_pipe()?;
     let (out_r, out_w) = cloexec_pipe()?;
     let (err_r, err_w) = cloexec_pipe()?;
+    let mut theirs = vec![in_r, out_w, err_w];
     let status = if opts.status_tags {
-        Some(cloexec_pipe()?)
+        let (r, w) = cloexec_pipe()?;
+        theirs.push(w);
+        Some(pipe::Receiver::from_owned_fd(r)?)
     } else {
         None
     };
-    let mut theirs = vec![in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
-    if let Some((_, w)) = &status {
-        theirs.push(w.as_fd());
-    }
-    let (pid, exit) = z.fork(slot, &theirs)?;
-    drop(theirs);
+    let (pid, exit) = z.fork(slot, &theirs).await?;
     Ok(Spawned {
         pid,
         proc: Proc::Forked {
@@ -226,10 +454,7 @@ fn spawn_forked(z: &mut super::zygote::Zygote, opts: &Options, slot: usize) -> i
         stdin: pipe::Sender::from_owned_fd(in_w)?,
         stdout: pipe::Receiver::from_owned_fd(out_r)?,
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
-        status: match status {
-            Some((r, _w)) => Some(pipe::Receiver::from_owned_fd(r)?),
-            None => None,
-        },
+        status,
     })
 }
 
@@ -244,86 +469,6 @@ pub fn reserve_low_fds() {
     }
 }
 
-/// Everything a child needs after fork, prepared before it: cwd, signal
-/// dispositions, rlimits, and which descriptor becomes fd 3.
-pub struct ChildSetup {
-    spool: CString,
-    status_w: i32,
-    rss_bytes: u64,
-    mem_bytes: u64,
-    /// The descriptor limit the multiplexor was started with.
-    nofile: Option<libc::rlimit>,
-}
-
-impl ChildSetup {
-    /// `fd3`: the descriptor to put on fd 3 in the child, or -1 for none.
-    pub fn new(opts: &Options, fd3: i32) -> ChildSetup {
-        ChildSetup {
-            spool: CString::new(opts.spool_dir.as_os_str().as_bytes()).unwrap_or_default(),
-            status_w: fd3,
-            rss_bytes: opts.rss_kb.saturating_mul(1024),
-            mem_bytes: opts.mem_kb.saturating_mul(1024),
-            nofile: daemon::original_nofile(),
-        }
-    }
-
-    /// Runs in the forked child before exec: only async-signal-safe calls.
-    pub fn apply(&self) {
-        // SAFETY: plain syscalls on the child's own state.
-        unsafe {
-            libc::chdir(self.spool.as_ptr());
-            for sig in [libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP, libc::SIGINT] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            // Upstream workers inherit SIGPIPE ignored; std resets it to the
-            // default before this hook runs.
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            // Workers get the descriptor limit we were started with, not
-            // the one we raised for ourselves.
-            if let Some(l) = &self.nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, l);
-            }
-            if self.rss_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.rss_bytes,
-                    rlim_max: self.rss_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_RSS, &l);
-            }
-            if self.mem_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.mem_bytes,
-                    rlim_max: self.mem_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_AS, &l);
-                libc::setrlimit(libc::RLIMIT_DATA, &l);
-            }
-            let first_closed = if self.status_w >= 0 {
-                if self.status_w == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0);
-                } else {
-                    libc::dup2(self.status_w, 3);
-                }
-                4
-            } else {
-                3
-            };
-            // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever
-            // the multiplexor itself inherited.
-            if libc::close_range(
-                first_closed as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as i32,
-            ) != 0
-            {
-                for fd in first_closed..1024 {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-        }
-    }
-}
-
 /// Starts `filter -server` (or `-serveru` with `-Z`); with `via_perl`,
 /// `perl filter -server` (the `-E` fallback, which needs no execute bit).
 pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
@@ -334,7 +479,7 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
         .unwrap_or_else(|| opts.filter.clone().into_os_string());
     // std, not tokio: we reap our workers ourselves (see `Proc`).
     let mut cmd = if via_perl {
-        let (perl, switches) = super::zygote::perl_command(&opts.filter);
+        let (perl, switches) = perl_command(&opts.filter);
         let mut c = std::process::Command::new(perl);
         c.args(switches).arg(&opts.filter);
         c
@@ -356,17 +501,11 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     } else {
         None
     };
-    let setup = ChildSetup::new(
+    ChildSetup::new(
         opts,
         status.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1),
-    );
-    // SAFETY: the hook only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            setup.apply();
-            Ok(())
-        });
-    }
+    )
+    .install(&mut cmd);
     let mut child = cmd.spawn()?;
     let status = match status {
         Some((r, w)) => {
@@ -470,7 +609,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// The task owning one worker process until it is reaped.
-pub async fn run(
+async fn run(
     mux: Arc<Mux>,
     slot: usize,
     wid: u64,
@@ -531,7 +670,7 @@ pub async fn run(
                     out.clear();
                 } else if matches!(r, Ok(n) if n > 0) {
                     // Output nobody asked for: the worker is out of step
-                    // with the protocol (§20.2), so retire it.
+                    // with the protocol (protocol/multiplexor.md §20.2), so retire it.
                     out.clear();
                     daemon::log(LOG_WARNING, &format!("Worker {slot} (pid {pid}) wrote output while idle; retiring it"));
                     let mut p = mux.lock();
@@ -626,11 +765,11 @@ async fn serve(
     let _ = job.reply.send(outcome);
 }
 
-/// Reads a worker's stderr so it never blocks, logging lines with `-l` (§9).
+/// Reads a worker's stderr so it never blocks, logging lines with `-l` (protocol/multiplexor.md §9).
 async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiver) {
     let mut r = LineReader::new(stderr);
     // What it said last, for a worker that dies before answering
-    // (protocol/multiplexor.md §6).
+    // (protocol/multiplexor.md §26).
     let mut tail = super::startfail::StderrTail::default();
     loop {
         match r.read_line(1023).await {
@@ -663,7 +802,7 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
     mux.lock().worker_stderr_closed(slot, wid, &tail);
 }
 
-/// Reads `-Z` status lines from fd 3 (§8), whole lines at a time (§20.7):
+/// Reads `-Z` status lines from fd 3 (protocol/multiplexor.md §8), whole lines at a time (protocol/multiplexor.md §20.7):
 /// each complete line replaces the tag of a busy worker; an empty line
 /// clears it.
 async fn read_status(mux: Arc<Mux>, slot: usize, wid: u64, pipe: tokio::net::unix::pipe::Receiver) {

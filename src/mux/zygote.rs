@@ -1,9 +1,9 @@
 //! `-E` without linking libperl: a long-lived Perl process (the "zygote",
 //! `zygote.pl`) loads the filter once with `-embserver`/`-embserveru`, the
-//! way upstream's embedded interpreter does (worker-protocol.md §1.2), and
-//! forks a worker per activation. The child receives its stdin/stdout/stderr
-//! (and the `-Z` status pipe) as descriptors passed with SCM_RIGHTS, puts
-//! them on fds 0–3 and calls `main::_mailmunge_do_main_loop`.
+//! way upstream's embedded interpreter does (protocol/worker-protocol.md §1.2),
+//! and forks a worker per activation. The child receives its
+//! stdin/stdout/stderr (and the `-Z` status pipe) as descriptors passed with
+//! SCM_RIGHTS, puts them on fds 0–3 and calls `main::_mailmunge_do_main_loop`.
 //!
 //! Workers are the zygote's children, so the zygote reports their exits
 //! (`exit <pid> <wait status>` on its stdout); if it dies, their exits are
@@ -18,16 +18,17 @@
 //! fall back to `perl FILTER -server` meanwhile.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, IoSlice, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader as TokioBufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader, Interest};
 use tokio::sync::oneshot;
 
+use super::child::{perl_command, ChildSetup};
 use super::options::Options;
 use crate::daemon::{self, LOG_ERR, LOG_INFO};
 
@@ -59,39 +60,15 @@ pub enum StartError {
     Failed(String),
 }
 
-/// A running zygote.
+/// A running zygote. Shared (`Arc`) by the worker tasks waiting for a
+/// fork; the exchange itself is async and never runs under the pool's lock
+/// (protocol/multiplexor.md §23).
 pub struct Zygote {
     pub pid: u32,
-    ctl: UnixStream,
-    rd: BufReader<UnixStream>,
+    /// The control connection: one fork exchange at a time.
+    conn: tokio::sync::Mutex<TokioBufReader<tokio::net::UnixStream>>,
     registry: Arc<Mutex<Registry>>,
     status_pipe: bool,
-}
-
-fn perl_path() -> &'static str {
-    if std::path::Path::new("/usr/bin/perl").exists() {
-        "/usr/bin/perl"
-    } else {
-        "perl"
-    }
-}
-
-/// The perl that runs the filter under `-E` (the system perl, as upstream's
-/// embedded interpreter) and the taint switches of the filter's `#!` line,
-/// which perl insists on seeing on its command line.
-pub fn perl_command(filter: &std::path::Path) -> (&'static str, Vec<String>) {
-    let first = std::fs::read(filter)
-        .ok()
-        .and_then(|b| {
-            b.split(|&c| c == b'\n')
-                .next()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-        })
-        .unwrap_or_default();
-    let switches = super::reload::interpreter(&first)
-        .map(|i| i.switches)
-        .unwrap_or_default();
-    (perl_path(), switches)
 }
 
 impl Zygote {
@@ -117,14 +94,7 @@ impl Zygote {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
-        let setup = super::worker::ChildSetup::new(opts, theirs.as_raw_fd());
-        // SAFETY: the hook only makes async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || {
-                setup.apply();
-                Ok(())
-            });
-        }
+        ChildSetup::new(opts, theirs.as_raw_fd()).install(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
             .map_err(|e| StartError::Failed(format!("cannot start perl: {e}")))?;
@@ -145,25 +115,18 @@ impl Zygote {
                 Err(e) => daemon::log(LOG_ERR, &format!("Preloading process {pid}: {e}")),
             }
         });
-        let rd_sock = ours
-            .try_clone()
+        let mut rd = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours))
+            .map(TokioBufReader::new)
             .map_err(|e| StartError::Failed(e.to_string()))?;
-        let first = tokio::task::spawn_blocking(move || {
-            let _ = rd_sock.set_read_timeout(Some(LOAD_TIMEOUT));
-            let mut rd = BufReader::new(rd_sock);
-            let mut line = String::new();
-            let r = rd.read_line(&mut line);
-            (r, line, rd)
-        })
-        .await
-        .map_err(|e| StartError::Failed(e.to_string()))?;
-        let (r, line, rd) = first;
+        let mut line = String::new();
+        let r = tokio::time::timeout(LOAD_TIMEOUT, rd.read_line(&mut line)).await;
         let line = line.trim_end().to_string();
-        if r.is_ok() && line == "ready" {
+        if matches!(r, Ok(Ok(_))) && line == "ready" {
             return Ok(Zygote {
                 pid,
-                ctl: ours,
-                rd,
+                conn: tokio::sync::Mutex::new(rd),
                 registry,
                 status_pipe: opts.status_tags,
             });
@@ -189,47 +152,32 @@ impl Zygote {
 
     /// Forks a worker that gets `fds` (stdin read end, stdout write end,
     /// stderr write end, and the status write end with `-Z`). Returns its
-    /// pid and a receiver for its wait status.
-    pub fn fork(
-        &mut self,
+    /// pid and a receiver for its wait status. The whole exchange, waiting
+    /// for our turn included, is bounded by [`FORK_TIMEOUT`]; after an
+    /// error the connection may be out of step, so the caller gives this
+    /// zygote up.
+    pub async fn fork(
+        &self,
         slot: usize,
-        fds: &[BorrowedFd<'_>],
+        fds: &[OwnedFd],
     ) -> io::Result<(u32, oneshot::Receiver<i32>)> {
         let want = if self.status_pipe { 4 } else { 3 };
         if fds.len() != want {
             return Err(io::Error::other("wrong number of descriptors"));
         }
-        self.ctl.set_write_timeout(Some(FORK_TIMEOUT))?;
-        self.rd.get_ref().set_read_timeout(Some(FORK_TIMEOUT))?;
-        self.ctl.write_all(format!("fork {slot}\n").as_bytes())?;
-        for fd in fds {
-            let raw = [fd.as_raw_fd()];
-            let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
-            nix::sys::socket::sendmsg::<()>(
-                self.ctl.as_raw_fd(),
-                &[IoSlice::new(b"\0")],
-                &cmsg,
-                nix::sys::socket::MsgFlags::empty(),
-                None,
-            )
-            .map_err(io::Error::from)?;
-        }
-        let mut line = String::new();
-        if self.rd.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "preloading process closed its socket",
-            ));
-        }
+        let line = tokio::time::timeout(FORK_TIMEOUT, self.exchange(slot, fds))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", FORK_TIMEOUT.as_secs()),
+                )
+            })??;
         let line = line.trim_end();
-        let pid: u32 = match line.parse() {
-            Ok(p) => p,
-            Err(_) => {
-                return Err(io::Error::other(
-                    line.strip_prefix("error ").unwrap_or(line).to_string(),
-                ))
-            }
-        };
+        let pid: u32 = line.parse().map_err(|_| {
+            io::Error::other(line.strip_prefix("error ").unwrap_or(line).to_string())
+        })?;
+        check_forked_pid(pid, self.pid)?;
         let (tx, rx) = oneshot::channel();
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = reg.early.remove(&pid) {
@@ -239,13 +187,74 @@ impl Zygote {
         }
         Ok((pid, rx))
     }
+
+    /// `fork SLOT`, the descriptors one message each, then the answer line.
+    async fn exchange(&self, slot: usize, fds: &[OwnedFd]) -> io::Result<String> {
+        let mut conn = self.conn.lock().await;
+        conn.get_mut()
+            .write_all(format!("fork {slot}\n").as_bytes())
+            .await?;
+        for fd in fds {
+            let raw = [fd.as_raw_fd()];
+            let sock = conn.get_ref();
+            sock.async_io(Interest::WRITABLE, || {
+                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+                nix::sys::socket::sendmsg::<()>(
+                    sock.as_raw_fd(),
+                    &[IoSlice::new(b"\0")],
+                    &cmsg,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                    None,
+                )
+                .map_err(io::Error::from)
+            })
+            .await?;
+        }
+        let mut line = String::new();
+        if conn.read_line(&mut line).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "preloading process closed its socket",
+            ));
+        }
+        Ok(line)
+    }
+}
+
+/// The pid the preloading process reported must be a process it forked:
+/// never 0, 1 or ours (a signal to 0 or -1 would reach our own process
+/// group or everyone), and its parent must be the preloading process
+/// (protocol/SECURITY.md §6).
+pub fn check_forked_pid(pid: u32, zygote: u32) -> io::Result<()> {
+    let bad = |why: &str| io::Error::other(format!("preloading process reported pid {pid}: {why}"));
+    if pid <= 1 || pid == std::process::id() || pid > i32::MAX as u32 {
+        return Err(bad("not a worker's pid"));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+    // A worker that exited at once may already be gone; its exit arrives
+    // as an event and it is never signalled.
+    let Ok(stat) = stat else { return Ok(()) };
+    match parent_of(&stat) {
+        Some(ppid) if ppid == zygote => Ok(()),
+        _ => Err(bad("not a child of the preloading process")),
+    }
+}
+
+/// The parent pid in a `/proc/PID/stat` line (the field after the state,
+/// which follows the command name in parentheses).
+fn parent_of(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for Zygote {
     /// Closing the control socket tells the zygote to stop forking; it
     /// exits once its last worker has been reaped.
     fn drop(&mut self) {
-        let _ = self.ctl.shutdown(std::net::Shutdown::Both);
+        let fd = self.conn.get_mut().get_ref().as_raw_fd();
+        // SAFETY: shutdown(2) on a socket we still own; it is closed when
+        // the stream is dropped right after.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 }
 
@@ -309,5 +318,28 @@ pub async fn wait_forked(
             return std::process::ExitStatus::from_raw(libc::SIGKILL);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_pids_are_checked() {
+        let me = std::process::id();
+        for pid in [0, 1, me, u32::MAX] {
+            assert!(check_forked_pid(pid, 4242).is_err(), "{pid}");
+        }
+        // A live process whose parent is not the preloading process.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(check_forked_pid(child.id(), me + 1).is_err());
+        assert!(check_forked_pid(child.id(), me).is_ok());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(parent_of("12 (a) b) S 34 12"), Some(34));
     }
 }

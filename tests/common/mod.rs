@@ -125,7 +125,8 @@ impl Drop for PidFileGuard {
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline {
+            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -133,3 +134,168 @@ impl Drop for PidFileGuard {
     }
 }
 
+/// Makes the started command inherit `file` as descriptor `fd` (not
+/// close-on-exec), as a careless starter would leave it; the soft
+/// descriptor limit is raised to the hard one so that high numbers fit.
+pub fn inherit_fd(cmd: &mut Command, file: &std::fs::File, fd: i32) {
+    use std::os::fd::AsRawFd;
+    let src = file.as_raw_fd();
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut l: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            if libc::dup2(src, fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The descriptors of process `pid` that refer to `path`.
+pub fn fds_open_on(pid: u32, path: &Path) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Kills the process (or, given a negative number, the process group)
+/// with SIGKILL when dropped, if it still runs: a daemon a test started
+/// must not outlive a failed assertion.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    /// A negative number names a process group.
+    fn drop(&mut self) {
+        // SAFETY: plain syscalls; 0 and -1 (everything) are never signalled.
+        if !matches!(self.0, -1 | 0) && unsafe { libc::kill(self.0, 0) } == 0 {
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A root-owned file a symlinked PID file points at, with its contents
+/// and mode recorded, to show the daemons leave it alone
+/// (protocol/SECURITY.md §4).
+pub struct Victim {
+    pub path: PathBuf,
+    pub link: PathBuf,
+}
+
+impl Victim {
+    /// Creates `<dir>/victim` (mode 0600) and the symlink `<dir>/<link>` to it.
+    pub fn new(dir: &Path, link: &str) -> Victim {
+        let path = dir.join("victim");
+        std::fs::write(&path, "precious\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.join(link);
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        Victim { path, link }
+    }
+
+    /// Panics unless contents and mode are as created. A daemon that did
+    /// write its PID there is killed (it would run on otherwise).
+    pub fn assert_untouched(&self) {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let _guard = text.trim().parse().ok().map(KillOnDrop);
+        assert_eq!(text, "precious\n", "the victim file was written");
+        let mode = std::fs::metadata(&self.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the victim file's mode was changed");
+    }
+}
+
+/// uid and gid of [`WORKER_USER`].
+pub fn worker_ids() -> (u32, u32) {
+    let u = nix::unistd::User::from_name(WORKER_USER)
+        .unwrap()
+        .expect("the worker user exists (.ci/install-deps creates it)");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// Starts the command as [`WORKER_USER`] (every uid) but with gid 0 and
+/// supplementary group 0, as a start script that changes only the user
+/// leaves it (protocol/SECURITY.md §5). With `keep_caps`, CAP_SETGID and
+/// CAP_SETUID stay as ambient capabilities, so the daemon can fix its
+/// groups; without, it cannot. Needs root.
+pub fn as_worker_with_root_group(cmd: &mut Command, keep_caps: bool) {
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    let (uid, _) = worker_ids();
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: only syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::setgroups(1, [0].as_ptr()))?;
+            check(libc::setresgid(0, 0, 0))?;
+            check(libc::prctl(
+                libc::PR_SET_KEEPCAPS,
+                keep_caps as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+            check(libc::setresuid(uid, uid, uid))?;
+            if keep_caps {
+                mailmunge::daemon::set_capabilities(1 << CAP_SETGID | 1 << CAP_SETUID)?;
+                for cap in [CAP_SETGID, CAP_SETUID] {
+                    check(libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                        cap as libc::c_ulong,
+                        0,
+                        0,
+                    ))?;
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Panics unless process `pid` runs with the worker user's uid, gid and
+/// group list only, and without any capability.
+pub fn assert_worker_credentials(pid: u32, what: &str) {
+    let (uid, gid) = worker_ids();
+    let user = std::ffi::CString::new(WORKER_USER).unwrap();
+    let mut groups: Vec<u32> = nix::unistd::getgrouplist(&user, nix::unistd::Gid::from_raw(gid))
+        .unwrap()
+        .iter()
+        .map(|g| g.as_raw())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing from {what}'s status"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let ids = |v: u32| vec![v.to_string(); 4];
+    assert_eq!(field("Uid:"), ids(uid), "{what}: Uid");
+    assert_eq!(field("Gid:"), ids(gid), "{what}: Gid");
+    let mut have: Vec<u32> = field("Groups:")
+        .iter()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    have.sort_unstable();
+    assert_eq!(have, groups, "{what}: Groups");
+    for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{what}: {caps}");
+    }
+}

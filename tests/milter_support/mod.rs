@@ -27,6 +27,9 @@ pub struct Step {
     pub reply: Vec<u8>,
     /// At `scan`: files to drop into the working directory first.
     pub results: Vec<(String, Vec<u8>)>,
+    /// At `scan`: FIFOs to create there (after `results`), as a broken or
+    /// hostile worker might leave them.
+    pub fifos: Vec<String>,
     /// Seconds to wait before answering.
     pub delay: Duration,
 }
@@ -38,6 +41,7 @@ impl Step {
             args: None,
             reply: format!("{reply}\n").into_bytes(),
             results: vec![],
+            fifos: vec![],
             delay: Duration::ZERO,
         }
     }
@@ -49,6 +53,10 @@ impl Step {
     }
     pub fn with_file(mut self, name: &str, data: &[u8]) -> Step {
         self.results.push((name.into(), data.to_vec()));
+        self
+    }
+    pub fn with_fifo(mut self, name: &str) -> Step {
+        self.fifos.push(name.into());
         self
     }
     pub fn delayed(mut self, d: Duration) -> Step {
@@ -222,6 +230,12 @@ async fn serve(
         for (name, data) in &step.results {
             std::fs::write(Path::new(dir).join(name), data).unwrap();
         }
+        for name in &step.fifos {
+            let p = Path::new(dir).join(name);
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+            // Readable by the milter's user whatever the umask.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
     }
     if !step.delay.is_zero() {
         tokio::time::sleep(step.delay).await;
@@ -249,10 +263,23 @@ impl Milter {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Milter {
+        Milter::start_with(dir, mux, spool, extra, env, |_| {})
+    }
+
+    /// Like [`Milter::start`], after `configure` has adjusted the command
+    /// (descriptor limit, inherited descriptors, credentials).
+    pub fn start_with(
+        dir: &Path,
+        mux: &Path,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Milter {
         let sockdir = dir.join("msock");
         common::create_open_dir(&sockdir);
         let socket = sockdir.join("milter.sock");
-        Milter::start_on(
+        Milter::start_configured(
             &format!("unix:{}", socket.display()),
             socket.clone(),
             dir,
@@ -260,6 +287,7 @@ impl Milter {
             spool,
             extra,
             env,
+            configure,
         )
     }
 
@@ -272,13 +300,13 @@ impl Milter {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Milter {
-        Milter::start_limited(spec, socket, dir, mux, spool, extra, env, None)
+        Milter::start_configured(spec, socket, dir, mux, spool, extra, env, |_| {})
     }
 
-    /// Like [`Milter::start_on`], optionally starting the milter with a
-    /// lower soft descriptor limit.
+    /// Like [`Milter::start_on`], after `configure` has adjusted the
+    /// command.
     #[allow(clippy::too_many_arguments)]
-    pub fn start_limited(
+    pub fn start_configured(
         spec: &str,
         socket: PathBuf,
         dir: &Path,
@@ -286,7 +314,7 @@ impl Milter {
         spool: &Path,
         extra: &[&str],
         env: &[(&str, &str)],
-        soft_nofile: Option<u64>,
+        configure: impl FnOnce(&mut Command),
     ) -> Milter {
         let stderr_path = dir.join("milter.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -308,9 +336,7 @@ impl Milter {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if let Some(soft) = soft_nofile {
-            common::set_soft_nofile(&mut cmd, soft);
-        }
+        configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let mut m = Milter {
             child,

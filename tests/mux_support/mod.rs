@@ -108,17 +108,39 @@ impl Mx {
 
     /// Starts with the soft descriptor limit set to `soft`.
     pub fn start_with_nofile(extra: &[&str], soft: u64) -> Mx {
-        Mx::start_cmd(Spool::new(), &worker_path(), extra, false, Some(soft), &[])
+        Mx::start_cmd(
+            Spool::new(),
+            &worker_path(),
+            extra,
+            false,
+            Some(soft),
+            &[],
+            |_| {},
+        )
+    }
+
+    /// Starts logged (see `start_logged`) after `configure` has adjusted the
+    /// command (inherited descriptors, credentials).
+    pub fn start_configured(extra: &[&str], configure: impl FnOnce(&mut Command)) -> Mx {
+        Mx::start_cmd(
+            Spool::new(),
+            &worker_path(),
+            extra,
+            true,
+            None,
+            &[],
+            configure,
+        )
     }
 
     pub fn start_full(spool: Spool, filter: &Path, extra: &[&str], logged: bool) -> Mx {
-        Mx::start_cmd(spool, filter, extra, logged, None, &[])
+        Mx::start_cmd(spool, filter, extra, logged, None, &[], |_| {})
     }
 
     /// Starts in `spool` with extra environment variables, logging to
     /// `<tmp>/log`.
     pub fn start_env(spool: Spool, extra: &[&str], env: &[(&str, &str)]) -> Mx {
-        Mx::start_cmd(spool, &worker_path(), extra, true, None, env)
+        Mx::start_cmd(spool, &worker_path(), extra, true, None, env, |_| {})
     }
 
     fn start_cmd(
@@ -128,6 +150,7 @@ impl Mx {
         logged: bool,
         nofile: Option<u64>,
         env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
     ) -> Mx {
         let mut args = base_args(&spool, filter);
         args.push("-D".into());
@@ -144,6 +167,7 @@ impl Mx {
             let f = std::fs::File::create(spool.dir.path().join("log")).unwrap();
             cmd.env("MAILMUNGE_LOG_STDERR", "1").stderr(f);
         }
+        configure(&mut cmd);
         let child = cmd.spawn().expect("start multiplexor");
         let sock = spool.file("mx.sock");
         let mx = Mx {
@@ -230,7 +254,11 @@ impl Mx {
             r.lines()
                 .filter_map(|l| {
                     let f: Vec<&str> = l.split(' ').collect();
-                    (f.len() > 2 && f[1] == "I").then(|| f[2].parse().unwrap())
+                    // A slot whose process is still starting shows pid -1:
+                    // never signal that (kill(-1) reaches every process).
+                    (f.len() > 2 && f[1] == "I")
+                        .then(|| f[2].parse::<i32>().unwrap())
+                        .filter(|&pid| pid > 1)
                 })
                 .collect()
         };

@@ -120,20 +120,16 @@ sub _edit_part
 	return 1;
 }
 
+# The boilerplate goes before the first byte or after the last one: a
+# last line without a newline runs straight into it, as upstream does.
 sub _copy_text
 {
 	my ($in, $out, $text, $at_start) = @_;
 	$out->print($text) if $at_start;
-	my $last = "\n";
 	while (defined(my $l = <$in>)) {
 		$out->print($l);
-		$last = $l;
 	}
-	if (!$at_start) {
-		# Start the boilerplate on a line of its own.
-		$out->print("\n") unless $last =~ /\n\z/;
-		$out->print($text);
-	}
+	$out->print($text) unless $at_start;
 	return 1;
 }
 
@@ -220,8 +216,9 @@ in the part's character set, or as a Perl character string (one with
 Perl's UTF-8 flag on, e.g. from C<Encode::decode> or a C<use utf8>
 source), which is then converted to the part's charset (characters the charset lacks
 become C<?>, or character references in HTML).  A trailing newline is
-added if missing, and boilerplate added at the end of a text part whose
-last line lacks a newline starts on a new line.
+added to the boilerplate if missing.  Nothing else is added: boilerplate
+put at the end of a part whose last line lacks a newline continues that
+line, so start C<$text> with a newline to have it on a line of its own.
 
 =head1 METHODS
 

@@ -12,7 +12,7 @@ use MIME::Words ();
 # walks the MIME tree, asks filter()/filter_multipart() about each part and
 # rebuilds the message from the parts they keep.  The traversal and the
 # resulting bytes follow upstream Mailmunge 3.09 exactly, quirks included
-# (see perl-api.md §7): the top-level entity is never offered to
+# (see protocol/perl-api.md §7): the top-level entity is never offered to
 # filter()/filter_multipart().
 
 my $STATE_KEY = 'compat_filter';

@@ -211,10 +211,21 @@ sub dkim_test_key_pem
 		my $path = File::Spec->catfile($base, 't', 'data', 'dkim', 'private-key.pem');
 		my $fh = IO::File->new($path, 'r') or next;
 		local $/;
-		my $pem = <$fh>;
-		return $pem if defined($pem) && $pem =~ /PRIVATE KEY/;
+		my $block = _private_key_block(scalar(<$fh>));
+		return $block if defined($block);
 	}
 	return $TEST_DKIM_KEY;
+}
+
+# The first private-key block of a PEM file, from its BEGIN line to its
+# END line: a note before or after the key is no part of the key.  Undef
+# if the text holds no such block.
+sub _private_key_block
+{
+	my ($text) = @_;
+	return undef unless defined($text);
+	return $1 if $text =~ /^(-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----\r?\n.*?^-----END \2-----\r?\n?)/ms;
+	return undef;
 }
 
 sub filter_wrapup
@@ -224,10 +235,10 @@ sub filter_wrapup
 	return 0 unless defined($subj) && $subj =~ /\bdkim_sign\b/;
 	require Mail::DKIM::Signer;
 	require Mail::DKIM::PrivateKey;
-	my $pem = dkim_test_key_pem();
-	$pem =~ s/-----[^-]+-----//g;
-	$pem =~ s/\s+//g;
-	my $key = Mail::DKIM::PrivateKey->load(Data => $pem);
+	# Mail::DKIM wants the base64 text between the BEGIN and END lines.
+	my ($base64) = dkim_test_key_pem() =~ /^-----BEGIN [^\n]*\n(.*?)^-----END /ms;
+	$base64 =~ s/\s+//g;
+	my $key = Mail::DKIM::PrivateKey->load(Data => $base64);
 	my $signer = Mail::DKIM::Signer->new(
 		Algorithm => 'rsa-sha256',
 		Method    => 'relaxed',
@@ -324,8 +335,10 @@ DKIM-signs when asked to; returns 0.
 
 =head2 dkim_test_key_pem()
 
-The PEM text of the RSA key used for signing: C<t/data/dkim/private-key.pem>
-below C<$TESTDIR> or the current directory if present, else a built-in
-key made for these tests.
+The PEM text of the RSA key used for signing, from its C<-----BEGIN>
+line to its C<-----END> line: the first private-key block of
+C<t/data/dkim/private-key.pem> below C<$TESTDIR> or the current directory
+if such a file holds one (text around the block, such as a note before
+the key, is left out), else a built-in key made for these tests.
 
 =cut

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # A minimal worker speaking the multiplexor's line protocol
-# (worker-protocol.md §2), with extra commands that misbehave on request.
+# (protocol/worker-protocol.md §2), with extra commands that misbehave on request.
 # Used by tests/mux_*.rs; depends on nothing but core Perl.
 #
 # Start-up behaviour is steered by files in the current directory (the
@@ -8,8 +8,9 @@
 # "worker-fail-load" makes loading fail in -embserver mode.
 #
 # With -embserver/-embserveru it follows the embedded contract
-# (worker-protocol.md §1.2): loading only registers $main::MAILMUNGE_FILTER
-# and defines main::_mailmunge_do_main_loop, which runs the loop.
+# (protocol/worker-protocol.md §1.2): loading only registers
+# $main::MAILMUNGE_FILTER and defines main::_mailmunge_do_main_loop,
+# which runs the loop.
 use strict;
 use warnings;
 use Cwd qw(getcwd);

@@ -206,11 +206,20 @@ sub start {
     spew(File::Spec->catfile($self->config_dir, 'main.cf'), $self->_main_cf);
     spew(File::Spec->catfile($self->config_dir, 'master.cf'), $self->_master_cf);
 
-    my ($rc, $out) = $self->_run('postfix', '-c', $self->config_dir, 'start');
+    # A signal that ends the test while 'postfix start' runs would leave
+    # the master behind (stop() only stops a started instance): it is held
+    # until the instance counts as started, then raised again.
+    my ($rc, $out, $pending);
+    {
+        local @SIG{qw(INT TERM HUP)} = (sub { $pending //= $_[0] }) x 3;
+        ($rc, $out) = $self->_run('postfix', '-c', $self->config_dir, 'start');
+        $self->{started} = 1;
+    }
+    kill($pending, $$) if $pending;
     if ($rc != 0) {
+        $self->stop;
         die "MMTest::Postfix: 'postfix start' failed (rc $rc): $out\n--- maillog ---\n" . $self->log;
     }
-    $self->{started} = 1;
     eval { wait_until(20, "Postfix smtpd on port $self->{port}", sub { port_open($self->{port}) }) };
     if ($@) { my $e = $@; $self->stop; die "$e--- maillog ---\n" . $self->log }
     return $self;

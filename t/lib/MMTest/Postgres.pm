@@ -8,6 +8,8 @@ use Time::HiRes ();
 
 use MMTest::Util qw(wait_until private_dir slurp pid_alive);
 
+=encoding utf8
+
 =head1 NAME
 
 MMTest::Postgres - a private PostgreSQL server for one test file
@@ -32,7 +34,7 @@ UNIX socket in its own directory, so it can never collide with another
 server, and C<trust> authentication is confined to the users who can
 enter that directory (the server's user, root and C<socket_group>).
 Nothing system-wide is read or written; the Debian cluster is not needed.
-See protocol/e2e.md section 8.
+See protocol/e2e.md §8.
 
 =head1 METHODS
 

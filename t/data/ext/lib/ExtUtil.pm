@@ -24,6 +24,11 @@ sub run_worker
 	delete $ENV{HARNESS_ACTIVE};
 	local $ENV{MAILMUNGE_MTA} = $opt{mta} || 'none';
 	local $ENV{TESTDIR} = $opt{testdir} || $REPO;
+	# A worker changes to the spool directory before initialize(), which
+	# Test::Mailmunge::Filter uses to place its quarantine: with cwd, that
+	# is the test's own directory, not a system spool that happens to exist.
+	my %spool = $opt{cwd} ? (MAILMUNGE_SPOOLDIR => abs_path($opt{cwd})) : ();
+	local @ENV{keys %spool} = values %spool;
 	my $err = gensym;
 	$filter = abs_path($filter);
 	my $here;

@@ -1,0 +1,208 @@
+//! Starting filter processes (workers, the `-E` preloading process and the
+//! `perl -c` check): which perl runs the filter, with which switches, and
+//! what a child sets up between fork and exec.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use super::options::Options;
+use crate::daemon;
+
+/// The first line of the filter file (empty when unreadable).
+pub fn first_line(filter: &Path) -> String {
+    std::fs::read(filter)
+        .ok()
+        .and_then(|b| {
+            b.split(|&c| c == b'\n')
+                .next()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// How to run perl on the filter: the interpreter and the switches perl
+/// insists on seeing on its command line (`-T`/`-t` on the `#!` line).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Interpreter {
+    pub perl: PathBuf,
+    pub switches: Vec<String>,
+}
+
+/// Reads the filter's `#!` line: a perl named there is used (workers are
+/// exec'd through it), else `perl` from PATH. `Err(program)` when the line
+/// names another program (a shell wrapper, say): perl cannot check that.
+pub fn interpreter(first_line: &str) -> Result<Interpreter, String> {
+    let mut perl = PathBuf::from("perl");
+    let mut switches = Vec::new();
+    if let Some(rest) = first_line.strip_prefix("#!") {
+        let mut words = rest.split_whitespace();
+        let mut prog = words.next().unwrap_or("");
+        if Path::new(prog).file_name().is_some_and(|n| n == "env") {
+            prog = words.next().unwrap_or("");
+        }
+        if Path::new(prog)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("perl"))
+        {
+            perl = PathBuf::from(prog);
+        } else if !prog.is_empty() {
+            return Err(prog.to_string());
+        }
+        for w in words.filter(|w| w.starts_with('-') && !w.starts_with("--")) {
+            for taint in ['T', 't'] {
+                if w[1..].contains(taint) && !switches.iter().any(|s: &String| s.contains(taint)) {
+                    switches.push(format!("-{taint}"));
+                }
+            }
+        }
+    }
+    Ok(Interpreter { perl, switches })
+}
+
+fn perl_path() -> &'static str {
+    if std::path::Path::new("/usr/bin/perl").exists() {
+        "/usr/bin/perl"
+    } else {
+        "perl"
+    }
+}
+
+/// The perl that runs the filter under `-E` (the system perl, as upstream's
+/// embedded interpreter) and the taint switches of the filter's `#!` line,
+/// which perl insists on seeing on its command line.
+pub fn perl_command(filter: &std::path::Path) -> (&'static str, Vec<String>) {
+    let switches = interpreter(&first_line(filter))
+        .map(|i| i.switches)
+        .unwrap_or_default();
+    (perl_path(), switches)
+}
+
+/// Everything a child needs after fork, prepared before it: cwd, signal
+/// dispositions, rlimits, and which descriptor becomes fd 3.
+pub struct ChildSetup {
+    spool: CString,
+    status_w: i32,
+    rss_bytes: u64,
+    mem_bytes: u64,
+    /// The descriptor limit the multiplexor was started with.
+    nofile: Option<libc::rlimit>,
+}
+
+impl ChildSetup {
+    /// `fd3`: the descriptor to put on fd 3 in the child, or -1 for none.
+    pub fn new(opts: &Options, fd3: i32) -> ChildSetup {
+        ChildSetup {
+            spool: CString::new(opts.spool_dir.as_os_str().as_bytes()).unwrap_or_default(),
+            status_w: fd3,
+            rss_bytes: opts.rss_kb.saturating_mul(1024),
+            mem_bytes: opts.mem_kb.saturating_mul(1024),
+            nofile: daemon::original_nofile(),
+        }
+    }
+
+    /// Makes `cmd` apply this setup in the child, between fork and exec.
+    pub fn install(self, cmd: &mut std::process::Command) {
+        // SAFETY: the hook only makes async-signal-safe calls (`apply`).
+        unsafe {
+            cmd.pre_exec(move || {
+                self.apply();
+                Ok(())
+            });
+        }
+    }
+
+    /// Runs in the forked child before exec: only async-signal-safe calls.
+    fn apply(&self) {
+        // SAFETY: plain syscalls on the child's own state.
+        unsafe {
+            libc::chdir(self.spool.as_ptr());
+            for sig in [libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP, libc::SIGINT] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            // Upstream workers inherit SIGPIPE ignored; std resets it to the
+            // default before this hook runs.
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            // Workers get the descriptor limit we were started with, not
+            // the one we raised for ourselves.
+            if let Some(l) = &self.nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, l);
+            }
+            if self.rss_bytes > 0 {
+                let l = libc::rlimit {
+                    rlim_cur: self.rss_bytes,
+                    rlim_max: self.rss_bytes,
+                };
+                libc::setrlimit(libc::RLIMIT_RSS, &l);
+            }
+            if self.mem_bytes > 0 {
+                let l = libc::rlimit {
+                    rlim_cur: self.mem_bytes,
+                    rlim_max: self.mem_bytes,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &l);
+                libc::setrlimit(libc::RLIMIT_DATA, &l);
+            }
+            let first_closed = if self.status_w >= 0 {
+                if self.status_w == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else {
+                    libc::dup2(self.status_w, 3);
+                }
+                4
+            } else {
+                3
+            };
+            // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever
+            // the multiplexor itself inherited.
+            if libc::close_range(
+                first_closed as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as i32,
+            ) != 0
+            {
+                for fd in first_closed..1024 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shebangs() {
+        let perl = |p: &str, sw: &[&str]| {
+            Ok(Interpreter {
+                perl: p.into(),
+                switches: sw.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(interpreter("#!/usr/bin/perl"), perl("/usr/bin/perl", &[]));
+        assert_eq!(
+            interpreter("#!/usr/bin/perl -w"),
+            perl("/usr/bin/perl", &[])
+        );
+        assert_eq!(
+            interpreter("#!/usr/bin/perl -wT"),
+            perl("/usr/bin/perl", &["-T"])
+        );
+        assert_eq!(
+            interpreter("#! /usr/bin/env perl5.36 -t"),
+            perl("perl5.36", &["-t"])
+        );
+        assert_eq!(interpreter("use strict;"), perl("perl", &[]));
+        assert_eq!(interpreter(""), perl("perl", &[]));
+        assert_eq!(interpreter("#!"), perl("perl", &[]));
+        // A wrapper in another language cannot be checked by perl.
+        assert_eq!(interpreter("#!/bin/sh -e"), Err("/bin/sh".to_string()));
+        assert_eq!(
+            interpreter("#!/usr/bin/env python3"),
+            Err("python3".to_string())
+        );
+    }
+}
