@@ -1,5 +1,6 @@
 //! The RESULTS file a worker leaves (src/milter/results.rs): parsing, the
-//! safety checks, and the SMTP replies built from B and T lines.
+//! safety checks and bare-CR repair, and the SMTP replies built from B and
+//! T lines.
 
 use mailmunge::milter::reply::{build_reply, Class};
 use mailmunge::milter::results::{self, Action, ResultsError};
@@ -63,13 +64,19 @@ pub fn run(data: &[u8]) {
             assert!(*index >= 1);
         }
     }
-    if results::check_actions(&r.actions).is_ok() {
-        // What passed the checks cannot add a header line of its own.
-        for a in &r.actions {
+    let mut actions = r.actions.clone();
+    if let Ok(changed) = results::sanitize_actions(&mut actions) {
+        for (i, (before, after)) in r.actions.iter().zip(&actions).enumerate() {
+            assert_eq!(before != after, changed.contains(&i), "{before:?}");
+        }
+        // What passed cannot add a header line of its own.
+        for a in &actions {
             if let Action::AddHeader { value, .. } | Action::InsertHeader { value, .. } = a {
                 for (i, &b) in value.iter().enumerate() {
-                    if b == b'\n' {
-                        assert!(matches!(value.get(i + 1), Some(b' ' | b'\t')), "{a:?}");
+                    match b {
+                        b'\n' => assert!(matches!(value.get(i + 1), Some(b' ' | b'\t')), "{a:?}"),
+                        b'\r' => assert_eq!(value.get(i + 1), Some(&b'\n'), "{a:?}"),
+                        _ => {}
                     }
                 }
             }
