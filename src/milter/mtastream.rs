@@ -248,22 +248,25 @@ mod tests {
     }
 
     /// Feeds `input` in `step`-byte pieces through the adapter and returns
-    /// what indymilter would read.
-    async fn through(input: &[u8], step: usize) -> Vec<u8> {
+    /// what indymilter would read, or the read error.
+    async fn through(input: &[u8], step: usize) -> io::Result<Vec<u8>> {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let mut ours = MtaStream::new(Stream::Unix(a), DEFAULT_MAX_PACKET, None);
         let input = input.to_vec();
         let writer = tokio::spawn(async move {
             let mut b = b;
             for piece in input.chunks(step) {
-                b.write_all(piece).await.unwrap();
+                if b.write_all(piece).await.is_err() {
+                    return;
+                }
                 tokio::task::yield_now().await;
             }
         });
         let mut out = Vec::new();
-        ours.read_to_end(&mut out).await.unwrap();
+        let r = ours.read_to_end(&mut out).await;
+        drop(ours);
         writer.await.unwrap();
-        out
+        r.map(|_| out)
     }
 
     #[tokio::test]
@@ -275,16 +278,24 @@ mod tests {
         want.extend(packet(&connect(b'6', b"2001:db8::1")));
         want.extend(packet(b"Hmx.example\0"));
         for step in [1, 3, 7, 1000] {
-            assert_eq!(through(&input, step).await, want, "step {step}");
+            assert_eq!(through(&input, step).await.unwrap(), want, "step {step}");
         }
     }
 
     #[tokio::test]
-    async fn truncated_and_oversized_input_pass_through() {
+    async fn truncated_input_passes_through_oversized_packets_end_it() {
         let truncated = b"\0\0\0\x10Cabc".to_vec();
-        assert_eq!(through(&truncated, 2).await, truncated);
+        assert_eq!(through(&truncated, 2).await.unwrap(), truncated);
         let mut huge = vec![0x7f, 0xff, 0xff, 0xff];
         huge.extend_from_slice(b"garbage after an absurd length");
-        assert_eq!(through(&huge, 5).await, huge);
+        let e = through(&huge, 5).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Exactly at the limit is fine; one byte more is not.
+        let mut at = ((DEFAULT_MAX_PACKET) as u32).to_be_bytes().to_vec();
+        at.extend(std::iter::repeat(b'L').take(DEFAULT_MAX_PACKET));
+        assert_eq!(through(&at, 65536).await.unwrap().len(), at.len());
+        let mut over = ((DEFAULT_MAX_PACKET + 1) as u32).to_be_bytes().to_vec();
+        over.extend(std::iter::repeat(b'L').take(DEFAULT_MAX_PACKET + 1));
+        assert!(through(&over, 65536).await.is_err());
     }
 }
