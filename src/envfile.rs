@@ -22,6 +22,12 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+/// Longest value accepted: the kernel refuses longer arguments and
+/// environment strings (MAX_ARG_STRLEN, 128 KiB with the NUL). It also
+/// stops a few lines of `A=$A$A$A$A` from growing a value without bound
+/// (protocol/SECURITY.md §10.6).
+pub const MAX_VALUE: usize = 128 * 1024 - 1;
+
 /// Why a file could not be read as an assignment list.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvFileError {
@@ -252,7 +258,18 @@ impl Parser<'_> {
                 }
             }
         }
+        self.check_length(&v)?;
         Ok(OsString::from_vec(v))
+    }
+
+    fn check_length(&self, v: &[u8]) -> Result<(), (usize, String)> {
+        if v.len() > MAX_VALUE {
+            return Err((
+                self.line,
+                format!("value longer than {MAX_VALUE} bytes (the limit for one argument)"),
+            ));
+        }
+        Ok(())
     }
 
     /// `$NAME`, `${NAME}`; a `$` not followed by a name is literal (as in sh).
@@ -282,7 +299,7 @@ impl Parser<'_> {
         if let Some(val) = lookup(&name) {
             v.extend_from_slice(val.as_bytes());
         }
-        Ok(())
+        self.check_length(v)
     }
 }
 
@@ -390,6 +407,25 @@ mod tests {
         assert!(err("A=\"open\n").1.contains("unterminated"));
         assert!(err("1A=x\n").1.contains("invalid variable name"));
         assert!(err("A B=x\n").1.contains("assignment"));
+    }
+
+    /// The `envfile` fuzz target's `expansion-bomb` seed: each line
+    /// multiplied the value by eight until the start helper ran out of
+    /// memory.
+    #[test]
+    fn expansions_cannot_grow_a_value_without_bound() {
+        let mut text = String::from("A=aaaaaaaaaaaaaaaa\n");
+        for _ in 0..12 {
+            text.push_str("A=$A$A$A$A$A$A$A$A\n");
+        }
+        let (line, msg) = err(&text);
+        assert_eq!(line, 6);
+        assert_eq!(msg, "value longer than 131071 bytes (the limit for one argument)");
+        let quoted = format!("B={}\nC=\"{}\"\n", "b".repeat(70_000), "$B".repeat(2));
+        assert_eq!(err(&quoted).0, 2);
+        let at_limit = format!("B={}\nC=${{B}}\n", "b".repeat(MAX_VALUE));
+        assert_eq!(kv(&at_limit)[1].1.len(), MAX_VALUE);
+        assert_eq!(err(&format!("B={}\n", "b".repeat(MAX_VALUE + 1))).0, 1);
     }
 
     #[test]
