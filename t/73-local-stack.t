@@ -9,6 +9,8 @@ use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+use lib "$FindBin::Bin/lib";
+use MMTest::Util qw(start_terminal_command read_until);
 
 my $top = "$FindBin::Bin/..";
 -x "$top/target/debug/$_" or plan skip_all => "target/debug/$_ not built"
@@ -23,30 +25,9 @@ my $dir = tempdir(CLEANUP => 1);
 chmod(0755, $dir);
 my $local = "$dir/local";
 
-pipe(my $rd, my $wr) or die;
-my $pid = fork() // die;
-if (!$pid) {
-	close($rd);
-	open(STDOUT, '>&', $wr) or die;
-	open(STDERR, '>&', $wr) or die;
-	$SIG{INT} = 'DEFAULT';
-	exec("$top/script/local-stack", '--port', $port, '--dir', $local) or die "exec: $!";
-}
-close($wr);
-
-# Read the banner (bounded wait; the build is already done by run-tests).
-my $banner = '';
-my $deadline = time() + 120;
-my $rin = '';
-vec($rin, fileno($rd), 1) = 1;
-while (time() < $deadline && $banner !~ /Press Ctrl-C to stop\.\n/) {
-	my $r = $rin;
-	last unless select($r, undef, undef, 1) >= 0;
-	next unless vec($r, fileno($rd), 1);
-	my $n = sysread($rd, my $buf, 4096);
-	last unless $n;
-	$banner .= $buf;
-}
+my ($pid, $rd) = start_terminal_command($top, {}, "$top/script/local-stack", '--port', $port, '--dir', $local);
+# The banner (bounded wait; the build is already done by run-tests).
+my $banner = read_until($rd, qr/Press Ctrl-C to stop\.\n/, 120);
 like($banner, qr/Press Ctrl-C to stop\.\n/, 'local-stack reports it is running') or do {
 	kill('TERM', $pid); waitpid($pid, 0); diag($banner); done_testing(); exit;
 };
@@ -96,7 +77,7 @@ SKIP: {
 # Ctrl-C.
 kill('INT', $pid);
 my $status;
-$deadline = time() + 40;
+my $deadline = time() + 40;
 while (time() < $deadline) {
 	my $w = waitpid($pid, WNOHANG);
 	if ($w == $pid) { $status = $?; last; }

@@ -10,7 +10,7 @@ use lib "$FindBin::Bin/lib";
 use File::Temp qw(tempdir);
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
-use MMTest::Util qw(free_port repo_root have_root skip_or_fail);
+use MMTest::Util qw(free_port repo_root have_root skip_or_fail start_terminal_command read_until);
 
 my $top = repo_root();
 skip_or_fail('needs root (the daemons drop to the mailmunge user)') unless have_root();
@@ -24,31 +24,9 @@ my $clone = "$home/mailmunge-rs";
 is(system('git', 'clone', '--quiet', $top, $clone), 0, 'fresh clone');
 
 my $port = free_port();
-pipe(my $rd, my $wr) or die;
-my $pid = fork() // die;
-if (!$pid) {
-	close($rd);
-	open(STDOUT, '>&', $wr) or die;
-	open(STDERR, '>&', $wr) or die;
-	# A background job of a shell would ignore SIGINT; a terminal's would not.
-	$SIG{INT} = 'DEFAULT';
-	chdir($clone) or die;
-	$ENV{PORT} = $port;
-	exec('./script/local-stack') or die "exec: $!";
-}
-close($wr);
-
+my ($pid, $rd) = start_terminal_command($clone, { PORT => $port }, './script/local-stack');
 # The clone builds from scratch: allow for it.
-my $banner = '';
-my $deadline = time() + 900;
-while (time() < $deadline && $banner !~ /Press Ctrl-C to stop\.\n/) {
-	my $rin = '';
-	vec($rin, fileno($rd), 1) = 1;
-	next unless select(my $r = $rin, undef, undef, 1) > 0;
-	my $n = sysread($rd, my $buf, 4096);
-	last unless $n;
-	$banner .= $buf;
-}
+my $banner = read_until($rd, qr/Press Ctrl-C to stop\.\n/, 900);
 like($banner, qr/^local-stack: ready, running as user mailmunge; a test message got: 250 /m,
 	'README\'s first command says ready after a message went through') or diag($banner);
 like($banner, qr/running from a copy in (\/tmp\/mailmunge-local\.\w+)/, 'the workers run from a copy outside the private home');
@@ -64,7 +42,7 @@ like($out, qr/^\+X-Scanned-By: mailmunge /m, 'and the example filter\'s header')
 # Ctrl-C.
 kill('INT', $pid);
 my $status;
-$deadline = time() + 60;
+my $deadline = time() + 60;
 while (time() < $deadline) {
 	if (waitpid($pid, WNOHANG) == $pid) { $status = $?; last; }
 	sleep(0.1);

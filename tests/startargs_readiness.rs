@@ -25,21 +25,28 @@ fn free(sock: &Path) -> Option<String> {
     Some(out)
 }
 
-#[test]
-fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
-    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// A 0755 scratch directory with a 0750 spool in it that the worker user
+/// owns (as root).
+fn scratch_spool() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let user = if is_root() { "mailmunge" } else { "" };
     if is_root() {
         let u = nix::unistd::User::from_name("mailmunge")
             .unwrap()
             .expect("user mailmunge (see .ci/install-deps)");
         nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
     }
+    (dir, spool)
+}
+
+#[test]
+fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (dir, spool) = scratch_spool();
+    let user = if is_root() { "mailmunge" } else { "" };
     let notify = dir.path().join("notify");
     let rx = UnixDatagram::bind(&notify).unwrap();
     // The multiplexor sends after dropping privileges.
@@ -97,17 +104,7 @@ fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
 /// A spool and a filter that dies at start-up, in a directory the worker
 /// user can reach.
 fn dying_filter_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let spool = dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o750)).unwrap();
-    if is_root() {
-        let u = nix::unistd::User::from_name("mailmunge")
-            .unwrap()
-            .expect("user mailmunge");
-        nix::unistd::chown(&spool, Some(u.uid), Some(u.gid)).unwrap();
-    }
+    let (dir, spool) = scratch_spool();
     let filter = dir.path().join("dies.pl");
     std::fs::write(
         &filter,

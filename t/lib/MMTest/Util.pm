@@ -14,6 +14,7 @@ use Time::HiRes ();
 our @EXPORT_OK = qw(
     free_port wait_until repo_root slurp spew private_dir
     pid_alive stop_pid port_open have_root skip_or_fail procs_in
+    start_terminal_command read_until
 );
 
 =head1 NAME
@@ -228,6 +229,54 @@ sub procs_in {
         push @pids, $p =~ m{(\d+)\z} if grep { $cwd eq $_ || index($cwd, "$_/") == 0 } @dirs;
     }
     return @pids;
+}
+
+=head2 start_terminal_command($dir, \%env, @command)
+
+Starts @command in $dir as a terminal would run it in the foreground
+(SIGINT at its default, not ignored as in a shell's background job), with
+%env added to the environment and stdout and stderr on one pipe. Returns
+the pid and the pipe's read end.
+
+=cut
+
+sub start_terminal_command {
+    my ($dir, $env, @command) = @_;
+    pipe(my $rd, my $wr) or die "pipe: $!";
+    my $pid = fork() // die "fork: $!";
+    if (!$pid) {
+        close($rd);
+        open(STDOUT, '>&', $wr) or die;
+        open(STDERR, '>&', $wr) or die;
+        $SIG{INT} = 'DEFAULT';
+        chdir($dir) or die "chdir $dir: $!";
+        @ENV{ keys %$env } = values %$env;
+        exec(@command) or die "exec $command[0]: $!";
+    }
+    close($wr);
+    return ($pid, $rd);
+}
+
+=head2 read_until($fh, $regex, $seconds)
+
+Reads from $fh until what was read matches $regex, the other end closes,
+or $seconds pass; returns all that was read.
+
+=cut
+
+sub read_until {
+    my ($fh, $re, $secs) = @_;
+    my $text = '';
+    my $deadline = Time::HiRes::time() + $secs;
+    while (Time::HiRes::time() < $deadline && $text !~ $re) {
+        my $rin = '';
+        vec($rin, fileno($fh), 1) = 1;
+        next unless select(my $r = $rin, undef, undef, 1) > 0;
+        my $n = sysread($fh, my $buf, 4096);
+        last unless $n;
+        $text .= $buf;
+    }
+    return $text;
 }
 
 1;
