@@ -827,94 +827,16 @@ pub fn run(
     Ok(out)
 }
 
-/// A unified diff (3 lines of context) of two texts, line by line. Empty
-/// when they are equal.
+/// A unified diff (3 lines of context) of two texts, line by line, as
+/// diff(1) prints it. Empty when they are equal.
 pub fn unified_diff(a: &[u8], b: &[u8], a_name: &str, b_name: &str) -> String {
     let a = String::from_utf8_lossy(a);
     let b = String::from_utf8_lossy(b);
-    let a: Vec<&str> = a.split_inclusive('\n').collect();
-    let b: Vec<&str> = b.split_inclusive('\n').collect();
-    if a == b {
-        return String::new();
-    }
-    // Longest common subsequence table; messages under test are small.
-    let (n, m) = (a.len(), b.len());
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    // Edit script: (tag, a index, b index).
-    let mut ops: Vec<(char, usize, usize)> = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            ops.push((' ', i, j));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Deletions before insertions, as diff(1) prints them.
-            ops.push(('-', i, j));
-            i += 1;
-        } else {
-            ops.push(('+', i, j));
-            j += 1;
-        }
-    }
-    let mut out = format!("--- {a_name}\n+++ {b_name}\n");
-    let ctx = 3;
-    let changed: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.0 != ' ')
-        .map(|(k, _)| k)
-        .collect();
-    let mut k = 0;
-    while k < changed.len() {
-        let start = changed[k].saturating_sub(ctx);
-        let mut end = changed[k];
-        while k + 1 < changed.len() && changed[k + 1] <= end + 2 * ctx + 1 {
-            k += 1;
-            end = changed[k];
-        }
-        let end = (end + ctx + 1).min(ops.len());
-        let hunk = &ops[start..end];
-        let a_start = hunk
-            .iter()
-            .find(|o| o.0 != '+')
-            .map(|o| o.1)
-            .unwrap_or(hunk[0].1);
-        let b_start = hunk
-            .iter()
-            .find(|o| o.0 != '-')
-            .map(|o| o.2)
-            .unwrap_or(hunk[0].2);
-        let a_len = hunk.iter().filter(|o| o.0 != '+').count();
-        let b_len = hunk.iter().filter(|o| o.0 != '-').count();
-        let pos = |s: usize, l: usize| if l == 0 { s } else { s + 1 };
-        out.push_str(&format!(
-            "@@ -{},{} +{},{} @@\n",
-            pos(a_start, a_len),
-            a_len,
-            pos(b_start, b_len),
-            b_len
-        ));
-        for &(tag, ai, bj) in hunk {
-            let line = if tag == '+' { b[bj] } else { a[ai] };
-            out.push(tag);
-            out.push_str(line);
-            if !line.ends_with('\n') {
-                out.push_str("\n\\ No newline at end of file\n");
-            }
-        }
-        k += 1;
-    }
-    out
+    similar::TextDiff::from_lines(a.as_ref(), b.as_ref())
+        .unified_diff()
+        .context_radius(3)
+        .header(a_name, b_name)
+        .to_string()
 }
 
 /// Human-readable report.
@@ -1073,7 +995,7 @@ mod tests {
             "--- a\n+++ b\n@@ -1,3 +1,4 @@\n+0\n 1\n 2\n 3\n@@ -8,5 +9,5 @@\n 8\n 9\n 10\n-11\n+ELEVEN\n 12\n"
         );
         assert_eq!(unified_diff(a, a, "a", "b"), "");
-        assert_eq!(unified_diff(b"x", b"y", "a", "b"), "--- a\n+++ b\n@@ -1,1 +1,1 @@\n-x\n\\ No newline at end of file\n+y\n\\ No newline at end of file\n");
+        assert_eq!(unified_diff(b"x", b"y", "a", "b"), "--- a\n+++ b\n@@ -1 +1 @@\n-x\n\\ No newline at end of file\n+y\n\\ No newline at end of file\n");
     }
 
     #[test]
