@@ -1,0 +1,205 @@
+//! `mm-try`: plays the MTA's side of the milter protocol against a running
+//! milter for one message, and reports what an MTA would have done
+//! (protocol/deployment.md §13).
+//!
+//! This module owns the MTA side of the milter wire format (the server side
+//! is indymilter's). We do not use the `miltr-client` crate here: its 0.1
+//! releases cannot send macros and cannot decode "change sender" or
+//! "add recipient with parameters", both of which Mailmunge filters use.
+//!
+//! The client is blocking (one connection, one message) and every read has a
+//! timeout, so a hung milter gives a clear error instead of a hung tool.
+//!
+//! - `client`: the connection and the packets of the wire format;
+//! - `transaction`: the SMTP stages played in order, end of message;
+//! - `message`: the message and envelope after the milter's changes;
+//! - `render`: the human-readable report and the diff.
+
+use serde::Serialize;
+
+use crate::sockspec::SockSpec;
+
+mod client;
+mod message;
+mod render;
+mod transaction;
+
+pub use message::{apply, split_message};
+pub use render::{render_text, unified_diff};
+pub use transaction::run;
+
+/// Why a try-out could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum TryError {
+    #[error("bad milter socket {0:?}: {1}")]
+    Spec(String, String),
+    #[error("cannot connect to the milter at {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("talking to the milter: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("milter protocol error: {0}")]
+    Protocol(String),
+}
+
+/// The SMTP transaction to play.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub client_ip: String,
+    pub client_name: String,
+    pub client_port: u16,
+    pub helo: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// The message as it would arrive after DATA (headers, blank line, body).
+    pub message: Vec<u8>,
+    /// Value of the `j` macro (the MTA's host name).
+    pub hostname: String,
+    /// Value of the `i` macro (queue id).
+    pub queue_id: String,
+}
+
+/// What the milter answered at one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Continue,
+    Accept,
+    Reject {
+        reply: String,
+    },
+    Tempfail {
+        reply: String,
+    },
+    Discard,
+    /// Stop sending body chunks (treated as continue).
+    Skip,
+    /// Not asked: the milter said it does not want this stage, or wants no reply.
+    NotAsked,
+}
+
+impl Verdict {
+    /// True when the transaction (or, at RCPT, the recipient) stops here.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Accept | Verdict::Reject { .. } | Verdict::Tempfail { .. } | Verdict::Discard
+        )
+    }
+
+    fn word(&self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Accept => "accept",
+            Verdict::Reject { .. } => "reject",
+            Verdict::Tempfail { .. } => "tempfail",
+            Verdict::Discard => "discard",
+            Verdict::Skip => "skip",
+            Verdict::NotAsked => "-",
+        }
+    }
+
+    /// The SMTP reply an MTA would send for a refusal.
+    pub fn smtp_reply(&self) -> Option<&str> {
+        match self {
+            Verdict::Reject { reply } | Verdict::Tempfail { reply } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// One stage of the transaction and its verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub stage: &'static str,
+    pub argument: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// A change requested at end of message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Modification {
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    /// Empty value = delete.
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    AddRecipient {
+        recipient: String,
+        args: Option<String>,
+    },
+    DeleteRecipient {
+        recipient: String,
+    },
+    ChangeSender {
+        sender: String,
+        args: Option<String>,
+    },
+    ReplaceBody {
+        length: usize,
+    },
+    Quarantine {
+        reason: String,
+    },
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub stages: Vec<Stage>,
+    /// The end-of-message verdict, or the verdict that ended the transaction.
+    pub final_verdict: Verdict,
+    /// What the MTA would answer the client at the end.
+    pub smtp_reply: String,
+    pub modifications: Vec<Modification>,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// The message after the modifications (empty unless end of message was reached).
+    #[serde(skip)]
+    pub result: Vec<u8>,
+    /// Unified diff between the submitted and the resulting message.
+    pub diff: String,
+}
+
+/// Parses a milter socket as in `SOCKET=` / `-p`, also accepting Postfix's
+/// `inet:HOST:PORT` spelling from `smtpd_milters`.
+pub fn parse_spec(spec: &str) -> Result<SockSpec, TryError> {
+    if let Some(rest) = spec.strip_prefix("inet:") {
+        if let Some((host, port)) = rest.rsplit_once(':') {
+            if !rest.contains('@') && port.bytes().all(|b| b.is_ascii_digit()) {
+                return SockSpec::parse_milter(&format!("inet:{port}@{host}"))
+                    .map_err(|e| TryError::Spec(spec.into(), e.to_string()));
+            }
+        }
+    }
+    SockSpec::parse_milter(spec).map_err(|e| TryError::Spec(spec.into(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postfix_style_specs_are_accepted() {
+        assert_eq!(
+            parse_spec("inet:127.0.0.1:8872").unwrap(),
+            parse_spec("inet:8872@127.0.0.1").unwrap()
+        );
+        assert!(matches!(
+            parse_spec("unix:/x/y.sock").unwrap(),
+            SockSpec::Unix(_)
+        ));
+        assert!(parse_spec("inet:notaport@127.0.0.1").is_err());
+    }
+}
