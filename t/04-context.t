@@ -11,10 +11,9 @@ use Mailmunge::Filter;
 use Mailmunge::Context;
 use Mailmunge::Constants;
 use Mailmunge::Response;
+use MMTest::File qw(slurp spew);
 
 my $top = getcwd();
-sub slurp { my ($p) = @_; open(my $fh, '<', $p) or return undef; local $/; my $d = <$fh>; return $d; }
-sub spew { my ($p, $d) = @_; open(my $fh, '>', $p) or die; print $fh $d; close($fh); }
 
 # Construction and accessors
 my $ctx = Mailmunge::Context->new(qid => 'Q1', sender => '<A@Example.COM>', recipients => ['<B@x.org>', 'c@Y.org'], hostip => undef);

@@ -13,6 +13,7 @@ use File::Copy qw(copy);
 use File::Path qw(make_path remove_tree);
 use lib 't/data/core/lib';
 use CoreWorker;
+use MMTest::File qw(slurp slurp_if_exists spew);
 
 my $G = 't/data/core/golden';
 my @cases = qw(c01-basic c02-folded-headers c14-60-rcpts c24-all-mods v01-relay-reject v09-sender-verdicts);
@@ -25,25 +26,6 @@ if (system($^X, '-Iperl', '-e', 'require Mailmunge::Filter::Compat') == 0) {
 	push @variants, ['capture-filter-compat.pl', "$G/compat"];
 } else {
 	diag('Mailmunge::Filter::Compat not available: compat replay skipped');
-}
-
-sub slurp
-{
-	my ($p) = @_;
-	open(my $fh, '<', $p) or return undef;
-	binmode($fh);
-	local $/;
-	my $d = <$fh>;
-	return $d // '';
-}
-
-sub spew
-{
-	my ($p, $d) = @_;
-	open(my $fh, '>', $p) or die("write $p: $!");
-	binmode($fh);
-	print $fh $d;
-	close($fh);
 }
 
 # Inverse of MMDiffCapture::esc.
@@ -120,7 +102,7 @@ foreach my $case (@cases) {
 			}
 			my $line = join(' ', $cmd, map { CoreWorker->encode($_) } @args);
 			is($w->cmd($line), $want, "$stage: reply");
-			is(norm(slurp("$cap/$stage"), $spool, $qdir), norm($golden, $spool, $qdir), "$stage: callback record");
+			is(norm(slurp_if_exists("$cap/$stage"), $spool, $qdir), norm($golden, $spool, $qdir), "$stage: callback record");
 		}
 		is($w->finish(), 0, 'worker exits 0');
 
@@ -131,14 +113,14 @@ foreach my $case (@cases) {
 		closedir($dh);
 		foreach my $m (@msgs) {
 			foreach my $f (qw(RESULTS NEWBODY ctx.txt mime.txt actions.txt COMMANDS INPUTMSG)) {
-				my $gold = slurp("$F/$case/$m/$f");
-				my $ours = slurp("$cap/$m/$f");
+				my $gold = slurp_if_exists("$F/$case/$m/$f");
+				my $ours = slurp_if_exists("$cap/$m/$f");
 				is(norm($ours, $spool, $qdir), norm($gold, $spool, $qdir), "$m/$f") if defined($gold) || defined($ours);
 			}
 			if (-d "$F/$case/$m/quarantine") {
 				opendir(my $q, "$F/$case/$m/quarantine") or die;
 				foreach my $f (sort grep { !/^\./ } readdir($q)) {
-					is(slurp("$cap/$m/quarantine/$f"), slurp("$F/$case/$m/quarantine/$f"), "$m/quarantine/$f");
+					is(slurp_if_exists("$cap/$m/quarantine/$f"), slurp("$F/$case/$m/quarantine/$f"), "$m/quarantine/$f");
 				}
 				closedir($q);
 				my @ours = sort grep { !/^\./ } map { s{.*/}{}r } glob("$cap/$m/quarantine/*");

@@ -9,9 +9,7 @@ use File::Temp qw(tempdir);
 use File::Path qw(make_path);
 use lib 't/data/core/lib';
 use CoreWorker;
-
-sub slurp { my ($p) = @_; open(my $fh, '<', $p) or return undef; binmode($fh); local $/; my $d = <$fh>; return $d // ''; }
-sub spew { my ($p, $d) = @_; open(my $fh, '>', $p) or die("$p: $!"); binmode($fh); print $fh $d; close($fh); }
+use MMTest::File qw(slurp spew);
 
 my $tmp = tempdir(CLEANUP => 1);
 make_path("$tmp/spool");

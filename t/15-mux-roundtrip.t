@@ -8,13 +8,11 @@ use Test::More;
 use File::Temp qw(tempdir);
 use POSIX qw(WNOHANG);
 use Cwd qw(abs_path);
+use MMTest::File qw(slurp slurp_if_exists spew);
 
 my $mux = abs_path('target/debug/mailmunge-multiplexor');
 my $ctl = abs_path('target/debug/mm-mx-ctrl');
 plan skip_all => 'multiplexor binaries not built (cargo build --bins)' unless $mux && -x $mux && $ctl && -x $ctl;
-
-sub slurp { my ($p) = @_; open(my $fh, '<', $p) or return undef; local $/; my $d = <$fh>; return $d // ''; }
-sub spew { my ($p, $d) = @_; open(my $fh, '>', $p) or die("$p: $!"); print $fh $d; close($fh); }
 
 my $tmp = tempdir(CLEANUP => 1);
 chmod(0755, $tmp);
@@ -46,7 +44,7 @@ for (1 .. 100) {
 	last if -S $sock;
 	select(undef, undef, undef, 0.1);
 }
-ok(-S $sock, 'multiplexor listening') or diag(slurp("$tmp/mux.out"));
+ok(-S $sock, 'multiplexor listening') or diag(slurp_if_exists("$tmp/mux.out") // '');
 
 sub ctrl
 {

@@ -6,6 +6,7 @@ use warnings;
 
 use Test::More;
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp spew);
 use ExtUtil;
 use MIME::Parser;
 use Test::Mailmunge::Tmpdir;
@@ -25,40 +26,39 @@ sub scan
 	return (join("\n", @$reply), $dir);
 }
 
-sub file { return ExtUtil::slurp($_[0]) }
-sub lines { my $d = file($_[0]); return defined($d) ? [split(/\n/, $d)] : undef }
+sub lines { return [split(/\n/, slurp($_[0]))] }
 
 # --- The walk: every part below the top, depth first, with decoded names
 my ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'plain-walk');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/TRACE"), file('t/data/ext/expected/attachments-plain-walk.TRACE'),
+is(slurp("$dir/TRACE"), slurp('t/data/ext/expected/attachments-plain-walk.TRACE'),
    'callbacks in order, with file names (RFC 2047 and RFC 2231 decoded), extensions and types');
-is(file("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22outer-1%22\nC\nF\n", 'RESULTS: new Content-Type, C, F');
-is(file("$dir/NEWBODY"), file('t/data/ext/expected/attachments-plain-walk.NEWBODY'), 'NEWBODY bytes');
-my $nb = file("$dir/NEWBODY");
+is(slurp("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22outer-1%22\nC\nF\n", 'RESULTS: new Content-Type, C, F');
+is(slurp("$dir/NEWBODY"), slurp('t/data/ext/expected/attachments-plain-walk.NEWBODY'), 'NEWBODY bytes');
+my $nb = slurp("$dir/NEWBODY");
 unlike($nb, qr/filename="(?:drop-virus\.exe|silent-tracker\.gif)"|doomed/, 'dropped parts and the dropped multipart are gone');
 like($nb, qr/Content-Type: text\/plain; charset="utf-8"\nContent-Disposition: inline\nContent-Transfer-Encoding: 7bit\n\nReplaced replace-macro\.doc\n/,
      'replaced part is an inline UTF-8 text part');
 like($nb, qr/name="warnings\.txt"\nContent-Disposition: inline; filename="warnings\.txt"\n.*\n\nDropped drop-virus\.exe\nKept warn-notes\.txt with a warning\nDropped a multipart\/related part\n\n--outer-1--/s,
      'warnings part last, in call order, replacement text not repeated');
-like(file("$dir/TRACE"), qr/^filter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n\z/m,
+like(slurp("$dir/TRACE"), qr/^filter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n\z/m,
      'part actions in filter_wrapup are refused with a warning');
 
 # --- Added parts: offset 0 and appended, before the warnings part
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'add-first add-last');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/NEWBODY"), file('t/data/ext/expected/attachments-add-first_add-last.NEWBODY'), 'NEWBODY with added parts');
+is(slurp("$dir/NEWBODY"), slurp('t/data/ext/expected/attachments-add-first_add-last.NEWBODY'), 'NEWBODY with added parts');
 my $p = MIME::Parser->new; $p->output_to_core(1);
-my $e = $p->parse_data("Content-Type: multipart/mixed; boundary=\"outer-1\"\n\n" . file("$dir/NEWBODY"));
+my $e = $p->parse_data("Content-Type: multipart/mixed; boundary=\"outer-1\"\n\n" . slurp("$dir/NEWBODY"));
 is_deeply([map { $_->head->recommended_filename // '' } $e->parts], ['first.txt', '', '', '', 'warn-notes.txt', "r\x{e9}sum\x{e9}.pdf", "na\x{ef}ve plan.txt", 'last.txt', 'warnings.txt'],
 	  'part order: offset-0 part first, appended part before the warnings');
 
 # --- A forwarded message (message/rfc822) is walked like a multipart
 ($reply, $dir) = scan('t/data/ext/msgs/forwarded.eml', 'fw');
 is($reply, 'ok', 'scan ok');
-like(file("$dir/TRACE"), qr/^filter_multipart \[forwarded\.eml\] \[\.eml\] message\/rfc822\nfilter_multipart \[\] \[\] multipart\/mixed\nfilter \[\] \[\] text\/plain\nfilter \[drop-inner\.exe\]/m,
+like(slurp("$dir/TRACE"), qr/^filter_multipart \[forwarded\.eml\] \[\.eml\] message\/rfc822\nfilter_multipart \[\] \[\] multipart\/mixed\nfilter \[\] \[\] text\/plain\nfilter \[drop-inner\.exe\]/m,
      'message/rfc822 part, then the parts of the forwarded message');
-$nb = file("$dir/NEWBODY");
+$nb = slurp("$dir/NEWBODY");
 unlike($nb, qr/drop-(?:inner|outer)\.exe"/, 'attachments inside and outside the forwarded message dropped');
 like($nb, qr/Content-Type: message\/rfc822\n.*\n\nFrom: someone\@example\.net\n.*\n--in\nContent-Type: text\/plain\n\ninner text\n--in--\n/s,
      'forwarded message kept with its header and remaining part');
@@ -67,31 +67,29 @@ like($nb, qr/\n\nDropped drop-inner\.exe\nDropped drop-outer\.exe\n\n--fw--\n\z/
 # --- Quirk: a single-part message never reaches filter()
 ($reply, $dir) = scan('t/data/ext/msgs/single.eml', 'single');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/TRACE"), "filter_begin single\nfilter_end\nfilter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n",
+is(slurp("$dir/TRACE"), "filter_begin single\nfilter_end\nfilter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n",
    'no filter() call for the top-level entity (upstream behaviour)');
-is(file("$dir/RESULTS"), "F\n", 'nothing changed');
+is(slurp("$dir/RESULTS"), "F\n", 'nothing changed');
 ok(!-e "$dir/NEWBODY", 'no NEWBODY');
 
 # --- Opt-in: filter_single_part_messages walks a single-part body
 ($reply, $dir) = scan('t/data/ext/msgs/single.eml', 'walk-single');
-is(file("$dir/TRACE"), "filter_begin walk-single\nfilter [drop-me.exe] [.exe] application/octet-stream\nfilter_end\nfilter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n",
+is(slurp("$dir/TRACE"), "filter_begin walk-single\nfilter [drop-me.exe] [.exe] application/octet-stream\nfilter_end\nfilter_wrapup\nlog warning action_add_entity called outside of filter_message; ignored\nwrapup-add-part undef\nlog warning action_drop called outside of filter_message; ignored\nwrapup-drop undef\n",
    'filter() sees the body of a single-part message');
 my $r = lines("$dir/RESULTS");
 is_deeply([@$r[0, 1]], ['JContent-Disposition 1', 'JContent-Transfer-Encoding 1'], 'attachment headers of the old top level removed');
 like($r->[2], qr/^Mmultipart\/mixed;/, 'now multipart');
-like(file("$dir/NEWBODY"), qr/Content-Type: text\/plain\nContent-Disposition: inline\nContent-Transfer-Encoding: 7bit\n\n\n--.*\n\nDropped drop-me\.exe\n/s,
+like(slurp("$dir/NEWBODY"), qr/Content-Type: text\/plain\nContent-Disposition: inline\nContent-Transfer-Encoding: 7bit\n\n\n--.*\n\nDropped drop-me\.exe\n/s,
      'an empty text part, then the warnings');
-(my $single = file('t/data/ext/msgs/single.eml')) =~ s/drop-me/replace-me/g;
-open(my $sfh, '>', "$tmp->{dir}/single-replace.eml") or die;
-print $sfh $single;
-close($sfh);
+(my $single = slurp('t/data/ext/msgs/single.eml')) =~ s/drop-me/replace-me/g;
+spew("$tmp->{dir}/single-replace.eml", $single);
 ($reply, $dir) = scan("$tmp->{dir}/single-replace.eml", 'walk-single');
-is(file("$dir/RESULTS"), "IContent-Disposition 1 inline\nIContent-Transfer-Encoding 1 7bit\nMtext/plain;%20charset=%22utf-8%22\nIMIME-Version 1 1.0\nC\nF\n",
+is(slurp("$dir/RESULTS"), "IContent-Disposition 1 inline\nIContent-Transfer-Encoding 1 7bit\nMtext/plain;%20charset=%22utf-8%22\nIMIME-Version 1 1.0\nC\nF\n",
    'replaced single part becomes the whole body, headers follow');
-is(file("$dir/NEWBODY"), "Replaced replace-me.exe\n", 'NEWBODY');
+is(slurp("$dir/NEWBODY"), "Replaced replace-me.exe\n", 'NEWBODY');
 ($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'walk-single');
-is(file("$dir/RESULTS"), "F\n", 'walked but accepted: nothing changes');
-like(file("$dir/TRACE"), qr/^filter \[\] \[\] text\/plain$/m, 'filter() was called');
+is(slurp("$dir/RESULTS"), "F\n", 'walked but accepted: nothing changes');
+like(slurp("$dir/TRACE"), qr/^filter \[\] \[\] text\/plain$/m, 'filter() was called');
 
 # --- A single-part message with an added part becomes multipart/mixed
 ($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'add-last');
@@ -99,7 +97,7 @@ is($reply, 'ok', 'scan ok');
 $r = lines("$dir/RESULTS");
 like($r->[0], qr/^Mmultipart\/mixed;%20boundary=%22[^%]+%22$/, 'M line: multipart/mixed with a boundary');
 is_deeply([@$r[1 .. $#$r]], ['IMIME-Version 1 1.0', 'C', 'F'], 'MIME-Version added, C, F');
-$e = $p->parse_data("Content-Type: " . do { (my $m = $r->[0]) =~ s/^M//; $m =~ s/%20/ /g; $m =~ s/%22/"/g; $m } . "\n\n" . file("$dir/NEWBODY"));
+$e = $p->parse_data("Content-Type: " . do { (my $m = $r->[0]) =~ s/^M//; $m =~ s/%20/ /g; $m =~ s/%22/"/g; $m } . "\n\n" . slurp("$dir/NEWBODY"));
 is(scalar($e->parts), 2, 'two parts');
 is($e->parts(0)->bodyhandle->as_string, "Just text.\n", 'original text first');
 is($e->parts(1)->bodyhandle->as_string, "Last.\n", 'added part second');
@@ -110,26 +108,26 @@ $r = lines("$dir/RESULTS");
 is($r->[0], 'JContent-Transfer-Encoding 1', 'QP single part made multipart: its Content-Transfer-Encoding is removed');
 like($r->[1], qr/^Mmultipart\/mixed;/, 'then the M line');
 ($reply, $dir) = scan('t/data/ext/msgs/collapse.eml', 'collapse');
-is(file("$dir/RESULTS"), "IContent-Disposition 1 attachment;%20filename=%22keep.pdf%22\nIContent-Transfer-Encoding 1 base64\n"
+is(slurp("$dir/RESULTS"), "IContent-Disposition 1 attachment;%20filename=%22keep.pdf%22\nIContent-Transfer-Encoding 1 base64\n"
    . "Mapplication/pdf;%20name=%22keep.pdf%22\nIMIME-Version 1 1.0\nC\nF\n",
    'multipart collapsed to its base64 part: disposition and encoding follow it');
-is(file("$dir/NEWBODY"), "JVBERi0xLjQK\n", 'NEWBODY is the encoded part body');
+is(slurp("$dir/NEWBODY"), "JVBERi0xLjQK\n", 'NEWBODY is the encoded part body');
 
 # --- Verdicts from callbacks
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'begin-reject');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/RESULTS"), "B554 5.7.1 Not%20today\nF\n", 'filter_begin REJECT: one B line (upstream wrote it twice), no body change');
-is(file("$dir/TRACE"), "filter_begin begin-reject\n", 'nothing else is called after a reject');
+is(slurp("$dir/RESULTS"), "B554 5.7.1 Not%20today\nF\n", 'filter_begin REJECT: one B line (upstream wrote it twice), no body change');
+is(slurp("$dir/TRACE"), "filter_begin begin-reject\n", 'nothing else is called after a reject');
 
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'end-tempfail');
-is(file("$dir/RESULTS"), "T451 4.3.0 Later,%20please\nF\n", 'filter_end TEMPFAIL; the rebuilt body is not written');
+is(slurp("$dir/RESULTS"), "T451 4.3.0 Later,%20please\nF\n", 'filter_end TEMPFAIL; the rebuilt body is not written');
 ok(!-e "$dir/NEWBODY", 'no NEWBODY after tempfail');
-unlike(file("$dir/TRACE"), qr/filter_wrapup/, 'no filter_wrapup after tempfail');
+unlike(slurp("$dir/TRACE"), qr/filter_wrapup/, 'no filter_wrapup after tempfail');
 
 # --- Part actions outside the walk are refused, not fatal
 ($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'outside');
 is($reply, 'ok', 'scan ok');
-like(file("$dir/TRACE"), qr/^outside-result 1$/m, 'inside filter_message the state exists (filter_begin may queue)');
+like(slurp("$dir/TRACE"), qr/^outside-result 1$/m, 'inside filter_message the state exists (filter_begin may queue)');
 
 # --- In-process: actions with no walk in progress, take_stab_at_filename
 {

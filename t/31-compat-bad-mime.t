@@ -7,6 +7,7 @@ use warnings;
 
 use Test::More;
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp spew);
 use ExtUtil;
 use MIME::Parser;
 use Test::Mailmunge::Tmpdir;
@@ -30,7 +31,7 @@ sub scan
 sub reparse
 {
 	my ($dir) = @_;
-	my $res = ExtUtil::slurp("$dir/RESULTS");
+	my $res = slurp("$dir/RESULTS");
 	my ($m) = $res =~ /^M(.*)$/m;
 	return undef unless defined($m);
 	$m =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
@@ -38,24 +39,24 @@ sub reparse
 	$p->output_to_core(1);
 	$p->decode_bodies(1);
 	local $SIG{__WARN__} = sub { };
-	my $e = eval { $p->parse_data("MIME-Version: 1.0\nContent-Type: $m\n\n" . ExtUtil::slurp("$dir/NEWBODY")) };
+	my $e = eval { $p->parse_data("MIME-Version: 1.0\nContent-Type: $m\n\n" . slurp("$dir/NEWBODY")) };
 	return $e ? ($e, $p) : undef;
 }
 
 # --- Unterminated multipart: the dropped part goes, the rest stays readable
 my ($reply, $dir, $err) = scan('t/data/ext/msgs/unterminated.eml', 'unterminated');
 is($reply, 'ok', 'unterminated multipart: scan ok');
-like(ExtUtil::slurp("$dir/RESULTS"), qr/\nC\nF\n\z/, 'body replaced, F last');
+like(slurp("$dir/RESULTS"), qr/\nC\nF\n\z/, 'body replaced, F last');
 my ($e, $p) = reparse($dir);
 ok($e, 'new body parses');
 is_deeply([map { $_->mime_type } $e->parts], ['text/plain', 'text/plain'], 'text part and warnings part');
 like($e->parts(1)->bodyhandle->as_string, qr/^Dropped drop-unterminated\.exe$/m, 'warning for the dropped part');
-like(ExtUtil::slurp("$dir/NEWBODY"), qr/\n--never-closed--\n\z/, 'the rebuilt multipart is properly closed');
+like(slurp("$dir/NEWBODY"), qr/\n--never-closed--\n\z/, 'the rebuilt multipart is properly closed');
 
 # --- Bad base64, raw 8-bit names, RFC 2231 continuations, empty type
 ($reply, $dir, $err) = scan('t/data/ext/msgs/broken.eml', 'broken');
 is($reply, 'ok', 'broken parts: scan ok');
-my $trace = ExtUtil::slurp("$dir/TRACE");
+my $trace = slurp("$dir/TRACE");
 like($trace, qr/^filter \[warn-broken\.bin\] \[\.bin\] application\/octet-stream$/m, 'part with bad base64 is offered');
 # MIME-tools reports undecodable 8-bit bytes in a header as \xHH text.
 like($trace, qr/^filter \[drop-\\xE9t\\xE9\.txt\] \[\.txt\] text\/plain$/m, 'raw 8-bit file name as MIME-tools reports it');
@@ -67,7 +68,7 @@ ok($e, 'new body parses');
 my @names = map { $_->head->recommended_filename // '' } $e->parts;
 ok(!grep({ /^drop-/ } @names), 'dropped part is gone');
 is($names[-1], 'warnings.txt', 'warnings part last');
-like(ExtUtil::slurp("$dir/RESULTS"), qr/\nF\n\z/, 'RESULTS ends with F');
+like(slurp("$dir/RESULTS"), qr/\nF\n\z/, 'RESULTS ends with F');
 
 # --- Deep nesting: 60 levels of multipart with an attachment at the bottom
 my $depth = 60;
@@ -80,27 +81,23 @@ $msg .= "--b$depth\nContent-Type: text/plain\n\nbottom text\n--b$depth\nContent-
 for my $i (reverse 0 .. $depth - 1) {
 	$msg .= "--b$i--\n";
 }
-open(my $fh, '>', "$tmp->{dir}/deep.eml") or die;
-print $fh $msg;
-close($fh);
+spew("$tmp->{dir}/deep.eml", $msg);
 ($reply, $dir, $err) = scan("$tmp->{dir}/deep.eml", 'deep');
 is($reply, 'ok', 'deep nesting: scan ok');
-$trace = ExtUtil::slurp("$dir/TRACE");
+$trace = slurp("$dir/TRACE");
 my $mp = () = $trace =~ /^filter_multipart /mg;
 cmp_ok($mp, '>=', 1, "nested multiparts walked ($mp filter_multipart calls)");
-like(ExtUtil::slurp("$dir/RESULTS"), qr/\nF\n\z/, 'RESULTS ends with F');
+like(slurp("$dir/RESULTS"), qr/\nF\n\z/, 'RESULTS ends with F');
 if (-e "$dir/NEWBODY") {
 	($e) = reparse($dir);
 	ok($e, 'new body parses');
-	unlike(ExtUtil::slurp("$dir/NEWBODY"), qr/drop-deep\.exe"?\n\nMZ/, 'deep attachment dropped');
+	unlike(slurp("$dir/NEWBODY"), qr/drop-deep\.exe"?\n\nMZ/, 'deep attachment dropped');
 }
 
 # --- Not MIME at all: garbage headers and binary junk
-open($fh, '>', "$tmp->{dir}/junk.eml") or die;
-print $fh "Subject: __SUBJECT__\nContent-Type: multipart/mixed\n\n\x00\x01\x02--\n--\n\xff" x 50;
-close($fh);
+spew("$tmp->{dir}/junk.eml", "Subject: __SUBJECT__\nContent-Type: multipart/mixed\n\n\x00\x01\x02--\n--\n\xff" x 50);
 ($reply, $dir, $err) = scan("$tmp->{dir}/junk.eml", 'junk');
 is($reply, 'ok', 'multipart without boundary and binary junk: scan ok');
-like(ExtUtil::slurp("$dir/RESULTS"), qr/F\n\z/, 'RESULTS ends with F');
+like(slurp("$dir/RESULTS"), qr/F\n\z/, 'RESULTS ends with F');
 
 done_testing();

@@ -8,6 +8,7 @@ use warnings;
 
 use Test::More;
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp spew);
 use ExtUtil;
 use Test::Mailmunge::Tmpdir;
 use Mail::DKIM::Verifier;
@@ -40,15 +41,10 @@ sub scan
 sub fixture
 {
 	my ($got, $name, $label) = @_;
-	if ($ENV{MM_REGEN_FIXTURES}) {
-		open(my $fh, '>', "$EXP/$name") or die;
-		print $fh $got;
-		close($fh);
-	}
-	is($got, ExtUtil::slurp("$EXP/$name"), $label);
+	spew("$EXP/$name", $got) if $ENV{MM_REGEN_FIXTURES};
+	is($got, slurp("$EXP/$name"), $label);
 }
 
-sub file { return ExtUtil::slurp($_[0]) }
 
 # --- SMTP-stage verdicts (replies as the worker writes them)
 is_deeply(worker(map { "relayok 10.0.0.$_ host$_.example 4444 127.0.0.1 25 NOQUEUE" } 1 .. 5), [
@@ -67,20 +63,20 @@ is_deeply(worker(map { "helook 192.0.2.1 h.example $_ 4444 127.0.0.1 25 NOQUEUE"
 # --- Executables: drop with warning, replace, silent drop, accept with warning
 my ($reply, $dir) = scan('t/data/ext/msgs/exe.eml', 'attachments');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22exe-boundary%22\nC\nF\n", 'RESULTS');
-fixture(file("$dir/NEWBODY"), 'exe.NEWBODY', 'NEWBODY');
+is(slurp("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22exe-boundary%22\nC\nF\n", 'RESULTS');
+fixture(slurp("$dir/NEWBODY"), 'exe.NEWBODY', 'NEWBODY');
 
 # --- Every modification at once
 ($reply, $dir) = scan('t/data/ext/msgs/exe.eml',
 		      'addpart addentity chgsub delhdr chghdr delallhdrs chgsender addrcpt delrcpt addhdr smquarantine quarantine');
 is($reply, 'ok', 'scan ok');
-fixture(file("$dir/RESULTS"), 'everything.RESULTS', 'RESULTS: header, envelope, quarantine lines in call order');
-fixture(file("$dir/NEWBODY"), 'everything.NEWBODY', 'NEWBODY with the added entity and part');
+fixture(slurp("$dir/RESULTS"), 'everything.RESULTS', 'RESULTS: header, envelope, quarantine lines in call order');
+fixture(slurp("$dir/NEWBODY"), 'everything.NEWBODY', 'NEWBODY with the added entity and part');
 my @q = glob("$spool/quarantine/*/qdir-*");
 is(scalar(@q), 1, 'one quarantine directory');
-is(file("$q[0]/MSG.0"), "Go to your room NOW, young message!\n", 'quarantine reason');
-is(file("$q[0]/ENTIRE_MESSAGE"), file("$dir/INPUTMSG"), 'quarantined message');
-is(file("$q[0]/RECIPIENTS"), "<heidi\@example.com>\n", 'quarantined recipients');
+is(slurp("$q[0]/MSG.0"), "Go to your room NOW, young message!\n", 'quarantine reason');
+is(slurp("$q[0]/ENTIRE_MESSAGE"), slurp("$dir/INPUTMSG"), 'quarantined message');
+is(slurp("$q[0]/RECIPIENTS"), "<heidi\@example.com>\n", 'quarantined recipients');
 
 # --- filter_begin and filter_end dispositions
 # (The filter_end words also match inside "begin-chghdr" etc., as upstream's.)
@@ -97,23 +93,23 @@ my %disp = (
 );
 foreach my $s (sort keys %disp) {
 	($reply, $dir) = scan('t/data/ext/msgs/exe.eml', $s);
-	is(file("$dir/RESULTS"), $disp{$s}, "$s: RESULTS");
+	is(slurp("$dir/RESULTS"), $disp{$s}, "$s: RESULTS");
 }
 
 # --- copy-this-email reads INPUTMSG through inputmsg_fh
 ($reply, $dir) = scan('t/data/ext/msgs/plain.eml', 'copy-this-email');
 is($reply, 'ok', 'scan ok');
-is(file("$dir/COPIED_EMAIL"), file("$dir/INPUTMSG"), 'COPIED_EMAIL equals INPUTMSG');
+is(slurp("$dir/COPIED_EMAIL"), slurp("$dir/INPUTMSG"), 'COPIED_EMAIL equals INPUTMSG');
 
 # --- Boilerplate
 foreach my $v (qw(one_start one_end all_start all_end)) {
 	($reply, $dir) = scan('t/data/ext/msgs/boilerplate.eml', "boilerplate_$v");
-	is(file("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22top%22\nC\nF\n", "boilerplate_$v: RESULTS");
-	fixture(file("$dir/NEWBODY"), "boilerplate_$v.NEWBODY", "boilerplate_$v: NEWBODY");
+	is(slurp("$dir/RESULTS"), "Mmultipart/mixed;%20boundary=%22top%22\nC\nF\n", "boilerplate_$v: RESULTS");
+	fixture(slurp("$dir/NEWBODY"), "boilerplate_$v.NEWBODY", "boilerplate_$v: NEWBODY");
 }
 
 # --- DKIM: deterministic signature, and it verifies as the MTA will deliver it
-my $pub = file('t/data/ext/dkim/public-key.pem');
+my $pub = slurp('t/data/ext/dkim/public-key.pem');
 $pub =~ s/-----[^-]+-----//g;
 $pub =~ s/\s+//g;
 my ($res, $dns_pid) = ExtUtil::start_dns({ 'testing._domainkey.test.mailmunge.org TXT' => ["\"v=DKIM1; k=rsa; p=$pub\""] });
@@ -122,22 +118,22 @@ Mail::DKIM::DNS::resolver($res);
 sub verify
 {
 	my ($dir) = @_;
-	my ($sig) = file("$dir/RESULTS") =~ /^HDKIM-Signature (.*)$/m;
+	my ($sig) = slurp("$dir/RESULTS") =~ /^HDKIM-Signature (.*)$/m;
 	return 'no signature' unless defined($sig);
 	$sig =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
 	my ($head, $body);
 	if (-e "$dir/NEWBODY") {
-		my ($ct) = file("$dir/RESULTS") =~ /^M(.*)$/m;
+		my ($ct) = slurp("$dir/RESULTS") =~ /^M(.*)$/m;
 		$ct =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
-		$head = file("$dir/PRISTINE_HEADERS");
+		$head = slurp("$dir/PRISTINE_HEADERS");
 		$head =~ s/^Content-Type:.*\n(?:[ \t].*\n)*/Content-Type: $ct\n/mi;
-		$body = file("$dir/NEWBODY");
+		$body = slurp("$dir/NEWBODY");
 	} else {
-		($head, $body) = split(/\n\n/, file("$dir/INPUTMSG"), 2);
+		($head, $body) = split(/\n\n/, slurp("$dir/INPUTMSG"), 2);
 		$head .= "\n";
 	}
 	# Subject changes requested in the scan, as the MTA will apply them.
-	if (my ($subj) = file("$dir/RESULTS") =~ /^ISubject 1 (.*)$/m) {
+	if (my ($subj) = slurp("$dir/RESULTS") =~ /^ISubject 1 (.*)$/m) {
 		$subj =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
 		$head =~ s/^Subject:.*\n(?:[ \t].*\n)*/Subject: $subj\n/mi;
 	}
@@ -151,30 +147,29 @@ sub verify
 
 ($reply, $dir) = scan('t/data/ext/msgs/exe.eml', 'dkim_sign');
 is($reply, 'ok', 'dkim_sign: scan ok');
-fixture(file("$dir/RESULTS"), 'dkim.RESULTS', 'dkim_sign: RESULTS');
+fixture(slurp("$dir/RESULTS"), 'dkim.RESULTS', 'dkim_sign: RESULTS');
 is(verify($dir), 'pass', 'signature over the rebuilt (attachments dropped) message verifies');
 
 ($reply, $dir) = scan('t/data/ext/msgs/boilerplate.eml', 'dkim_sign boilerplate_one_start');
 is($reply, 'ok', 'dkim_sign + boilerplate: scan ok');
-fixture(file("$dir/RESULTS"), 'dkim-modified.RESULTS', 'dkim_sign + boilerplate: RESULTS (M, C, then the signature)');
+fixture(slurp("$dir/RESULTS"), 'dkim-modified.RESULTS', 'dkim_sign + boilerplate: RESULTS (M, C, then the signature)');
 is(verify($dir), 'pass', 'signature over the new body verifies');
 
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'dkim_sign');
 is(verify($dir), 'pass', 'unchanged multipart message verifies');
 
 ($reply, $dir) = scan('t/data/ext/msgs/attachments.eml', 'chgsub dkim_sign');
-like(file("$dir/RESULTS"), qr/^ISubject 1 \[New%20subject\]%20chgsub%20dkim_sign\nHDKIM-Signature /m, 'subject changed, then signed');
+like(slurp("$dir/RESULTS"), qr/^ISubject 1 \[New%20subject\]%20chgsub%20dkim_sign\nHDKIM-Signature /m, 'subject changed, then signed');
 is(verify($dir), 'pass', 'the signature covers the changed subject');
 
 # A key file with a note before the key and text after it (as people keep
 # them): only the block between the BEGIN and END lines is the key, so the
 # signature is the one made with the bare key.
-my $key = file('t/data/ext/dkim/private-key.pem');
+my $key = slurp('t/data/ext/dkim/private-key.pem');
 $testdir = "$tmp->{dir}/noted-key";
 make_path("$testdir/t/data/dkim");
-open(my $kfh, '>', "$testdir/t/data/dkim/private-key.pem") or die("key file: $!");
-print $kfh "Test key for test.mailmunge.org, selector testing; never for real mail.\n\n$key\nSee the README.\n";
-close($kfh) or die("key file: $!");
+spew("$testdir/t/data/dkim/private-key.pem",
+     "Test key for test.mailmunge.org, selector testing; never for real mail.\n\n$key\nSee the README.\n");
 {
 	local $ENV{TESTDIR} = $testdir;
 	require Test::Mailmunge::Filter;
@@ -182,7 +177,7 @@ close($kfh) or die("key file: $!");
 }
 ($reply, $dir) = scan('t/data/ext/msgs/exe.eml', 'dkim_sign');
 is($reply, 'ok', 'noted key file: scan ok');
-is(file("$dir/RESULTS"), file("$EXP/dkim.RESULTS"), 'noted key file: same RESULTS as the bare key');
+is(slurp("$dir/RESULTS"), slurp("$EXP/dkim.RESULTS"), 'noted key file: same RESULTS as the bare key');
 is(verify($dir), 'pass', 'noted key file: signature verifies');
 $testdir = undef;
 

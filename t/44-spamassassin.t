@@ -13,6 +13,7 @@ use Mailmunge::Context;
 use Mailmunge::Filter;
 use Mailmunge::Test::SpamAssassin;
 use Test::Mailmunge::Tmpdir;
+use MMTest::File qw(spew);
 
 package TagFilter;
 our @ISA = ('Mailmunge::Filter');
@@ -26,19 +27,15 @@ my $tmp = Test::Mailmunge::Tmpdir->new();
 Mailmunge::Constants->_set('Path:QUARANTINEDIR', $tmp->{dir});
 Mailmunge::Constants->_set('Path:CONFDIR', "$tmp->{dir}/no-such-confdir");
 my $cf = "$tmp->{dir}/sa.cf";
-open(my $fh, '>', $cf) or die;
-print $fh "required_score 5\nuse_bayes 0\n";
-close($fh);
+spew($cf, "required_score 5\nuse_bayes 0\n");
 
 sub msgdir
 {
 	my ($name, $body) = @_;
 	my $d = "$tmp->{dir}/$name";
 	mkdir($d);
-	open(my $m, '>', "$d/INPUTMSG") or die;
-	print $m "From: sender\@example.org\nTo: rcpt\@example.com\nSubject: test $name\n"
-	    . "Message-ID: <$name\@example.org>\nDate: Thu, 01 Jan 2026 00:00:00 +0000\n\n$body";
-	close($m);
+	spew("$d/INPUTMSG", "From: sender\@example.org\nTo: rcpt\@example.com\nSubject: test $name\n"
+	    . "Message-ID: <$name\@example.org>\nDate: Thu, 01 Jan 2026 00:00:00 +0000\n\n$body");
 	return Mailmunge::Context->new(sender => '<sender@example.org>', recipients => ['<rcpt@example.com>'],
 				       connecting_ip => '192.0.2.3', connecting_name => 'client.example.org',
 				       hostip => '192.0.2.3', helo => 'client.example.org', qid => 'QSA', cwd => $d);

@@ -10,6 +10,7 @@ use IO::Socket::INET;
 use JSON ();
 use POSIX ();
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp slurp_if_exists spew);
 use ExtUtil;
 use Mailmunge::Context;
 use Mailmunge::Test::Rspamd;
@@ -18,9 +19,7 @@ use Test::Mailmunge::Tmpdir;
 my $tmp = Test::Mailmunge::Tmpdir->new();
 my $dir = "$tmp->{dir}/msg";
 mkdir($dir);
-open(my $fh, '>', "$dir/INPUTMSG") or die;
-print $fh "From: a\@example.org\nTo: a\@example.org\nSubject: hi\nPrecedence: bulk\nMessage-ID: <x\@example.org>\n\nhello\n";
-close($fh);
+spew("$dir/INPUTMSG", "From: a\@example.org\nTo: a\@example.org\nSubject: hi\nPrecedence: bulk\nMessage-ID: <x\@example.org>\n\nhello\n");
 my $size = -s "$dir/INPUTMSG";
 
 sub ctx
@@ -68,12 +67,12 @@ sub json_reply { my ($h) = @_; my $b = JSON->new->encode($h); return "HTTP/1.1 2
 
 # --- The request
 my $ans = with_reply(json_reply({ action => 'no action', score => 0.5 }));
-my $req = ExtUtil::slurp("$tmp->{dir}/request");
+my $req = slurp("$tmp->{dir}/request");
 my ($head, $body) = split(/\r\n\r\n/, $req, 2);
 is($head, "POST /checkv2 HTTP/1.0\r\nContent-Length: $size\r\nFrom: <a\@example.org>\r\nIP: 192.0.2.1\r\nHelo: h.example\r\n"
    . "Hostname: client.example.org\r\nQueue-Id: Q1\r\nRcpt: <a\@example.org>\r\nRcpt: <b\@example.com>",
    'request header: envelope, one From, one Rcpt per recipient');
-is($body, ExtUtil::slurp("$dir/INPUTMSG"), 'request body is INPUTMSG');
+is($body, slurp("$dir/INPUTMSG"), 'request body is INPUTMSG');
 ok($ans->{response}->is_success, 'no action: CONTINUE');
 is($ans->{results}{score}, 0.5, 'results returned');
 
@@ -153,7 +152,7 @@ CONF
 		if (IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 1)) { $up = 1; last; }
 		select(undef, undef, undef, 0.5);
 	}
-	ok($up, "rspamd listens on 127.0.0.1:$port") or diag(ExtUtil::slurp("$rdir/stdout") // '', ExtUtil::slurp("$rdir/rspamd.log") // '');
+	ok($up, "rspamd listens on 127.0.0.1:$port") or diag(slurp_if_exists("$rdir/stdout") // '', slurp_if_exists("$rdir/rspamd.log") // '');
 	if ($up) {
 		$ans = Mailmunge::Test::Rspamd->new(undef)->rspamd_check(ctx(), '127.0.0.1', $port, 60);
 		ok($ans->{results}, 'rspamd answered') or diag($ans->{response}->message);
@@ -169,7 +168,7 @@ CONF
 		ExtUtil::prepare_msg_dir($mdir, 't/data/ext/msgs/plain.eml', subject => 'rspamd', recipients => ['<frank@example.com>']);
 		local $ENV{RSPAMD_PORT} = $port;
 		ExtUtil::run_worker('t/data/ext/filters/test-filter.pl', ["scan Q2 $mdir"], cwd => $tmp->{dir}, timeout => 90);
-		my $j = eval { JSON->new->decode(ExtUtil::slurp("$mdir/RSPAMD_RESULTS") // '') };
+		my $j = eval { JSON->new->decode(slurp_if_exists("$mdir/RSPAMD_RESULTS") // '') };
 		ok($j && $j->{response}{status} && $j->{results}{symbols}{RCPT_COUNT_ONE},
 		   'Test::Mailmunge::Filter wrote RSPAMD_RESULTS with status and symbols');
 	} else {

@@ -7,6 +7,7 @@ use warnings;
 use Test::More;
 use Cwd qw(getcwd abs_path);
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp spew);
 use ExtUtil;
 use MIME::Entity;
 use Mail::DKIM::Signer;
@@ -18,7 +19,7 @@ use Test::Mailmunge::Tmpdir;
 
 my $tmp = Test::Mailmunge::Tmpdir->new();
 my $keyfile = abs_path('t/data/ext/dkim/private-key.pem');
-my $pub = ExtUtil::slurp('t/data/ext/dkim/public-key.pem');
+my $pub = slurp('t/data/ext/dkim/public-key.pem');
 $pub =~ s/-----[^-]+-----//g;
 $pub =~ s/\s+//g;
 my ($res, $dns_pid) = ExtUtil::start_dns({ 'sel._domainkey.example.org TXT' => ["\"v=DKIM1; k=rsa; p=$pub\""] });
@@ -39,11 +40,7 @@ sub msgdir
 	my (%files) = @_;
 	my $d = "$tmp->{dir}/d" . ++$n;
 	mkdir($d);
-	foreach my $f (keys %files) {
-		open(my $fh, '>', "$d/$f") or die;
-		print $fh $files{$f};
-		close($fh);
-	}
+	spew("$d/$_", $files{$_}) for keys %files;
 	chdir($d) or die;
 	my $ctx = Mailmunge::Context->new(cwd => $d, qid => 'QD');
 	$ctx->in_message_context(1);
@@ -54,7 +51,7 @@ sub signature
 {
 	my ($ctx) = @_;
 	$ctx->_close_results_fh() if $ctx->can('_close_results_fh');
-	my ($v) = ExtUtil::slurp($ctx->cwd . '/RESULTS') =~ /^HDKIM-Signature (.*)$/m;
+	my ($v) = slurp($ctx->cwd . '/RESULTS') =~ /^HDKIM-Signature (.*)$/m;
 	return undef unless defined($v);
 	$v =~ s/%([0-9A-F]{2})/chr(hex($1))/ge;
 	return $v;

@@ -7,6 +7,7 @@ BEGIN { $ENV{MAILMUNGE_MTA} = 'postfix'; }
 use Test::More;
 use Cwd qw(abs_path);
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp spew);
 use ExtUtil;
 use Mailmunge::Constants;
 use Mailmunge::Context;
@@ -33,9 +34,7 @@ Mailmunge::Constants->_set('Path:SENDMAIL', abs_path('t/data/ext/bin/fake-sendma
 
 my $dir = "$tmp->{dir}/msg";
 mkdir($dir);
-open(my $fh, '>', "$dir/INPUTMSG") or die;
-print $fh "From: a\@example.org\nX-Mailmunge-Remailed: 10.9.9.9 OLDQID\n\tcontinued\nSubject: hi\n\nX-Mailmunge-Remailed: body line stays\n";
-close($fh);
+spew("$dir/INPUTMSG", "From: a\@example.org\nX-Mailmunge-Remailed: 10.9.9.9 OLDQID\n\tcontinued\nSubject: hi\n\nX-Mailmunge-Remailed: body line stays\n");
 
 sub ctx
 {
@@ -71,15 +70,15 @@ is(outputs(), 0, 'no sendmail run');
 my $r = run_captured(sub { $s->stream_by_domain(ctx('<x@example.com>', '<y@other.example>', '<X@Example.com>', '<z@example.com>')) });
 is($r, 1, 'two domains: 1');
 is(outputs(), 2, 'two sendmail runs');
-is(ExtUtil::slurp("$out/1.args"), "-f<a\@example.org>\n-i\n--\n<x\@example.com>\n<z\@example.com>\n", 'first group: example.com, duplicate dropped');
-is(ExtUtil::slurp("$out/2.args"), "-f<a\@example.org>\n-i\n--\n<y\@other.example>\n", 'second group');
-is(ExtUtil::slurp("$out/1.msg"),
+is(slurp("$out/1.args"), "-f<a\@example.org>\n-i\n--\n<x\@example.com>\n<z\@example.com>\n", 'first group: example.com, duplicate dropped');
+is(slurp("$out/2.args"), "-f<a\@example.org>\n-i\n--\n<y\@other.example>\n", 'second group');
+is(slurp("$out/1.msg"),
    "Received: from client.example.org (client.example.org [192.0.2.7])\n"
    . "\tby mx.example.net (envelope-sender <a\@example.org>) (Mailmunge) with ESMTP id Q123; Thu, 01 Jan 2026 00:00:00 +0000\n"
    . "X-Mailmunge-Remailed: 192.0.2.7 Q123\n"
    . "From: a\@example.org\nSubject: hi\n\nX-Mailmunge-Remailed: body line stays\n",
    'copy: Received, marker, message without old markers in the header');
-like(ExtUtil::slurp("$tmp->{dir}/stderr"), qr/this went to stdout/, "sendmail's stdout went to stderr");
+like(slurp("$tmp->{dir}/stderr"), qr/this went to stdout/, "sendmail's stdout went to stderr");
 is_deeply($filter->{logs}, ['info: stream_recipients: remailing to [<x@example.com>, <z@example.com>]',
 			    'info: stream_recipients: remailing to [<y@other.example>]'], 'logged');
 clear();
@@ -89,7 +88,7 @@ my $sf = SendmailFilter->new();
 my $c = ctx('<p@example.com>', '<q@example.com>');
 $c->sender('');
 is(run_captured(sub { Mailmunge::Action::Stream->new($sf)->stream_by_recipient($c) }), 1, 'by recipient');
-is(ExtUtil::slurp("$out/2.args"), "-f<>\n-i\n-Ac\n-odd\n--\n<q\@example.com>\n", 'Sendmail options and -f<>');
+is(slurp("$out/2.args"), "-f<>\n-i\n-Ac\n-odd\n--\n<q\@example.com>\n", 'Sendmail options and -f<>');
 clear();
 
 # Bad groups.

@@ -7,6 +7,7 @@ use warnings;
 use Test::More;
 use File::Spec;
 use lib 't/data/ext/lib';
+use MMTest::File qw(slurp spew);
 use ExtUtil;
 use Test::Mailmunge::Tmpdir;
 use Test::Mailmunge::Utils;
@@ -29,11 +30,11 @@ $ctx = parse_and_copy_msg("$d/m1", 't/data/ext/msgs/exe.eml', 'my subject');
 ok($ctx->mime_entity, 'parsed');
 is($ctx->subject, 'my subject', 'subject substituted and read back');
 is($ctx->sender, '<grace@example.org>', 'sender from Return-Path');
-(my $want = ExtUtil::slurp('t/data/ext/msgs/exe.eml')) =~ s/__SUBJECT__/my subject/;
-is(ExtUtil::slurp("$d/m1/INPUTMSG"), $want, 'INPUTMSG');
-like(ExtUtil::slurp("$d/m1/PRISTINE_HEADERS"), qr/^X-Delete-Us-All:\n\ttwo, folded\n/m, 'PRISTINE_HEADERS keeps folding');
-like(ExtUtil::slurp("$d/m1/HEADERS"), qr/^X-Delete-Us-All: two, folded\n/m, 'HEADERS unfolded');
-unlike(ExtUtil::slurp("$d/m1/HEADERS"), qr/^\s/m, 'no continuation lines in HEADERS');
+(my $want = slurp('t/data/ext/msgs/exe.eml')) =~ s/__SUBJECT__/my subject/;
+is(slurp("$d/m1/INPUTMSG"), $want, 'INPUTMSG');
+like(slurp("$d/m1/PRISTINE_HEADERS"), qr/^X-Delete-Us-All:\n\ttwo, folded\n/m, 'PRISTINE_HEADERS keeps folding');
+like(slurp("$d/m1/HEADERS"), qr/^X-Delete-Us-All: two, folded\n/m, 'HEADERS unfolded');
+unlike(slurp("$d/m1/HEADERS"), qr/^\s/m, 'no continuation lines in HEADERS');
 
 $ctx->recipients(['<heidi@example.com>', '<ivan@example.com>']);
 $ctx->qid('Q7');
@@ -43,14 +44,12 @@ $ctx->helo('helo.example');
 $ctx->sendmail_macro('daemon_port', '25');
 $ctx->sendmail_macro('auth_authen', 'x y');
 write_commands_file("$d/m1", $ctx);
-is(ExtUtil::slurp("$d/m1/COMMANDS"),
+is(slurp("$d/m1/COMMANDS"),
    "S<grace\@example.org>\nI192.0.2.5\nHclient%20example\nQQ7\nEhelo.example\nUmy%20subject\n"
    . "=auth_authen x%20y\n=daemon_port 25\nR<heidi\@example.com> ? ? ?\nR<ivan\@example.com> ? ? ?\nF\n",
    'COMMANDS file');
 
-open(my $fh, '>', "$d/m1/RESULTS") or die;
-print $fh "HX-A b\nC\nF\n";
-close($fh);
+spew("$d/m1/RESULTS", "HX-A b\nC\nF\n");
 ok(results_has_lines("$d/m1", 'HX-A b', 'F'), 'results_has_lines: present');
 ok(!results_has_lines("$d/m1", 'HX-A b', 'D'), 'results_has_lines: one missing');
 ok(!results_has_lines("$d/none", 'F'), 'results_has_lines: no RESULTS');
@@ -83,7 +82,7 @@ SKIP: {
 	write_commands_file($m, $ctx);
 	is(mm_mx_ctrl($d, 'scan', 'qIa12345', $m), 'ok', 'scan through the multiplexor');
 	ok(results_has_lines($m, 'HX-Added I%20am%20new!', 'ISubject 1 [New%20subject]%20addhdr%20chgsub', 'C', 'F'), 'RESULTS lines');
-	is(ExtUtil::slurp("$m/NEWBODY"), ExtUtil::slurp('t/data/ext/expected/exe.NEWBODY'), 'NEWBODY as from a direct worker');
+	is(slurp("$m/NEWBODY"), slurp('t/data/ext/expected/exe.NEWBODY'), 'NEWBODY as from a direct worker');
 	ok(stop_multiplexor($d), 'stop_multiplexor waits for the exit');
 }
 

@@ -8,6 +8,7 @@ use Test::More;
 use FindBin;
 use File::Temp qw(tempdir);
 use File::Find;
+use MMTest::File qw(slurp slurp_if_exists);
 
 my $top = "$FindBin::Bin/..";
 -x "$top/target/debug/mailmunge-start"
@@ -18,7 +19,7 @@ my $out = `'$top/script/install' DESTDIR='$dest' PREFIX=/usr PERLINSTALLDIRS=ven
 is($?, 0, 'install exits 0') or diag($out);
 
 sub mode_of { my @s = stat("$dest$_[0]"); return @s ? sprintf('%04o', $s[2] & 07777) : 'missing'; }
-sub slurp { open(my $fh, '<', "$dest$_[0]") or return ''; local $/; return <$fh>; }
+sub installed { return slurp_if_exists("$dest$_[0]") // ''; }
 
 # Programs: every src/bin/*.rs plus mailmunge-util.
 opendir(my $bd, "$top/src/bin") or die;
@@ -27,7 +28,7 @@ ok(scalar(grep { $_ eq 'mailmunge-start' } @bins), 'mailmunge-start is one of th
 for my $b (@bins, 'mailmunge-util') {
 	is(mode_of("/usr/bin/$b"), '0755', "/usr/bin/$b 0755");
 }
-like(slurp('/usr/bin/mailmunge-util'), qr{\A#!/\S*perl\n}, 'mailmunge-util has a perl #! line');
+like(installed('/usr/bin/mailmunge-util'), qr{\A#!/\S*perl\n}, 'mailmunge-util has a perl #! line');
 
 # Perl modules: the whole perl/ tree, 0644.
 my @pms;
@@ -50,13 +51,13 @@ is(mode_of('/etc/mm'), '0755', 'CONFDIR 0755');
 is(mode_of('/etc/mm/mailmunge-filter.pl.example'), '0755', 'example filter 0755');
 is(mode_of('/etc/default/mailmunge.example'), '0644', '/etc/default/mailmunge.example 0644');
 is(mode_of('/etc/default/mailmunge'), 'missing', 'the live /etc/default/mailmunge is never installed');
-is(slurp('/etc/default/mailmunge.example'), do { local (@ARGV, $/) = "$top/etc/default/mailmunge"; <> }, 'default file copied verbatim');
+is(installed('/etc/default/mailmunge.example'), slurp("$top/etc/default/mailmunge"), 'default file copied verbatim');
 for my $u ('mailmunge.service', 'mailmunge-multiplexor.service') {
 	is(mode_of("/etc/systemd/system/$u"), '0644', "$u 0644");
-	unlike(slurp("/etc/systemd/system/$u"), qr/@[A-Za-z]+@/, "$u: every placeholder substituted");
+	unlike(installed("/etc/systemd/system/$u"), qr/@[A-Za-z]+@/, "$u: every placeholder substituted");
 }
 is(mode_of('/etc/init.d/mailmunge'), '0755', '/etc/init.d/mailmunge 0755');
-my $sysv = slurp('/etc/init.d/mailmunge');
+my $sysv = installed('/etc/init.d/mailmunge');
 unlike($sysv, qr/@[A-Za-z]+@/, 'init script: every placeholder substituted');
 like($sysv, qr{^MX_USER=mmu$}m, 'init script default user');
 like($sysv, qr{^MX_GROUP=mmg$}m, 'init script default group');
@@ -64,8 +65,8 @@ like($sysv, qr{^SPOOLDIR="/srv/mm-spool"$}m, 'init script default spool');
 like($sysv, qr{"/usr/bin" /usr/local/bin /usr/bin}, 'init script looks in PREFIX/bin first');
 is(system('sh', '-n', "$dest/etc/init.d/mailmunge"), 0, 'init script parses');
 
-my $mm = slurp('/etc/systemd/system/mailmunge.service');
-my $mx = slurp('/etc/systemd/system/mailmunge-multiplexor.service');
+my $mm = installed('/etc/systemd/system/mailmunge.service');
+my $mx = installed('/etc/systemd/system/mailmunge-multiplexor.service');
 like($mm, qr{^ExecStart=/usr/bin/mailmunge-start --foreground milter$}m, 'milter unit ExecStart');
 like($mx, qr{^ExecStart=/usr/bin/mailmunge-start --foreground multiplexor$}m, 'multiplexor unit ExecStart');
 like($mm, qr{^Environment=LC_ALL=C SPOOLDIR=/srv/mm-spool MX_SOCKET=/srv/mm-spool/mailmunge-multiplexor\.sock MX_USER=mmu MM_ALLOW_GROUP_ACCESS=yes MX_GROUP=mmg SOCKET=/srv/mm-spool/mailmunge\.sock$}m, 'milter unit defaults');
@@ -98,7 +99,7 @@ SKIP: {
 # Man pages.
 for my $m (qw(man8/mailmunge.8 man8/mailmunge-multiplexor.8 man8/mm-mx-ctrl.8 man8/mailmunge-start.8 man7/mailmunge-protocol.7 man1/mailmunge-util.1 man1/mm-try.1 man7/mailmunge-notify.7)) {
 	is(mode_of("/usr/share/man/$m"), '0644', "$m 0644");
-	like(slurp("/usr/share/man/$m"), qr/^\.TH /m, "$m is a man page");
+	like(installed("/usr/share/man/$m"), qr/^\.TH /m, "$m is a man page");
 }
 
 # Spool and quarantine: 0750; under DESTDIR nothing is chowned.

@@ -8,6 +8,7 @@ use Test::More;
 use FindBin;
 use File::Temp qw(tempdir);
 use File::Copy qw(copy);
+use MMTest::File qw(slurp slurp_if_exists spew);
 
 my $top = "$FindBin::Bin/..";
 my $start_bin = "$top/target/debug/mailmunge-start";
@@ -17,15 +18,6 @@ my $tmp = tempdir(CLEANUP => 1);
 chmod(0755, $tmp);
 my $bin = "$tmp/usr/bin";
 mkdir("$tmp/usr"); mkdir($bin); mkdir("$tmp/run"); mkdir("$tmp/log");
-
-sub write_file {
-	my ($path, $text, $mode) = @_;
-	open(my $fh, '>', $path) or die "$path: $!";
-	print $fh $text;
-	close($fh);
-	chmod($mode, $path) if defined($mode);
-}
-sub slurp { open(my $fh, '<', $_[0]) or return undef; local $/; return <$fh>; }
 
 # A copy, not a link: mailmunge-start runs the daemons from its own directory.
 copy($start_bin, "$bin/mailmunge-start") or die;
@@ -65,8 +57,8 @@ fi
 [ -n "$pidfile" ] && echo $daemon > "$pidfile"
 exit 0
 EOF
-write_file("$bin/$_", $fake, 0755) for qw(mailmunge mailmunge-multiplexor);
-write_file("$bin/mm-mx-ctrl", "#!/bin/sh\nprintf '%s\\n' \"\$@\" > \"\$TEST_LOG_DIR/mm-mx-ctrl.argv\"\n", 0755);
+spew("$bin/$_", $fake, 0755) for qw(mailmunge mailmunge-multiplexor);
+spew("$bin/mm-mx-ctrl", "#!/bin/sh\nprintf '%s\\n' \"\$@\" > \"\$TEST_LOG_DIR/mm-mx-ctrl.argv\"\n", 0755);
 
 # The script as script/install would install it with PREFIX=$tmp/usr.
 my $script = slurp("$top/sysvinit/mailmunge");
@@ -75,12 +67,12 @@ $script =~ s/\@SPOOLDIR\@/\/var\/spool\/mailmunge/g;
 $script =~ s/\@(MMUSER|MMGROUP)\@/mailmunge/g;
 $script =~ s/\@CONFDIR\@/\/etc\/mailmunge/g;
 unlike($script, qr/@[A-Z]+@|\@prefix\@/, 'all placeholders substituted');
-write_file("$tmp/mailmunge.init", $script, 0755);
+spew("$tmp/mailmunge.init", $script, 0755);
 
 my $spool = "$tmp/spool";
 # /etc/sysconfig is read first, /etc/default second (wins).
-write_file("$tmp/sysconfig", "MX_RELAY_CHECK=yes\nSCANNED_BY=overridden\nMX_MAXIMUM=3\n");
-write_file("$tmp/default", <<"EOF");
+spew("$tmp/sysconfig", "MX_RELAY_CHECK=yes\nSCANNED_BY=overridden\nMX_MAXIMUM=3\n");
+spew("$tmp/default", <<"EOF");
 # as in upstream's regression containers, plus a few more
 TEST_LOG_DIR=$tmp/log
 SPOOLDIR=$spool
@@ -97,8 +89,8 @@ sub init {
 	my $out = `sh '$tmp/mailmunge.init' @_ 2>&1`;
 	return ($out, $? >> 8);
 }
-sub argv_of { my $t = slurp("$tmp/log/$_[0].argv"); return defined($t) ? [split(/\n/, $t)] : undef; }
-sub pid_of { my $p = slurp($_[0]); chomp($p) if defined $p; return $p; }
+sub argv_of { my $t = slurp_if_exists("$tmp/log/$_[0].argv"); return defined($t) ? [split(/\n/, $t)] : undef; }
+sub pid_of { my $p = slurp_if_exists($_[0]); chomp($p) if defined $p; return $p; }
 
 my ($out, $rc) = init('start');
 is($out, "Starting mailmunge-multiplexor: OK\nStarting mailmunge: OK\n", 'start output');
@@ -146,7 +138,7 @@ like($out, qr/^Usage: .* \{start\|stop\|restart\|reread\|reload\|status\}$/, 'us
 is($rc, 1, '... exits 1');
 
 # A failing daemon is reported.
-write_file("$bin/mailmunge", "#!/bin/sh\necho 'Error from child: something broke' >&2\nexit 1\n", 0755);
+spew("$bin/mailmunge", "#!/bin/sh\necho 'Error from child: something broke' >&2\nexit 1\n", 0755);
 ($out, $rc) = init('start');
 like($out, qr/^Starting mailmunge-multiplexor: OK\nStarting mailmunge: Error from child: something broke\nFAILED\n\z/, 'failed start reported');
 is($rc, 1, '... exits 1');
@@ -157,7 +149,7 @@ SKIP: {
 	skip 'mailmunge is installed on this machine', 2
 		if grep { -x "$_/mailmunge" } '/usr/local/bin', '/usr/bin';
 	(my $gone = $script) =~ s/\Q$tmp\E\/usr/$tmp\/nowhere/g;
-	write_file("$tmp/gone.init", $gone, 0755);
+	spew("$tmp/gone.init", $gone, 0755);
 	$out = `sh '$tmp/gone.init' start 2>&1`;
 	is($out, '', 'no programs: no output');
 	is($? >> 8, 0, 'no programs: exit 0');

@@ -4,7 +4,7 @@ use warnings;
 
 use Test::More;
 
-use MMTest::Util qw(slurp);
+use MMTest::Util qw(slurp slurp_if_exists);
 use POSIX ();
 use MMTest::SMTP;
 
@@ -274,7 +274,7 @@ sub modifications {
         is(scalar(@new), 1, 'one new quarantine directory') or return;
         my $q = $new[0];
         like($q, qr{/\d{4}-\d\d-\d\d-\d\d/qdir-\d{4}-\d\d-\d\d-\d\d\.\d\d\.\d\d-\d{4}\z}, 'directory naming');
-        my $read = sub { my $f = "$q/$_[0]"; -e $f ? slurp($f) : undef };
+        my $read = sub { slurp_if_exists("$q/$_[0]") };
         is($read->('MSG.0'), "MMTest quarantines this message\n", 'MSG.0 holds the reason');
         is($read->('SENDER'), "<sender\@example.com>\n", 'SENDER with brackets');
         is($read->('RECIPIENTS'), "<q\@example.org>\n", 'RECIPIENTS with brackets');

@@ -6,7 +6,7 @@ use File::Spec;
 use JSON::PP ();
 use Time::HiRes ();
 
-use MMTest::Util qw(free_port wait_until private_dir port_open slurp spew pid_alive stop_pid);
+use MMTest::Util qw(free_port wait_until private_dir port_open slurp slurp_if_exists spew pid_alive stop_pid);
 
 =head1 NAME
 
@@ -103,7 +103,7 @@ The instance's log file contents (empty string if none yet).
 sub log {
     my ($self) = @_;
     my $f = File::Spec->catfile($self->{dir}, 'maillog');
-    return -e $f ? slurp($f) : '';
+    return slurp_if_exists($f) // '';
 }
 
 sub _main_cf {

@@ -6,7 +6,7 @@ use File::Spec;
 use POSIX ();
 use Time::HiRes ();
 
-use MMTest::Util qw(wait_until private_dir slurp pid_alive);
+use MMTest::Util qw(wait_until private_dir slurp_if_exists pid_alive);
 
 =encoding utf8
 
@@ -100,7 +100,7 @@ sub pid        { $_[0]{pid} }
 
 sub log {
     my $f = File::Spec->catfile($_[0]{dir}, 'postgres.log');
-    return -e $f ? slurp($f) : '';
+    return slurp_if_exists($f) // '';
 }
 
 # uid and gid of the server's user (undef: the current user).

@@ -8,7 +8,7 @@ use POSIX ();
 use Socket qw(SOCK_STREAM);
 use Time::HiRes ();
 
-use MMTest::Util qw(free_port wait_until private_dir port_open slurp repo_root pid_alive);
+use MMTest::Util qw(free_port wait_until private_dir port_open slurp slurp_if_exists repo_root pid_alive);
 
 =head1 NAME
 
@@ -181,7 +181,7 @@ The daemons' stderr so far (for diagnostics).
 
 =cut
 
-sub _log { my $f = File::Spec->catfile($_[0]{dir}, $_[1]); -e $f ? slurp($f) : '' }
+sub _log { slurp_if_exists(File::Spec->catfile($_[0]{dir}, $_[1])) // '' }
 sub mx_log     { $_[0]->_log('mx.log') }
 sub milter_log { $_[0]->_log('milter.log') }
 

@@ -8,11 +8,12 @@ use File::Basename ();
 use File::Spec;
 use File::Temp ();
 use IO::Socket::INET;
+use MMTest::File qw(slurp slurp_if_exists spew);
 use POSIX ();
 use Time::HiRes ();
 
 our @EXPORT_OK = qw(
-    free_port wait_until repo_root slurp spew private_dir
+    free_port wait_until repo_root slurp slurp_if_exists spew private_dir
     pid_alive stop_pid port_open have_root skip_or_fail procs_in
     start_terminal_command read_until
 );
@@ -126,29 +127,12 @@ sub private_dir {
     return $dir;
 }
 
-=head2 slurp($path) / spew($path, $bytes [, $mode])
+=head2 slurp($path) / slurp_if_exists($path) / spew($path, $bytes [, $mode])
 
-Read a whole file as bytes; write bytes to a file (and optionally chmod it).
+Re-exported from L<MMTest::File>: read a whole file as bytes (dying, or
+undef for a missing file); write bytes to a file (and optionally chmod it).
 
 =cut
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or die "open $path: $!";
-    local $/;
-    my $data = <$fh>;
-    close $fh;
-    return $data // '';
-}
-
-sub spew {
-    my ($path, $bytes, $mode) = @_;
-    open my $fh, '>:raw', $path or die "create $path: $!";
-    print {$fh} $bytes or die "write $path: $!";
-    close $fh or die "close $path: $!";
-    chmod $mode, $path or die "chmod $path: $!" if defined $mode;
-    return $path;
-}
 
 =head2 pid_alive($pid)
 

@@ -109,15 +109,4 @@ sub start_dns
 	return ($res, $pid);
 }
 
-sub slurp
-{
-	my ($path) = @_;
-	open(my $fh, '<', $path) or return undef;
-	binmode($fh);
-	local $/;
-	my $d = <$fh>;
-	close($fh);
-	return defined($d) ? $d : '';
-}
-
 1;
