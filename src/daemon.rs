@@ -42,22 +42,15 @@ fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 
 /// Sets the process umask and returns the previous one.
 pub fn set_umask(mask: u32) -> u32 {
-    // SAFETY: umask(2) cannot fail.
-    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(mask as libc::mode_t)).bits() as u32
 }
 
 /// Refuses set-uid/set-gid execution: `Err(message)` with upstream's text
 /// when real and effective ids differ.
 pub fn check_not_setid(argv0: &str) -> Result<(), String> {
-    // SAFETY: these getters cannot fail.
-    let (uid, euid, gid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::geteuid(),
-            libc::getgid(),
-            libc::getegid(),
-        )
-    };
+    use nix::unistd::{getegid, geteuid, getgid, getuid};
+    let (uid, euid, gid, egid) = (getuid(), geteuid(), getgid(), getegid());
     if uid != euid {
         return Err(format!(
             "ERROR: {argv0} is NOT intended to run suid! Exiting."
@@ -73,8 +66,7 @@ pub fn check_not_setid(argv0: &str) -> Result<(), String> {
 
 /// True when the real or effective user is root.
 pub fn running_as_root() -> bool {
-    // SAFETY: these getters cannot fail.
-    unsafe { libc::getuid() == 0 || libc::geteuid() == 0 }
+    nix::unistd::getuid().is_root() || nix::unistd::geteuid().is_root()
 }
 
 /// The uid and gid of a user, from the password database.
@@ -91,22 +83,21 @@ pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
 pub fn drop_privileges(user: &str) -> Result<(), DaemonError> {
     let (uid, gid) = lookup_user(user).ok_or_else(|| DaemonError::UnknownUser(user.to_string()))?;
     let cuser = CString::new(user).map_err(|_| DaemonError::UnknownUser(user.to_string()))?;
-    // SAFETY: valid C string; the call only changes process credentials.
-    if unsafe { libc::initgroups(cuser.as_ptr(), gid) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EPERM) || !has_groups_of(&cuser, gid) {
-            return Err(sys("initgroups")(e));
+    use nix::unistd::{Gid, Uid};
+    if let Err(e) = nix::unistd::initgroups(&cuser, Gid::from_raw(gid)) {
+        if e != nix::errno::Errno::EPERM || !has_groups_of(&cuser, gid) {
+            return Err(sys("initgroups")(e.into()));
         }
     }
-    // SAFETY: the calls only change process credentials.
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g).map_err(|e| sys("setgid")(e.into()))?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(|e| sys("setuid")(e.into()))?;
+    // Unsupported before Linux 4.3; nothing to clear there. nix has no
+    // wrapper for the ambient set.
+    // SAFETY: prctl with integer arguments only; it changes nothing but
+    // this process's (empty or unsupported) ambient capability set.
     unsafe {
-        if libc::setresgid(gid, gid, gid) != 0 {
-            return Err(sys("setgid")(std::io::Error::last_os_error()));
-        }
-        if libc::setresuid(uid, uid, uid) != 0 {
-            return Err(sys("setuid")(std::io::Error::last_os_error()));
-        }
-        // Unsupported before Linux 4.3; nothing to clear there.
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -171,7 +162,8 @@ pub fn set_capabilities(bits: u64) -> std::io::Result<()> {
         inheritable: b as u32,
     };
     let data = [half(bits), half(bits >> 32)];
-    // SAFETY: header and two data structs as capset(2) version 3 expects.
+    // SAFETY: header and two data structs as capset(2) version 3 expects,
+    // both alive for the call; no wrapper in std or nix.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -236,14 +228,16 @@ fn open_rw_create(path: &Path, what: &str) -> Result<File, DaemonError> {
 pub fn lock_file(path: &Path) -> Result<File, DaemonError> {
     let what = format!("Could not lock lockfile file {}", path.display());
     let file = open_rw_create(path, &what)?;
-    // SAFETY: zeroed flock is a valid "whole file" request once the type is set.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    // SAFETY: valid descriptor and struct.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
-        return Err(sys(what)(std::io::Error::last_os_error()));
-    }
+    // Start 0 and length 0: the whole file, however long it grows.
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as _,
+        l_whence: libc::SEEK_SET as _,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLK(&fl))
+        .map_err(|e| sys(what)(e.into()))?;
     Ok(file)
 }
 
@@ -303,7 +297,8 @@ impl Readiness {
 pub fn daemonize() -> Result<Readiness, DaemonError> {
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys("pipe")(e.into()))?;
-    // SAFETY: single-threaded at this point (documented precondition).
+    // SAFETY: single-threaded at this point (documented precondition), so
+    // the child may run any code.
     match unsafe { nix::unistd::fork() }.map_err(|e| sys("fork")(e.into()))? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(wr);
@@ -314,12 +309,14 @@ pub fn daemonize() -> Result<Readiness, DaemonError> {
     drop(rd);
     let wr = move_high(wr);
     let _ = nix::unistd::setsid();
-    // SAFETY: setting a disposition to SIG_IGN is always sound.
+    // SAFETY: SIG_IGN installs no handler, so no handler can run unsafe
+    // code (nix's signal() is unsafe for that reason alone).
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
-    // SAFETY: still single-threaded.
+    // SAFETY: still single-threaded (the first child runs no threads).
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
-            // SAFETY: leave without running atexit handlers or destructors.
+            // SAFETY: _exit(2) ends the process at once: no atexit handler or
+            // destructor runs twice (the daemon child owns them now).
             unsafe { libc::_exit(0) }
         }
         Ok(nix::unistd::ForkResult::Child) => {}
@@ -328,7 +325,7 @@ pub fn daemonize() -> Result<Readiness, DaemonError> {
                 pipe: Some(File::from(wr)),
             };
             r.fail(&format!("fork: {e}"));
-            // SAFETY: as above.
+            // SAFETY: as above: _exit(2) only ends the process.
             unsafe { libc::_exit(1) }
         }
     }
@@ -367,8 +364,7 @@ fn stdio_to_devnull() {
         .open("/dev/null")
     {
         for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors.
-            unsafe { libc::dup2(f.as_raw_fd(), fd) };
+            let _ = nix::unistd::dup2(f.as_raw_fd(), fd);
         }
     }
 }
@@ -379,12 +375,12 @@ fn stdio_to_devnull() {
 /// original on failure.
 pub fn move_high<T: From<OwnedFd> + Into<OwnedFd>>(f: T) -> T {
     let fd: OwnedFd = f.into();
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
-    if n < 0 {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let Ok(n) = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(100)) else {
         return T::from(fd);
-    }
-    // SAFETY: n is a fresh descriptor we now own; the original is dropped.
+    };
+    // SAFETY: n is the fresh descriptor F_DUPFD_CLOEXEC just returned, owned
+    // by nothing else; the original is dropped (closed) when `fd` goes.
     T::from(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
@@ -397,20 +393,13 @@ static ORIGINAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock:
 /// usual soft default of 1024. Children should get [`original_nofile`]
 /// back.
 pub fn raise_nofile() {
-    // SAFETY: zeroed rlimit is a valid out-parameter.
-    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: plain syscalls with a valid struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((rlim_cur, rlim_max)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
-    }
-    let _ = ORIGINAL_NOFILE.set(l);
-    if l.rlim_cur < l.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: l.rlim_max,
-            rlim_max: l.rlim_max,
-        };
-        // SAFETY: as above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    };
+    let _ = ORIGINAL_NOFILE.set(libc::rlimit { rlim_cur, rlim_max });
+    if rlim_cur < rlim_max {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, rlim_max, rlim_max);
     }
 }
 
@@ -437,8 +426,8 @@ pub fn close_inherited_fds(keep: &[i32]) {
         .collect();
     for fd in open {
         if ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&fd)) {
-            // SAFETY: single-threaded; nothing else owns these descriptors yet.
-            unsafe { libc::close(fd as i32) };
+            // Single-threaded: nothing owns these descriptors yet.
+            let _ = nix::unistd::close(fd as i32);
         }
     }
 }
@@ -466,8 +455,9 @@ fn ranges_to_close(keep: &[i32]) -> Vec<(u32, u32)> {
 
 /// close_range(2) without flags; false when the kernel lacks it.
 fn close_range(lo: u32, hi: u32) -> bool {
-    // SAFETY: closes descriptors only; the caller owns them all (see
-    // close_inherited_fds). Raw syscall: older C libraries lack a wrapper.
+    // SAFETY: closes descriptors only, which no Rust object owns yet (see
+    // close_inherited_fds). Raw syscall: nix and older C libraries lack a
+    // wrapper.
     unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) == 0 }
 }
 

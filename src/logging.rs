@@ -102,7 +102,8 @@ pub fn emit(priority: libc::c_int, qid: Option<&str>, msg: &str) {
 fn raw_syslog(priority: libc::c_int, text: &str) {
     let c = CString::new(text).unwrap_or_default();
     let fmt: &CStr = c"%s";
-    // SAFETY: constant format with one string argument.
+    // SAFETY: a constant "%s" format with the one NUL-terminated string it
+    // asks for; both outlive the call. Neither std nor nix wraps syslog(3).
     unsafe { libc::syslog(priority, fmt.as_ptr(), c.as_ptr()) };
 }
 
@@ -230,15 +231,11 @@ pub fn perror_line(ident: &str, pid: u32, text: &str) -> Vec<u8> {
 /// does, so no lock of std's stderr handle is involved.
 pub fn stderr_sink(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: writes from a valid slice.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-        if n > 0 {
-            bytes = &bytes[n as usize..];
-        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {
-            continue;
-        } else {
-            return;
+        // The handle only lends its descriptor; nothing locks.
+        match nix::unistd::write(std::io::stderr(), bytes) {
+            Ok(n) if n > 0 => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return,
         }
     }
 }
@@ -291,14 +288,10 @@ fn names_fd(value: &str, fd: i32) -> bool {
     let Some((dev, ino)) = value.split_once(':') else {
         return false;
     };
-    // SAFETY: zeroed stat is a valid out-parameter for fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat with a valid struct; a bad descriptor only fails.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    let Ok(st) = nix::sys::stat::fstat(fd) else {
         return false;
-    }
-    dev.parse::<u64>().ok() == Some(st.st_dev as u64)
-        && ino.parse::<u64>().ok() == Some(st.st_ino as u64)
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// The backend asked for: `MAILMUNGE_LOG=journald|syslog`, else journald
@@ -318,7 +311,8 @@ static IDENT: Mutex<Option<CString>> = Mutex::new(None);
 fn open_syslog(ident: &str, options: libc::c_int, facility: libc::c_int) {
     let c = CString::new(ident.replace('\0', "")).unwrap_or_default();
     let mut g = IDENT.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: the CString is stored in a static and never dropped while open.
+    // SAFETY: openlog(3) keeps the ident pointer: the CString goes into a
+    // static (under the lock) and is replaced only by the next openlog.
     unsafe { libc::openlog(c.as_ptr(), options, facility) };
     *g = Some(c);
 }

@@ -161,12 +161,11 @@ mod tests {
     /// the request must wait for room, as upstream's blocking connect does.
     #[tokio::test]
     async fn waits_while_the_listen_queue_is_full() {
-        use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mx.sock");
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        // SAFETY: listen() on our own socket, shrinking its queue.
-        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        // listen() again shrinks its queue.
+        nix::sys::socket::listen(&l, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
         let mut fillers = Vec::new();
         loop {
             match tokio::net::UnixStream::connect(&path).await {

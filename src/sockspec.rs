@@ -185,7 +185,9 @@ impl SockSpec {
 
 /// std binds UNIX listeners with its own backlog; listen(2) again sets ours.
 fn listen_again(l: &impl std::os::fd::AsRawFd, backlog: i32) -> std::io::Result<()> {
-    // SAFETY: plain syscall on a descriptor we own.
+    // SAFETY: listen(2) on a descriptor that `l` keeps open for the call.
+    // nix's Backlog refuses values from SOMAXCONN up, which the kernel
+    // caps instead (as upstream's daemons rely on).
     if unsafe { libc::listen(l.as_raw_fd(), backlog) } != 0 {
         return Err(std::io::Error::last_os_error());
     }

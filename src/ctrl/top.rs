@@ -183,8 +183,7 @@ pub async fn run(o: &Options) -> i32 {
     } else {
         o.sockets.clone()
     };
-    // SAFETY: isatty only inspects the descriptor.
-    let tty = unsafe { libc::isatty(1) } == 1;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut n = 0u64;
     loop {
         let rows = futures_util::future::join_all(sockets.iter().map(|s| async move {

@@ -7,6 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
 use super::options::Options;
 use crate::daemon;
 
@@ -104,7 +106,9 @@ impl ChildSetup {
 
     /// Makes `cmd` apply this setup in the child, between fork and exec.
     pub fn install(self, cmd: &mut std::process::Command) {
-        // SAFETY: the hook only makes async-signal-safe calls (`apply`).
+        // SAFETY: the hook runs in the forked child of a multi-threaded
+        // process, where only async-signal-safe calls are allowed: `apply`
+        // makes nothing but syscalls and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 self.apply();
@@ -113,58 +117,60 @@ impl ChildSetup {
         }
     }
 
-    /// Runs in the forked child before exec: only async-signal-safe calls.
+    /// Runs in the forked child before exec: only async-signal-safe calls
+    /// (the nix wrappers used here allocate nothing: `spool` is already a
+    /// C string). Failures are ignored, as upstream's child ignores them.
     fn apply(&self) {
-        // SAFETY: plain syscalls on the child's own state.
+        use nix::sys::resource::{setrlimit, Resource};
+        let _ = nix::unistd::chdir(self.spool.as_c_str());
+        // SAFETY: SIG_DFL and SIG_IGN install no handler that could run;
+        // nix's signal() is unsafe for handlers only, and sigaction would
+        // need a struct built here: the libc call is the simplest.
         unsafe {
-            libc::chdir(self.spool.as_ptr());
             for sig in [libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP, libc::SIGINT] {
                 libc::signal(sig, libc::SIG_DFL);
             }
             // Upstream workers inherit SIGPIPE ignored; std resets it to the
             // default before this hook runs.
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            // Workers get the descriptor limit we were started with, not
-            // the one we raised for ourselves.
-            if let Some(l) = &self.nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, l);
-            }
-            if self.rss_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.rss_bytes,
-                    rlim_max: self.rss_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_RSS, &l);
-            }
-            if self.mem_bytes > 0 {
-                let l = libc::rlimit {
-                    rlim_cur: self.mem_bytes,
-                    rlim_max: self.mem_bytes,
-                };
-                libc::setrlimit(libc::RLIMIT_AS, &l);
-                libc::setrlimit(libc::RLIMIT_DATA, &l);
-            }
-            let first_closed = if self.status_w >= 0 {
-                if self.status_w == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0);
-                } else {
-                    libc::dup2(self.status_w, 3);
-                }
-                4
+        }
+        // Workers get the descriptor limit we were started with, not the one
+        // we raised for ourselves.
+        if let Some(l) = &self.nofile {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, l.rlim_cur, l.rlim_max);
+        }
+        if self.rss_bytes > 0 {
+            let _ = setrlimit(Resource::RLIMIT_RSS, self.rss_bytes, self.rss_bytes);
+        }
+        if self.mem_bytes > 0 {
+            let _ = setrlimit(Resource::RLIMIT_AS, self.mem_bytes, self.mem_bytes);
+            let _ = setrlimit(Resource::RLIMIT_DATA, self.mem_bytes, self.mem_bytes);
+        }
+        let first_closed = if self.status_w >= 0 {
+            if self.status_w == 3 {
+                let _ = fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()));
             } else {
-                3
-            };
-            // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever
-            // the multiplexor itself inherited.
-            if libc::close_range(
+                let _ = nix::unistd::dup2(self.status_w, 3);
+            }
+            4
+        } else {
+            3
+        };
+        // Nothing but 0..2 (and 3 with -Z) may survive exec, whatever the
+        // multiplexor itself inherited.
+        // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing; it
+        // only marks descriptors, and no Rust object of the child uses them
+        // before exec. nix has no wrapper.
+        let marked = unsafe {
+            libc::close_range(
                 first_closed as u32,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC as i32,
-            ) != 0
-            {
-                for fd in first_closed..1024 {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
+            )
+        } == 0;
+        if !marked {
+            for fd in first_closed..1024 {
+                let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
             }
         }
     }

@@ -224,9 +224,8 @@ pub struct Gauges {
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * if page > 0 { page as u64 } else { 4096 })
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE);
+    Some(pages * page.ok().flatten().filter(|&p| p > 0).unwrap_or(4096) as u64)
 }
 
 /// Reads the memory of the given workers.

@@ -1101,8 +1101,10 @@ pub struct Counters {
 
 /// Sends a signal to a process, ignoring errors (it may be gone already).
 pub fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a pid we started.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
+    use nix::sys::signal::{kill, Signal};
+    if let Ok(sig) = Signal::try_from(sig) {
+        let _ = kill(nix::unistd::Pid::from_raw(pid as libc::pid_t), sig);
+    }
 }
 
 /// The status tag for a dispatched command (protocol/multiplexor.md §8): first

@@ -23,12 +23,8 @@ pub fn strerror(e: &std::io::Error) -> String {
 }
 
 fn access_ok(path: &Path, mode: libc::c_int) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: valid C string.
-    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+    use nix::unistd::{access, AccessFlags};
+    access(path, AccessFlags::from_bits_truncate(mode)).is_ok()
 }
 
 /// The filter checks of protocol/multiplexor.md §2.1 step 8.

@@ -117,11 +117,19 @@ fn truncate_utf8(s: &mut String, max: usize) {
 
 /// `DD/MM/YYYY:HH:MM:SS` in local time.
 pub fn local_stamp(epoch: i64) -> String {
-    // SAFETY: localtime_r writes into our zeroed struct.
+    stamp_of(&local_tm(epoch))
+}
+
+/// The broken-down local time of `epoch` (neither std nor nix has one).
+fn local_tm(epoch: i64) -> libc::tm {
+    // SAFETY: libc::tm holds integers and a pointer that may be null, so
+    // all zeroes is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let t = epoch as libc::time_t;
+    // SAFETY: both pointers are to live locals; the _r form keeps no
+    // shared state.
     unsafe { libc::localtime_r(&t, &mut tm) };
-    stamp_of(&tm)
+    tm
 }
 
 /// The `DD/MM/YYYY:HH:MM:SS` form of a broken-down time; split from
@@ -193,8 +201,9 @@ mod tests {
     }
 
     fn utc_tm(epoch: libc::time_t) -> libc::tm {
-        // SAFETY: gmtime_r writes into our zeroed struct.
+        // SAFETY: as in local_tm: all zeroes is a valid libc::tm.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live locals.
         unsafe { libc::gmtime_r(&epoch, &mut tm) };
         tm
     }
@@ -205,10 +214,7 @@ mod tests {
         // Every field is zero-padded.
         assert_eq!(stamp_of(&utc_tm(1767323045)), "02/01/2026:03:04:05");
         // local_stamp uses the local zone; with no offset it is the UTC form.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let t: libc::time_t = 1795697728;
-        unsafe { libc::localtime_r(&t, &mut tm) };
-        if tm.tm_gmtoff == 0 {
+        if local_tm(1795697728).tm_gmtoff == 0 {
             assert_eq!(local_stamp(1795697728), "26/11/2026:12:55:28");
         }
     }

@@ -99,7 +99,8 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: as above.
+    // SAFETY: the fresh descriptor pidfd_open just returned, owned by
+    // nothing else.
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 

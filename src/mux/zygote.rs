@@ -134,8 +134,10 @@ impl Zygote {
         // Give the stderr reader a moment to collect Perl's messages.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let perl_errors = errors.lock().map(|e| e.join("\n")).unwrap_or_default();
-        // SAFETY: kill(2) on the process we started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         if let Some(msg) = line.strip_prefix("error nofdpass ") {
             return Err(StartError::NoFdPass(msg.to_string()));
         }
@@ -252,9 +254,9 @@ impl Drop for Zygote {
     /// exits once its last worker has been reaped.
     fn drop(&mut self) {
         let fd = self.conn.get_mut().get_ref().as_raw_fd();
-        // SAFETY: shutdown(2) on a socket we still own; it is closed when
-        // the stream is dropped right after.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        // The socket is still ours; it is closed when the stream is dropped
+        // right after.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }
 }
 
@@ -313,8 +315,8 @@ pub async fn wait_forked(
         }
     }
     loop {
-        // SAFETY: signal 0 only checks for existence.
-        if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        // No signal: only checks that the process exists.
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
             return std::process::ExitStatus::from_raw(libc::SIGKILL);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
