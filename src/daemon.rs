@@ -467,13 +467,43 @@ pub fn unlink_quietly(path: &Path) {
 }
 
 /// Removes a UNIX socket left by us, but never a regular file
-/// (protocol/multiplexor.md §20.18).
+/// (protocol/multiplexor.md §20.18). Errors are ignored (shut-down path).
 pub fn remove_socket(path: &Path) {
+    let _ = clear_socket(path, false);
+}
+
+/// What [`clear_socket`] found at a path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StaleSocket {
+    /// Nothing there.
+    Nothing,
+    /// A socket; it was removed.
+    Removed,
+    /// Something accepts connections on it; left alone.
+    InUse,
+    /// The path exists but is not a socket; left alone.
+    NotASocket,
+}
+
+/// Removes the UNIX socket at `path`, never another kind of file; with
+/// `keep_live`, a socket that something accepts connections on stays too.
+pub fn clear_socket(path: &Path, keep_live: bool) -> std::io::Result<StaleSocket> {
     use std::os::unix::fs::FileTypeExt;
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if m.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StaleSocket::Nothing),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Ok(StaleSocket::NotASocket);
+    }
+    if keep_live && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Ok(StaleSocket::InUse);
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(StaleSocket::Removed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StaleSocket::Nothing),
+        Err(e) => Err(e),
     }
 }
 

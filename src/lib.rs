@@ -2,8 +2,7 @@
 //!
 //! One module owns each wire format; see `protocol/README.md` for the map.
 pub mod blocking;
-pub mod cnum;
-pub mod cstr;
+pub mod cformat;
 pub mod ctrl;
 pub mod daemon;
 pub mod diagnose;

@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 
-use crate::cstr::until_nul;
+use crate::cformat::string::until_nul;
 use crate::sockspec::{Listener, Stream};
 
 /// Simultaneous listeners (upstream `MAX_LISTENERS`).

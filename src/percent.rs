@@ -80,7 +80,7 @@ pub fn decode(input: &[u8]) -> Vec<u8> {
 /// upstream's in-place decoder of C strings does.
 pub fn decode_c(input: &[u8]) -> Vec<u8> {
     let mut d = decode(input);
-    d.truncate(crate::cstr::until_nul(&d).len());
+    d.truncate(crate::cformat::string::until_nul(&d).len());
     d
 }
 

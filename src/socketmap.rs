@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::cstr::until_nul;
+use crate::cformat::string::until_nul;
 use crate::percent;
 use crate::sockspec::{Listener, Stream};
 
@@ -171,7 +171,7 @@ async fn read_length<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Option<usize> {
         }
     }
     let text = String::from_utf8_lossy(until_nul(&prefix)).into_owned();
-    match crate::cnum::scan_int(&text) {
+    match crate::cformat::number::scan_int(&text) {
         Some(n) if (0..=NETSTRING_MAX as i64).contains(&n) => Some(n as usize),
         _ => None,
     }

@@ -51,7 +51,7 @@ pub enum SockSpecError {
 
 /// Parses a port the way C's `sscanf("%d")` would, then checks 1..=65535.
 fn parse_port(s: &str) -> Result<u16, SockSpecError> {
-    match crate::cnum::scan_int(s) {
+    match crate::cformat::number::scan_int(s) {
         Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
         _ => Err(SockSpecError::InvalidPort(s.to_string())),
     }

@@ -13,6 +13,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::daemon::StaleSocket;
+
 /// Compiled-in spool directory (configure's SPOOLDIR).
 pub const DEFAULT_SPOOLDIR: &str = "/var/spool/mailmunge";
 /// Compiled-in user and group the daemons drop to (configure's MMUSER/MMGROUP).
@@ -338,42 +340,14 @@ pub fn unix_socket_path(spec: &OsStr) -> Option<&Path> {
     p.starts_with(b"/").then(|| Path::new(OsStr::from_bytes(p)))
 }
 
-/// What [`remove_stale_socket`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StaleSocket {
-    /// Not a UNIX-domain path (e.g. `inet:`), or nothing there.
-    Nothing,
-    /// A socket nobody listens on; it was removed.
-    Removed,
-    /// Something accepts connections on it; left alone.
-    InUse,
-    /// The path exists but is not a socket; left alone.
-    NotASocket,
-}
-
 /// Removes a UNIX socket left behind by a crashed daemon. Unlike upstream's
 /// `rm -f $SOCKET`, it leaves a live daemon's socket and non-socket files
 /// alone, and ignores TCP specifications (protocol/deployment.md §6.5).
+/// `Nothing` for a specification that is not a UNIX-domain path.
 pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
-    use std::os::unix::fs::FileTypeExt;
-    let Some(path) = unix_socket_path(spec) else {
-        return Ok(StaleSocket::Nothing);
-    };
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StaleSocket::Nothing),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Ok(StaleSocket::NotASocket);
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Ok(StaleSocket::InUse);
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(StaleSocket::Removed),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StaleSocket::Nothing),
-        Err(e) => Err(e),
+    match unix_socket_path(spec) {
+        Some(path) => crate::daemon::clear_socket(path, true),
+        None => Ok(StaleSocket::Nothing),
     }
 }
 

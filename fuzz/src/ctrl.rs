@@ -2,7 +2,7 @@
 //! dispatch of a request line, and every client-side format applied to a
 //! reply from the multiplexor (text, bars, tables, JSON, `top`).
 
-use mailmunge::ctrl::cscan::{scan, Conv};
+use mailmunge::cformat::number::{scan, Conv};
 use mailmunge::ctrl::top::{self, Snapshot};
 use mailmunge::ctrl::{build_request, Command};
 use mailmunge::percent::decode;

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mailmunge::cnum::scan_int;
-use mailmunge::cstr::until_nul;
+use mailmunge::cformat::number::scan_int;
+use mailmunge::cformat::string::until_nul;
 use mailmunge::socketmap::{self, encode_netstring, parse_request, MapOutcome, Request};
 use mailmunge::sockspec::SockSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

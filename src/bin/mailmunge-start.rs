@@ -8,7 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mailmunge::startargs::{self, Daemon, StaleSocket, Vars};
+use mailmunge::daemon::StaleSocket;
+use mailmunge::startargs::{self, Daemon, Vars};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 

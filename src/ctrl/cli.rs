@@ -1,12 +1,13 @@
 //! The I/O side of mm-mx-ctrl: talking to the multiplexor, printing, exit
 //! statuses (protocol/mm-mx-ctrl.md §1, §2, §4, §6, §7).
 
-use std::ffi::{CStr, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use super::options::{self, Invocation, Options, USAGE};
 use super::{build_request, top, Command, Rendered};
+use crate::cformat::strerror;
 use crate::mxclient::{self, MxError};
 use crate::sockspec::SockSpec;
 
@@ -23,27 +24,6 @@ pub fn socket_spec(s: &OsStr) -> SockSpec {
     s.to_str()
         .and_then(|t| SockSpec::parse_mux(t).ok())
         .unwrap_or_else(|| SockSpec::Unix(PathBuf::from(s)))
-}
-
-/// The C library's text for an error number (what upstream prints with `%s`
-/// of `strerror`).
-pub fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => {
-            let mut buf = [0 as libc::c_char; 256];
-            // SAFETY: the buffer is writable for its whole length and
-            // strerror_r NUL-terminates within it on success.
-            let rc = unsafe { libc::strerror_r(n, buf.as_mut_ptr(), buf.len()) };
-            if rc == 0 {
-                // SAFETY: NUL-terminated by strerror_r.
-                return unsafe { CStr::from_ptr(buf.as_ptr()) }
-                    .to_string_lossy()
-                    .into_owned();
-            }
-            format!("Unknown error {n}")
-        }
-        None => e.to_string(),
-    }
 }
 
 /// The message upstream prints for a failed exchange
@@ -143,7 +123,7 @@ async fn usage(options: &Options, diagnostic: Option<String>) -> std::io::Result
     match exchange(&options.socket(), b"help\n", options.timeout).await {
         Ok(reply) => {
             let mut text = b"\nPossible commands:\n".to_vec();
-            text.extend_from_slice(crate::cstr::until_nul(&reply));
+            text.extend_from_slice(crate::cformat::string::until_nul(&reply));
             std::io::stderr().lock().write_all(&text)
         }
         Err(e) => sink.err(error_message(&e).as_bytes()),

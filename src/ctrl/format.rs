@@ -5,8 +5,8 @@
 //! Replies are treated as C strings (upstream prints them with `%s`), so
 //! everything from the first NUL byte on is ignored.
 
-use super::cscan::{scan, Conv, Num, Scanner};
-use crate::cstr::until_nul;
+use crate::cformat::number::{scan, Conv, Num, Scanner};
+use crate::cformat::string::until_nul;
 use crate::percent;
 
 /// What one command prints, and whether it succeeded.

@@ -306,7 +306,7 @@ fn worker_line(line: &str) -> Option<WorkerLine> {
 /// `jsonworkers`, `jsonbusyworkers`: the `workers`/`busyworkers` report as
 /// `{"workers":[{"slot":0,"state":"busy","pid":123,"command":"scan","last":"scan","ago":0,"tag":"…"},…]}`.
 pub fn workers(reply: &[u8], bracket: bool) -> Rendered {
-    let text = String::from_utf8_lossy(crate::cstr::until_nul(reply));
+    let text = String::from_utf8_lossy(crate::cformat::string::until_nul(reply));
     let parsed: Option<Vec<WorkerLine>> = text.lines().map(worker_line).collect();
     match parsed {
         Some(workers) => emit(&Workers { workers }, bracket),

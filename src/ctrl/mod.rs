@@ -9,7 +9,6 @@
 //! is the live view.
 
 pub mod cli;
-pub mod cscan;
 pub mod format;
 pub mod json;
 pub mod options;

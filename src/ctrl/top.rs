@@ -46,7 +46,7 @@ impl Snapshot {
     pub fn from_replies(status: &[u8], load: &[u8]) -> Result<Snapshot, SnapshotError> {
         let bad = |what: &'static str, r: &[u8]| SnapshotError::BadReply {
             what,
-            reply: String::from_utf8_lossy(crate::cstr::until_nul(r))
+            reply: String::from_utf8_lossy(crate::cformat::string::until_nul(r))
                 .trim_end()
                 .to_string(),
         };

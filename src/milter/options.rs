@@ -131,7 +131,7 @@ impl Options {
     pub fn reserved_for_loopback(&self) -> i64 {
         self.reserved
             .as_deref()
-            .and_then(crate::cnum::scan_int)
+            .and_then(crate::cformat::number::scan_int)
             .unwrap_or(-1)
             .max(-1)
     }
@@ -140,7 +140,7 @@ impl Options {
     /// the default backlog.
     pub fn listen_backlog(&self) -> Option<i32> {
         self.backlog.as_deref().map(|s| {
-            crate::cnum::scan_int(s)
+            crate::cformat::number::scan_int(s)
                 .unwrap_or(-1)
                 .clamp(5, i32::MAX as i64) as i32
         })

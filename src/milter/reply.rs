@@ -1,8 +1,8 @@
 //! Verdicts from the multiplexor and the SMTP replies made from them
 //! (protocol/milter.md §7.4 and §2.6).
 
-use crate::cnum;
-use crate::cstr::until_nul;
+use crate::cformat::number::{is_c_space, scan_int};
+use crate::cformat::string::until_nul;
 use crate::percent::decode_c;
 
 /// What a check command (relayok/helook/senderok/recipok) decided.
@@ -67,14 +67,14 @@ pub fn parse_check_reply(ans: &[u8]) -> Result<CheckReply, Vec<u8>> {
 
 /// Parses the reply to `free`: a leading decimal integer, as `sscanf("%d")`.
 pub fn parse_free_reply(ans: &[u8]) -> Option<i64> {
-    cnum::scan_int(&String::from_utf8_lossy(until_nul(ans)))
+    scan_int(&String::from_utf8_lossy(until_nul(ans)))
 }
 
 /// Splits off the first word at the first whitespace byte (one byte, not a
 /// run), as upstream's `split_on_space`: `(word, Some(rest))` or
 /// `(whole, None)` when there is no whitespace.
 pub fn split_word(s: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match s.iter().position(|&b| cnum::is_c_space(b)) {
+    match s.iter().position(|&b| is_c_space(b)) {
         Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     }
@@ -108,7 +108,7 @@ pub fn split_reply_fields(msg: &[u8]) -> ReplyFields {
         None => (None, None),
     };
     let delay = rest
-        .map(|r| cnum::scan_int(&String::from_utf8_lossy(&decode_c(r))).unwrap_or(0))
+        .map(|r| scan_int(&String::from_utf8_lossy(&decode_c(r))).unwrap_or(0))
         .unwrap_or(0);
     ReplyFields {
         text: decode_c(text),

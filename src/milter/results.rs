@@ -3,7 +3,7 @@
 //! anything is sent to the MTA.
 
 use super::reply::split_word;
-use crate::cnum;
+use crate::cformat::number::scan_int;
 use crate::percent::decode_c;
 
 /// Lines this long or longer (without the newline) are refused, as upstream.
@@ -94,7 +94,7 @@ pub enum ResultsError {
 }
 
 fn index(s: &[u8], min: i32) -> i32 {
-    match cnum::scan_int(&String::from_utf8_lossy(s)) {
+    match scan_int(&String::from_utf8_lossy(s)) {
         Some(v) if v >= min as i64 && v <= i32::MAX as i64 => v as i32,
         _ => min,
     }
@@ -113,7 +113,7 @@ fn split3(s: &[u8]) -> (&[u8], Option<&[u8]>, Option<&[u8]>) {
 
 /// Parses a RESULTS file's bytes.
 pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
-    let data = crate::cstr::until_nul(data);
+    let data = crate::cformat::string::until_nul(data);
     let rejecting = data
         .split(|&b| b == b'\n')
         .any(|l| matches!(l.first(), Some(b'T' | b'D' | b'B')));

@@ -523,7 +523,7 @@ async fn connect(
         _ => conn.myip = cfg.my_ip.clone(),
     }
     if let Some(p) = macro_value(&cx.macros, "daemon_port") {
-        if let Some(v) = crate::cnum::scan_int(&String::from_utf8_lossy(p)) {
+        if let Some(v) = crate::cformat::number::scan_int(&String::from_utf8_lossy(p)) {
             conn.daemon_port = v as u32;
         }
     }

@@ -6,7 +6,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 
-use crate::cnum::scan_int;
+use crate::cformat::number::scan_int;
 
 /// Build-time defaults (protocol/multiplexor.md §1).
 pub const SPOOLDIR: &str = "/var/spool/mailmunge";

@@ -54,7 +54,7 @@ pub fn workers(p: &Pool, busy_only: bool) -> String {
 /// `workerinfo N` (protocol/multiplexor.md §5.4); `arg` is the text after
 /// `workerinfo `.
 pub fn workerinfo(p: &Pool, arg: &str) -> String {
-    let Some(n) = crate::cnum::scan_int(arg) else {
+    let Some(n) = crate::cformat::number::scan_int(arg) else {
         return "error: Invalid worker number\n".into();
     };
     if n < 0 || n as usize >= p.slots.len() {
@@ -129,7 +129,7 @@ pub fn load(p: &Pool, class: Class, now: i64) -> String {
 /// `load1 SECS` (protocol/multiplexor.md §5.6); `arg` is the text after
 /// `load1 `.
 pub fn load1(p: &Pool, arg: &str, now: i64) -> String {
-    let back = crate::cnum::scan_int(arg).unwrap_or(0);
+    let back = crate::cformat::number::scan_int(arg).unwrap_or(0);
     if !(10..=600).contains(&back) {
         return "error: Invalid 'back' amount (must be 10-600)\n".into();
     }

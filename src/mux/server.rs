@@ -11,16 +11,9 @@ use super::control::{self, Access};
 use super::options::{usage, Exit, Options};
 use super::pool::{signal, Mux};
 use super::worker::Spawner;
+use crate::cformat::strerror;
 use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
 use crate::sockspec::{Listener, SockSpec};
-
-/// `strerror` text of an I/O error (without Rust's " (os error N)").
-pub fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-        None => e.to_string(),
-    }
-}
 
 fn access_ok(path: &Path, mode: libc::c_int) -> bool {
     use nix::unistd::{access, AccessFlags};

@@ -279,7 +279,7 @@ fn two(v: Vec<String>) -> (String, String) {
 
 /// Text up to the first NUL.
 fn text_until_nul(b: &[u8]) -> String {
-    String::from_utf8_lossy(crate::cstr::until_nul(b)).into_owned()
+    String::from_utf8_lossy(crate::cformat::string::until_nul(b)).into_owned()
 }
 
 /// NUL-terminated strings of a packet.

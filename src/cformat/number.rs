@@ -1,11 +1,24 @@
-//! Reading numbers out of a reply the way C's `sscanf("%d %lf …")` does.
+//! Numbers as C's `sscanf("%d %lf …")` and `atoi` read them.
 //!
-//! mm-mx-ctrl's client-side formats were written against `sscanf`, whose
-//! quirks decide what a reply means: whitespace (newlines included) is
+//! Upstream parses options, protocol fields and replies with `sscanf`, and
+//! its quirks decide what they mean: whitespace (newlines included) is
 //! skipped before each number, a number stops at the first byte that cannot
-//! continue it, and scanning stops at the first conversion that fails.
+//! continue it (`10abc` is 10), and scanning stops at the first conversion
+//! that fails.
 
-/// A cursor over reply bytes.
+/// C's `isspace` in the C locale: what `sscanf` skips before a number.
+pub fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// Reads a leading decimal integer: optional blanks, an optional sign, then
+/// digits; stops at the first non-digit. `None` when no digit was found.
+/// Out-of-range values saturate, as `strtol` does.
+pub fn scan_int(s: &str) -> Option<i64> {
+    Scanner::new(s.as_bytes()).long()
+}
+
+/// A cursor over the bytes to read.
 #[derive(Debug, Clone)]
 pub struct Scanner<'a> {
     input: &'a [u8],
@@ -18,7 +31,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn skip_space(&mut self) {
-        while self.pos < self.input.len() && crate::cnum::is_c_space(self.input[self.pos]) {
+        while self.pos < self.input.len() && is_c_space(self.input[self.pos]) {
             self.pos += 1;
         }
     }
@@ -37,6 +50,11 @@ impl<'a> Scanner<'a> {
     /// `%d`: optional sign and decimal digits. Out-of-range values wrap the
     /// way glibc's conversion stores a saturated `long` into an `int`.
     pub fn int(&mut self) -> Option<i32> {
+        self.long().map(|v| v as i32)
+    }
+
+    /// `%ld`: optional sign and decimal digits, saturating out of range.
+    pub fn long(&mut self) -> Option<i64> {
         self.skip_space();
         let start = self.pos;
         let mut at = start;
@@ -54,7 +72,7 @@ impl<'a> Scanner<'a> {
             i64::MAX
         });
         self.pos = end;
-        Some(wide as i32)
+        Some(wide)
     }
 
     /// `%lf`: decimal floating point with optional fraction and exponent,
@@ -226,6 +244,18 @@ pub fn scan(input: &[u8], pattern: &[Conv]) -> Vec<Num> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_int_like_atoi() {
+        assert_eq!(scan_int("10abc"), Some(10));
+        assert_eq!(scan_int("  -7"), Some(-7));
+        assert_eq!(scan_int("+3"), Some(3));
+        assert_eq!(scan_int("abc"), None);
+        assert_eq!(scan_int(""), None);
+        assert_eq!(scan_int("-"), None);
+        assert_eq!(scan_int("+-3"), None);
+        assert_eq!(scan_int("-99999999999999999999"), Some(i64::MIN));
+    }
 
     #[test]
     fn ints_like_sscanf() {
