@@ -31,9 +31,10 @@ sub slurp { open(my $fh, '<', $_[0]) or return undef; local $/; return <$fh>; }
 copy($start_bin, "$bin/mailmunge-start") or die;
 chmod(0755, "$bin/mailmunge-start");
 
-# Stand-in daemons: record argv, leave a sleeping process behind as "the
-# daemon" and write its pid where -p/-P says, then return like a daemon
-# whose child reported ready.
+# Stand-in daemons: record argv, leave a process behind as "the daemon"
+# and write its pid where -p/-P says, then return like a daemon whose child
+# reported ready. The multiplexor's answers "ping" on its -s socket, as
+# mailmunge-start checks that a worker answers before it reports OK.
 my $fake = <<'EOF';
 #!/bin/sh
 name=$(basename "$0")
@@ -42,12 +43,30 @@ printf '%s\n' "$@" > "$TEST_LOG_DIR/$name.argv"
 flag=-p
 [ "$name" = mailmunge ] && flag=-P
 pidfile=
+sock=
 while [ $# -gt 0 ]; do
     [ "$1" = "$flag" ] && { pidfile=$2; shift; }
+    [ "$name" = mailmunge-multiplexor ] && [ "$1" = -s ] && { sock=$2; shift; }
     shift
 done
-sleep 300 >/dev/null 2>&1 &
-[ -n "$pidfile" ] && echo $! > "$pidfile"
+if [ -n "$sock" ]; then
+    # Listens before it returns, like the real one; the child answers.
+    pid=$(perl -MIO::Socket::UNIX -e '
+        my $s = IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 5) or die "$ARGV[0]: $!\n";
+        defined(my $p = fork()) or die "fork: $!\n";
+        if ($p) { print "$p\n"; exit 0 }
+        open(STDIN, "<", "/dev/null"); open(STDOUT, ">", "/dev/null"); open(STDERR, ">", "/dev/null");
+        alarm(300);
+        while (my $c = $s->accept) {
+            my $l = <$c>;
+            print $c "PONG\n" if ($l // "") eq "ping\n";
+            close($c);
+        }' "$sock") || exit 1
+else
+    sleep 300 >/dev/null 2>&1 &
+    pid=$!
+fi
+[ -n "$pidfile" ] && echo $pid > "$pidfile"
 exit 0
 EOF
 write_file("$bin/$_", $fake, 0755) for qw(mailmunge mailmunge-multiplexor);
