@@ -8,7 +8,7 @@
 //! `tracing-journald` always sends to /run/systemd/journal/socket, so the
 //! milter runs in a private mount namespace (`unshare -m`, needs root)
 //! where a scratch directory holding our datagram socket is bind-mounted
-//! over /run/systemd. Without root the test says so and checks nothing.
+//! over /run/systemd (over /run where there is no /run/systemd). Without root the test says so and checks nothing.
 
 mod milter_support;
 
@@ -121,10 +121,11 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
         return;
     }
     let scratch = Scratch::new();
-    // The fake /run/systemd with journal/socket inside.
-    let fake = scratch.path().join("run-systemd");
+    // A fake run/systemd/journal/socket.
+    let run = scratch.path().join("run");
+    let fake = run.join("systemd");
     std::fs::create_dir_all(fake.join("journal")).unwrap();
-    for d in [&fake, &fake.join("journal")] {
+    for d in [&run, &fake, &fake.join("journal")] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let sock_path = fake.join("journal/socket");
@@ -133,10 +134,12 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o666)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let mount_point = if Path::new("/run/systemd").is_dir() {
-        "/run/systemd"
+    // Over /run/systemd; a machine without systemd has none, so there the
+    // whole /run is covered instead.
+    let (mount_src, mount_point) = if Path::new("/run/systemd").is_dir() {
+        (&fake, "/run/systemd")
     } else {
-        "/run"
+        (&run, "/run")
     };
     let mut journal = Journal {
         sock,
@@ -160,7 +163,7 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
         .arg("sh")
-        .arg(&fake)
+        .arg(mount_src)
         .arg(mount_point)
         .arg(env!("CARGO_BIN_EXE_mailmunge"))
         .args(["-p", &format!("unix:{}", msock.display())])
