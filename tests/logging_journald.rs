@@ -55,6 +55,9 @@ fn parse_entry(mut d: &[u8]) -> Entry {
 struct Journal {
     sock: UnixDatagram,
     entries: Vec<Entry>,
+    /// The milter's stderr, shown when an entry never comes (unshare or
+    /// mount may have failed before the milter ran).
+    stderr: std::path::PathBuf,
 }
 
 impl Journal {
@@ -71,8 +74,9 @@ impl Journal {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no journal entry with {needle:?}; got {:?}",
-                    self.messages()
+                    "no journal entry with {needle:?}; got {:?}; milter stderr: {:?}",
+                    self.messages(),
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
                 );
             }
             match self.sock.recv(&mut buf) {
@@ -141,9 +145,11 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     } else {
         (&run, "/run")
     };
+    let stderr_path = scratch.path().join("milter.stderr");
     let mut journal = Journal {
         sock,
         entries: Vec::new(),
+        stderr: stderr_path.clone(),
     };
 
     let mux_path = scratch.path().join("mx.sock");
@@ -154,7 +160,6 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     let msock = sockdir.join("milter.sock");
 
     // systemd names the stream it connected to stderr in JOURNAL_STREAM.
-    let stderr_path = scratch.path().join("milter.stderr");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     let meta = stderr.metadata().unwrap();
     let stream = format!("{}:{}", meta.dev(), meta.ino());
