@@ -8,7 +8,7 @@
 //! `tracing-journald` always sends to /run/systemd/journal/socket, so the
 //! milter runs in a private mount namespace (`unshare -m`, needs root)
 //! where a scratch directory holding our datagram socket is bind-mounted
-//! over /run/systemd. Without root the test says so and checks nothing.
+//! over /run/systemd (over /run where there is no /run/systemd). Without root the test says so and checks nothing.
 
 mod milter_support;
 
@@ -55,6 +55,9 @@ fn parse_entry(mut d: &[u8]) -> Entry {
 struct Journal {
     sock: UnixDatagram,
     entries: Vec<Entry>,
+    /// The milter's stderr, shown when an entry never comes (unshare or
+    /// mount may have failed before the milter ran).
+    stderr: std::path::PathBuf,
 }
 
 impl Journal {
@@ -71,8 +74,9 @@ impl Journal {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no journal entry with {needle:?}; got {:?}",
-                    self.messages()
+                    "no journal entry with {needle:?}; got {:?}; milter stderr: {:?}",
+                    self.messages(),
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
                 );
             }
             match self.sock.recv(&mut buf) {
@@ -121,10 +125,11 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
         return;
     }
     let scratch = Scratch::new();
-    // The fake /run/systemd with journal/socket inside.
-    let fake = scratch.path().join("run-systemd");
+    // A fake run/systemd/journal/socket.
+    let run = scratch.path().join("run");
+    let fake = run.join("systemd");
     std::fs::create_dir_all(fake.join("journal")).unwrap();
-    for d in [&fake, &fake.join("journal")] {
+    for d in [&run, &fake, &fake.join("journal")] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let sock_path = fake.join("journal/socket");
@@ -133,14 +138,18 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o666)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let mount_point = if Path::new("/run/systemd").is_dir() {
-        "/run/systemd"
+    // Over /run/systemd; a machine without systemd has none, so there the
+    // whole /run is covered instead.
+    let (mount_src, mount_point) = if Path::new("/run/systemd").is_dir() {
+        (&fake, "/run/systemd")
     } else {
-        "/run"
+        (&run, "/run")
     };
+    let stderr_path = scratch.path().join("milter.stderr");
     let mut journal = Journal {
         sock,
         entries: Vec::new(),
+        stderr: stderr_path.clone(),
     };
 
     let mux_path = scratch.path().join("mx.sock");
@@ -151,7 +160,6 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
     let msock = sockdir.join("milter.sock");
 
     // systemd names the stream it connected to stderr in JOURNAL_STREAM.
-    let stderr_path = scratch.path().join("milter.stderr");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     let meta = stderr.metadata().unwrap();
     let stream = format!("{}:{}", meta.dev(), meta.ino());
@@ -160,7 +168,7 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
         .arg("sh")
-        .arg(&fake)
+        .arg(mount_src)
         .arg(mount_point)
         .arg(env!("CARGO_BIN_EXE_mailmunge"))
         .args(["-p", &format!("unix:{}", msock.display())])
