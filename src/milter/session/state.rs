@@ -1,0 +1,135 @@
+//! What one SMTP connection and its message hold between callbacks
+//! (protocol/milter.md §3.0), and the macro look-ups they are filled from
+//! (protocol/milter.md §2.5).
+
+use std::ffi::CString;
+
+use indymilter::{Macros, Status};
+
+use crate::milter::commands::CommandsBlock;
+use crate::milter::spool::{BodyFilter, WorkDir};
+use crate::mm_log;
+
+/// State of one SMTP connection.
+#[derive(Debug, Default)]
+pub struct Conn {
+    pub(super) hostname: Option<Vec<u8>>,
+    pub(super) hostip: Option<String>,
+    pub(super) hostport: u32,
+    pub(super) myip: Option<String>,
+    /// `myip` came from `{if_addr}` and differs from the computed address:
+    /// upstream forgets it at the first MAIL FROM.
+    pub(super) myip_from_macro: bool,
+    pub(super) daemon_port: u32,
+    pub(super) helo: Option<Vec<u8>>,
+    /// The MTA queue id; `None` is upstream's `NOQUEUE`.
+    pub(super) qid: Option<Vec<u8>>,
+    pub(super) qid_written: bool,
+    pub(super) msg: Option<Msg>,
+}
+
+/// State of the message being received.
+#[derive(Debug)]
+pub(super) struct Msg {
+    pub(super) dir: WorkDir,
+    pub(super) sender: Vec<u8>,
+    pub(super) first_rcpt: Option<Vec<u8>>,
+    pub(super) content_types: u32,
+    pub(super) seen_mime_version: bool,
+    pub(super) body: BodyFilter,
+    pub(super) filter_failed: bool,
+}
+
+impl Conn {
+    pub(super) fn qid(&self) -> String {
+        match &self.qid {
+            Some(q) => String::from_utf8_lossy(q).into_owned(),
+            None => "NOQUEUE".to_string(),
+        }
+    }
+
+    pub(super) fn qid_bytes(&self) -> &[u8] {
+        self.qid.as_deref().unwrap_or(b"NOQUEUE")
+    }
+
+    /// Upstream's `set_queueid`: adopt the `i` macro when it is defined and
+    /// new. (An empty `i` counts as undefined.)
+    pub(super) fn set_queueid(&mut self, m: &Macros) {
+        let Some(v) = macro_value(m, "i") else { return };
+        if v.is_empty() || self.qid.as_deref() == Some(v) {
+            return;
+        }
+        if self.qid.is_some() {
+            self.qid_written = false;
+        }
+        self.qid = Some(v.to_vec());
+    }
+
+    pub(super) fn ip_or_unknown(&self) -> Vec<u8> {
+        match &self.hostip {
+            Some(ip) if !ip.is_empty() => ip.as_bytes().to_vec(),
+            _ => b"UNKNOWN".to_vec(),
+        }
+    }
+
+    pub(super) fn name_or_ip(&self) -> Vec<u8> {
+        match &self.hostname {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => self.ip_or_unknown(),
+        }
+    }
+
+    /// HELO for a request line: `UNKNOWN` when none was seen and also when
+    /// it was empty (an empty field would shift the worker's arguments).
+    pub(super) fn helo_field(&self) -> Vec<u8> {
+        match &self.helo {
+            Some(h) if !h.is_empty() => h.clone(),
+            _ => b"UNKNOWN".to_vec(),
+        }
+    }
+
+    pub(super) fn myip_field(&self) -> Vec<u8> {
+        match &self.myip {
+            Some(ip) if !ip.is_empty() => ip.as_bytes().to_vec(),
+            _ => b"UNKNOWN".to_vec(),
+        }
+    }
+
+    /// Writes `Q<qid>` and the `=i` line if a real qid is known and not yet
+    /// in COMMANDS.
+    pub(super) fn pending_qid_lines(&mut self, m: &Macros, block: &mut CommandsBlock) {
+        if let Some(q) = self.qid.clone() {
+            if !self.qid_written {
+                block.line(b'Q', Some(&q));
+                append_macro(block, m, "i");
+                self.qid_written = true;
+            }
+        }
+    }
+}
+
+/// Looks a macro up the way upstream does: multi-character names in braces.
+pub(super) fn macro_value<'a>(m: &'a Macros, name: &str) -> Option<&'a [u8]> {
+    let key = if name.len() > 1 {
+        format!("{{{name}}}")
+    } else {
+        name.to_string()
+    };
+    let key = CString::new(key).ok()?;
+    m.get(&key).map(|v| v.to_bytes())
+}
+
+/// `=name value` if the macro is defined (an empty value is defined).
+pub(super) fn append_macro(block: &mut CommandsBlock, m: &Macros, name: &str) {
+    if let Some(v) = macro_value(m, name) {
+        block.macro_line(name.as_bytes(), v);
+    }
+}
+
+pub(super) fn no_private_data(callback: &str) -> Status {
+    mm_log!(
+        Warning,
+        "{callback}: Unable to obtain private data from milter context"
+    );
+    Status::Tempfail
+}
