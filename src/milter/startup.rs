@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -73,7 +74,23 @@ fn die(msg: impl AsRef<str>) -> ! {
     std::process::exit(1);
 }
 
-/// The program: `args` includes argv[0]. Returns the exit status.
+/// What the command line settled, checked before anything else happens.
+struct Startup {
+    argv0: String,
+    opts: Options,
+    facility: libc::c_int,
+    /// The `-p` argument and its parsed form.
+    conn: String,
+    sockspec: SockSpec,
+    mx_socket: String,
+    spool_dir: String,
+}
+
+/// The lock file held while running, and its path.
+type Lock = Option<(std::fs::File, String)>;
+
+/// The program: `args` includes argv[0]. Returns the exit status. The
+/// steps follow protocol/milter.md §1.4.
 pub fn main_with_args(args: Vec<String>) -> i32 {
     let argv0 = args.first().cloned().unwrap_or_else(|| "mailmunge".into());
     if args.len() == 2 && args[1] == "prcap" {
@@ -81,6 +98,34 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         return 0;
     }
     daemon::set_umask(0o077);
+    let s = match check_options(argv0, args) {
+        ControlFlow::Continue(s) => s,
+        ControlFlow::Break(status) => return status,
+    };
+    let pidfile = open_pidfile(&s);
+    become_user(&s);
+    let mut ready = daemonise(&s, pidfile.as_ref());
+    let Ok(lock) = lock_files(&s.opts, pidfile, &mut ready) else {
+        return 1;
+    };
+    let cfg = session_config(&s);
+    let Some(rt) = runtime(&mut ready) else {
+        return 1;
+    };
+    let status = rt.block_on(serve(&s, cfg, &mut ready));
+    remove_files(&s.opts);
+    if let Some((f, path)) = lock {
+        drop(f);
+        if s.opts.lockfile.is_none() {
+            daemon::unlink_quietly(Path::new(&path));
+        }
+    }
+    status
+}
+
+/// Parses and checks the command line; dies with upstream's messages.
+/// `Break` carries the exit status of a run that ends here (`-v`).
+fn check_options(argv0: String, args: Vec<String>) -> ControlFlow<i32, Startup> {
     if let Err(msg) = daemon::check_not_setid(&argv0) {
         die(format!("{msg}\n"));
     }
@@ -90,26 +135,48 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     };
     if opts.version {
         println!("mailmunge version {}", crate::VERSION);
-        return 0;
+        return ControlFlow::Break(0);
     }
     if opts.help {
         die(options::usage());
     }
-    if let Some(m) = opts.extra_macros.iter().find(|m| m.len() > MAX_MACRO_NAME) {
-        die(format!("{argv0}: Macro name too long: {m}\n"));
-    }
-    if opts.extra_macros.len() > MAX_EXTRA_MACROS {
-        die(format!(
-            "{argv0}: Too many Sendmail macros (max {MAX_EXTRA_MACROS})\n"
-        ));
-    }
+    check_macros(&argv0, &opts.extra_macros);
     let facility = match &opts.facility {
         Some(f) => daemon::syslog_facility(f)
             .unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
         None => libc::LOG_MAIL,
     };
-    // Each -p names a socket the milter may have left behind; like upstream,
-    // an earlier one is cleared too (sockets only), the last is the one used.
+    let (conn, sockspec) = listen_spec(&argv0, &args, &opts);
+    let Some(mx_socket) = opts.mx_socket.clone() else {
+        die(format!("{argv0}: You must use the `-m' option.\n"));
+    };
+    let spool_dir = spool_dir(&opts);
+    ControlFlow::Continue(Startup {
+        argv0,
+        opts,
+        facility,
+        conn,
+        sockspec,
+        mx_socket,
+        spool_dir,
+    })
+}
+
+fn check_macros(argv0: &str, extra_macros: &[String]) {
+    if let Some(m) = extra_macros.iter().find(|m| m.len() > MAX_MACRO_NAME) {
+        die(format!("{argv0}: Macro name too long: {m}\n"));
+    }
+    if extra_macros.len() > MAX_EXTRA_MACROS {
+        die(format!(
+            "{argv0}: Too many Sendmail macros (max {MAX_EXTRA_MACROS})\n"
+        ));
+    }
+}
+
+/// The `-p` socket to listen on. Each `-p` names a socket the milter may
+/// have left behind; like upstream, an earlier one is cleared too (sockets
+/// only), the last is the one used.
+fn listen_spec(argv0: &str, args: &[String], opts: &Options) -> (String, SockSpec) {
     let conns = options::all_conns(args.get(1..).unwrap_or(&[]));
     if conns.iter().any(String::is_empty) {
         die(format!("{argv0}: Illegal conn: \n"));
@@ -126,30 +193,39 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     };
     let sockspec = SockSpec::parse_milter(&conn)
         .unwrap_or_else(|e| die(format!("{argv0}: Could not open connection {conn}: {e}\n")));
-    let Some(mx_socket) = opts.mx_socket.clone() else {
-        die(format!("{argv0}: You must use the `-m' option.\n"));
-    };
+    (conn, sockspec)
+}
+
+/// Workers chdir to their own spool directory before each command, so a
+/// relative working-directory path would point nowhere: anchor it here.
+fn spool_dir(opts: &Options) -> String {
     let mut spool_dir = opts
         .spool_dir
         .clone()
         .unwrap_or_else(|| SPOOLDIR.to_string());
-    // Workers chdir to their own spool directory before each command, so a
-    // relative working-directory path would point nowhere: anchor it here.
     if !spool_dir.starts_with('/') {
         if let Ok(cwd) = std::env::current_dir() {
             spool_dir = format!("{}/{spool_dir}", cwd.display());
         }
     }
+    spool_dir
+}
 
-    // The pid file is opened before privileges are dropped.
-    let pidfile = opts.pidfile.as_ref().map(|p| {
+/// The pid file is opened before privileges are dropped.
+fn open_pidfile(s: &Startup) -> Option<daemon::PidFile> {
+    s.opts.pidfile.as_ref().map(|p| {
         daemon::PidFile::open(Path::new(p)).unwrap_or_else(|e| {
-            super::log::init(facility);
+            super::log::init(s.facility);
             mm_log!(Error, "{e}");
-            die(format!("{argv0}: {e}\n"))
+            die(format!("{}: {e}\n", s.argv0))
         })
-    });
-    if let Some(user) = &opts.user {
+    })
+}
+
+/// Drops to `-U`, refuses to go on as root, and moves to the spool.
+fn become_user(s: &Startup) {
+    let argv0 = &s.argv0;
+    if let Some(user) = &s.opts.user {
         match daemon::drop_privileges(user) {
             Ok(()) => {}
             Err(daemon::DaemonError::UnknownUser(_)) => {
@@ -161,47 +237,60 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     if daemon::running_as_root() {
         die("ERROR: You must not run mailmunge as root.\nUse the -U option to set a non-root user.\n");
     }
-    if let Err(e) = std::env::set_current_dir(&spool_dir) {
-        die(format!("{argv0}: Unable to chdir({spool_dir}): {e}\n"));
+    if let Err(e) = std::env::set_current_dir(&s.spool_dir) {
+        die(format!("{argv0}: Unable to chdir({}): {e}\n", s.spool_dir));
     }
+}
 
-    // Daemonise before any thread exists (the tokio runtime comes later).
-    let mut ready = if opts.foreground {
+/// Daemonises (unless `-f`) before any thread exists: the tokio runtime
+/// comes later. Then closes what the starter left open and starts logging.
+fn daemonise(s: &Startup, pidfile: Option<&daemon::PidFile>) -> daemon::Readiness {
+    let ready = if s.opts.foreground {
         daemon::Readiness::foreground()
     } else {
-        daemon::daemonize().unwrap_or_else(|e| die(format!("{argv0}: {e}\n")))
+        daemon::daemonize().unwrap_or_else(|e| die(format!("{}: {e}\n", s.argv0)))
     };
     // Nothing the starter left open stays open (protocol/SECURITY.md §2).
     let mut keep: Vec<i32> = ready.raw_fd().into_iter().collect();
-    keep.extend(pidfile.as_ref().map(daemon::PidFile::raw_fd));
+    keep.extend(pidfile.map(daemon::PidFile::raw_fd));
     daemon::close_inherited_fds(&keep);
-    super::log::init(facility);
+    super::log::init(s.facility);
     // Every SMTP session holds a descriptor; the usual soft limit of 1024
     // would cap concurrent sessions well below what the milter can serve.
     daemon::raise_nofile();
+    ready
+}
 
-    let mut lock = None;
-    if opts.pidfile.is_some() || opts.lockfile.is_some() {
-        let path = match (&opts.lockfile, &opts.pidfile) {
-            (Some(l), _) => l.clone(),
-            (None, Some(p)) => format!("{p}.lock"),
-            (None, None) => unreachable!("checked above"),
-        };
-        match daemon::lock_file(Path::new(&path)) {
-            Ok(f) => lock = Some((f, path)),
-            Err(e) => {
-                mm_log!(Error, "{e}.  Is another copy running?");
-                ready.fail("Cannot lock lockfile: Is another copy running?");
-                return 1;
-            }
+/// Takes the lock (`-o`, else `<pidfile>.lock`) and writes the pid
+/// (protocol/milter.md §1.5). `Err` after reporting: another copy runs.
+fn lock_files(
+    opts: &Options,
+    pidfile: Option<daemon::PidFile>,
+    ready: &mut daemon::Readiness,
+) -> Result<Lock, ()> {
+    let path = match (&opts.lockfile, &opts.pidfile) {
+        (Some(l), _) => l.clone(),
+        (None, Some(p)) => format!("{p}.lock"),
+        (None, None) => return Ok(None),
+    };
+    let lock = match daemon::lock_file(Path::new(&path)) {
+        Ok(f) => Some((f, path)),
+        Err(e) => {
+            mm_log!(Error, "{e}.  Is another copy running?");
+            ready.fail("Cannot lock lockfile: Is another copy running?");
+            return Err(());
         }
-        if let Some(p) = pidfile {
-            if let Err(e) = p.write_pid(std::process::id()) {
-                mm_log!(Error, "Could not write PID file: {e}");
-            }
+    };
+    if let Some(p) = pidfile {
+        if let Err(e) = p.write_pid(std::process::id()) {
+            mm_log!(Error, "Could not write PID file: {e}");
         }
     }
+    Ok(lock)
+}
 
+/// The callbacks' configuration; logs the address the host appears to have.
+fn session_config(s: &Startup) -> Config {
     let my_ip = my_ip_address();
     match &my_ip {
         Some(ip) => mm_log!(Info, "My IP address appears to be {ip}"),
@@ -210,10 +299,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             "Could not determine my own IP address!  Ensure that this host has a default route."
         ),
     }
-
-    let cfg = Config {
-        mx_socket: PathBuf::from(&mx_socket),
-        spool_dir,
+    let opts = &s.opts;
+    Config {
+        mx_socket: PathBuf::from(&s.mx_socket),
+        spool_dir: s.spool_dir.clone(),
         relay_check: opts.relay_check,
         helo_check: opts.helo_check,
         sender_check: opts.sender_check,
@@ -232,90 +321,118 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         log_times: opts.log_times,
         my_ip,
         mx_timeout: mx_timeout(),
-    };
+    }
+}
 
-    // Sessions are I/O-bound tasks: a few worker threads serve any number of
-    // MTA connections.
+/// Sessions are I/O-bound tasks: a few worker threads serve any number of
+/// MTA connections. `None` after reporting a failure.
+fn runtime(ready: &mut daemon::Readiness) -> Option<tokio::runtime::Runtime> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 8);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             mm_log!(Error, "cannot start the runtime: {e}");
             ready.fail("cannot start the runtime");
-            return 1;
+            None
         }
+    }
+}
+
+/// Listens, waits for the multiplexor, reports ready, then runs the milter
+/// until a signal. Returns the exit status.
+async fn serve(s: &Startup, cfg: Config, ready: &mut daemon::Readiness) -> i32 {
+    let Some(listener) = listen(s, ready) else {
+        return 1;
     };
-    let (socket_umask, file_umask) = if opts.group_access {
+    mm_log!(
+        Info,
+        "mailmunge {} alive. workersReservedForLoopback={} AllowNewConnectionsToQueue={} doRelayCheck={} doHeloCheck={} doSenderCheck={} doRecipientCheck={}",
+        crate::VERSION,
+        cfg.reserved_for_loopback,
+        cfg.allow_queue as i32,
+        cfg.relay_check as i32,
+        cfg.helo_check as i32,
+        cfg.sender_check as i32,
+        cfg.rcpt_check as i32
+    );
+    if !wait_for_multiplexor(&cfg).await {
+        mm_log!(
+            Error,
+            "mailmunge-multiplexor socket did not appear.  Exiting."
+        );
+        ready.fail("mailmunge-multiplexor socket did not appear.  Exiting.");
+        remove_files(&s.opts);
+        return 1;
+    }
+    mm_log!(
+        Info,
+        "mailmunge-multiplexor is responding - entering main loop"
+    );
+    ready.ready();
+    run_loop(&s.opts, listener, cfg).await
+}
+
+/// Binds `-p`; the umask brackets the socket creation (`-G` opens it to
+/// the group). `None` after reporting a failure.
+fn listen(s: &Startup, ready: &mut daemon::Readiness) -> Option<Listener> {
+    let (socket_umask, file_umask) = if s.opts.group_access {
         (0o007, 0o027)
     } else {
         (0o077, 0o077)
     };
-    let status = rt.block_on(async {
-        // The umask brackets the socket creation.
-        daemon::set_umask(socket_umask);
-        let bound = sockspec.bind(opts.listen_backlog().unwrap_or(libc::SOMAXCONN.max(20)));
-        daemon::set_umask(file_umask);
-        let listener = match bound {
-            Ok(l) => l,
-            Err(e) => {
-                mm_log!(Error, "Could not open connection {conn}: {e}");
-                ready.fail(&format!("Could not open connection {conn}: {e}"));
-                return 1;
-            }
-        };
-        if let Some(w) = sockspec.all_addresses_warning(&conn) {
-            mm_log!(Warning, "{w}");
+    daemon::set_umask(socket_umask);
+    let backlog = s.opts.listen_backlog().unwrap_or(libc::SOMAXCONN.max(20));
+    let bound = s.sockspec.bind(backlog);
+    daemon::set_umask(file_umask);
+    let conn = &s.conn;
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            mm_log!(Error, "Could not open connection {conn}: {e}");
+            ready.fail(&format!("Could not open connection {conn}: {e}"));
+            return None;
         }
-        mm_log!(
-            Info,
-            "mailmunge {} alive. workersReservedForLoopback={} AllowNewConnectionsToQueue={} doRelayCheck={} doHeloCheck={} doSenderCheck={} doRecipientCheck={}",
-            crate::VERSION,
-            cfg.reserved_for_loopback,
-            cfg.allow_queue as i32,
-            cfg.relay_check as i32,
-            cfg.helo_check as i32,
-            cfg.sender_check as i32,
-            cfg.rcpt_check as i32
-        );
-        if !wait_for_multiplexor(&cfg).await {
-            mm_log!(Error, "mailmunge-multiplexor socket did not appear.  Exiting.");
-            ready.fail("mailmunge-multiplexor socket did not appear.  Exiting.");
-            remove_files(&opts);
-            return 1;
-        }
-        mm_log!(Info, "mailmunge-multiplexor is responding - entering main loop");
-        ready.ready();
-        let unix_path = listener.path().map(|p| p.to_path_buf());
-        let limits = Limits::from(&opts);
-        let config = indymilter::Config { max_connections: limits.connections, ..Default::default() };
-        let callbacks = session::callbacks(Arc::new(cfg));
-        let r = indymilter::run(NoDelayListener::new(listener, limits), callbacks, config, shutdown_signal(opts.foreground)).await;
-        if let Some(p) = unix_path {
-            let _ = std::fs::remove_file(p);
-        }
-        match r {
-            Ok(()) => 0,
-            Err(e) => {
-                mm_log!(Error, "milter main loop failed: {e}");
-                1
-            }
-        }
-    });
-    remove_files(&opts);
-    if let Some((f, path)) = lock {
-        drop(f);
-        if opts.lockfile.is_none() {
-            daemon::unlink_quietly(Path::new(&path));
+    };
+    if let Some(w) = s.sockspec.all_addresses_warning(conn) {
+        mm_log!(Warning, "{w}");
+    }
+    Some(listener)
+}
+
+/// indymilter's main loop until a stop signal; the UNIX socket goes with it.
+async fn run_loop(opts: &Options, listener: Listener, cfg: Config) -> i32 {
+    let unix_path = listener.path().map(|p| p.to_path_buf());
+    let limits = Limits::from(opts);
+    let config = indymilter::Config {
+        max_connections: limits.connections,
+        ..Default::default()
+    };
+    let callbacks = session::callbacks(Arc::new(cfg));
+    let listener = NoDelayListener::new(listener, limits);
+    let r = indymilter::run(
+        listener,
+        callbacks,
+        config,
+        shutdown_signal(opts.foreground),
+    )
+    .await;
+    if let Some(p) = unix_path {
+        let _ = std::fs::remove_file(p);
+    }
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            mm_log!(Error, "milter main loop failed: {e}");
+            1
         }
     }
-    status
 }
 
 /// At exit the pid file and an explicit `-o` lock file are removed, as
