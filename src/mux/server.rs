@@ -1,6 +1,7 @@
 //! Start-up, timers, signals and shutdown of the multiplexor
 //! (protocol/multiplexor.md §2.1, §7.9, §7.10, §15.3, §16).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,73 +82,16 @@ where
         eprintln!("{m}");
         return 1;
     }
-    let opts = match Options::parse(args) {
-        Ok(o) => o,
-        Err(Exit::Version(v)) => {
-            print!("{v}");
-            return 0;
-        }
-        Err(Exit::Usage(msg)) => {
-            if let Some(m) = msg {
-                eprintln!("{m}\n");
-            }
-            eprint!("{}", usage(&argv0));
-            return 1;
-        }
-        Err(Exit::Fatal(m)) => {
-            eprintln!("{m}");
-            return 1;
-        }
+    let opts = match parse_options(&argv0, args) {
+        ControlFlow::Continue(o) => o,
+        ControlFlow::Break(status) => return status,
     };
-    let pidfile = match &opts.pid_file {
-        None => None,
-        Some(p) => match PidFile::open(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("{argv0}: {e}");
-                daemon::log(LOG_ERR, &e.to_string());
-                return 1;
-            }
-        },
+    let Ok(pidfile) = prepare(&argv0, &opts) else {
+        return 1;
     };
-    if let Some(u) = &opts.user {
-        if let Err(e) = daemon::drop_privileges(u) {
-            eprintln!("{argv0}: {e}");
-            return 1;
-        }
-    }
-    if daemon::running_as_root() {
-        eprintln!("ERROR: You must not run mailmunge-multiplexor as root.\nUse the -U option to set a non-root user.");
+    let Ok(readiness) = daemonise(&argv0, &opts, pidfile.as_ref()) else {
         return 1;
-    }
-    if let Err(e) = std::env::set_current_dir(&opts.spool_dir) {
-        eprintln!(
-            "{argv0}: Unable to chdir({}): {}",
-            opts.spool_dir.display(),
-            strerror(&e)
-        );
-        return 1;
-    }
-    if let Err(m) = check_filter(&opts) {
-        eprintln!("{m}");
-        return 1;
-    }
-    let readiness = if opts.foreground {
-        Readiness::foreground()
-    } else {
-        match daemon::daemonize() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("{argv0}: {e}");
-                return 1;
-            }
-        }
     };
-    let mut keep: Vec<i32> = readiness.raw_fd().into_iter().collect();
-    keep.extend(pidfile.as_ref().map(PidFile::raw_fd));
-    daemon::close_inherited_fds(&keep);
-    daemon::raise_nofile();
-    super::worker::reserve_low_fds();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,6 +106,89 @@ where
     let code = rt.block_on(serve(opts, pidfile, readiness));
     rt.shutdown_timeout(Duration::from_millis(200));
     code
+}
+
+/// The options, or the exit status of a run that ends with `-v`, `-h` or
+/// an error (protocol/multiplexor.md §2).
+fn parse_options(argv0: &str, args: Vec<std::ffi::OsString>) -> ControlFlow<i32, Options> {
+    match Options::parse(args) {
+        Ok(o) => ControlFlow::Continue(o),
+        Err(Exit::Version(v)) => {
+            print!("{v}");
+            ControlFlow::Break(0)
+        }
+        Err(Exit::Usage(msg)) => {
+            if let Some(m) = msg {
+                eprintln!("{m}\n");
+            }
+            eprint!("{}", usage(argv0));
+            ControlFlow::Break(1)
+        }
+        Err(Exit::Fatal(m)) => {
+            eprintln!("{m}");
+            ControlFlow::Break(1)
+        }
+    }
+}
+
+/// Steps 4-8 of protocol/multiplexor.md §2.1: the PID file opened as the
+/// invoking user, the privilege drop, the spool, the filter. `Err` after
+/// the error was printed.
+fn prepare(argv0: &str, opts: &Options) -> Result<Option<PidFile>, ()> {
+    let pidfile = match &opts.pid_file {
+        None => None,
+        Some(p) => match PidFile::open(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                daemon::log(LOG_ERR, &e.to_string());
+                return Err(());
+            }
+        },
+    };
+    if let Some(u) = &opts.user {
+        if let Err(e) = daemon::drop_privileges(u) {
+            eprintln!("{argv0}: {e}");
+            return Err(());
+        }
+    }
+    if daemon::running_as_root() {
+        eprintln!("ERROR: You must not run mailmunge-multiplexor as root.\nUse the -U option to set a non-root user.");
+        return Err(());
+    }
+    if let Err(e) = std::env::set_current_dir(&opts.spool_dir) {
+        let dir = opts.spool_dir.display();
+        eprintln!("{argv0}: Unable to chdir({dir}): {}", strerror(&e));
+        return Err(());
+    }
+    if let Err(m) = check_filter(opts) {
+        eprintln!("{m}");
+        return Err(());
+    }
+    Ok(pidfile)
+}
+
+/// Daemonises unless `-D` (protocol/multiplexor.md §2.2), before any thread
+/// exists, and closes what the starter left open. `Err` after the error
+/// was printed.
+fn daemonise(argv0: &str, opts: &Options, pidfile: Option<&PidFile>) -> Result<Readiness, ()> {
+    let readiness = if opts.foreground {
+        Readiness::foreground()
+    } else {
+        match daemon::daemonize() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                return Err(());
+            }
+        }
+    };
+    let mut keep: Vec<i32> = readiness.raw_fd().into_iter().collect();
+    keep.extend(pidfile.map(PidFile::raw_fd));
+    daemon::close_inherited_fds(&keep);
+    daemon::raise_nofile();
+    super::worker::reserve_low_fds();
+    Ok(readiness)
 }
 
 /// Paths to clean up at exit.
@@ -261,36 +288,120 @@ fn bind_side(
     }
 }
 
-async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) -> i32 {
-    let file_mask = if opts.group_perms { 0o027 } else { 0o077 };
-    let sock_mask = if opts.group_perms { 0o007 } else { 0o077 };
-    daemon::set_umask(file_mask);
-    daemon::open_syslog(&opts.ident, opts.facility);
-    let mut cleanup = Cleanup {
-        pid_file: opts.pid_file.clone(),
-        lock_file: opts.lock_file.clone(),
-        sockets: Vec::new(),
-    };
-    let fail = |ready: &mut Readiness, cleanup: &Cleanup, msg: &str| -> i32 {
+/// Socket and file umasks (protocol/multiplexor.md §2.4).
+#[derive(Debug, Clone, Copy)]
+struct Masks {
+    sock: u32,
+    file: u32,
+}
+
+impl Masks {
+    fn of(opts: &Options) -> Masks {
+        if opts.group_perms {
+            Masks {
+                sock: 0o007,
+                file: 0o027,
+            }
+        } else {
+            Masks {
+                sock: 0o077,
+                file: 0o077,
+            }
+        }
+    }
+}
+
+/// Start-up in progress: the readiness report still owed to the launcher
+/// and what to remove if start-up fails.
+struct Starting {
+    ready: Readiness,
+    cleanup: Cleanup,
+}
+
+impl Starting {
+    /// A fatal start-up error (protocol/multiplexor.md §2.1): logged, files
+    /// and sockets removed, reported; returns the exit status.
+    fn fail(&mut self, msg: &str) -> i32 {
         daemon::log(LOG_ERR, msg);
-        cleanup.files();
-        for s in &cleanup.sockets {
+        self.cleanup.files();
+        for s in &self.cleanup.sockets {
             daemon::remove_socket(s);
         }
         // Last, so that the launcher returns only after the clean-up.
-        ready.fail(msg);
+        self.ready.fail(msg);
         1
-    };
+    }
+}
 
-    let _lock = match opts.effective_lock_file() {
+/// The daemon after daemonising: the rest of the start-up of
+/// protocol/multiplexor.md §2.1 (here the control socket comes last, §2.2),
+/// then the wait for SIGTERM or a `stop`.
+async fn serve(opts: Options, pidfile: Option<PidFile>, ready: Readiness) -> i32 {
+    let masks = Masks::of(&opts);
+    daemon::set_umask(masks.file);
+    daemon::open_syslog(&opts.ident, opts.facility);
+    let mut st = Starting {
+        ready,
+        cleanup: Cleanup {
+            pid_file: opts.pid_file.clone(),
+            lock_file: opts.lock_file.clone(),
+            sockets: Vec::new(),
+        },
+    };
+    let Ok(_lock) = lock_files(&opts, pidfile, &mut st.ready) else {
+        return 1;
+    };
+    let (spec, unpriv) = match control_specs(&opts, masks, &mut st) {
+        Ok(c) => c,
+        Err(status) => return status,
+    };
+    let mut sigterm = match unix_signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return st.fail(&format!("Unable to handle SIGTERM: {e}")),
+    };
+    log_started(&opts);
+    let mux = Mux::new(opts.clone());
+    // Until the filter is preloaded (-E), workers are started with perl.
+    let spawner = super::worker::Starter::install(&mux, Spawner::initial(&opts));
+    let side = side_servers(&mux, &opts, masks, &mut st.cleanup);
+    spawn_timers(&mux);
+    if let Err(msg) = prepare_workers(&opts, &spawner).await {
+        return st.fail(&msg);
+    }
+    // The first worker starts before we report ready
+    // (protocol/multiplexor.md §2.2).
+    if mux.lock().fill_once() {
+        mux.fill.notify_one();
+    }
+    if let Err(status) = open_control(&mux, &spec, unpriv, masks, &mut st) {
+        return status;
+    }
+    st.ready.ready();
+    tokio::spawn(log_alive());
+
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = mux.shutdown.notified() => {}
+    }
+    shutdown(&mux, &st.cleanup, side).await
+}
+
+/// Takes the lock file and writes the PID file
+/// (protocol/multiplexor.md §2.3). `Err` after reporting that another copy
+/// holds the lock; its files are left alone.
+fn lock_files(
+    opts: &Options,
+    pidfile: Option<PidFile>,
+    ready: &mut Readiness,
+) -> Result<Option<std::fs::File>, ()> {
+    let lock = match opts.effective_lock_file() {
         None => None,
         Some(lf) => match daemon::lock_file(&lf) {
             Ok(f) => Some(f),
             Err(e) => {
                 daemon::log(LOG_ERR, &format!("{e}.  Is another copy running?"));
-                // The lock belongs to the other copy: leave its files alone.
                 ready.fail("Cannot lock lockfile: Is another copy running?");
-                return 1;
+                return Err(());
             }
         },
     };
@@ -299,77 +410,78 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
             daemon::log(LOG_ERR, &format!("Could not write PID file: {e}"));
         }
     }
+    Ok(lock)
+}
 
+/// Checks the `-s` specification (bound last, by `open_control`) and binds
+/// `-a` under umask 000. `Err` carries the exit status after a failure.
+fn control_specs(
+    opts: &Options,
+    masks: Masks,
+    st: &mut Starting,
+) -> Result<(SockSpec, Option<Listener>), i32> {
     let spec = match SockSpec::parse_mux(&opts.socket) {
         Ok(s) => s,
-        Err(_) => return fail(&mut ready, &cleanup, "Unable to create listening socket."),
+        Err(_) => return Err(st.fail("Unable to create listening socket.")),
     };
     if spec.is_tcp() {
-        return fail(
-            &mut ready,
-            &cleanup,
-            "Argument to -s option must be a UNIX-domain socket, not a TCP socket.",
+        return Err(
+            st.fail("Argument to -s option must be a UNIX-domain socket, not a TCP socket.")
         );
     }
-    let unpriv = match &opts.unpriv_socket {
-        None => None,
-        Some(a) => match parse_and_bind(a, opts.backlog, 0, file_mask) {
-            Ok(l) => {
-                cleanup.sockets.extend(l.path().map(Path::to_path_buf));
-                Some(l)
-            }
-            Err(e) => {
-                daemon::log(LOG_ERR, &format!("{a}: {e}"));
-                return fail(
-                    &mut ready,
-                    &cleanup,
-                    "Unable to create unprivileged listening socket",
-                );
-            }
-        },
+    let Some(a) = &opts.unpriv_socket else {
+        return Ok((spec, None));
     };
-
-    let mut sigterm = match unix_signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            return fail(
-                &mut ready,
-                &cleanup,
-                &format!("Unable to handle SIGTERM: {e}"),
-            )
+    match parse_and_bind(a, opts.backlog, 0, masks.file) {
+        Ok(l) => {
+            st.cleanup.sockets.extend(l.path().map(Path::to_path_buf));
+            Ok((spec, Some(l)))
         }
-    };
-    if opts.verbose {
-        daemon::log(
-            LOG_INFO,
-            &format!(
-                "started; minWorkers={}, maxWorkers={}, maxRequests={}, maxLifetime={}, maxIdleTime={}, busyTimeout={}, clientTimeout={}",
-                opts.min_workers,
-                opts.max_workers,
-                opts.max_requests,
-                opts.max_lifetime.map(|l| l as i64).unwrap_or(-1),
-                opts.idle_time,
-                opts.busy_time,
-                opts.cmd_time
-            ),
-        );
+        Err(e) => {
+            daemon::log(LOG_ERR, &format!("{a}: {e}"));
+            Err(st.fail("Unable to create unprivileged listening socket"))
+        }
     }
+}
 
-    let mux = Mux::new(opts.clone());
-    // Until the filter is preloaded (-E), workers are started with perl.
-    let spawner = super::worker::Starter::install(&mux, Spawner::initial(&opts));
-    let masks = (sock_mask, file_mask);
+/// The `-l` start-up line (protocol/multiplexor.md §2.1 step 14).
+fn log_started(opts: &Options) {
+    if !opts.verbose {
+        return;
+    }
+    daemon::log(
+        LOG_INFO,
+        &format!(
+            "started; minWorkers={}, maxWorkers={}, maxRequests={}, maxLifetime={}, maxIdleTime={}, busyTimeout={}, clientTimeout={}",
+            opts.min_workers,
+            opts.max_workers,
+            opts.max_requests,
+            opts.max_lifetime.map(|l| l as i64).unwrap_or(-1),
+            opts.idle_time,
+            opts.busy_time,
+            opts.cmd_time
+        ),
+    );
+}
+
+/// The notifier (`-O`), socketmap (`-N`) and metrics (`--metrics`)
+/// servers; a socket that cannot be made is only logged.
+fn side_servers(
+    mux: &Arc<Mux>,
+    opts: &Options,
+    masks: Masks,
+    cleanup: &mut Cleanup,
+) -> SideServers {
+    let masks = (masks.sock, masks.file);
     let mut side = SideServers::new();
     let notify_l = opts.notify_socket.as_deref();
-    if let Some(l) = notify_l.and_then(|a| bind_side("notifier", a, 5, masks, &mut cleanup)) {
+    if let Some(l) = notify_l.and_then(|a| bind_side("notifier", a, 5, masks, cleanup)) {
         let n = crate::notify::Notifier::new();
         mux.lock().notify = Some(n.clone());
         side.spawn(crate::notify::run(l, n, side.shutdown_signal()));
     }
     let map_l = opts.map_socket.as_deref();
-    if let Some(l) =
-        map_l.and_then(|a| bind_side("socketmap", a, opts.backlog, masks, &mut cleanup))
-    {
+    if let Some(l) = map_l.and_then(|a| bind_side("socketmap", a, opts.backlog, masks, cleanup)) {
         let m = mux.clone();
         let handler = move |req: crate::socketmap::MapRequest| {
             let m = m.clone();
@@ -387,59 +499,75 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
         ));
     }
     let metrics_l = opts.metrics.as_deref();
-    if let Some(l) = metrics_l.and_then(|a| bind_side("metrics", a, 16, masks, &mut cleanup)) {
+    if let Some(l) = metrics_l.and_then(|a| bind_side("metrics", a, 16, masks, cleanup)) {
         tokio::spawn(super::metrics_http::serve(mux.clone(), l));
     }
-    spawn_signal_tasks(&mux);
+    side
+}
+
+/// Signal handlers (SIGHUP, SIGINT) and the timers: filling to `-m`, the
+/// idle sweep, the `-L` status line.
+fn spawn_timers(mux: &Arc<Mux>) {
+    spawn_signal_tasks(mux);
     tokio::spawn(filler(mux.clone()));
     tokio::spawn(idle_timer(mux.clone()));
-    if opts.log_interval > 0 {
+    if mux.opts.log_interval > 0 {
         tokio::spawn(status_logger(mux.clone()));
     }
-    if opts.embedded {
-        let preloaded = match super::zygote::Zygote::start(&opts).await {
-            Ok(z) => Spawner::preloaded(z),
-            Err(super::zygote::StartError::NoFdPass(why)) => {
-                // Like upstream's build without embedded Perl: go on
-                // without preloading.
-                let msg = format!("Ignoring -E flag: {why}; workers are started with perl");
-                daemon::log(LOG_ERR, &msg);
-                eprintln!("{}: {msg}", opts.argv0);
-                Spawner::Perl
-            }
-            Err(e) => {
-                let msg = format!(
-                    "perl_parse failed - you may have an error in {}; please check with perl -c.  MULTIPLEXOR IS TERMINATING.\n{e}",
-                    opts.filter.display()
-                );
-                return fail(&mut ready, &cleanup, &msg);
-            }
-        };
-        *spawner.lock().unwrap_or_else(|e| e.into_inner()) = preloaded;
-    }
+}
+
+/// With `-E`, preloads the filter in the zygote; without, refuses a filter
+/// that does not compile. `Err` is the fatal start-up message.
+async fn prepare_workers(
+    opts: &Options,
+    spawner: &std::sync::Mutex<Spawner>,
+) -> Result<(), String> {
     if !opts.embedded {
-        if let Err(msg) = compile_check(&opts).await {
-            return fail(&mut ready, &cleanup, &msg);
+        return compile_check(opts).await;
+    }
+    let preloaded = match super::zygote::Zygote::start(opts).await {
+        Ok(z) => Spawner::preloaded(z),
+        Err(super::zygote::StartError::NoFdPass(why)) => {
+            // Like upstream's build without embedded Perl: go on
+            // without preloading.
+            let msg = format!("Ignoring -E flag: {why}; workers are started with perl");
+            daemon::log(LOG_ERR, &msg);
+            eprintln!("{}: {msg}", opts.argv0);
+            Spawner::Perl
         }
-    }
-    // The first worker starts before we report ready
-    // (protocol/multiplexor.md §2.2).
-    if mux.lock().fill_once() {
-        mux.fill.notify_one();
-    }
-    // The control socket comes last: once it accepts, every other socket
-    // is listening too (clients and init scripts poll it).
-    let main_listener = match bind_with_umask(&spec, opts.backlog, sock_mask, file_mask) {
+        Err(e) => {
+            return Err(format!(
+                "perl_parse failed - you may have an error in {}; please check with perl -c.  MULTIPLEXOR IS TERMINATING.\n{e}",
+                opts.filter.display()
+            ))
+        }
+    };
+    *spawner.lock().unwrap_or_else(|e| e.into_inner()) = preloaded;
+    Ok(())
+}
+
+/// The control socket comes last: once it accepts, every other socket is
+/// listening too (clients and init scripts poll it). Starts the ticks and
+/// serves `-s` and `-a`. `Err` carries the exit status after a failure.
+fn open_control(
+    mux: &Arc<Mux>,
+    spec: &SockSpec,
+    unpriv: Option<Listener>,
+    masks: Masks,
+    st: &mut Starting,
+) -> Result<(), i32> {
+    let opts = &mux.opts;
+    let main_listener = match bind_with_umask(spec, opts.backlog, masks.sock, masks.file) {
         Ok(l) => l,
         Err(e) => {
             daemon::log(LOG_ERR, &format!("{}: {e}", opts.socket));
-            return fail(&mut ready, &cleanup, "Unable to create listening socket.");
+            return Err(st.fail("Unable to create listening socket."));
         }
     };
-    cleanup
+    st.cleanup
         .sockets
         .extend(main_listener.path().map(Path::to_path_buf));
-    super::ticks::start(&mux);
+    super::ticks::start(mux);
     tokio::spawn(control::serve(
         mux.clone(),
         main_listener,
@@ -448,14 +576,7 @@ async fn serve(opts: Options, pidfile: Option<PidFile>, mut ready: Readiness) ->
     if let Some(l) = unpriv {
         tokio::spawn(control::serve(mux.clone(), l, Access::Unprivileged));
     }
-    ready.ready();
-    tokio::spawn(log_alive());
-
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = mux.shutdown.notified() => {}
-    }
-    shutdown(&mux, &cleanup, side).await
+    Ok(())
 }
 
 fn spawn_signal_tasks(mux: &Arc<Mux>) {
