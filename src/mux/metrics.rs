@@ -9,7 +9,7 @@
 //! here, keeping the number of series bounded whatever clients send.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
 use super::job::Outcome;
@@ -250,51 +250,72 @@ fn num(v: f64) -> String {
     }
 }
 
+/// A family of one unlabelled sample.
+fn single(o: &mut String, name: &str, kind: &str, help: &str, value: impl Display) {
+    header(o, name, kind, help);
+    let _ = writeln!(o, "{name} {value}");
+}
+
+/// A family with one label: a sample per label value.
+fn by_label<L: Display, V: Display>(
+    o: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) {
+    header(o, name, kind, help);
+    for (l, v) in samples {
+        let _ = writeln!(o, "{name}{{{label}=\"{l}\"}} {v}");
+    }
+}
+
 /// The whole scrape in the Prometheus text format (version 0.0.4).
 pub fn render(g: &Gauges, m: &Metrics, mem: &[WorkerMem]) -> String {
     let mut o = String::with_capacity(4096);
-    header(
-        &mut o,
-        "mailmunge_mux_workers",
-        "gauge",
-        "Worker slots by state.",
-    );
-    for (st, n) in [
+    pool_series(&mut o, g);
+    request_series(&mut o, m);
+    worker_series(&mut o, m, mem);
+    daemon_series(&mut o, g, m);
+    o
+}
+
+/// Worker slots by state and the queue.
+fn pool_series(o: &mut String, g: &Gauges) {
+    let states = [
         (State::Idle, g.idle),
         (State::Busy, g.busy),
         (State::Stopped, g.stopped),
         (State::Killed, g.killed),
-    ] {
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_workers{{state=\"{}\"}} {n}",
-            st.name().to_ascii_lowercase(),
-        );
+    ]
+    .map(|(st, n)| (st.name().to_ascii_lowercase(), n));
+    let workers = ("mailmunge_mux_workers", "gauge", "Worker slots by state.");
+    by_label(o, workers, "state", states);
+    let sizes = [
+        (
+            "mailmunge_mux_workers_max",
+            "Number of worker slots (-x).",
+            g.workers_max,
+        ),
+        (
+            "mailmunge_mux_queue_length",
+            "Requests waiting for a free worker.",
+            g.queue_length,
+        ),
+        (
+            "mailmunge_mux_queue_capacity",
+            "Maximum queue length (-q).",
+            g.queue_capacity,
+        ),
+    ];
+    for (name, help, v) in sizes {
+        single(o, name, "gauge", help, v);
     }
-    header(
-        &mut o,
-        "mailmunge_mux_workers_max",
-        "gauge",
-        "Number of worker slots (-x).",
-    );
-    let _ = writeln!(o, "mailmunge_mux_workers_max {}", g.workers_max);
-    header(
-        &mut o,
-        "mailmunge_mux_queue_length",
-        "gauge",
-        "Requests waiting for a free worker.",
-    );
-    let _ = writeln!(o, "mailmunge_mux_queue_length {}", g.queue_length);
-    header(
-        &mut o,
-        "mailmunge_mux_queue_capacity",
-        "gauge",
-        "Maximum queue length (-q).",
-    );
-    let _ = writeln!(o, "mailmunge_mux_queue_capacity {}", g.queue_capacity);
+}
 
+/// Requests by command and outcome, and their latency by command.
+fn request_series(o: &mut String, m: &Metrics) {
     header(
-        &mut o,
+        o,
         "mailmunge_mux_requests_total",
         "counter",
         "Requests relayed to workers, by command and outcome.",
@@ -306,127 +327,108 @@ pub fn render(g: &Gauges, m: &Metrics, mem: &[WorkerMem]) -> String {
         );
     }
     header(
-        &mut o,
+        o,
         "mailmunge_mux_request_duration_seconds",
         "histogram",
         "Time from request to reply, queueing included, by command.",
     );
     for (cmd, h) in &m.latency {
-        let mut cum = 0;
-        for (i, c) in h.counts.iter().enumerate() {
-            cum += c;
-            let le = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
-            let _ = writeln!(o, "mailmunge_mux_request_duration_seconds_bucket{{command=\"{cmd}\",le=\"{}\"}} {cum}", num(le));
-        }
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_request_duration_seconds_sum{{command=\"{cmd}\"}} {}",
-            num(h.sum)
-        );
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_request_duration_seconds_count{{command=\"{cmd}\"}} {}",
-            h.count
-        );
+        histogram(o, cmd, h);
     }
+}
 
-    header(
-        &mut o,
-        "mailmunge_mux_worker_activations_total",
-        "counter",
-        "Worker processes started, by reason.",
-    );
-    for (r, n) in &m.activations {
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_worker_activations_total{{reason=\"{r}\"}} {n}"
-        );
+/// The samples of one command's latency histogram, buckets cumulated.
+fn histogram(o: &mut String, cmd: &str, h: &Histogram) {
+    let name = "mailmunge_mux_request_duration_seconds";
+    let mut cum = 0;
+    for (i, c) in h.counts.iter().enumerate() {
+        cum += c;
+        let le = num(LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+        let _ = writeln!(o, "{name}_bucket{{command=\"{cmd}\",le=\"{le}\"}} {cum}");
     }
-    header(
-        &mut o,
-        "mailmunge_mux_worker_retirements_total",
-        "counter",
-        "Workers asked to exit, by reason.",
-    );
-    for (r, n) in &m.retirements {
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_worker_retirements_total{{reason=\"{r}\"}} {n}"
-        );
+    let _ = writeln!(o, "{name}_sum{{command=\"{cmd}\"}} {}", num(h.sum));
+    let _ = writeln!(o, "{name}_count{{command=\"{cmd}\"}} {}", h.count);
+}
+
+/// Worker processes: activations, retirements, reaps, memory.
+fn worker_series(o: &mut String, m: &Metrics, mem: &[WorkerMem]) {
+    let families = [
+        (
+            "mailmunge_mux_worker_activations_total",
+            "Worker processes started, by reason.",
+            &m.activations,
+        ),
+        (
+            "mailmunge_mux_worker_retirements_total",
+            "Workers asked to exit, by reason.",
+            &m.retirements,
+        ),
+        (
+            "mailmunge_mux_worker_reaps_total",
+            "Worker processes reaped, by retirement reason or how they died.",
+            &m.reaps,
+        ),
+    ];
+    for (name, help, counts) in families {
+        by_label(o, (name, "counter", help), "reason", counts);
     }
-    header(
-        &mut o,
-        "mailmunge_mux_worker_reaps_total",
-        "counter",
-        "Worker processes reaped, by retirement reason or how they died.",
-    );
-    for (r, n) in &m.reaps {
-        let _ = writeln!(o, "mailmunge_mux_worker_reaps_total{{reason=\"{r}\"}} {n}");
-    }
-    header(
-        &mut o,
+    let resident = (
         "mailmunge_mux_worker_resident_bytes",
         "gauge",
         "Resident set size of each running worker, by slot.",
     );
-    for w in mem {
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_worker_resident_bytes{{slot=\"{}\"}} {}",
-            w.slot, w.rss_bytes
-        );
-    }
+    by_label(
+        o,
+        resident,
+        "slot",
+        mem.iter().map(|w| (w.slot, w.rss_bytes)),
+    );
+}
 
-    header(
-        &mut o,
+/// Messages, filter generations and rereads, uptime, version.
+fn daemon_series(o: &mut String, g: &Gauges, m: &Metrics) {
+    single(
+        o,
         "mailmunge_mux_messages_scanned_total",
         "counter",
         "Messages scanned (scan commands answered).",
+        g.msgs,
     );
-    let _ = writeln!(o, "mailmunge_mux_messages_scanned_total {}", g.msgs);
-    header(
-        &mut o,
+    single(
+        o,
         "mailmunge_mux_generation",
         "gauge",
         "Filter generation; incremented by each accepted reread.",
+        g.generation,
     );
-    let _ = writeln!(o, "mailmunge_mux_generation {}", g.generation);
-    header(
-        &mut o,
+    let rereads = (
         "mailmunge_mux_rereads_total",
         "counter",
         "Reread requests (command or SIGINT), by result.",
     );
-    for r in ["done", "refused"] {
-        let _ = writeln!(
-            o,
-            "mailmunge_mux_rereads_total{{result=\"{r}\"}} {}",
-            m.rereads.get(r).copied().unwrap_or(0)
-        );
-    }
-    header(
-        &mut o,
+    let results = ["done", "refused"].map(|r| (r, m.rereads.get(r).copied().unwrap_or(0)));
+    by_label(o, rereads, "result", results);
+    single(
+        o,
         "mailmunge_mux_uptime_seconds",
         "gauge",
         "Seconds since the multiplexor started.",
+        g.uptime,
     );
-    let _ = writeln!(o, "mailmunge_mux_uptime_seconds {}", g.uptime);
     // For alerts on a filter stuck in one request well before -b fires.
-    header(
-        &mut o,
+    single(
+        o,
         "mailmunge_mux_oldest_busy_seconds",
         "gauge",
         "How long the longest-busy worker has been on its request (0 when none is busy).",
+        format_args!("{:.3}", g.oldest_busy),
     );
-    let _ = writeln!(o, "mailmunge_mux_oldest_busy_seconds {:.3}", g.oldest_busy);
-    header(
-        &mut o,
+    let info = (
         "mailmunge_mux_info",
         "gauge",
         "Always 1; the version as a label.",
     );
-    let _ = writeln!(o, "mailmunge_mux_info{{version=\"{}\"}} 1", crate::VERSION);
-    o
+    by_label(o, info, "version", [(crate::VERSION, 1)]);
 }
 
 #[cfg(test)]
@@ -483,6 +485,55 @@ mod tests {
         assert_eq!(h.counts[6], 1);
         assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1);
         assert_eq!(h.count, 4);
+    }
+
+    /// Every family with samples, as a scrape shows them.
+    fn sample_scrape() -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let mut m = Metrics::default();
+        let ms = Duration::from_millis;
+        m.request(b"scan QID /d", &Outcome::Reply(b"ok\n".to_vec()), ms(3));
+        m.request(b"scan QID /d", &Outcome::NoFree, ms(300));
+        m.request(b"recipok <a> <b>", &Outcome::QueueTimeout, ms(120_001));
+        m.refused(b"x".repeat(10).as_slice(), "too_long");
+        m.activated("Bringing workers up to minWorkers (1)");
+        m.activated("About to perform scan");
+        m.retiring(1, "Idle timeout");
+        m.reaped(1, std::process::ExitStatus::from_raw(0));
+        m.reaped(2, std::process::ExitStatus::from_raw(libc::SIGKILL));
+        m.reread("done");
+        let g = Gauges {
+            idle: 1,
+            busy: 2,
+            stopped: 3,
+            killed: 4,
+            workers_max: 10,
+            queue_length: 5,
+            queue_capacity: 8,
+            msgs: 42,
+            generation: 3,
+            uptime: 3600,
+            oldest_busy: 1.23456,
+            pids: vec![],
+        };
+        let mem = [
+            WorkerMem {
+                slot: 0,
+                rss_bytes: 1 << 20,
+            },
+            WorkerMem {
+                slot: 3,
+                rss_bytes: 4096,
+            },
+        ];
+        render(&g, &m, &mem)
+    }
+
+    #[test]
+    fn render_is_exact() {
+        let want = include_str!("../../tests/data/mux/metrics-render.txt")
+            .replace("@VERSION@", crate::VERSION);
+        assert_eq!(sample_scrape(), want);
     }
 
     #[test]
