@@ -18,7 +18,7 @@ use miltr_common::modifications::ModificationAction;
 use miltr_common::optneg::OptNeg;
 
 // Either kind of stream, so sessions over both transports share code.
-use mailmunge::sockspec::Stream;
+use mailmunge::wire::sockspec::Stream;
 
 use crate::support::{Compat, Daemon, Latencies, Run, START_LIMIT};
 

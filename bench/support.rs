@@ -463,7 +463,7 @@ pub fn mux_request(sock: &Path, line: &[u8]) -> std::io::Result<Vec<u8>> {
 /// multiplexor's listen queue is full.
 pub async fn mux_request_async(sock: &Path, line: &[u8]) -> std::io::Result<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = mailmunge::sockspec::connect_unix(sock).await?;
+    let mut s = mailmunge::wire::sockspec::connect_unix(sock).await?;
     s.write_all(line).await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))

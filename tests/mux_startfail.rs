@@ -20,8 +20,10 @@ fn worker_dying_at_start_is_reported_with_its_stderr() {
         report.starts_with("Worker%20"),
         "the reply is one percent-encoded line: {report:?}"
     );
-    let text = String::from_utf8_lossy(&mailmunge::percent::decode(report.trim_end().as_bytes()))
-        .into_owned();
+    let text = String::from_utf8_lossy(&mailmunge::wire::percent::decode(
+        report.trim_end().as_bytes(),
+    ))
+    .into_owned();
     assert!(text.contains("died before answering a request"), "{text}");
     assert!(
         text.contains("(exit status 2); no worker has answered since."),

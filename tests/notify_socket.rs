@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use mailmunge::notify::{self, Notifier, MAX_LISTENERS};
-use mailmunge::sockspec::SockSpec;
+use mailmunge::wire::notify::{self, Notifier, MAX_LISTENERS};
+use mailmunge::wire::sockspec::SockSpec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailmunge::socketmap::{self, Config, MapOutcome, MapRequest};
-use mailmunge::sockspec::SockSpec;
+use mailmunge::wire::socketmap::{self, Config, MapOutcome, MapRequest};
+use mailmunge::wire::sockspec::SockSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

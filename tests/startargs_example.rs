@@ -1,8 +1,8 @@
 //! The example /etc/default/mailmunge documents every variable of
 //! protocol/deployment.md §2 with its real default.
 
-use mailmunge::envfile;
-use mailmunge::startargs::{self, Daemon, Vars};
+use mailmunge::config::envfile;
+use mailmunge::config::startargs::{self, Daemon, Vars};
 use std::ffi::OsString;
 
 /// The example with every `# NAME=value` line uncommented.

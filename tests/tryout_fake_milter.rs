@@ -1,8 +1,8 @@
 //! mm-try's MTA side against a scripted milter: negotiation flags honoured,
 //! macros sent, every end-of-message action decoded and applied.
 
-use mailmunge::sockspec::SockSpec;
 use mailmunge::tryout::{self, Modification, Transaction, Verdict};
+use mailmunge::wire::sockspec::SockSpec;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;

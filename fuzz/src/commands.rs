@@ -3,7 +3,7 @@
 //! and no value may start a line of its own.
 
 use mailmunge::milter::commands::CommandsBlock;
-use mailmunge::percent::decode;
+use mailmunge::wire::percent::decode;
 
 use crate::Cursor;
 

@@ -5,7 +5,7 @@
 use mailmunge::cformat::number::{scan, Conv};
 use mailmunge::ctrl::top::{self, Snapshot};
 use mailmunge::ctrl::{build_request, Command};
-use mailmunge::percent::decode;
+use mailmunge::wire::percent::decode;
 
 use crate::Cursor;
 

@@ -1,11 +1,11 @@
-//! `/etc/default/mailmunge` (src/envfile.rs) and what the start helper
-//! makes of it (src/startargs.rs): the assignments, each daemon's command
+//! `/etc/default/mailmunge` (src/config/envfile.rs) and what the start helper
+//! makes of it (src/config/startargs.rs): the assignments, each daemon's command
 //! line, and that command line read back by the daemon's option parser.
 
 use std::ffi::OsString;
 
-use mailmunge::envfile;
-use mailmunge::startargs::{argv, extra_env, shell_line, Daemon, Vars};
+use mailmunge::config::envfile;
+use mailmunge::config::startargs::{argv, extra_env, shell_line, Daemon, Vars};
 
 pub fn run(data: &[u8]) {
     let base = |n: &str| match n {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use mailmunge::milter::mtastream::{MtaStream, DEFAULT_MAX_PACKET};
 use mailmunge::milter::session::{callbacks, Config};
-use mailmunge::sockspec::Stream;
+use mailmunge::wire::sockspec::Stream;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::Cursor;
@@ -94,7 +94,7 @@ async fn serve_mux(s: tokio::net::UnixStream, script: Arc<Mutex<Script>>, spool:
             b"relayok" | b"helook" | b"senderok" | b"recipok" => script.verdict.to_vec(),
             b"scan" => {
                 assert_eq!(words.len(), 3, "scan request {line:?}");
-                let dir = PathBuf::from(String::from_utf8(mailmunge::percent::decode(words[2])).unwrap());
+                let dir = PathBuf::from(String::from_utf8(mailmunge::wire::percent::decode(words[2])).unwrap());
                 assert_eq!(dir.parent(), Some(spool.as_path()), "working directory outside the spool");
                 std::fs::write(dir.join("RESULTS"), &script.results).expect("RESULTS");
                 std::fs::write(dir.join("NEWBODY"), b"replaced\r\nbody\r\n").expect("NEWBODY");

@@ -7,7 +7,7 @@
 //! limit, then the MTA's byte stream.
 
 use mailmunge::milter::mtastream::MtaStream;
-use mailmunge::sockspec::Stream;
+use mailmunge::wire::sockspec::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Cursor;

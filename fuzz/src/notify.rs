@@ -1,12 +1,12 @@
-//! The notifier socket (src/notify.rs): a listener's subscription lines,
+//! The notifier socket (src/wire/notify.rs): a listener's subscription lines,
 //! split and cut anywhere. Whatever a listener sends, it stays served: a
 //! final `?Q` line must take effect and the next `Q` event reach it.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use mailmunge::notify::{self, Notifier};
-use mailmunge::sockspec::SockSpec;
+use mailmunge::wire::notify::{self, Notifier};
+use mailmunge::wire::sockspec::SockSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Cursor;

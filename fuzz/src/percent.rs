@@ -1,7 +1,7 @@
-//! The percent codec (src/percent.rs): decoding any bytes, and encoding
+//! The percent codec (src/wire/percent.rs): decoding any bytes, and encoding
 //! that decodes back and yields one printable word.
 
-use mailmunge::percent::{self, Variant};
+use mailmunge::wire::percent::{self, Variant};
 
 pub fn run(data: &[u8]) {
     let d = percent::decode(data);

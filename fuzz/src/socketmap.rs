@@ -1,4 +1,4 @@
-//! The Sendmail socketmap server (src/socketmap.rs): a stream of netstring
+//! The Sendmail socketmap server (src/wire/socketmap.rs): a stream of netstring
 //! requests on one connection, each answered from a scripted lookup.
 //!
 //! Input: a byte choosing the lookup outcome, a 16-bit length and that
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use mailmunge::cformat::number::scan_int;
 use mailmunge::cformat::string::until_nul;
-use mailmunge::socketmap::{self, encode_netstring, parse_request, MapOutcome, Request};
-use mailmunge::sockspec::SockSpec;
+use mailmunge::wire::socketmap::{self, encode_netstring, parse_request, MapOutcome, Request};
+use mailmunge::wire::sockspec::SockSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Cursor;

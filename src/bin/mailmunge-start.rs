@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mailmunge::daemon::StaleSocket;
-use mailmunge::startargs::{self, Daemon, Vars};
+use mailmunge::config::startargs::{self, Daemon, Vars};
+use mailmunge::sys::daemon::StaleSocket;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -135,8 +135,8 @@ fn start_and_probe(
     let Some(sock) = startargs::unix_socket_path(&vars.mx_socket()).map(PathBuf::from) else {
         return Ok(());
     };
-    let probe = mailmunge::diagnose::probe_workers(&sock, PROBE_LIMIT);
-    match mailmunge::diagnose::blocking(probe).context("checking the workers")? {
+    let probe = mailmunge::ctrl::diagnose::probe_workers(&sock, PROBE_LIMIT);
+    match mailmunge::ctrl::diagnose::blocking(probe).context("checking the workers")? {
         Ok(()) => Ok(()),
         Err(why) => bail!("the multiplexor is running, but no worker answers: {why}"),
     }

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use mailmunge::startargs::Vars;
+use mailmunge::config::startargs::Vars;
 use mailmunge::tryout::{self, Transaction, Verdict};
 use std::io::Read;
 use std::time::Duration;
@@ -99,10 +99,9 @@ fn run() -> Result<i32> {
         Some(s) => s.clone(),
         None => vars.milter_socket().to_string_lossy().into_owned(),
     };
-    let mx_socket = cli
-        .mx
-        .clone()
-        .or_else(|| mailmunge::startargs::unix_socket_path(&vars.mx_socket()).map(Into::into));
+    let mx_socket = cli.mx.clone().or_else(|| {
+        mailmunge::config::startargs::unix_socket_path(&vars.mx_socket()).map(Into::into)
+    });
     let spec = tryout::parse_spec(&spec_text)?;
 
     let parsed = mail_parser::MessageParser::default().parse(&message[..]);
@@ -165,7 +164,7 @@ fn run() -> Result<i32> {
         print!("{}", tryout::render_text(&outcome));
     }
     if let (Verdict::Tempfail { .. }, Some(sock)) = (&outcome.final_verdict, &mx_socket) {
-        let why = mailmunge::diagnose::why_tempfail_blocking(sock);
+        let why = mailmunge::ctrl::diagnose::why_tempfail_blocking(sock);
         eprintln!("mm-try: why the temporary failure: {why}");
     }
     Ok(match outcome.final_verdict {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use super::options::{self, Invocation, Options, USAGE};
 use super::{build_request, top, Command, Rendered};
 use crate::cformat::strerror;
-use crate::mxclient::{self, MxError};
-use crate::sockspec::SockSpec;
+use crate::wire::mxclient::{self, MxError};
+use crate::wire::sockspec::SockSpec;
 
 /// The most reply bytes we keep. Upstream cut replies at 4 KiB or 256 KiB
 /// (protocol/mm-mx-ctrl.md §9.3); this only guards memory against a runaway

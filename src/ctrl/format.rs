@@ -7,7 +7,7 @@
 
 use crate::cformat::number::{scan, Conv, Num, Scanner};
 use crate::cformat::string::until_nul;
-use crate::percent;
+use crate::wire::percent;
 
 /// What one command prints, and whether it succeeded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,12 +9,13 @@
 //! is the live view.
 
 pub mod cli;
+pub mod diagnose;
 pub mod format;
 pub mod json;
 pub mod options;
 pub mod top;
 
-use crate::percent;
+use crate::wire::percent;
 pub use format::{LoadKind, Rendered};
 
 /// A request line as the dispatcher understands it (protocol/mm-mx-ctrl.md §4,

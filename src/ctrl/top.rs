@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::cli::{error_message, exchange};
 use super::format::{self, cfix};
 use super::options::Options;
-use crate::mxclient::MxError;
+use crate::wire::mxclient::MxError;
 
 /// Why a multiplexor could not be shown.
 #[derive(Debug, thiserror::Error)]

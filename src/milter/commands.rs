@@ -2,7 +2,7 @@
 //! its percent-encoded argument, plus `=name value` macro lines. The milter
 //! builds each block in memory and appends it in one write.
 
-use crate::percent::{encode_into, Variant};
+use crate::wire::percent::{encode_into, Variant};
 
 /// The macros written at MAIL FROM, in upstream's fixed order (names
 /// without braces).

@@ -1,5 +1,5 @@
 //! Logging for the milter: ident `mailmunge`, LOG_PID and the `-S`
-//! facility (protocol/milter.md §8), through `crate::logging` (syslog or
+//! facility (protocol/milter.md §8), through `crate::sys::logging` (syslog or
 //! journald; protocol/logging.md). Setting `MAILMUNGE_LOG_STDERR` also copies
 //! every line to stderr (tests and `-D` debugging read them there).
 //!
@@ -29,18 +29,18 @@ impl Level {
 
 /// Installs the log subscriber (ident `mailmunge`, LOG_PID).
 pub fn init(facility: libc::c_int) {
-    crate::daemon::open_syslog("mailmunge", facility);
+    crate::sys::daemon::open_syslog("mailmunge", facility);
 }
 
 /// Logs one line.
 pub fn log(level: Level, msg: &str) {
-    crate::logging::emit(level.priority(), None, msg);
+    crate::sys::logging::emit(level.priority(), None, msg);
 }
 
 /// Logs one per-message line: `<qid>: <msg>`, with `qid` as a field
 /// (`NOQUEUE` only as text).
 pub fn log_qid(level: Level, qid: &str, msg: &str) {
-    crate::logging::emit(level.priority(), Some(qid), msg);
+    crate::sys::logging::emit(level.priority(), Some(qid), msg);
 }
 
 #[macro_export]

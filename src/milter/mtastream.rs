@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::sockspec::Stream;
+use crate::wire::sockspec::Stream;
 
 /// Default for `--max-packet`: the largest milter packet (its length
 /// field) a connection may send (protocol/SECURITY.md §9). Postfix sends

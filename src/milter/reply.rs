@@ -3,7 +3,7 @@
 
 use crate::cformat::number::{is_c_space, scan_int};
 use crate::cformat::string::until_nul;
-use crate::percent::decode_c;
+use crate::wire::percent::decode_c;
 
 /// What a check command (relayok/helook/senderok/recipok) decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

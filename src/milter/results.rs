@@ -4,7 +4,7 @@
 
 use super::reply::split_word;
 use crate::cformat::number::scan_int;
-use crate::percent::decode_c;
+use crate::wire::percent::decode_c;
 
 /// Lines this long or longer (without the newline) are refused, as upstream.
 pub const MAX_LINE: usize = 8191;

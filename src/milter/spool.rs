@@ -1,6 +1,6 @@
 //! The per-message working directory (protocol/milter.md §4): its name,
 //! its permissions, and the writers for INPUTMSG, HEADERS and PRISTINE_HEADERS.
-//! The file work runs on the blocking pool (`crate::blocking`).
+//! The file work runs on the blocking pool (`crate::sys::blocking`).
 //!
 //! The byte transformations here are contract: the Perl workers (and filters
 //! that sign DKIM over PRISTINE_HEADERS) read these files as upstream wrote them.
@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::blocking;
+use crate::sys::blocking;
 
 /// The 60 symbols of upstream's message-id alphabet.
 const ID_ALPHABET: &[u8; 60] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX";

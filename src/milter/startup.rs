@@ -14,9 +14,9 @@ use std::time::Duration;
 use super::mtastream::{MtaStream, OpenConnection};
 use super::options::{self, Options, MAX_EXTRA_MACROS, MAX_MACRO_NAME};
 use super::session::{self, Config};
-use crate::daemon;
 use crate::mm_log;
-use crate::sockspec::{Listener, SockSpec, Stream};
+use crate::sys::daemon;
+use crate::wire::sockspec::{Listener, SockSpec, Stream};
 
 /// Default spool directory (configure's SPOOLDIR).
 pub const SPOOLDIR: &str = "/var/spool/mailmunge";
@@ -484,7 +484,7 @@ async fn wait_for_multiplexor(cfg: &Config) -> bool {
 /// `free` without the per-failure error lines (the start-up loop expects
 /// failures while the multiplexor comes up).
 async fn quiet_free(cfg: &Config) -> Option<i64> {
-    let r = crate::mxclient::request(&cfg.mx_socket, b"free\n", cfg.mx_timeout)
+    let r = crate::wire::mxclient::request(&cfg.mx_socket, b"free\n", cfg.mx_timeout)
         .await
         .ok()?;
     super::reply::parse_free_reply(&r.bytes)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
 use super::options::Options;
-use crate::daemon;
+use crate::sys::daemon;
 
 /// The first line of the filter file (empty when unreadable).
 pub fn first_line(filter: &Path) -> String {

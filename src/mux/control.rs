@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::job::{replies, Job, JobKind, Outcome};
 use super::pool::{epoch_now, Mux};
 use super::{report, Class};
-use crate::sockspec::{Listener, Stream};
+use crate::wire::sockspec::{Listener, Stream};
 
 /// Request buffer size; a line of 4095 bytes or more is "too long".
 pub const MAX_CMD_LEN: usize = 4096;
@@ -151,8 +151,8 @@ fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
         // Our extension (protocol/multiplexor.md §26).
         "lasterror" => {
             let text = p.start_failures.report(now);
-            let mut s =
-                String::from_utf8_lossy(&crate::percent::encode(text.as_bytes())).into_owned();
+            let mut s = String::from_utf8_lossy(&crate::wire::percent::encode(text.as_bytes()))
+                .into_owned();
             s.push('\n');
             s
         }
@@ -206,8 +206,8 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
 
 /// Runs a socketmap lookup (`-N`, protocol/multiplexor.md §13) on a worker:
 /// never queued, class "other".
-pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::socketmap::MapOutcome {
-    use crate::socketmap::MapOutcome;
+pub async fn map_lookup(mux: &Arc<Mux>, line: Vec<u8>) -> crate::wire::socketmap::MapOutcome {
+    use crate::wire::socketmap::MapOutcome;
     let started = std::time::Instant::now();
     let (job, rx) = Job::new(line.clone(), JobKind::Map);
     mux.lock().submit(job, false);

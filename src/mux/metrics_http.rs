@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::metrics;
 use super::pool::Mux;
-use crate::sockspec::{Listener, Stream};
+use crate::wire::sockspec::{Listener, Stream};
 
 /// Longest request head accepted (request line and headers).
 pub const MAX_REQUEST: usize = 8192;
@@ -167,8 +167,8 @@ pub async fn serve(mux: Arc<Mux>, listener: Listener) {
             let ticket = waiting.lock().unwrap().enter();
             Some((stream, ticket))
         } else {
-            crate::daemon::log(
-                crate::daemon::LOG_WARNING,
+            crate::sys::daemon::log(
+                crate::sys::daemon::LOG_WARNING,
                 &format!("metrics: {MAX_CONNS} scrapes are being answered; connection closed"),
             );
             drop(stream);

@@ -269,7 +269,7 @@ impl Options {
         let tick_types = num(&c.tick_types, 1)?.clamp(1, 30);
         let facility = match &c.facility {
             None => libc::LOG_MAIL,
-            Some(f) => crate::daemon::syslog_facility(f)
+            Some(f) => crate::sys::daemon::syslog_facility(f)
                 .ok_or_else(|| Exit::Fatal(format!("{argv0}: Unknown syslog facility {f}")))?,
         };
         let filter = c
@@ -287,7 +287,7 @@ impl Options {
             .clone()
             .unwrap_or_else(|| format!("{}/mailmunge-multiplexor.sock", spool_dir.display()));
         if let Some(m) = &c.metrics {
-            crate::sockspec::SockSpec::parse_mux(m)
+            crate::wire::sockspec::SockSpec::parse_mux(m)
                 .map_err(|e| Exit::Fatal(format!("{argv0}: --metrics: {e}")))?;
         }
         if c.embedded && !cfg!(unix) {

@@ -21,7 +21,7 @@ use super::options::Options;
 use super::startfail::{self, StartFailure, StartFailures, StderrTail};
 use super::statsfile::{sanitize_reason, StatsFile};
 use super::{Class, State};
-use crate::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
+use crate::sys::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
 
 /// Consecutive exit-42/43 workers before the multiplexor gives up.
 pub const MAX_SYNTAX_ERROR_EXITS: u32 = 10;
@@ -133,7 +133,7 @@ pub struct Pool {
     failures: u32,
     pub shutting_down: bool,
     /// Notifier listeners (`-O`, protocol/multiplexor.md §14), when configured.
-    pub notify: Option<crate::notify::Notifier>,
+    pub notify: Option<crate::wire::notify::Notifier>,
     pub stats: StatsFile,
     /// Starts worker processes; installed by the daemon at start-up.
     pub launcher: Box<dyn Launcher>,
@@ -244,7 +244,7 @@ impl Pool {
         self.started.elapsed().as_secs()
     }
 
-    fn emit(&self, f: impl FnOnce(&crate::notify::Notifier)) {
+    fn emit(&self, f: impl FnOnce(&crate::wire::notify::Notifier)) {
         if let Some(n) = &self.notify {
             f(n);
         }
@@ -984,7 +984,7 @@ impl Pool {
         };
         if let Some(st) = status {
             // Under systemd only; errors do not matter to the pool.
-            let _ = crate::sdnotify::notify(&format!("STATUS={st}"));
+            let _ = crate::sys::sdnotify::notify(&format!("STATUS={st}"));
         }
     }
 
@@ -1127,7 +1127,7 @@ pub fn tag_from_command(line: &[u8]) -> String {
 /// printable ASCII, so a tag can never break a reply or log line
 /// (protocol/multiplexor.md §8).
 pub fn printable_tag(raw: &[u8]) -> String {
-    crate::percent::decode(raw)
+    crate::wire::percent::decode(raw)
         .iter()
         .map(|&b| {
             if (0x20..=0x7e).contains(&b) {
@@ -1175,7 +1175,7 @@ pub fn recipient_domain(line: &[u8]) -> String {
     let Some(arg) = line.split(|&b| b == b' ').nth(1) else {
         return String::new();
     };
-    let rcpt = crate::percent::decode(arg);
+    let rcpt = crate::wire::percent::decode(arg);
     let Some(at) = rcpt.iter().rposition(|&b| b == b'@') else {
         return String::new();
     };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::child::{first_line, interpreter, ChildSetup};
 use super::options::Options;
 use super::pool::Mux;
-use crate::daemon::{self, LOG_ERR, LOG_INFO};
+use crate::sys::daemon::{self, LOG_ERR, LOG_INFO};
 
 /// Reply to an accepted `reread` (upstream's text,
 /// protocol/multiplexor.md §4.3).

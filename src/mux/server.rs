@@ -13,8 +13,8 @@ use super::options::{usage, Exit, Options};
 use super::pool::{signal, Mux};
 use super::worker::Spawner;
 use crate::cformat::strerror;
-use crate::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
-use crate::sockspec::{Listener, SockSpec};
+use crate::sys::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
+use crate::wire::sockspec::{Listener, SockSpec};
 
 fn access_ok(path: &Path, mode: libc::c_int) -> bool {
     use nix::unistd::{access, AccessFlags};
@@ -476,22 +476,22 @@ fn side_servers(
     let mut side = SideServers::new();
     let notify_l = opts.notify_socket.as_deref();
     if let Some(l) = notify_l.and_then(|a| bind_side("notifier", a, 5, masks, cleanup)) {
-        let n = crate::notify::Notifier::new();
+        let n = crate::wire::notify::Notifier::new();
         mux.lock().notify = Some(n.clone());
-        side.spawn(crate::notify::run(l, n, side.shutdown_signal()));
+        side.spawn(crate::wire::notify::run(l, n, side.shutdown_signal()));
     }
     let map_l = opts.map_socket.as_deref();
     if let Some(l) = map_l.and_then(|a| bind_side("socketmap", a, opts.backlog, masks, cleanup)) {
         let m = mux.clone();
-        let handler = move |req: crate::socketmap::MapRequest| {
+        let handler = move |req: crate::wire::socketmap::MapRequest| {
             let m = m.clone();
             async move { control::map_lookup(&m, req.worker_command()).await }
         };
-        let cfg = crate::socketmap::Config {
+        let cfg = crate::wire::socketmap::Config {
             reply_timeout: opts.cmd_timeout(),
             ..Default::default()
         };
-        side.spawn(crate::socketmap::run(
+        side.spawn(crate::wire::socketmap::run(
             l,
             handler,
             cfg,

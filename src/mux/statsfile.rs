@@ -48,8 +48,8 @@ impl StatsFile {
                 .open(p)
             {
                 Ok(f) => self.out = Some(BufWriter::new(f)),
-                Err(e) => crate::daemon::log(
-                    crate::daemon::LOG_ERR,
+                Err(e) => crate::sys::daemon::log(
+                    crate::sys::daemon::LOG_ERR,
                     &format!("Could not open stats file {}: {e}", p.display()),
                 ),
             }
@@ -89,8 +89,8 @@ impl StatsFile {
             }
         }
         if self.syslog {
-            crate::daemon::log(
-                crate::daemon::LOG_INFO,
+            crate::sys::daemon::log(
+                crate::sys::daemon::LOG_INFO,
                 &format!("stats {}", &line[20.min(line.len())..]),
             );
         }

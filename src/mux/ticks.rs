@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::job::{Job, JobKind, Outcome};
 use super::pool::Mux;
-use crate::daemon::{self, LOG_INFO, LOG_WARNING};
+use crate::sys::daemon::{self, LOG_INFO, LOG_WARNING};
 
 /// Starts one timer task per tick type (nothing when `-X` is 0).
 pub fn start(mux: &Arc<Mux>) {

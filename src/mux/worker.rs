@@ -29,7 +29,7 @@ use super::options::Options;
 use super::pool::{signal, Mux};
 use super::zygote::Zygote;
 use super::State;
-use crate::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
+use crate::sys::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
 
 /// Longest reply line relayed (protocol/multiplexor.md §7.5); longer ones are truncated.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -795,7 +795,11 @@ async fn drain_stderr(mux: Arc<Mux>, slot: usize, wid: u64, stderr: pipe::Receiv
                         }
                     };
                     let qid = Some(qid.as_str()).filter(|q| !q.is_empty());
-                    crate::logging::emit(LOG_INFO, qid, &format!("Worker {slot} stderr: {text}"));
+                    crate::sys::logging::emit(
+                        LOG_INFO,
+                        qid,
+                        &format!("Worker {slot} stderr: {text}"),
+                    );
                 }
             }
         }

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::child::{perl_command, ChildSetup};
 use super::options::Options;
-use crate::daemon::{self, LOG_ERR, LOG_INFO};
+use crate::sys::daemon::{self, LOG_ERR, LOG_INFO};
 
 /// The zygote program.
 pub const ZYGOTE_PL: &str = include_str!("zygote.pl");

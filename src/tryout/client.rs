@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use super::{Modification, TryError, Verdict};
-use crate::sockspec::SockSpec;
+use crate::wire::sockspec::SockSpec;
 
 /// Milter protocol version we speak (Postfix 3 and Sendmail 8.14+ use 6).
 const VERSION: u32 = 6;

@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use crate::sockspec::SockSpec;
+use crate::wire::sockspec::SockSpec;
 
 mod client;
 mod message;

@@ -7,7 +7,7 @@ use super::client::{self, macros, nul_join, Conn};
 use super::message::{apply, envelope, join_message, split_message};
 use super::render::unified_diff;
 use super::{Outcome, Stage, Transaction, TryError, Verdict};
-use crate::sockspec::SockSpec;
+use crate::wire::sockspec::SockSpec;
 
 /// The stages before end of message, each with its command and the
 /// negotiation bits by which the milter declines the stage (`P_NO*`) or

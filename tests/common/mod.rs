@@ -248,7 +248,7 @@ pub fn as_worker_with_root_group(cmd: &mut Command, keep_caps: bool) {
             ))?;
             check(libc::setresuid(uid, uid, uid))?;
             if keep_caps {
-                mailmunge::daemon::set_capabilities(1 << CAP_SETGID | 1 << CAP_SETUID)?;
+                mailmunge::sys::daemon::set_capabilities(1 << CAP_SETGID | 1 << CAP_SETUID)?;
                 for cap in [CAP_SETGID, CAP_SETUID] {
                     check(libc::prctl(
                         libc::PR_CAP_AMBIENT,

@@ -192,7 +192,9 @@ async fn serve(
         return;
     }
     let args: Vec<String> = words
-        .map(|w| String::from_utf8_lossy(&mailmunge::percent::decode(w.as_bytes())).into_owned())
+        .map(|w| {
+            String::from_utf8_lossy(&mailmunge::wire::percent::decode(w.as_bytes())).into_owned()
+        })
         .collect();
     let step = script.lock().unwrap().pop_front();
     let Some(step) = step else {

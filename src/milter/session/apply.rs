@@ -9,10 +9,10 @@ use indymilter::{ActionError, ContextActions, EomActions, SmtpReply, Status};
 use super::cleanup::{cleanup, filter_failed};
 use super::smtp_reply::set_reply;
 use super::{Config, Conn};
-use crate::blocking;
 use crate::milter::reply::Class;
 use crate::milter::results::{self, Action, Results};
 use crate::mm_log;
+use crate::sys::blocking;
 
 /// The NEWBODY chunk size of one replacebody packet.
 const BODY_CHUNK: usize = 4096;

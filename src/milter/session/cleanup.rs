@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use indymilter::Status;
 
 use super::{Config, Conn};
-use crate::blocking;
 use crate::milter::spool;
 use crate::mm_log;
+use crate::sys::blocking;
 
 /// The filter (or the multiplexor running it) failed: tempfail, and keep
 /// the working directory for inspection when `-k` asks for that.

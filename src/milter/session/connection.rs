@@ -15,7 +15,7 @@ use super::state::macro_value;
 use super::{Config, Conn};
 use crate::milter::reply::Verdict;
 use crate::mm_log;
-use crate::mxclient;
+use crate::wire::mxclient;
 
 pub(super) async fn negotiate(
     cfg: &Config,

@@ -11,12 +11,12 @@ use super::mxrequest::check;
 use super::smtp_reply::verdict_status;
 use super::state::{append_macro, macro_value, no_private_data, Msg};
 use super::{Config, Conn};
-use crate::blocking;
 use crate::milter::commands::{CommandsBlock, STANDARD_MACROS};
 use crate::milter::reply::Verdict;
 use crate::milter::spool::{self, BodyFilter, WorkDir};
 use crate::mm_log;
-use crate::mxclient;
+use crate::sys::blocking;
+use crate::wire::mxclient;
 
 pub(super) async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
     let id = spool::generate_id();

@@ -12,13 +12,13 @@ use super::mxrequest::mx_request;
 use super::smtp_reply::set_reply;
 use super::state::no_private_data;
 use super::{Config, Conn};
-use crate::blocking;
 use crate::milter::commands::CommandsBlock;
 use crate::milter::reply::Class;
 use crate::milter::results;
 use crate::milter::spool::SpoolError;
 use crate::mm_log;
-use crate::mxclient;
+use crate::sys::blocking;
+use crate::wire::mxclient;
 
 pub(super) async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     let start = Instant::now();

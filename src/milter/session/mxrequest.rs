@@ -5,7 +5,7 @@
 use super::Config;
 use crate::milter::reply::{self, CheckReply};
 use crate::mm_log;
-use crate::mxclient;
+use crate::wire::mxclient;
 
 /// Request lines the C multiplexor refuses (its limit is 4095 bytes).
 const C_MUX_MAX_LINE: usize = 4095;

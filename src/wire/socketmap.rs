@@ -25,8 +25,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::cformat::string::until_nul;
-use crate::percent;
-use crate::sockspec::{Listener, Stream};
+use crate::wire::percent;
+use crate::wire::sockspec::{Listener, Stream};
 
 /// Longest netstring payload read or written (upstream `NETSTRING_MAX`).
 pub const NETSTRING_MAX: usize = 65536;
@@ -207,8 +207,8 @@ where
             Request::Lookup(m) => handler(m).await.payload(),
         };
         let Some(reply) = encode_netstring(&payload) else {
-            crate::daemon::log(
-                crate::daemon::LOG_WARNING,
+            crate::sys::daemon::log(
+                crate::sys::daemon::LOG_WARNING,
                 &format!(
                     "socketmap: reply of {} bytes is too long; closing",
                     payload.len()

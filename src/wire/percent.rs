@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn shared_vectors() {
-        let text = include_str!("../protocol/percent-vectors.tsv");
+        let text = include_str!("../../protocol/percent-vectors.tsv");
         let mut n = 0;
         for line in text.lines() {
             if line.starts_with('#') || line.trim().is_empty() {

@@ -35,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 
 use crate::cformat::string::until_nul;
-use crate::sockspec::{Listener, Stream};
+use crate::wire::sockspec::{Listener, Stream};
 
 /// Simultaneous listeners (upstream `MAX_LISTENERS`).
 pub const MAX_LISTENERS: usize = 5;

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::percent;
-use crate::sockspec::SockSpec;
+use crate::wire::percent;
+use crate::wire::sockspec::SockSpec;
 
 /// Replies longer than this are truncated, as upstream's milter does.
 pub const MAX_REPLY: usize = 8190;
@@ -57,7 +57,7 @@ pub async fn request(
     timeout: Option<Duration>,
 ) -> Result<Reply, MxError> {
     exchange(
-        crate::sockspec::connect_unix(socket),
+        crate::wire::sockspec::connect_unix(socket),
         line,
         timeout,
         MAX_REPLY,

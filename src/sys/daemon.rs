@@ -1,7 +1,7 @@
 //! Process plumbing shared by the daemons (milter and multiplexor):
 //! umask, set-id checks, privilege drop, PID and lock files, daemonising with
 //! a readiness pipe (protocol/multiplexor.md §2.1–§2.4), and the entry points
-//! to logging (`crate::logging`: syslog or journald).
+//! to logging (`crate::sys::logging`: syslog or journald).
 //!
 //! Everything here is synchronous and meant to run before the tokio runtime
 //! exists (forking a multi-threaded process is unsafe), except [`log`], which
@@ -210,7 +210,7 @@ impl PidFile {
 /// regular file, not reached through a symlink, is accepted: the file is
 /// changed (mode, contents) before anything else is known about it.
 fn open_rw_create(path: &Path, what: &str) -> Result<File, DaemonError> {
-    crate::blocking::open_regular(
+    crate::sys::blocking::open_regular(
         path,
         std::fs::OpenOptions::new()
             .read(true)
@@ -268,7 +268,7 @@ impl Readiness {
                 let _ = p.write_all(b"X");
             }
             None => {
-                if let Err(e) = crate::sdnotify::ready() {
+                if let Err(e) = crate::sys::sdnotify::ready() {
                     log(libc::LOG_WARNING, &format!("Could not notify systemd: {e}"));
                 }
             }
@@ -543,18 +543,18 @@ pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
     })
 }
 
-/// Installs the log subscriber (`crate::logging::init`) with ident
+/// Installs the log subscriber (`crate::sys::logging::init`) with ident
 /// `ident`, options LOG_PID|LOG_NDELAY and `facility`. When the
 /// environment variable `MAILMUNGE_LOG_STDERR` is set, lines are copied to
 /// stderr as well — handy with `-D` when debugging.
 pub fn open_syslog(ident: &str, facility: libc::c_int) {
-    crate::logging::init(ident, facility, libc::LOG_PID | libc::LOG_NDELAY);
+    crate::sys::logging::init(ident, facility, libc::LOG_PID | libc::LOG_NDELAY);
 }
 
 /// Logs one message (any bytes; NULs are dropped) through
-/// `crate::logging::emit`.
+/// `crate::sys::logging::emit`.
 pub fn log(priority: libc::c_int, msg: &str) {
-    crate::logging::emit(priority, None, msg);
+    crate::sys::logging::emit(priority, None, msg);
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::mxclient;
-use crate::percent;
+use crate::wire::mxclient;
+use crate::wire::percent;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

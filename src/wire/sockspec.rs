@@ -242,7 +242,7 @@ impl Listener {
                         tasks.spawn(serve(stream));
                     }
                     Err(e) => {
-                        crate::daemon::log(crate::daemon::LOG_ERR, &format!("{name}: accept: {e}"));
+                        crate::sys::daemon::log(crate::sys::daemon::LOG_ERR, &format!("{name}: accept: {e}"));
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                 },

@@ -13,7 +13,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::daemon::StaleSocket;
+use crate::sys::daemon::StaleSocket;
 
 /// Compiled-in spool directory (configure's SPOOLDIR).
 pub const DEFAULT_SPOOLDIR: &str = "/var/spool/mailmunge";
@@ -197,7 +197,7 @@ impl Vars {
     pub fn read_env_files<S: AsRef<str>>(
         &mut self,
         specs: &[S],
-    ) -> Result<Vec<(String, OsString)>, crate::envfile::EnvFileError> {
+    ) -> Result<Vec<(String, OsString)>, crate::config::envfile::EnvFileError> {
         let mut read = Vec::new();
         for spec in specs {
             let spec = spec.as_ref();
@@ -207,8 +207,8 @@ impl Vars {
             };
             let snapshot = self.clone();
             let lookup = move |n: &str| snapshot.raw(n).map(OsStr::to_owned);
-            for a in
-                crate::envfile::read_file(Path::new(path), optional, &lookup)?.unwrap_or_default()
+            for a in crate::config::envfile::read_file(Path::new(path), optional, &lookup)?
+                .unwrap_or_default()
             {
                 self.set(&a.name, a.value.clone());
                 read.push((a.name, a.value));
@@ -346,7 +346,7 @@ pub fn unix_socket_path(spec: &OsStr) -> Option<&Path> {
 /// `Nothing` for a specification that is not a UNIX-domain path.
 pub fn remove_stale_socket(spec: &OsStr) -> std::io::Result<StaleSocket> {
     match unix_socket_path(spec) {
-        Some(path) => crate::daemon::clear_socket(path, true),
+        Some(path) => crate::sys::daemon::clear_socket(path, true),
         None => Ok(StaleSocket::Nothing),
     }
 }

@@ -1,0 +1,7 @@
+//! Configuration that reaches the daemons from outside their command line:
+//! `/etc/default/mailmunge` read as assignments ([`envfile`]) and turned into
+//! each daemon's arguments ([`startargs`]) by `mailmunge-start`
+//! (protocol/deployment.md §8).
+
+pub mod envfile;
+pub mod startargs;
