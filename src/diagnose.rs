@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::mux::startfail::STDERR_PENDING;
 use crate::mxclient;
 use crate::percent;
 
@@ -42,7 +43,28 @@ pub async fn why_tempfail(socket: &Path) -> String {
 pub async fn probe_workers(socket: &Path, limit: Duration) -> Result<(), String> {
     match mxclient::request(socket, b"ping\n", Some(limit)).await {
         Ok(r) if r.bytes == b"PONG\n" => Ok(()),
-        _ => Err(why_tempfail(socket).await),
+        _ => {
+            settle_start_failure(socket).await;
+            Err(why_tempfail(socket).await)
+        }
+    }
+}
+
+/// How long a failed probe waits for the multiplexor's record of the worker
+/// that died.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The error reply to `ping` can come before the multiplexor has reaped the
+/// worker that died and read its stderr to the end (protocol/multiplexor.md
+/// §6): waits, boundedly, until `lasterror` holds a complete record.
+async fn settle_start_failure(socket: &Path) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while tokio::time::Instant::now() < deadline {
+        match ask(socket, "lasterror").await {
+            Ok(r) if r == "none" || r.ends_with(STDERR_PENDING) => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
