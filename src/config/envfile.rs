@@ -420,7 +420,10 @@ mod tests {
         }
         let (line, msg) = err(&text);
         assert_eq!(line, 6);
-        assert_eq!(msg, "value longer than 131071 bytes (the limit for one argument)");
+        assert_eq!(
+            msg,
+            "value longer than 131071 bytes (the limit for one argument)"
+        );
         let quoted = format!("B={}\nC=\"{}\"\n", "b".repeat(70_000), "$B".repeat(2));
         assert_eq!(err(&quoted).0, 2);
         let at_limit = format!("B={}\nC=${{B}}\n", "b".repeat(MAX_VALUE));

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::mux::startfail::STDERR_PENDING;
 use crate::wire::mxclient;
 use crate::wire::percent;
 
@@ -20,17 +21,7 @@ async fn ask(socket: &Path, command: &str) -> Result<String, mxclient::MxError> 
 /// Explains, from the multiplexor at `socket`, why no worker answered.
 pub async fn why_tempfail(socket: &Path) -> String {
     let shown = socket.display();
-    // A worker that just died may not have been reaped yet: give the
-    // multiplexor a moment to record why.
-    let mut last = ask(socket, "lasterror").await;
-    for _ in 0..20 {
-        if !matches!(&last, Ok(r) if r == "none") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        last = ask(socket, "lasterror").await;
-    }
-    match last {
+    match settled_lasterror(socket).await {
         Err(e) => format!("the multiplexor at {shown} does not answer ({e})"),
         Ok(r) if r != "none" && !r.starts_with("error:") => {
             format!("the filter's workers fail: {r}")
@@ -53,6 +44,25 @@ pub async fn probe_workers(socket: &Path, limit: Duration) -> Result<(), String>
     match mxclient::request(socket, b"ping\n", Some(limit)).await {
         Ok(r) if r.bytes == b"PONG\n" => Ok(()),
         _ => Err(why_tempfail(socket).await),
+    }
+}
+
+/// How long to wait for the multiplexor's record of a worker that died.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// `lasterror`, once it is complete: the error that made a request fail can
+/// come back before the multiplexor has reaped the worker that died and read
+/// its stderr to the end (protocol/multiplexor.md §26), so a `none` or a
+/// record whose stderr is still being read is asked again, boundedly.
+async fn settled_lasterror(socket: &Path) -> Result<String, mxclient::MxError> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let r = ask(socket, "lasterror").await;
+        let unsettled = matches!(&r, Ok(t) if t == "none" || t.ends_with(STDERR_PENDING));
+        if !unsettled || tokio::time::Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

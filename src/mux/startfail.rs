@@ -10,6 +10,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Ends a `lasterror` reply while the dead worker's stderr is not yet read
+/// to its end (its exit can be seen first); clients wait for the rest.
+pub const STDERR_PENDING: &str = "Its stderr is still being read.";
+
 /// Lines of a worker's stderr kept while it has not answered a request.
 const TAIL_LINES: usize = 20;
 /// Bytes of a worker's stderr kept while it has not answered a request.
@@ -178,7 +182,11 @@ impl StartFailures {
                     s.push_str(l);
                 }
             }
-            _ => s.push_str("\nIt wrote nothing on stderr."),
+            Some(_) => s.push_str("\nIt wrote nothing on stderr."),
+            None => {
+                s.push('\n');
+                s.push_str(STDERR_PENDING);
+            }
         }
         s
     }
@@ -272,5 +280,19 @@ mod tests {
         assert!(s
             .report(100)
             .contains("a worker has answered since.\nIt wrote nothing on stderr."));
+    }
+
+    #[test]
+    fn report_says_when_stderr_is_not_read_yet() {
+        let mut s = StartFailures::default();
+        s.died(failure(3));
+        let pending = format!("no worker has answered since.\n{STDERR_PENDING}");
+        assert!(s.report(100).ends_with(&pending), "{}", s.report(100));
+        s.stderr_closed(3, &tail(&["boom"]), true);
+        assert!(
+            s.report(100).ends_with("\nIts stderr:\n  boom"),
+            "{}",
+            s.report(100)
+        );
     }
 }
