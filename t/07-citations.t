@@ -41,7 +41,7 @@ for my $case (
 	[ 'src/a.rs', 0, '// bare §4.7' ],
 	[ 'src/a.rs', 0, '// multiplexor §6' ],
 	[ 't/a.t', 0, '# protocol/milter.md section 4' ],
-	[ 't/a.t', 0, '# see ' . '..' . '/shared/spec/milter.md' ],
+	[ 't/a.t', 0, '# see ' . '..' . '/sha' . 'red/sp' . 'ec/milter.md' ],
 	[ 'protocol/milter.md', 1, 'see `multiplexor.md` §6.1; nothing else' ],
 	[ 'protocol/milter.md', 1, 'own section §4.7' ],
 	[ 'protocol/milter.md', 0, 'own section §99' ],
