@@ -42,16 +42,22 @@ fn scratch_spool() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, spool)
 }
 
+/// A socket in `dir` standing in for systemd's NOTIFY_SOCKET; the
+/// multiplexor sends after dropping privileges, so anyone may write to it.
+fn notify_socket(dir: &Path) -> (std::path::PathBuf, UnixDatagram) {
+    let path = dir.join("notify");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    (path, rx)
+}
+
 #[test]
 fn multiplexor_notifies_systemd_when_ready_and_stops_on_sigterm() {
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (dir, spool) = scratch_spool();
     let user = if is_root() { "mailmunge" } else { "" };
-    let notify = dir.path().join("notify");
-    let rx = UnixDatagram::bind(&notify).unwrap();
-    // The multiplexor sends after dropping privileges.
-    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (notify, rx) = notify_socket(dir.path());
 
     let mut child = Command::new(START)
         .args(["-D", "multiplexor"])
@@ -147,10 +153,7 @@ fn start_as_daemon_reports_workers_that_cannot_start() {
 #[test]
 fn status_tells_systemd_why_workers_die() {
     let (dir, spool, filter) = dying_filter_setup();
-    let notify = dir.path().join("notify");
-    let rx = UnixDatagram::bind(&notify).unwrap();
-    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (notify, rx) = notify_socket(dir.path());
     let mut child = Command::new(START)
         .args(["-D", "multiplexor"])
         .env("SPOOLDIR", &spool)

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::mux::startfail::STDERR_PENDING;
+use crate::mux::startfail::{NO_FAILURE, STDERR_PENDING};
 use crate::wire::mxclient;
 use crate::wire::percent;
 
@@ -23,7 +23,7 @@ pub async fn why_tempfail(socket: &Path) -> String {
     let shown = socket.display();
     match settled_lasterror(socket).await {
         Err(e) => format!("the multiplexor at {shown} does not answer ({e})"),
-        Ok(r) if r != "none" && !r.starts_with("error:") => {
+        Ok(r) if r != NO_FAILURE && !r.starts_with("error:") => {
             format!("the filter's workers fail: {r}")
         }
         Ok(_) => match ask(socket, "free").await.map(|f| f.parse::<u64>()) {
@@ -58,7 +58,7 @@ async fn settled_lasterror(socket: &Path) -> Result<String, mxclient::MxError> {
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
         let r = ask(socket, "lasterror").await;
-        let unsettled = matches!(&r, Ok(t) if t == "none" || t.ends_with(STDERR_PENDING));
+        let unsettled = matches!(&r, Ok(t) if t == NO_FAILURE || t.ends_with(STDERR_PENDING));
         if !unsettled || tokio::time::Instant::now() >= deadline {
             return r;
         }

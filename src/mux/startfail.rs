@@ -14,6 +14,9 @@ use std::collections::{HashMap, VecDeque};
 /// to its end (its exit can be seen first); clients wait for the rest.
 pub const STDERR_PENDING: &str = "Its stderr is still being read.";
 
+/// The whole `lasterror` reply when no worker has died at start-up.
+pub const NO_FAILURE: &str = "none";
+
 /// Lines of a worker's stderr kept while it has not answered a request.
 const TAIL_LINES: usize = 20;
 /// Bytes of a worker's stderr kept while it has not answered a request.
@@ -162,7 +165,7 @@ impl StartFailures {
     /// The `lasterror` reply text, before percent-encoding.
     pub fn report(&self, now: i64) -> String {
         let Some(f) = &self.last else {
-            return "none".into();
+            return NO_FAILURE.into();
         };
         let ago = (now - f.at).max(0);
         let state = if self.recovered {
