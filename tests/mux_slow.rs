@@ -42,6 +42,28 @@ fn busy_timeout_kills_and_replaces_the_worker() {
 }
 
 #[test]
+fn busy_timeout_reaches_a_forked_worker_through_its_pidfd() {
+    require_perl_modules!("IO::FDPass");
+    let mx = Mx::start(&["-E", "-m", "1", "-x", "1", "-b", "10"]);
+    let pid: u32 = mx.req_s("pid").trim().parse().unwrap();
+    let sock = mx.sock.clone();
+    let hang = std::thread::spawn(move || request(&sock, b"hang\n"));
+    mx.wait_for("status", |r| r.starts_with('B'));
+    // The worker is the preloading process's child, not ours: the
+    // multiplexor signals it through the pidfd it bound at fork time
+    // (protocol/SECURITY.md §6).
+    let reply = String::from_utf8(hang.join().unwrap()).unwrap();
+    assert!(reply.starts_with("ERR Filter timed out"), "{reply}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "worker {pid} still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let next: u32 = mx.wait_for("pid", |r| r.trim().parse::<u32>().is_ok()).trim().parse().unwrap();
+    assert_ne!(next, pid);
+}
+
+#[test]
 fn client_that_never_sends_newline_is_dropped() {
     let mx = Mx::start(&["-c", "10"]);
     let mut s = std::os::unix::net::UnixStream::connect(&mx.sock).unwrap();

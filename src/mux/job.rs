@@ -5,6 +5,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::Class;
+use crate::sys::process::ProcessHandle;
 
 /// Multiplexor-generated replies on the forwarding path (protocol/multiplexor.md §6.4).
 pub mod replies {
@@ -142,10 +143,10 @@ pub struct LaunchWorker {
 /// How the pool has processes started without knowing how
 /// (`worker::Starter`; protocol/multiplexor.md §21).
 pub trait Launcher: Send {
-    /// Starts a worker. `Ok(Some(pid))` when it runs already (fork + exec);
+    /// Starts a worker. `Ok(Some(handle))` when it runs already (fork + exec);
     /// `Ok(None)` when the `-E` preloading process was asked to fork it,
     /// which ends in `Pool::worker_started` or `Pool::start_failed`.
-    fn launch(&mut self, w: LaunchWorker) -> std::io::Result<Option<u32>>;
+    fn launch(&mut self, w: LaunchWorker) -> std::io::Result<Option<ProcessHandle>>;
     /// `-E`: load the filter into a new preloading process (a reread).
     fn reload(&mut self);
 }
@@ -154,7 +155,7 @@ pub trait Launcher: Send {
 pub struct NoLauncher;
 
 impl Launcher for NoLauncher {
-    fn launch(&mut self, _: LaunchWorker) -> std::io::Result<Option<u32>> {
+    fn launch(&mut self, _: LaunchWorker) -> std::io::Result<Option<ProcessHandle>> {
         Err(std::io::Error::other("no launcher installed"))
     }
     fn reload(&mut self) {}

@@ -22,6 +22,7 @@ use super::startfail::{self, StartFailure, StartFailures, StderrTail};
 use super::statsfile::{sanitize_reason, StatsFile};
 use super::{Class, State};
 use crate::sys::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
+use crate::sys::process::ProcessHandle;
 
 /// Consecutive exit-42/43 workers before the multiplexor gives up.
 pub const MAX_SYNTAX_ERROR_EXITS: u32 = 10;
@@ -32,7 +33,8 @@ pub const MAX_STATUS_LEN: usize = 63;
 #[derive(Debug)]
 pub struct Slot {
     pub state: State,
-    pub pid: Option<u32>,
+    /// The worker process, once started (its pid: [`Slot::pid`]).
+    pub process: Option<ProcessHandle>,
     /// Identity of the current process (unique per activation).
     pub wid: u64,
     pub tx: Option<mpsc::UnboundedSender<ToWorker>>,
@@ -60,6 +62,13 @@ pub struct Slot {
     pub oom: bool,
     /// The process has written at least one reply line.
     pub replied: bool,
+}
+
+impl Slot {
+    /// The worker's pid, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ProcessHandle::pid)
+    }
 }
 
 /// A request waiting for a worker (protocol/multiplexor.md §10).
@@ -150,7 +159,7 @@ impl Pool {
         let slots = (0..n)
             .map(|i| Slot {
                 state: State::Stopped,
-                pid: None,
+                process: None,
                 wid: 0,
                 tx: None,
                 activated: None,
@@ -235,7 +244,7 @@ impl Pool {
                 .slots
                 .iter()
                 .enumerate()
-                .filter_map(|(i, s)| s.pid.map(|pid| (i, pid)))
+                .filter_map(|(i, s)| s.pid().map(|pid| (i, pid)))
                 .collect(),
         }
     }
@@ -373,8 +382,8 @@ impl Pool {
             reason: reason.to_string(),
             rx,
         };
-        let pid = match self.launcher.launch(launch) {
-            Ok(pid) => pid,
+        let process = match self.launcher.launch(launch) {
+            Ok(process) => process,
             Err(e) => {
                 daemon::log(
                     LOG_ERR,
@@ -395,7 +404,7 @@ impl Pool {
         let seq = self.activations;
         {
             let s = &mut self.slots[i];
-            s.pid = pid;
+            s.process = process.clone();
             s.wid = wid;
             s.tx = Some(tx);
             s.activated = Some(now);
@@ -414,8 +423,8 @@ impl Pool {
             s.replied = false;
         }
         self.set_state(i, State::Idle);
-        if let Some(pid) = pid {
-            self.log_start(i, pid, reason);
+        if let Some(p) = &process {
+            self.log_start(i, p.pid(), reason);
         }
         self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
         Ok(())
@@ -430,10 +439,10 @@ impl Pool {
 
     /// The preloading process forked the worker of slot `i` (or perl
     /// started it after a failed fork): its pid is known now.
-    pub fn worker_started(&mut self, i: usize, wid: u64, pid: u32, reason: &str) {
+    pub fn worker_started(&mut self, i: usize, wid: u64, process: ProcessHandle, reason: &str) {
         if self.slots[i].wid == wid && self.slots[i].state != State::Stopped {
-            self.slots[i].pid = Some(pid);
-            self.log_start(i, pid, reason);
+            self.log_start(i, process.pid(), reason);
+            self.slots[i].process = Some(process);
         }
     }
 
@@ -448,7 +457,7 @@ impl Pool {
         );
         self.count_failure(43);
         let s = &mut self.slots[i];
-        s.pid = None;
+        s.process = None;
         s.tx = None;
         s.activated = None;
         s.cur_class = None;
@@ -779,11 +788,11 @@ impl Pool {
             };
             daemon::log(
                 LOG_INFO,
-                &format!("Killing {} worker {i} pid={} {cmd}req={req} age={age} req_age={req_age}: {reason}", s.state.name().to_ascii_lowercase(), s.pid.unwrap_or(0)),
+                &format!("Killing {} worker {i} pid={} {cmd}req={req} age={age} req_age={req_age}: {reason}", s.state.name().to_ascii_lowercase(), s.pid().unwrap_or(0)),
             );
         }
-        if let Some(pid) = s.pid {
-            signal(pid, libc::SIGCONT);
+        if let Some(p) = &s.process {
+            let _ = p.signal(libc::SIGCONT);
         }
         if let Some(tx) = &s.tx {
             let _ = tx.send(ToWorker::Retire { busy });
@@ -835,7 +844,7 @@ impl Pool {
             return;
         }
         self.metrics.reaped(wid, status);
-        let pid = self.slots[i].pid.unwrap_or(0);
+        let pid = self.slots[i].pid().unwrap_or(0);
         let was_killed = self.slots[i].state == State::Killed;
         let expected = was_killed && self.slots[i].expected_exit;
         let suffix = if expected {
@@ -910,7 +919,7 @@ impl Pool {
         }
         {
             let s = &mut self.slots[i];
-            s.pid = None;
+            s.process = None;
             s.tx = None;
             s.activated = None;
             s.first_request = None;
@@ -950,7 +959,7 @@ impl Pool {
         let ev = self.start_failures.died(StartFailure {
             wid,
             slot: i,
-            pid: s.pid.unwrap_or(0),
+            pid: s.pid().unwrap_or(0),
             exit,
             at: epoch_now(),
             stderr: None,
@@ -1058,9 +1067,9 @@ impl Pool {
         }
     }
 
-    /// Pids of processes not yet reaped.
-    pub fn live_pids(&self) -> Vec<u32> {
-        self.slots.iter().filter_map(|s| s.pid).collect()
+    /// Worker processes not yet reaped.
+    pub fn live_processes(&self) -> Vec<ProcessHandle> {
+        self.slots.iter().filter_map(|s| s.process.clone()).collect()
     }
 
     /// The worker counts and totals that `-L` logs and the `load`
@@ -1097,14 +1106,6 @@ pub struct Counters {
     pub queued: usize,
     pub msgs: u64,
     pub activations: u64,
-}
-
-/// Sends a signal to a process, ignoring errors (it may be gone already).
-pub fn signal(pid: u32, sig: libc::c_int) {
-    use nix::sys::signal::{kill, Signal};
-    if let Ok(sig) = Signal::try_from(sig) {
-        let _ = kill(nix::unistd::Pid::from_raw(pid as libc::pid_t), sig);
-    }
 }
 
 /// The status tag for a dispatched command (protocol/multiplexor.md §8): first

@@ -32,7 +32,7 @@ pub fn workers(p: &Pool, busy_only: bool) -> String {
         }
         let _ = write!(out, "{i} {}", w.state.letter());
         if w.state != State::Stopped {
-            let _ = write!(out, " {}", w.pid.map(|p| p as i64).unwrap_or(-1));
+            let _ = write!(out, " {}", w.pid().map(|p| p as i64).unwrap_or(-1));
         }
         if w.state == State::Busy {
             if let Some(c) = w.cur_class.filter(|c| c.tracked_index().is_some()) {
@@ -65,7 +65,7 @@ pub fn workerinfo(p: &Pool, arg: &str) -> String {
     format!(
         "Worker {n}\nState {}\nPID {}\nNumRequests {}\nNumScans {}\nAge {}\nFirstReqAge {}\nLastStateChangeAge {}\nStatusTag {}\n",
         w.state.name(),
-        w.pid.map(|p| p as i64).unwrap_or(-1),
+        w.pid().map(|p| p as i64).unwrap_or(-1),
         w.num_requests,
         w.num_scans,
         age(w.activated),

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal as unix_signal, SignalKind};
 
 use super::control::{self, Access};
 use super::options::{usage, Exit, Options};
-use super::pool::{signal, Mux};
+use super::pool::Mux;
 use super::worker::Spawner;
 use crate::cformat::strerror;
 use crate::sys::daemon::{self, PidFile, Readiness, LOG_ERR, LOG_INFO, LOG_WARNING};
@@ -693,13 +693,13 @@ async fn shutdown(mux: &Arc<Mux>, cleanup: &Cleanup, side: SideServers) -> i32 {
     ] {
         if sig != 0 {
             daemon::log(LOG_INFO, msg);
-            for pid in mux.lock().live_pids() {
-                signal(pid, libc::SIGCONT);
-                signal(pid, sig);
+            for p in mux.lock().live_processes() {
+                let _ = p.signal(libc::SIGCONT);
+                let _ = p.signal(sig);
             }
         }
         for _ in 0..40 {
-            if mux.lock().live_pids().is_empty() {
+            if mux.lock().live_processes().is_empty() {
                 return 0;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

@@ -15,7 +15,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -26,10 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::child::{perl_command, ChildSetup};
 use super::job::{Completion, Job, LaunchWorker, Launcher, Outcome, ToWorker};
 use super::options::Options;
-use super::pool::{signal, Mux};
+use super::pool::Mux;
 use super::zygote::Zygote;
 use super::State;
 use crate::sys::daemon::{self, LOG_ERR, LOG_INFO, LOG_WARNING};
+use crate::sys::process::{pidfd_open, ProcessHandle};
 
 /// Longest reply line relayed (protocol/multiplexor.md §7.5); longer ones are truncated.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -46,7 +46,7 @@ pub enum Proc {
         usage: Option<libc::rusage>,
     },
     Forked {
-        pid: u32,
+        handle: ProcessHandle,
         exit: Option<oneshot::Receiver<i32>>,
     },
 }
@@ -70,7 +70,7 @@ impl Proc {
                 if pidfd.is_none() {
                     // SAFETY: the AsyncFd owns the descriptor, which stays
                     // open until the AsyncFd (deregistering it) is dropped.
-                    *pidfd = pidfd_open(*pid).and_then(|fd| {
+                    *pidfd = pidfd_open(*pid).ok().and_then(|fd| {
                         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
                     });
                 }
@@ -80,7 +80,7 @@ impl Proc {
                     None => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             },
-            Proc::Forked { pid, exit } => Ok(super::zygote::wait_forked(*pid, exit).await),
+            Proc::Forked { handle, exit } => Ok(super::zygote::wait_forked(handle, exit).await),
         }
     }
 
@@ -91,17 +91,6 @@ impl Proc {
             Proc::Forked { .. } => None,
         }
     }
-}
-
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the fresh descriptor pidfd_open just returned, owned by
-    // nothing else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Reaps `pid` if it has exited, keeping its resource usage.
@@ -134,7 +123,7 @@ fn try_wait4(
 
 /// A started worker process and the parent's ends of its pipes.
 pub struct Spawned {
-    pub pid: u32,
+    pub handle: ProcessHandle,
     pub proc: Proc,
     pub stdin: pipe::Sender,
     pub stdout: pipe::Receiver,
@@ -331,7 +320,7 @@ impl Starter {
 }
 
 impl Launcher for Starter {
-    fn launch(&mut self, w: LaunchWorker) -> io::Result<Option<u32>> {
+    fn launch(&mut self, w: LaunchWorker) -> io::Result<Option<ProcessHandle>> {
         let mux = self
             .mux
             .upgrade()
@@ -340,9 +329,9 @@ impl Launcher for Starter {
         let pid = match plan {
             Plan::Exec { via_perl } => {
                 let s = spawn_exec(&mux.opts, via_perl)?;
-                let pid = s.pid;
+                let handle = s.handle.clone();
                 tokio::spawn(run(mux.clone(), w.slot, w.wid, s, w.rx));
-                Some(pid)
+                Some(handle)
             }
             Plan::Fork(z) => {
                 tokio::spawn(start_forked(mux.clone(), w, z, self.events.clone()));
@@ -404,7 +393,7 @@ async fn start_forked(
     };
     match started {
         Ok(s) => {
-            mux.lock().worker_started(slot, wid, s.pid, &reason);
+            mux.lock().worker_started(slot, wid, s.handle.clone(), &reason);
             run(mux, slot, wid, s, rx).await;
         }
         Err(e) => {
@@ -445,11 +434,11 @@ async fn fork(z: &Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
     } else {
         None
     };
-    let (pid, exit) = z.fork(slot, &theirs).await?;
+    let (handle, exit) = z.fork(slot, &theirs).await?;
     Ok(Spawned {
-        pid,
+        handle: handle.clone(),
         proc: Proc::Forked {
-            pid,
+            handle,
             exit: Some(exit),
         },
         stdin: pipe::Sender::from_owned_fd(in_w)?,
@@ -524,7 +513,7 @@ pub fn spawn_exec(opts: &Options, via_perl: bool) -> io::Result<Spawned> {
     let stderr =
         pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().ok_or_else(missing)?))?;
     Ok(Spawned {
-        pid,
+        handle: ProcessHandle::child(pid),
         proc: Proc::own(pid),
         stdin,
         stdout,
@@ -618,13 +607,14 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<ToWorker>,
 ) {
     let Spawned {
-        pid,
+        handle,
         proc: mut child,
         stdin,
         stdout,
         stderr,
         status,
     } = w;
+    let pid = handle.pid();
     tokio::spawn(drain_stderr(mux.clone(), slot, wid, stderr));
     if let Some(st) = status {
         tokio::spawn(read_status(mux.clone(), slot, wid, st));
@@ -649,7 +639,7 @@ async fn run(
                 Some(ToWorker::Retire { busy }) => {
                     if stdin.take().is_some() {
                         escalate = Some(if busy {
-                            signal(pid, libc::SIGTERM);
+                            let _ = handle.signal(libc::SIGTERM);
                             (tokio::time::Instant::now() + KILL_AFTER, libc::SIGKILL)
                         } else {
                             (tokio::time::Instant::now() + TERM_AFTER, libc::SIGTERM)
@@ -688,8 +678,8 @@ async fn run(
                     if mux.opts.verbose {
                         daemon::log(LOG_INFO, &format!("Worker {slot} (pid {pid}) {what}"));
                     }
-                    signal(pid, libc::SIGCONT);
-                    signal(pid, sig);
+                    let _ = handle.signal(libc::SIGCONT);
+                    let _ = handle.signal(sig);
                     escalate = if sig == libc::SIGTERM { Some((tokio::time::Instant::now() + KILL_AFTER, libc::SIGKILL)) } else { None };
                 }
             }

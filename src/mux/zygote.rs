@@ -31,6 +31,8 @@ use tokio::sync::oneshot;
 use super::child::{perl_command, ChildSetup};
 use super::options::Options;
 use crate::sys::daemon::{self, LOG_ERR, LOG_INFO};
+use crate::sys::process::ProcessHandle;
+use tokio::io::unix::AsyncFd;
 
 /// The zygote program.
 pub const ZYGOTE_PL: &str = include_str!("zygote.pl");
@@ -162,7 +164,7 @@ impl Zygote {
         &self,
         slot: usize,
         fds: &[OwnedFd],
-    ) -> io::Result<(u32, oneshot::Receiver<i32>)> {
+    ) -> io::Result<(ProcessHandle, oneshot::Receiver<i32>)> {
         let want = if self.status_pipe { 4 } else { 3 };
         if fds.len() != want {
             return Err(io::Error::other("wrong number of descriptors"));
@@ -179,7 +181,7 @@ impl Zygote {
         let pid: u32 = line.parse().map_err(|_| {
             io::Error::other(line.strip_prefix("error ").unwrap_or(line).to_string())
         })?;
-        check_forked_pid(pid, self.pid)?;
+        let handle = bind_forked_pid(pid, self.pid)?;
         let (tx, rx) = oneshot::channel();
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = reg.early.remove(&pid) {
@@ -187,7 +189,7 @@ impl Zygote {
         } else if !reg.closed {
             reg.waiters.insert(pid, tx);
         }
-        Ok((pid, rx))
+        Ok((handle, rx))
     }
 
     /// `fork SLOT`, the descriptors one message each, then the answer line.
@@ -225,19 +227,24 @@ impl Zygote {
 
 /// The pid the preloading process reported must be a process it forked:
 /// never 0, 1 or ours (a signal to 0 or -1 would reach our own process
-/// group or everyone), and its parent must be the preloading process
-/// (protocol/SECURITY.md §6).
-pub fn check_forked_pid(pid: u32, zygote: u32) -> io::Result<()> {
+/// group or everyone), and its parent must be the preloading process.
+/// The handle is bound (pidfd) before the parent is checked, so the
+/// process checked is the one later signalled (protocol/SECURITY.md §6).
+pub fn bind_forked_pid(pid: u32, zygote: u32) -> io::Result<ProcessHandle> {
     let bad = |why: &str| io::Error::other(format!("preloading process reported pid {pid}: {why}"));
     if pid <= 1 || pid == std::process::id() || pid > i32::MAX as u32 {
         return Err(bad("not a worker's pid"));
     }
+    let handle = ProcessHandle::bind(pid);
+    // A worker that exited at once is gone already; its exit arrives as an
+    // event and it is never signalled.
+    if handle.is_gone() {
+        return Ok(handle);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-    // A worker that exited at once may already be gone; its exit arrives
-    // as an event and it is never signalled.
-    let Ok(stat) = stat else { return Ok(()) };
+    let Ok(stat) = stat else { return Ok(handle) };
     match parent_of(&stat) {
-        Some(ppid) if ppid == zygote => Ok(()),
+        Some(ppid) if ppid == zygote => Ok(handle),
         _ => Err(bad("not a child of the preloading process")),
     }
 }
@@ -302,9 +309,10 @@ async fn read_stderr(
 }
 
 /// Waits for a zygote child to end: its status from the zygote, or, if the
-/// zygote went away, by polling the pid (status then reads as SIGKILL).
+/// zygote went away, until its pidfd reports the end (status then reads as
+/// SIGKILL).
 pub async fn wait_forked(
-    pid: u32,
+    handle: &ProcessHandle,
     exit: &mut Option<oneshot::Receiver<i32>>,
 ) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt;
@@ -314,13 +322,21 @@ pub async fn wait_forked(
             Err(_) => *exit = None,
         }
     }
-    loop {
-        // No signal: only checks that the process exists.
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
-            return std::process::ExitStatus::from_raw(libc::SIGKILL);
+    let killed = std::process::ExitStatus::from_raw(libc::SIGKILL);
+    if let Some(fd) = handle.pidfd() {
+        // A pidfd becomes readable when its process ends.
+        // SAFETY: the AsyncFd shares ownership of the pidfd (Arc), which
+        // stays open at least as long as the registration.
+        if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            let _ = afd.readable().await;
+            return killed;
         }
+    }
+    // No pidfd (old kernel): poll; signal 0 only checks for existence.
+    while handle.signal(0).is_ok() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    killed
 }
 
 #[cfg(test)]
@@ -331,15 +347,16 @@ mod tests {
     fn reported_pids_are_checked() {
         let me = std::process::id();
         for pid in [0, 1, me, u32::MAX] {
-            assert!(check_forked_pid(pid, 4242).is_err(), "{pid}");
+            assert!(bind_forked_pid(pid, 4242).is_err(), "{pid}");
         }
         // A live process whose parent is not the preloading process.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        assert!(check_forked_pid(child.id(), me + 1).is_err());
-        assert!(check_forked_pid(child.id(), me).is_ok());
+        assert!(bind_forked_pid(child.id(), me + 1).is_err());
+        let h = bind_forked_pid(child.id(), me).unwrap();
+        assert!(h.pidfd().is_some(), "bound by a pidfd");
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(parent_of("12 (a) b) S 34 12"), Some(34));
