@@ -64,6 +64,45 @@ is_deeply(smtp_send('127.0.0.1', 'me.example', 'a@example.org', ['b@example.com'
 $srv->stop_server();
 is(maildrop_msg_path(), "$d/drop/maildrop.msg", 'maildrop path follows MM_TEST_MAILDROP_DIR');
 
+# --- No directory anyone can write (protocol/SECURITY.md §8)
+my $mode = sub { (stat($_[0]))[2] & 07777 };
+ok(!($mode->($d) & 0002), 'Tmpdir: not world-writable');
+ok(!($mode->("$d/m1") & 0002), 'parse_and_copy_msg: not world-writable');
+SKIP: {
+	skip('as root only: the directories go to the worker user', 4) unless $> == 0;
+	my $uid = (getpwnam(test_worker_user()))[2];
+	skip('no user ' . test_worker_user(), 4) unless defined($uid);
+	is((stat($d))[4], $uid, 'Tmpdir: owned by the worker user');
+	is($mode->($d), 0750, 'Tmpdir: mode 0750');
+	is((stat("$d/m1"))[4], $uid, 'parse_and_copy_msg: owned by the worker user');
+	is($mode->("$d/m1"), 0750, 'parse_and_copy_msg: mode 0750');
+}
+
+# --- clean_maildrop_dir empties only a real directory of ours or root's
+{
+	my $victim = "$d/victim";
+	mkdir($victim);
+	spew("$victim/keep", "x");
+	symlink($victim, "$d/link") or die "symlink: $!";
+	local $ENV{MM_TEST_MAILDROP_DIR} = "$d/link";
+	my @warned;
+	local $SIG{__WARN__} = sub { push(@warned, @_) };
+	clean_maildrop_dir();
+	ok(-e "$victim/keep", 'a symbolic link as the maildrop directory is not followed');
+	like("@warned", qr/Not emptying/, '... and says so');
+	$ENV{MM_TEST_MAILDROP_DIR} = $victim;
+	clean_maildrop_dir();
+	ok(!-e "$victim/keep", 'our own maildrop directory is emptied');
+	SKIP: {
+		skip('as root only: needs a directory owned by another user', 1) unless $> == 0;
+		my $other = (getpwnam('nobody'))[2];
+		spew("$victim/keep", "x");
+		chown($other, -1, $victim);
+		clean_maildrop_dir();
+		ok(-e "$victim/keep", "another user's directory is not emptied");
+	}
+}
+
 # --- The multiplexor helpers with our binaries
 SKIP: {
 	my $mx = mailmunge_program_path('mailmunge-multiplexor');

@@ -140,9 +140,24 @@ sub smtp_send
 
 sub maildrop_msg_dir { return $ENV{MM_TEST_MAILDROP_DIR} || '/tmp/mailmunge-drop'; }
 
+# The maildrop default is a fixed name in /tmp: anyone could have made it
+# first, e.g. as a link to a directory whose files root would then
+# delete.  Only a real directory owned by us or root is emptied.
+sub _safe_to_empty
+{
+	my ($dir) = @_;
+	my @st = lstat($dir) or return 0;
+	return 0 unless -d _;
+	return $st[4] == $> || $st[4] == 0;
+}
+
 sub _empty_dir
 {
 	my ($dir, $pattern) = @_;
+	if (!_safe_to_empty($dir)) {
+		warn("Not emptying $dir: not a directory owned by root or by us\n") if -e $dir || -l $dir;
+		return;
+	}
 	opendir(my $dh, $dir) or return;
 	my @names = grep { $_ ne '.' && $_ ne '..' && (!$pattern || /$pattern/) } readdir($dh);
 	closedir($dh);
@@ -328,7 +343,10 @@ The directory delivered test messages are dropped into
 
 =head2 clean_maildrop_dir()
 
-Removes everything in C<maildrop_msg_dir()>.
+Removes everything in C<maildrop_msg_dir()>.  The directory itself must
+be a real directory (not a symbolic link) owned by root or by the
+running user; otherwise nothing is removed and a warning is printed, as
+the default name in F</tmp> can be created by anyone.
 
 =head2 maildrop_msg_path([$file])
 

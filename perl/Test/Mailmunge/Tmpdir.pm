@@ -9,7 +9,7 @@ use File::Spec;
 
 # A scratch directory under t/tmp that disappears with the object.  When the
 # tests run as root, the multiplexor's workers run as an unprivileged user
-# and must be able to write into it, so it is made world-writable then.
+# and must be able to write into it, so it is handed to that user.
 
 sub new
 {
@@ -20,7 +20,13 @@ sub new
 	my $dir = tempdir('mmtest-XXXXXXXX', DIR => $base);
 	if ($> == 0) {
 		chmod(0755, $base);
-		chmod(0777, $dir);
+		# The workers run as an unprivileged user: they own the
+		# directory; nobody else can write to it.
+		my ($uid, $gid) = (getpwnam($ENV{MAILMUNGE_TEST_USER} || 'mailmunge'))[2, 3];
+		if (defined($uid)) {
+			chown($uid, $gid, $dir);
+			chmod(0750, $dir);
+		}
 	}
 	return bless { dir => $dir, cleanup => 1, pid => $$ }, $class;
 }
@@ -60,9 +66,10 @@ Test::Mailmunge::Tmpdir - a temporary directory for Mailmunge unit tests
 =head1 DESCRIPTION
 
 Creates C<t/tmp> below the current directory if needed and a fresh,
-uniquely named directory inside it.  When the test runs as root the new
-directory is made mode 0777 so that filter workers running as an
-unprivileged user can create files in it.
+uniquely named directory inside it (File::Temp picks an unpredictable
+name).  When the test runs as root the new directory is given to the
+user the workers run as (C<$MAILMUNGE_TEST_USER>, or C<mailmunge>), mode
+0750, so that they can create files in it and nobody else can.
 
 =head1 METHODS
 

@@ -61,6 +61,23 @@ sub _wait_for
 	return $cond->();
 }
 
+sub test_worker_user
+{
+	return $ENV{MAILMUNGE_TEST_USER} || 'mailmunge';
+}
+
+# As root, the workers run as the test user: they get the directory
+# (owner, mode 0750) rather than everyone getting write access to it.
+sub give_dir_to_test_worker
+{
+	my ($dir) = @_;
+	return 1 unless $> == 0;
+	my ($uid, $gid) = (getpwnam(test_worker_user()))[2, 3];
+	return 0 unless defined($uid);
+	chown($uid, $gid, $dir) or return 0;
+	return chmod(0750, $dir) ? 1 : 0;
+}
+
 sub start_multiplexor
 {
 	my ($dir, $filter, @extra) = @_;
@@ -76,8 +93,8 @@ sub start_multiplexor
 		    '-p', "$dir/mx.pid", '-Y', 'mm-mx-test-instance');
 	# The multiplexor refuses to run workers as root.
 	if ($> == 0) {
-		push(@args, '-U', $ENV{MAILMUNGE_TEST_USER} || 'mailmunge');
-		chmod(0777, $dir);
+		push(@args, '-U', test_worker_user());
+		give_dir_to_test_worker($dir);
 	}
 	push(@args, @extra);
 	my $rc = system($prog, @args);
@@ -199,7 +216,7 @@ sub parse_and_copy_msg
 	$out->close() or die("parse_and_copy_msg: cannot write $dir/INPUTMSG: $!");
 	# When running as root, the multiplexor's workers (unprivileged) must
 	# be able to write RESULTS and Work/ here.
-	chmod(0777, $dir) if $> == 0;
+	give_dir_to_test_worker($dir);
 
 	my $parser = MIME::Parser->new();
 	$parser->output_to_core(1);
@@ -274,6 +291,18 @@ Returns the absolute path of the program C<$name>
 C<$MAILMUNGE_BINDIR>, in C<../c/>, in this source tree's
 C<target/debug/> and along C<$PATH>; undef if not found.
 
+=head2 test_worker_user()
+
+The user the multiplexor's workers run as when the tests run as root:
+C<$MAILMUNGE_TEST_USER>, or C<mailmunge>.
+
+=head2 give_dir_to_test_worker($dir)
+
+When running as root, makes the test worker user the owner of C<$dir>
+with mode 0750, so that workers can write there while nobody else can
+(no world-writable directories).  Does nothing otherwise.  Returns 1 on
+success, 0 if the user does not exist or the change failed.
+
 =head2 start_multiplexor($dir, $filter [, @extra_options])
 
 Runs the multiplexor as a daemon with spool directory C<$dir>, control
@@ -281,8 +310,8 @@ socket C<$dir/mx.sock>, pid file C<$dir/mx.pid>, the filter program
 C<$filter> (which must be executable), verbose logging and status
 tags, plus any C<@extra_options>.  Sets C<$ENV{TESTDIR}> to the current
 directory, which filters can use to find modules.  When running as
-root, adds C<-U mailmunge> (or C<-U $MAILMUNGE_TEST_USER>) and makes
-C<$dir> world-writable.  Returns 1 once the control socket exists, 0
+root, adds C<-U> with C<test_worker_user()> and hands C<$dir> to that
+user (see C<give_dir_to_test_worker>).  Returns 1 once the control socket exists, 0
 on failure.
 
 =head2 stop_multiplexor($dir)
@@ -322,7 +351,8 @@ C<__SUBJECT__> on each line with C<$subject> when one is given; parses it;
 writes C<$dir/PRISTINE_HEADERS> (header as found) and C<$dir/HEADERS>
 (one unfolded header per line), and returns a new
 L<Mailmunge::Context> prepared by C<set_context_fields_from_msg>.  When
-running as root, C<$dir> is made world-writable for the workers.
+running as root, C<$dir> is handed to the workers' user
+(C<give_dir_to_test_worker>).
 
 =head2 dns_available()
 
