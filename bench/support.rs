@@ -806,6 +806,43 @@ pub fn cpu_note() -> String {
     format!("{cpus} CPUs ({model})")
 }
 
+/// The commit the benchmark was built from (short hash).
+pub fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The date and time now, as `2026-12-06 07:30 UTC`.
+pub fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the bare flag `name` is on the command line.
+pub fn has_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// Replaces the text between the `begin` and `end` marker lines of the
+/// repository file `rel` (a generated section of a README).
+pub fn write_generated(rel: &str, begin: &str, end: &str, section: &str) -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+        bail!("{rel} has no generated section ({begin} ... {end})");
+    };
+    let new = format!("{}{begin}\n\n{section}\n{}", &text[..a], &text[b..]);
+    std::fs::write(&path, new).with_context(|| format!("write {}", path.display()))
+}
+
 /// A `--name value` option from argv, else the default.
 pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
     let args: Vec<String> = std::env::args().collect();

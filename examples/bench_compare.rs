@@ -146,10 +146,6 @@ struct Config {
     write: bool,
 }
 
-fn has_flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
-}
-
 fn words_arg(name: &str, default: &str) -> Result<Vec<String>> {
     let s: String = support::arg(name, default.to_string())?;
     Ok(s.split(',').map(|w| w.trim().to_string()).collect())
@@ -157,7 +153,7 @@ fn words_arg(name: &str, default: &str) -> Result<Vec<String>> {
 
 impl Config {
     fn from_args() -> Result<Config> {
-        let quick = has_flag("--quick");
+        let quick = support::has_flag("--quick");
         // --quick: the typical filter over the unix socket only, two
         // concurrency levels, short cells (well under 3 minutes).
         let (secs, sessions, filters, transports, idle, act, ceil) = if quick {
@@ -200,10 +196,10 @@ impl Config {
             idle: support::arg("--idle", idle)?,
             activations: support::arg("--activations", act)?,
             ceiling_seconds: support::arg("--ceiling-seconds", ceil)?,
-            embedded: !has_flag("--no-embedded"),
+            embedded: !support::has_flag("--no-embedded"),
             phases: phases.clone(),
             // A partial run does not replace the published figures.
-            write: !has_flag("--no-write") && phases.len() == PHASES.len(),
+            write: !support::has_flag("--no-write") && phases.len() == PHASES.len(),
         })
     }
 
@@ -1125,15 +1121,6 @@ fn load1() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn git_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 fn perl_version() -> String {
     Command::new("perl")
         .args(["-e", "printf '%vd', $^V"])
@@ -1205,7 +1192,7 @@ fn report(cfg: &Config, res: &Results) -> String {
     p(format!(
         "Run: {}, {mode} run, commit {}, {:.0} s. {}; {}; perl {}.",
         res.started,
-        git_commit(),
+        support::git_commit(),
         res.elapsed.as_secs_f64(),
         support::cpu_note(),
         peer_version(),
@@ -1405,14 +1392,7 @@ fn report(cfg: &Config, res: &Results) -> String {
 
 /// Replaces the generated section of bench/README.md.
 fn write_readme(section: &str) -> Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(README);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{README} has no generated section ({BEGIN} ... {END})");
-    };
-    let new = format!("{}{BEGIN}\n\n{section}\n{}", &text[..a], &text[b..]);
-    std::fs::write(&path, new).with_context(|| format!("write {}", path.display()))
+    support::write_generated(README, BEGIN, END, section)
 }
 
 /// Draws messages/s per cell, MIMEDefang beside ours: one panel per
@@ -1477,14 +1457,6 @@ fn chart(scratch: &Scratch, cfg: &Config, cells: &[Cell]) -> Result<()> {
     Ok(())
 }
 
-fn now() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 fn main() -> Result<()> {
     support::install_interrupt_cleanup()?;
     let cfg = Config::from_args()?;
@@ -1492,7 +1464,7 @@ fn main() -> Result<()> {
     let started_at = Instant::now();
     let foreign = foreign_daemons();
     let mut res = Results {
-        started: now(),
+        started: support::utc_now(),
         uptime_start: uptime(),
         uptime_end: String::new(),
         max_load: load1(),
