@@ -8,7 +8,8 @@
 #   recipient local part block-rcpt* filter_recipient blocks (-t)
 #   Subject words (filter_message):
 #     block       block
-#     garbage     a line of garbage on the reply channel, then the normal reply
+#     garbage     a line of garbage on the reply channel, then files created
+#                 in the working directory for 0.3 s, then the normal reply
 #     earlyok     "ok" on the reply channel before RESULTS is finished, then
 #                 the normal reply
 #     halfline    half a reply line (no newline), then block
@@ -35,6 +36,7 @@ use base qw(Mailmunge::Filter);
 
 use IO::Handle;
 use Mailmunge::Response;
+use Time::HiRes ();
 
 sub _dir { return $ENV{MMTEST_FAULT_DIR} // die "MMTEST_FAULT_DIR is not set\n" }
 
@@ -107,6 +109,13 @@ sub filter_message {
     $self->_block("scan-$id") if $w{block};
     if ($w{garbage}) {
         $reply->printflush("\x00\xffthis is not a reply line \x01\x02\n");
+        # Broken workers do not stop at that: go on creating files in the
+        # working directory for a while, as the milter is removing it.
+        my $end = Time::HiRes::time() + 0.3;
+        for (my $n = 0; Time::HiRes::time() < $end; $n++) {
+            open(my $junk, '>', "junk-$n") or last;
+            close($junk);
+        }
     }
     if ($w{earlyok}) {
         # Claims success before any result is written; the real reply

@@ -169,6 +169,28 @@ sub finish_session {
     return $res;
 }
 
+=head2 poll_status_during(@handles)
+
+Asks C<mm-mx-ctrl status> again and again (each time with a 10 s limit)
+until every session in @handles has ended (at most 90 s).  Returns a list
+of hashes, one per call: C<elapsed> (seconds), C<out>, C<status> (see
+L<MMTest::Stack/ctrl_within>).
+
+=cut
+
+sub poll_status_during {
+    my ($self, @s) = @_;
+    my @polls;
+    my $deadline = Time::HiRes::time() + 90;
+    while (Time::HiRes::time() < $deadline) {
+        push @polls, $self->stack->ctrl_within(10, 'status');
+        # (Not pid_alive: that would reap the child finish_session waits for.)
+        last unless grep { !-e $_->{file} && kill(0, $_->{pid}) } @s;
+        Time::HiRes::sleep(0.2);
+    }
+    return @polls;
+}
+
 =head2 wait_ready($key [, $timeout])
 
 Waits (default 30 s) until a worker blocked on KEY has written its pid,
