@@ -12,7 +12,7 @@ use Time::HiRes ();
 
 use MMTest::Fault;
 
-my $TEMPFAIL = qr/^451 4\.7\.1 Service unavailable - try again later$/;
+my $TEMPFAIL = MMTest::Fault::TEMPFAIL;
 my $BUSY_TIMEOUT = 10;
 # How long a status request may take while a worker misbehaves: the
 # multiplexor reads each worker on its own, so this is a generous bound
@@ -22,21 +22,7 @@ my $STATUS_BOUND = 2;
 my $f = MMTest::Fault->setup(mx_args => ['-x', '4', '-b', $BUSY_TIMEOUT]);
 my $stack = $f->stack;
 
-# Sends one message per subject at the same time, asks for the status all
-# along, and returns the results with the time each session took.
-sub sessions {
-    my (@subjects) = @_;
-    my $t0 = Time::HiRes::time();
-    my @s = map { $f->start_session(id => $f->id($_), subject => $_) } @subjects;
-    my @polls = $f->poll_status_during(@s);
-    my @res = map { my $r = $f->finish_session($_); $r->{secs} = Time::HiRes::time() - $t0; $r } @s;
-    my ($slowest) = sort { $b <=> $a } map { $_->{elapsed} } @polls;
-    my @failed = grep { ($_->{status} // -1) != 0 } @polls;
-    ok(@polls && !@failed, sprintf('mm-mx-ctrl status answered all %d times', scalar @polls))
-        or diag(join "\n", map { $_->{out} } @failed);
-    cmp_ok($slowest // 99, '<', $STATUS_BOUND, sprintf('status answers within %d s (slowest %.2f s)', $STATUS_BOUND, $slowest // 99));
-    return (\@res, \@polls);
-}
+sub sessions { return $f->sessions_with_status($STATUS_BOUND, @_) }
 
 sub log_since {
     my ($mark) = @_;

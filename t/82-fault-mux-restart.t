@@ -11,7 +11,7 @@ use Test::More;
 use MMTest::Fault;
 use MMTest::Util qw(wait_until);
 
-my $TEMPFAIL = qr/^451 4\.7\.1 Service unavailable - try again later$/;
+my $TEMPFAIL = MMTest::Fault::TEMPFAIL;
 my $IN_FLIGHT = 4;
 
 my $f = MMTest::Fault->setup(mx_args => [qw(-x 6)]);

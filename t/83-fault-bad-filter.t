@@ -16,7 +16,7 @@ use Test::More;
 use MMTest::Fault;
 use MMTest::Util qw(wait_until slurp);
 
-my $TEMPFAIL = qr/^451 4\.7\.1 Service unavailable - try again later$/;
+my $TEMPFAIL = MMTest::Fault::TEMPFAIL;
 
 my $f = MMTest::Fault->setup(copy_filter => 1, mx_args => [qw(-x 3)]);
 my $stack = $f->stack;

@@ -272,6 +272,104 @@ sub tempfailed {
     like($text, $re, "$name: reply text");
 }
 
+=head2 TEMPFAIL
+
+What Postfix answers when the milter tempfails without a text of its own
+(protocol/e2e.md §5), as a regular expression for C<tempfailed>.
+
+=cut
+
+use constant TEMPFAIL => qr/^451 4\.7\.1 Service unavailable - try again later$/;
+
+=head2 kill_worker_during(%case)
+
+One worker-kill case: starts a session (C<send>: the arguments for
+C<send>, C<label>) that makes a worker block in C<command> (C<relayok>,
+C<senderok>, C<recipok>, C<scan>), waits for the pid the worker reports
+under C<key> (a string, or code called with the message id), checks that
+this pid is the worker busy with that command, sends it SIGKILL, and
+asserts that the client was tempfailed at C<stage>; then that a normal
+message passes again and the spool is clean.
+
+=cut
+
+sub kill_worker_during {
+    my ($self, %c) = @_;
+    my $id = $self->id($c{label});
+    my $s = $self->start_session(id => $id, %{ $c{send} });
+    my $key = ref $c{key} ? $c{key}->($id) : $c{key};
+    my $pid = $self->wait_ready($key);
+    like($self->busy_worker($pid) // '', qr/^\d+ B $pid \Q$c{command}\E /, "pid $pid is the worker busy with $c{command}");
+    ok(kill('KILL', $pid), "SIGKILL to worker $pid");
+    my $res = $self->finish_session($s);
+    $self->tempfailed($res, $c{stage}, TEMPFAIL, "worker killed during $c{command}");
+    $self->recovers(30);
+    $self->spool_is_clean;
+    return $res;
+}
+
+=head2 workers_die_at_start($stage)
+
+Makes every new worker kill itself (SIGKILL) in C<initialize>, retires the
+running ones with C<reread>, and asserts that the next message is
+tempfailed at $stage (the first step that needs a worker), that
+C<mm-mx-ctrl lasterror> and the log report a worker that died by signal 9
+without a word on stderr; then lets workers start again and checks that
+mail passes and C<lasterror> says so.
+
+=cut
+
+sub workers_die_at_start {
+    my ($self, $stage) = @_;
+    my $stack = $self->stack;
+    $self->trigger('die-at-start', 1);
+    is($stack->ctrl('reread'), "Forced reread of filter rules\n", 'reread');
+    my $res = $self->send(id => $self->id('startup'), subject => 'plain');
+    $self->tempfailed($res, $stage, TEMPFAIL, 'worker died at start-up');
+    my $why = eval {
+        wait_until(10, 'lasterror to report the dead worker', sub {
+            my $t = $stack->ctrl('lasterror');
+            $t =~ /It wrote nothing on stderr\./ ? $t : 0;
+        });
+    };
+    like($why // '', qr/^Worker \d+ \(pid \d+\) died before answering a request, \d+ s ago \(signal 9\); no worker has answered since\.$/m,
+        'mm-mx-ctrl lasterror names the signal') or diag($@ . $stack->ctrl('lasterror'));
+    like($stack->mx_log, qr/died before answering a request \(signal 9\); it wrote nothing on stderr$/m,
+        'the log line says the worker wrote nothing');
+    $self->trigger('die-at-start', 0);
+    $self->recovers(30);
+    like($stack->ctrl('lasterror'), qr/a worker has answered since\./, 'lasterror: workers answer again');
+    $self->spool_is_clean;
+}
+
+=head2 sessions_with_status($status_bound, @subjects)
+
+Sends one message per subject, all at the same time, asks
+C<mm-mx-ctrl status> all along (C<poll_status_during>), and asserts that
+every status request succeeded within $status_bound seconds.  Returns the
+session results (each with C<secs>, the time from the start until that
+session ended) and the polls, as two array references.
+
+=cut
+
+sub sessions_with_status {
+    my ($self, $bound, @subjects) = @_;
+    my $t0 = Time::HiRes::time();
+    my @s = map { $self->start_session(id => $self->id($_), subject => $_) } @subjects;
+    my @polls = $self->poll_status_during(@s);
+    my @res = map {
+        my $r = $self->finish_session($_);
+        $r->{secs} = Time::HiRes::time() - $t0;
+        $r;
+    } @s;
+    my ($slowest) = sort { $b <=> $a } map { $_->{elapsed} } @polls;
+    my @failed = grep { ($_->{status} // -1) != 0 } @polls;
+    ok(@polls && !@failed, sprintf('mm-mx-ctrl status answered all %d times', scalar @polls))
+        or diag(join "\n", map { $_->{out} } @failed);
+    cmp_ok($slowest // 99, '<', $bound, sprintf('status answers within %d s (slowest %.2f s)', $bound, $slowest // 99));
+    return (\@res, \@polls);
+}
+
 =head2 nothing_lost([$timeout])
 
 Accounts for every message in the ledger once the MTA's queue is empty
