@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 # Fault suite (protocol/e2e.md §9) with the multiplexor's -E: workers are
-# forked from a process that preloaded the filter (protocol/multiplexor.md
-# §23).  The worker-kill cases of t/80 and the hang cases of t/81 again,
-# plus a worker closing its reply channel, which must be noticed at once.
+# forked from a process that preloaded the filter
+# (protocol/multiplexor.md §23).  The worker-kill cases of t/80 and the
+# hang cases of t/81 again, plus a worker closing its reply channel, which
+# must be noticed at once.
 use strict;
 use warnings;
 use Test::More;
