@@ -9,7 +9,9 @@ use Test::More;
 use Time::HiRes ();
 
 use MMTest::E2E;
-use MMTest::Util qw(private_dir wait_until slurp_if_exists spew pid_alive);
+use MMTest::Util qw(private_dir wait_until slurp_if_exists spew);
+
+=encoding utf8
 
 =head1 NAME
 
@@ -184,7 +186,8 @@ sub poll_status_during {
     my $deadline = Time::HiRes::time() + 90;
     while (Time::HiRes::time() < $deadline) {
         push @polls, $self->stack->ctrl_within(10, 'status');
-        # (Not pid_alive: that would reap the child finish_session waits for.)
+        # (kill 0, not MMTest::Util::pid_alive, which would reap the child
+        # that finish_session waits for.)
         last unless grep { !-e $_->{file} && kill(0, $_->{pid}) } @s;
         Time::HiRes::sleep(0.2);
     }
