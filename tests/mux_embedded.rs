@@ -42,6 +42,24 @@ fn workers_are_forked_from_the_preloaded_filter() {
 }
 
 #[test]
+fn forked_worker_closing_its_reply_channel_is_noticed_at_once() {
+    require_perl_modules!("IO::FDPass");
+    // The busy timeout is far away: only the end of file on the worker's
+    // stdout can answer within the bound below. The worker closes a
+    // duplicate of fd 1 that lands on fd 3, where the preloading process
+    // kept its control socket (protocol/multiplexor.md §23).
+    let mx = Mx::start(&["-E", "-x", "2", "-b", "120"]);
+    let t0 = std::time::Instant::now();
+    assert_eq!(mx.req(b"closeout\n"), b"ERR No response from worker\n");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "noticed only after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(mx.wait_for("ping", good), "PONG\n");
+}
+
+#[test]
 fn status_pipe_with_preloading() {
     require_perl_modules!("IO::FDPass");
     let mx = Mx::start(&["-E", "-Z", "-x", "2"]);

@@ -72,12 +72,16 @@ impl StartFailure {
     /// readers grep lines).
     fn log_line(&self) -> Option<String> {
         let text = self.stderr.as_deref()?;
+        // A worker killed by a signal often says nothing; "its stderr
+        // said: " followed by nothing reads like a cut-off line.
+        let said = if text.trim().is_empty() {
+            "it wrote nothing on stderr".to_string()
+        } else {
+            format!("its stderr said: {}", text.replace('\n', " | "))
+        };
         Some(format!(
-            "Worker {} (pid {}) died before answering a request ({}); its stderr said: {}",
-            self.slot,
-            self.pid,
-            self.exit,
-            text.replace('\n', " | ")
+            "Worker {} (pid {}) died before answering a request ({}); {said}",
+            self.slot, self.pid, self.exit
         ))
     }
 
@@ -283,6 +287,25 @@ mod tests {
         assert!(s
             .report(100)
             .contains("a worker has answered since.\nIt wrote nothing on stderr."));
+    }
+
+    #[test]
+    fn silent_worker_is_reported_as_silent() {
+        let mut s = StartFailures::default();
+        assert_eq!(s.died(failure(6)), None);
+        let ev = s.stderr_closed(6, &StderrTail::default(), true);
+        assert_eq!(
+            ev,
+            Some(Event::Failed(
+                "Worker 1 (pid 42) died before answering a request (exit status 2); \
+                 it wrote nothing on stderr"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            s.current().unwrap().headline(),
+            "workers die at start-up (exit status 2): no message on stderr"
+        );
     }
 
     #[test]

@@ -120,14 +120,19 @@ sub zy_fork {
     if ($pid == 0) {
         $SIG{$_} = 'DEFAULT' for qw(TERM CHLD HUP INT);
         $SIG{PIPE} = 'IGNORE';
+        # Close the control socket through its Perl handle: PerlIO counts
+        # the handles on each descriptor, and after a bare POSIX::close(3)
+        # the count would stay behind.  The next handle on fd 3 (the
+        # filter's duplicate of its reply channel lands there) would then
+        # never really be closed, and a worker closing its reply channel
+        # would go unnoticed until the busy timeout
+        # (protocol/multiplexor.md §23).
+        close($zy_ctl);
+        undef $zy_ctl;
         POSIX::dup2($fds[0], 0);
         POSIX::dup2($fds[1], 1);
         POSIX::dup2($fds[2], 2);
-        if ($n == 4) {
-            POSIX::dup2($fds[3], 3);
-        } else {
-            POSIX::close(3);
-        }
+        POSIX::dup2($fds[3], 3) if $n == 4;
         for my $fd (@fds) {
             POSIX::close($fd) if $fd > 3;
         }

@@ -54,6 +54,16 @@ while (defined(my $line = <STDIN>)) {
     elsif ($cmd eq 'spew')     { my $chunk = ('e' x 1023) . "\n"; print STDERR $chunk for 1 .. $args[0]; out('spewed'); }
     elsif ($cmd eq 'twolines') { print "one\ntwo\n"; }
     elsif ($cmd eq 'halfexit') { print 'half'; exit 0; }
+    elsif ($cmd eq 'closeout') {
+        # As Mailmunge::Filter keeps its reply channel: a duplicate of
+        # fd 1, with STDOUT pointed at stderr; then that channel is closed
+        # while the process lives on.
+        open(my $reply, '>&', \*STDOUT) or die "dup: $!";
+        open(STDOUT, '>&', \*STDERR) or die "dup: $!";
+        close($reply);
+        sleep 60;
+        exit 0;
+    }
     elsif ($cmd eq 'pid')      { out($$); }
     elsif ($cmd eq 'loadpid')  { out($loaded_in); }
     elsif ($cmd eq 'taint')    { out(${^TAINT} ? 'tainted' : 'untainted'); }

@@ -297,14 +297,19 @@ check that mail is tempfailed while the multiplexor is down.
 
 =cut
 
-sub start_multiplexor {
+sub _spawn_multiplexor {
     my ($self) = @_;
     $self->_prepare_dirs;
     my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mailmunge-multiplexor');
     my @cmd = ($bin, '-D', '-f', $self->{filter}, '-s', $self->{mx_socket}, '-z', $self->{spool},
         (defined $self->{user} ? ('-U', $self->{user}) : ()),
         '-m', '1', '-x', '2', '-l', '-b', '60', '-c', '10', @{ $self->{mx_args} });
-    my $pid = $self->_spawn(mx => 'mx.log', @cmd);
+    return $self->_spawn(mx => 'mx.log', @cmd);
+}
+
+sub start_multiplexor {
+    my ($self) = @_;
+    my $pid = $self->_spawn_multiplexor;
     eval {
         wait_until(20, 'the multiplexor socket to answer', sub {
             die "multiplexor exited early\n" unless pid_alive($pid);
@@ -333,6 +338,58 @@ sub _stop_one {
 }
 
 sub stop_multiplexor { $_[0]->_stop_one('mx') }
+
+=head2 mx_pid
+
+The multiplexor's pid (undef when it is not running).  It leads its own
+process group, which its workers share.
+
+=cut
+
+sub mx_pid { $_[0]{pids}{mx} }
+
+=head2 kill_multiplexor
+
+Sends SIGKILL to the multiplexor process alone (not its group, as a crash
+would leave it), reaps it and returns its pid, which is also the id of
+the process group its orphaned workers are still in.  C<stop> kills
+whatever is left in that group.
+
+=cut
+
+sub kill_multiplexor {
+    my ($self) = @_;
+    my $pid = delete $self->{pids}{mx} or die "MMTest::Stack: the multiplexor is not running\n";
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+    push @{ $self->{old_groups} }, $pid;
+    return $pid;
+}
+
+=head2 multiplexor_refuses_to_start([$seconds])
+
+Starts the multiplexor as C<start_multiplexor> does, but expects it to
+fail: waits up to $seconds (default 20) for it to exit and returns its
+wait status and what it wrote on stderr.  If it is still running then,
+returns C<(undef, $stderr)> and leaves it running (C<stop> ends it).
+
+=cut
+
+sub multiplexor_refuses_to_start {
+    my ($self, $seconds) = @_;
+    my $before = length $self->mx_log;
+    my $pid = $self->_spawn_multiplexor;
+    my $status;
+    eval {
+        wait_until($seconds // 20, 'the multiplexor to give up', sub {
+            return 0 unless waitpid($pid, POSIX::WNOHANG()) == $pid;
+            $status = $?;
+            return 1;
+        });
+    };
+    delete $self->{pids}{mx} if defined $status;
+    return ($status, substr($self->mx_log, $before));
+}
 
 =head2 filter
 
@@ -369,6 +426,45 @@ sub ctrl {
     return scalar `$cmd 2>&1`;
 }
 
+=head2 ctrl_within($seconds, @args)
+
+Runs C<mm-mx-ctrl -s SOCKET @args> like C<ctrl>, but gives up (killing
+it) after $seconds.  Returns a hash: C<out> (stdout and stderr), C<status>
+(the wait status, undef when it was killed), C<elapsed> (seconds, with
+fractions).
+
+=cut
+
+sub ctrl_within {
+    my ($self, $seconds, @args) = @_;
+    my $bin = File::Spec->catfile($self->{root}, 'target', 'debug', 'mm-mx-ctrl');
+    pipe(my $rd, my $wr) or die "pipe: $!";
+    my $t0 = Time::HiRes::time();
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        close $rd;
+        open STDOUT, '>&', $wr or POSIX::_exit(127);
+        open STDERR, '>&', $wr or POSIX::_exit(127);
+        open STDIN, '<', '/dev/null';
+        { no warnings 'exec'; exec { $bin } $bin, '-s', $self->{mx_socket}, @args; }
+        POSIX::_exit(127);
+    }
+    close $wr;
+    my $out = MMTest::Util::read_until($rd, qr/(?!)/, $seconds);
+    close $rd;
+    # Its output ended (or the time is up): it exits now or is killed.
+    my $status;
+    eval {
+        wait_until(0.5, 'mm-mx-ctrl to exit', sub {
+            return 0 unless waitpid($pid, POSIX::WNOHANG()) == $pid;
+            $status = $?;
+            return 1;
+        });
+    };
+    if (!defined $status) { kill 'KILL', $pid; waitpid($pid, 0) }
+    return { out => $out, status => $status, elapsed => Time::HiRes::time() - $t0 };
+}
+
 =head2 restart_milter(@args)
 
 Stops the milter and starts it again with @args as its extra arguments
@@ -402,6 +498,10 @@ sub stop {
     my ($self) = @_;
     $self->_stop_one('milter');
     $self->_stop_one('mx');
+    # Workers orphaned by kill_multiplexor.
+    if ($$ == $self->{owner}) {
+        kill 'KILL', -$_ for @{ delete $self->{old_groups} // [] };
+    }
     return;
 }
 

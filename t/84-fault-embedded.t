@@ -1,0 +1,95 @@
+#!/usr/bin/perl
+# Fault suite (protocol/e2e.md §9) with the multiplexor's -E: workers are
+# forked from a process that preloaded the filter
+# (protocol/multiplexor.md §23).  The worker-kill cases of t/80 and the
+# hang cases of t/81 again, plus a worker closing its reply channel, which
+# must be noticed at once.
+use strict;
+use warnings;
+use Test::More;
+
+use MMTest::Fault;
+use MMTest::Util qw(wait_until slurp_if_exists);
+
+my $TEMPFAIL = MMTest::Fault::TEMPFAIL;
+my $BUSY_TIMEOUT = 10;
+
+my $f = MMTest::Fault->setup(milter_args => [qw(-r -s -t)], mx_args => ['-E', '-x', '4', '-b', $BUSY_TIMEOUT]);
+my $stack = $f->stack;
+
+# The parent's command line of a process.
+sub parent_cmdline {
+    my ($pid) = @_;
+    my $stat = slurp_if_exists("/proc/$pid/stat") // return '';
+    my ($ppid) = $stat =~ /\) \S+ (\d+)/ or return '';
+    (my $cmd = slurp_if_exists("/proc/$ppid/cmdline") // '') =~ tr/\0/ /;
+    return $cmd;
+}
+
+subtest 'workers come from the preloading process' => sub {
+    my $found = eval {
+        wait_until(20, 'a worker forked by the preloading process', sub {
+            for (split /\n/, $stack->ctrl('workers')) {
+                my ($pid) = /^\d+ [IB] (\d+)/ or next;
+                return $pid if parent_cmdline($pid) =~ /^mailmunge-multiplexor: preloaded /;
+            }
+            return 0;
+        });
+    };
+    ok($found, 'a worker is a child of the preloading process') or diag($@ . $stack->ctrl('workers'));
+};
+
+subtest 'kill -9 during scan' => sub {
+    $f->kill_worker_during(label => 'scan', command => 'scan', stage => 'data',
+        send => { subject => 'block' }, key => sub { "scan-$_[0]" });
+};
+
+subtest 'kill -9 during relayok' => sub {
+    $f->kill_worker_during(label => 'relay', command => 'relayok', stage => 'mail',
+        send => { local_addr => '127.0.0.5' }, key => 'relay');
+};
+
+subtest 'kill -9 during senderok' => sub {
+    $f->kill_worker_during(label => 'sender', command => 'senderok', stage => 'mail',
+        send => { from => 'block-sender@example.com' }, key => 'block-sender');
+};
+
+subtest 'kill -9 during recipok' => sub {
+    $f->kill_worker_during(label => 'rcpt', command => 'recipok', stage => 'rcpt',
+        send => { to => ['block-rcpt@example.org'] }, key => 'block-rcpt');
+};
+
+subtest 'workers die during start-up' => sub {
+    $f->workers_die_at_start('mail');
+};
+
+subtest 'hanging past the busy timeout, and half a line then hanging' => sub {
+    # Both at once: each waits for the busy timeout.
+    my ($res, $polls) = $f->sessions_with_status(2, qw(block halfline));
+    my ($hang, $half) = @$res;
+    ok((grep { (() = $_->{out} =~ /: busy$/mg) >= 2 } @$polls), 'status answered while both workers hung')
+        or diag(join "\n", map { $_->{out} } @$polls);
+    $f->tempfailed($hang, 'data', $TEMPFAIL, 'hanging worker');
+    $f->tempfailed($half, 'data', $TEMPFAIL, 'half a line, then hanging');
+    for ([ $hang, 'hanging worker' ], [ $half, 'half a line' ]) {
+        my ($r, $name) = @$_;
+        cmp_ok($r->{secs}, '>=', $BUSY_TIMEOUT - 1, "$name: refused at the busy timeout, not before");
+        cmp_ok($r->{secs}, '<', $BUSY_TIMEOUT + 20, "$name: and not much later");
+    }
+    $f->recovers(30);
+    $f->spool_is_clean;
+};
+
+subtest 'the reply channel closed: noticed at once' => sub {
+    # The forked worker's duplicate of its reply channel sits on fd 3,
+    # where the preloading process had its control socket.
+    my ($res) = $f->sessions_with_status(2, 'closeout');
+    $f->tempfailed($res->[0], 'data', $TEMPFAIL, 'closed reply channel');
+    cmp_ok($res->[0]{secs}, '<', $BUSY_TIMEOUT / 2, 'refused well before the busy timeout');
+    $f->recovers(30);
+    $f->spool_is_clean;
+};
+
+$f->nothing_lost;
+$f->teardown;
+done_testing;
