@@ -125,7 +125,8 @@ pub async fn dispatch(mux: &Arc<Mux>, line: &[u8], access: Access) -> Vec<u8> {
 /// The built-in commands of both sockets
 /// (protocol/multiplexor.md §4.3 rows 1–15). Matched on the bytes, as
 /// upstream compares its C buffer: a line that is not UTF-8 or holds a NUL
-/// is still a built-in command when upstream's would be (§4.4).
+/// is still a built-in command when upstream's would be
+/// (protocol/multiplexor.md §4.4).
 fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
     let prefix = |w: &[u8]| {
         line.strip_prefix(w)
