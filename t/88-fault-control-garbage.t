@@ -1,9 +1,9 @@
 #!/usr/bin/perl
 # Garbage on the multiplexor's control socket (protocol/multiplexor.md §4):
 # a 1 MB line, NUL bytes, bytes that are not UTF-8 (read as upstream's C
-# code reads them, §4.4), and 200 idle connections held open.  After each
-# case `mm-mx-ctrl status` answers promptly and a message is still scanned
-# by a real worker on its way through Postfix.
+# code reads them, protocol/multiplexor.md §4.4), and 200 idle connections
+# held open.  After each case `mm-mx-ctrl status` answers promptly and a
+# message is still scanned by a real worker on its way through Postfix.
 use strict;
 use warnings;
 use Test::More;
