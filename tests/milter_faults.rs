@@ -425,6 +425,19 @@ async fn malformed_packets_close_only_that_session() {
         bad.recv().await.is_none(),
         "unknown command closes the session"
     );
+    e.assert_log("unknown milter command 0x5a; connection closed");
+    // A length of 0 has no command byte: closed, not read as the next packet.
+    let mut bad = e.milter.connect().await;
+    bad.negotiate().await;
+    {
+        use tokio::io::AsyncWriteExt;
+        bad.s
+            .write_all(&[0, 0, 0, 0, 0, 0, 0, 1, b'Q'])
+            .await
+            .unwrap();
+    }
+    assert!(bad.recv().await.is_none(), "length 0 closes the session");
+    e.assert_log("milter packet of length 0 (it has no command byte); connection closed");
     let mut bad = e.milter.connect().await;
     bad.negotiate().await;
     // Connect info with an unparseable address.
@@ -443,6 +456,19 @@ async fn malformed_packets_close_only_that_session() {
     good.negotiate().await;
     assert_eq!(good.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
     assert_eq!(good.helo("x").await.kind, CONTINUE);
+    // A body chunk before MAIL is skipped without a reply (as libmilter
+    // does), logged once, and the session goes on.
+    good.send(b'B', b"stray body\r\n").await;
+    good.send(b'B', b"another\r\n").await;
+    assert_eq!(good.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    e.assert_log(
+        "milter command 'B' (body chunk) outside a mail transaction (no MAIL before it); ignored",
+    );
+    assert_eq!(
+        e.milter.log().matches("outside a mail transaction").count(),
+        1,
+        "logged once per connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

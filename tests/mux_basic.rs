@@ -141,6 +141,48 @@ fn command_length_limits() {
     assert_eq!(mx.req(b"free\n"), b"2\n");
 }
 
+/// Bytes that are not UTF-8, and NUL bytes, are read as upstream's C code
+/// reads its request buffer (protocol/multiplexor.md §4.4).
+#[test]
+fn hostile_bytes_are_read_as_upstream_reads_them() {
+    let mx = Mx::start(&["-x", "2"]);
+    mx.wait_for("status", |r| r.starts_with("IS "));
+    // An external tick never reaches a worker, whatever follows the word.
+    for line in [&b"tick \xff\n"[..], b"tick \x00\n", b"tick 0\xc3\n"] {
+        assert_eq!(
+            mx.req(line),
+            b"error: External agents may not invoke 'tick'\n",
+            "{line:?}"
+        );
+    }
+    // Numeric arguments are read up to the first byte that is not a digit.
+    assert!(mx
+        .req_s("workerinfo 0\u{fffd}")
+        .starts_with("Worker 0\nState "));
+    assert!(mx
+        .req(b"workerinfo 1\xff\xfe\n")
+        .starts_with(b"Worker 1\nState "));
+    assert_eq!(
+        mx.req(b"workerinfo \x00 1\n"),
+        b"error: Invalid worker number\n"
+    );
+    assert_eq!(
+        mx.req(b"load1 5\xff\n"),
+        b"error: Invalid 'back' amount (must be 10-600)\n"
+    );
+    assert!(!mx.req(b"load1 30\x0099\n").starts_with(b"error"));
+    // A forwarded line ends at its first NUL.
+    assert_eq!(mx.req(b"echo abc\x00def ghi\n"), b"abc\n");
+    assert_eq!(mx.req(b"ping\x00\xff\n"), b"PONG\n");
+    // An exact command with more after a NUL is not that command (upstream
+    // compares the length first); the worker gets what precedes the NUL.
+    assert_eq!(
+        mx.req(b"free\x00\n"),
+        b"ok 0 Unknown%20command 554 5.7.1 0\n"
+    );
+    assert_eq!(mx.req(b"free\n"), b"2\n");
+}
+
 #[test]
 fn worker_crash_mid_request_is_replaced() {
     let mx = Mx::start(&["-x", "1"]);

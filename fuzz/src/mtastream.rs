@@ -1,6 +1,7 @@
 //! The inbound MTA stream (src/milter/mtastream.rs): packet framing over
 //! reads split anywhere, the packet size limit, and the removal of
-//! Sendmail's `IPv6:` prefix from connect packets. What indymilter reads
+//! Sendmail's `IPv6:` prefix from connect packets, the refusal of empty
+//! packets and unknown commands. What indymilter reads
 //! must equal what a whole-input reference gives, however the bytes arrive.
 //!
 //! Input: a byte choosing the chunk size, a byte choosing the packet size
@@ -47,14 +48,18 @@ async fn through(input: Vec<u8>, step: usize, max_packet: usize) -> (Vec<u8>, bo
 }
 
 /// The stream as the whole input framed at once: complete packets, the
-/// connect ones repaired; then an error at a packet over the limit, or
-/// else whatever could not be framed, unchanged.
+/// connect ones repaired; then an error at a packet over the limit, of
+/// length 0 or with an unknown command byte, or else whatever could not
+/// be framed, unchanged.
 fn reference(input: &[u8], max_packet: usize) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut rest = input;
     while let Some(head) = rest.get(..4) {
         let len = u32::from_be_bytes(head.try_into().unwrap()) as usize;
-        if len > max_packet {
+        if len > max_packet || len == 0 {
+            return (out, true);
+        }
+        if rest.get(4).is_some_and(|c| !b"ABCDEHKLMNOQRTU".contains(c)) {
             return (out, true);
         }
         if rest.len() < 4 + len {

@@ -7,6 +7,14 @@
 //! This adapter splits the inbound byte stream into milter packets and
 //! strips the prefix from connect packets; every other packet, and every
 //! byte written, passes through unchanged.
+//!
+//! It also ends a connection itself, with a log line, where indymilter
+//! would end it silently or misread it: a packet over `--max-packet`, a
+//! packet of length 0 (no command byte: indymilter would take the next
+//! packet's first byte as its command) and an unknown command byte; and
+//! it logs the first content command that arrives outside a mail
+//! transaction, which indymilter ignores without a reply
+//! (protocol/SECURITY.md §9).
 
 use std::io;
 use std::pin::Pin;
@@ -35,9 +43,14 @@ pub struct MtaStream {
     /// Framed (and possibly repaired) bytes ready for indymilter.
     ready: Vec<u8>,
     ready_pos: usize,
-    /// Set when the MTA sent a packet over the limit: the connection ends.
-    oversized: Option<usize>,
+    /// Set when the MTA sent a packet the adapter refuses: the connection
+    /// ends once the packets before it have been read.
+    refused: Option<Refusal>,
     eof: bool,
+    /// Whether a MAIL command opened a transaction that has not ended.
+    in_transaction: bool,
+    /// Whether a command outside a transaction was logged already.
+    order_logged: bool,
     /// Held for as long as the connection lives (connection counting).
     _open: Option<OpenConnection>,
 }
@@ -69,13 +82,16 @@ impl MtaStream {
             raw: Vec::new(),
             ready: Vec::new(),
             ready_pos: 0,
-            oversized: None,
+            refused: None,
             eof: false,
+            in_transaction: false,
+            order_logged: false,
             _open: open,
         }
     }
 
-    /// Moves every complete packet from `raw` to `ready`.
+    /// Moves every complete packet from `raw` to `ready`, stopping at the
+    /// first one refused.
     fn frame(&mut self) {
         loop {
             if self.eof {
@@ -89,20 +105,17 @@ impl MtaStream {
             }
             let len =
                 u32::from_be_bytes([self.raw[0], self.raw[1], self.raw[2], self.raw[3]]) as usize;
-            if len > self.max_packet {
-                crate::mm_log!(
-                    Warning,
-                    "milter packet of {len} bytes is over the limit of {} (--max-packet); connection closed",
-                    self.max_packet
-                );
-                self.oversized = Some(len);
-                self.raw = Vec::new();
+            if let Some(r) = check_length(len, self.max_packet)
+                .or_else(|| self.raw.get(4).and_then(|&cmd| check_command(cmd)))
+            {
+                self.refuse(r);
                 return;
             }
             if self.raw.len() < 4 + len {
                 return;
             }
             let packet: Vec<u8> = self.raw.drain(..4 + len).collect();
+            self.note_order(packet[4]);
             match repair_connect(&packet[4..]) {
                 Some(payload) => {
                     self.ready
@@ -112,6 +125,95 @@ impl MtaStream {
                 None => self.ready.extend_from_slice(&packet),
             }
         }
+    }
+
+    /// Logs why the connection ends and drops what was not framed.
+    fn refuse(&mut self, r: Refusal) {
+        crate::mm_log!(
+            Warning,
+            "{}; connection closed",
+            r.describe(self.max_packet)
+        );
+        self.refused = Some(r);
+        self.raw = Vec::new();
+    }
+
+    /// Follows MAIL ... end of message, and logs the first content command
+    /// that comes outside that span (indymilter skips it without a reply,
+    /// as libmilter does, so an MTA doing this would wait for nothing).
+    fn note_order(&mut self, cmd: u8) {
+        match cmd {
+            b'M' => self.in_transaction = true,
+            b'A' | b'C' | b'K' | b'Q' => self.in_transaction = false,
+            b'R' | b'T' | b'L' | b'N' | b'B' | b'E' => {
+                if !self.in_transaction && !self.order_logged {
+                    self.order_logged = true;
+                    crate::mm_log!(
+                        Warning,
+                        "milter command '{}' ({}) outside a mail transaction (no MAIL before it); ignored, as are any more on this connection without a log line",
+                        cmd as char,
+                        command_name(cmd)
+                    );
+                }
+                if cmd == b'E' {
+                    self.in_transaction = false;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Why the adapter ends a connection (protocol/SECURITY.md §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The length field is over `--max-packet`.
+    Oversized(usize),
+    /// The length field is 0: not even a command byte.
+    Empty,
+    /// A command byte the milter protocol does not have.
+    UnknownCommand(u8),
+}
+
+impl Refusal {
+    fn describe(self, max_packet: usize) -> String {
+        match self {
+            Refusal::Oversized(len) => format!(
+                "milter packet of {len} bytes is over the limit of {max_packet} (--max-packet)"
+            ),
+            Refusal::Empty => "milter packet of length 0 (it has no command byte)".to_string(),
+            Refusal::UnknownCommand(b) => format!("unknown milter command 0x{b:02x}"),
+        }
+    }
+}
+
+/// The command bytes an MTA may send (SMFIC_*, milter protocol 6; the
+/// set indymilter parses).
+const COMMANDS: &[u8] = b"ABCDEHKLMNOQRTU";
+
+fn check_length(len: usize, max_packet: usize) -> Option<Refusal> {
+    if len > max_packet {
+        Some(Refusal::Oversized(len))
+    } else if len == 0 {
+        Some(Refusal::Empty)
+    } else {
+        None
+    }
+}
+
+fn check_command(cmd: u8) -> Option<Refusal> {
+    (!COMMANDS.contains(&cmd)).then_some(Refusal::UnknownCommand(cmd))
+}
+
+fn command_name(cmd: u8) -> &'static str {
+    match cmd {
+        b'R' => "RCPT",
+        b'T' => "DATA",
+        b'L' => "header",
+        b'N' => "end of headers",
+        b'B' => "body chunk",
+        b'E' => "end of message",
+        _ => "command",
     }
 }
 
@@ -159,10 +261,10 @@ impl AsyncRead for MtaStream {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if let Some(len) = this.oversized {
+            if let Some(r) = this.refused {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("milter packet of {len} bytes is over the limit"),
+                    r.describe(this.max_packet),
                 )));
             }
             if this.eof {
@@ -297,5 +399,78 @@ mod tests {
         let mut over = ((DEFAULT_MAX_PACKET + 1) as u32).to_be_bytes().to_vec();
         over.extend(std::iter::repeat(b'L').take(DEFAULT_MAX_PACKET + 1));
         assert!(through(&over, 65536).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_packets_and_unknown_commands_end_the_stream_after_what_came_before() {
+        let good = packet(b"O\0\0\0\x06\0\0\x01\xff\0\0\0\0");
+        for bad in [
+            vec![0, 0, 0, 0],
+            vec![0, 0, 0, 0, 0, 0, 0, 1, b'Q'],
+            packet(b"Zjunk"),
+            packet(b"\x00"),
+        ] {
+            let mut input = good.clone();
+            input.extend(&bad);
+            input.extend(packet(b"Q"));
+            for step in [1, 4, 5, 1000] {
+                let (a, b) = tokio::net::UnixStream::pair().unwrap();
+                let mut ours = MtaStream::new(Stream::Unix(a), DEFAULT_MAX_PACKET, None);
+                let mut b = b;
+                for piece in input.chunks(step) {
+                    b.write_all(piece).await.unwrap();
+                }
+                let mut out = vec![0u8; good.len()];
+                ours.read_exact(&mut out).await.unwrap();
+                assert_eq!(out, good, "{bad:?} step {step}");
+                let e = ours.read_u8().await.unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad:?} step {step}");
+            }
+        }
+        // A known command byte waits for the rest of its packet.
+        let partial = [0, 0, 0, 9, b'H'];
+        assert_eq!(through(&partial, 1).await.unwrap(), partial);
+    }
+
+    #[test]
+    fn refusals_say_what_was_wrong() {
+        assert_eq!(check_length(0, 10), Some(Refusal::Empty));
+        assert_eq!(check_length(11, 10), Some(Refusal::Oversized(11)));
+        assert_eq!(check_length(10, 10), None);
+        assert_eq!(check_command(b'Z'), Some(Refusal::UnknownCommand(b'Z')));
+        for &c in COMMANDS {
+            assert_eq!(check_command(c), None);
+        }
+        assert_eq!(
+            Refusal::UnknownCommand(0xfe).describe(1),
+            "unknown milter command 0xfe"
+        );
+        assert_eq!(
+            Refusal::Empty.describe(1),
+            "milter packet of length 0 (it has no command byte)"
+        );
+    }
+
+    #[tokio::test]
+    async fn content_outside_a_transaction_is_noticed_once() {
+        let fresh = || {
+            let (a, _) = tokio::net::UnixStream::pair().unwrap();
+            MtaStream::new(Stream::Unix(a), DEFAULT_MAX_PACKET, None)
+        };
+        let mut s = fresh();
+        s.note_order(b'B');
+        assert!(s.order_logged, "body before MAIL");
+        let mut s = fresh();
+        for c in *b"DMRTLNBE" {
+            s.note_order(c);
+        }
+        assert!(!s.order_logged, "a whole transaction");
+        s.note_order(b'R');
+        assert!(s.order_logged, "RCPT after the end of message");
+        let mut s = fresh();
+        for c in *b"MRAB" {
+            s.note_order(c);
+        }
+        assert!(s.order_logged, "body after an abort");
     }
 }

@@ -123,45 +123,51 @@ pub async fn dispatch(mux: &Arc<Mux>, line: &[u8], access: Access) -> Vec<u8> {
 }
 
 /// The built-in commands of both sockets
-/// (protocol/multiplexor.md §4.3 rows 1–15).
+/// (protocol/multiplexor.md §4.3 rows 1–15). Matched on the bytes, as
+/// upstream compares its C buffer: a line that is not UTF-8 or holds a NUL
+/// is still a built-in command when upstream's would be
+/// (protocol/multiplexor.md §4.4).
 fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let prefix = |w: &str| text.strip_prefix(w).filter(|rest| !rest.is_empty());
+    let prefix = |w: &[u8]| {
+        line.strip_prefix(w)
+            .filter(|rest| !rest.is_empty())
+            .map(c_argument)
+    };
     let p = mux.lock();
     let now = epoch_now();
-    let s = match text {
-        "help" => report::help(access == Access::Privileged),
-        "free" => format!("{}\n", p.free()),
-        "version" => crate::VERSION.to_string(),
-        "tick" => "error: External agents may not invoke 'tick'\n".into(),
-        _ if text.starts_with("tick ") => "error: External agents may not invoke 'tick'\n".into(),
-        "status" => report::status(&p),
-        "workers" => report::workers(&p, false),
-        "busyworkers" => report::workers(&p, true),
-        "load" => report::load(&p, Class::Scan, now),
-        "load-relayok" => report::load(&p, Class::RelayOk, now),
-        "load-senderok" => report::load(&p, Class::SenderOk, now),
-        "load-recipok" => report::load(&p, Class::RecipOk, now),
-        "hload" => report::hload(&p, Class::Scan, now),
-        "hload-relayok" => report::hload(&p, Class::RelayOk, now),
-        "hload-senderok" => report::hload(&p, Class::SenderOk, now),
-        "hload-recipok" => report::hload(&p, Class::RecipOk, now),
-        "histo" => report::histo(&p),
-        "msgs" => format!("{}\n", p.msgs),
+    let s = match line {
+        b"help" => report::help(access == Access::Privileged),
+        b"free" => format!("{}\n", p.free()),
+        b"version" => crate::VERSION.to_string(),
+        b"tick" => "error: External agents may not invoke 'tick'\n".into(),
+        _ if line.starts_with(b"tick ") => "error: External agents may not invoke 'tick'\n".into(),
+        b"status" => report::status(&p),
+        b"workers" => report::workers(&p, false),
+        b"busyworkers" => report::workers(&p, true),
+        b"load" => report::load(&p, Class::Scan, now),
+        b"load-relayok" => report::load(&p, Class::RelayOk, now),
+        b"load-senderok" => report::load(&p, Class::SenderOk, now),
+        b"load-recipok" => report::load(&p, Class::RecipOk, now),
+        b"hload" => report::hload(&p, Class::Scan, now),
+        b"hload-relayok" => report::hload(&p, Class::RelayOk, now),
+        b"hload-senderok" => report::hload(&p, Class::SenderOk, now),
+        b"hload-recipok" => report::hload(&p, Class::RecipOk, now),
+        b"histo" => report::histo(&p),
+        b"msgs" => format!("{}\n", p.msgs),
         // Our extension (protocol/multiplexor.md §26).
-        "lasterror" => {
+        b"lasterror" => {
             let text = p.start_failures.report(now);
             let mut s = String::from_utf8_lossy(&crate::wire::percent::encode(text.as_bytes()))
                 .into_owned();
             s.push('\n');
             s
         }
-        "foo_no_such_command" => "error: Unknown command\n".into(),
+        b"foo_no_such_command" => "error: Unknown command\n".into(),
         _ => {
-            if let Some(rest) = prefix("load1 ") {
-                report::load1(&p, rest, now)
-            } else if let Some(rest) = prefix("workerinfo ") {
-                report::workerinfo(&p, rest)
+            if let Some(rest) = prefix(b"load1 ") {
+                report::load1(&p, &rest, now)
+            } else if let Some(rest) = prefix(b"workerinfo ") {
+                report::workerinfo(&p, &rest)
             } else {
                 return None;
             }
@@ -170,9 +176,27 @@ fn builtin(mux: &Arc<Mux>, line: &[u8], access: Access) -> Option<Vec<u8>> {
     Some(s.into_bytes())
 }
 
+/// An argument as upstream's `sscanf` reads it from the C buffer: up to
+/// the first NUL; other bytes that are not UTF-8 cannot be digits and read
+/// as U+FFFD (protocol/multiplexor.md §4.4).
+fn c_argument(rest: &[u8]) -> String {
+    String::from_utf8_lossy(until_nul(rest)).into_owned()
+}
+
+/// The bytes before the first NUL: what upstream's `strlen` sees of a
+/// request when it forwards it (protocol/multiplexor.md §4.4).
+pub fn until_nul(line: &[u8]) -> &[u8] {
+    match line.iter().position(|&b| b == 0) {
+        Some(n) => &line[..n],
+        None => line,
+    }
+}
+
 /// Sends a client line to a worker (queueing if allowed) and waits for the
-/// reply.
+/// reply. A worker reads lines of text: a NUL ends the line there, as it
+/// does upstream (protocol/multiplexor.md §4.4).
 pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
+    let line = until_nul(line);
     if line.len() >= MAX_CMD_LEN - 1 {
         mux.lock().metrics.refused(line, "too_long");
         return replies::TOO_LONG.to_vec();
@@ -252,6 +276,15 @@ mod tests {
         let mut long = vec![b'x'; 5000];
         long.push(b'\n');
         assert_eq!(req(&long).await.unwrap().len(), MAX_CMD_LEN - 1);
+    }
+
+    #[test]
+    fn nul_ends_what_upstream_reads() {
+        assert_eq!(until_nul(b"status\0junk"), b"status");
+        assert_eq!(until_nul(b"\0"), b"");
+        assert_eq!(until_nul(b"plain"), b"plain");
+        assert_eq!(c_argument(b" 12\0 99"), " 12");
+        assert_eq!(c_argument(b"3\xff"), "3\u{fffd}");
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@
 #     longhdr chgsecond emptybody crash sleep20
 #     dkim (sign with the key in $MMTEST_DKIM_KEY, domain example.com, selector mmtest;
 #           done last, so it covers the other changes)
+#     bodymd5 (X-MMTest-Body-MD5: MD5 of the body the filter saw, LF line ends)
+#     rcptcount (X-MMTest-Rcpt-Count: how many recipients the filter saw)
 #
 # Every message that reaches filter_message also gets "X-MMTest-Filtered: yes".
 use strict;
@@ -101,6 +103,21 @@ sub _body_text {
     return $text;
 }
 
+# MD5 (hex) of the decoded body, read line by line so a body of many MB
+# is never held in memory at once.
+sub _body_md5 {
+    my ($self, $ctx) = @_;
+    require Digest::MD5;
+    my $md5 = Digest::MD5->new;
+    my $entity = $ctx->mime_entity;
+    my $io = $entity && $entity->bodyhandle ? $entity->bodyhandle->open('r') : undef;
+    if ($io) {
+        while (defined(my $line = $io->getline)) { $md5->add($line) }
+        $io->close;
+    }
+    return $md5->hexdigest;
+}
+
 sub filter_message {
     my ($self, $ctx) = @_;
     my %w = map { lc($_) => 1 } split ' ', ($ctx->subject // '');
@@ -123,6 +140,8 @@ sub filter_message {
             "$_=" . (ref $m ? ($m->[0] // '') : '');
         } @{ $ctx->recipients || [] }));
     }
+    $ctx->action_add_header('X-MMTest-Body-MD5', $self->_body_md5($ctx)) if $w{bodymd5};
+    $ctx->action_add_header('X-MMTest-Rcpt-Count', scalar @{ $ctx->recipients || [] }) if $w{rcptcount};
     $ctx->action_add_header('X-MMTest-Added', 'added by the filter') if $w{addhdr};
     $ctx->action_insert_header('X-MMTest-Inserted', 'inserted at the top', 0) if $w{inshdr};
     $ctx->action_change_header('X-MMTest-Change-Me', 'changed by the filter') if $w{chghdr};

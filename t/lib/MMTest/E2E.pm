@@ -2,6 +2,7 @@ package MMTest::E2E;
 use strict;
 use warnings;
 
+use Scalar::Util ();
 use Test::More;
 
 use MMTest::Util qw(have_root skip_or_fail);
@@ -37,7 +38,7 @@ whose relay is the sink.  One setup serves every case of a test file.
 =head2 MMTest::E2E->setup(%opts)
 
 Options: C<mta> (C<postfix> or C<sendmail>, required), C<filter>,
-C<milter_args>, C<mx_args>, C<milter_socket>, C<copy_filter>, C<env> (passed to L<MMTest::Stack>), C<mta_opts>
+C<milter_args>, C<mx_args>, C<milter_socket>, C<copy_filter>, C<spool_size>, C<env> (passed to L<MMTest::Stack>), C<mta_opts>
 (more options for the MTA class, e.g. C<main_cf> or C<hostname>), C<sink>
 (an L<MMTest::Sink> another setup owns, so that several MTAs relay to one
 sink; it is then left running at teardown).  Calls
@@ -60,6 +61,7 @@ sub setup {
     if (my $why = MMTest::Stack->unavailable) { skip_or_fail($why) }
 
     my $self = bless { kind => $kind, owner => $$, own_sink => !$o{sink} }, $class;
+    _register($self);
     $self->{sink}  = $o{sink} // MMTest::Sink->new;
     $self->{stack} = MMTest::Stack->new(
         filter      => $o{filter} // 't/data/e2e/mmtest-filter.pl',
@@ -68,6 +70,7 @@ sub setup {
         mx_args     => $o{mx_args} // [],
         milter_socket => $o{milter_socket},
         copy_filter => $o{copy_filter},
+        spool_size  => $o{spool_size},
         env         => $o{env} // {},
     );
     $self->{stack}->start;
@@ -208,5 +211,23 @@ sub teardown {
 }
 
 sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->teardown }
+
+# A test that dies leaves its setup to global destruction, which comes
+# after File::Temp's END block has removed the MTA's and the stack's
+# directories ('postfix stop' then has no configuration left): every
+# setup still alive is torn down in this END block, which runs before
+# File::Temp's (this module is compiled after it).
+my %LIVE;
+
+sub _register {
+    my ($self) = @_;
+    $LIVE{"$self"} = $self;
+    Scalar::Util::weaken($LIVE{"$self"});
+}
+
+END {
+    local ($., $@, $!, $^E, $?);
+    for my $e (grep { defined } values %LIVE) { $e->teardown }
+}
 
 1;

@@ -5,6 +5,7 @@ use warnings;
 use File::Spec;
 use IO::Socket::UNIX;
 use POSIX ();
+use Scalar::Util ();
 use Socket qw(SOCK_STREAM);
 use Time::HiRes ();
 
@@ -54,7 +55,9 @@ C<mx_args> (extra multiplexor arguments; defaults C<-m 1 -x 2 -l -b 60
 (default C<mailmunge> when root), C<env> (more environment variables),
 C<milter_socket> (C<inet>, the default, or C<unix>), C<copy_filter> (run a
 private copy of the filter, so the test can change it with
-C<edit_filter>).  When the repository is not readable for the worker user
+C<edit_filter>), C<spool_size> (put the spool on a tmpfs of that size,
+e.g. C<2m>, mounted at start and unmounted by C<stop>: a spool that can
+fill up).  When the repository is not readable for the worker user
 (e.g. a clone below a 0700 home directory), the stack always runs copies
 of F<perl/> and the filter from its own directory.
 
@@ -76,7 +79,9 @@ sub new {
         dir         => private_dir('stack'),
         owner       => $$,
         pids        => {},
+        spool_size  => $o{spool_size},
     }, $class;
+    _register($self);
     # Workers run as the -U user and must read the filter and perl/.  When
     # the repository is not reachable for that user (say a clone below a
     # 0700 home directory), run private copies from the stack directory.
@@ -199,8 +204,11 @@ sub diagnostics {
 sub _prepare_dirs {
     my ($self) = @_;
     for my $d ($self->{spool}, $self->{quarantine}) {
-        next if -d $d;
-        mkdir $d, 0750 or die "mkdir $d: $!";
+        my $fresh = !-d $d;
+        if ($fresh) { mkdir $d, 0750 or die "mkdir $d: $!" }
+        my $mount = $d eq $self->{spool} && $self->{spool_size} && !$self->{mounted};
+        $self->_mount_spool if $mount;
+        next unless $fresh || $mount;
         if (defined $self->{user}) {
             my (undef, undef, $uid, $gid) = getpwnam($self->{user})
                 or die "MMTest::Stack: unknown user $self->{user} (.ci/install-deps creates it)\n";
@@ -208,6 +216,33 @@ sub _prepare_dirs {
         }
     }
 }
+
+# A small tmpfs as the spool (spool_size): the only way to fill it without
+# filling the machine's disk.
+sub _mount_spool {
+    my ($self) = @_;
+    my $d = $self->{spool};
+    system('mount', '-t', 'tmpfs', '-o', "size=$self->{spool_size},mode=0750", 'tmpfs', $d) == 0
+        or die "MMTest::Stack: cannot mount a tmpfs on $d (needs root)\n";
+    $self->{mounted} = 1;
+}
+
+sub _unmount_spool {
+    my ($self) = @_;
+    return unless delete $self->{mounted};
+    system('umount', $self->{spool}) == 0 and return;
+    # Something still works in it (a worker being killed): detach it now,
+    # the kernel frees it when the last user goes.
+    system('umount', '-l', $self->{spool});
+}
+
+=head2 spool_mounted
+
+True while the spool is the stack's own tmpfs (C<spool_size>).
+
+=cut
+
+sub spool_mounted { $_[0]{mounted} ? 1 : 0 }
 
 sub _spawn {
     my ($self, $name, $log, @cmd) = @_;
@@ -502,10 +537,30 @@ sub stop {
     if ($$ == $self->{owner}) {
         kill 'KILL', -$_ for @{ delete $self->{old_groups} // [] };
     }
+    $self->_unmount_spool if $$ == $self->{owner};
     return;
 }
 
 sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop }
+
+# Every stack still alive at exit is stopped in an END block: global
+# destruction comes after File::Temp's END block has removed the stack's
+# directory (a mounted spool would then stay mounted, and the daemons
+# would outlive their files), and a test that dies leaves its objects to
+# global destruction.  This module is compiled after File::Temp, so this
+# END block runs first.
+my %LIVE;
+
+sub _register {
+    my ($self) = @_;
+    $LIVE{"$self"} = $self;
+    Scalar::Util::weaken($LIVE{"$self"});
+}
+
+END {
+    local ($., $@, $!, $^E, $?);
+    for my $s (grep { defined } values %LIVE) { $s->stop }
+}
 
 =head2 running($name)
 
