@@ -20,7 +20,8 @@ struct Session<'t> {
 }
 
 /// Runs the transaction against the milter at `spec` (`label` names it in
-/// errors), waiting at most `timeout` for each answer.
+/// errors), waiting at most `timeout` for each answer. Blocking: it runs
+/// the client on a runtime of its own, so call it outside any runtime.
 pub fn run(
     spec: &SockSpec,
     label: &str,
