@@ -1,6 +1,7 @@
 //! The MTA side of the milter benchmarks (`examples/bench_milter.rs`,
-//! `examples/bench_compare.rs`): milter sessions played with the
-//! `miltr-client` crate over a unix socket or TCP, one message per
+//! `examples/bench_compare.rs`, `examples/soak.rs`): milter sessions played
+//! with the library's client (`mailmunge::wire::mtaclient`,
+//! protocol/milter.md §16) over a unix socket or TCP, one message per
 //! connection, and timed runs of concurrent sessions.
 //!
 //! Included with `#[path]` after `support.rs` (it uses `crate::support`).
@@ -11,16 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use miltr_client::{Client, Connection};
-use miltr_common::actions::Action;
-use miltr_common::commands::{Connect, Family, Header};
-use miltr_common::modifications::ModificationAction;
-use miltr_common::optneg::OptNeg;
+use mailmunge::wire::mtaclient::{self, MtaClient, MtaError, Offer, Packet};
+use mailmunge::wire::sockspec::SockSpec;
 
-// Either kind of stream, so sessions over both transports share code.
-use mailmunge::wire::sockspec::Stream;
-
-use crate::support::{Compat, Daemon, Latencies, Run, START_LIMIT};
+use crate::support::{Daemon, Latencies, Run, START_LIMIT};
 
 /// Where a milter listens.
 #[derive(Clone, Debug)]
@@ -44,6 +39,13 @@ impl Target {
             Target::Tcp(a) => format!("inet:{}@{}", a.port(), a.ip()),
         }
     }
+
+    fn sock_spec(&self) -> SockSpec {
+        match self {
+            Target::Unix(p) => SockSpec::Unix(p.clone()),
+            Target::Tcp(a) => SockSpec::Tcp(*a),
+        }
+    }
 }
 
 /// A TCP address on loopback that nothing listens on right now.
@@ -52,39 +54,47 @@ pub fn free_tcp_port() -> std::io::Result<SocketAddr> {
     l.local_addr()
 }
 
-pub type Session = Connection<Compat<Stream>>;
+pub type Session = MtaClient;
+
+/// What the benchmark MTA offers in the negotiation.
+pub type Client = Offer;
 
 /// Opens a connection and does the option negotiation.
 pub async fn open(target: &Target, client: &Client) -> Result<Session, String> {
-    let stream = match target {
-        Target::Unix(p) => Stream::Unix(
-            tokio::net::UnixStream::connect(p)
-                .await
-                .map_err(|e| format!("connect: {e}"))?,
-        ),
-        Target::Tcp(a) => {
-            let s = tokio::net::TcpStream::connect(a)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            // As an MTA would: each milter command is a small write.
-            let _ = s.set_nodelay(true);
-            Stream::Tcp(s)
-        }
-    };
-    client
-        .connect_via(Compat(stream))
+    let mut s = MtaClient::connect(&target.sock_spec(), None)
         .await
-        .map_err(|e| format!("negotiate: {e}"))
+        .map_err(|e| e.to_string())?;
+    s.negotiate(*client)
+        .await
+        .map_err(|e| format!("negotiate: {e}"))?;
+    Ok(s)
 }
 
-/// A client with the default option negotiation.
+/// The offer of every benchmark session: version 6, the actions of
+/// version 6 but SETSYMLIST, no protocol options, so the milter is asked
+/// and answers at every stage (what the benchmarks have always measured).
 pub fn client() -> Client {
-    Client::new(OptNeg::default())
+    Offer {
+        version: 6,
+        actions: 0xff,
+        protocol: 0,
+    }
 }
 
-/// Largest body chunk: an MTA sends at most 64 KiB per milter packet, and
-/// miltr-client refuses bigger ones.
-const BODY_CHUNK: usize = 65535;
+/// Checks that the milter let a stage through.
+fn proceed(what: &str, r: Result<Option<Packet>, MtaError>) -> Result<(), String> {
+    match mtaclient::Verdict::of(r.map_err(|e| format!("{what}: {e}"))?.as_ref()) {
+        Ok(mtaclient::Verdict::Continue | mtaclient::Verdict::NotAsked) => Ok(()),
+        Ok(v) => Err(format!("{what}: {v:?}")),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+/// Connect and HELO as `host` (a client on 127.0.0.1, port `port`).
+pub async fn greet(s: &mut Session, host: &str, port: u16) -> Result<(), String> {
+    proceed("connect", s.connect_info(host, "127.0.0.1", port).await)?;
+    proceed("helo", s.helo(host).await)
+}
 
 /// One message as an MTA hands it to a milter.
 pub struct Message {
@@ -183,8 +193,12 @@ fn base64_lines(n: usize) -> String {
 
 /// What the milter answered at end of message.
 pub struct Verdict {
+    /// `continue`, or the verdict's `Debug` form (`Tempfail { reply: ".." }`).
     pub action: String,
+    /// Each change in words (`add header X-Bench-Parts: 3`).
     pub modifications: Vec<String>,
+    /// The typed verdict.
+    pub verdict: mtaclient::Verdict,
 }
 
 /// One SMTP transaction on a fresh connection, as an MTA plays it.
@@ -194,52 +208,33 @@ pub async fn one_message(
     msg: &Message,
 ) -> Result<Verdict, String> {
     let mut s = open(target, client).await?;
-    let step =
-        |what: &'static str| move |e: miltr_client::ResponseError| format!("{what}: {e} ({e:?})");
-    s.connect(Connect::new(
-        b"client.example",
-        Family::Inet,
-        Some(40000),
-        b"127.0.0.1",
-    ))
-    .await
-    .map_err(step("connect"))?;
-    s.helo(b"client.example".as_slice())
-        .await
-        .map_err(step("helo"))?;
-    s.mail(b"<sender@example.com>".as_slice())
-        .await
-        .map_err(step("mail"))?;
+    greet(&mut s, "client.example", 40000).await?;
+    proceed("mail", s.mail(&[b"<sender@example.com>"]).await)?;
     for r in &msg.recipients {
-        s.recipient(r.as_bytes()).await.map_err(step("rcpt"))?;
+        proceed("rcpt", s.rcpt(&[r.as_bytes()]).await)?;
     }
-    s.data().await.map_err(step("data"))?;
+    proceed("data", s.data().await)?;
     for (n, v) in &msg.headers {
-        s.header(Header::new(n.as_bytes(), v.as_bytes()))
-            .await
-            .map_err(step("header"))?;
+        proceed("header", s.header(n.as_bytes(), v.as_bytes()).await)?;
     }
-    s.end_of_header().await.map_err(step("eoh"))?;
-    for chunk in msg.body.chunks(BODY_CHUNK) {
-        s.body(chunk).await.map_err(step("body"))?;
+    proceed("eoh", s.eoh().await)?;
+    for chunk in msg.body.chunks(mtaclient::BODY_CHUNK) {
+        proceed("body", s.body(chunk).await)?;
     }
-    let r = s.end_of_body().await.map_err(step("eom"))?;
-    let action = match r.final_action() {
-        Action::Continue(_) => "continue".to_string(),
+    let eom = s
+        .end_of_message(&[])
+        .await
+        .and_then(|e| e.decode())
+        .map_err(|e| format!("eom: {e}"))?;
+    s.quit(false).await.map_err(|e| format!("quit: {e}"))?;
+    let action = match &eom.verdict {
+        mtaclient::Verdict::Continue => "continue".to_string(),
         other => format!("{other:?}"),
     };
-    let modifications = r
-        .modifications()
-        .iter()
-        .map(|m| match m {
-            ModificationAction::AddHeader(h) => format!("add header {}: {}", h.name(), h.value()),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    s.quit().await.map_err(|e| format!("quit: {e}"))?;
     Ok(Verdict {
         action,
-        modifications,
+        modifications: eom.modifications.iter().map(|m| m.to_string()).collect(),
+        verdict: eom.verdict,
     })
 }
 
@@ -349,17 +344,7 @@ pub fn open_idle(
                     let f = async {
                         let mut s = open(&target, &client).await?;
                         if helo {
-                            s.connect(Connect::new(
-                                b"idle.example",
-                                Family::Inet,
-                                Some(40002),
-                                b"127.0.0.1",
-                            ))
-                            .await
-                            .map_err(|e| format!("connect: {e}"))?;
-                            s.helo(b"idle.example".as_slice())
-                                .await
-                                .map_err(|e| format!("helo: {e}"))?;
+                            greet(&mut s, "idle.example", 40002).await?;
                         }
                         Ok::<_, String>(s)
                     };

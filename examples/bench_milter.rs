@@ -1,5 +1,5 @@
 //! Milter benchmark (bench/README.md): a load generator built on the
-//! `miltr-client` crate plays the MTA against the real `mailmunge` and
+//! library's MTA-side client plays the MTA against the real `mailmunge` and
 //! `mailmunge-multiplexor` with no-op Perl workers (bench/noop-filter.pl),
 //! over a unix socket and over TCP on 127.0.0.1, then holds many idle
 //! (negotiated) milter connections and checks that new sessions are still
@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use miltr_common::commands::{Connect, Family};
 
 use milter_client::{drive, free_tcp_port, one_message, Message, Session, Target};
 use support::{Daemon, Scratch};
@@ -268,16 +267,7 @@ fn idle_probe(
     }
     // The idle sessions still answer: one of them completes a message.
     if let Some(s) = held.last_mut() {
-        let r = rt.block_on(async {
-            s.connect(Connect::new(
-                b"late.example",
-                Family::Inet,
-                Some(40001),
-                b"127.0.0.1",
-            ))
-            .await?;
-            s.helo(b"late.example".as_slice()).await
-        });
+        let r = rt.block_on(milter_client::greet(s, "late.example", 40001));
         println!(
             "an idle session still answers after the probe: {}",
             if r.is_ok() { "yes" } else { "NO" }

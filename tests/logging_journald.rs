@@ -200,9 +200,7 @@ async fn milter_lines_reach_a_journal_socket_with_fields() {
 
     // One message whose scan leaves no RESULTS file: a per-message warning.
     mux.push(Step::new("scan", "ok"));
-    let mut mta = MtaClient {
-        s: Box::new(tokio::net::UnixStream::connect(&msock).await.unwrap()),
-    };
+    let mut mta = MtaClient::new(tokio::net::UnixStream::connect(&msock).await.unwrap());
     mta.negotiate().await;
     mta.macros(b'C', &[("j", "mx.example.com")]).await;
     mta.connect_inet("client.example.net", "192.0.2.10", 40000)

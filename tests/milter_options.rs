@@ -321,7 +321,7 @@ async fn inet_listener() {
     let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut mta = MtaClient { s: Box::new(s) };
+    let mut mta = MtaClient::new(s);
     assert_eq!(
         mta.negotiate().await.data,
         vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 8, 0]

@@ -14,6 +14,8 @@ pub mod replies {
     pub const QUEUE_TIMEOUT: &[u8] = b"error: Queued request timed out\n";
     pub const ACTIVATE_FAILED: &[u8] = b"error: Unable to activate worker\n";
     pub const WRITE_FAILED: &[u8] = b"error: Error talking to worker process\n";
+    // Upstream quirk kept: the busy timeouts and a silent worker answer
+    // `ERR …`, every other failure `error: …` (protocol/multiplexor.md §6.4).
     pub const TIMEOUT_OVERLOADED: &[u8] =
         b"ERR Filter timed out - system may be overloaded (consider increasing busy timeout)\n";
     pub const TIMEOUT: &[u8] = b"ERR Filter timed out - check filter rules or system load\n";

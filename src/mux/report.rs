@@ -62,6 +62,8 @@ pub fn workerinfo(p: &Pool, arg: &str) -> String {
     }
     let w = &p.slots[n as usize];
     let age = |t: Option<std::time::Instant>| t.map(|t| t.elapsed().as_secs() as i64).unwrap_or(-1);
+    // Upstream quirk kept: `StatusTag ` keeps its space when the tag is
+    // empty (protocol/multiplexor.md §5.4).
     format!(
         "Worker {n}\nState {}\nPID {}\nNumRequests {}\nNumScans {}\nAge {}\nFirstReqAge {}\nLastStateChangeAge {}\nStatusTag {}\n",
         w.state.name(),
@@ -109,6 +111,8 @@ pub fn load(p: &Pool, class: Class, now: i64) -> String {
         let _ = write!(s, "{} ", x.count);
     }
     for x in &t {
+        // Upstream quirk kept: a window without any command averages 1.0
+        // busy workers here, 0.0 in `load1` and `hload` (protocol/multiplexor.md §5.5).
         let _ = write!(s, "{:.6} ", x.avg_busy(1.0));
     }
     for x in &t {
@@ -214,6 +218,7 @@ const HELP_PRIV: &[(&str, &str)] = &[
         "workerinfo n",
         "Display information about a particular worker",
     ),
+    // Upstream quirk kept: `md-mx-ctrl`, not `mm-mx-ctrl` (protocol/multiplexor.md §5.9).
     ("scan /path", "Run a scan (do not invoke using md-mx-ctrl)"),
 ];
 

@@ -135,6 +135,8 @@ fn local_tm(epoch: i64) -> libc::tm {
 /// The `DD/MM/YYYY:HH:MM:SS` form of a broken-down time; split from
 /// `local_stamp` so the format can be tested without depending on `TZ`.
 fn stamp_of(tm: &libc::tm) -> String {
+    // Upstream quirk kept: day/month/year, whatever the manual says
+    // (protocol/multiplexor.md §15.1).
     format!(
         "{:02}/{:02}/{:04}:{:02}:{:02}:{:02}",
         tm.tm_mday,

@@ -2,28 +2,25 @@
 //! milter for one message, and reports what an MTA would have done
 //! (protocol/deployment.md §13).
 //!
-//! This module owns the MTA side of the milter wire format (the server side
-//! is indymilter's). We do not use the `miltr-client` crate here: its 0.1
-//! releases cannot send macros and cannot decode "change sender" or
-//! "add recipient with parameters", both of which Mailmunge filters use.
+//! The packets go through the library's MTA-side client
+//! (`wire::mtaclient`, protocol/milter.md §16). One connection, one message,
+//! and every read and write has a timeout, so a hung milter gives a clear
+//! error instead of a hung tool.
 //!
-//! The client is blocking (one connection, one message) and every read has a
-//! timeout, so a hung milter gives a clear error instead of a hung tool.
-//!
-//! - `client`: the connection and the packets of the wire format;
 //! - `transaction`: the SMTP stages played in order, end of message;
 //! - `message`: the message and envelope after the milter's changes;
 //! - `render`: the human-readable report and the diff.
 
 use serde::Serialize;
 
+use crate::wire::mtaclient::MtaError;
 use crate::wire::sockspec::SockSpec;
 
-mod client;
 mod message;
 mod render;
 mod transaction;
 
+pub use crate::wire::mtaclient::{Modification, Verdict};
 pub use message::{apply, split_message};
 pub use render::{render_text, unified_diff};
 pub use transaction::run;
@@ -35,10 +32,8 @@ pub enum TryError {
     Spec(String, String),
     #[error("cannot connect to the milter at {0}: {1}")]
     Connect(String, std::io::Error),
-    #[error("talking to the milter: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("milter protocol error: {0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Milter(#[from] MtaError),
 }
 
 /// The SMTP transaction to play.
@@ -58,55 +53,6 @@ pub struct Transaction {
     pub queue_id: String,
 }
 
-/// What the milter answered at one stage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    Continue,
-    Accept,
-    Reject {
-        reply: String,
-    },
-    Tempfail {
-        reply: String,
-    },
-    Discard,
-    /// Stop sending body chunks (treated as continue).
-    Skip,
-    /// Not asked: the milter said it does not want this stage, or wants no reply.
-    NotAsked,
-}
-
-impl Verdict {
-    /// True when the transaction (or, at RCPT, the recipient) stops here.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            Verdict::Accept | Verdict::Reject { .. } | Verdict::Tempfail { .. } | Verdict::Discard
-        )
-    }
-
-    fn word(&self) -> &'static str {
-        match self {
-            Verdict::Continue => "continue",
-            Verdict::Accept => "accept",
-            Verdict::Reject { .. } => "reject",
-            Verdict::Tempfail { .. } => "tempfail",
-            Verdict::Discard => "discard",
-            Verdict::Skip => "skip",
-            Verdict::NotAsked => "-",
-        }
-    }
-
-    /// The SMTP reply an MTA would send for a refusal.
-    pub fn smtp_reply(&self) -> Option<&str> {
-        match self {
-            Verdict::Reject { reply } | Verdict::Tempfail { reply } => Some(reply),
-            _ => None,
-        }
-    }
-}
-
 /// One stage of the transaction and its verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
@@ -114,44 +60,6 @@ pub struct Stage {
     pub argument: String,
     #[serde(flatten)]
     pub verdict: Verdict,
-}
-
-/// A change requested at end of message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Modification {
-    AddHeader {
-        name: String,
-        value: String,
-    },
-    InsertHeader {
-        index: u32,
-        name: String,
-        value: String,
-    },
-    /// Empty value = delete.
-    ChangeHeader {
-        index: u32,
-        name: String,
-        value: String,
-    },
-    AddRecipient {
-        recipient: String,
-        args: Option<String>,
-    },
-    DeleteRecipient {
-        recipient: String,
-    },
-    ChangeSender {
-        sender: String,
-        args: Option<String>,
-    },
-    ReplaceBody {
-        length: usize,
-    },
-    Quarantine {
-        reason: String,
-    },
 }
 
 /// The whole result.

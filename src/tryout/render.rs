@@ -1,7 +1,7 @@
 //! What `mm-try` prints: the report of the stages and verdicts, and the
 //! diff between the submitted and the filtered message.
 
-use super::{Modification, Outcome, Stage};
+use super::{Outcome, Stage};
 
 /// A unified diff (3 lines of context) of two texts, line by line, as
 /// diff(1) prints it. Empty when they are equal.
@@ -27,7 +27,7 @@ pub fn render_text(o: &Outcome) -> String {
     if !o.modifications.is_empty() {
         s.push_str("changes:\n");
         for m in &o.modifications {
-            s.push_str(&format!("  {}\n", describe(m).replace("\r\n", " ")));
+            s.push_str(&format!("  {}\n", m.to_string().replace("\r\n", " ")));
         }
     }
     if o.stages.last().is_some_and(|st| st.stage == "eom") {
@@ -75,34 +75,6 @@ fn stage_lines(stages: &[Stage]) -> String {
         k += run.max(1);
     }
     s
-}
-
-/// One change in words.
-fn describe(m: &Modification) -> String {
-    match m {
-        Modification::AddHeader { name, value } => format!("add header {name}: {value}"),
-        Modification::InsertHeader { index, name, value } => {
-            format!("insert header at {index}: {name}: {value}")
-        }
-        Modification::ChangeHeader { index, name, value } if value.is_empty() => {
-            format!("delete header {name} #{index}")
-        }
-        Modification::ChangeHeader { index, name, value } => {
-            format!("change header {name} #{index}: {value}")
-        }
-        Modification::AddRecipient {
-            recipient,
-            args: Some(a),
-        } => format!("add recipient {recipient} {a}"),
-        Modification::AddRecipient {
-            recipient,
-            args: None,
-        } => format!("add recipient {recipient}"),
-        Modification::DeleteRecipient { recipient } => format!("delete recipient {recipient}"),
-        Modification::ChangeSender { sender, .. } => format!("change sender to {sender}"),
-        Modification::ReplaceBody { length } => format!("replace body ({length} bytes)"),
-        Modification::Quarantine { reason } => format!("quarantine (hold): {reason}"),
-    }
 }
 
 #[cfg(test)]

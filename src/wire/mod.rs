@@ -1,9 +1,11 @@
 //! Formats and sockets shared by more than one program: the percent codec
 //! ([`percent`]), socket specifications and listeners ([`sockspec`]), the
-//! control-socket client ([`mxclient`]), and the multiplexor's side
-//! servers: the Sendmail socketmap ([`socketmap`]) and the notifier
-//! ([`notify`]).
+//! control-socket client ([`mxclient`]), the MTA's side of the milter
+//! protocol ([`mtaclient`], for mm-try, the tests and the benchmarks), and
+//! the multiplexor's side servers: the Sendmail socketmap ([`socketmap`])
+//! and the notifier ([`notify`]).
 
+pub mod mtaclient;
 pub mod mxclient;
 pub mod notify;
 pub mod percent;

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// One scripted multiplexor exchange.
@@ -371,9 +371,7 @@ impl Milter {
     }
 
     pub async fn connect(&self) -> MtaClient {
-        MtaClient {
-            s: Box::new(UnixStream::connect(&self.socket).await.unwrap()),
-        }
+        MtaClient::new(UnixStream::connect(&self.socket).await.unwrap())
     }
 }
 
@@ -422,68 +420,39 @@ impl Scratch {
 }
 
 // ---------------------------------------------------------------------------
-// The MTA side of the milter protocol
+// The MTA side of the milter protocol: the library's client, with every
+// failure a test failure.
 
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+use mailmunge::wire::mtaclient::{self, MtaError, Offer};
+#[allow(unused_imports)] // not every harness uses both
+pub use mailmunge::wire::mtaclient::{nul_join as z, Packet};
+
+/// How long a test waits for any one packet from the milter.
+const REPLY_LIMIT: Duration = Duration::from_secs(10);
 
 pub struct MtaClient {
-    pub s: Box<dyn Io>,
-}
-
-/// A milter packet: command/reply byte and payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Packet {
-    pub kind: u8,
-    pub data: Vec<u8>,
-}
-
-impl Packet {
-    /// The milter's `y` (SMTP reply) packet carrying `text` as a C string.
-    pub fn reply(text: &str) -> Packet {
-        let mut data = text.as_bytes().to_vec();
-        data.push(0);
-        Packet { kind: b'y', data }
-    }
-}
-
-impl std::fmt::Display for Packet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "'{}' {:?}",
-            self.kind as char,
-            String::from_utf8_lossy(&self.data)
-        )
-    }
+    c: mtaclient::MtaClient,
 }
 
 impl MtaClient {
-    pub async fn send(&mut self, kind: u8, data: &[u8]) {
-        let mut buf = ((data.len() + 1) as u32).to_be_bytes().to_vec();
-        buf.push(kind);
-        buf.extend_from_slice(data);
-        self.s.write_all(&buf).await.unwrap();
+    pub fn new(s: impl mtaclient::Io + 'static) -> MtaClient {
+        MtaClient {
+            c: mtaclient::MtaClient::new(s).with_timeout(Some(REPLY_LIMIT)),
+        }
     }
 
-    /// Reads one packet (10 s limit); `None` at EOF.
+    pub async fn send(&mut self, kind: u8, data: &[u8]) {
+        self.c.send(kind, data).await.unwrap();
+    }
+
+    /// Reads one packet; `None` once the milter has closed or reset the
+    /// connection. No packet within 10 s fails the test.
     pub async fn recv(&mut self) -> Option<Packet> {
-        let fut = async {
-            let mut len = [0u8; 4];
-            if self.s.read_exact(&mut len).await.is_err() {
-                return None;
-            }
-            let len = u32::from_be_bytes(len) as usize;
-            let mut buf = vec![0u8; len];
-            self.s.read_exact(&mut buf).await.ok()?;
-            Some(Packet {
-                kind: buf[0],
-                data: buf[1..].to_vec(),
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(10), fut)
-            .await
-            .expect("milter reply within 10 s")
+        match self.c.recv().await {
+            Ok(p) => p,
+            Err(MtaError::Io(_)) => None,
+            Err(e) => panic!("milter reply within {REPLY_LIMIT:?}: {e}"),
+        }
     }
 
     pub async fn call(&mut self, kind: u8, data: &[u8]) -> Packet {
@@ -492,80 +461,53 @@ impl MtaClient {
     }
 
     /// Option negotiation as Postfix 3 offers it (version 6, all actions,
-    /// all protocol flags); returns the milter's reply payload.
+    /// all protocol flags); returns the milter's reply.
     pub async fn negotiate(&mut self) -> Packet {
-        self.call(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff])
-            .await
+        self.c.negotiate(Offer::POSTFIX).await.unwrap()
     }
 
     pub async fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
-        let mut d = vec![stage];
-        for (k, v) in pairs {
-            d.extend_from_slice(k.as_bytes());
-            d.push(0);
-            d.extend_from_slice(v.as_bytes());
-            d.push(0);
-        }
-        self.send(b'D', &d).await;
+        self.c.macros(stage, pairs).await.unwrap();
     }
 
     pub async fn connect_inet(&mut self, host: &str, addr: &str, port: u16) -> Packet {
-        let mut d = host.as_bytes().to_vec();
-        d.push(0);
-        d.push(b'4');
-        d.extend_from_slice(&port.to_be_bytes());
-        d.extend_from_slice(addr.as_bytes());
-        d.push(0);
-        self.call(b'C', &d).await
+        answer(self.c.connect_info(host, addr, port).await)
     }
 
     pub async fn helo(&mut self, h: &str) -> Packet {
-        self.call(b'H', &z(&[h.as_bytes()])).await
+        answer(self.c.helo(h).await)
     }
 
     pub async fn mail(&mut self, args: &[&[u8]]) -> Packet {
-        self.call(b'M', &z(args)).await
+        answer(self.c.mail(args).await)
     }
 
     pub async fn rcpt(&mut self, args: &[&[u8]]) -> Packet {
-        self.call(b'R', &z(args)).await
+        answer(self.c.rcpt(args).await)
     }
 
     pub async fn header(&mut self, name: &[u8], value: &[u8]) -> Packet {
-        self.call(b'L', &z(&[name, value])).await
+        answer(self.c.header(name, value).await)
     }
 
     pub async fn eoh(&mut self) -> Packet {
-        self.call(b'N', b"").await
+        answer(self.c.eoh().await)
     }
 
     pub async fn body(&mut self, chunk: &[u8]) -> Packet {
-        self.call(b'B', chunk).await
+        answer(self.c.body(chunk).await)
     }
 
-    /// End of message: collects every packet up to the final verdict.
+    /// End of message: every packet up to the final verdict, and the verdict.
     pub async fn eom(&mut self) -> (Vec<Packet>, Packet) {
-        self.send(b'E', b"").await;
-        let mut mods = vec![];
-        loop {
-            let p = self.recv().await.expect("eom reply");
-            match p.kind {
-                b'c' | b'a' | b'r' | b't' | b'd' | b'y' => return (mods, p),
-                b'p' => {}
-                _ => mods.push(p),
-            }
-        }
+        let e = self.c.end_of_message(&[]).await.expect("eom reply");
+        (e.changes, e.verdict)
     }
 }
 
-/// NUL-terminated strings, concatenated.
-pub fn z(parts: &[&[u8]]) -> Vec<u8> {
-    let mut d = vec![];
-    for p in parts {
-        d.extend_from_slice(p);
-        d.push(0);
-    }
-    d
+/// The reply to a stage; our milter declines none and answers each.
+fn answer(r: Result<Option<Packet>, MtaError>) -> Packet {
+    r.expect("a reply").expect("the milter answers every stage")
 }
 
 pub fn fnv64(data: &[u8]) -> u64 {

@@ -60,6 +60,9 @@ sub filter_message
 		$entity->parts(\@parts);
 
 		$self->push_tag($ctx, 'In rebuild loop');
+		# Upstream quirk kept: the walk starts at the children, so
+		# filter()/filter_multipart() never see the top-level entity
+		# (protocol/perl-api.md §7.1).
 		foreach my $part (@parts) {
 			$self->_rebuild_entity($ctx, $rebuilt, $part);
 		}

@@ -164,6 +164,8 @@ sub _reply
 		if ($code =~ /^[123]/) {
 			return Mailmunge::Response->CONTINUE(code => $code, message => $text, dsn => $dsn);
 		}
+		# Upstream quirk kept: refusals are logged at debug level only
+		# (protocol/perl-api.md §10.4).
 		if ($code =~ /^4/) {
 			$self->_log($s, 'debug', "$code $dsn $text");
 			return Mailmunge::Response->TEMPFAIL(code => $code, message => $text, dsn => $dsn);
