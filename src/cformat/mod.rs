@@ -3,6 +3,7 @@
 //! buffers as C strings ([`string`]), and error numbers as `strerror`
 //! words them ([`strerror`]).
 
+pub mod getopt;
 pub mod number;
 pub mod string;
 

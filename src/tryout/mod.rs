@@ -13,7 +13,8 @@
 //! - `client`: the connection and the packets of the wire format;
 //! - `transaction`: the SMTP stages played in order, end of message;
 //! - `message`: the message and envelope after the milter's changes;
-//! - `render`: the human-readable report and the diff.
+//! - `render`: the human-readable report and the diff;
+//! - `options`: the command line.
 
 use serde::Serialize;
 
@@ -21,6 +22,7 @@ use crate::wire::sockspec::SockSpec;
 
 mod client;
 mod message;
+pub mod options;
 mod render;
 mod transaction;
 
