@@ -228,3 +228,72 @@ fn usage_lines_tables_and_lookup() {
         ]
     );
 }
+
+/// A tool of ours: `-h`/`--help` and `-V`/`--version` from the shared
+/// entries, usage errors in the tool's words (protocol/cli.md §3, §4).
+#[derive(Default)]
+struct ToolOpts {
+    asked: getopt::Asked,
+    verbose: bool,
+}
+
+impl getopt::Asks for ToolOpts {
+    fn asked(&mut self) -> &mut getopt::Asked {
+        &mut self.asked
+    }
+}
+
+const TOOL: getopt::Tool<ToolOpts> = getopt::Tool {
+    name: "tool",
+    synopsis: "[options] FILE",
+    about: "Does a thing.",
+    after: "Exit status: 0.",
+    options: &[
+        Opt::flag(Both('v', "verbose"), "Say more", |o| o.verbose = true),
+        Opt::HELP,
+        Opt::VERSION,
+    ],
+};
+
+#[test]
+fn tools_help_version_and_usage_errors() {
+    use getopt::Stop;
+    let tool = |args: &[&str]| TOOL.parse(&os(args), &mut ToolOpts::default());
+    assert_eq!(
+        tool(&["-v", "--help", "--bogus"]),
+        Err(Stop::Print(
+            "Usage: tool [options] FILE\nDoes a thing.\n\nOptions:\n\
+             \x20 -v, --verbose          -- Say more\n\
+             \x20 -h, --help             -- Show this help and exit\n\
+             \x20 -V, --version          -- Print the version and exit\n\
+             \nExit status: 0.\n"
+                .into()
+        ))
+    );
+    assert_eq!(tool(&["f", "-V"]), Err(Stop::Print("tool 3.09\n".into())));
+    assert_eq!(
+        tool(&["--verbose=1"]),
+        Err(Stop::Fail(
+            "tool: option '--verbose' doesn't allow an argument\n\
+             Usage: tool [options] FILE\nTry 'tool --help' for more information.\n"
+                .into()
+        ))
+    );
+    let mut o = ToolOpts::default();
+    assert_eq!(TOOL.parse(&os(&["f", "-v"]), &mut o), Ok(vec!["f".into()]));
+    assert!(o.verbose);
+    assert_eq!(Stop::Print(String::new()).finish(), 0);
+    assert_eq!(Stop::Fail(String::new()).finish(), 1);
+}
+
+#[test]
+fn whole_argv_skips_the_program_name() {
+    #[derive(Default, Debug, PartialEq)]
+    struct Flags {
+        k: bool,
+    }
+    let table: &[Opt<Flags>] = &[Opt::flag(Short('k'), "", |f| f.k = true)];
+    let argv = os(&["-Z", "-k"]);
+    assert_eq!(getopt::parse_argv(table, &argv), Ok(Flags { k: true }));
+    assert_eq!(getopt::parse_argv(table, &[]), Ok(Flags { k: false }));
+}

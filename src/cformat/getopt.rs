@@ -64,72 +64,38 @@ pub struct Opt<T> {
     pub action: Action<T>,
 }
 
+// One line each: the constructors differ only in the action they wrap.
+#[rustfmt::skip]
 impl<T> Opt<T> {
     /// A flag.
     pub const fn flag(name: Name, help: &'static str, f: fn(&mut T)) -> Opt<T> {
-        Opt {
-            name,
-            arg: "",
-            help,
-            action: Action::Flag(f),
-        }
+        Opt { name, arg: "", help, action: Action::Flag(f) }
     }
 
     /// A flag that ends parsing.
     pub const fn last(name: Name, help: &'static str, f: fn(&mut T)) -> Opt<T> {
-        Opt {
-            name,
-            arg: "",
-            help,
-            action: Action::Final(f),
-        }
+        Opt { name, arg: "", help, action: Action::Final(f) }
     }
 
     /// An option with a text argument.
-    pub const fn text(
-        name: Name,
-        arg: &'static str,
-        help: &'static str,
-        f: fn(&mut T, String),
-    ) -> Opt<T> {
-        Opt {
-            name,
-            arg,
-            help,
-            action: Action::Text(f),
-        }
+    pub const fn text(name: Name, arg: &'static str, help: &'static str, f: fn(&mut T, String)) -> Opt<T> {
+        Opt { name, arg, help, action: Action::Text(f) }
     }
 
     /// An option whose argument is kept as bytes.
-    pub const fn bytes(
-        name: Name,
-        arg: &'static str,
-        help: &'static str,
-        f: fn(&mut T, OsString),
-    ) -> Opt<T> {
-        Opt {
-            name,
-            arg,
-            help,
-            action: Action::Bytes(f),
-        }
+    pub const fn bytes(name: Name, arg: &'static str, help: &'static str, f: fn(&mut T, OsString)) -> Opt<T> {
+        Opt { name, arg, help, action: Action::Bytes(f) }
     }
 
     /// An option whose text argument the action may refuse.
     pub const fn checked(
-        name: Name,
-        arg: &'static str,
-        help: &'static str,
-        f: fn(&mut T, String) -> Result<(), String>,
+        name: Name, arg: &'static str, help: &'static str, f: fn(&mut T, String) -> Result<(), String>,
     ) -> Opt<T> {
-        Opt {
-            name,
-            arg,
-            help,
-            action: Action::Checked(f),
-        }
+        Opt { name, arg, help, action: Action::Checked(f) }
     }
+}
 
+impl<T> Opt<T> {
     /// `-x` and/or `--name`, as argv spells them.
     pub fn names(&self) -> Vec<String> {
         let short = self.name.short().map(|c| format!("-{c}"));
@@ -257,6 +223,19 @@ pub fn parse<T>(
         }
     }
     Ok(operands)
+}
+
+/// [`parse`] for a daemon's whole argv (argv\[0\] first) into a fresh
+/// `T`, in glibc's order for the environment.
+pub fn parse_argv<T: Default>(table: &[Opt<T>], argv: &[OsString]) -> Result<T, Error> {
+    let mut target = T::default();
+    parse(
+        table,
+        argv.get(1..).unwrap_or(&[]),
+        Order::from_env(),
+        &mut target,
+    )?;
+    Ok(target)
 }
 
 /// One word of short options (`-kT`, `-mN`, `-m`); `rest` is the words
@@ -454,6 +433,34 @@ impl Stop {
     }
 }
 
+/// What a tool's `-h`/`--help` or `-V`/`--version` asked for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    #[default]
+    Run,
+    Help,
+    Version,
+}
+
+/// A tool's options struct: where [`Opt::HELP`] and [`Opt::VERSION`] leave
+/// their mark for [`Tool::parse`].
+pub trait Asks {
+    fn asked(&mut self) -> &mut Asked;
+}
+
+impl<T: Asks> Opt<T> {
+    /// A tool's `-h`, `--help`.
+    pub const HELP: Opt<T> = Opt::last(Name::Both('h', "help"), "Show this help and exit", |o| {
+        *o.asked() = Asked::Help
+    });
+    /// A tool's `-V`, `--version`.
+    pub const VERSION: Opt<T> = Opt::last(
+        Name::Both('V', "version"),
+        "Print the version and exit",
+        |o| *o.asked() = Asked::Version,
+    );
+}
+
 /// One of our own tools: its table and the text of its `--help`.
 pub struct Tool<T: 'static> {
     pub name: &'static str,
@@ -466,11 +473,18 @@ pub struct Tool<T: 'static> {
     pub options: &'static [Opt<T>],
 }
 
-impl<T> Tool<T> {
-    /// Parses `args` (without argv\[0\]) into `target`; a getopt error
-    /// becomes the tool's usage error.
+impl<T: Asks> Tool<T> {
+    /// Parses `args` (without argv\[0\]) into `target`; returns the
+    /// operands. A getopt error becomes the tool's usage error; `--help`
+    /// and `--version` their text.
     pub fn parse(&self, args: &[OsString], target: &mut T) -> Result<Vec<OsString>, Stop> {
-        parse(self.options, args, Order::from_env(), target).map_err(|e| self.fail(e))
+        let operands =
+            parse(self.options, args, Order::from_env(), target).map_err(|e| self.fail(e))?;
+        match *target.asked() {
+            Asked::Run => Ok(operands),
+            Asked::Help => Err(self.help()),
+            Asked::Version => Err(self.version()),
+        }
     }
 
     /// A usage error: the complaint, the usage line, where to look.

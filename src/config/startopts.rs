@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::startargs::Daemon;
-use crate::cformat::getopt::{Name::Both, Name::Long, Opt, Stop, Tool};
+use crate::cformat::getopt::{Asked, Asks, Name::Both, Name::Long, Opt, Stop, Tool};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +32,13 @@ struct Raw {
     bindir: Option<PathBuf>,
     print: bool,
     cleanup: bool,
-    help: bool,
-    version: bool,
+    asked: Asked,
+}
+
+impl Asks for Raw {
+    fn asked(&mut self) -> &mut Asked {
+        &mut self.asked
+    }
 }
 
 #[rustfmt::skip]
@@ -43,8 +48,8 @@ const OPTIONS: &[Opt<Raw>] = &[
     Opt::bytes(Long("bindir"), "DIR", "Directory holding the daemons (default: this program's directory)", |o, v| o.bindir = Some(v.into())),
     Opt::flag(Long("print"), "Print the command line instead of running it", |o| o.print = true),
     Opt::flag(Long("cleanup"), "Only remove the daemon's socket if it is a stale UNIX socket, then exit", |o| o.cleanup = true),
-    Opt::last(Both('h', "help"), "Show this help and exit", |o| o.help = true),
-    Opt::last(Both('V', "version"), "Print the version and exit", |o| o.version = true),
+    Opt::HELP,
+    Opt::VERSION,
 ];
 
 /// `mailmunge-start`'s usage and help.
@@ -62,12 +67,6 @@ const TOOL: Tool<Raw> = Tool {
 pub fn parse(args: &[OsString]) -> Result<Options, Stop> {
     let mut raw = Raw::default();
     let operands = TOOL.parse(args, &mut raw)?;
-    if raw.help {
-        return Err(TOOL.help());
-    }
-    if raw.version {
-        return Err(TOOL.version());
-    }
     if raw.print && raw.cleanup {
         return Err(TOOL.fail("--print and --cleanup exclude each other"));
     }

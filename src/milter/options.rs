@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 
-use crate::cformat::getopt::{self, Name::Long, Name::Short, Opt, Order};
+use crate::cformat::getopt::{self, Name::Long, Name::Short, Opt};
 
 /// Most `-a` macros upstream accepts.
 pub const MAX_EXTRA_MACROS: usize = 30;
@@ -121,14 +121,7 @@ impl Options {
         T: Into<OsString>,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let mut o = Options::default();
-        getopt::parse(
-            OPTIONS,
-            args.get(1..).unwrap_or(&[]),
-            Order::from_env(),
-            &mut o,
-        )?;
-        Ok(o)
+        getopt::parse_argv(OPTIONS, &args)
     }
 
     /// The listen socket: the last `-p`.

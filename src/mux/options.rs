@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::cformat::getopt::{self, Name::Long, Name::Short, Opt, Order};
+use crate::cformat::getopt::{self, Name::Long, Name::Short, Opt};
 use crate::cformat::number::scan_int;
 
 /// Build-time defaults (protocol/multiplexor.md §1).
@@ -207,14 +207,8 @@ impl Options {
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_else(|| "mailmunge-multiplexor".into());
-        let mut cli = Cli::default();
-        getopt::parse(
-            OPTIONS,
-            args.get(1..).unwrap_or(&[]),
-            Order::from_env(),
-            &mut cli,
-        )
-        .map_err(|e| Exit::Usage(Some(format!("{argv0}: {e}"))))?;
+        let cli = getopt::parse_argv(OPTIONS, &args)
+            .map_err(|e| Exit::Usage(Some(format!("{argv0}: {e}"))))?;
         Options::from_cli(argv0, cli)
     }
 

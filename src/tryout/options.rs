@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::cformat::getopt::{self, Name::Both, Name::Long, Opt, Stop, Tool};
+use crate::cformat::getopt::{self, Asked, Asks, Name::Both, Name::Long, Opt, Stop, Tool};
 
 /// Where SOCKET and MX_SOCKET are looked up without `--env-file` (a
 /// leading `-`: skipped when missing).
@@ -35,8 +35,13 @@ pub struct Options {
     pub output: Option<PathBuf>,
     /// The message; `None` or `-`: standard input.
     pub message: Option<PathBuf>,
-    help: bool,
-    version: bool,
+    asked: Asked,
+}
+
+impl Asks for Options {
+    fn asked(&mut self) -> &mut Asked {
+        &mut self.asked
+    }
 }
 
 impl Default for Options {
@@ -54,8 +59,7 @@ impl Default for Options {
             json: false,
             output: None,
             message: None,
-            help: false,
-            version: false,
+            asked: Asked::Run,
         }
     }
 }
@@ -76,8 +80,8 @@ const OPTIONS: &[Opt<Options>] = &[
     Opt::bytes(Both('s', "mx"), "PATH", "Multiplexor socket asked why mail was tempfailed; default: MX_SOCKET", |o, v| o.mx = Some(v.into())),
     Opt::flag(Long("json"), "Print the result as JSON", |o| o.json = true),
     Opt::bytes(Both('o', "output"), "FILE", "Also write the resulting message to FILE", |o, v| o.output = Some(v.into())),
-    Opt::last(Both('h', "help"), "Show this help and exit", |o| o.help = true),
-    Opt::last(Both('V', "version"), "Print the version and exit", |o| o.version = true),
+    Opt::HELP,
+    Opt::VERSION,
 ];
 
 /// `mm-try`'s usage and help.
@@ -95,12 +99,6 @@ const TOOL: Tool<Options> = Tool {
 pub fn parse(args: &[OsString]) -> Result<Options, Stop> {
     let mut o = Options::default();
     let mut operands = TOOL.parse(args, &mut o)?.into_iter();
-    if o.help {
-        return Err(TOOL.help());
-    }
-    if o.version {
-        return Err(TOOL.version());
-    }
     o.message = operands.next().map(PathBuf::from);
     if let Some(extra) = operands.next() {
         return Err(TOOL.fail(format!(
