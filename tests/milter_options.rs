@@ -43,6 +43,13 @@ fn prcap_version_and_usage() {
     let out = bin().arg("-v").output().unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"mailmunge version 3.09\n");
+    // -v acts where it is met: a bad option after it is never read
+    // (protocol/cli.md §2).
+    let out = bin().args(["-Dv", "-Z"]).output().unwrap();
+    assert_eq!(
+        (out.status.code(), &out.stdout[..], &out.stderr[..]),
+        (Some(0), &b"mailmunge version 3.09\n"[..], &b""[..])
+    );
 
     // -h: the usage; a bad option: getopt's complaint first (protocol/cli.md §3).
     for (args, complaint) in [
