@@ -43,13 +43,33 @@ fn prcap_version_and_usage() {
     let out = bin().arg("-v").output().unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"mailmunge version 3.09\n");
+    // -v acts where it is met: a bad option after it is never read
+    // (protocol/cli.md §2).
+    let out = bin().args(["-Dv", "-Z"]).output().unwrap();
+    assert_eq!(
+        (out.status.code(), &out.stdout[..], &out.stderr[..]),
+        (Some(0), &b"mailmunge version 3.09\n"[..], &b""[..])
+    );
 
-    for args in [&["-h"][..], &["-Z"]] {
+    // -h: the usage; a bad option: getopt's complaint first (protocol/cli.md §3).
+    for (args, complaint) in [
+        (&["-h"][..], ""),
+        (&["-Z"], ": invalid option -- 'Z'\n"),
+        (&["-D", "-m"], ": option requires an argument -- 'm'\n"),
+    ] {
         let out = bin().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
+        let usage = "mailmunge version 3.09\nUsage: mailmunge [options]\n";
+        let (before, after) = err.split_once(usage).unwrap_or_else(|| panic!("{err}"));
+        if complaint.is_empty() {
+            assert_eq!(before, "");
+        } else {
+            assert!(before.ends_with(complaint), "{err}");
+            assert_eq!(before.lines().count(), 1, "{err}");
+        }
         assert!(
-            err.starts_with("mailmunge version 3.09\nUsage: mailmunge [options]\n"),
+            after.contains("\n  -p conn           -- Milter socket"),
             "{err}"
         );
         assert!(out.stdout.is_empty());

@@ -117,6 +117,48 @@ fn unknown_daemon_is_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown daemon \"postfix\""));
 }
 
+/// The command line itself (protocol/cli.md §3, §4): usage errors are
+/// status 1 with the usage line, help and version go to stdout with
+/// status 0, options may follow the daemon word.
+#[test]
+fn usage_errors_help_and_version() {
+    for (args, first) in [
+        (
+            &[][..],
+            "mailmunge-start: which daemon? (`milter` or `multiplexor`)",
+        ),
+        (
+            &["--bogus", "milter"],
+            "mailmunge-start: unrecognized option '--bogus'",
+        ),
+        (&["-x", "milter"], "mailmunge-start: invalid option -- 'x'"),
+        (
+            &["--print=yes", "milter"],
+            "mailmunge-start: option '--print' doesn't allow an argument",
+        ),
+    ] {
+        let o = start(args, &[]);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            err,
+            format!("{first}\nUsage: mailmunge-start [options] DAEMON\nTry 'mailmunge-start --help' for more information.\n")
+        );
+        assert!(o.stdout.is_empty());
+    }
+    let o = start(&["milter", "--help"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("\n  --bindir DIR           -- Directory holding the daemons"));
+    assert_eq!(stdout(&start(&["-V"], &[])), "mailmunge-start 3.09\n");
+    // Options after the daemon word, attached values, `-D` clustered with nothing.
+    let o = start(&["milter", "--print", "--bindir=/b", "-D"], &[]);
+    assert!(
+        stdout(&o).starts_with("/b/mailmunge -D -G -U mailmunge "),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[test]
 fn execs_the_daemon_with_argv_and_environment() {
     let dir = tempfile::tempdir().unwrap();

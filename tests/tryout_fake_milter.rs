@@ -323,3 +323,65 @@ fn nothing_listening_is_a_connect_error() {
         "{e}"
     );
 }
+
+/// The `mm-try` program's command line (protocol/cli.md §3, §4): help and
+/// version on stdout with status 0; a usage error is status 1, not 2
+/// (which means "rejected"); options after the message file still count.
+#[test]
+fn command_line_help_version_and_usage_errors() {
+    let mm_try = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mm-try"))
+            .args(args)
+            .env_remove("POSIXLY_CORRECT")
+            .output()
+            .unwrap()
+    };
+    let o = mm_try(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.starts_with("Usage: mm-try [options] [MESSAGE]\n"),
+        "{help}"
+    );
+    assert!(help.contains("  --env-file FILE        -- "), "{help}");
+    let o = mm_try(&["-V"]);
+    assert_eq!(
+        (o.status.code(), &o.stdout[..]),
+        (Some(0), &b"mm-try 3.09\n"[..])
+    );
+    let o = mm_try(&["--to"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "mm-try: option '--to' requires an argument\n\
+         Usage: mm-try [options] [MESSAGE]\n\
+         Try 'mm-try --help' for more information.\n"
+    );
+    // The message, then the options: the socket given after it is the one
+    // tried (nothing listens there).
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("m.eml");
+    std::fs::write(
+        &msg,
+        "From: a@example.com\r\nTo: b@example.com\r\n\r\nhi\r\n",
+    )
+    .unwrap();
+    let sock = dir.path().join("none.sock");
+    let o = mm_try(&[
+        msg.to_str().unwrap(),
+        "--env-file=-/nonexistent",
+        "-m",
+        sock.to_str().unwrap(),
+        "--timeout",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "mm-try: cannot connect to the milter at {}: ",
+            sock.display()
+        )),
+        "{err}"
+    );
+}

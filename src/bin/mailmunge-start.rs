@@ -7,57 +7,26 @@
 //! sysv script's exported shell variables), then from `--env-file`s.
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use mailmunge::config::startargs::{self, Daemon, Vars};
+use mailmunge::config::startopts::{self, Options};
 use mailmunge::sys::daemon::StaleSocket;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "mailmunge-start",
-    version = mailmunge::VERSION,
-    about = "Start a Mailmunge daemon with the options /etc/default/mailmunge asks for",
-    after_help = "DAEMON is `milter` (mailmunge) or `multiplexor` (mailmunge-multiplexor).\n\
-                  Variables are read from the environment, then from each --env-file in order \
-                  (later values win). See mailmunge-start(8)."
-)]
-struct Cli {
-    /// Pass -D (stay in the foreground), as the systemd units do.
-    #[arg(short = 'D', long)]
-    foreground: bool,
-    /// Read NAME=VALUE lines from FILE; a leading `-` means "skip if missing".
-    #[arg(long = "env-file", value_name = "FILE", allow_hyphen_values = true)]
-    env_files: Vec<String>,
-    /// Directory holding the daemons (default: this program's directory).
-    #[arg(long, value_name = "DIR")]
-    bindir: Option<PathBuf>,
-    /// Print the command line instead of running it.
-    #[arg(long)]
-    print: bool,
-    /// Only remove the daemon's socket if it is a stale UNIX socket, then exit.
-    #[arg(long, conflicts_with = "print")]
-    cleanup: bool,
-    /// `milter` or `multiplexor`.
-    #[arg(value_name = "DAEMON")]
-    daemon: String,
-}
-
 fn main() {
-    if let Err(e) = run() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let cli = match startopts::parse(&args) {
+        Ok(o) => o,
+        Err(stop) => std::process::exit(stop.finish()),
+    };
+    if let Err(e) = run(cli) {
         eprintln!("mailmunge-start: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
-    let Some(daemon) = Daemon::from_name(&cli.daemon) else {
-        bail!(
-            "unknown daemon {:?} (expected `milter` or `multiplexor`)",
-            cli.daemon
-        );
-    };
+fn run(cli: Options) -> Result<()> {
+    let daemon = cli.daemon;
     let mut vars = Vars::from_env();
     let from_files = vars.read_env_files(&cli.env_files)?;
     let vars = vars.with_launcher_defaults();

@@ -3,63 +3,18 @@
 //! requested changes and the resulting message as a unified diff.
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use mailmunge::config::startargs::Vars;
-use mailmunge::tryout::{self, Transaction, Verdict};
+use mailmunge::tryout::{self, options, Transaction, Verdict};
 use std::io::Read;
 use std::time::Duration;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "mm-try",
-    version = mailmunge::VERSION,
-    about = "Try a message against a running mailmunge milter, as an MTA would",
-    after_help = "Exit status: 0 the message would be accepted, 2 rejected, 3 tempfailed, \
-                  4 discarded, 1 the try-out itself failed."
-)]
-struct Cli {
-    /// Milter socket (as SOCKET= or Postfix's smtpd_milters); default: SOCKET from the env files.
-    #[arg(short = 'm', long, value_name = "SPEC")]
-    milter: Option<String>,
-    /// Where to look for SOCKET (a leading `-` means optional).
-    #[arg(long = "env-file", value_name = "FILE", allow_hyphen_values = true,
-          default_values = ["-/etc/sysconfig/mailmunge", "-/etc/default/mailmunge"])]
-    env_files: Vec<String>,
-    /// Envelope sender (default: the From: address, else <>).
-    #[arg(short = 'f', long, value_name = "ADDR")]
-    from: Option<String>,
-    /// Envelope recipient; repeat for more (default: the To: and Cc: addresses).
-    #[arg(short = 't', long = "to", value_name = "ADDR")]
-    to: Vec<String>,
-    /// Client address the milter sees.
-    #[arg(long, default_value = "192.0.2.1")]
-    client_ip: String,
-    /// Client host name the milter sees.
-    #[arg(long, default_value = "client.example")]
-    client_name: String,
-    /// HELO/EHLO argument (default: the client name).
-    #[arg(long)]
-    helo: Option<String>,
-    /// Seconds to wait for each answer.
-    #[arg(long, default_value_t = 660)]
-    timeout: u64,
-    /// Multiplexor socket asked why a message was tempfailed; default:
-    /// MX_SOCKET from the env files.
-    #[arg(short = 's', long = "mx", value_name = "PATH")]
-    mx: Option<std::path::PathBuf>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Also write the resulting message to FILE.
-    #[arg(short = 'o', long, value_name = "FILE")]
-    output: Option<std::path::PathBuf>,
-    /// The message (default: standard input).
-    #[arg(value_name = "MESSAGE")]
-    message: Option<std::path::PathBuf>,
-}
-
 fn main() {
-    match run() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let cli = match options::parse(&args) {
+        Ok(o) => o,
+        Err(stop) => std::process::exit(stop.finish()),
+    };
+    match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("mm-try: {e:#}");
@@ -78,8 +33,7 @@ fn bracket(a: &str) -> String {
     }
 }
 
-fn run() -> Result<i32> {
-    let cli = Cli::parse();
+fn run(cli: options::Options) -> Result<i32> {
     let message = match &cli.message {
         Some(p) if p.as_os_str() != "-" => {
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))?

@@ -1,8 +1,10 @@
 //! What upstream's C code does with text, where a reply or a message
 //! depends on it: numbers as `sscanf` and `atoi` read them ([`number`]),
-//! buffers as C strings ([`string`]), and error numbers as `strerror`
-//! words them ([`strerror`]).
+//! buffers as C strings ([`string`]), error numbers as `strerror` words
+//! them ([`strerror`]), and command lines as `getopt` reads them
+//! ([`getopt`], the one option parser of every program).
 
+pub mod getopt;
 pub mod number;
 pub mod string;
 

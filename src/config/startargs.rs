@@ -465,6 +465,23 @@ mod tests {
         w[..w.len() - tail.len()].to_vec()
     }
 
+    /// Every flag a variable turns into is one the daemon's option table
+    /// knows, taking an argument exactly when the variable gives a value.
+    #[test]
+    fn flags_are_in_the_daemons_option_tables() {
+        use crate::cformat::getopt::find;
+        for &(name, flag, kind) in MILTER_FLAGS {
+            let o = find(crate::milter::options::OPTIONS, flag)
+                .unwrap_or_else(|| panic!("{name}: {flag}"));
+            assert_eq!(o.takes_argument(), kind == Value, "{name}: {flag}");
+        }
+        for &(name, flag, kind) in MULTIPLEXOR_FLAGS {
+            let o = find(crate::mux::options::OPTIONS, flag)
+                .unwrap_or_else(|| panic!("{name}: {flag}"));
+            assert_eq!(o.takes_argument(), kind == Value, "{name}: {flag}");
+        }
+    }
+
     #[test]
     fn every_milter_yes_variable() {
         for (name, flag) in [

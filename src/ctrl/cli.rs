@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use super::options::{self, Invocation, Options, USAGE};
+use super::options::{self, Invocation, Options};
 use super::{build_request, top, Command, Rendered};
 use crate::cformat::strerror;
 use crate::wire::mxclient::{self, MxError};
@@ -115,7 +115,7 @@ async fn process(o: &Options, sink: &Sink, line: &[u8]) -> std::io::Result<bool>
 
 async fn usage(options: &Options, diagnostic: Option<String>) -> std::io::Result<()> {
     let mut text = diagnostic.unwrap_or_default();
-    text.push_str(USAGE);
+    text.push_str(&options::usage_text());
     std::io::stderr().lock().write_all(text.as_bytes())?;
     let sink = Sink {
         interactive: options.interactive,
@@ -185,7 +185,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_else(|| "mm-mx-ctrl".into());
     let args = argv.get(1..).unwrap_or(&[]);
-    let inv = options::parse(&prog, args, std::env::var_os("POSIXLY_CORRECT").is_some());
+    let inv = options::parse(&prog, args, crate::cformat::getopt::Order::from_env());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

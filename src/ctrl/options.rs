@@ -1,14 +1,17 @@
-//! mm-mx-ctrl's command line, parsed like glibc `getopt(argc, argv, "hs:ibt:")`
-//! (protocol/mm-mx-ctrl.md §1): options may be clustered (`-bi`), `-s` takes
-//! the next word or the rest of its own (`-s/x`), options after the command
-//! word are still options (GNU permutation, unless `POSIXLY_CORRECT` is set)
-//! and `--` ends them. `-h` and errors act at the point where they are met, so
-//! only the `-s`/`-i` seen before them count. `-t` is our extension
+//! mm-mx-ctrl's command line: glibc `getopt(argc, argv, "hs:ibt:")`
+//! (protocol/mm-mx-ctrl.md §1) in the shared syntax (protocol/cli.md §1):
+//! options may be clustered (`-bi`), `-s` takes the next word or the rest of
+//! its own (`-s/x`), options after the command word are still options (GNU
+//! permutation, unless `POSIXLY_CORRECT` is set) and `--` ends them. `-h`
+//! and errors act at the point where they are met, so only the `-s`/`-i`
+//! seen before them count. `-t` is our extension
 //! (protocol/mm-mx-ctrl.md §9.1).
 
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::time::Duration;
+
+use crate::cformat::getopt::{self, Name::Short, Opt, Order};
 
 /// The default control socket (upstream's `SPOOLDIR "/mailmunge-multiplexor.sock"`).
 pub const DEFAULT_SOCKET: &str = "/var/spool/mailmunge/mailmunge-multiplexor.sock";
@@ -56,101 +59,70 @@ pub enum Invocation {
     },
 }
 
+/// What the table fills in: the options, and whether `-h` was met.
+struct Parse {
+    options: Options,
+    help: bool,
+}
+
+/// The options, in the order of the usage text (protocol/mm-mx-ctrl.md §6);
+/// `-t` is ours and not listed there.
+#[rustfmt::skip]
+const OPTIONS: &[Opt<Parse>] = &[
+    Opt::last(Short('h'), "Display help", |p| p.help = true),
+    Opt::bytes(Short('s'), "path", "Specify path to multiplexor socket", |p, v| p.options.sockets.push(v)),
+    Opt::flag(Short('i'), "Read commands from stdin", |p| p.options.interactive = true),
+    Opt::flag(Short('b'), "Bracket responses with < and >", |p| p.options.bracket = true),
+    Opt::checked(Short('t'), "secs", "", |p, v| {
+        p.options.timeout = match v.trim().parse::<u64>() {
+            Ok(0) => None,
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => return Err(format!("invalid timeout '{v}'")),
+        };
+        Ok(())
+    }),
+];
+
 /// Parses `args` (without the program name). `prog` is used in diagnostics
 /// as getopt uses `argv[0]`.
-pub fn parse(prog: &str, args: &[OsString], posixly_correct: bool) -> Invocation {
-    let mut o = Options {
-        sockets: Vec::new(),
-        interactive: false,
-        bracket: false,
-        timeout: Some(DEFAULT_TIMEOUT),
-        words: Vec::new(),
+pub fn parse(prog: &str, args: &[OsString], order: Order) -> Invocation {
+    let mut p = Parse {
+        options: Options {
+            sockets: Vec::new(),
+            interactive: false,
+            bracket: false,
+            timeout: Some(DEFAULT_TIMEOUT),
+            words: Vec::new(),
+        },
+        help: false,
     };
-    let usage = |o: &Options, diagnostic: Option<String>, exit_ok: bool| Invocation::Usage {
-        options: o.clone(),
+    let result = getopt::parse(OPTIONS, args, order, &mut p);
+    let usage = |options: Options, diagnostic: Option<String>, exit_ok: bool| Invocation::Usage {
+        options,
         diagnostic,
         exit_ok,
     };
-    let mut i = 0;
-    let mut only_words = false;
-    while i < args.len() {
-        let arg = args[i].as_bytes();
-        i += 1;
-        if only_words || arg.len() < 2 || arg[0] != b'-' {
-            o.words.push(arg.to_vec());
-            if posixly_correct {
-                only_words = true;
+    let mut o = p.options;
+    match result {
+        Err(e) => usage(o, Some(e.message(prog)), false),
+        Ok(_) if p.help => usage(o, None, true),
+        Ok(words) => {
+            o.words = words.into_iter().map(OsString::into_vec).collect();
+            if !o.interactive && o.words.is_empty() {
+                return usage(o, None, false);
             }
-            continue;
-        }
-        if arg == b"--" {
-            only_words = true;
-            continue;
-        }
-        let mut k = 1;
-        while k < arg.len() {
-            let c = arg[k];
-            k += 1;
-            match c {
-                b'h' => return usage(&o, None, true),
-                b'i' => o.interactive = true,
-                b'b' => o.bracket = true,
-                b's' | b't' => {
-                    let value = if k < arg.len() {
-                        let v = arg[k..].to_vec();
-                        k = arg.len();
-                        v
-                    } else if i < args.len() {
-                        i += 1;
-                        args[i - 1].as_bytes().to_vec()
-                    } else {
-                        let msg =
-                            format!("{prog}: option requires an argument -- '{}'\n", c as char);
-                        return usage(&o, Some(msg), false);
-                    };
-                    if c == b's' {
-                        o.sockets.push(OsString::from_vec(value));
-                    } else {
-                        match std::str::from_utf8(&value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                        {
-                            Some(0) => o.timeout = None,
-                            Some(secs) => o.timeout = Some(Duration::from_secs(secs)),
-                            None => {
-                                let msg = format!(
-                                    "{prog}: invalid timeout '{}'\n",
-                                    String::from_utf8_lossy(&value)
-                                );
-                                return usage(&o, Some(msg), false);
-                            }
-                        }
-                    }
-                }
-                other => {
-                    let shown = String::from_utf8_lossy(&[other]).into_owned();
-                    return usage(
-                        &o,
-                        Some(format!("{prog}: invalid option -- '{shown}'\n")),
-                        false,
-                    );
-                }
-            }
+            Invocation::Run(o)
         }
     }
-    if !o.interactive && o.words.is_empty() {
-        return usage(&o, None, false);
-    }
-    Invocation::Run(o)
 }
 
 /// The usage text (protocol/mm-mx-ctrl.md §6), printed to stderr.
-pub const USAGE: &str = "Usage: mm-mx-ctrl [options] command\n\n\
-Options:\n\
--h               -- Display help\n\
--s path          -- Specify path to multiplexor socket\n\
--i               -- Read commands from stdin\n\
--b               -- Bracket responses with < and >\n";
+pub fn usage_text() -> String {
+    format!(
+        "Usage: mm-mx-ctrl [options] command\n\nOptions:\n{}",
+        getopt::usage_lines(OPTIONS, "", 16)
+    )
+}
 
 #[cfg(test)]
 mod tests {
@@ -158,7 +130,7 @@ mod tests {
 
     fn p(args: &[&str]) -> Invocation {
         let v: Vec<OsString> = args.iter().map(OsString::from).collect();
-        parse("mm-mx-ctrl", &v, false)
+        parse("mm-mx-ctrl", &v, Order::Permute)
     }
 
     fn run(args: &[&str]) -> Options {
@@ -193,9 +165,34 @@ mod tests {
     }
 
     #[test]
+    fn usage_is_upstreams() {
+        assert_eq!(
+            usage_text(),
+            "Usage: mm-mx-ctrl [options] command\n\nOptions:\n\
+             -h               -- Display help\n\
+             -s path          -- Specify path to multiplexor socket\n\
+             -i               -- Read commands from stdin\n\
+             -b               -- Bracket responses with < and >\n"
+        );
+        assert_eq!(getopt::table_errors(OPTIONS), Vec::<String>::new());
+        assert_eq!(
+            getopt::optstring_letters(&getopt::optstring(OPTIONS)),
+            getopt::optstring_letters("hs:ibt:")
+        );
+        match p(&["-t", "5x", "status"]) {
+            Invocation::Usage {
+                diagnostic: Some(d),
+                exit_ok: false,
+                ..
+            } => assert_eq!(d, "mm-mx-ctrl: invalid timeout '5x'\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn posixly_correct_stops_at_the_command() {
         let v: Vec<OsString> = ["status", "-b"].iter().map(OsString::from).collect();
-        match parse("x", &v, true) {
+        match parse("x", &v, Order::RequireOrder) {
             Invocation::Run(o) => {
                 assert!(!o.bracket);
                 assert_eq!(o.words.len(), 2);

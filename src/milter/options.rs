@@ -1,130 +1,132 @@
-//! Command-line options of `mailmunge` (protocol/milter.md §1.3), with
-//! upstream's letters and getopt-like behaviour: clustered flags, last
-//! occurrence wins, `-h`/unknown options print the usage to stderr and exit 1.
+//! Command-line options of `mailmunge` (protocol/milter.md §1.3): upstream's
+//! letters in the shared getopt syntax (protocol/cli.md §1): clustered flags,
+//! the last occurrence wins, `-h`/`-v` act where met, getopt's complaint and
+//! the usage on stderr with exit status 1 for a bad option.
 
-use clap::{ArgAction, Parser};
+use std::ffi::OsString;
+
+use crate::cformat::getopt::{self, Name::Long, Name::Short, Opt};
 
 /// Most `-a` macros upstream accepts.
 pub const MAX_EXTRA_MACROS: usize = 30;
 /// Longest `-a` macro name upstream accepts.
 pub const MAX_MACRO_NAME: usize = 200;
 
-#[derive(Debug, Clone, Parser, PartialEq, Eq)]
-#[command(
-    name = "mailmunge",
-    disable_help_flag = true,
-    disable_version_flag = true,
-    args_override_self = true,
-    allow_hyphen_values = true
-)]
+/// The command line, option by option; values are checked after parsing,
+/// as protocol/milter.md §1.3 orders the checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
-    /// Milter listen socket (`unix:/path`, `/path`, `inet:PORT@HOST`, `inet6:PORT@HOST`).
-    #[arg(short = 'p')]
-    pub conn: Option<String>,
+    /// Every `-p` in order: the last is the listen socket, and upstream
+    /// removes the socket file of each one.
+    pub conns: Vec<String>,
     /// Multiplexor socket path.
-    #[arg(short = 'm')]
     pub mx_socket: Option<String>,
     /// Run as this user.
-    #[arg(short = 'U')]
     pub user: Option<String>,
     /// Spool directory.
-    #[arg(short = 'z')]
     pub spool_dir: Option<String>,
-    #[arg(short = 'r', action = ArgAction::SetTrue)]
     pub relay_check: bool,
-    #[arg(short = 'H', action = ArgAction::SetTrue)]
     pub helo_check: bool,
-    #[arg(short = 's', action = ArgAction::SetTrue)]
     pub sender_check: bool,
-    #[arg(short = 't', action = ArgAction::SetTrue)]
     pub rcpt_check: bool,
     /// Let new connections queue in the multiplexor (no `free` check).
-    #[arg(short = 'q', action = ArgAction::SetTrue)]
     pub allow_queue: bool,
     /// Workers reserved for loopback connections (sscanf semantics).
-    #[arg(short = 'R')]
     pub reserved: Option<String>,
     /// Address treated as equivalent to 127.0.0.1.
-    #[arg(short = 'L')]
     pub equiv_loopback: Option<String>,
     /// Do not ask the MTA for rejected recipients.
-    #[arg(short = 'N', action = ArgAction::SetTrue)]
     pub no_rejected_rcpts: bool,
     /// Request the macro lists in negotiation.
-    #[arg(short = 'y', action = ArgAction::SetTrue)]
     pub setsymlist: bool,
-    /// Extra macro to pass in COMMANDS (repeatable).
-    #[arg(short = 'a', action = ArgAction::Append)]
+    /// Extra macros to pass in COMMANDS, in order.
     pub extra_macros: Vec<String>,
-    /// X-Scanned-By text (empty disables the header).
-    #[arg(short = 'x', allow_hyphen_values = true)]
+    /// X-Scanned-By text of the last `-x` or `-X` (which is `-x ""`).
     pub scanned_by: Option<String>,
-    #[arg(short = 'X', action = ArgAction::SetTrue)]
-    pub no_scanned_by: bool,
-    #[arg(short = 'C', action = ArgAction::SetTrue)]
     pub conserve_fds: bool,
-    #[arg(short = 'c', action = ArgAction::SetTrue)]
     pub strip_bare_cr: bool,
-    #[arg(short = 'k', action = ArgAction::SetTrue)]
     pub keep_failed: bool,
-    #[arg(short = 'd', action = ArgAction::SetTrue)]
     pub debug: bool,
-    #[arg(short = 'T', action = ArgAction::SetTrue)]
     pub log_times: bool,
-    #[arg(short = 'G', action = ArgAction::SetTrue)]
     pub group_access: bool,
-    #[arg(short = 'b')]
     pub backlog: Option<String>,
-    #[arg(short = 'P')]
     pub pidfile: Option<String>,
-    #[arg(short = 'o')]
     pub lockfile: Option<String>,
-    #[arg(short = 'S')]
     pub facility: Option<String>,
-    #[arg(short = 'D', action = ArgAction::SetTrue)]
     pub foreground: bool,
-    /// Accepted and ignored (historical).
-    #[arg(short = 'M', action = ArgAction::SetTrue)]
-    pub historical_m: bool,
-    #[arg(short = 'v', action = ArgAction::SetTrue)]
     pub version: bool,
-    #[arg(short = 'h', action = ArgAction::SetTrue)]
     pub help: bool,
     /// Most MTA connections served at once; more wait in the listen queue
     /// (ours, protocol/SECURITY.md §9).
-    #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Largest milter packet accepted, in bytes (ours, protocol/SECURITY.md §9).
-    #[arg(long = "max-packet", value_name = "BYTES")]
     pub max_packet: Option<usize>,
 }
 
 /// Default for `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
-/// Options that take an argument (upstream's getopt string).
-const WITH_ARG: &str = "LPoRSUabmpxz";
+/// Upstream's getopt string `GNCDHL:MP:o:R:S:TU:Xa:b:cdhkm:p:qrstvx:z:y`
+/// plus our long options, in the order of the usage text
+/// (protocol/milter.md §1.3; syntax: protocol/cli.md §1).
+#[rustfmt::skip]
+pub const OPTIONS: &[Opt<Options>] = &[
+    Opt::flag(Short('C'), "Reopen spool files in every callback (conserve descriptors)", |o| o.conserve_fds = true),
+    Opt::flag(Short('D'), "Stay in the foreground", |o| o.foreground = true),
+    Opt::flag(Short('G'), "Group-writable socket, group-readable spool files", |o| o.group_access = true),
+    Opt::flag(Short('H'), "Ask the filter about HELO arguments", |o| o.helo_check = true),
+    Opt::text(Short('L'), "ip.addr", "Treat this client address like 127.0.0.1", |o, v| o.equiv_loopback = Some(v)),
+    // Accepted and ignored (historical).
+    Opt::flag(Short('M'), "", |_| {}),
+    Opt::flag(Short('N'), "Do not ask the MTA for recipients it rejected", |o| o.no_rejected_rcpts = true),
+    Opt::text(Short('P'), "file", "Write the daemon's process id to file", |o, v| o.pidfile = Some(v)),
+    Opt::text(Short('R'), "num", "Keep num workers free for loopback connections", |o, v| o.reserved = Some(v)),
+    Opt::text(Short('S'), "facility", "syslog facility", |o, v| o.facility = Some(v)),
+    Opt::flag(Short('T'), "Log filter times", |o| o.log_times = true),
+    Opt::text(Short('U'), "user", "Run as user (required when started as root)", |o, v| o.user = Some(v)),
+    Opt::flag(Short('X'), "Do not add an X-Scanned-By header", |o| o.scanned_by = Some(String::new())),
+    Opt::text(Short('a'), "macro", "Pass an additional MTA macro to the filter", |o, v| o.extra_macros.push(v)),
+    Opt::text(Short('b'), "n", "listen() backlog", |o, v| o.backlog = Some(v)),
+    Opt::flag(Short('c'), "Remove bare <CR> characters from the body", |o| o.strip_bare_cr = true),
+    Opt::flag(Short('d'), "Debugging: never remove working directories", |o| o.debug = true),
+    Opt::last(Short('h'), "Show this help and exit", |o| o.help = true),
+    Opt::flag(Short('k'), "Keep working directories of failed scans", |o| o.keep_failed = true),
+    Opt::text(Short('m'), "/path", "UNIX-domain socket of the multiplexor", |o, v| o.mx_socket = Some(v)),
+    Opt::text(Short('o'), "file", "Lock file", |o, v| o.lockfile = Some(v)),
+    Opt::text(Short('p'), "conn", "Milter socket (unix:/path, inet:port@host, inet6:port@host)", |o, v| o.conns.push(v)),
+    Opt::flag(Short('q'), "Let new connections queue in the multiplexor", |o| o.allow_queue = true),
+    Opt::flag(Short('r'), "Ask the filter about the connecting relay", |o| o.relay_check = true),
+    Opt::flag(Short('s'), "Ask the filter about each sender", |o| o.sender_check = true),
+    Opt::flag(Short('t'), "Ask the filter about each recipient", |o| o.rcpt_check = true),
+    Opt::last(Short('v'), "Print the version and exit", |o| o.version = true),
+    Opt::text(Short('x'), "string", "X-Scanned-By header text", |o, v| o.scanned_by = Some(v)),
+    Opt::flag(Short('y'), "Request the macro lists from the MTA", |o| o.setsymlist = true),
+    Opt::text(Short('z'), "dir", "Spool directory", |o, v| o.spool_dir = Some(v)),
+    Opt::checked(Long("max-connections"), "N", "Most MTA connections served at once (default 4096)", |o, v| {
+        o.max_connections = Some(getopt::decimal("--max-connections", &v)?);
+        Ok(())
+    }),
+    Opt::checked(Long("max-packet"), "BYTES", "Largest milter packet accepted", |o, v| {
+        o.max_packet = Some(getopt::decimal("--max-packet", &v)?);
+        Ok(())
+    }),
+];
 
 impl Options {
-    /// Parses argv (argv[0] included) like upstream's getopt.
-    pub fn parse_args<I, T>(args: I) -> Result<Options, clap::Error>
+    /// Parses argv (argv\[0\] included) like upstream's getopt; the error
+    /// is getopt's complaint.
+    pub fn parse_args<I, T>(args: I) -> Result<Options, getopt::Error>
     where
         I: IntoIterator<Item = T>,
-        T: Into<String>,
+        T: Into<OsString>,
     {
-        let args: Vec<String> = args.into_iter().map(Into::into).collect();
-        let mut o = Options::try_parse_from(&args)?;
-        // -x TEXT and -X set the same thing; the later one wins.
-        if let Some(last) = last_scanned_by_option(&args[1.min(args.len())..]) {
-            match last {
-                Some(text) => {
-                    o.no_scanned_by = false;
-                    o.scanned_by = Some(text);
-                }
-                None => o.no_scanned_by = true,
-            }
-        }
-        Ok(o)
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        getopt::parse_argv(OPTIONS, &args)
+    }
+
+    /// The listen socket: the last `-p`.
+    pub fn conn(&self) -> Option<&str> {
+        self.conns.last().map(String::as_str)
     }
 
     /// `-R`: `sscanf("%d")`, unchanged (-1) when not a number, clamped at -1.
@@ -148,110 +150,19 @@ impl Options {
 
     /// X-Scanned-By text; empty means no header.
     pub fn scanned_by_text(&self) -> String {
-        if self.no_scanned_by {
-            return String::new();
-        }
         self.scanned_by
             .clone()
             .unwrap_or_else(|| format!("mailmunge {}", crate::VERSION))
     }
 }
 
-/// Walks argv (without argv[0]) as getopt would: every option letter in
-/// order, with its argument for the options that take one.
-pub fn getopt_walk(args: &[String]) -> Vec<(char, Option<String>)> {
-    let mut out = vec![];
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        i += 1;
-        if a == "--" {
-            break;
-        }
-        let Some(flags) = a.strip_prefix('-') else {
-            continue;
-        };
-        for (pos, c) in flags.char_indices() {
-            if WITH_ARG.contains(c) {
-                let attached = &flags[pos + c.len_utf8()..];
-                let value = if !attached.is_empty() {
-                    Some(attached.to_string())
-                } else {
-                    i += 1;
-                    args.get(i - 1).cloned()
-                };
-                out.push((c, value));
-                break;
-            }
-            out.push((c, None));
-        }
-    }
-    out
-}
-
-/// The last `-x` (`Some(text)`) or `-X` (`None`) given, if any.
-fn last_scanned_by_option(args: &[String]) -> Option<Option<String>> {
-    getopt_walk(args)
-        .into_iter()
-        .rev()
-        .find_map(|(c, v)| match c {
-            'x' => Some(v),
-            'X' => Some(None),
-            _ => None,
-        })
-}
-
-/// Every `-p` value, in order (upstream removes each one's socket file).
-pub fn all_conns(args: &[String]) -> Vec<String> {
-    getopt_walk(args)
-        .into_iter()
-        .filter(|(c, _)| *c == 'p')
-        .filter_map(|(_, v)| v)
-        .collect()
-}
-
 /// Upstream's usage text (printed to stderr, exit status 1).
 pub fn usage() -> String {
-    let v = crate::VERSION;
-    let lines = [
-        "Usage: mailmunge [options]",
-        "Options:",
-        "  -C                -- Reopen spool files in every callback (conserve descriptors)",
-        "  -D                -- Stay in the foreground",
-        "  -G                -- Group-writable socket, group-readable spool files",
-        "  -H                -- Ask the filter about HELO arguments",
-        "  -L ip.addr        -- Treat this client address like 127.0.0.1",
-        "  -N                -- Do not ask the MTA for recipients it rejected",
-        "  -P file           -- Write the daemon's process id to file",
-        "  -R num            -- Keep num workers free for loopback connections",
-        "  -S facility       -- syslog facility",
-        "  -T                -- Log filter times",
-        "  -U user           -- Run as user (required when started as root)",
-        "  -X                -- Do not add an X-Scanned-By header",
-        "  -a macro          -- Pass an additional MTA macro to the filter",
-        "  -b n              -- listen() backlog",
-        "  -c                -- Remove bare <CR> characters from the body",
-        "  -d                -- Debugging: never remove working directories",
-        "  -h                -- Show this help and exit",
-        "  -k                -- Keep working directories of failed scans",
-        "  -m /path          -- UNIX-domain socket of the multiplexor",
-        "  -o file           -- Lock file",
-        "  -p conn           -- Milter socket (unix:/path, inet:port@host, inet6:port@host)",
-        "  -q                -- Let new connections queue in the multiplexor",
-        "  -r                -- Ask the filter about the connecting relay",
-        "  -s                -- Ask the filter about each sender",
-        "  -t                -- Ask the filter about each recipient",
-        "  -v                -- Print the version and exit",
-        "  -x string         -- X-Scanned-By header text",
-        "  -y                -- Request the macro lists from the MTA",
-        "  -z dir            -- Spool directory",
-    ];
-    let mut s = format!("mailmunge version {v}\n");
-    for l in lines {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
+    format!(
+        "mailmunge version {}\nUsage: mailmunge [options]\nOptions:\n{}",
+        crate::VERSION,
+        getopt::usage_lines(OPTIONS, "  ", 17)
+    )
 }
 
 #[cfg(test)]
@@ -260,6 +171,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Options {
         Options::parse_args(std::iter::once("mailmunge").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn table_is_sound() {
+        assert_eq!(getopt::table_errors(OPTIONS), Vec::<String>::new());
+        // Upstream's getopt string, letter for letter (protocol/milter.md §1.3).
+        assert_eq!(
+            getopt::optstring_letters(&getopt::optstring(OPTIONS)),
+            getopt::optstring_letters("GNCDHL:MP:o:R:S:TU:Xa:b:cdhkm:p:qrstvx:z:y")
+        );
     }
 
     #[test]
@@ -278,7 +199,7 @@ mod tests {
             "-D",
         ]);
         assert!(o.relay_check && o.sender_check && o.rcpt_check && !o.helo_check && o.foreground);
-        assert_eq!(o.conn.as_deref(), Some("unix:/x"));
+        assert_eq!(o.conn(), Some("unix:/x"));
         assert_eq!(o.mx_socket.as_deref(), Some("/mx"));
         assert_eq!(o.extra_macros, vec!["foo", "x"]);
         assert_eq!(o.scanned_by_text(), "mailmunge 3.09");
@@ -294,6 +215,13 @@ mod tests {
         assert_eq!(parse(&["-b", "zz"]).listen_backlog(), Some(5));
         assert_eq!(parse(&["-b", "100"]).listen_backlog(), Some(100));
         assert_eq!(parse(&[]).listen_backlog(), None);
+        assert_eq!(parse(&["--max-connections", "7"]).max_connections, Some(7));
+        assert_eq!(parse(&["--max-packet=70000"]).max_packet, Some(70000));
+        let e = Options::parse_args(["mailmunge", "--max-packet", "7k"]).unwrap_err();
+        assert_eq!(
+            e.message("mailmunge"),
+            "mailmunge: --max-packet: not a number: '7k'\n"
+        );
     }
 
     #[test]
@@ -308,12 +236,29 @@ mod tests {
             "t"
         );
         assert_eq!(parse(&["-X", "-m", "-x"]).scanned_by_text(), "");
-        let args: Vec<String> = ["-p", "unix:/a", "-Dp/b", "-m", "-p", "-pinet:1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(all_conns(&args), ["unix:/a", "/b", "inet:1"]);
-        assert!(Options::try_parse_from(["mailmunge", "-Z"]).is_err());
+        let o = parse(&["-p", "unix:/a", "-Dp/b", "-m", "-p", "-pinet:1"]);
+        assert_eq!(o.conns, ["unix:/a", "/b", "inet:1"]);
+        assert_eq!(o.mx_socket.as_deref(), Some("-p"));
+    }
+
+    #[test]
+    fn help_version_and_errors() {
+        assert_eq!(
+            Options::parse_args(["mailmunge", "-Z"])
+                .unwrap_err()
+                .message("mailmunge"),
+            "mailmunge: invalid option -- 'Z'\n"
+        );
         assert!(parse(&["-h"]).help);
+        // -v ends the parse where it is met, as upstream exits there.
+        let o = parse(&["-r", "-v", "-Z", "-s"]);
+        assert!(o.version && o.relay_check && !o.sender_check);
+        // Operands are ignored, and options after them still count.
+        let o = parse(&["stray", "-q"]);
+        assert!(o.allow_queue);
+        let u = usage();
+        assert!(u.starts_with("mailmunge version 3.09\nUsage: mailmunge [options]\nOptions:\n  -C                -- Reopen"), "{u}");
+        assert!(u.contains("\n  --max-packet BYTES -- Largest"), "{u}");
+        assert!(!u.contains("-M"), "{u}");
     }
 }

@@ -91,8 +91,11 @@ type Lock = Option<(std::fs::File, String)>;
 
 /// The program: `args` includes argv[0]. Returns the exit status. The
 /// steps follow protocol/milter.md §1.4.
-pub fn main_with_args(args: Vec<String>) -> i32 {
-    let argv0 = args.first().cloned().unwrap_or_else(|| "mailmunge".into());
+pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
+    let argv0 = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mailmunge".into());
     if args.len() == 2 && args[1] == "prcap" {
         print!("{}", prcap());
         return 0;
@@ -125,13 +128,14 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 
 /// Parses and checks the command line; dies with upstream's messages.
 /// `Break` carries the exit status of a run that ends here (`-v`).
-fn check_options(argv0: String, args: Vec<String>) -> ControlFlow<i32, Startup> {
+fn check_options(argv0: String, args: Vec<std::ffi::OsString>) -> ControlFlow<i32, Startup> {
     if let Err(msg) = daemon::check_not_setid(&argv0) {
         die(format!("{msg}\n"));
     }
-    let opts = match Options::parse_args(args.clone()) {
+    // getopt's complaint, then the usage (protocol/cli.md §3).
+    let opts = match Options::parse_args(args) {
         Ok(o) => o,
-        Err(_) => die(options::usage()),
+        Err(e) => die(format!("{}{}", e.message(&argv0), options::usage())),
     };
     if opts.version {
         println!("mailmunge version {}", crate::VERSION);
@@ -146,7 +150,7 @@ fn check_options(argv0: String, args: Vec<String>) -> ControlFlow<i32, Startup> 
             .unwrap_or_else(|| die(format!("{argv0}: Unknown syslog facility {f}\n"))),
         None => libc::LOG_MAIL,
     };
-    let (conn, sockspec) = listen_spec(&argv0, &args, &opts);
+    let (conn, sockspec) = listen_spec(&argv0, &opts);
     let Some(mx_socket) = opts.mx_socket.clone() else {
         die(format!("{argv0}: You must use the `-m' option.\n"));
     };
@@ -176,18 +180,16 @@ fn check_macros(argv0: &str, extra_macros: &[String]) {
 /// The `-p` socket to listen on. Each `-p` names a socket the milter may
 /// have left behind; like upstream, an earlier one is cleared too (sockets
 /// only), the last is the one used.
-fn listen_spec(argv0: &str, args: &[String], opts: &Options) -> (String, SockSpec) {
-    let conns = options::all_conns(args.get(1..).unwrap_or(&[]));
-    if conns.iter().any(String::is_empty) {
+fn listen_spec(argv0: &str, opts: &Options) -> (String, SockSpec) {
+    if opts.conns.iter().any(String::is_empty) {
         die(format!("{argv0}: Illegal conn: \n"));
     }
-    for c in conns.iter().rev().skip(1) {
+    for c in opts.conns.iter().rev().skip(1) {
         if let Ok(SockSpec::Unix(p)) = SockSpec::parse_milter(c) {
             daemon::remove_socket(&p);
         }
     }
-    let conn = match opts.conn.as_deref() {
-        Some("") => die(format!("{argv0}: Illegal conn: \n")),
+    let conn = match opts.conn() {
         Some(c) => c.to_string(),
         None => die(format!("{argv0}: You must use the `-p' option.\n")),
     };

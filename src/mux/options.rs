@@ -1,11 +1,12 @@
 //! Command-line options of `mailmunge-multiplexor`
-//! (protocol/multiplexor.md §2): the upstream letters, parsed with clap,
-//! numbers read like C's `%d`, then the same defaults, clamps and fatal errors
-//! as upstream.
+//! (protocol/multiplexor.md §2): the upstream letters in the shared getopt
+//! syntax (protocol/cli.md §1), numbers read like C's `%d`, then the same
+//! defaults, clamps and fatal errors as upstream.
 
-use clap::Parser;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::cformat::getopt::{self, Name::Long, Name::Short, Opt};
 use crate::cformat::number::scan_int;
 
 /// Build-time defaults (protocol/multiplexor.md §1).
@@ -16,100 +17,102 @@ pub const MAX_QUEUE_SIZE: i64 = 128;
 
 /// Raw options as typed on the command line. Numbers stay strings so that
 /// they can be read with C's rules.
-#[derive(Parser, Debug, Default)]
-#[command(
-    name = "mailmunge-multiplexor",
-    disable_help_flag = true,
-    disable_version_flag = true,
-    args_override_self = true
-)]
+#[derive(Debug, Default)]
 pub struct Cli {
-    #[arg(short = 'U')]
     pub user: Option<String>,
-    #[arg(short = 'm', allow_hyphen_values = true)]
     pub min_workers: Option<String>,
-    #[arg(short = 'x', allow_hyphen_values = true)]
     pub max_workers: Option<String>,
-    #[arg(short = 'y', allow_hyphen_values = true)]
     pub recipok_per_domain: Option<String>,
-    #[arg(short = 'r', allow_hyphen_values = true)]
     pub max_requests: Option<String>,
-    #[arg(short = 'V', allow_hyphen_values = true)]
     pub max_lifetime: Option<String>,
-    #[arg(short = 'i', allow_hyphen_values = true)]
     pub idle_time: Option<String>,
-    #[arg(short = 'b', allow_hyphen_values = true)]
     pub busy_time: Option<String>,
-    #[arg(short = 'c', allow_hyphen_values = true)]
     pub cmd_time: Option<String>,
-    #[arg(short = 'w', allow_hyphen_values = true)]
     pub slew: Option<String>,
-    #[arg(short = 'W', allow_hyphen_values = true)]
     pub wait: Option<String>,
-    #[arg(short = 'q', allow_hyphen_values = true)]
     pub queue_size: Option<String>,
-    #[arg(short = 'Q', allow_hyphen_values = true)]
     pub queue_timeout: Option<String>,
-    #[arg(short = 'I', allow_hyphen_values = true)]
     pub backlog: Option<String>,
-    #[arg(short = 'L', allow_hyphen_values = true)]
     pub log_interval: Option<String>,
-    #[arg(short = 'R', allow_hyphen_values = true)]
     pub rss_kb: Option<String>,
-    #[arg(short = 'M', allow_hyphen_values = true)]
     pub mem_kb: Option<String>,
-    #[arg(short = 'X', allow_hyphen_values = true)]
     pub tick_interval: Option<String>,
-    #[arg(short = 'P', allow_hyphen_values = true)]
     pub tick_types: Option<String>,
-    #[arg(short = 's')]
     pub socket: Option<String>,
-    #[arg(short = 'a')]
     pub unpriv_socket: Option<String>,
-    #[arg(short = 'N')]
     pub map_socket: Option<String>,
-    #[arg(short = 'O')]
     pub notify_socket: Option<String>,
-    #[arg(short = 'z')]
     pub spool_dir: Option<String>,
-    #[arg(short = 'f')]
     pub filter: Option<String>,
-    #[arg(short = 'p')]
     pub pid_file: Option<String>,
-    #[arg(short = 'o')]
     pub lock_file: Option<String>,
-    #[arg(short = 't')]
     pub stats_file: Option<String>,
-    #[arg(short = 'S')]
     pub facility: Option<String>,
-    #[arg(short = 'Y')]
     pub ident: Option<String>,
-    #[arg(short = 'T')]
     pub stats_syslog: bool,
-    #[arg(short = 'u')]
     pub stats_flush: bool,
-    #[arg(short = 'l')]
     pub verbose: bool,
-    #[arg(short = 'Z')]
     pub status_tags: bool,
-    #[arg(short = 'G')]
     pub group_perms: bool,
-    #[arg(short = 'D')]
     pub foreground: bool,
-    #[arg(short = 'E')]
     pub embedded: bool,
-    #[arg(short = 'A')]
     pub log_scheduling: bool,
-    #[arg(short = 'd')]
     pub event_debug: bool,
-    #[arg(short = 'v')]
     pub version: bool,
-    #[arg(short = 'h')]
     pub help: bool,
     /// Our extension: Prometheus metrics endpoint (protocol/metrics.md).
-    #[arg(long = "metrics")]
     pub metrics: Option<String>,
 }
+
+/// Upstream's getopt string
+/// `GAa:Tt:um:x:y:r:i:b:c:s:hdlf:p:o:w:W:U:S:q:Q:L:R:M:I:DEO:X:Y:N:vZP:z:V:`
+/// plus `--metrics`, in the order of the usage text.
+#[rustfmt::skip]
+pub const OPTIONS: &[Opt<Cli>] = &[
+    Opt::last(Short('h'), "Print usage info and exit", |c| c.help = true),
+    Opt::last(Short('v'), "Print version and exit", |c| c.version = true),
+    Opt::text(Short('t'), "filename", "Log statistics to filename", |c, v| c.stats_file = Some(v)),
+    Opt::text(Short('p'), "filename", "Write process-ID in filename", |c, v| c.pid_file = Some(v)),
+    Opt::text(Short('o'), "file", "Use specified file as a lock file", |c, v| c.lock_file = Some(v)),
+    Opt::flag(Short('T'), "Log statistics to syslog", |c| c.stats_syslog = true),
+    Opt::flag(Short('u'), "Flush stats file after each write", |c| c.stats_flush = true),
+    Opt::flag(Short('Z'), "Accept and process status updates from workers", |c| c.status_tags = true),
+    Opt::text(Short('U'), "user", "Run as 'user' instead of root", |c, v| c.user = Some(v)),
+    Opt::text(Short('m'), "minWorkers", "Minimum number of workers (at least 1)", |c, v| c.min_workers = Some(v)),
+    Opt::text(Short('x'), "maxWorkers", "Maximum number of workers (default 2)", |c, v| c.max_workers = Some(v)),
+    Opt::text(Short('y'), "n", "Maximum concurrent recipok per domain (0 = no limit)", |c, v| c.recipok_per_domain = Some(v)),
+    Opt::text(Short('r'), "maxRequests", "Requests a worker serves before retiring (default 500)", |c, v| c.max_requests = Some(v)),
+    Opt::text(Short('V'), "maxLifetime", "Seconds a worker lives before retiring (default unlimited)", |c, v| c.max_lifetime = Some(v)),
+    Opt::text(Short('i'), "idleTime", "Idle seconds before a surplus worker is stopped (default 300)", |c, v| c.idle_time = Some(v)),
+    Opt::text(Short('b'), "busyTime", "Seconds a worker may take to answer (default 120)", |c, v| c.busy_time = Some(v)),
+    Opt::text(Short('c'), "cmdTime", "Seconds allowed for a client to send its command (default 10)", |c, v| c.cmd_time = Some(v)),
+    Opt::text(Short('w'), "waitTime", "Seconds between activations made to reach minWorkers (default 1)", |c, v| c.slew = Some(v)),
+    Opt::text(Short('W'), "waitTime", "Minimum seconds between any two activations (default 0)", |c, v| c.wait = Some(v)),
+    Opt::text(Short('z'), "spooldir", "Spool directory (default /var/spool/mailmunge)", |c, v| c.spool_dir = Some(v)),
+    Opt::text(Short('s'), "sock", "UNIX-domain control socket", |c, v| c.socket = Some(v)),
+    Opt::text(Short('a'), "socket", "Unprivileged control socket", |c, v| c.unpriv_socket = Some(v)),
+    Opt::text(Short('f'), "filter", "Absolute path of the filter program", |c, v| c.filter = Some(v)),
+    Opt::flag(Short('l'), "Log worker stderr and other details to syslog", |c| c.verbose = true),
+    Opt::flag(Short('d'), "Debugging of the event loop (ignored)", |c| c.event_debug = true),
+    Opt::text(Short('R'), "kbytes", "RSS limit of workers in kB", |c, v| c.rss_kb = Some(v)),
+    Opt::text(Short('M'), "kbytes", "Memory (address space) limit of workers in kB", |c, v| c.mem_kb = Some(v)),
+    Opt::text(Short('S'), "facility", "Syslog facility (default mail)", |c, v| c.facility = Some(v)),
+    Opt::text(Short('Y'), "label", "Syslog identifier (default mailmunge-multiplexor)", |c, v| c.ident = Some(v)),
+    Opt::text(Short('L'), "interval", "Log worker status every interval seconds", |c, v| c.log_interval = Some(v)),
+    Opt::text(Short('q'), "size", "Request queue size (default 0, max 128)", |c, v| c.queue_size = Some(v)),
+    Opt::text(Short('Q'), "timeout", "Seconds a request may wait in the queue (default 30)", |c, v| c.queue_timeout = Some(v)),
+    Opt::text(Short('I'), "backlog", "listen() backlog", |c, v| c.backlog = Some(v)),
+    Opt::flag(Short('D'), "Do not fork into the background", |c| c.foreground = true),
+    Opt::flag(Short('E'), "Preload the filter once and fork workers from it", |c| c.embedded = true),
+    Opt::text(Short('O'), "sock", "Listen on sock for notification listeners", |c, v| c.notify_socket = Some(v)),
+    Opt::text(Short('N'), "sock", "Listen on sock for Sendmail socketmap requests", |c, v| c.map_socket = Some(v)),
+    Opt::text(Short('X'), "n", "Run a tick every n seconds", |c, v| c.tick_interval = Some(v)),
+    Opt::text(Short('P'), "n", "Number of tick types (1..30)", |c, v| c.tick_types = Some(v)),
+    Opt::flag(Short('G'), "Group-accessible sockets and files", |c| c.group_perms = true),
+    // Undocumented upstream: log every scheduling decision.
+    Opt::flag(Short('A'), "", |c| c.log_scheduling = true),
+    Opt::text(Long("metrics"), "sock", "Serve Prometheus metrics on sock (inet:PORT)", |c, v| c.metrics = Some(v)),
+];
 
 /// Normalised options.
 #[derive(Debug, Clone)]
@@ -197,23 +200,15 @@ impl Options {
     pub fn parse<I, T>(args: I) -> Result<Options, Exit>
     where
         I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
+        T: Into<OsString>,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let argv0 = args
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_else(|| "mailmunge-multiplexor".into());
-        let cli = Cli::try_parse_from(&args).map_err(|e| {
-            let first = e.render().to_string();
-            let first = first
-                .lines()
-                .next()
-                .unwrap_or("invalid option")
-                .trim_start_matches("error: ")
-                .to_string();
-            Exit::Usage(Some(format!("{argv0}: {first}")))
-        })?;
+        let cli = getopt::parse_argv(OPTIONS, &args)
+            .map_err(|e| Exit::Usage(Some(format!("{argv0}: {e}"))))?;
         Options::from_cli(argv0, cli)
     }
 
@@ -345,90 +340,10 @@ impl Options {
 
 /// The usage text printed by `-h` and on option errors.
 pub fn usage(argv0: &str) -> String {
-    let lines: &[(&str, &str)] = &[
-        ("-h", "Print usage info and exit"),
-        ("-v", "Print version and exit"),
-        ("-t filename", "Log statistics to filename"),
-        ("-p filename", "Write process-ID in filename"),
-        ("-o file", "Use specified file as a lock file"),
-        ("-T", "Log statistics to syslog"),
-        ("-u", "Flush stats file after each write"),
-        ("-Z", "Accept and process status updates from workers"),
-        ("-U user", "Run as 'user' instead of root"),
-        ("-m minWorkers", "Minimum number of workers (at least 1)"),
-        ("-x maxWorkers", "Maximum number of workers (default 2)"),
-        (
-            "-y n",
-            "Maximum concurrent recipok per domain (0 = no limit)",
-        ),
-        (
-            "-r maxRequests",
-            "Requests a worker serves before retiring (default 500)",
-        ),
-        (
-            "-V maxLifetime",
-            "Seconds a worker lives before retiring (default unlimited)",
-        ),
-        (
-            "-i idleTime",
-            "Idle seconds before a surplus worker is stopped (default 300)",
-        ),
-        (
-            "-b busyTime",
-            "Seconds a worker may take to answer (default 120)",
-        ),
-        (
-            "-c cmdTime",
-            "Seconds allowed for a client to send its command (default 10)",
-        ),
-        (
-            "-w waitTime",
-            "Seconds between activations made to reach minWorkers (default 1)",
-        ),
-        (
-            "-W waitTime",
-            "Minimum seconds between any two activations (default 0)",
-        ),
-        (
-            "-z spooldir",
-            "Spool directory (default /var/spool/mailmunge)",
-        ),
-        ("-s sock", "UNIX-domain control socket"),
-        ("-a socket", "Unprivileged control socket"),
-        ("-f filter", "Absolute path of the filter program"),
-        ("-l", "Log worker stderr and other details to syslog"),
-        ("-d", "Debugging of the event loop (ignored)"),
-        ("-R kbytes", "RSS limit of workers in kB"),
-        ("-M kbytes", "Memory (address space) limit of workers in kB"),
-        ("-S facility", "Syslog facility (default mail)"),
-        (
-            "-Y label",
-            "Syslog identifier (default mailmunge-multiplexor)",
-        ),
-        ("-L interval", "Log worker status every interval seconds"),
-        ("-q size", "Request queue size (default 0, max 128)"),
-        (
-            "-Q timeout",
-            "Seconds a request may wait in the queue (default 30)",
-        ),
-        ("-I backlog", "listen() backlog"),
-        ("-D", "Do not fork into the background"),
-        ("-E", "Preload the filter once and fork workers from it"),
-        ("-O sock", "Listen on sock for notification listeners"),
-        ("-N sock", "Listen on sock for Sendmail socketmap requests"),
-        ("-X n", "Run a tick every n seconds"),
-        ("-P n", "Number of tick types (1..30)"),
-        ("-G", "Group-accessible sockets and files"),
-        (
-            "--metrics sock",
-            "Serve Prometheus metrics on sock (inet:PORT)",
-        ),
-    ];
-    let mut s = format!("Usage: {argv0} [options]\nOptions:\n");
-    for (o, t) in lines {
-        s.push_str(&format!("  {o:<16} -- {t}\n"));
-    }
-    s
+    format!(
+        "Usage: {argv0} [options]\nOptions:\n{}",
+        getopt::usage_lines(OPTIONS, "  ", 16)
+    )
 }
 
 #[cfg(test)]
@@ -439,6 +354,23 @@ mod tests {
         let mut v = vec!["mux"];
         v.extend_from_slice(args);
         Options::parse(v)
+    }
+
+    #[test]
+    fn table_is_upstreams_getopt_string() {
+        assert_eq!(getopt::table_errors(OPTIONS), Vec::<String>::new());
+        assert_eq!(
+            getopt::optstring_letters(&getopt::optstring(OPTIONS)),
+            getopt::optstring_letters(
+                "GAa:Tt:um:x:y:r:i:b:c:s:hdlf:p:o:w:W:U:S:q:Q:L:R:M:I:DEO:X:Y:N:vZP:z:V:"
+            )
+        );
+        let u = usage("mux");
+        assert!(
+            u.starts_with("Usage: mux [options]\nOptions:\n  -h               -- Print usage"),
+            "{u}"
+        );
+        assert!(u.contains("\n  --metrics sock   -- Serve"), "{u}");
     }
 
     #[test]
@@ -523,12 +455,28 @@ mod tests {
             Exit::Version("mailmunge-multiplexor version 3.09\n".into())
         );
         assert_eq!(p(&["-h"]).unwrap_err(), Exit::Usage(None));
-        assert!(matches!(p(&["-k"]).unwrap_err(), Exit::Usage(Some(_))));
+        assert_eq!(
+            p(&["-k"]).unwrap_err(),
+            Exit::Usage(Some("mux: invalid option -- 'k'".into()))
+        );
+        assert_eq!(
+            p(&["-D", "-x"]).unwrap_err(),
+            Exit::Usage(Some("mux: option requires an argument -- 'x'".into()))
+        );
+        // -h and -v act where they are met (upstream exits there).
+        assert_eq!(p(&["-h", "-v"]).unwrap_err(), Exit::Usage(None));
+        assert_eq!(
+            p(&["-v", "-k"]).unwrap_err(),
+            Exit::Version("mailmunge-multiplexor version 3.09\n".into())
+        );
     }
 
     #[test]
     fn combined_flags_and_overrides() {
-        let o = p(&["-DZl", "-z", "/tmp/x", "-x", "3", "-x", "6"]).unwrap();
+        let o = p(&["-DZl", "-z", "/tmp/x", "-x", "3", "-x6", "--metrics=inet:9"]).unwrap();
+        assert_eq!(o.metrics.as_deref(), Some("inet:9"));
+        // An argument is the next word, whatever it looks like.
+        assert_eq!(p(&["-s", "-D"]).unwrap().socket, "-D");
         assert!(o.foreground && o.status_tags && o.verbose);
         assert_eq!(o.max_workers, 6);
         assert_eq!(o.socket, "/tmp/x/mailmunge-multiplexor.sock");

@@ -9,7 +9,8 @@
 //!
 //! - `transaction`: the SMTP stages played in order, end of message;
 //! - `message`: the message and envelope after the milter's changes;
-//! - `render`: the human-readable report and the diff.
+//! - `render`: the human-readable report and the diff;
+//! - `options`: the command line.
 
 use serde::Serialize;
 
@@ -17,6 +18,7 @@ use crate::wire::mtaclient::MtaError;
 use crate::wire::sockspec::SockSpec;
 
 mod message;
+pub mod options;
 mod render;
 mod transaction;
 
