@@ -166,6 +166,19 @@ fn start_stack(scratch: &Scratch, embedded: bool) -> Result<(Daemon, Daemon, Tar
     Ok((mux, milter, target))
 }
 
+/// One line per process: pid, parent, state and command line, to tell
+/// what an unexpected process is.
+fn describe(pids: &[u32]) -> String {
+    let line = |p: &u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let tail = stat.rsplit_once(") ").map(|(_, t)| t).unwrap_or("");
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        format!("  {p} state/ppid {} : {cmd}", tail.split(' ').take(2).collect::<Vec<_>>().join(" "))
+    };
+    pids.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
 struct Verdict {
     lines: Vec<String>,
     ok: bool,
@@ -234,6 +247,9 @@ fn main() -> Result<()> {
         milter.check_alive()?;
         settle(&sock, &scratch.spool)?;
         snaps.push(snapshot(&milter, &mux, &scratch.spool, done));
+        if snaps.last().is_some_and(|s| s.processes > WORKERS_MAX + 1) {
+            eprintln!("more processes than expected:\n{}", describe(&support::descendants(mux.pid())));
+        }
         eprintln!("{done}/{total} messages, {:.0} s", started.elapsed().as_secs_f64());
         if done < total {
             let r = support::mux_request(&sock, b"reread\n").context("reread")?;

@@ -429,13 +429,7 @@ async fn malformed_packets_close_only_that_session() {
     // A length of 0 has no command byte: closed, not read as the next packet.
     let mut bad = e.milter.connect().await;
     bad.negotiate().await;
-    {
-        use tokio::io::AsyncWriteExt;
-        bad.s
-            .write_all(&[0, 0, 0, 0, 0, 0, 0, 1, b'Q'])
-            .await
-            .unwrap();
-    }
+    bad.send_raw(&[0, 0, 0, 0, 0, 0, 0, 1, b'Q']).await;
     assert!(bad.recv().await.is_none(), "length 0 closes the session");
     e.assert_log("milter packet of length 0 (it has no command byte); connection closed");
     let mut bad = e.milter.connect().await;

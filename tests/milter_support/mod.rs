@@ -445,6 +445,11 @@ impl MtaClient {
         self.c.send(kind, data).await.unwrap();
     }
 
+    /// Bytes as given, not framed as a packet.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.c.send_raw(bytes).await.unwrap();
+    }
+
     /// Reads one packet; `None` once the milter has closed or reset the
     /// connection. No packet within 10 s fails the test.
     pub async fn recv(&mut self) -> Option<Packet> {

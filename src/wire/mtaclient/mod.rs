@@ -226,6 +226,12 @@ impl MtaClient {
         bounded(self.timeout, self.s.write_all(&p)).await
     }
 
+    /// Sends bytes exactly as given, framed or not: for tests of what the
+    /// milter does with malformed input.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), MtaError> {
+        bounded(self.timeout, self.s.write_all(bytes)).await
+    }
+
     /// Reads one packet; `None` when the milter closed the connection
     /// between packets.
     pub async fn recv(&mut self) -> Result<Option<Packet>, MtaError> {
