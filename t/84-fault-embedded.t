@@ -39,25 +39,7 @@ subtest 'workers come from the preloading process' => sub {
     ok($found, 'a worker is a child of the preloading process') or diag($@ . $stack->ctrl('workers'));
 };
 
-subtest 'kill -9 during scan' => sub {
-    $f->kill_worker_during(label => 'scan', command => 'scan', stage => 'data',
-        send => { subject => 'block' }, key => sub { "scan-$_[0]" });
-};
-
-subtest 'kill -9 during relayok' => sub {
-    $f->kill_worker_during(label => 'relay', command => 'relayok', stage => 'mail',
-        send => { local_addr => '127.0.0.5' }, key => 'relay');
-};
-
-subtest 'kill -9 during senderok' => sub {
-    $f->kill_worker_during(label => 'sender', command => 'senderok', stage => 'mail',
-        send => { from => 'block-sender@example.com' }, key => 'block-sender');
-};
-
-subtest 'kill -9 during recipok' => sub {
-    $f->kill_worker_during(label => 'rcpt', command => 'recipok', stage => 'rcpt',
-        send => { to => ['block-rcpt@example.org'] }, key => 'block-rcpt');
-};
+$f->kill_worker_cases;
 
 subtest 'workers die during start-up' => sub {
     $f->workers_die_at_start('mail');

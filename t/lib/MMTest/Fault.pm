@@ -284,6 +284,33 @@ What Postfix answers when the milter tempfails without a text of its own
 
 use constant TEMPFAIL => qr/^451 4\.7\.1 Service unavailable - try again later$/;
 
+=head2 kill_worker_cases
+
+The four worker-kill cases that t/80 and t/84 share, each a subtest: a
+worker killed with SIGKILL while it decides the scan, relayok, senderok
+and recipok.  The relay check runs at connect; Postfix reports its
+tempfail at MAIL.
+
+=cut
+
+sub kill_worker_cases {
+    my ($self) = @_;
+    my @cases = (
+        [ 'scan',  'scan',     'data', { subject => 'block' }, sub { "scan-$_[0]" } ],
+        [ 'relay', 'relayok',  'mail', { local_addr => '127.0.0.5' }, 'relay' ],
+        [ 'sender', 'senderok', 'mail', { from => 'block-sender@example.com' }, 'block-sender' ],
+        [ 'rcpt',  'recipok',  'rcpt', { to => ['block-rcpt@example.org'] }, 'block-rcpt' ],
+    );
+    for my $c (@cases) {
+        my ($label, $command, $stage, $send, $key) = @$c;
+        Test::More::subtest("kill -9 during $command" => sub {
+            $self->kill_worker_during(label => $label, command => $command, stage => $stage,
+                send => $send, key => $key);
+        });
+    }
+    return;
+}
+
 =head2 kill_worker_during(%case)
 
 One worker-kill case: starts a session (C<send>: the arguments for
