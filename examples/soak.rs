@@ -49,10 +49,15 @@ struct Tally {
 
 impl Tally {
     fn sent(&self) -> usize {
-        [&self.filtered, &self.tempfailed, &self.unfiltered, &self.errors]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.filtered,
+            &self.tempfailed,
+            &self.unfiltered,
+            &self.errors,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
@@ -95,7 +100,8 @@ async fn send(target: &Target, sessions: usize, until: usize, tally: Arc<Tally>)
     let next = Arc::new(AtomicUsize::new(tally.sent()));
     let mut tasks = vec![];
     for _ in 0..sessions {
-        let (target, client, tally, next) = (target.clone(), client.clone(), tally.clone(), next.clone());
+        let (target, client, tally, next) =
+            (target.clone(), client.clone(), tally.clone(), next.clone());
         let (plain, multipart) = (plain.clone(), multipart.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -104,11 +110,24 @@ async fn send(target: &Target, sessions: usize, until: usize, tally: Arc<Tally>)
                     break;
                 }
                 let msg = if n % 10 == 9 { &multipart } else { &plain };
-                let r = tokio::time::timeout(Duration::from_secs(120), one_message(&target, &client, msg)).await;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(120),
+                    one_message(&target, &client, msg),
+                )
+                .await;
                 let counter = match r {
-                    Ok(Ok(v)) if v.action == "continue" && v.modifications.iter().any(|m| m.starts_with(MARK)) => &tally.filtered,
+                    Ok(Ok(v))
+                        if v.action == "continue"
+                            && v.modifications.iter().any(|m| m.starts_with(MARK)) =>
+                    {
+                        &tally.filtered
+                    }
                     Ok(Ok(v)) if v.action == "continue" => &tally.unfiltered,
-                    Ok(Ok(v)) if v.action.contains("Tempfail") || v.action.contains("ReplyCode") => &tally.tempfailed,
+                    Ok(Ok(v))
+                        if v.action.contains("Tempfail") || v.action.contains("ReplyCode") =>
+                    {
+                        &tally.tempfailed
+                    }
                     _ => &tally.errors,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -125,8 +144,15 @@ fn settle(mux_sock: &Path, spool: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let status = support::mux_request(mux_sock, b"status\n").unwrap_or_default();
-        let busy = String::from_utf8_lossy(&status).split_whitespace().next().unwrap_or("").contains('B');
-        let dirs = std::fs::read_dir(spool)?.flatten().filter(|e| e.path().is_dir()).count();
+        let busy = String::from_utf8_lossy(&status)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .contains('B');
+        let dirs = std::fs::read_dir(spool)?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count();
         if !busy && dirs == 0 {
             return Ok(());
         }
@@ -142,7 +168,21 @@ fn start_stack(scratch: &Scratch, embedded: bool) -> Result<(Daemon, Daemon, Tar
     let sock = scratch.mux_socket();
     let mut cmd = Command::new(support::binary("mailmunge-multiplexor")?);
     cmd.args(support::user_args())
-        .args(["-D", "-m", "2", "-x", &WORKERS_MAX.to_string(), "-r", "50", "-i", "300", "-q", "32", "-Q", "30"])
+        .args([
+            "-D",
+            "-m",
+            "2",
+            "-x",
+            &WORKERS_MAX.to_string(),
+            "-r",
+            "50",
+            "-i",
+            "300",
+            "-q",
+            "32",
+            "-Q",
+            "30",
+        ])
         .args(embedded.then_some("-E"))
         .arg("-z")
         .arg(&scratch.spool)
@@ -153,7 +193,12 @@ fn start_stack(scratch: &Scratch, embedded: bool) -> Result<(Daemon, Daemon, Tar
         .env("PERL5LIB", scratch.perl5lib())
         .env("MAILMUNGE_SPOOLDIR", &scratch.spool)
         .env("MAILMUNGE_MTA", "postfix");
-    let mux = support::spawn_mux("mailmunge-multiplexor", cmd, scratch.root.join("mux.log"), &sock)?;
+    let mux = support::spawn_mux(
+        "mailmunge-multiplexor",
+        cmd,
+        scratch.root.join("mux.log"),
+        &sock,
+    )?;
     let target = Target::Unix(scratch.spool.join("milter.sock"));
     let mut cmd = Command::new(support::binary("mailmunge")?);
     cmd.args(support::user_args())
@@ -162,7 +207,8 @@ fn start_stack(scratch: &Scratch, embedded: bool) -> Result<(Daemon, Daemon, Tar
         .arg("-z")
         .arg(&scratch.spool)
         .env("MAILMUNGE_MY_IP", "127.0.0.1");
-    let milter = milter_client::spawn_milter("mailmunge", cmd, scratch.root.join("milter.log"), &target)?;
+    let milter =
+        milter_client::spawn_milter("mailmunge", cmd, scratch.root.join("milter.log"), &target)?;
     Ok((mux, milter, target))
 }
 
@@ -174,7 +220,10 @@ fn describe(pids: &[u32]) -> String {
         let tail = stat.rsplit_once(") ").map(|(_, t)| t).unwrap_or("");
         let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        format!("  {p} state/ppid {} : {cmd}", tail.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        format!(
+            "  {p} state/ppid {} : {cmd}",
+            tail.split(' ').take(2).collect::<Vec<_>>().join(" ")
+        )
     };
     pids.iter().map(line).collect::<Vec<_>>().join("\n")
 }
@@ -190,22 +239,67 @@ fn judge(tally: &Tally, total: usize, base: &Snapshot, end: &Snapshot) -> Verdic
     let mut ok = true;
     let mut check = |good: bool, what: String| {
         ok &= good;
-        lines.push(format!("- {}: {what}", if good { "ok" } else { "**FAILED**" }));
+        lines.push(format!(
+            "- {}: {what}",
+            if good { "ok" } else { "**FAILED**" }
+        ));
     };
     let c = |a: &AtomicUsize| a.load(Ordering::Relaxed);
-    check(tally.sent() == total, format!("{} of {total} messages sent and answered", tally.sent()));
-    check(c(&tally.unfiltered) == 0, format!("{} passed without the filter's header", c(&tally.unfiltered)));
-    check(c(&tally.errors) == 0, format!("{} ended in a connection or protocol error", c(&tally.errors)));
-    check(end.work_dirs == 0, format!("{} working directories left in the spool", end.work_dirs));
-    check(end.milter_fds <= base.milter_fds, format!("milter descriptors {} → {}", base.milter_fds, end.milter_fds));
+    check(
+        tally.sent() == total,
+        format!("{} of {total} messages sent and answered", tally.sent()),
+    );
+    check(
+        c(&tally.unfiltered) == 0,
+        format!(
+            "{} passed without the filter's header",
+            c(&tally.unfiltered)
+        ),
+    );
+    check(
+        c(&tally.errors) == 0,
+        format!(
+            "{} ended in a connection or protocol error",
+            c(&tally.errors)
+        ),
+    );
+    check(
+        end.work_dirs == 0,
+        format!("{} working directories left in the spool", end.work_dirs),
+    );
+    check(
+        end.milter_fds <= base.milter_fds,
+        format!(
+            "milter descriptors {} → {}",
+            base.milter_fds, end.milter_fds
+        ),
+    );
     // Each worker holds 3-4 pipe ends in the multiplexor; the number of
     // idle workers between -m and -x varies with the moment.
     let per_worker = 4 * WORKERS_MAX as u64;
-    check(end.mux_fds <= base.mux_fds + per_worker, format!("multiplexor descriptors {} → {} ({} → {} workers)", base.mux_fds, end.mux_fds, base.workers, end.workers));
+    check(
+        end.mux_fds <= base.mux_fds + per_worker,
+        format!(
+            "multiplexor descriptors {} → {} ({} → {} workers)",
+            base.mux_fds, end.mux_fds, base.workers, end.workers
+        ),
+    );
     check(end.processes <= WORKERS_MAX + 1, format!("processes under the multiplexor {} → {} (at most {} workers and the preloading process)", base.processes, end.processes, WORKERS_MAX));
     let grew = |a: u64, b: u64| b > a + a / 10 + 2048;
-    check(!grew(base.milter_rss_kb, end.milter_rss_kb), format!("milter RSS {} → {} kB", base.milter_rss_kb, end.milter_rss_kb));
-    check(!grew(base.mux_rss_kb, end.mux_rss_kb), format!("multiplexor RSS {} → {} kB", base.mux_rss_kb, end.mux_rss_kb));
+    check(
+        !grew(base.milter_rss_kb, end.milter_rss_kb),
+        format!(
+            "milter RSS {} → {} kB",
+            base.milter_rss_kb, end.milter_rss_kb
+        ),
+    );
+    check(
+        !grew(base.mux_rss_kb, end.mux_rss_kb),
+        format!(
+            "multiplexor RSS {} → {} kB",
+            base.mux_rss_kb, end.mux_rss_kb
+        ),
+    );
     Verdict { lines, ok }
 }
 
@@ -214,7 +308,14 @@ fn table(snaps: &[Snapshot]) -> String {
     for s in snaps {
         t.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            s.messages, s.milter_fds, s.milter_rss_kb, s.mux_fds, s.mux_rss_kb, s.processes, s.workers, s.work_dirs
+            s.messages,
+            s.milter_fds,
+            s.milter_rss_kb,
+            s.mux_fds,
+            s.mux_rss_kb,
+            s.processes,
+            s.workers,
+            s.work_dirs
         ));
     }
     t
@@ -234,13 +335,20 @@ fn main() -> Result<()> {
     let scratch = Scratch::new()?;
     let (mut mux, mut milter, target) = start_stack(&scratch, embedded)?;
     let sock = scratch.mux_socket();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let tally = Arc::new(Tally::default());
     let mut snaps = vec![];
     let mut rereads = 0;
     let mut done = 0;
     while done < total {
-        let until = if done == 0 { WARM_UP } else { (done + reread_every).min(total) };
+        let until = if done == 0 {
+            WARM_UP
+        } else {
+            (done + reread_every).min(total)
+        };
         rt.block_on(send(&target, sessions, until, tally.clone()));
         done = until;
         mux.check_alive()?;
@@ -248,9 +356,15 @@ fn main() -> Result<()> {
         settle(&sock, &scratch.spool)?;
         snaps.push(snapshot(&milter, &mux, &scratch.spool, done));
         if snaps.last().is_some_and(|s| s.processes > WORKERS_MAX + 1) {
-            eprintln!("more processes than expected:\n{}", describe(&support::descendants(mux.pid())));
+            eprintln!(
+                "more processes than expected:\n{}",
+                describe(&support::descendants(mux.pid()))
+            );
         }
-        eprintln!("{done}/{total} messages, {:.0} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "{done}/{total} messages, {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         if done < total {
             let r = support::mux_request(&sock, b"reread\n").context("reread")?;
             if !String::from_utf8_lossy(&r).starts_with("Forced reread") {
@@ -259,8 +373,15 @@ fn main() -> Result<()> {
             rereads += 1;
         }
     }
-    let activations = String::from_utf8_lossy(&support::mux_request(&sock, b"load\n").unwrap_or_default()).to_string();
-    let verdict = judge(&tally, total, &snaps[0], snaps.last().context("no snapshot")?);
+    let activations =
+        String::from_utf8_lossy(&support::mux_request(&sock, b"load\n").unwrap_or_default())
+            .to_string();
+    let verdict = judge(
+        &tally,
+        total,
+        &snaps[0],
+        snaps.last().context("no snapshot")?,
+    );
     let c = |a: &AtomicUsize| a.load(Ordering::Relaxed);
     let section = format!(
         "Run: {}, commit {}, {:.0} s; {machine}.\n\n\
