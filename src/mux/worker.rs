@@ -384,8 +384,13 @@ async fn start_forked(
         reason,
         mut rx,
     } = w;
+    // The zygote is let go once it has forked: a worker's task must not keep
+    // a replaced zygote from being told to stop (protocol/multiplexor.md §23).
     let started = match fork(&z, &mux.opts, slot).await {
-        Ok(s) => Ok(s),
+        Ok(s) => {
+            drop(z);
+            Ok(s)
+        }
         Err(e) => {
             let _ = events.send(Event::ZygoteFailed(z, e));
             exec(&mux, true).await

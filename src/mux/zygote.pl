@@ -14,7 +14,11 @@
 #                  one NUL byte each (what IO::FDPass expects).
 #   zygote -> mux  "<pid>\n" or "error <text>\n".
 # End of file on the control socket: stop forking, reap the remaining
-# workers (still reporting their exits), then exit.
+# workers (still reporting their exits), then exit.  So does a request
+# that is out of step (descriptors missing, a line that is not a fork
+# request or does not end within a few seconds): the stream can no longer
+# be trusted, and a zygote blocked on it would stop reaping its workers
+# (protocol/multiplexor.md §23).
 use strict;
 use warnings;
 no warnings 'once';
@@ -82,9 +86,20 @@ sub zy_reap {
     }
 }
 
+# A line the multiplexor wrote in one piece: once its first byte is
+# here, the rest must follow at once.  Reads byte by byte, so that the
+# NUL bytes carrying descriptors stay for IO::FDPass.
 sub zy_readline {
     my $line = '';
     while (1) {
+        my $rin = '';
+        vec($rin, fileno($zy_ctl), 1) = 1;
+        my $nready = select(my $rout = $rin, undef, undef, 3);
+        if (!defined($nready) || $nready < 0) {
+            next if $!{EINTR};
+            return undef;
+        }
+        return undef if $nready == 0;
         my $c;
         my $n = sysread($zy_ctl, $c, 1);
         if (!defined $n) {
@@ -98,15 +113,25 @@ sub zy_readline {
     }
 }
 
+# One descriptor; a signal (a worker's SIGCHLD) interrupting the wait is
+# not an error: nothing was received yet.
+sub zy_recv_fd {
+    while (1) {
+        my $fd = IO::FDPass::recv(fileno($zy_ctl));
+        return $fd if defined($fd) && $fd >= 0;
+        return undef unless $!{EINTR};
+    }
+}
+
 sub zy_fork {
     my ($slot) = @_;
     my $n = ($zy_mode eq '-embserveru') ? 4 : 3;
     my @fds;
     for (1 .. $n) {
-        my $fd = IO::FDPass::recv(fileno($zy_ctl));
-        if (!defined($fd) || $fd < 0) {
+        my $fd = zy_recv_fd();
+        if (!defined $fd) {
             POSIX::close($_) for @fds;
-            return "error did not receive descriptors: $!";
+            return (0, "error did not receive descriptors: $!");
         }
         push @fds, $fd;
     }
@@ -115,7 +140,7 @@ sub zy_fork {
     my $pid = fork();
     if (!defined $pid) {
         POSIX::close($_) for @fds;
-        return "error fork failed: $!";
+        return (1, "error fork failed: $!");
     }
     if ($pid == 0) {
         $SIG{$_} = 'DEFAULT' for qw(TERM CHLD HUP INT);
@@ -142,7 +167,7 @@ sub zy_fork {
     }
     POSIX::close($_) for @fds;
     $zy_children{$pid} = 1;
-    return $pid;
+    return (1, $pid);
 }
 
 syswrite($zy_ctl, "ready\n");
@@ -155,14 +180,16 @@ while (1) {
     next unless $zy_open && $nready && $nready > 0;
     my $req = zy_readline();
     if (!defined $req) {
+        shutdown($zy_ctl, 2);
         $zy_open = 0;
         next;
     }
-    if ($req =~ /^fork (\d+)$/) {
-        my $r = zy_fork($1);
-        syswrite($zy_ctl, "$r\n");
-    } else {
-        syswrite($zy_ctl, "error unknown request\n");
+    my ($in_step, $answer) = (0, 'error unknown request');
+    ($in_step, $answer) = zy_fork($1) if $req =~ /^fork (\d+)$/;
+    syswrite($zy_ctl, "$answer\n");
+    if (!$in_step) {
+        shutdown($zy_ctl, 2);
+        $zy_open = 0;
     }
 }
 POSIX::_exit(0);

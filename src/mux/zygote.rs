@@ -69,6 +69,8 @@ pub struct Zygote {
     pub pid: u32,
     /// The control connection: one fork exchange at a time.
     conn: tokio::sync::Mutex<TokioBufReader<tokio::net::UnixStream>>,
+    /// The control connection's descriptor, owned by `conn`.
+    control_fd: std::os::fd::RawFd,
     registry: Arc<Mutex<Registry>>,
     status_pipe: bool,
 }
@@ -128,6 +130,7 @@ impl Zygote {
         if matches!(r, Ok(Ok(_))) && line == "ready" {
             return Ok(Zygote {
                 pid,
+                control_fd: rd.get_ref().as_raw_fd(),
                 conn: tokio::sync::Mutex::new(rd),
                 registry,
                 status_pipe: opts.status_tags,
@@ -169,19 +172,22 @@ impl Zygote {
         if fds.len() != want {
             return Err(io::Error::other("wrong number of descriptors"));
         }
-        let line = tokio::time::timeout(FORK_TIMEOUT, self.exchange(slot, fds))
+        let answered = tokio::time::timeout(FORK_TIMEOUT, self.exchange(slot, fds))
             .await
-            .map_err(|_| {
-                io::Error::new(
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no answer within {} s", FORK_TIMEOUT.as_secs()),
-                )
-            })??;
-        let line = line.trim_end();
-        let pid: u32 = line.parse().map_err(|_| {
-            io::Error::other(line.strip_prefix("error ").unwrap_or(line).to_string())
-        })?;
-        let handle = bind_forked_pid(pid, self.pid)?;
+                ))
+            })
+            .and_then(|line| {
+                let line = line.trim_end();
+                line.parse::<u32>().map_err(|_| {
+                    io::Error::other(line.strip_prefix("error ").unwrap_or(line).to_string())
+                })
+            })
+            .and_then(|pid| bind_forked_pid(pid, self.pid).map(|h| (pid, h)));
+        let (pid, handle) = answered.inspect_err(|_| self.retire())?;
         let (tx, rx) = oneshot::channel();
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = reg.early.remove(&pid) {
@@ -199,20 +205,7 @@ impl Zygote {
             .write_all(format!("fork {slot}\n").as_bytes())
             .await?;
         for fd in fds {
-            let raw = [fd.as_raw_fd()];
-            let sock = conn.get_ref();
-            sock.async_io(Interest::WRITABLE, || {
-                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
-                nix::sys::socket::sendmsg::<()>(
-                    sock.as_raw_fd(),
-                    &[IoSlice::new(b"\0")],
-                    &cmsg,
-                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                    None,
-                )
-                .map_err(io::Error::from)
-            })
-            .await?;
+            send_fd(conn.get_ref(), fd).await?;
         }
         let mut line = String::new();
         if conn.read_line(&mut line).await? == 0 {
@@ -223,6 +216,24 @@ impl Zygote {
         }
         Ok(line)
     }
+}
+
+/// One descriptor, with the NUL byte IO::FDPass expects.
+async fn send_fd(sock: &tokio::net::UnixStream, fd: &OwnedFd) -> io::Result<()> {
+    let raw = [fd.as_raw_fd()];
+    sock.async_io(Interest::WRITABLE, || {
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+        nix::sys::socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(b"\0")],
+            &cmsg,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)
+    })
+    .await?;
+    Ok(())
 }
 
 /// The pid the preloading process reported must be a process it forked:
@@ -256,14 +267,22 @@ fn parent_of(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+impl Zygote {
+    /// Tells the zygote to stop forking (end of file on its control
+    /// socket); it exits once its last worker has been reaped. After a
+    /// failed exchange the stream may be out of step, so it is given up at
+    /// once rather than when the last user lets go (protocol/multiplexor.md
+    /// §23).
+    fn retire(&self) {
+        // `shutdown` needs only the descriptor, not the connection's lock
+        // (an exchange may hold it); the socket stays open until dropped.
+        let _ = nix::sys::socket::shutdown(self.control_fd, nix::sys::socket::Shutdown::Both);
+    }
+}
+
 impl Drop for Zygote {
-    /// Closing the control socket tells the zygote to stop forking; it
-    /// exits once its last worker has been reaped.
     fn drop(&mut self) {
-        let fd = self.conn.get_mut().get_ref().as_raw_fd();
-        // The socket is still ours; it is closed when the stream is dropped
-        // right after.
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        self.retire();
     }
 }
 
@@ -308,40 +327,59 @@ async fn read_stderr(
     }
 }
 
-/// Waits for a zygote child to end: its status from the zygote, or, if the
-/// zygote went away, until its pidfd reports the end (status then reads as
-/// SIGKILL).
+/// How long a forked worker's status may lag behind its end before it is
+/// no longer waited for (a zygote that stopped reaping must not hold its
+/// workers' tasks for ever).
+const EXIT_REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits for a zygote child to end: its status from the zygote or, if none
+/// comes (the zygote went away or stopped reaping), until its pidfd reports
+/// the end (the status then reads as SIGKILL).
 pub async fn wait_forked(
     handle: &ProcessHandle,
     exit: &mut Option<oneshot::Receiver<i32>>,
 ) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt;
+    let killed = std::process::ExitStatus::from_raw(libc::SIGKILL);
     if let Some(rx) = exit.as_mut() {
-        match rx.await {
-            Ok(st) => return std::process::ExitStatus::from_raw(st),
-            Err(_) => *exit = None,
+        let reported = tokio::select! {
+            st = &mut *rx => Some(st),
+            () = process_ended(handle) => None,
+        };
+        let reported = match reported {
+            Some(st) => st.ok(),
+            None => tokio::time::timeout(EXIT_REPORT_GRACE, rx).await.ok().and_then(Result::ok),
+        };
+        *exit = None;
+        if let Some(st) = reported {
+            return std::process::ExitStatus::from_raw(st);
         }
     }
-    let killed = std::process::ExitStatus::from_raw(libc::SIGKILL);
+    process_ended(handle).await;
+    killed
+}
+
+/// Returns once the process has ended (a zombie counts as ended).
+async fn process_ended(handle: &ProcessHandle) {
     if let Some(fd) = handle.pidfd() {
         // A pidfd becomes readable when its process ends.
         // SAFETY: the AsyncFd shares ownership of the pidfd (Arc), which
         // stays open at least as long as the registration.
         if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
             let _ = afd.readable().await;
-            return killed;
+            return;
         }
     }
     // No pidfd (old kernel): poll; signal 0 only checks for existence.
     while handle.signal(0).is_ok() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    killed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn reported_pids_are_checked() {
@@ -360,5 +398,161 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(parent_of("12 (a) b) S 34 12"), Some(34));
+    }
+
+    /// A stand-in filter: each worker answers every line with `ok` and
+    /// exits at the end of its input.
+    const FILTER: &str = "$main::MAILMUNGE_FILTER = 1;
+sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
+1;
+";
+
+    fn have_fdpass() -> bool {
+        let ok = std::process::Command::new("perl")
+            .args(["-MIO::FDPass", "-e1"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: Perl lacks IO::FDPass");
+        }
+        ok
+    }
+
+    /// A loaded zygote, killed when the test ends however it ends (its
+    /// workers end with their input).
+    struct Loaded {
+        z: Zygote,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Loaded {
+        fn drop(&mut self) {
+            let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
+            let _ = self.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    impl Loaded {
+        async fn new() -> Loaded {
+            let dir = tempfile::tempdir().unwrap();
+            let filter = dir.path().join("filter.pl");
+            std::fs::write(&filter, FILTER).unwrap();
+            let args = ["mailmunge-multiplexor".as_ref(), "-E".as_ref(), "-f".as_ref(), filter.as_os_str()];
+            let opts = Options::parse(args).unwrap();
+            let z = Zygote::start(&opts).await.unwrap();
+            Loaded { z, _dir: dir }
+        }
+
+        fn signal(&self, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.z.pid as i32), sig)
+        }
+
+        /// Forks a worker; returns it, its reported exit, and our end of
+        /// its stdin, whose closing ends it.
+        async fn worker(&self, slot: usize) -> (ProcessHandle, oneshot::Receiver<i32>, OwnedFd) {
+            let (ends, stdin) = worker_ends();
+            let (h, exit) = self.z.fork(slot, &ends).await.unwrap();
+            (h, exit, stdin)
+        }
+    }
+
+    /// The ends a worker gets (stdin, stdout, stderr) and our end of its
+    /// stdin.
+    fn worker_ends() -> (Vec<OwnedFd>, OwnedFd) {
+        let (in_r, in_w) = nix::unistd::pipe().unwrap();
+        let (_out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (_err_r, err_w) = nix::unistd::pipe().unwrap();
+        (vec![in_r, out_w, err_w], in_w)
+    }
+
+    /// Polls (bounded) until `pid` sleeps in the system call `nr`.
+    async fn blocked_in(pid: u32, nr: &str) {
+        for _ in 0..1000 {
+            let now = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            if now.split(' ').next() == Some(nr) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("process {pid} never blocked in system call {nr}");
+    }
+
+    async fn ends_within(pid: u32, limit: Duration) -> bool {
+        let h = ProcessHandle::bind(pid);
+        tokio::time::timeout(limit, process_ended(&h)).await.is_ok()
+    }
+
+    /// Regression (found by the soak): a worker's SIGCHLD arriving while
+    /// the zygote waited for a descriptor broke the exchange, and the zygote
+    /// then blocked for good on the NUL bytes left behind
+    /// (protocol/multiplexor.md §23).
+    #[cfg(target_arch = "x86_64")]
+    #[tokio::test]
+    async fn a_worker_ending_during_a_fork_does_not_break_the_exchange() {
+        if !have_fdpass() {
+            return;
+        }
+        let l = Loaded::new().await;
+        let (a, a_exit, a_stdin) = l.worker(1).await;
+        let (b_ends, _b_stdin) = worker_ends();
+        let mut conn = l.z.conn.lock().await;
+        conn.get_mut().write_all(b"fork 2\n").await.unwrap();
+        send_fd(conn.get_ref(), &b_ends[0]).await.unwrap();
+        // recvmsg, for the second descriptor, is system call 47 on x86_64.
+        blocked_in(l.z.pid, "47").await;
+        drop(a_stdin);
+        process_ended(&a).await;
+        for fd in &b_ends[1..] {
+            send_fd(conn.get_ref(), fd).await.unwrap();
+        }
+        let mut answer = String::new();
+        conn.read_line(&mut answer).await.unwrap();
+        assert!(answer.trim_end().parse::<u32>().is_ok(), "answer: {answer:?}");
+        drop(conn);
+        // Reported by the zygote (the fallback would read as SIGKILL).
+        let st = wait_forked(&a, &mut Some(a_exit)).await;
+        assert_eq!(st.code(), Some(0), "{st:?}");
+    }
+
+    /// A request line that does not end puts the zygote out of step: it
+    /// stops forking, goes on reporting its workers' exits, and exits after
+    /// the last one.
+    #[tokio::test]
+    async fn an_unfinished_request_retires_the_zygote() {
+        if !have_fdpass() {
+            return;
+        }
+        let l = Loaded::new().await;
+        let (a, a_exit, a_stdin) = l.worker(1).await;
+        let mut conn = l.z.conn.lock().await;
+        conn.get_mut().write_all(b"fork").await.unwrap();
+        let mut answer = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), conn.read_line(&mut answer))
+            .await
+            .expect("the zygote never gave the connection up")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "answer: {answer:?}");
+        drop(conn);
+        assert!(!ends_within(l.z.pid, Duration::from_millis(300)).await, "it waits for its worker");
+        drop(a_stdin);
+        let st = wait_forked(&a, &mut Some(a_exit)).await;
+        assert_eq!(st.code(), Some(0), "{st:?}");
+        assert!(ends_within(l.z.pid, Duration::from_secs(30)).await, "zygote still there");
+    }
+
+    /// A zygote that stopped reaping does not hold its workers' tasks.
+    #[tokio::test]
+    async fn a_worker_whose_exit_is_never_reported_is_not_waited_for() {
+        if !have_fdpass() {
+            return;
+        }
+        let l = Loaded::new().await;
+        let (a, a_exit, a_stdin) = l.worker(1).await;
+        l.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+        drop(a_stdin);
+        let mut exit = Some(a_exit);
+        let waited = tokio::time::timeout(Duration::from_secs(60), wait_forked(&a, &mut exit));
+        let st = waited.await.expect("still waiting for a report that cannot come");
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     }
 }
