@@ -422,7 +422,10 @@ fn daemon_series(o: &mut String, g: &Gauges, m: &Metrics) {
         "counter",
         "Worker reservations for a client's next scan, by event.",
     );
-    by_label(o, reservations, "event", &m.reservations);
+    // Only once a client reserved (upstream's clients never do).
+    if !m.reservations.is_empty() {
+        by_label(o, reservations, "event", &m.reservations);
+    }
     single(
         o,
         "mailmunge_mux_uptime_seconds",
