@@ -277,7 +277,8 @@ impl Drop for Held {
 
 /// `mmrs-reserve QID KEEP` (protocol/multiplexor.md §27.2): holds a worker
 /// for the scan this connection sends next, at most `-b` seconds, and runs
-/// that scan on it. Refusals are the fixed answers of §6.4.
+/// that scan on it. Refusals are the fixed answers of
+/// protocol/multiplexor.md §6.4.
 async fn reserve(mux: Arc<Mux>, mut stream: Stream, args: &[u8]) {
     let mut words = args.split(|&b| b == b' ');
     let qid = crate::mux::pool::printable_tag(words.next().filter(|w| !w.is_empty()).unwrap_or(b"NOQUEUE"));

@@ -662,8 +662,8 @@ impl Pool {
 
     // ------------------------------------------------------------ reservations
 
-    /// Holds a worker for a client's next scan (protocol/multiplexor.md
-    /// §27.2): an idle one, else a stopped slot activated for it, as for a
+    /// Holds a worker for a client's next scan
+    /// (protocol/multiplexor.md §27.2): an idle one, else a stopped slot activated for it, as for a
     /// scan; none when `keep` or fewer are free. With `-q` requests wait in
     /// the queue instead, so nothing is reserved.
     pub fn reserve(&mut self, qid: &str, keep: usize) -> Reserve {
@@ -740,7 +740,8 @@ impl Pool {
     }
 
     /// Runs a client's job on its reserved worker; when the reservation was
-    /// lost meanwhile, the job takes the usual path (§6.1).
+    /// lost meanwhile, the job takes the usual path
+    /// (protocol/multiplexor.md §6.1).
     pub fn submit_reserved(&mut self, r: &Reservation, job: Job) -> Option<u64> {
         if self.shutting_down || !self.holds(r) {
             return self.submit(job, true);
@@ -1189,7 +1190,8 @@ impl Pool {
             match self.slots[i].state {
                 State::Idle => self.kill(i, "Multiplexor is shutting down"),
                 // A reserved worker has no command to finish; its client's
-                // scan gets the shutting-down answer (§27.4).
+                // scan gets the shutting-down answer
+                // (protocol/multiplexor.md §27.4).
                 State::Busy if self.slots[i].reservation.is_some() => {
                     self.kill(i, "Multiplexor is shutting down")
                 }
