@@ -281,7 +281,9 @@ impl Drop for Held {
 /// protocol/multiplexor.md §6.4.
 async fn reserve(mux: Arc<Mux>, mut stream: Stream, args: &[u8]) {
     let mut words = args.split(|&b| b == b' ');
-    let qid = crate::mux::pool::printable_tag(words.next().filter(|w| !w.is_empty()).unwrap_or(b"NOQUEUE"));
+    let qid = crate::mux::pool::printable_tag(
+        words.next().filter(|w| !w.is_empty()).unwrap_or(b"NOQUEUE"),
+    );
     let keep = words
         .next()
         .and_then(|w| crate::cformat::number::scan_int(&c_argument(w)))

@@ -687,7 +687,9 @@ impl Pool {
             return Reserve::NoFree;
         };
         if self.slots[i].state == State::Stopped
-            && self.activate(i, "About to reserve a worker for a scan").is_err()
+            && self
+                .activate(i, "About to reserve a worker for a scan")
+                .is_err()
         {
             self.metrics.reservation("activate_failed");
             return Reserve::ActivateFailed;
@@ -731,7 +733,8 @@ impl Pool {
                 ),
             );
         }
-        self.metrics.reservation(if why.is_some() { "expired" } else { "released" });
+        self.metrics
+            .reservation(if why.is_some() { "expired" } else { "released" });
         self.slots[i].reservation = None;
         self.set_state(i, State::Idle);
         self.slots[i].idle_since = Instant::now();
@@ -1203,7 +1206,10 @@ impl Pool {
 
     /// Worker processes not yet reaped.
     pub fn live_processes(&self) -> Vec<ProcessHandle> {
-        self.slots.iter().filter_map(|s| s.process.clone()).collect()
+        self.slots
+            .iter()
+            .filter_map(|s| s.process.clone())
+            .collect()
     }
 
     /// The worker counts and totals that `-L` logs and the `load`

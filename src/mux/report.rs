@@ -357,7 +357,9 @@ mod tests {
         assert!(h.starts_with("help             -- List available multiplexor commands\n"));
         assert!(h.contains("\nworkerinfo n     -- Display information about a particular worker\n"));
         assert!(h.contains("scan /path       -- Run a scan (do not invoke using md-mx-ctrl)\nmmrs-reserve     -- Hold a worker"));
-        assert!(h.ends_with("(mailmunge-rs)\n(Analogous hload commands provide hourly information)\n"));
+        assert!(
+            h.ends_with("(mailmunge-rs)\n(Analogous hload commands provide hourly information)\n")
+        );
         assert_eq!(h.lines().count(), 24);
         let u = help(false);
         assert!(!u.contains("reread"));

@@ -123,7 +123,11 @@ pub async fn request_held(
 impl Held {
     /// Sends the next request on the held connection and reads its answer
     /// to EOF, like [`request`].
-    pub async fn request(mut self, line: &[u8], timeout: Option<Duration>) -> Result<Reply, MxError> {
+    pub async fn request(
+        mut self,
+        line: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Reply, MxError> {
         let exchange = async {
             self.stream.write_all(line).await.map_err(MxError::Write)?;
             read_reply(&mut self.stream, MAX_REPLY).await
