@@ -17,7 +17,8 @@
 //! --filters noop,typical; --transports unix,tcp; --messages
 //! plain,multipart,large,rcpt50; --idle N (0 skips the probe);
 //! --activations N; --ceiling-seconds N; --no-embedded (drop -E);
-//! --no-write (print only; leave README and chart alone); --spool-base DIR.
+//! --no-write (print only; leave README and chart alone); --spool-base DIR;
+//! --phases matrix,activation,ceiling,idle,overload (any subset).
 
 #[path = "../bench/milter_client.rs"]
 mod milter_client;
@@ -125,7 +126,7 @@ fn messages(names: &[String]) -> Result<Vec<(String, Arc<Message>)>> {
 }
 
 /// The parts of a run, in order.
-const PHASES: &[&str] = &["matrix", "activation", "ceiling", "idle"];
+const PHASES: &[&str] = &["matrix", "activation", "ceiling", "idle", "overload"];
 
 /// What to run.
 struct Config {
@@ -141,7 +142,7 @@ struct Config {
     activations: usize,
     ceiling_seconds: f64,
     embedded: bool,
-    /// Which parts run: matrix, activation, ceiling, idle.
+    /// Which parts run: matrix, activation, ceiling, idle, overload.
     phases: Vec<String>,
     write: bool,
 }
@@ -401,6 +402,7 @@ fn start_milter(
     mux_sock: &Path,
     spool: &Path,
     extra: &[&str],
+    queue: bool,
 ) -> Result<Daemon> {
     let (name, mut cmd) = match stack {
         Stack::Ours => {
@@ -418,7 +420,7 @@ fn start_milter(
         .arg(mux_sock)
         .arg("-z")
         .arg(spool)
-        .args(MILTER_ARGS)
+        .args(if queue { MILTER_ARGS } else { &[] })
         .args(extra);
     let log = spool.with_extension(format!("milter-{}.log", target.name()));
     milter_client::spawn_milter(name, cmd, log, target)
@@ -435,6 +437,30 @@ fn start_stack(
     milter_extra: &[&str],
     label: &str,
 ) -> Result<Running> {
+    start_stack_q(
+        scratch,
+        stack,
+        filter,
+        transports,
+        mux_args,
+        milter_extra,
+        label,
+        true,
+    )
+}
+
+/// [`start_stack`]; `queue` false leaves out the milter's `-q` (MILTER_ARGS).
+#[allow(clippy::too_many_arguments)]
+fn start_stack_q(
+    scratch: &Scratch,
+    stack: Stack,
+    filter: Filter,
+    transports: &[String],
+    mux_args: &[&str],
+    milter_extra: &[&str],
+    label: &str,
+    queue: bool,
+) -> Result<Running> {
     let spool = new_spool(scratch, &format!("{}-{label}", stack.tag()))?;
     let filter_file = scratch.copy_in(filter.file(stack))?;
     let (mux, mux_sock) = start_mux(scratch, stack, &filter_file, &spool, mux_args)?;
@@ -444,7 +470,7 @@ fn start_stack(
             "unix" => Target::Unix(spool.join("milter.sock")),
             _ => Target::Tcp(milter_client::free_tcp_port()?),
         };
-        let d = start_milter(stack, &target, &mux_sock, &spool, milter_extra)?;
+        let d = start_milter(stack, &target, &mux_sock, &spool, milter_extra, queue)?;
         milters.push((target, d));
     }
     Ok(Running {
@@ -1105,6 +1131,202 @@ fn idle_probe(
 }
 
 // ---------------------------------------------------------------------
+// Overload: more sessions than workers, no queue
+
+/// Worker options of the overload phase: MUX_ARGS without the queue
+/// (`-q`, `-Q`), and no `-q` for the milters: sessions that find no worker
+/// are refused (protocol/milter.md §17, protocol/multiplexor.md §27).
+const OVERLOAD_MUX_ARGS: &[&str] = &["-m", "2", "-x", "4", "-r", "500", "-i", "300", "-w", "3"];
+const OVERLOAD_SESSIONS: [usize; 2] = [4, 16];
+
+/// How the sessions of one overload cell ended.
+#[derive(Clone, Debug, Default)]
+struct Stages {
+    attempts: usize,
+    accepted: usize,
+    /// Refused at connect, HELO, MAIL, RCPT or the DATA command.
+    before_data: usize,
+    /// Tempfailed (or rejected) at end of message, after the body.
+    after_body: usize,
+    /// Anything else (refused while headers or body were sent, time-outs).
+    other: usize,
+    secs: f64,
+}
+
+impl Stages {
+    fn msgs_s(&self) -> f64 {
+        self.accepted as f64 / self.secs.max(1e-9)
+    }
+    fn pct(&self, n: usize) -> f64 {
+        100.0 * n as f64 / (self.attempts.max(1) as f64)
+    }
+}
+
+struct OverloadRow {
+    message: String,
+    sessions: usize,
+    peer: Stages,
+    ours: Stages,
+}
+
+/// The stage an error of `one_message` names (`"rcpt: Tempfail …"`).
+fn refused_before_data(err: &str) -> bool {
+    ["connect", "negotiate", "helo", "mail", "rcpt", "data"]
+        .iter()
+        .any(|s| err.starts_with(&format!("{s}: ")))
+}
+
+/// `sessions` MTA sessions back to back for `seconds`, each outcome
+/// counted by stage; a refused session retries after 10 ms, as `drive`.
+async fn drive_stages(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Stages {
+    let client = Arc::new(milter_client::client());
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (target, client, msg) = (target.clone(), client.clone(), msg.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut st = Stages::default();
+            while Instant::now() < until {
+                st.attempts += 1;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    one_message(&target, &client, &msg),
+                )
+                .await;
+                match r {
+                    Ok(Ok(v)) if v.action == "continue" => {
+                        st.accepted += 1;
+                        continue;
+                    }
+                    Ok(Ok(_)) => st.after_body += 1,
+                    Ok(Err(e)) if e.starts_with("eom: ") => st.after_body += 1,
+                    Ok(Err(e)) if refused_before_data(&e) => st.before_data += 1,
+                    _ => st.other += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            st
+        }));
+    }
+    let mut all = Stages::default();
+    for t in tasks {
+        if let Ok(st) = t.await {
+            all.attempts += st.attempts;
+            all.accepted += st.accepted;
+            all.before_data += st.before_data;
+            all.after_body += st.after_body;
+            all.other += st.other;
+        }
+    }
+    all.secs = started.elapsed().as_secs_f64();
+    all
+}
+
+/// The typical filter on `-x 4` without any queue, 4 and 16 sessions, the
+/// 2 KB and 70 KB messages, both stacks side by side.
+fn overload(
+    rt: &tokio::runtime::Runtime,
+    scratch: &Scratch,
+    cfg: &Config,
+) -> Result<Vec<OverloadRow>> {
+    let mut args = OVERLOAD_MUX_ARGS.to_vec();
+    if cfg.embedded {
+        args.push("-E");
+    }
+    let transports = ["unix".to_string()];
+    let start = |st| {
+        start_stack_q(
+            scratch,
+            st,
+            Filter::Typical,
+            &transports,
+            &args,
+            &[],
+            "overload",
+            false,
+        )
+    };
+    let mut peer = start(Stack::Peer)?;
+    let mut ours = start(Stack::Ours)?;
+    let msgs = messages(&["plain".to_string(), "multipart".to_string()])?;
+    let mut rows = vec![];
+    for (label, msg) in &msgs {
+        for n in OVERLOAD_SESSIONS {
+            let cell = |run: &mut Running| -> Result<Stages> {
+                let target = run.milters[0].0.clone();
+                rt.block_on(drive_stages(&target, msg.clone(), n, cfg.warm_seconds));
+                let st = rt.block_on(drive_stages(&target, msg.clone(), n, cfg.seconds));
+                run.check_alive()?;
+                Ok(st)
+            };
+            let p = cell(&mut peer)?;
+            let o = cell(&mut ours)?;
+            eprintln!(
+                "overload {label} x{n}: peer {:.1} msg/s ({} refused before DATA, {} after the body), ours {:.1} msg/s ({}, {})",
+                p.msgs_s(), p.before_data, p.after_body, o.msgs_s(), o.before_data, o.after_body
+            );
+            rows.push(OverloadRow {
+                message: label.clone(),
+                sessions: n,
+                peer: p,
+                ours: o,
+            });
+        }
+    }
+    peer.stop();
+    ours.stop();
+    Ok(rows)
+}
+
+fn overload_table(rows: &[OverloadRow]) -> String {
+    let mut o = table_start(
+        "Overload: more sessions than workers, no queue",
+        &format!(
+            "Typical filter, unix socket, `{}` and milters without `-q`: a session that finds no \
+             worker is refused and retried 10 ms later. Goodput = accepted messages per second; \
+             refused = share of the sessions tempfailed, split by when: before DATA (connect \
+             check, or ours at the DATA command) or after the body (end of message).",
+            OVERLOAD_MUX_ARGS.join(" ")
+        ),
+        &[
+            "message",
+            "sessions",
+            "MIMEDefang msg/s",
+            "refused",
+            "before DATA",
+            "after body",
+            "ours msg/s",
+            "refused",
+            "before DATA",
+            "after body",
+            "ours/peer",
+        ],
+        1,
+    );
+    for r in rows {
+        let (p, q) = (&r.peer, &r.ours);
+        let refused = |s: &Stages| f1(s.pct(s.attempts - s.accepted)) + " %";
+        let part = |s: &Stages, n: usize| f1(s.pct(n)) + " %";
+        o.push_str(&format!(
+            "\n| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.message,
+            r.sessions,
+            f1(p.msgs_s()),
+            refused(p),
+            part(p, p.before_data),
+            part(p, p.after_body),
+            f1(q.msgs_s()),
+            refused(q),
+            part(q, q.before_data),
+            part(q, q.after_body),
+            f2(q.msgs_s() / p.msgs_s().max(1e-9)),
+        ));
+    }
+    o
+}
+
+// ---------------------------------------------------------------------
 // Report
 
 fn uptime() -> String {
@@ -1141,6 +1363,7 @@ struct Results {
     activation: Vec<ActivationRow>,
     ceiling: Vec<CeilingRow>,
     idle: Vec<IdleRow>,
+    overload: Vec<OverloadRow>,
     foreign: Vec<String>,
 }
 
@@ -1379,6 +1602,9 @@ fn report(cfg: &Config, res: &Results) -> String {
             ));
         }
     }
+    if !res.overload.is_empty() {
+        p(overload_table(&res.overload));
+    }
     p(String::new());
     p(format!(
         "![messages per second, MIMEDefang beside ours]({})",
@@ -1474,6 +1700,7 @@ fn main() -> Result<()> {
         activation: vec![],
         ceiling: vec![],
         idle: vec![],
+        overload: vec![],
         foreign,
     };
     println!("# bench_compare: ours against {}", peer_version());
@@ -1516,6 +1743,11 @@ fn main() -> Result<()> {
             res.idle
                 .push(idle_probe(&rt, &scratch, st, cfg.idle, &cfg)?);
         }
+    }
+    res.max_load = res.max_load.max(load1());
+    if cfg.runs("overload") {
+        eprintln!("overload...");
+        res.overload = overload(&rt, &scratch, &cfg)?;
     }
     res.max_load = res.max_load.max(load1());
     res.uptime_end = uptime();

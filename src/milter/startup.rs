@@ -323,6 +323,7 @@ fn session_config(s: &Startup) -> Config {
         log_times: opts.log_times,
         my_ip,
         mx_timeout: mx_timeout(),
+        reservations: Default::default(),
     }
 }
 

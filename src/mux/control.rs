@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::job::{replies, Job, JobKind, Outcome};
-use super::pool::{epoch_now, Mux};
+use super::pool::{epoch_now, Mux, Pool, Reservation, Reserve};
 use super::{report, Class};
 use crate::wire::sockspec::{Listener, Stream};
 
@@ -101,6 +101,11 @@ async fn handle(mux: Arc<Mux>, mut stream: Stream, access: Access, pending: &Ato
         pending.fetch_sub(1, Ordering::SeqCst);
     }
     let Some(line) = req else { return };
+    if access == Access::Privileged {
+        if let Some(args) = reserve_arguments(&line) {
+            return reserve(mux, stream, args).await;
+        }
+    }
     let reply = dispatch(&mux, &line, access).await;
     if !reply.is_empty() {
         let _ = tokio::time::timeout(mux.opts.cmd_timeout(), stream.write_all(&reply)).await;
@@ -196,6 +201,21 @@ pub fn until_nul(line: &[u8]) -> &[u8] {
 /// reply. A worker reads lines of text: a NUL ends the line there, as it
 /// does upstream (protocol/multiplexor.md §4.4).
 pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
+    run_client_job(mux, line, |p, job| p.submit(job, true)).await
+}
+
+/// Like [`forward`], on the worker `r` holds when it still holds one.
+async fn forward_reserved(mux: &Arc<Mux>, r: &Reservation, line: &[u8]) -> Vec<u8> {
+    run_client_job(mux, line, |p, job| p.submit_reserved(r, job)).await
+}
+
+/// A client's line as a job, handed to the pool by `submit` (which returns
+/// the queue id when the job waits in the queue); the reply bytes.
+async fn run_client_job(
+    mux: &Arc<Mux>,
+    line: &[u8],
+    submit: impl FnOnce(&mut Pool, Job) -> Option<u64>,
+) -> Vec<u8> {
     let line = until_nul(line);
     if line.len() >= MAX_CMD_LEN - 1 {
         mux.lock().metrics.refused(line, "too_long");
@@ -205,7 +225,7 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
     let mut l = line.to_vec();
     l.push(b'\n');
     let (job, mut rx) = Job::new(l, JobKind::Client);
-    let queued = mux.lock().submit(job, true);
+    let queued = submit(&mut mux.lock(), job);
     let outcome = match queued {
         None => rx.await.unwrap_or(Outcome::NoResponse),
         Some(id) => {
@@ -227,6 +247,89 @@ pub async fn forward(mux: &Arc<Mux>, line: &[u8]) -> Vec<u8> {
         .request(line, &outcome, started.elapsed());
     outcome.client_bytes()
 }
+
+/// The request word of a worker reservation (protocol/multiplexor.md §27.1).
+/// Our extension: the `mmrs-` prefix keeps it clear of filter commands.
+pub const RESERVE_COMMAND: &[u8] = b"mmrs-reserve";
+
+/// The arguments of a reservation request (`mmrs-reserve [QID [KEEP]]`), or
+/// `None` when the line is something else.
+fn reserve_arguments(line: &[u8]) -> Option<&[u8]> {
+    match line.strip_prefix(RESERVE_COMMAND)? {
+        [] => Some(&[]),
+        [b' ', rest @ ..] => Some(rest),
+        _ => None,
+    }
+}
+
+/// Releases a reservation whatever way its connection ends.
+struct Held {
+    mux: Arc<Mux>,
+    r: Reservation,
+    why: Option<String>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.mux.lock().release(&self.r, self.why.as_deref());
+    }
+}
+
+/// `mmrs-reserve QID KEEP` (protocol/multiplexor.md §27.2): holds a worker
+/// for the scan this connection sends next, at most `-b` seconds, and runs
+/// that scan on it. Refusals are the fixed answers of
+/// protocol/multiplexor.md §6.4.
+async fn reserve(mux: Arc<Mux>, mut stream: Stream, args: &[u8]) {
+    let mut words = args.split(|&b| b == b' ');
+    let qid = crate::mux::pool::printable_tag(
+        words.next().filter(|w| !w.is_empty()).unwrap_or(b"NOQUEUE"),
+    );
+    let keep = words
+        .next()
+        .and_then(|w| crate::cformat::number::scan_int(&c_argument(w)))
+        .map_or(0, |n| n.max(0) as usize);
+    let outcome = mux.lock().reserve(&qid, keep);
+    let first: Vec<u8> = match outcome {
+        Reserve::Held(r) => format!("reserved {}\n", r.slot).into_bytes(),
+        Reserve::Declined => b"not-reserved queue\n".to_vec(),
+        Reserve::NoFree => replies::NO_FREE.to_vec(),
+        Reserve::ActivateFailed => replies::ACTIVATE_FAILED.to_vec(),
+        Reserve::ShuttingDown => replies::SHUTTING_DOWN.to_vec(),
+    };
+    let mut held = match outcome {
+        Reserve::Held(r) => Some(Held {
+            mux: mux.clone(),
+            r,
+            why: None,
+        }),
+        _ => None,
+    };
+    let limit = mux.opts.cmd_timeout();
+    let wrote = tokio::time::timeout(limit, stream.write_all(&first)).await;
+    if let (Some(h), Ok(Ok(()))) = (held.as_mut(), wrote) {
+        let bound = mux.opts.busy_timeout();
+        let waited = std::time::Instant::now();
+        match read_request(&mut stream, bound).await {
+            Some(line) if super::Class::of(&line) == super::Class::Scan => {
+                let reply = forward_reserved(&mux, &h.r, &line).await;
+                let _ = tokio::time::timeout(limit, stream.write_all(&reply)).await;
+            }
+            Some(_) => {
+                h.why = Some("the client sent something other than a scan".into());
+                let _ = tokio::time::timeout(limit, stream.write_all(RESERVED_FOR_SCAN)).await;
+            }
+            None if waited.elapsed() >= bound => {
+                h.why = Some(format!("no scan within {} s", bound.as_secs()));
+            }
+            None => {}
+        }
+    }
+    drop(held);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// The answer to anything but a scan on a reservation's connection.
+pub const RESERVED_FOR_SCAN: &[u8] = b"error: A reserved worker only runs a scan\n";
 
 /// Runs a socketmap lookup (`-N`, protocol/multiplexor.md §13) on a worker:
 /// never queued, class "other".

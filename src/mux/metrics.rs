@@ -66,6 +66,8 @@ pub fn activation_label(reason: &str) -> &'static str {
         "map"
     } else if reason.starts_with("About to execute command") {
         "command"
+    } else if reason.starts_with("About to reserve") {
+        "reservation"
     } else {
         "other"
     }
@@ -127,6 +129,7 @@ pub struct Metrics {
     retirements: BTreeMap<&'static str, u64>,
     reaps: BTreeMap<&'static str, u64>,
     rereads: BTreeMap<&'static str, u64>,
+    reservations: BTreeMap<&'static str, u64>,
     /// Why each retired worker (by worker id) was asked to go, until it is
     /// reaped.
     retiring: HashMap<u64, &'static str>,
@@ -183,6 +186,12 @@ impl Metrics {
                 (None, None) => "died",
             });
         *self.reaps.entry(label).or_default() += 1;
+    }
+
+    /// A worker reservation event (protocol/multiplexor.md §27): `held`,
+    /// `used`, `released`, `expired`, `refused`, `activate_failed`.
+    pub fn reservation(&mut self, event: &'static str) {
+        *self.reservations.entry(event).or_default() += 1;
     }
 
     /// A `reread` or SIGINT: `done` or `refused`.
@@ -408,6 +417,15 @@ fn daemon_series(o: &mut String, g: &Gauges, m: &Metrics) {
     );
     let results = ["done", "refused"].map(|r| (r, m.rereads.get(r).copied().unwrap_or(0)));
     by_label(o, rereads, "result", results);
+    let reservations = (
+        "mailmunge_mux_reservations_total",
+        "counter",
+        "Worker reservations for a client's next scan, by event.",
+    );
+    // Only once a client reserved (upstream's clients never do).
+    if !m.reservations.is_empty() {
+        by_label(o, reservations, "event", &m.reservations);
+    }
     single(
         o,
         "mailmunge_mux_uptime_seconds",

@@ -62,6 +62,9 @@ pub struct Slot {
     pub oom: bool,
     /// The process has written at least one reply line.
     pub replied: bool,
+    /// Held for one client's next scan (protocol/multiplexor.md §27): the
+    /// reservation's id. The slot is Busy meanwhile, with no command.
+    pub reservation: Option<u64>,
 }
 
 impl Slot {
@@ -150,6 +153,28 @@ pub struct Pool {
     pub metrics: super::metrics::Metrics,
     /// Workers that died before answering (`lasterror`).
     pub start_failures: StartFailures,
+    next_reservation: u64,
+}
+
+/// A worker held for one control connection's next scan
+/// (protocol/multiplexor.md §27).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub slot: usize,
+    pub wid: u64,
+    pub id: u64,
+}
+
+/// The answer to a reservation request (protocol/multiplexor.md §27.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Held(Reservation),
+    /// The multiplexor queues requests (`-q`): no reservation is needed.
+    Declined,
+    /// No free worker (beyond the `keep` the client asked to leave).
+    NoFree,
+    ActivateFailed,
+    ShuttingDown,
 }
 
 impl Pool {
@@ -181,6 +206,7 @@ impl Pool {
                 retire_after: false,
                 oom: false,
                 replied: false,
+                reservation: None,
             })
             .collect();
         Pool {
@@ -205,6 +231,7 @@ impl Pool {
             notify: None,
             metrics: Default::default(),
             start_failures: StartFailures::default(),
+            next_reservation: 1,
         }
     }
 
@@ -421,6 +448,7 @@ impl Pool {
             s.retire_after = false;
             s.oom = false;
             s.replied = false;
+            s.reservation = None;
         }
         self.set_state(i, State::Idle);
         if let Some(p) = &process {
@@ -593,7 +621,14 @@ impl Pool {
     }
 
     fn start_job(&mut self, i: usize, job: Job, domain: String) {
-        self.set_state(i, State::Busy);
+        if self.slots[i].reservation.take().is_some() {
+            // Busy since it was reserved (counted in `histo` then); the
+            // command is the new state change `ago=` counts from.
+            self.slots[i].last_change = Instant::now();
+            self.slots[i].tag.clear();
+        } else {
+            self.set_state(i, State::Busy);
+        }
         let line = job.line.strip_suffix(b"\n").unwrap_or(&job.line);
         {
             let s = &mut self.slots[i];
@@ -623,6 +658,100 @@ impl Pool {
                 let _ = job.reply.send(Outcome::NoResponse);
             }
         }
+    }
+
+    // ------------------------------------------------------------ reservations
+
+    /// Holds a worker for a client's next scan
+    /// (protocol/multiplexor.md §27.2): an idle one, else a stopped slot activated for it, as for a
+    /// scan; none when `keep` or fewer are free. With `-q` requests wait in
+    /// the queue instead, so nothing is reserved.
+    pub fn reserve(&mut self, qid: &str, keep: usize) -> Reserve {
+        if self.shutting_down {
+            return Reserve::ShuttingDown;
+        }
+        if self.opts.queue_size > 0 {
+            return Reserve::Declined;
+        }
+        let found = if self.free() > keep {
+            self.find_free(Class::Scan)
+        } else {
+            None
+        };
+        let Some(i) = found else {
+            daemon::log(
+                LOG_WARNING,
+                &format!("{qid}: No free workers: cannot reserve one for this message"),
+            );
+            self.metrics.reservation("refused");
+            return Reserve::NoFree;
+        };
+        if self.slots[i].state == State::Stopped
+            && self
+                .activate(i, "About to reserve a worker for a scan")
+                .is_err()
+        {
+            self.metrics.reservation("activate_failed");
+            return Reserve::ActivateFailed;
+        }
+        let id = self.next_reservation;
+        self.next_reservation += 1;
+        self.set_state(i, State::Busy);
+        let s = &mut self.slots[i];
+        s.reservation = Some(id);
+        s.cur_class = None;
+        s.qid = qid.chars().take(31).collect();
+        self.set_tag(i, &format!("reserved {qid}"), true);
+        self.metrics.reservation("held");
+        Reserve::Held(Reservation {
+            slot: i,
+            wid: self.slots[i].wid,
+            id,
+        })
+    }
+
+    /// Whether `r` still holds its worker (it is lost when the worker died
+    /// or the multiplexor began shutting down).
+    fn holds(&self, r: &Reservation) -> bool {
+        let s = &self.slots[r.slot];
+        s.wid == r.wid && s.state == State::Busy && s.reservation == Some(r.id)
+    }
+
+    /// Ends a reservation that no scan used: the worker is idle again and
+    /// goes through the usual retirement checks. `why` is logged when set.
+    pub fn release(&mut self, r: &Reservation, why: Option<&str>) {
+        if !self.holds(r) {
+            return;
+        }
+        let i = r.slot;
+        if let Some(why) = why {
+            daemon::log(
+                LOG_WARNING,
+                &format!(
+                    "{}: Worker {i} reserved but not used: {why}; releasing it",
+                    self.slots[i].qid
+                ),
+            );
+        }
+        self.metrics
+            .reservation(if why.is_some() { "expired" } else { "released" });
+        self.slots[i].reservation = None;
+        self.set_state(i, State::Idle);
+        self.slots[i].idle_since = Instant::now();
+        self.check_expiry(i);
+        self.pump_queue();
+    }
+
+    /// Runs a client's job on its reserved worker; when the reservation was
+    /// lost meanwhile, the job takes the usual path
+    /// (protocol/multiplexor.md §6.1).
+    pub fn submit_reserved(&mut self, r: &Reservation, job: Job) -> Option<u64> {
+        if self.shutting_down || !self.holds(r) {
+            return self.submit(job, true);
+        }
+        self.metrics.reservation("used");
+        self.start_job(r.slot, job, String::new());
+        None
     }
 
     /// Removes a queued request that timed out; false when it already left
@@ -800,6 +929,7 @@ impl Pool {
         self.set_state(i, State::Killed);
         self.slots[i].expected_exit = true;
         self.slots[i].cur_class = None;
+        self.slots[i].reservation = None;
         self.stat(
             "KillWorker",
             i,
@@ -924,6 +1054,7 @@ impl Pool {
             s.activated = None;
             s.first_request = None;
             s.cur_class = None;
+            s.reservation = None;
         }
         self.set_state(i, State::Stopped);
         self.history.reaped(epoch_now());
@@ -1061,6 +1192,12 @@ impl Pool {
         for i in 0..self.slots.len() {
             match self.slots[i].state {
                 State::Idle => self.kill(i, "Multiplexor is shutting down"),
+                // A reserved worker has no command to finish; its client's
+                // scan gets the shutting-down answer
+                // (protocol/multiplexor.md §27.4).
+                State::Busy if self.slots[i].reservation.is_some() => {
+                    self.kill(i, "Multiplexor is shutting down")
+                }
                 State::Busy => self.slots[i].retire_after = true,
                 _ => {}
             }
@@ -1069,7 +1206,10 @@ impl Pool {
 
     /// Worker processes not yet reaped.
     pub fn live_processes(&self) -> Vec<ProcessHandle> {
-        self.slots.iter().filter_map(|s| s.process.clone()).collect()
+        self.slots
+            .iter()
+            .filter_map(|s| s.process.clone())
+            .collect()
     }
 
     /// The worker counts and totals that `-L` logs and the `load`

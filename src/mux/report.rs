@@ -220,6 +220,12 @@ const HELP_PRIV: &[(&str, &str)] = &[
     ),
     // Upstream quirk kept: `md-mx-ctrl`, not `mm-mx-ctrl` (protocol/multiplexor.md §5.9).
     ("scan /path", "Run a scan (do not invoke using md-mx-ctrl)"),
+    // Our extension, listed so that a client can tell that this
+    // multiplexor has it (protocol/multiplexor.md §27.1).
+    (
+        "mmrs-reserve",
+        "Hold a worker for the scan sent next on this connection (mailmunge-rs)",
+    ),
 ];
 
 const HELP_UNPRIV: &[(&str, &str)] = &[
@@ -350,8 +356,11 @@ mod tests {
         let h = help(true);
         assert!(h.starts_with("help             -- List available multiplexor commands\n"));
         assert!(h.contains("\nworkerinfo n     -- Display information about a particular worker\n"));
-        assert!(h.ends_with("scan /path       -- Run a scan (do not invoke using md-mx-ctrl)\n(Analogous hload commands provide hourly information)\n"));
-        assert_eq!(h.lines().count(), 23);
+        assert!(h.contains("scan /path       -- Run a scan (do not invoke using md-mx-ctrl)\nmmrs-reserve     -- Hold a worker"));
+        assert!(
+            h.ends_with("(mailmunge-rs)\n(Analogous hload commands provide hourly information)\n")
+        );
+        assert_eq!(h.lines().count(), 24);
         let u = help(false);
         assert!(!u.contains("reread"));
         assert!(u.contains(

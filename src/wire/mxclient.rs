@@ -76,6 +76,71 @@ pub async fn request_spec(
     exchange(spec.connect(), line, timeout, max_reply).await
 }
 
+/// A connection that stays open after its first answer line: our
+/// multiplexor's worker reservation (protocol/multiplexor.md §27), whose
+/// connection later carries the scan. Upstream has no such request.
+#[derive(Debug)]
+pub struct Held {
+    stream: tokio::net::UnixStream,
+}
+
+/// Sends `line` and reads one answer line (with its `\n`, at most
+/// [`MAX_REPLY`] bytes). The connection comes back with the line unless
+/// the multiplexor closed it after answering (a refusal).
+pub async fn request_held(
+    socket: &Path,
+    line: &[u8],
+    timeout: Option<Duration>,
+) -> Result<(Vec<u8>, Option<Held>), MxError> {
+    let work = async {
+        let mut s = crate::wire::sockspec::connect_unix(socket)
+            .await
+            .map_err(MxError::Connect)?;
+        s.write_all(line).await.map_err(MxError::Write)?;
+        let mut answer = Vec::with_capacity(64);
+        let mut buf = [0u8; 256];
+        loop {
+            // The multiplexor writes nothing after the line until it gets
+            // the next request, so reading past the `\n` cannot happen.
+            let n = s.read(&mut buf).await.map_err(MxError::Read)?;
+            if n == 0 {
+                return Ok((answer, None));
+            }
+            answer.extend_from_slice(&buf[..n.min(MAX_REPLY - answer.len())]);
+            if buf[..n].contains(&b'\n') || answer.len() >= MAX_REPLY {
+                return Ok((answer, Some(Held { stream: s })));
+            }
+        }
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .map_err(|_| MxError::Timeout(t))?,
+        None => work.await,
+    }
+}
+
+impl Held {
+    /// Sends the next request on the held connection and reads its answer
+    /// to EOF, like [`request`].
+    pub async fn request(
+        mut self,
+        line: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Reply, MxError> {
+        let exchange = async {
+            self.stream.write_all(line).await.map_err(MxError::Write)?;
+            read_reply(&mut self.stream, MAX_REPLY).await
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| MxError::Timeout(t))?,
+            None => exchange.await,
+        }
+    }
+}
+
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     connect: impl Future<Output = std::io::Result<S>>,
     line: &[u8],

@@ -76,6 +76,9 @@ pub struct MuxLog {
     pub scans: Vec<Scan>,
     /// Directory listings (name, mode) at each sender/recipient check.
     pub free_count: usize,
+    /// `help` requests (the milter's reservation probe), answered as
+    /// upstream's multiplexor does and not in `lines`.
+    pub help_count: usize,
 }
 
 /// A scan: the directory and copies of (file name, bytes).
@@ -87,6 +90,9 @@ pub struct FakeMux {
     script: Arc<Mutex<VecDeque<Step>>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The start and end of upstream's privileged `help` text.
+pub const UPSTREAM_HELP: &[u8] = b"help             -- List available multiplexor commands\nscan /path       -- Run a scan (do not invoke using md-mx-ctrl)\n(Analogous hload commands provide hourly information)\n";
 
 /// The free-worker answer of the fake multiplexor.
 pub static FREE_REPLY: &str = "9\n";
@@ -178,6 +184,13 @@ async fn serve(
     let mut r = BufReader::new(s);
     let mut line = Vec::new();
     if r.read_until(b'\n', &mut line).await.is_err() {
+        return;
+    }
+    if line == b"help\n" {
+        // Like upstream's multiplexor, which lists no reservation request
+        // (protocol/milter.md §17.1): the milter goes on without one.
+        log.lock().unwrap().help_count += 1;
+        let _ = r.get_mut().write_all(UPSTREAM_HELP).await;
         return;
     }
     log.lock().unwrap().lines.push(line.clone());

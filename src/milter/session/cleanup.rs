@@ -37,9 +37,12 @@ pub(super) async fn write_failed(
 /// it (protocol/milter.md §4.3), on the blocking pool. Forgets the message
 /// either way.
 pub(super) async fn cleanup(cfg: &Config, conn: &mut Conn) {
-    let Some(msg) = conn.msg.take() else {
+    let Some(mut msg) = conn.msg.take() else {
         return;
     };
+    // An unused reservation: closing its connection frees the worker now
+    // (protocol/milter.md §17).
+    drop(msg.reservation.take());
     let keep = KeepRules {
         debug: cfg.debug,
         flag: cfg.no_delete_flag(),

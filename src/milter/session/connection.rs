@@ -117,6 +117,7 @@ fn new_conn(cfg: &Config, macros: &Macros, hostname: CString, sock: &SocketInfo)
         conn.hostport = u32::from(a.port());
     }
     conn.hostip = host_ip(sock);
+    conn.local = is_localhost(sock);
     if let (Some(ip), Some(eq)) = (&conn.hostip, &cfg.equiv_loopback) {
         if ip == eq {
             conn.hostip = Some("127.0.0.1".to_string());

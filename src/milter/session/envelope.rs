@@ -110,6 +110,7 @@ async fn start_message(cfg: &Config, conn: &mut Conn, id: &str, sender: &[u8]) -
         seen_mime_version: false,
         body: BodyFilter::new(cfg.strip_bare_cr),
         filter_failed: false,
+        reservation: None,
     });
     true
 }

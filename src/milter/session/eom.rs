@@ -93,10 +93,20 @@ async fn close_files(conn: &mut Conn, macros: &Macros) -> Result<(), SpoolError>
 }
 
 /// `scan <qid> <dir>`: true when the multiplexor answered exactly `ok\n`;
-/// anything else is logged and means the filter failed.
-async fn scan(cfg: &Config, conn: &Conn, qid: &str, dir: &str) -> bool {
+/// anything else is logged and means the filter failed. Sent on the
+/// message's reservation when it has one (protocol/milter.md §17).
+async fn scan(cfg: &Config, conn: &mut Conn, qid: &str, dir: &str) -> bool {
     let line = mxclient::request_line("scan", &[conn.qid_bytes(), dir.as_bytes()]);
-    match mx_request(cfg, qid, &line).await {
+    let held = conn.msg.as_mut().and_then(|m| m.reservation.take());
+    let reserved = match held {
+        Some(h) => super::reserve::scan_reserved(cfg, h, qid, &line).await,
+        None => None,
+    };
+    let answer = match reserved {
+        Some(answer) => answer,
+        None => mx_request(cfg, qid, &line).await,
+    };
+    match answer {
         Some(ans) if ans == b"ok\n" => true,
         other => {
             if let Some(mut ans) = other {

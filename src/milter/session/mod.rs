@@ -5,7 +5,7 @@
 //! in `Context::data`. The callbacks are wired here and live by concept:
 //! `connection` (negotiate, connect, helo, close), `envelope` (mail, rcpt),
 //! `content` (header, eoh, body), `eom` (the scan and RESULTS, abort) and
-//! `apply` (RESULTS to the MTA); `mxrequest` talks to the multiplexor,
+//! `apply` (RESULTS to the MTA), `reserve` (a worker held from DATA on); `mxrequest` talks to the multiplexor,
 //! `smtp_reply` sets the MTA's reply, `cleanup` ends a working directory.
 
 use std::path::PathBuf;
@@ -21,10 +21,12 @@ mod content;
 mod envelope;
 mod eom;
 mod mxrequest;
+mod reserve;
 mod smtp_reply;
 mod state;
 
 pub use mxrequest::free_workers;
+pub use reserve::ReserveSupport;
 pub use state::Conn;
 
 /// Everything the callbacks need that does not change at run time.
@@ -52,6 +54,9 @@ pub struct Config {
     pub my_ip: Option<String>,
     /// Bound on one multiplexor request; `None` waits forever (upstream).
     pub mx_timeout: Option<Duration>,
+    /// Whether the multiplexor offers worker reservations, as last learnt
+    /// (protocol/milter.md §17).
+    pub reservations: Arc<ReserveSupport>,
 }
 
 impl Config {
@@ -66,6 +71,7 @@ pub fn callbacks(cfg: Arc<Config>) -> Callbacks<Conn> {
     use content::{body, eoh, header};
     use envelope::{mail, rcpt};
     use eom::{abort, eom};
+    use reserve::data;
     macro_rules! cb {
         ($f:ident, |$cx:ident $(, $a:ident)*|) => {{
             let cfg = cfg.clone();
@@ -81,7 +87,7 @@ pub fn callbacks(cfg: Arc<Config>) -> Callbacks<Conn> {
         .on_helo(cb!(helo, |cx, arg|))
         .on_mail(cb!(mail, |cx, args|))
         .on_rcpt(cb!(rcpt, |cx, args|))
-        .on_data(|_cx| Box::pin(async { Status::Continue }))
+        .on_data(cb!(data, |cx|))
         .on_header(cb!(header, |cx, name, value|))
         .on_eoh(cb!(eoh, |cx|))
         .on_body(cb!(body, |cx, chunk|))

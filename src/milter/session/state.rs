@@ -26,6 +26,9 @@ pub struct Conn {
     pub(super) qid: Option<Vec<u8>>,
     pub(super) qid_written: bool,
     pub(super) msg: Option<Msg>,
+    /// The client is 127.0.0.1 or ::1 (or unknown): `-R` does not apply
+    /// to it (protocol/milter.md §3.1 step 2).
+    pub(super) local: bool,
 }
 
 /// State of the message being received.
@@ -38,6 +41,10 @@ pub(super) struct Msg {
     pub(super) seen_mime_version: bool,
     pub(super) body: BodyFilter,
     pub(super) filter_failed: bool,
+    /// The worker our multiplexor holds for this message's scan, from the
+    /// DATA command on (protocol/milter.md §17); dropping it releases the
+    /// worker.
+    pub(super) reservation: Option<crate::wire::mxclient::Held>,
 }
 
 impl Conn {

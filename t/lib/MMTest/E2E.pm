@@ -101,7 +101,7 @@ sub mta   { $_[0]{mta} }
 Builds a message with L<MMTest::SMTP/build_message> (C<id>, C<subject>,
 C<headers>, C<body>) and sends it with L<MMTest::SMTP/send_mail> to the
 MTA (C<from> default C<sender@example.com>, C<to> default
-C<['rcpt@example.org']>, C<helo>, C<local_addr>, C<host>).  Returns the result
+C<['rcpt@example.org']>, C<helo>, C<local_addr>, C<host>, C<before_data>).  Returns the result
 hash of C<send_mail>; a connection failure is returned as a failure
 instead of dying.
 
@@ -116,7 +116,7 @@ sub send {
         from => $a{from} // 'sender@example.com',
         to   => $a{to} // ['rcpt@example.org'],
         data => $data,
-        map { exists $a{$_} ? ($_ => $a{$_}) : () } qw(helo local_addr host),
+        map { exists $a{$_} ? ($_ => $a{$_}) : () } qw(helo local_addr host before_data),
     );
     my $r = eval { MMTest::SMTP->send_mail(%send) };
     return $r if $r;

@@ -142,19 +142,22 @@ sub _write {
 
 Sends DATA; if the server answers 354, sends $message (LF or CRLF line
 ends; dot-stuffed here) and the final dot, and returns the final reply.
-Otherwise returns the reply to DATA.
+Otherwise returns the reply to DATA.  C<body_sent> in the reply says which.
 
 =cut
 
 sub data {
     my ($self, $message) = @_;
     my $r = $self->cmd('DATA');
+    $r->{body_sent} = 0;
     return $r unless $r->{code} == 354;
     (my $m = $message) =~ s/\r?\n/\r\n/g;
     $m .= "\r\n" unless $m =~ /\r\n\z/;
     $m =~ s/^\./../mg;
     $self->_write($m . ".\r\n");
-    return $self->read_reply;
+    my $end = $self->read_reply;
+    $end->{body_sent} = 1;
+    return $end;
 }
 
 =head2 quit
@@ -175,10 +178,13 @@ One complete transaction: connect, C<EHLO helo> (default
 C<client.mmtest.invalid>), C<MAIL FROM:E<lt>fromE<gt>>, one C<RCPT TO> per
 address in C<to>, DATA with C<data>, QUIT.  Addresses are wrapped in angle
 brackets unless they already carry them.  Stops at the first step that
-does not succeed.  Other options are passed to C<new>.
+does not succeed.  C<before_data>, a code reference, is called just before
+the DATA command.  Other options are passed to C<new>.
 
 Returns a hash reference with the reply of each step (C<greeting>,
-C<helo>, C<mail>, C<rcpt> (list), C<data>) plus C<ok> (true if the
+C<helo>, C<mail>, C<rcpt> (list), C<data>: the DATA command's reply when
+it was not 354, else the reply after the final dot; its C<body_sent> says
+which) plus C<ok> (true if the
 message was accepted), C<failed_at> (the step that failed) and
 C<failure> (that reply's lines joined, for diagnostics).
 
@@ -216,6 +222,7 @@ sub send_mail {
     }
     if (!$accepted) { $c->quit; return $fail->(rcpt => $last_bad // { lines => [], text => 'no recipients', code => 0 }) }
 
+    $a{before_data}->() if $a{before_data};
     $res{data} = $c->data($a{data} // $class->build_message);
     if ($res{data}{code} != 250) { $c->quit; return $fail->(data => $res{data}) }
     $c->quit;
