@@ -1069,7 +1069,10 @@ impl Pool {
 
     /// Worker processes not yet reaped.
     pub fn live_processes(&self) -> Vec<ProcessHandle> {
-        self.slots.iter().filter_map(|s| s.process.clone()).collect()
+        self.slots
+            .iter()
+            .filter_map(|s| s.process.clone())
+            .collect()
     }
 
     /// The worker counts and totals that `-L` logs and the `load`
