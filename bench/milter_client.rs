@@ -191,14 +191,47 @@ fn base64_lines(n: usize) -> String {
     out
 }
 
-/// What the milter answered at end of message.
+/// What the milter answered at end of message, typed
+/// (protocol/milter.md §16).
 pub struct Verdict {
-    /// `continue`, or the verdict's `Debug` form (`Tempfail { reply: ".." }`).
-    pub action: String,
-    /// Each change in words (`add header X-Bench-Parts: 3`).
-    pub modifications: Vec<String>,
-    /// The typed verdict.
+    /// The end-of-message verdict.
     pub verdict: mtaclient::Verdict,
+    /// The changes in the order the milter sent them.
+    pub modifications: Vec<mtaclient::Modification>,
+}
+
+impl Verdict {
+    /// True when the milter let the message through (`continue`).
+    pub fn passed(&self) -> bool {
+        self.verdict == mtaclient::Verdict::Continue
+    }
+
+    /// True when the milter tempfailed the message (the MTA retries it).
+    pub fn tempfailed(&self) -> bool {
+        matches!(self.verdict, mtaclient::Verdict::Tempfail { .. })
+    }
+
+    /// True when one of the changes adds a header called `name`.
+    pub fn adds_header(&self, name: &str) -> bool {
+        self.modifications.iter().any(
+            |m| matches!(m, mtaclient::Modification::AddHeader { name: n, .. } if n.eq_ignore_ascii_case(name)),
+        )
+    }
+
+    /// The verdict in words: `continue`, or its `Debug` form with the
+    /// reply (`Tempfail { reply: ".." }`).
+    pub fn describe(&self) -> String {
+        match &self.verdict {
+            mtaclient::Verdict::Continue => "continue".to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// The changes in words, `; ` between them.
+    pub fn changes(&self) -> String {
+        let words: Vec<String> = self.modifications.iter().map(|m| m.to_string()).collect();
+        words.join("; ")
+    }
 }
 
 /// One SMTP transaction on a fresh connection, as an MTA plays it.
@@ -227,14 +260,9 @@ pub async fn one_message(
         .and_then(|e| e.decode())
         .map_err(|e| format!("eom: {e}"))?;
     s.quit(false).await.map_err(|e| format!("quit: {e}"))?;
-    let action = match &eom.verdict {
-        mtaclient::Verdict::Continue => "continue".to_string(),
-        other => format!("{other:?}"),
-    };
     Ok(Verdict {
-        action,
-        modifications: eom.modifications.iter().map(|m| m.to_string()).collect(),
         verdict: eom.verdict,
+        modifications: eom.modifications,
     })
 }
 
@@ -259,10 +287,10 @@ pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds:
                 )
                 .await
                 {
-                    Ok(Ok(v)) if v.action == "continue" => lat.push(t.elapsed()),
+                    Ok(Ok(v)) if v.passed() => lat.push(t.elapsed()),
                     Ok(Ok(v)) => {
                         errors += 1;
-                        first_error.get_or_insert(format!("final action {}", v.action));
+                        first_error.get_or_insert(format!("final action {}", v.describe()));
                     }
                     Ok(Err(e)) => {
                         errors += 1;

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use mailmunge::ctrl::format::StatusReply;
 
 /// Process groups of the running daemons and the scratch directory, for the
 /// interrupt handler.
@@ -981,11 +982,14 @@ fn wait_all_stopped(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = mux_request(sock, b"status\n")?;
-        let letters = r.split(|&b| b == b' ').next().unwrap_or_default();
-        if !letters.is_empty() && letters.iter().all(|&b| b == b'S') {
+        let st = StatusReply::parse(&r);
+        if st
+            .as_ref()
+            .is_some_and(|st| st.count(b'S') == st.letters.len())
+        {
             return Ok(());
         }
-        if letters.contains(&b'I') {
+        if st.is_some_and(|st| st.count(b'I') > 0) {
             request()?;
         }
         mux.check_alive()?;

@@ -678,14 +678,14 @@ fn first_messages(
                             run.mux.output()
                         )
                     })?;
-                let header = v.modifications.iter().find(|m| m.contains("X-Bench-Parts"));
-                if v.action != "continue" || (filter == Filter::Typical && header.is_none()) {
+                let header = v.adds_header("X-Bench-Parts");
+                if !v.passed() || (filter == Filter::Typical && !header) {
                     bail!(
-                        "{} over {}: first {label} message: action {}, modifications {:?}",
+                        "{} over {}: first {label} message: action {}, modifications: {}",
                         run.stack.name(),
                         target.name(),
-                        v.action,
-                        v.modifications
+                        v.describe(),
+                        v.changes()
                     );
                 }
                 if target.name() == cfg.transports[0] && i == shown {
@@ -693,8 +693,8 @@ fn first_messages(
                         "{} with the {} filter, {label}: {}, {}",
                         run.stack.name(),
                         filter.name(),
-                        v.action,
-                        v.modifications.join("; ")
+                        v.describe(),
+                        v.changes()
                     ));
                 }
             }
@@ -1123,7 +1123,7 @@ fn idle_probe(
         rss0,
         rss1: st.rss_kb,
         threads: st.threads,
-        live_ok: live.is_ok_and(|v| v.action == "continue"),
+        live_ok: live.is_ok_and(|v| v.passed()),
     };
     drop(held);
     run.stop();

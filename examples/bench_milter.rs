@@ -111,17 +111,18 @@ fn main() -> Result<()> {
         let client = milter_client::client();
         let first = rt.block_on(one_message(target, &client, &message()));
         match first {
-            Ok(v) if v.action == "continue" => {
+            Ok(v) if v.passed() => {
                 if target.name() == "unix" {
                     println!(
-                        "\nfirst message: final action {}, modifications {:?}",
-                        v.action, v.modifications
+                        "\nfirst message: final action {}, modifications: {}",
+                        v.describe(),
+                        v.changes()
                     );
                 }
             }
             Ok(v) => bail!(
                 "first message: final action {}; milter output:\n{}",
-                v.action,
+                v.describe(),
                 milter.output()
             ),
             Err(e) => bail!(

@@ -30,24 +30,7 @@ sub log_since {
 }
 
 subtest 'hanging past the busy timeout, and half a line then hanging' => sub {
-    my $mark = length $stack->mx_log;
-    # Both at once: each waits for the busy timeout.
-    my ($res, $polls) = sessions(qw(block halfline));
-    my ($hang, $half) = @$res;
-    ok((grep { ($_->{out} =~ tr/\n//) && (() = $_->{out} =~ /: busy$/mg) >= 2 } @$polls),
-        'status answered while both workers hung') or diag(join "\n", map { $_->{out} } @$polls);
-    $f->tempfailed($hang, 'data', $TEMPFAIL, 'hanging worker');
-    $f->tempfailed($half, 'data', $TEMPFAIL, 'half a line, then hanging');
-    for ([ $hang, 'hanging worker' ], [ $half, 'half a line' ]) {
-        my ($r, $name) = @$_;
-        cmp_ok($r->{secs}, '>=', $BUSY_TIMEOUT - 1, "$name: refused at the busy timeout, not before");
-        cmp_ok($r->{secs}, '<', $BUSY_TIMEOUT + 20, "$name: and not much later");
-    }
-    my $log = log_since($mark);
-    is(scalar(() = $log =~ /Killing busy worker \d+ pid=\d+ cmd=scan .*: Busy timeout$/mg), 2,
-        'both workers killed for the busy timeout') or diag($log);
-    $f->recovers(30);
-    $f->spool_is_clean;
+    $f->hanging_workers(busy_timeout => $BUSY_TIMEOUT, status_bound => $STATUS_BOUND);
 };
 
 subtest 'a line of garbage on the reply channel' => sub {

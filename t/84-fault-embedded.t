@@ -46,20 +46,7 @@ subtest 'workers die during start-up' => sub {
 };
 
 subtest 'hanging past the busy timeout, and half a line then hanging' => sub {
-    # Both at once: each waits for the busy timeout.
-    my ($res, $polls) = $f->sessions_with_status(2, qw(block halfline));
-    my ($hang, $half) = @$res;
-    ok((grep { (() = $_->{out} =~ /: busy$/mg) >= 2 } @$polls), 'status answered while both workers hung')
-        or diag(join "\n", map { $_->{out} } @$polls);
-    $f->tempfailed($hang, 'data', $TEMPFAIL, 'hanging worker');
-    $f->tempfailed($half, 'data', $TEMPFAIL, 'half a line, then hanging');
-    for ([ $hang, 'hanging worker' ], [ $half, 'half a line' ]) {
-        my ($r, $name) = @$_;
-        cmp_ok($r->{secs}, '>=', $BUSY_TIMEOUT - 1, "$name: refused at the busy timeout, not before");
-        cmp_ok($r->{secs}, '<', $BUSY_TIMEOUT + 20, "$name: and not much later");
-    }
-    $f->recovers(30);
-    $f->spool_is_clean;
+    $f->hanging_workers(busy_timeout => $BUSY_TIMEOUT, status_bound => 2);
 };
 
 subtest 'the reply channel closed: noticed at once' => sub {

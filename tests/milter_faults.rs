@@ -743,7 +743,7 @@ async fn packets_over_the_limit_close_the_session() {
     assert_eq!(big.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
     // A header packet of 100 000 bytes, over the 70 000 allowed.
     let mut header = b"X-Big\0".to_vec();
-    header.extend(std::iter::repeat(b'a').take(100_000 - 7));
+    header.extend(std::iter::repeat_n(b'a', 100_000 - 7));
     header.push(0);
     big.send(b'L', &header).await;
     assert!(big.recv().await.is_none(), "the session is closed");

@@ -135,10 +135,7 @@ async fn strip_bare_cr_with_c() {
     let (_scratch, mux, milter) = start(&["-c"]);
     mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
     let mut mta = milter.connect().await;
-    mta.negotiate().await;
-    mta.connect_inet("h", "192.0.2.10", 1).await;
-    mta.mail(&[b"<a@b>"]).await;
-    mta.rcpt(&[b"<c@d>"]).await;
+    mta.negotiate_through_rcpt().await;
     mta.eoh().await;
     mta.body(b"a\rb\r").await;
     mta.body(b"c\r\n").await;

@@ -269,10 +269,7 @@ async fn modes_debug_flag_and_times() {
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&m.socket), sock_mode, "{flags:?}");
         let mut mta = m.connect().await;
-        mta.negotiate().await;
-        mta.connect_inet("h", "192.0.2.10", 1).await;
-        mta.mail(&[b"<a@b>"]).await;
-        mta.rcpt(&[b"<c@d>"]).await;
+        mta.negotiate_through_rcpt().await;
         mta.header(b"Subject", b"x").await;
         mta.eoh().await;
         let dirs = scratch.leftover_dirs();
@@ -300,10 +297,7 @@ async fn do_not_delete_flag_file() {
     std::fs::write(scratch.spool.join("DO-NOT-DELETE-WORK-DIRS"), b"").unwrap();
     mux.push(Step::new("scan", "ok").with_file("RESULTS", b"F\n"));
     let mut mta = m.connect().await;
-    mta.negotiate().await;
-    mta.connect_inet("h", "192.0.2.10", 1).await;
-    mta.mail(&[b"<a@b>"]).await;
-    mta.rcpt(&[b"<c@d>"]).await;
+    mta.negotiate_through_rcpt().await;
     mta.eoh().await;
     assert_eq!(mta.eom().await.1.kind, b'c');
     assert_log(

@@ -88,6 +88,22 @@ fn verbose_logging_of_worker_stderr_and_status() {
 }
 
 #[test]
+fn worker_killed_from_outside_is_logged_as_unexpected() {
+    let mx = Mx::start_logged(&["-l", "-x", "1"]);
+    let pid: i32 = mx.req_s("pid").trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Not "as expected": the multiplexor did not kill it (protocol/multiplexor.md §17).
+    let log = mx.wait_log(&format!(
+        "Reap: worker 0 (pid {pid}) exited due to signal 9 (WORKER DIED UNEXPECTEDLY)"
+    ));
+    assert!(!log.contains("as expected"), "{log}");
+}
+
+#[test]
 fn stats_file_reopened_on_sighup() {
     let sp = Spool::new();
     let stats = sp.file("stats");

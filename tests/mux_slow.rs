@@ -56,10 +56,17 @@ fn busy_timeout_reaches_a_forked_worker_through_its_pidfd() {
     assert!(reply.starts_with("ERR Filter timed out"), "{reply}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(std::time::Instant::now() < deadline, "worker {pid} still there");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {pid} still there"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let next: u32 = mx.wait_for("pid", |r| r.trim().parse::<u32>().is_ok()).trim().parse().unwrap();
+    let next: u32 = mx
+        .wait_for("pid", |r| r.trim().parse::<u32>().is_ok())
+        .trim()
+        .parse()
+        .unwrap();
     assert_ne!(next, pid);
 }
 

@@ -154,19 +154,19 @@ fn bar(filled: i32, total: i32, max: i32, mark: u8) -> Vec<u8> {
 
 /// `barstatus` (protocol/mm-mx-ctrl.md §5.2).
 pub fn barstatus(reply: &[u8], bracket: bool) -> Rendered {
-    let Some((letters, nums)) = status_numbers(reply) else {
+    let Some(st) = StatusReply::parse(reply) else {
         return state_error(reply);
     };
-    let ntotal = letters.len() as i32;
-    let nbusy = letters.iter().filter(|&&b| b == b'B').count() as i32;
+    let ntotal = st.letters.len() as i32;
+    let nbusy = st.busy() as i32;
     // Cannot happen after the validation above (one letter at least); kept
     // because upstream has it (protocol/mm-mx-ctrl.md §5.2).
     if ntotal == 0 {
         return Rendered::out(bracketed(bracket, b"Max 0 workers ??\n".to_vec()));
     }
     // Upstream leaves a number it could not read uninitialised; we use 0.
-    let get = |i: usize| nums[i].unwrap_or(0) as i32;
-    let (msgs, qsize, queued) = (get(0), get(2), get(3));
+    let get = |n: Option<i64>| n.unwrap_or(0) as i32;
+    let (msgs, qsize, queued) = (get(st.msgs), get(st.queue_size), get(st.queued));
     let mut body = format!("{nbusy:3}/{ntotal} ").into_bytes();
     body.extend(bar(nbusy, ntotal, 25, b'B'));
     if qsize != 0 {
@@ -414,20 +414,54 @@ pub(crate) fn scan_all(reply: &[u8], pattern: &[Conv]) -> Option<Vec<Num>> {
     (n.len() == pattern.len()).then_some(n)
 }
 
-/// The numbers after the state letters of a `status` reply (msgs,
-/// activations, qsize, queued, uptime), missing ones as `None`.
-pub(crate) fn status_numbers(reply: &[u8]) -> Option<(Vec<u8>, [Option<i64>; 5])> {
-    let reply = until_nul(reply);
-    let letters = state_letters(reply)?;
-    let mut s = Scanner::new(&reply[letters.len()..]);
-    let mut nums = [None; 5];
-    for slot in nums.iter_mut() {
-        match s.int() {
-            Some(v) => *slot = Some(v as i64),
-            None => break,
+/// A `status` reply read (protocol/multiplexor.md §5.1): the state letter
+/// of each worker slot, then msgs, activations, queue size, queued and
+/// uptime. The numbers are read as upstream's mm-mx-ctrl reads them: from
+/// the first one that does not scan on, they are `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReply {
+    /// One of `S`, `I`, `B`, `K` per worker slot.
+    pub letters: Vec<u8>,
+    pub msgs: Option<i64>,
+    pub activations: Option<i64>,
+    pub queue_size: Option<i64>,
+    pub queued: Option<i64>,
+    pub uptime: Option<i64>,
+}
+
+impl StatusReply {
+    /// Reads a `status` reply; `None` when it does not start with a state
+    /// letter (an error answer, or no answer).
+    pub fn parse(reply: &[u8]) -> Option<StatusReply> {
+        let reply = until_nul(reply);
+        let letters = state_letters(reply)?;
+        let mut s = Scanner::new(&reply[letters.len()..]);
+        let mut n = [None; 5];
+        for slot in n.iter_mut() {
+            match s.int() {
+                Some(v) => *slot = Some(v as i64),
+                None => break,
+            }
         }
+        Some(StatusReply {
+            letters: letters.to_vec(),
+            msgs: n[0],
+            activations: n[1],
+            queue_size: n[2],
+            queued: n[3],
+            uptime: n[4],
+        })
     }
-    Some((letters.to_vec(), nums))
+
+    /// How many slots are in the state `letter` (`b'B'` for busy).
+    pub fn count(&self, letter: u8) -> usize {
+        self.letters.iter().filter(|&&b| b == letter).count()
+    }
+
+    /// How many workers are busy.
+    pub fn busy(&self) -> usize {
+        self.count(b'B')
+    }
 }
 
 pub(crate) fn interpret_error(reply: &[u8]) -> Rendered {
@@ -493,6 +527,26 @@ mod tests {
         // No space: the newline counts as a (unknown) state, as upstream.
         let r = status(b"IX\n", false);
         assert_eq!(s(&r), "Max workers: 3\nWorker 0: idle\nWorker 1: unknown state 'X'\nWorker 2: unknown state '\n'\n");
+    }
+
+    #[test]
+    fn status_reply_is_read_typed() {
+        let st = StatusReply::parse(b"IBSKB 12 3 2 1 60\n").unwrap();
+        assert_eq!(st.letters, b"IBSKB");
+        assert_eq!(st.busy(), 2);
+        assert_eq!((st.count(b'I'), st.count(b'S'), st.count(b'K')), (1, 1, 1));
+        assert_eq!(
+            [st.msgs, st.activations, st.queue_size, st.queued, st.uptime],
+            [Some(12), Some(3), Some(2), Some(1), Some(60)]
+        );
+        // Numbers stop at the first one that does not scan.
+        let st = StatusReply::parse(b"II 7 x 2\n").unwrap();
+        assert_eq!(
+            (st.msgs, st.activations, st.queue_size),
+            (Some(7), None, None)
+        );
+        assert_eq!(StatusReply::parse(b"error: Unknown command\n"), None);
+        assert_eq!(StatusReply::parse(b""), None);
     }
 
     #[test]

@@ -73,23 +73,22 @@ struct Status {
 
 /// `jsonstatus`: the `status` reply as JSON.
 pub fn status(reply: &[u8], bracket: bool) -> Rendered {
-    let Some((letters, n)) = format::status_numbers(reply) else {
+    let Some(st) = format::StatusReply::parse(reply) else {
         return format::state_error(reply);
     };
-    let count = |c: u8| letters.iter().filter(|&&b| b == c).count();
     emit(
         &Status {
-            max_workers: letters.len(),
-            workers: letters.iter().map(|&c| state_name(c)).collect(),
-            busy: count(b'B'),
-            idle: count(b'I'),
-            stopped: count(b'S'),
-            killed: count(b'K'),
-            msgs: n[0],
-            activations: n[1],
-            queue_size: n[2],
-            queued: n[3],
-            uptime: n[4],
+            max_workers: st.letters.len(),
+            workers: st.letters.iter().map(|&c| state_name(c)).collect(),
+            busy: st.busy(),
+            idle: st.count(b'I'),
+            stopped: st.count(b'S'),
+            killed: st.count(b'K'),
+            msgs: st.msgs,
+            activations: st.activations,
+            queue_size: st.queue_size,
+            queued: st.queued,
+            uptime: st.uptime,
         },
         bracket,
     )

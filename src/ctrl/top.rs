@@ -27,12 +27,8 @@ pub enum SnapshotError {
 /// One multiplexor's figures at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    /// The state letters of `status`, one per worker slot.
-    pub letters: Vec<u8>,
-    pub msgs: i64,
-    pub queue_size: i64,
-    pub queued: i64,
-    pub uptime: i64,
+    /// The `status` reply.
+    pub status: format::StatusReply,
     /// Scans completed in the last 10 s and 1 min.
     pub scans_10s: i64,
     pub scans_1m: i64,
@@ -50,24 +46,16 @@ impl Snapshot {
                 .trim_end()
                 .to_string(),
         };
-        let (letters, n) = format::status_numbers(status).ok_or_else(|| bad("status", status))?;
+        let st = format::StatusReply::parse(status).ok_or_else(|| bad("status", status))?;
         let l = format::scan_all(load, &format::LOAD_PATTERN[..format::LOAD_WINDOW_NUMBERS])
             .ok_or_else(|| bad("load", load))?;
         Ok(Snapshot {
-            letters,
-            msgs: n[0].unwrap_or(0),
-            queue_size: n[2].unwrap_or(0),
-            queued: n[3].unwrap_or(0),
-            uptime: n[4].unwrap_or(0),
+            status: st,
             scans_10s: l[0].as_i32() as i64,
             scans_1m: l[1].as_i32() as i64,
             ms_10s: l[8].as_f64(),
             ms_1m: l[9].as_f64(),
         })
-    }
-
-    fn count(&self, c: u8) -> usize {
-        self.letters.iter().filter(|&&b| b == c).count()
     }
 }
 
@@ -109,22 +97,23 @@ pub fn render(rows: &[(String, Result<Snapshot, SnapshotError>)], interval: u64)
     f.push('\n');
     for (name, row) in rows {
         match row {
-            Ok(s) => {
-                let busy = s.count(b'B');
+            Ok(snap) => {
+                // A number the reply lacks shows as 0.
+                let (s, n) = (&snap.status, |v: Option<i64>| v.unwrap_or(0));
                 f.push_str(&format!(
                     "{:<28} {:>7} {:>4} {:>4} {:>4} {:>7} {:>8} {} {} {} {} {:>11}\n",
                     name,
-                    format!("{busy}/{}", s.letters.len()),
+                    format!("{}/{}", s.busy(), s.letters.len()),
                     s.count(b'I'),
                     s.count(b'S'),
                     s.count(b'K'),
-                    format!("{}/{}", s.queued, s.queue_size),
-                    s.msgs,
-                    cfix(s.scans_10s as f64 / 10.0, 7, 2),
-                    cfix(s.scans_1m as f64 / 60.0, 7, 2),
-                    cfix(s.ms_10s, 9, 1),
-                    cfix(s.ms_1m, 9, 1),
-                    uptime(s.uptime)
+                    format!("{}/{}", n(s.queued), n(s.queue_size)),
+                    n(s.msgs),
+                    cfix(snap.scans_10s as f64 / 10.0, 7, 2),
+                    cfix(snap.scans_1m as f64 / 60.0, 7, 2),
+                    cfix(snap.ms_10s, 9, 1),
+                    cfix(snap.ms_1m, 9, 1),
+                    uptime(n(s.uptime))
                 ));
                 let cells: String = s
                     .letters

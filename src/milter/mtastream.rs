@@ -394,10 +394,10 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         // Exactly at the limit is fine; one byte more is not.
         let mut at = ((DEFAULT_MAX_PACKET) as u32).to_be_bytes().to_vec();
-        at.extend(std::iter::repeat(b'L').take(DEFAULT_MAX_PACKET));
+        at.extend(std::iter::repeat_n(b'L', DEFAULT_MAX_PACKET));
         assert_eq!(through(&at, 65536).await.unwrap().len(), at.len());
         let mut over = ((DEFAULT_MAX_PACKET + 1) as u32).to_be_bytes().to_vec();
-        over.extend(std::iter::repeat(b'L').take(DEFAULT_MAX_PACKET + 1));
+        over.extend(std::iter::repeat_n(b'L', DEFAULT_MAX_PACKET + 1));
         assert!(through(&over, 65536).await.is_err());
     }
 

@@ -114,6 +114,8 @@ fn split3(s: &[u8]) -> (&[u8], Option<&[u8]>, Option<&[u8]>) {
 /// Parses a RESULTS file's bytes.
 pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
     let data = crate::cformat::string::until_nul(data);
+    // Upstream quirk kept: a B, D or T line after `F` still makes the
+    // message rejecting (protocol/milter.md §5.2, §10.12).
     let rejecting = data
         .split(|&b| b == b'\n')
         .any(|l| matches!(l.first(), Some(b'T' | b'D' | b'B')));

@@ -131,6 +131,8 @@ impl BodyFilter {
         for (i, &b) in chunk.iter().enumerate() {
             if b == b'\r' {
                 if i == n - 1 {
+                    // Upstream quirk kept: when no chunk follows, this CR
+                    // is dropped unflagged (protocol/milter.md §10.17).
                     self.last_was_cr = true;
                     continue;
                 } else if chunk[i + 1] != b'\n' {

@@ -230,6 +230,8 @@ impl Options {
             }
         };
         let max_workers = num(&c.max_workers, 2)?.max(1);
+        // Upstream quirk kept: `-m 0` (and the default 0) means 1, so no
+        // setting starts the pool empty (protocol/multiplexor.md §2).
         let min_workers = num(&c.min_workers, 0)?.max(1).min(max_workers);
         let mut per_domain = num(&c.recipok_per_domain, 0)?.max(0);
         if per_domain >= max_workers {

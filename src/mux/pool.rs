@@ -1016,7 +1016,9 @@ impl Pool {
                 _ => self.failures = 0,
             }
         } else if let Some(sig) = status.signal() {
-            if sig == libc::SIGTERM || sig == libc::SIGKILL {
+            // Only a worker we meant to kill died "as expected"; one killed from
+            // outside is unexpected whatever the signal (protocol/multiplexor.md §17).
+            if expected && (sig == libc::SIGTERM || sig == libc::SIGKILL) {
                 self.verbose(&format!(
                     "Reap: worker {i} (pid {pid}) exited due to SIGTERM/SIGKILL as expected."
                 ));
@@ -1026,6 +1028,9 @@ impl Pool {
                     &format!("Reap: worker {i} (pid {pid}) exited due to signal {sig}{suffix}"),
                 );
             }
+            // Unlike upstream, whose reset here happens only with -l, a
+            // death by signal breaks the run of exit-42/43 workers
+            // whatever the logging (protocol/multiplexor.md §7.13, §22).
             self.failures = 0;
         }
         self.record_exit(i, wid, expected, &status);

@@ -158,6 +158,8 @@ pub fn load1(p: &Pool, arg: &str, now: i64) -> String {
 
 /// `hload*` (protocol/multiplexor.md §5.7).
 pub fn hload(p: &Pool, class: Class, now: i64) -> String {
+    // Upstream quirk kept: the windows are whole epoch hours (the current
+    // one and those before), not sliding (protocol/multiplexor.md §20.21).
     let t: Vec<_> = [1, 4, 12, 24]
         .iter()
         .map(|&h| p.history.hour_totals(class, now, h))
@@ -181,6 +183,8 @@ pub fn histo(p: &Pool) -> String {
     s
 }
 
+// Upstream quirk kept: `rawstatus`, `barstatus` and `rawload*` are listed
+// although only mm-mx-ctrl knows them (protocol/multiplexor.md §20.20).
 const HELP_PRIV: &[(&str, &str)] = &[
     ("help", "List available multiplexor commands"),
     ("status", "Display worker status"),

@@ -398,7 +398,8 @@ async fn start_forked(
     };
     match started {
         Ok(s) => {
-            mux.lock().worker_started(slot, wid, s.handle.clone(), &reason);
+            mux.lock()
+                .worker_started(slot, wid, s.handle.clone(), &reason);
             run(mux, slot, wid, s, rx).await;
         }
         Err(e) => {

@@ -348,7 +348,10 @@ pub async fn wait_forked(
         };
         let reported = match reported {
             Some(st) => st.ok(),
-            None => tokio::time::timeout(EXIT_REPORT_GRACE, rx).await.ok().and_then(Result::ok),
+            None => tokio::time::timeout(EXIT_REPORT_GRACE, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
         };
         *exit = None;
         if let Some(st) = reported {
@@ -437,7 +440,12 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
             let dir = tempfile::tempdir().unwrap();
             let filter = dir.path().join("filter.pl");
             std::fs::write(&filter, FILTER).unwrap();
-            let args = ["mailmunge-multiplexor".as_ref(), "-E".as_ref(), "-f".as_ref(), filter.as_os_str()];
+            let args = [
+                "mailmunge-multiplexor".as_ref(),
+                "-E".as_ref(),
+                "-f".as_ref(),
+                filter.as_os_str(),
+            ];
             let opts = Options::parse(args).unwrap();
             let z = Zygote::start(&opts).await.unwrap();
             Loaded { z, _dir: dir }
@@ -507,7 +515,10 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
         }
         let mut answer = String::new();
         conn.read_line(&mut answer).await.unwrap();
-        assert!(answer.trim_end().parse::<u32>().is_ok(), "answer: {answer:?}");
+        assert!(
+            answer.trim_end().parse::<u32>().is_ok(),
+            "answer: {answer:?}"
+        );
         drop(conn);
         // Reported by the zygote (the fallback would read as SIGKILL).
         let st = wait_forked(&a, &mut Some(a_exit)).await;
@@ -533,11 +544,17 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
             .unwrap_or(0);
         assert_eq!(n, 0, "answer: {answer:?}");
         drop(conn);
-        assert!(!ends_within(l.z.pid, Duration::from_millis(300)).await, "it waits for its worker");
+        assert!(
+            !ends_within(l.z.pid, Duration::from_millis(300)).await,
+            "it waits for its worker"
+        );
         drop(a_stdin);
         let st = wait_forked(&a, &mut Some(a_exit)).await;
         assert_eq!(st.code(), Some(0), "{st:?}");
-        assert!(ends_within(l.z.pid, Duration::from_secs(30)).await, "zygote still there");
+        assert!(
+            ends_within(l.z.pid, Duration::from_secs(30)).await,
+            "zygote still there"
+        );
     }
 
     /// A zygote that stopped reaping does not hold its workers' tasks.
@@ -552,7 +569,9 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
         drop(a_stdin);
         let mut exit = Some(a_exit);
         let waited = tokio::time::timeout(Duration::from_secs(60), wait_forked(&a, &mut exit));
-        let st = waited.await.expect("still waiting for a report that cannot come");
+        let st = waited
+            .await
+            .expect("still waiting for a report that cannot come");
         assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     }
 }

@@ -117,7 +117,10 @@ mod tests {
     use super::*;
 
     fn sleeper() -> std::process::Child {
-        std::process::Command::new("sleep").arg("30").spawn().unwrap()
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap()
     }
 
     #[test]
@@ -143,7 +146,10 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ESRCH));
         let late = ProcessHandle::bind(child.id());
         if late.is_gone() {
-            assert_eq!(late.signal(libc::SIGTERM).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+            assert_eq!(
+                late.signal(libc::SIGTERM).unwrap_err().raw_os_error(),
+                Some(libc::ESRCH)
+            );
         }
     }
 }

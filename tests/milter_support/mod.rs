@@ -492,6 +492,15 @@ impl MtaClient {
         answer(self.c.connect_info(host, addr, port).await)
     }
 
+    /// The usual start of a test transaction, replies unchecked:
+    /// negotiation, a client `h` at 192.0.2.10, MAIL `<a@b>`, RCPT `<c@d>`.
+    pub async fn negotiate_through_rcpt(&mut self) {
+        self.negotiate().await;
+        self.connect_inet("h", "192.0.2.10", 1).await;
+        self.mail(&[b"<a@b>"]).await;
+        self.rcpt(&[b"<c@d>"]).await;
+    }
+
     pub async fn helo(&mut self, h: &str) -> Packet {
         answer(self.c.helo(h).await)
     }

@@ -325,6 +325,8 @@ async fn replace_body(actions: &EomActions, qid: &str, dir: &str) -> bool {
                 }
             }
         }
+        // Upstream quirk kept: an empty NEWBODY sends no packet, so the
+        // original body stays (protocol/milter.md §10.8).
         if n < buf.len() {
             return true;
         }

@@ -191,6 +191,9 @@ fn ipv6_text(v6: &Ipv6Addr) -> String {
     v6.to_string()
 }
 
+/// Upstream quirk kept: only 127.0.0.1 and `::1` are local for `-R`; not
+/// the rest of 127/8, not a mapped address, not a UNIX socket
+/// (protocol/milter.md §10.14).
 fn is_localhost(sock: &SocketInfo) -> bool {
     match sock {
         SocketInfo::Unknown => true,

@@ -140,6 +140,8 @@ fn mail_commands(
     for m in &cfg.extra_macros {
         append_macro(&mut block, macros, m);
     }
+    // Upstream quirk kept: an address taken from `{if_addr}` is forgotten
+    // here, so X-Scanned-By loses ` on <ip>` (protocol/milter.md §10.6).
     if conn.myip_from_macro {
         conn.myip = None;
         conn.myip_from_macro = false;

@@ -47,6 +47,8 @@ pub(super) async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     };
     let status = match results::parse(&data) {
         Err(e) => {
+            // Upstream quirk kept: a worker's overlong line bounces the
+            // message (554), it is not tempfailed (protocol/milter.md §10.13).
             mm_log!(Warning, qid = qid, "{e}");
             cleanup(cfg, conn).await;
             set_reply(
@@ -149,6 +151,7 @@ fn read_results(qid: &str, dir: &str) -> Result<Vec<u8>, ()> {
         }
     };
     if size > results::MAX_SIZE {
+        // Upstream quirk kept: the typo `byes` (protocol/milter.md §5.1).
         mm_log!(
             Warning,
             qid = qid,

@@ -108,6 +108,8 @@ impl Conn {
         if let Some(q) = self.qid.clone() {
             if !self.qid_written {
                 block.line(b'Q', Some(&q));
+                // Upstream quirk kept: `=i` again, after the one among the
+                // standard macros (protocol/milter.md §10.19).
                 append_macro(block, m, "i");
                 self.qid_written = true;
             }

@@ -2,10 +2,10 @@ package MMTest::E2E;
 use strict;
 use warnings;
 
-use Scalar::Util ();
 use Test::More;
 
 use MMTest::Util qw(have_root skip_or_fail);
+use MMTest::Teardown;
 use MMTest::Sink;
 use MMTest::Stack;
 use MMTest::Postfix;
@@ -61,7 +61,8 @@ sub setup {
     if (my $why = MMTest::Stack->unavailable) { skip_or_fail($why) }
 
     my $self = bless { kind => $kind, owner => $$, own_sink => !$o{sink} }, $class;
-    _register($self);
+    # Torn down at exit before File::Temp removes the MTA's directories.
+    MMTest::Teardown->register($self, 'teardown');
     $self->{sink}  = $o{sink} // MMTest::Sink->new;
     $self->{stack} = MMTest::Stack->new(
         filter      => $o{filter} // 't/data/e2e/mmtest-filter.pl',
@@ -211,23 +212,5 @@ sub teardown {
 }
 
 sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->teardown }
-
-# A test that dies leaves its setup to global destruction, which comes
-# after File::Temp's END block has removed the MTA's and the stack's
-# directories ('postfix stop' then has no configuration left): every
-# setup still alive is torn down in this END block, which runs before
-# File::Temp's (this module is compiled after it).
-my %LIVE;
-
-sub _register {
-    my ($self) = @_;
-    $LIVE{"$self"} = $self;
-    Scalar::Util::weaken($LIVE{"$self"});
-}
-
-END {
-    local ($., $@, $!, $^E, $?);
-    for my $e (grep { defined } values %LIVE) { $e->teardown }
-}
 
 1;

@@ -400,6 +400,42 @@ sub sessions_with_status {
     return (\@res, \@polls);
 }
 
+=head2 hanging_workers(busy_timeout => $secs, status_bound => $secs)
+
+The hang cases that t/81 and t/84 share: two messages at once, whose
+workers hang during the scan, one without a word (C<block>), one after
+half a reply line (C<halfline>).  Asserts that C<mm-mx-ctrl status>
+answered within C<status_bound> seconds and showed both workers busy,
+that both messages were tempfailed at the busy timeout (not before, not
+much later), that the multiplexor killed both workers for it, and that a
+normal message passes again with a clean spool afterwards.
+
+=cut
+
+sub hanging_workers {
+    my ($self, %o) = @_;
+    my $timeout = $o{busy_timeout} or die "hanging_workers: busy_timeout required\n";
+    my $stack = $self->stack;
+    my $mark = length $stack->mx_log;
+    my ($res, $polls) = $self->sessions_with_status($o{status_bound} // 2, qw(block halfline));
+    my ($hang, $half) = @$res;
+    ok((grep { (() = $_->{out} =~ /: busy$/mg) >= 2 } @$polls), 'status answered while both workers hung')
+        or diag(join "\n", map { $_->{out} } @$polls);
+    $self->tempfailed($hang, 'data', TEMPFAIL, 'hanging worker');
+    $self->tempfailed($half, 'data', TEMPFAIL, 'half a line, then hanging');
+    for ([ $hang, 'hanging worker' ], [ $half, 'half a line' ]) {
+        my ($r, $name) = @$_;
+        cmp_ok($r->{secs}, '>=', $timeout - 1, "$name: refused at the busy timeout, not before");
+        cmp_ok($r->{secs}, '<', $timeout + 20, "$name: and not much later");
+    }
+    my $log = substr($stack->mx_log, $mark);
+    is(scalar(() = $log =~ /Killing busy worker \d+ pid=\d+ cmd=scan .*: Busy timeout$/mg), 2,
+        'both workers killed for the busy timeout') or diag($log);
+    $self->recovers(30);
+    $self->spool_is_clean;
+    return;
+}
+
 =head2 nothing_lost([$timeout])
 
 Accounts for every message in the ledger once the MTA's queue is empty

@@ -6,6 +6,7 @@ use File::Spec;
 use POSIX ();
 use Time::HiRes ();
 
+use MMTest::Teardown;
 use MMTest::Util qw(wait_until private_dir slurp_if_exists pid_alive);
 
 =encoding utf8
@@ -61,8 +62,6 @@ sub _bindir {
     for (@dirs) { return $_->[1] if -x "$_->[1]/initdb" && -x "$_->[1]/postgres" }
     return undef;
 }
-
-my %LIVE;    # stringified object => object, for the END block below
 
 =head2 MMTest::Postgres->new(%opts)
 
@@ -175,7 +174,8 @@ sub start {
     # fsync off: a test cluster never needs to survive a crash.
     $self->{pid} = $self->_spawn("$self->{bindir}/postgres", '-D', $self->data_dir,
         '-k', $self->socket_dir, '-c', 'listen_addresses=', '-c', 'fsync=off');
-    $LIVE{"$self"} = $self;
+    # Stopped at exit before File::Temp removes the cluster's directory.
+    MMTest::Teardown->register($self, 'stop');
     eval {
         wait_until(60, 'PostgreSQL to accept connections', sub {
             die "postgres exited early\n" unless pid_alive($self->{pid});
@@ -259,7 +259,6 @@ removed.
 
 sub stop {
     my ($self) = @_;
-    delete $LIVE{"$self"};
     my $pid = $self->{pid} or return;
     return unless $$ == $self->{owner};
     kill 'INT', $pid;
@@ -274,8 +273,5 @@ sub stop {
 }
 
 sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop }
-
-# Runs before File::Temp's clean-up (END blocks run last-defined first).
-END { local $?; $_->stop for values %LIVE }
 
 1;

@@ -5,10 +5,10 @@ use warnings;
 use File::Spec;
 use IO::Socket::UNIX;
 use POSIX ();
-use Scalar::Util ();
 use Socket qw(SOCK_STREAM);
 use Time::HiRes ();
 
+use MMTest::Teardown;
 use MMTest::Util qw(free_port wait_until private_dir port_open slurp slurp_if_exists repo_root pid_alive);
 
 =head1 NAME
@@ -81,7 +81,8 @@ sub new {
         pids        => {},
         spool_size  => $o{spool_size},
     }, $class;
-    _register($self);
+    # Stopped at exit before File::Temp removes its directory.
+    MMTest::Teardown->register($self, 'stop');
     # Workers run as the -U user and must read the filter and perl/.  When
     # the repository is not reachable for that user (say a clone below a
     # 0700 home directory), run private copies from the stack directory.
@@ -542,25 +543,6 @@ sub stop {
 }
 
 sub DESTROY { local ($., $@, $!, $^E, $?); $_[0]->stop }
-
-# Every stack still alive at exit is stopped in an END block: global
-# destruction comes after File::Temp's END block has removed the stack's
-# directory (a mounted spool would then stay mounted, and the daemons
-# would outlive their files), and a test that dies leaves its objects to
-# global destruction.  This module is compiled after File::Temp, so this
-# END block runs first.
-my %LIVE;
-
-sub _register {
-    my ($self) = @_;
-    $LIVE{"$self"} = $self;
-    Scalar::Util::weaken($LIVE{"$self"});
-}
-
-END {
-    local ($., $@, $!, $^E, $?);
-    for my $s (grep { defined } values %LIVE) { $s->stop }
-}
 
 =head2 running($name)
 
