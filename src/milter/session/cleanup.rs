@@ -166,7 +166,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let writer_dir = dir.clone();
         let writer = std::thread::spawn(move || {
-            let end = Instant::now() + Duration::from_millis(300);
+            let end = Instant::now() + Duration::from_secs(1);
             let mut n = 0u64;
             while Instant::now() < end {
                 // Fails once the directory is gone: a removed directory
@@ -176,21 +176,22 @@ mod tests {
                 }
                 n += 1;
             }
-            n
+            end
         });
-        // The writer is under way before the removal starts.
+        // The writer is under way (two entries) before the removal starts.
         let t0 = Instant::now();
-        while std::fs::read_dir(&dir).unwrap().next().is_none() {
+        while std::fs::read_dir(&dir).unwrap().take(2).count() < 2 {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "the writer never started"
             );
             std::thread::yield_now();
         }
+        let started = Instant::now();
         let mut warnings = Vec::new();
         let r = remove_settled(&dir, &mut |m| warnings.push(m));
-        let written = writer.join().unwrap();
-        assert!(written > 1);
+        let writer_end = writer.join().unwrap();
+        assert!(started < writer_end, "the removal began after the writer had stopped");
         assert!(r.is_ok(), "{r:?} {warnings:?}");
         assert!(!dir.exists());
         assert!(warnings.is_empty(), "{warnings:?}");
