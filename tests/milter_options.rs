@@ -316,6 +316,34 @@ async fn do_not_delete_flag_file() {
     assert_eq!(scratch.leftover_dirs().len(), 1);
 }
 
+/// protocol/milter.md §17.1: a directory kept with `-d` after an abort
+/// holds everything received, although the milter had only queued it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_directory_holds_what_was_queued() {
+    let (scratch, _mux, m) = start(&["-d"]);
+    let mut mta = m.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    mta.mail(&[b"<a@b>"]).await;
+    mta.rcpt(&[b"<c@d>"]).await;
+    mta.header(b"Subject", b"kept").await;
+    mta.eoh().await;
+    mta.body(b"line\r\n").await;
+    mta.send(b'A', b"").await;
+    let dirs = scratch.leftover_dirs();
+    assert_eq!(dirs.len(), 1);
+    let dir = scratch.spool.join(&dirs[0]);
+    // The abort is answered without a reply: wait for the log line that
+    // says the directory is kept (written after its queues).
+    assert_log(&m, " because of command-line `-d' flag");
+    let read = |f: &str| String::from_utf8(std::fs::read(dir.join(f)).unwrap()).unwrap();
+    assert_eq!(read("INPUTMSG"), "Subject: kept\n\nline\n");
+    assert_eq!(read("HEADERS"), "Subject: kept\n");
+    assert_eq!(read("PRISTINE_HEADERS"), "Subject: kept\n");
+    let cmds = read("COMMANDS");
+    assert!(cmds.ends_with("R<c@d> ? ? ?\nUkept\n"), "{cmds}");
+}
+
 /// A milter on `-p inet:<free port><host>`, and the port.
 fn start_inet(host: &str) -> (Scratch, FakeMux, Milter, u16) {
     let scratch = Scratch::new();

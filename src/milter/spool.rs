@@ -668,6 +668,61 @@ mod tests {
     }
 
     #[test]
+    fn stripped_names_compare_without_case() {
+        assert!(stripped_eq_ignore_case(b"Subject", b"subject"));
+        assert!(stripped_eq_ignore_case(b"SUB\r\nJECT", b"subject"));
+        assert!(!stripped_eq_ignore_case(b"Subjec", b"subject"));
+        assert!(!stripped_eq_ignore_case(b"Subjects", b"subject"));
+        assert!(!stripped_eq_ignore_case(b"Sub ject", b"subject"));
+        assert!(stripped_eq_ignore_case(b"", b""));
+    }
+
+    /// Without -C, queued bytes reach the file only at a flush or once
+    /// FLUSH_AT of them have gathered; a kept directory is flushed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_bytes_wait_for_a_flush() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = d.path().to_str().unwrap();
+        let mut w = WorkDir::create(spool, "q", false, |f| f.commands.append(b"i1\n"))
+            .await
+            .unwrap();
+        let dir = w.path.clone();
+        let file = |n: &str| std::fs::read(Path::new(&dir).join(n)).unwrap_or_default();
+        assert_eq!(file("COMMANDS"), b"i1\n");
+        w.files().commands.buffer(b"R<a>\n");
+        w.files().inputmsg.buffer(b"Subject: x\n\n");
+        w.settle().await.unwrap();
+        assert_eq!(file("COMMANDS"), b"i1\n", "below FLUSH_AT nothing is written");
+        assert!(!Path::new(&dir).join("INPUTMSG").exists());
+        w.files().inputmsg.buffer(&vec![b'b'; FLUSH_AT]);
+        w.settle().await.unwrap();
+        assert_eq!(file("COMMANDS"), b"i1\nR<a>\n");
+        assert_eq!(file("INPUTMSG").len(), 12 + FLUSH_AT);
+        assert_eq!(w.files().pending(), 0);
+        w.files().headers.buffer(b"Subject: x\n");
+        blocking::run(move || {
+            w.flush_blocking().unwrap();
+            w
+        })
+        .await;
+        assert_eq!(
+            std::fs::read(d.path().join("mm-q/HEADERS")).unwrap(),
+            b"Subject: x\n"
+        );
+    }
+
+    #[test]
+    fn body_runs_copied_whole() {
+        let mut f = BodyFilter::new(false);
+        let long = b"plain text without carriage returns\n".repeat(100);
+        assert_eq!(f.feed(&long), long);
+        let mut out = b"kept".to_vec();
+        f.feed_into(b"a\r\nb\0c\rd", &mut out);
+        assert_eq!(out, b"kepta\nb\0c\rd");
+        assert!(f.suspicious());
+    }
+
+    #[test]
     fn queue_ids_as_directory_names() {
         fn ok(q: &str) -> (&str, Option<&'static str>) {
             dir_name(Some(q.as_bytes()), "GEN")
