@@ -692,7 +692,11 @@ mod tests {
         w.files().commands.buffer(b"R<a>\n");
         w.files().inputmsg.buffer(b"Subject: x\n\n");
         w.settle().await.unwrap();
-        assert_eq!(file("COMMANDS"), b"i1\n", "below FLUSH_AT nothing is written");
+        assert_eq!(
+            file("COMMANDS"),
+            b"i1\n",
+            "below FLUSH_AT nothing is written"
+        );
         assert!(!Path::new(&dir).join("INPUTMSG").exists());
         w.files().inputmsg.buffer(&vec![b'b'; FLUSH_AT]);
         w.settle().await.unwrap();

@@ -38,7 +38,12 @@ pub(super) async fn header(
         f.pristine.pending_mut().extend_from_slice(line);
         spool::headers_line_into(f.headers.pending_mut(), name, value);
     }
-    header_commands(msg.dir.files().commands.pending_mut(), name, value, suspicious);
+    header_commands(
+        msg.dir.files().commands.pending_mut(),
+        name,
+        value,
+        suspicious,
+    );
     if let Err(e) = msg.dir.settle().await {
         let qid = conn.qid();
         return write_failed(cfg, conn, &qid, e).await;
