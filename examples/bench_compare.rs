@@ -1195,7 +1195,7 @@ async fn drive_stages(target: &Target, msg: Arc<Message>, sessions: usize, secon
                 )
                 .await;
                 match r {
-                    Ok(Ok(v)) if v.action == "continue" => {
+                    Ok(Ok(v)) if v.passed() => {
                         st.accepted += 1;
                         continue;
                     }

@@ -275,10 +275,13 @@ async fn modes_debug_flag_and_times() {
         let dirs = scratch.leftover_dirs();
         let dir = scratch.spool.join(&dirs[0]);
         assert_eq!(mode(&dir), dir_mode, "{flags:?}");
-        for f in ["COMMANDS", "HEADERS", "PRISTINE_HEADERS", "INPUTMSG"] {
-            assert_eq!(mode(&dir.join(f)), file_mode, "{flags:?} {f}");
-        }
         let (mods, _) = mta.eom().await;
+        // The files as the worker found them at the scan.
+        let want: Vec<(String, u32)> = [".", "COMMANDS", "HEADERS", "INPUTMSG", "PRISTINE_HEADERS"]
+            .iter()
+            .map(|f| (f.to_string(), if *f == "." { dir_mode } else { file_mode }))
+            .collect();
+        assert_eq!(mux.log.lock().unwrap().scan_modes[0], want, "{flags:?}");
         if flags.is_empty() {
             assert_eq!(mods.len(), 1);
         } else {
@@ -305,6 +308,34 @@ async fn do_not_delete_flag_file() {
         &format!("because of {}/DO-NOT-DELETE-WORK-DIRS", scratch.spool_str()),
     );
     assert_eq!(scratch.leftover_dirs().len(), 1);
+}
+
+/// protocol/milter.md §18.1: a directory kept with `-d` after an abort
+/// holds everything received, although the milter had only queued it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_directory_holds_what_was_queued() {
+    let (scratch, _mux, m) = start(&["-d"]);
+    let mut mta = m.connect().await;
+    mta.negotiate().await;
+    mta.connect_inet("h", "192.0.2.10", 1).await;
+    mta.mail(&[b"<a@b>"]).await;
+    mta.rcpt(&[b"<c@d>"]).await;
+    mta.header(b"Subject", b"kept").await;
+    mta.eoh().await;
+    mta.body(b"line\r\n").await;
+    mta.send(b'A', b"").await;
+    let dirs = scratch.leftover_dirs();
+    assert_eq!(dirs.len(), 1);
+    let dir = scratch.spool.join(&dirs[0]);
+    // The abort is answered without a reply: wait for the log line that
+    // says the directory is kept (written after its queues).
+    assert_log(&m, " because of command-line `-d' flag");
+    let read = |f: &str| String::from_utf8(std::fs::read(dir.join(f)).unwrap()).unwrap();
+    assert_eq!(read("INPUTMSG"), "Subject: kept\n\nline\n");
+    assert_eq!(read("HEADERS"), "Subject: kept\n");
+    assert_eq!(read("PRISTINE_HEADERS"), "Subject: kept\n");
+    let cmds = read("COMMANDS");
+    assert!(cmds.ends_with("R<c@d> ? ? ?\nUkept\n"), "{cmds}");
 }
 
 /// A milter on `-p inet:<free port><host>`, and the port.

@@ -99,6 +99,10 @@ impl CommandsBlock {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
 }
 
 #[cfg(test)]

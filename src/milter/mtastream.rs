@@ -28,9 +28,13 @@ use crate::wire::sockspec::Stream;
 /// headers of up to 100 KiB in one packet and body chunks of 64 KiB.
 pub const DEFAULT_MAX_PACKET: usize = 256 * 1024;
 
-/// Buffers grown past this are given back once empty, so an idle session
-/// keeps little memory.
-const KEEP_CAPACITY: usize = 4096;
+/// Once everything read was handed on, a buffer grown past this is
+/// given back, so an idle session keeps (almost) nothing here.
+const KEEP_CAPACITY: usize = 512;
+
+/// Room made for one read from the MTA (more when the packet being read
+/// is known to be longer, up to its end).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// An accepted MTA connection whose connect packets are repaired and whose
 /// packets are bounded in size.
@@ -38,11 +42,13 @@ const KEEP_CAPACITY: usize = 4096;
 pub struct MtaStream {
     inner: Stream,
     max_packet: usize,
-    /// Bytes read from the MTA and not yet framed.
-    raw: Vec<u8>,
-    /// Framed (and possibly repaired) bytes ready for indymilter.
-    ready: Vec<u8>,
-    ready_pos: usize,
+    /// Bytes read from the MTA: `buf[pos..framed]` are whole, checked (and
+    /// possibly repaired) packets ready for indymilter, `buf[framed..]`
+    /// the start of a packet still arriving. One buffer, framed in place:
+    /// no copy or allocation per packet.
+    buf: Vec<u8>,
+    pos: usize,
+    framed: usize,
     /// Set when the MTA sent a packet the adapter refuses: the connection
     /// ends once the packets before it have been read.
     refused: Option<Refusal>,
@@ -79,9 +85,9 @@ impl MtaStream {
         MtaStream {
             inner,
             max_packet,
-            raw: Vec::new(),
-            ready: Vec::new(),
-            ready_pos: 0,
+            buf: Vec::new(),
+            pos: 0,
+            framed: 0,
             refused: None,
             eof: false,
             in_transaction: false,
@@ -90,40 +96,44 @@ impl MtaStream {
         }
     }
 
-    /// Moves every complete packet from `raw` to `ready`, stopping at the
-    /// first one refused.
+    /// Frames every complete packet after `framed`, stopping at the first
+    /// one refused.
     fn frame(&mut self) {
         loop {
             if self.eof {
                 // Whatever is left goes on as it is (a truncated packet
                 // is indymilter's to report).
-                self.ready.append(&mut self.raw);
+                self.framed = self.buf.len();
                 return;
             }
-            if self.raw.len() < 4 {
+            let rest = &self.buf[self.framed..];
+            if rest.len() < 4 {
                 return;
             }
-            let len =
-                u32::from_be_bytes([self.raw[0], self.raw[1], self.raw[2], self.raw[3]]) as usize;
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             if let Some(r) = check_length(len, self.max_packet)
-                .or_else(|| self.raw.get(4).and_then(|&cmd| check_command(cmd)))
+                .or_else(|| rest.get(4).and_then(|&cmd| check_command(cmd)))
             {
                 self.refuse(r);
                 return;
             }
-            if self.raw.len() < 4 + len {
+            if rest.len() < 4 + len {
                 return;
             }
-            let packet: Vec<u8> = self.raw.drain(..4 + len).collect();
-            self.note_order(packet[4]);
-            match repair_connect(&packet[4..]) {
-                Some(payload) => {
-                    self.ready
-                        .extend_from_slice(&(payload.len() as u32).to_be_bytes());
-                    self.ready.extend_from_slice(&payload);
+            self.note_order(rest[4]);
+            let start = self.framed;
+            let len = match connect_repair_at(&self.buf[start + 4..start + 4 + len]) {
+                Some(at) => {
+                    // Sendmail's `IPv6:` prefix goes, in place.
+                    let at = start + 4 + at;
+                    self.buf.drain(at..at + IPV6_TAG.len());
+                    let len = len - IPV6_TAG.len();
+                    self.buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+                    len
                 }
-                None => self.ready.extend_from_slice(&packet),
-            }
+                None => len,
+            };
+            self.framed = start + 4 + len;
         }
     }
 
@@ -135,7 +145,27 @@ impl MtaStream {
             r.describe(self.max_packet)
         );
         self.refused = Some(r);
-        self.raw = Vec::new();
+        self.buf.truncate(self.framed);
+    }
+
+    /// Room for the next read: at least [`READ_CHUNK`], or the rest of the
+    /// packet being read when its length is known (it is at most
+    /// `max_packet`, checked by [`MtaStream::frame`]).
+    fn make_room(&mut self) {
+        if self.pos > 0 {
+            // Everything before `pos` was handed on.
+            self.buf.drain(..self.pos);
+            self.framed -= self.pos;
+            self.pos = 0;
+        }
+        let rest = &self.buf[self.framed..];
+        let want = if rest.len() >= 4 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            (4 + len).saturating_sub(rest.len()).max(READ_CHUNK)
+        } else {
+            READ_CHUNK
+        };
+        self.buf.reserve(want);
     }
 
     /// Follows MAIL ... end of message, and logs the first content command
@@ -217,10 +247,13 @@ fn command_name(cmd: u8) -> &'static str {
     }
 }
 
+/// Sendmail's prefix of an IPv6 client address.
+const IPV6_TAG: &[u8] = b"IPv6:";
+
 /// For an SMFIC_CONNECT payload (`C` host NUL family port(2) address NUL)
-/// of family `6` whose address starts with `IPv6:`, returns the payload
-/// without that prefix; `None` when nothing needs changing.
-fn repair_connect(payload: &[u8]) -> Option<Vec<u8>> {
+/// of family `6` whose address starts with `IPv6:`, returns the offset of
+/// that prefix in the payload; `None` when nothing needs changing.
+fn connect_repair_at(payload: &[u8]) -> Option<usize> {
     if payload.first() != Some(&b'C') {
         return None;
     }
@@ -231,12 +264,19 @@ fn repair_connect(payload: &[u8]) -> Option<Vec<u8>> {
     }
     let addr_at = family_at + 3;
     let addr = payload.get(addr_at..)?;
-    if addr.len() < 5 || !addr[..5].eq_ignore_ascii_case(b"IPv6:") {
+    if addr.len() < IPV6_TAG.len() || !addr[..IPV6_TAG.len()].eq_ignore_ascii_case(IPV6_TAG) {
         return None;
     }
-    let mut fixed = Vec::with_capacity(payload.len() - 5);
-    fixed.extend_from_slice(&payload[..addr_at]);
-    fixed.extend_from_slice(&addr[5..]);
+    Some(addr_at)
+}
+
+/// The payload without its `IPv6:` prefix; `None` when nothing needs
+/// changing (the tests' view of [`connect_repair_at`]).
+#[cfg(test)]
+fn repair_connect(payload: &[u8]) -> Option<Vec<u8>> {
+    let at = connect_repair_at(payload)?;
+    let mut fixed = payload.to_vec();
+    fixed.drain(at..at + IPV6_TAG.len());
     Some(fixed)
 }
 
@@ -244,19 +284,20 @@ impl AsyncRead for MtaStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.ready_pos < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.ready_pos);
-                buf.put_slice(&this.ready[this.ready_pos..this.ready_pos + n]);
-                this.ready_pos += n;
-                if this.ready_pos == this.ready.len() {
-                    this.ready.clear();
-                    this.ready_pos = 0;
-                    if this.ready.capacity() > KEEP_CAPACITY {
-                        this.ready = Vec::new();
+            if this.pos < this.framed {
+                let n = out.remaining().min(this.framed - this.pos);
+                out.put_slice(&this.buf[this.pos..this.pos + n]);
+                this.pos += n;
+                if this.pos == this.buf.len() {
+                    this.buf.clear();
+                    this.pos = 0;
+                    this.framed = 0;
+                    if this.buf.capacity() > KEEP_CAPACITY {
+                        this.buf = Vec::new();
                     }
                 }
                 return Poll::Ready(Ok(()));
@@ -270,22 +311,33 @@ impl AsyncRead for MtaStream {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            if this.raw.is_empty() && this.raw.capacity() > KEEP_CAPACITY {
-                this.raw = Vec::new();
-            }
-            let mut chunk = [0u8; 16384];
-            let mut rb = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        this.eof = true;
+            this.make_room();
+            let filled = {
+                let mut rb = ReadBuf::uninit(this.buf.spare_capacity_mut());
+                let start = rb.filled().as_ptr();
+                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        // The reader filled our memory, not some other buffer.
+                        assert_eq!(start, rb.filled().as_ptr());
+                        rb.filled().len()
                     }
-                    this.raw.extend_from_slice(rb.filled());
-                    this.frame();
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        if this.buf.is_empty() && this.buf.capacity() > KEEP_CAPACITY {
+                            // Nothing in flight: an idle session holds no buffer.
+                            this.buf = Vec::new();
+                        }
+                        return Poll::Pending;
+                    }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+            };
+            // SAFETY: the read initialised `filled` bytes of the spare
+            // capacity, right after the current length.
+            unsafe { this.buf.set_len(this.buf.len() + filled) };
+            if filled == 0 {
+                this.eof = true;
             }
+            this.frame();
         }
     }
 }

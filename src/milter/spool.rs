@@ -52,11 +52,19 @@ pub fn generate_id() -> String {
 /// line and whether such a bare CR was seen (the header is "suspicious").
 pub fn pristine_header_line(name: &[u8], value: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(name.len() + value.len() + 3);
-    let mut suspicious = bare_cr_to_space(&mut out, name);
-    out.extend_from_slice(b": ");
-    suspicious |= bare_cr_to_space(&mut out, value);
-    out.push(b'\n');
+    let suspicious = pristine_header_into(&mut out, name, value);
     (out, suspicious)
+}
+
+/// [`pristine_header_line`] appended to `out`; returns whether it is
+/// suspicious.
+pub fn pristine_header_into(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> bool {
+    out.reserve(name.len() + value.len() + 3);
+    let mut suspicious = bare_cr_to_space(out, name);
+    out.extend_from_slice(b": ");
+    suspicious |= bare_cr_to_space(out, value);
+    out.push(b'\n');
+    suspicious
 }
 
 fn bare_cr_to_space(out: &mut Vec<u8>, s: &[u8]) -> bool {
@@ -83,11 +91,28 @@ pub fn strip_crlf(s: &[u8]) -> Vec<u8> {
 
 /// The HEADERS line for one header.
 pub fn headers_line(name: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = strip_crlf(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(&strip_crlf(value));
-    out.push(b'\n');
+    let mut out = Vec::with_capacity(name.len() + value.len() + 3);
+    headers_line_into(&mut out, name, value);
     out
+}
+
+/// [`headers_line`] appended to `out`.
+pub fn headers_line_into(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let keep = |&b: &u8| b != b'\r' && b != b'\n';
+    out.reserve(name.len() + value.len() + 3);
+    out.extend(name.iter().filter(|b| keep(b)));
+    out.extend_from_slice(b": ");
+    out.extend(value.iter().filter(|b| keep(b)));
+    out.push(b'\n');
+}
+
+/// Whether `s` with every CR and LF removed equals `word` (ASCII case
+/// ignored), without building the stripped copy.
+pub fn stripped_eq_ignore_case(s: &[u8], word: &[u8]) -> bool {
+    let mut rest = s.iter().filter(|&&b| b != b'\r' && b != b'\n');
+    word.iter()
+        .all(|w| rest.next().is_some_and(|b| b.eq_ignore_ascii_case(w)))
+        && rest.next().is_none()
 }
 
 /// The body transformation of protocol/milter.md §3.8: CRLF becomes LF, bare
@@ -117,9 +142,17 @@ impl BodyFilter {
     /// Transforms one chunk; empty chunks change nothing.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.len() + 1);
+        self.feed_into(chunk, &mut out);
+        out
+    }
+
+    /// [`BodyFilter::feed`], appending the transformed bytes to `out`.
+    /// Runs of bytes without a CR or a NUL are copied whole.
+    pub fn feed_into(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         if chunk.is_empty() {
-            return out;
+            return;
         }
+        out.reserve(chunk.len() + 1);
         if self.last_was_cr && chunk[0] != b'\n' {
             self.suspicious = true;
             if !self.strip_bare_cr {
@@ -128,39 +161,60 @@ impl BodyFilter {
         }
         self.last_was_cr = false;
         let n = chunk.len();
-        for (i, &b) in chunk.iter().enumerate() {
-            if b == b'\r' {
-                if i == n - 1 {
-                    // Upstream quirk kept: when no chunk follows, this CR
-                    // is dropped unflagged (protocol/milter.md §10.17).
-                    self.last_was_cr = true;
-                    continue;
-                } else if chunk[i + 1] != b'\n' {
-                    self.suspicious = true;
-                    if self.strip_bare_cr {
-                        continue;
-                    }
-                } else {
-                    continue;
-                }
+        let mut i = 0;
+        while i < n {
+            // Plain bytes up to the next CR or NUL go over in one copy.
+            let run = chunk[i..]
+                .iter()
+                .position(|&b| b == b'\r' || b == 0)
+                .unwrap_or(n - i);
+            out.extend_from_slice(&chunk[i..i + run]);
+            i += run;
+            if i == n {
+                break;
             }
+            let b = chunk[i];
+            i += 1;
             if b == 0 {
                 self.suspicious = true;
+                out.push(0);
+                continue;
             }
-            out.push(b);
+            // A CR: held back at the end of the chunk, dropped before LF,
+            // kept (or dropped with -c) and flagged otherwise. Upstream
+            // quirk kept: when no chunk follows, the held CR is dropped
+            // unflagged (protocol/milter.md §10.17).
+            if i == n {
+                self.last_was_cr = true;
+            } else if chunk[i] != b'\n' {
+                self.suspicious = true;
+                if !self.strip_bare_cr {
+                    out.push(b'\r');
+                }
+            }
         }
-        out
     }
 }
 
+/// Pending bytes of a working directory are written once they reach this
+/// (about one body chunk of the MTA), so a message in progress holds at
+/// most this much beside the chunk being added.
+pub const FLUSH_AT: usize = 64 * 1024;
+
 /// One file of the working directory, opened for appending on first use.
-/// With `-C` (conserve descriptors) it is closed again after every write.
-/// Blocking: use it through [`WorkDir::with_files`].
+/// Appended bytes gather in memory ([`SpoolFile::buffer`]) until a flush
+/// writes them in one `write` (protocol/milter.md §18.1). With `-C`
+/// (conserve descriptors) the file is closed again after every flush.
+/// The I/O is blocking: use it through [`WorkDir::with_files`].
 #[derive(Debug)]
 pub struct SpoolFile {
     path: PathBuf,
     file: Option<File>,
     conserve: bool,
+    /// Appended and not yet written.
+    pending: Vec<u8>,
+    /// Nothing more will be appended: close the file after the next flush.
+    finished: bool,
 }
 
 impl SpoolFile {
@@ -169,6 +223,8 @@ impl SpoolFile {
             path,
             file: None,
             conserve,
+            pending: Vec::new(),
+            finished: false,
         }
     }
 
@@ -203,18 +259,54 @@ impl SpoolFile {
         Ok(())
     }
 
-    /// Appends `bytes` in one write.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        let conserve = self.conserve;
-        let path = self.path.clone();
-        let f = self.open()?;
-        let r = f
-            .write_all(bytes)
-            .map_err(|e| SpoolError::Write(path, bytes.len(), e));
-        if conserve {
+    /// Queues `bytes` for the next flush (no I/O).
+    pub fn buffer(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// The queue itself, for writers that render straight into it.
+    pub fn pending_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
+    }
+
+    /// Writes what is queued in one write. The queue is emptied either
+    /// way: after a failure the message is given up.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        let r = if self.pending.is_empty() {
+            Ok(())
+        } else {
+            let len = self.pending.len();
+            let pending = std::mem::take(&mut self.pending);
+            let r = match self.open() {
+                Ok(f) => f.write_all(&pending).map_err(|e| (len, e)),
+                Err(e) => {
+                    self.pending = pending;
+                    self.pending.clear();
+                    return Err(e);
+                }
+            }
+            .map_err(|(len, e)| SpoolError::Write(self.path.clone(), len, e));
+            // The buffer is kept for the next chunk of the body.
+            self.pending = pending;
+            self.pending.clear();
+            r
+        };
+        if self.conserve || self.finished {
             self.file = None;
         }
         r
+    }
+
+    /// Appends `bytes` (and whatever was queued) in one write now.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.buffer(bytes);
+        self.flush()
+    }
+
+    /// Marks the file complete: it is closed after the next flush (no I/O
+    /// here, so callable on a runtime thread).
+    pub fn finish(&mut self) {
+        self.finished = true;
     }
 
     pub fn close(&mut self) {
@@ -252,6 +344,23 @@ impl Files {
         }
     }
 
+    /// Bytes queued over the four files.
+    pub fn pending(&self) -> usize {
+        self.inputmsg.pending.len()
+            + self.headers.pending.len()
+            + self.pristine.pending.len()
+            + self.commands.pending.len()
+    }
+
+    /// Writes every file's queue, in the order the callbacks fill them;
+    /// stops at the first failure.
+    pub fn flush_all(&mut self) -> Result<(), SpoolError> {
+        self.inputmsg.flush()?;
+        self.pristine.flush()?;
+        self.headers.flush()?;
+        self.commands.flush()
+    }
+
     pub fn close_all(&mut self) {
         self.inputmsg.close();
         self.headers.close();
@@ -261,35 +370,80 @@ impl Files {
 }
 
 /// The working directory of one message. Its files are only touched on
-/// the blocking pool ([`WorkDir::with_files`]), never on a runtime thread.
+/// the blocking pool ([`WorkDir::with_files`]), never on a runtime thread;
+/// what the callbacks append is queued ([`WorkDir::files`]) and written by
+/// [`WorkDir::settle`] or [`WorkDir::flush`].
 #[derive(Debug)]
 pub struct WorkDir {
     /// The path exactly as given to the multiplexor (`<spool>/mm-<name>`).
     pub path: String,
     conserve: bool,
     /// `None` while a blocking task holds the files (or after that task
-    /// was abandoned: the files then reopen by path on next use).
+    /// was abandoned: the files then reopen by path on next use, and what
+    /// was queued is lost with the task).
     files: Option<Files>,
 }
 
 impl WorkDir {
-    /// Creates `<spool>/mm-<name>` with mode 0750 (the umask narrows it).
-    /// `name` must come from [`dir_name`].
-    pub async fn create(spool: &str, name: &str, conserve: bool) -> Result<WorkDir, SpoolError> {
+    /// Creates `<spool>/mm-<name>` with mode 0750 (the umask narrows it),
+    /// then runs `init` on its files, both in one trip to the blocking
+    /// pool. `name` must come from [`dir_name`]. On an `init` failure the
+    /// directory is returned with the error, so that it can be cleaned up.
+    pub async fn create<F>(
+        spool: &str,
+        name: &str,
+        conserve: bool,
+        init: F,
+    ) -> Result<WorkDir, (Option<WorkDir>, SpoolError)>
+    where
+        F: FnOnce(&mut Files) -> Result<(), SpoolError> + Send + 'static,
+    {
         let path = format!("{spool}/mm-{name}");
         let p = PathBuf::from(&path);
-        blocking::run(move || {
+        let made = blocking::run(move || {
             std::fs::DirBuilder::new()
                 .mode(0o750)
                 .create(&p)
-                .map_err(|e| SpoolError::Mkdir(p, e))
+                .map_err(|e| SpoolError::Mkdir(p.clone(), e))?;
+            let mut files = Files::new(&p, conserve);
+            let r = init(&mut files);
+            Ok((files, r))
         })
-        .await?;
-        Ok(WorkDir {
-            files: Some(Files::new(Path::new(&path), conserve)),
+        .await;
+        let (files, r) = made.map_err(|e| (None, e))?;
+        let dir = WorkDir {
+            files: Some(files),
             path,
             conserve,
-        })
+        };
+        match r {
+            Ok(()) => Ok(dir),
+            Err(e) => Err((Some(dir), e)),
+        }
+    }
+
+    /// The files, to queue bytes on (no I/O).
+    pub fn files(&mut self) -> &mut Files {
+        let (path, conserve) = (&self.path, self.conserve);
+        self.files
+            .get_or_insert_with(|| Files::new(Path::new(path), conserve))
+    }
+
+    /// Writes the queued bytes when they should not wait: with `-C`
+    /// every callback writes what it added (and closes again), as
+    /// upstream does; otherwise only once [`FLUSH_AT`] bytes have gathered.
+    pub async fn settle(&mut self) -> Result<(), SpoolError> {
+        let pending = self.files.as_ref().map_or(0, Files::pending);
+        if pending >= FLUSH_AT || (self.conserve && pending > 0) {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes every queued byte now.
+    pub async fn flush(&mut self) -> Result<(), SpoolError> {
+        self.with_files(Files::flush_all).await
     }
 
     /// Runs `f` on the files on the blocking pool.
@@ -313,6 +467,11 @@ impl WorkDir {
 
     pub async fn close_all(&mut self) {
         self.with_files(Files::close_all).await
+    }
+
+    /// Writes what is still queued (blocking: call on the blocking pool).
+    pub fn flush_blocking(&mut self) -> Result<(), SpoolError> {
+        self.files().flush_all()
     }
 
     /// Closes the files (blocking: call on the blocking pool).
@@ -369,7 +528,7 @@ pub fn remove_tree(path: &Path, warn: &mut dyn FnMut(String)) -> std::io::Result
             for entry in entries {
                 match entry {
                     Ok(entry) => {
-                        if let Err(e) = remove_tree(&entry.path(), warn) {
+                        if let Err(e) = remove_entry(&entry, warn) {
                             first_err.get_or_insert(e);
                         }
                     }
@@ -392,6 +551,18 @@ pub fn remove_tree(path: &Path, warn: &mut dyn FnMut(String)) -> std::io::Result
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// One entry of a directory being removed: the type readdir reported
+/// (no `lstat` per file) says whether to unlink it or descend; a
+/// symlink is unlinked like a file, never followed.
+fn remove_entry(entry: &std::fs::DirEntry, warn: &mut dyn FnMut(String)) -> std::io::Result<()> {
+    let path = entry.path();
+    match entry.file_type() {
+        Ok(t) if !t.is_dir() => std::fs::remove_file(&path)
+            .inspect_err(|e| warn(format!("rm_r: unlink({}) failed: {e}", path.display()))),
+        _ => remove_tree(&path, warn),
     }
 }
 
@@ -458,26 +629,30 @@ mod tests {
     async fn workdir_files_and_removal() {
         let d = tempfile::tempdir().unwrap();
         let spool = d.path().to_str().unwrap();
-        let mut w = WorkDir::create(spool, "abc", true).await.unwrap();
-        assert_eq!(w.path, format!("{spool}/mm-abc"));
-        w.with_files(|f| {
+        let mut w = WorkDir::create(spool, "abc", true, |f| {
             f.headers.touch()?;
-            f.commands.append(b"F\n")?;
-            f.commands.append(b"G\n")
+            f.commands.append(b"F\n")
         })
         .await
         .unwrap();
+        assert_eq!(w.path, format!("{spool}/mm-abc"));
+        // With -C every settle writes; without, bytes wait for a flush.
+        w.files().commands.buffer(b"G\n");
+        w.settle().await.unwrap();
         assert_eq!(
             std::fs::read(Path::new(&w.path).join("COMMANDS")).unwrap(),
             b"F\nG\n"
         );
-        assert!(WorkDir::create(spool, "abc", false).await.is_err());
+        assert!(WorkDir::create(spool, "abc", false, |_| Ok(()))
+            .await
+            .is_err());
         // A file someone replaced by a symlink is refused, not followed.
         let target = d.path().join("target");
         std::fs::write(&target, b"").unwrap();
         std::fs::remove_file(Path::new(&w.path).join("HEADERS")).unwrap();
         std::os::unix::fs::symlink(&target, Path::new(&w.path).join("HEADERS")).unwrap();
-        let e = w.with_files(|f| f.headers.append(b"x")).await.unwrap_err();
+        w.files().headers.buffer(b"x");
+        let e = w.flush().await.unwrap_err();
         assert!(
             e.to_string()
                 .ends_with("/HEADERS: not a regular file but a symbolic link"),
@@ -492,6 +667,65 @@ mod tests {
         assert!(!Path::new(&path).exists());
         assert!(Path::new("/etc/passwd").exists());
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn stripped_names_compare_without_case() {
+        assert!(stripped_eq_ignore_case(b"Subject", b"subject"));
+        assert!(stripped_eq_ignore_case(b"SUB\r\nJECT", b"subject"));
+        assert!(!stripped_eq_ignore_case(b"Subjec", b"subject"));
+        assert!(!stripped_eq_ignore_case(b"Subjects", b"subject"));
+        assert!(!stripped_eq_ignore_case(b"Sub ject", b"subject"));
+        assert!(stripped_eq_ignore_case(b"", b""));
+    }
+
+    /// Without -C, queued bytes reach the file only at a flush or once
+    /// FLUSH_AT of them have gathered; a kept directory is flushed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_bytes_wait_for_a_flush() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = d.path().to_str().unwrap();
+        let mut w = WorkDir::create(spool, "q", false, |f| f.commands.append(b"i1\n"))
+            .await
+            .unwrap();
+        let dir = w.path.clone();
+        let file = |n: &str| std::fs::read(Path::new(&dir).join(n)).unwrap_or_default();
+        assert_eq!(file("COMMANDS"), b"i1\n");
+        w.files().commands.buffer(b"R<a>\n");
+        w.files().inputmsg.buffer(b"Subject: x\n\n");
+        w.settle().await.unwrap();
+        assert_eq!(
+            file("COMMANDS"),
+            b"i1\n",
+            "below FLUSH_AT nothing is written"
+        );
+        assert!(!Path::new(&dir).join("INPUTMSG").exists());
+        w.files().inputmsg.buffer(&vec![b'b'; FLUSH_AT]);
+        w.settle().await.unwrap();
+        assert_eq!(file("COMMANDS"), b"i1\nR<a>\n");
+        assert_eq!(file("INPUTMSG").len(), 12 + FLUSH_AT);
+        assert_eq!(w.files().pending(), 0);
+        w.files().headers.buffer(b"Subject: x\n");
+        blocking::run(move || {
+            w.flush_blocking().unwrap();
+            w
+        })
+        .await;
+        assert_eq!(
+            std::fs::read(d.path().join("mm-q/HEADERS")).unwrap(),
+            b"Subject: x\n"
+        );
+    }
+
+    #[test]
+    fn body_runs_copied_whole() {
+        let mut f = BodyFilter::new(false);
+        let long = b"plain text without carriage returns\n".repeat(100);
+        assert_eq!(f.feed(&long), long);
+        let mut out = b"kept".to_vec();
+        f.feed_into(b"a\r\nb\0c\rd", &mut out);
+        assert_eq!(out, b"kepta\nb\0c\rd");
+        assert!(f.suspicious());
     }
 
     #[test]

@@ -327,18 +327,16 @@ fn session_config(s: &Startup) -> Config {
     }
 }
 
-/// Sessions are I/O-bound tasks: a few worker threads serve any number of
-/// MTA connections. `None` after reporting a failure.
+/// Sessions are I/O-bound tasks: one runtime thread serves every MTA
+/// connection, and file work goes to the blocking pool
+/// (`crate::sys::blocking`). A multi-thread runtime cost more CPU per
+/// message than it could win: indymilter hands every milter command
+/// between two tasks of a session, and on several workers each hand-off
+/// may wake another thread (protocol/milter.md §18.2). `None` after
+/// reporting a failure.
 fn runtime(ready: &mut daemon::Readiness) -> Option<tokio::runtime::Runtime> {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8);
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    match b.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             mm_log!(Error, "cannot start the runtime: {e}");

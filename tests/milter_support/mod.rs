@@ -74,7 +74,12 @@ pub struct MuxLog {
     pub errors: Vec<String>,
     /// Copies of the working-directory files at each scan: (dir, name -> bytes).
     pub scans: Vec<Scan>,
-    /// Directory listings (name, mode) at each sender/recipient check.
+    /// Permission bits of the working directory (`.`) and its four files
+    /// at each scan, as the worker finds them.
+    pub scan_modes: Vec<Vec<(String, u32)>>,
+    /// Copies of the working directory's COMMANDS at each sender and
+    /// recipient check: the worker reads it then (protocol/milter.md §7.3).
+    pub checks: Vec<Scan>,
     pub free_count: usize,
     /// `help` requests (the milter's reservation probe), answered as
     /// upstream's multiplexor does and not in `lines`.
@@ -233,6 +238,17 @@ async fn serve(
                 .push(format!("{cmd}: expected args {expected:?}, got {got:?}"));
         }
     }
+    let check_dir = match cmd.as_str() {
+        "senderok" => args.get(4),
+        "recipok" => args.get(6),
+        _ => None,
+    };
+    if let Some(dir) = check_dir {
+        let files = std::fs::read(Path::new(dir).join("COMMANDS"))
+            .map(|b| vec![("COMMANDS".to_string(), b)])
+            .unwrap_or_default();
+        log.lock().unwrap().checks.push((dir.clone(), files));
+    }
     if cmd == "scan" && args.len() == 2 {
         let dir = &args[1];
         let mut files = vec![];
@@ -241,7 +257,16 @@ async fn serve(
                 files.push((name.to_string(), b));
             }
         }
-        log.lock().unwrap().scans.push((dir.clone(), files));
+        let mut modes = vec![];
+        for name in [".", "COMMANDS", "HEADERS", "INPUTMSG", "PRISTINE_HEADERS"] {
+            if let Ok(m) = std::fs::metadata(Path::new(dir).join(name)) {
+                modes.push((name.to_string(), m.permissions().mode() & 0o777));
+            }
+        }
+        let mut l = log.lock().unwrap();
+        l.scans.push((dir.clone(), files));
+        l.scan_modes.push(modes);
+        drop(l);
         for (name, data) in &step.results {
             std::fs::write(Path::new(dir).join(name), data).unwrap();
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use indymilter::Status;
 
 use super::{Config, Conn};
-use crate::milter::spool;
+use crate::milter::spool::{self, WorkDir};
 use crate::mm_log;
 use crate::sys::blocking;
 
@@ -49,7 +49,7 @@ pub(super) async fn cleanup(cfg: &Config, conn: &mut Conn) {
         keep_failed: cfg.keep_failed && msg.filter_failed,
     };
     let qid = conn.qid();
-    blocking::run(move || remove_working_directory(&keep, &qid, &msg.dir.into_path())).await;
+    blocking::run(move || remove_working_directory(&keep, &qid, msg.dir)).await;
 }
 
 /// What keeps a working directory after its message (protocol/milter.md §4.3).
@@ -63,34 +63,47 @@ struct KeepRules {
 }
 
 /// Blocking: runs on the blocking pool.
-fn remove_working_directory(keep: &KeepRules, qid: &str, dir: &str) {
-    if dir.is_empty() {
+fn remove_working_directory(keep: &KeepRules, qid: &str, mut dir: WorkDir) {
+    if dir.path.is_empty() {
         return;
     }
+    let path = dir.path.clone();
     if keep.debug {
+        keep_written(qid, &mut dir);
         mm_log!(
             Info,
             qid = qid,
-            "Not cleaning up {dir} because of command-line `-d' flag"
+            "Not cleaning up {path} because of command-line `-d' flag"
         );
         return;
     }
     let flag = &keep.flag;
     if flag.exists() {
+        keep_written(qid, &mut dir);
         mm_log!(
             Info,
             qid = qid,
-            "Not cleaning up {dir} because of {}",
+            "Not cleaning up {path} because of {}",
             flag.display()
         );
         return;
     }
     if keep.keep_failed {
-        mm_log!(Warning, qid = qid, "Filter failed.  Message kept in {dir}");
+        keep_written(qid, &mut dir);
+        mm_log!(Warning, qid = qid, "Filter failed.  Message kept in {path}");
         return;
     }
-    if let Err(e) = remove_settled(Path::new(dir), &mut |m| mm_log!(Warning, "{m}")) {
-        mm_log!(Error, qid = qid, "failed to clean up {dir}: {e}");
+    drop(dir.into_path());
+    if let Err(e) = remove_settled(Path::new(&path), &mut |m| mm_log!(Warning, "{m}")) {
+        mm_log!(Error, qid = qid, "failed to clean up {path}: {e}");
+    }
+}
+
+/// A kept directory holds everything received, as if every callback had
+/// written its part at once: what is still queued goes to the files.
+fn keep_written(qid: &str, dir: &mut WorkDir) {
+    if let Err(e) = dir.flush_blocking() {
+        mm_log!(Warning, qid = qid, "{e}");
     }
 }
 

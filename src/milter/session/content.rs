@@ -9,7 +9,7 @@ use super::cleanup::write_failed;
 use super::state::{no_private_data, Msg};
 use super::{Config, Conn};
 use crate::milter::commands::CommandsBlock;
-use crate::milter::spool::{self, pristine_header_line, BodyFilter};
+use crate::milter::spool::{self, BodyFilter};
 use crate::mm_log;
 
 pub(super) async fn header(
@@ -21,34 +21,32 @@ pub(super) async fn header(
     let Some(conn) = cx.data.as_mut() else {
         return no_private_data("header");
     };
-    let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
-        mm_log!(Warning, qid = qid, "header: no message in progress");
+        mm_log!(Warning, qid = conn.qid(), "header: no message in progress");
         return Status::Tempfail;
     };
     let (name, value) = (name.as_bytes(), value.as_bytes());
     let mut suspicious = false;
     if note_header(msg, name) {
-        let (line, s) = pristine_header_line(name, value);
-        suspicious = s;
-        let headers_line = spool::headers_line(name, value);
-        let r = msg
-            .dir
-            .with_files(move |f| {
-                f.inputmsg.append(&line)?;
-                f.pristine.append(&line)?;
-                f.headers.append(&headers_line)
-            })
-            .await;
-        if let Err(e) = r {
-            return write_failed(cfg, conn, &qid, e).await;
-        }
+        // Rendered straight into the queues of INPUTMSG, PRISTINE_HEADERS
+        // (the same bytes) and HEADERS; written at the next flush.
+        let f = msg.dir.files();
+        let input = f.inputmsg.pending_mut();
+        let at = input.len();
+        suspicious = spool::pristine_header_into(input, name, value);
+        let line = &f.inputmsg.pending_mut()[at..];
+        f.pristine.pending_mut().extend_from_slice(line);
+        spool::headers_line_into(f.headers.pending_mut(), name, value);
     }
-    let block = header_commands(name, value, suspicious);
-    if !block.is_empty() {
-        if let Err(e) = msg.dir.with_files(move |f| f.commands.append(&block)).await {
-            return write_failed(cfg, conn, &qid, e).await;
-        }
+    header_commands(
+        msg.dir.files().commands.pending_mut(),
+        name,
+        value,
+        suspicious,
+    );
+    if let Err(e) = msg.dir.settle().await {
+        let qid = conn.qid();
+        return write_failed(cfg, conn, &qid, e).await;
     }
     Status::Continue
 }
@@ -67,20 +65,27 @@ fn note_header(msg: &mut Msg, name: &[u8]) -> bool {
     true
 }
 
-/// The COMMANDS lines of one header (protocol/milter.md §3.6 step 4);
-/// empty when it has none.
-fn header_commands(name: &[u8], value: &[u8], suspicious: bool) -> Vec<u8> {
-    let (name, value) = (spool::strip_crlf(name), spool::strip_crlf(value));
+/// Appends the COMMANDS lines of one header (protocol/milter.md §3.6
+/// step 4) to `out`; most headers have none.
+fn header_commands(out: &mut Vec<u8>, name: &[u8], value: &[u8], suspicious: bool) {
+    let letter = if spool::stripped_eq_ignore_case(name, b"subject") {
+        Some(b'U')
+    } else if spool::stripped_eq_ignore_case(name, b"message-id") {
+        Some(b'X')
+    } else {
+        None
+    };
+    if !suspicious && letter.is_none() {
+        return;
+    }
     let mut block = CommandsBlock::new();
     if suspicious {
         block.line(b'!', None);
     }
-    if name.eq_ignore_ascii_case(b"subject") {
-        block.line(b'U', Some(&value));
-    } else if name.eq_ignore_ascii_case(b"message-id") {
-        block.line(b'X', Some(&value));
+    if let Some(letter) = letter {
+        block.line(letter, Some(&spool::strip_crlf(value)));
     }
-    block.as_bytes().to_vec()
+    out.extend_from_slice(block.as_bytes());
 }
 
 pub(super) async fn eoh(cfg: &Config, cx: &mut Context<Conn>) -> Status {
@@ -88,21 +93,17 @@ pub(super) async fn eoh(cfg: &Config, cx: &mut Context<Conn>) -> Status {
         return no_private_data("eoh");
     };
     conn.set_queueid(&cx.macros);
-    let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
-        mm_log!(Warning, qid = qid, "eoh: no message in progress");
+        mm_log!(Warning, qid = conn.qid(), "eoh: no message in progress");
         return Status::Tempfail;
     };
     msg.body = BodyFilter::new(cfg.strip_bare_cr);
-    let r = msg
-        .dir
-        .with_files(|f| {
-            f.headers.close();
-            f.pristine.close();
-            f.inputmsg.append(b"\n")
-        })
-        .await;
-    if let Err(e) = r {
+    let f = msg.dir.files();
+    f.headers.finish();
+    f.pristine.finish();
+    f.inputmsg.buffer(b"\n");
+    if let Err(e) = msg.dir.settle().await {
+        let qid = conn.qid();
         return write_failed(cfg, conn, &qid, e).await;
     }
     Status::Continue
@@ -113,19 +114,18 @@ pub(super) async fn body(cfg: &Config, cx: &mut Context<Conn>, chunk: bytes::Byt
         return no_private_data("body");
     };
     conn.set_queueid(&cx.macros);
-    let qid = conn.qid();
     let Some(msg) = conn.msg.as_mut() else {
-        mm_log!(Warning, qid = qid, "body: no message in progress");
+        mm_log!(Warning, qid = conn.qid(), "body: no message in progress");
         return Status::Tempfail;
     };
     if chunk.is_empty() {
         return Status::Continue;
     }
-    let out = msg.body.feed(&chunk);
-    if !out.is_empty() {
-        if let Err(e) = msg.dir.with_files(move |f| f.inputmsg.append(&out)).await {
-            return write_failed(cfg, conn, &qid, format!("writen failed: {e}")).await;
-        }
+    msg.body
+        .feed_into(&chunk, msg.dir.files().inputmsg.pending_mut());
+    if let Err(e) = msg.dir.settle().await {
+        let qid = conn.qid();
+        return write_failed(cfg, conn, &qid, format!("writen failed: {e}")).await;
     }
     Status::Continue
 }

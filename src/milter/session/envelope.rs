@@ -30,23 +30,9 @@ pub(super) async fn mail(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString
     }
     conn.set_queueid(&cx.macros);
     conn.qid_written = false;
-    let qid = conn.qid();
     let sender = first_arg(&args);
-    if !start_message(cfg, conn, &id, &sender).await {
+    if !start_message(cfg, conn, &cx.macros, &id, &sender, &args).await {
         return Status::Tempfail;
-    }
-    let block = mail_commands(cfg, conn, &cx.macros, &id, &sender, &args);
-    let msg = conn.msg.as_mut().expect("just created");
-    let written = msg
-        .dir
-        .with_files(move |f| {
-            f.headers.touch()?;
-            f.pristine.touch()?;
-            f.commands.append(&block)
-        })
-        .await;
-    if let Err(e) = written {
-        return write_failed(cfg, conn, &qid, e).await;
     }
     if !cfg.sender_check {
         return Status::Continue;
@@ -70,10 +56,19 @@ fn or_unknown(v: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Creates the message's working directory, removing the previous
-/// message's if one was left behind. Returns false after logging and
-/// cleaning up when the directory cannot be made.
-async fn start_message(cfg: &Config, conn: &mut Conn, id: &str, sender: &[u8]) -> bool {
+/// Creates the message's working directory with its MAIL block of
+/// COMMANDS and empty HEADERS and PRISTINE_HEADERS (one trip to the
+/// blocking pool), removing the previous message's directory if one was
+/// left behind. Returns false after logging and cleaning up when the
+/// directory cannot be made or written.
+async fn start_message(
+    cfg: &Config,
+    conn: &mut Conn,
+    macros: &Macros,
+    id: &str,
+    sender: &[u8],
+    args: &[CString],
+) -> bool {
     let qid = conn.qid();
     let (name, refused) = spool::dir_name(conn.qid.as_deref(), id);
     if let Some(why) = refused {
@@ -85,13 +80,22 @@ async fn start_message(cfg: &Config, conn: &mut Conn, id: &str, sender: &[u8]) -
         );
     }
     let name = name.to_string();
-    let dir = match WorkDir::create(&cfg.spool_dir, &name, cfg.conserve_fds).await {
-        Ok(d) => d,
-        Err(e) => {
+    let block = mail_commands(cfg, conn, macros, id, sender, args);
+    let created = WorkDir::create(&cfg.spool_dir, &name, cfg.conserve_fds, move |f| {
+        f.headers.touch()?;
+        f.pristine.touch()?;
+        f.commands.append(&block)
+    })
+    .await;
+    let (dir, failure) = match created {
+        Ok(d) => (d, None),
+        Err((Some(d), e)) => (d, Some(e)),
+        Err((None, e)) => {
             write_failed(cfg, conn, &qid, e).await;
             return false;
         }
     };
+    mail_block_written(conn);
     // A directory left behind by the previous message goes now, whatever -d/-k say.
     if let Some(old) = conn.msg.take() {
         blocking::run(move || {
@@ -112,15 +116,19 @@ async fn start_message(cfg: &Config, conn: &mut Conn, id: &str, sender: &[u8]) -
         filter_failed: false,
         reservation: None,
     });
+    if let Some(e) = failure {
+        write_failed(cfg, conn, &qid, e).await;
+        return false;
+    }
     true
 }
 
-/// The MAIL block of COMMANDS (protocol/milter.md §4.7). My address is
-/// forgotten on the way when it came from `{if_addr}`
-/// (protocol/milter.md §10.6).
+/// The MAIL block of COMMANDS (protocol/milter.md §4.7). The connection
+/// state it reflects changes only once the block is written
+/// ([`mail_block_written`]).
 fn mail_commands(
     cfg: &Config,
-    conn: &mut Conn,
+    conn: &Conn,
     macros: &Macros,
     id: &str,
     sender: &[u8],
@@ -140,19 +148,30 @@ fn mail_commands(
     for m in &cfg.extra_macros {
         append_macro(&mut block, macros, m);
     }
+    if let Some(q) = &conn.qid {
+        block.line(b'Q', Some(q));
+        append_macro(&mut block, macros, "i");
+    }
+    block.line(b'H', conn.hostname.as_deref());
+    block.line(b'I', conn.hostip.as_deref().map(str::as_bytes));
+    if let Some(h) = &conn.helo {
+        block.line(b'E', Some(h));
+    }
+    block.into_bytes()
+}
+
+/// The connection state after the MAIL block went to COMMANDS: the queue
+/// id is in it, and my address is forgotten when it came from `{if_addr}`.
+fn mail_block_written(conn: &mut Conn) {
     // Upstream quirk kept: an address taken from `{if_addr}` is forgotten
     // here, so X-Scanned-By loses ` on <ip>` (protocol/milter.md §10.6).
     if conn.myip_from_macro {
         conn.myip = None;
         conn.myip_from_macro = false;
     }
-    conn.pending_qid_lines(macros, &mut block);
-    block.line(b'H', conn.hostname.as_deref());
-    block.line(b'I', conn.hostip.as_deref().map(str::as_bytes));
-    if let Some(h) = &conn.helo {
-        block.line(b'E', Some(h));
+    if conn.qid.is_some() {
+        conn.qid_written = true;
     }
-    block.as_bytes().to_vec()
 }
 
 /// `senderok` (`-s`); a verdict other than continue ends the message.
@@ -210,50 +229,46 @@ pub(super) async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString
         return no_private_data("rcptto");
     };
     conn.set_queueid(&cx.macros);
-    let qid = conn.qid();
     if conn.msg.is_none() {
-        mm_log!(Warning, qid = qid, "rcptto: no message in progress");
+        mm_log!(Warning, qid = conn.qid(), "rcptto: no message in progress");
         return Status::Tempfail;
     }
-    write_pending_qid(conn, &cx.macros, &qid).await;
+    queue_pending_qid(conn, &cx.macros);
     let rm = RcptMacros::from(&cx.macros);
     let rcpt = first_arg(&args);
     if cfg.rcpt_check {
+        // The worker reads COMMANDS for recipok (protocol/milter.md §7.3).
+        let msg = conn.msg.as_mut().expect("checked");
+        if let Err(e) = msg.dir.flush().await {
+            let qid = conn.qid();
+            return write_failed(cfg, conn, &qid, e).await;
+        }
         if let Some(status) = recipient_check(cfg, conn, &mut cx.reply, &rcpt, &rm, &args).await {
             return status;
         }
     }
+    let msg = conn.msg.as_mut().expect("checked");
     let mut block = CommandsBlock::new();
     block.recipient(&rcpt, &rm.mailer, &rm.host, &rm.addr);
     for a in args.iter().skip(1) {
         block.line(b'r', Some(a.as_bytes()));
     }
-    let msg = conn.msg.as_mut().expect("checked");
-    let block = block.as_bytes().to_vec();
-    if let Err(e) = msg.dir.with_files(move |f| f.commands.append(&block)).await {
+    msg.dir.files().commands.buffer(block.as_bytes());
+    if let Err(e) = msg.dir.settle().await {
+        let qid = conn.qid();
         return write_failed(cfg, conn, &qid, e).await;
     }
     Status::Continue
 }
 
-/// A queue id learnt since MAIL goes to COMMANDS before the recipient is
-/// checked (protocol/milter.md §3.4 step 1); a failed write only logs, and
-/// the lines are written again later.
-async fn write_pending_qid(conn: &mut Conn, macros: &Macros, qid: &str) {
+/// A queue id learnt since MAIL goes to COMMANDS ahead of the recipient
+/// (protocol/milter.md §3.4 step 1), queued with it.
+fn queue_pending_qid(conn: &mut Conn, macros: &Macros) {
     let mut qblock = CommandsBlock::new();
     conn.pending_qid_lines(macros, &mut qblock);
-    if qblock.is_empty() {
-        return;
-    }
-    let msg = conn.msg.as_mut().expect("checked");
-    let qblock = qblock.as_bytes().to_vec();
-    if let Err(e) = msg
-        .dir
-        .with_files(move |f| f.commands.append(&qblock))
-        .await
-    {
-        mm_log!(Warning, qid = qid, "{e}");
-        conn.qid_written = false;
+    if !qblock.is_empty() {
+        let msg = conn.msg.as_mut().expect("checked");
+        msg.dir.files().commands.buffer(qblock.as_bytes());
     }
 }
 

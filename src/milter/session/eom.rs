@@ -74,8 +74,8 @@ pub(super) async fn eom(cfg: &Config, cx: &mut EomContext<Conn>) -> Status {
     status
 }
 
-/// Writes the end-of-message COMMANDS block and closes the spool files
-/// (protocol/milter.md §5.1 steps 2-3).
+/// Writes the end-of-message COMMANDS block, with everything still
+/// queued, and closes the spool files (protocol/milter.md §5.1 steps 2-3).
 async fn close_files(conn: &mut Conn, macros: &Macros) -> Result<(), SpoolError> {
     let mut block = CommandsBlock::new();
     conn.pending_qid_lines(macros, &mut block);
@@ -84,10 +84,10 @@ async fn close_files(conn: &mut Conn, macros: &Macros) -> Result<(), SpoolError>
         block.line(b'?', None);
     }
     block.line(b'F', None);
-    let block = block.as_bytes().to_vec();
+    msg.dir.files().commands.buffer(block.as_bytes());
     msg.dir
         .with_files(move |f| {
-            let r = f.commands.append(&block);
+            let r = f.flush_all();
             f.close_all();
             r
         })

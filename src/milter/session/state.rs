@@ -2,7 +2,7 @@
 //! (protocol/milter.md §3.0), and the macro look-ups they are filled from
 //! (protocol/milter.md §2.5).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use indymilter::{Macros, Status};
 
@@ -119,12 +119,28 @@ impl Conn {
 
 /// Looks a macro up the way upstream does: multi-character names in braces.
 pub(super) fn macro_value<'a>(m: &'a Macros, name: &str) -> Option<&'a [u8]> {
-    let key = if name.len() > 1 {
-        format!("{{{name}}}")
+    // The key is built on the stack: this runs for every macro of every
+    // MAIL and for the queue id at almost every callback.
+    let mut key = [0u8; 64];
+    let braced = name.len() > 1;
+    let len = name.len() + if braced { 2 } else { 0 };
+    if len >= key.len() || name.as_bytes().contains(&0) {
+        return macro_value_long(m, name);
+    }
+    if braced {
+        key[0] = b'{';
+        key[1..=name.len()].copy_from_slice(name.as_bytes());
+        key[name.len() + 1] = b'}';
     } else {
-        name.to_string()
-    };
-    let key = CString::new(key).ok()?;
+        key[..name.len()].copy_from_slice(name.as_bytes());
+    }
+    let key = CStr::from_bytes_with_nul(&key[..=len]).ok()?;
+    m.get(key).map(|v| v.to_bytes())
+}
+
+/// [`macro_value`] for names too long for its stack buffer (`-a` macros).
+fn macro_value_long<'a>(m: &'a Macros, name: &str) -> Option<&'a [u8]> {
+    let key = CString::new(format!("{{{name}}}")).ok()?;
     m.get(&key).map(|v| v.to_bytes())
 }
 
