@@ -196,3 +196,60 @@ fn stalled_preloading_process_does_not_stop_the_multiplexor() {
     drop(held);
     assert_eq!(busy.join().unwrap(), b"held\n");
 }
+
+/// The spares of the preloading process `zygote` (children waiting to
+/// become workers, protocol/multiplexor.md §23), from /proc.
+fn spares_of(zygote: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(zygote) && cmd.starts_with(b"mailmunge-multiplexor: spare worker")
+        })
+        .collect()
+}
+
+/// Polls (bounded) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reread_leaves_no_spare_of_the_old_filter() {
+    require_perl_modules!("IO::FDPass");
+    let mx = Mx::start(&["-E", "-x", "2"]);
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    let loaded: u32 = mx.req_s("loadpid").trim().parse().unwrap();
+    eventually("no spare forked", || spares_of(loaded).len() == 1);
+    let old = spares_of(loaded)[0];
+    // The next worker is the spare, forked before it was asked for.
+    let held = mx.hold_idle_workers(1);
+    let sock = mx.sock.clone();
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
+    mx.wait_for("status", |r| r.contains('B'));
+    assert_eq!(mx.req_s("pid").trim(), old.to_string());
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
+    eventually("no next spare", || spares_of(loaded).len() == 1 && spares_of(loaded)[0] != old);
+    let spare = spares_of(loaded)[0];
+    assert_eq!(mx.req(b"reread\n"), b"Forced reread of filter rules\n");
+    let again: u32 = mx
+        .wait_for("loadpid", |r| good(r) && r.trim() != loaded.to_string())
+        .trim()
+        .parse()
+        .unwrap();
+    eventually("the old filter's spare is still there", || {
+        !std::path::Path::new(&format!("/proc/{spare}")).exists()
+    });
+    eventually("the new filter has no spare", || spares_of(again).len() == 1);
+}
