@@ -197,9 +197,8 @@ fn stalled_preloading_process_does_not_stop_the_multiplexor() {
     assert_eq!(busy.join().unwrap(), b"held\n");
 }
 
-/// The spares of the preloading process `zygote` (children waiting to
-/// become workers, protocol/multiplexor.md §23), from /proc.
-fn spares_of(zygote: u32) -> Vec<u32> {
+/// Processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -209,8 +208,19 @@ fn spares_of(zygote: u32) -> Vec<u32> {
             let ppid = stat
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(parent)
+        })
+        .collect()
+}
+
+/// The spares of the preloading process `zygote` (children waiting to
+/// become workers, protocol/multiplexor.md §23).
+fn spares_of(zygote: u32) -> Vec<u32> {
+    children_of(zygote)
+        .into_iter()
+        .filter(|p| {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            ppid == Some(zygote) && cmd.starts_with(b"mailmunge-multiplexor: spare worker")
+            cmd.starts_with(b"mailmunge-multiplexor: spare worker")
         })
         .collect()
 }
@@ -243,11 +253,17 @@ fn reread_leaves_no_spare_of_the_old_filter() {
     eventually("no next spare", || spares_of(loaded).len() == 1 && spares_of(loaded)[0] != old);
     let spare = spares_of(loaded)[0];
     assert_eq!(mx.req(b"reread\n"), b"Forced reread of filter rules\n");
-    let again: u32 = mx
-        .wait_for("loadpid", |r| good(r) && r.trim() != loaded.to_string())
-        .trim()
-        .parse()
-        .unwrap();
+    // The new preloading process (workers started meanwhile with perl
+    // would not say which it is).
+    let mux = mx.pid() as u32;
+    let newer = || {
+        children_of(mux).into_iter().find(|&p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            p != loaded && cmd.starts_with(b"mailmunge-multiplexor: preloaded")
+        })
+    };
+    eventually("no new preloading process", || newer().is_some());
+    let again = newer().unwrap();
     eventually("the old filter's spare is still there", || {
         !std::path::Path::new(&format!("/proc/{spare}")).exists()
     });
