@@ -21,15 +21,20 @@
 # (protocol/multiplexor.md §23).
 #
 # The spare: to keep fork() off an activation's path, the zygote forks
-# one child in advance, which waits on a private socket pair.  A fork
-# request hands it the descriptors (same SCM_RIGHTS messages) and then
-# "<slot>\n", and is answered with the spare's pid at once; the spare
-# then becomes the worker exactly as a freshly forked child would, and
-# the next spare is forked once the control socket is quiet.  Without a
-# spare (none forked yet, or it died) the request forks a child as
-# before.  A spare that sees end of file on its private socket (the
-# zygote let it go: retirement, or the zygote died) exits quietly; its
-# exit is not reported, since the multiplexor never heard of it.
+# one child in advance, which waits on a private socket pair (on its fd 3,
+# where a fresh child has the control socket).  A fork request hands it
+# the descriptors (SCM_RIGHTS, one NUL byte each, as above), is answered
+# with the spare's pid, and only then sends the spare "<slot>\n", which
+# sets it going: the woken spare may take the zygote's CPU, and the
+# multiplexor should have its answer first.  The spare then becomes the
+# worker exactly as a freshly forked child does.  The next spare is
+# forked once the control socket has been quiet for 10 ms.  Without a
+# spare (none forked yet, or it died: the descriptors cannot be handed
+# over) the request forks a child as before.  A spare that sees end of
+# file on its private socket before its slot (the zygote let it go:
+# retirement, or the zygote died) exits quietly; its exit is not
+# reported, since the multiplexor never heard of it.  A spare dying on
+# its own is replaced only after the next request.
 use strict;
 use warnings;
 no warnings 'once';
