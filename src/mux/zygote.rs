@@ -271,8 +271,8 @@ impl Zygote {
     /// Tells the zygote to stop forking (end of file on its control
     /// socket); it exits once its last worker has been reaped. After a
     /// failed exchange the stream may be out of step, so it is given up at
-    /// once rather than when the last user lets go (protocol/multiplexor.md
-    /// §23).
+    /// once rather than when the last user lets go
+    /// (protocol/multiplexor.md §23).
     fn retire(&self) {
         // `shutdown` needs only the descriptor, not the connection's lock
         // (an exchange may hold it); the socket stays open until dropped.
