@@ -269,3 +269,66 @@ fn reread_leaves_no_spare_of_the_old_filter() {
     });
     eventually("the new filter has no spare", || spares_of(again).len() == 1);
 }
+
+/// Mailmunge::Filter's start-up steps that need no descriptors (syslog,
+/// the spool directory) are done by the spare while it waits, and not
+/// again once it serves (protocol/multiplexor.md §23).
+#[test]
+fn the_spare_prepares_the_worker_before_it_is_needed() {
+    require_perl_modules!("IO::FDPass");
+    let sp = Spool::new();
+    let perl_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perl");
+    let record = sp.file("prepared");
+    let filter = sp.file("filter.pl");
+    std::fs::write(
+        &filter,
+        format!(
+            r#"use lib '{}';
+package Probe;
+use base 'Mailmunge::Filter';
+# Called by _init_logging: records which process prepared a worker.
+sub log_identifier {{
+    my ($self) = @_;
+    open(my $fh, '>>', '{}') or die;
+    print $fh "$$\n";
+    close($fh);
+    return $self->SUPER::log_identifier();
+}}
+package main;
+Probe->new()->run();
+exit(0);
+"#,
+            perl_dir.display(),
+            record.display()
+        ),
+    )
+    .unwrap();
+    // Each worker serves one request: requests soon reach the spare.
+    let mx = Mx::start_in(sp, &filter, &["-E", "-x", "2", "-r", "1"]);
+    let mux = mx.pid() as u32;
+    let zygote = || {
+        children_of(mux).into_iter().find(|&p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            cmd.starts_with(b"mailmunge-multiplexor: preloaded")
+        })
+    };
+    eventually("no preloading process", || zygote().is_some());
+    let zygote = zygote().unwrap();
+    let recorded = || -> Vec<u32> {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        text.lines().filter_map(|l| l.parse().ok()).collect()
+    };
+    let is_spare = |p: u32| spares_of(zygote).contains(&p);
+    // A spare that has prepared, seen while it is still a spare.
+    eventually("no spare prepared while waiting", || {
+        recorded().into_iter().any(|p| is_spare(p))
+    });
+    let spare = recorded().into_iter().find(|&p| is_spare(p)).unwrap();
+    eventually("the spare never served", || {
+        assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+        !is_spare(spare)
+    });
+    // It served without preparing again.
+    let pids = recorded();
+    assert_eq!(pids.iter().filter(|&&p| p == spare).count(), 1, "{pids:?}");
+}

@@ -27,7 +27,9 @@
 # with the spare's pid, and only then sends the spare "<slot>\n", which
 # sets it going: the woken spare may take the zygote's CPU, and the
 # multiplexor should have its answer first.  The spare then becomes the
-# worker exactly as a freshly forked child does.  The next spare is
+# worker exactly as a freshly forked child does.  While it waits it does
+# what needs no descriptors (Mailmunge::Filter::_prepare_worker: syslog,
+# the spool directory).  The next spare is
 # forked once the control socket has been quiet for 10 ms.  Without a
 # spare (none forked yet, or it died: the descriptors cannot be handed
 # over) the request forks a child as before.  A spare that sees end of
@@ -41,6 +43,7 @@ no warnings 'once';
 use POSIX ();
 use IO::Handle;
 use Socket ();
+use Scalar::Util ();
 
 my ($zy_filter, $zy_mode) = @ARGV;
 # Under -T (from the filter's #! line) our own arguments are trusted.
@@ -227,6 +230,10 @@ sub zy_spare_main {
     my $own;
     open($own, '+<&=', 3) or POSIX::_exit(0);
     $0 = "mailmunge-multiplexor: spare worker of $zy_filter";
+    # What a worker does first that needs no descriptors (Mailmunge::Filter:
+    # syslog, the spool directory) is done now, while nobody waits.
+    my $filter = $main::MAILMUNGE_FILTER;
+    eval { $filter->_prepare_worker() if Scalar::Util::blessed($filter) && $filter->can('_prepare_worker'); 1 };
     my @fds;
     for (1 .. $zy_nfds) {
         my $fd = zy_recv_fd($own);
