@@ -196,3 +196,143 @@ fn stalled_preloading_process_does_not_stop_the_multiplexor() {
     drop(held);
     assert_eq!(busy.join().unwrap(), b"held\n");
 }
+
+/// Processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(parent)
+        })
+        .collect()
+}
+
+/// The spares of the preloading process `zygote` (children waiting to
+/// become workers, protocol/multiplexor.md §23).
+fn spares_of(zygote: u32) -> Vec<u32> {
+    children_of(zygote)
+        .into_iter()
+        .filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            cmd.starts_with(b"mailmunge-multiplexor: spare worker")
+        })
+        .collect()
+}
+
+/// Polls (bounded) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reread_leaves_no_spare_of_the_old_filter() {
+    require_perl_modules!("IO::FDPass");
+    let mx = Mx::start(&["-E", "-x", "2"]);
+    assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+    let loaded: u32 = mx.req_s("loadpid").trim().parse().unwrap();
+    eventually("no spare forked", || spares_of(loaded).len() == 1);
+    let old = spares_of(loaded)[0];
+    // The next worker is the spare, forked before it was asked for.
+    let held = mx.hold_idle_workers(1);
+    let sock = mx.sock.clone();
+    let t = std::thread::spawn(move || request(&sock, b"echo held\n"));
+    mx.wait_for("status", |r| r.contains('B'));
+    assert_eq!(mx.req_s("pid").trim(), old.to_string());
+    drop(held);
+    assert_eq!(t.join().unwrap(), b"held\n");
+    eventually("no next spare", || {
+        spares_of(loaded).len() == 1 && spares_of(loaded)[0] != old
+    });
+    let spare = spares_of(loaded)[0];
+    assert_eq!(mx.req(b"reread\n"), b"Forced reread of filter rules\n");
+    // The new preloading process (workers started meanwhile with perl
+    // would not say which it is).
+    let mux = mx.pid() as u32;
+    let newer = || {
+        children_of(mux).into_iter().find(|&p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            p != loaded && cmd.starts_with(b"mailmunge-multiplexor: preloaded")
+        })
+    };
+    eventually("no new preloading process", || newer().is_some());
+    let again = newer().unwrap();
+    eventually("the old filter's spare is still there", || {
+        !std::path::Path::new(&format!("/proc/{spare}")).exists()
+    });
+    eventually("the new filter has no spare", || {
+        spares_of(again).len() == 1
+    });
+}
+
+/// Mailmunge::Filter's start-up steps that need no descriptors (syslog,
+/// the spool directory) are done by the spare while it waits, and not
+/// again once it serves (protocol/multiplexor.md §23).
+#[test]
+fn the_spare_prepares_the_worker_before_it_is_needed() {
+    require_perl_modules!("IO::FDPass");
+    let sp = Spool::new();
+    let perl_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perl");
+    let record = sp.file("prepared");
+    let filter = sp.file("filter.pl");
+    std::fs::write(
+        &filter,
+        format!(
+            r#"use lib '{}';
+package Probe;
+use base 'Mailmunge::Filter';
+# Called by _init_logging: records which process prepared a worker.
+sub log_identifier {{
+    my ($self) = @_;
+    open(my $fh, '>>', '{}') or die;
+    print $fh "$$\n";
+    close($fh);
+    return $self->SUPER::log_identifier();
+}}
+package main;
+Probe->new()->run();
+exit(0);
+"#,
+            perl_dir.display(),
+            record.display()
+        ),
+    )
+    .unwrap();
+    // Each worker serves one request: requests soon reach the spare.
+    let mx = Mx::start_in(sp, &filter, &["-E", "-x", "2", "-r", "1"]);
+    let mux = mx.pid() as u32;
+    let zygote = || {
+        children_of(mux).into_iter().find(|&p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            cmd.starts_with(b"mailmunge-multiplexor: preloaded")
+        })
+    };
+    eventually("no preloading process", || zygote().is_some());
+    let zygote = zygote().unwrap();
+    let recorded = || -> Vec<u32> {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        text.lines().filter_map(|l| l.parse().ok()).collect()
+    };
+    let is_spare = |p: u32| spares_of(zygote).contains(&p);
+    // A spare that has prepared, seen while it is still a spare.
+    eventually("no spare prepared while waiting", || {
+        recorded().into_iter().any(|p| is_spare(p))
+    });
+    let spare = recorded().into_iter().find(|&p| is_spare(p)).unwrap();
+    eventually("the spare never served", || {
+        assert_eq!(mx.req(b"ping\n"), b"PONG\n");
+        !is_spare(spare)
+    });
+    // It served without preparing again.
+    let pids = recorded();
+    assert_eq!(pids.iter().filter(|&&p| p == spare).count(), 1, "{pids:?}");
+}

@@ -201,15 +201,28 @@ sub _cd_to_spooldir
 	return;
 }
 
+# The part of a worker's start that needs none of the multiplexor's
+# descriptors (syslog, the spool directory).  With -E the spare worker does
+# it while it waits for them, off the activation's path
+# (protocol/multiplexor.md §23); _main_loop then skips it.
+sub _prepare_worker
+{
+	my ($self) = @_;
+	return if $self->{_worker_prepared};
+	require Sys::Syslog;
+	$self->_init_logging();
+	$self->_cd_to_spooldir();
+	$self->{_worker_prepared} = 1;
+	return;
+}
+
 # The worker's command loop: one line in, one line out, until EOF.
 sub _main_loop
 {
 	my ($self) = @_;
-	require Sys::Syslog;
 	$self->_open_status_handle() if $self->{do_status_tags};
 	$self->_protect_reply_channel();
-	$self->_init_logging();
-	$self->_cd_to_spooldir();
+	$self->_prepare_worker();
 	# A worker that cannot initialise must not serve mail; make sure the
 	# reason reaches syslog as well as stderr.
 	if (!eval { $self->initialize(); 1 }) {

@@ -440,6 +440,11 @@ async fn fork(z: &Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
     } else {
         None
     };
+    // Our ends are registered with the runtime before the exchange, not on
+    // the activation's path after the answer.
+    let stdin = pipe::Sender::from_owned_fd(in_w)?;
+    let stdout = pipe::Receiver::from_owned_fd(out_r)?;
+    let stderr = pipe::Receiver::from_owned_fd(err_r)?;
     let (handle, exit) = z.fork(slot, &theirs).await?;
     Ok(Spawned {
         handle: handle.clone(),
@@ -447,9 +452,9 @@ async fn fork(z: &Zygote, opts: &Options, slot: usize) -> io::Result<Spawned> {
             handle,
             exit: Some(exit),
         },
-        stdin: pipe::Sender::from_owned_fd(in_w)?,
-        stdout: pipe::Receiver::from_owned_fd(out_r)?,
-        stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        stdin,
+        stdout,
+        stderr,
         status,
     })
 }

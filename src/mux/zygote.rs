@@ -403,12 +403,20 @@ mod tests {
         assert_eq!(parent_of("12 (a) b) S 34 12"), Some(34));
     }
 
-    /// A stand-in filter: each worker answers every line with `ok` and
-    /// exits at the end of its input.
-    const FILTER: &str = "$main::MAILMUNGE_FILTER = 1;
-sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
+    /// A stand-in filter: each worker answers `fds` with its open
+    /// descriptors, `name` with its $0, anything else with `ok`, and exits
+    /// at the end of its input.
+    const FILTER: &str = r#"$main::MAILMUNGE_FILTER = 1;
+$| = 1;
+sub main::_mailmunge_do_main_loop {
+    while (my $l = <STDIN>) {
+        if ($l eq "fds\n") { print join(',', grep { -e "/proc/self/fd/$_" } 0 .. 63), "\n"; }
+        elsif ($l eq "name\n") { print "$0\n"; }
+        else { print "ok\n"; }
+    }
+}
 1;
-";
+"#;
 
     fn have_fdpass() -> bool {
         let ok = std::process::Command::new("perl")
@@ -437,15 +445,18 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
 
     impl Loaded {
         async fn new() -> Loaded {
+            Loaded::with(&[]).await
+        }
+
+        /// With more multiplexor options (`-Z`).
+        async fn with(extra: &[&str]) -> Loaded {
             let dir = tempfile::tempdir().unwrap();
             let filter = dir.path().join("filter.pl");
             std::fs::write(&filter, FILTER).unwrap();
-            let args = [
-                "mailmunge-multiplexor".as_ref(),
-                "-E".as_ref(),
-                "-f".as_ref(),
-                filter.as_os_str(),
-            ];
+            let mut args: Vec<std::ffi::OsString> =
+                vec!["mailmunge-multiplexor".into(), "-E".into()];
+            args.extend(extra.iter().map(|a| a.into()));
+            args.extend(["-f".into(), filter.clone().into_os_string()]);
             let opts = Options::parse(args).unwrap();
             let z = Zygote::start(&opts).await.unwrap();
             Loaded { z, _dir: dir }
@@ -462,6 +473,99 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
             let (h, exit) = self.z.fork(slot, &ends).await.unwrap();
             (h, exit, stdin)
         }
+
+        /// Forks a worker we can talk to.
+        async fn talking_worker(
+            &self,
+            slot: usize,
+        ) -> (ProcessHandle, oneshot::Receiver<i32>, Talk) {
+            let (in_r, in_w) = nix::unistd::pipe().unwrap();
+            let (out_r, out_w) = nix::unistd::pipe().unwrap();
+            let (_err_r, err_w) = nix::unistd::pipe().unwrap();
+            let mut ends = vec![in_r, out_w, err_w];
+            let _status_r = if self.z.status_pipe {
+                let (r, w) = nix::unistd::pipe().unwrap();
+                ends.push(w);
+                Some(r)
+            } else {
+                None
+            };
+            let (h, exit) = self.z.fork(slot, &ends).await.unwrap();
+            let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r).unwrap();
+            let talk = Talk {
+                stdin: std::fs::File::from(in_w),
+                stdout: TokioBufReader::new(stdout),
+            };
+            (h, exit, talk)
+        }
+
+        /// The zygote's children other than `known`, once there is one
+        /// (polled, bounded): the spare it forks in advance.
+        async fn spare(&self, known: &[u32]) -> u32 {
+            for _ in 0..3000 {
+                let new: Vec<u32> = children_of(self.z.pid)
+                    .into_iter()
+                    .filter(|p| !known.contains(p))
+                    .collect();
+                if let [one] = new[..] {
+                    return one;
+                }
+                assert!(new.len() < 2, "more than one spare: {new:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the preloading process forked no spare");
+        }
+
+        /// Whether the zygote reported an exit for `pid` (looked at once
+        /// its event stream has ended).
+        async fn reported(&self, pid: u32) -> bool {
+            for _ in 0..3000 {
+                let reg = self.z.registry.lock().unwrap();
+                if reg.closed {
+                    return reg.early.contains_key(&pid);
+                }
+                drop(reg);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the preloading process's event stream never ended");
+        }
+    }
+
+    /// A worker's stdin and stdout.
+    struct Talk {
+        stdin: std::fs::File,
+        stdout: TokioBufReader<tokio::net::unix::pipe::Receiver>,
+    }
+
+    impl Talk {
+        /// One line to the worker, its answer (without the newline).
+        async fn ask(&mut self, line: &str) -> String {
+            use std::io::Write;
+            self.stdin
+                .write_all(format!("{line}\n").as_bytes())
+                .unwrap();
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(30), self.stdout.read_line(&mut answer))
+                .await
+                .expect("the worker did not answer")
+                .unwrap();
+            answer.trim_end().to_string()
+        }
+    }
+
+    /// Processes whose parent is `pid` (from /proc).
+    fn children_of(pid: u32) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return vec![];
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|st| parent_of(&st))
+                    == Some(pid)
+            })
+            .collect()
     }
 
     /// The ends a worker gets (stdin, stdout, stderr) and our end of its
@@ -573,5 +677,85 @@ sub main::_mailmunge_do_main_loop { while (<STDIN>) { print \"ok\\n\"; } }
             .await
             .expect("still waiting for a report that cannot come");
         assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    }
+
+    /// The spare (protocol/multiplexor.md §23): a fork request is answered
+    /// with a child forked before it, set up as a fresh child would be;
+    /// the next spare follows.
+    #[tokio::test]
+    async fn a_fork_request_is_served_by_the_spare() {
+        if !have_fdpass() {
+            return;
+        }
+        for extra in [&[][..], &["-Z"][..]] {
+            let l = Loaded::with(extra).await;
+            let spare = l.spare(&[]).await;
+            let (w, exit, mut talk) = l.talking_worker(7).await;
+            assert_eq!(w.pid(), spare, "{extra:?}");
+            let fds = if extra.is_empty() { "0,1,2" } else { "0,1,2,3" };
+            assert_eq!(talk.ask("fds").await, fds, "{extra:?}");
+            assert_eq!(talk.ask("name").await, "mailmunge: Filtering worker 7");
+            let next = l.spare(&[spare]).await;
+            assert_ne!(next, spare);
+            // Its exit is reported like any worker's.
+            drop(talk);
+            let st = wait_forked(&w, &mut Some(exit)).await;
+            assert_eq!(st.code(), Some(0), "{st:?}");
+        }
+    }
+
+    /// A spare that died is not handed a request (a fresh child is forked)
+    /// and its end is not reported: the multiplexor never heard of it.
+    #[tokio::test]
+    async fn a_dead_spare_is_passed_over() {
+        if !have_fdpass() {
+            return;
+        }
+        let l = Loaded::new().await;
+        let spare = l.spare(&[]).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(spare as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(ends_within(spare, Duration::from_secs(30)).await);
+        let (w, exit, mut talk) = l.talking_worker(1).await;
+        assert_ne!(w.pid(), spare);
+        assert_eq!(talk.ask("name").await, "mailmunge: Filtering worker 1");
+        drop(talk);
+        let st = wait_forked(&w, &mut Some(exit)).await;
+        assert_eq!(st.code(), Some(0), "{st:?}");
+        l.z.retire();
+        assert!(!l.reported(spare).await, "the spare's end was reported");
+    }
+
+    /// A zygote told to stop (reread, or given up) lets its spare go, which
+    /// exits without running the filter and without being reported; a
+    /// zygote that dies takes its spare with it.
+    #[tokio::test]
+    async fn the_spare_never_outlives_its_zygote() {
+        if !have_fdpass() {
+            return;
+        }
+        let l = Loaded::new().await;
+        let spare = l.spare(&[]).await;
+        l.z.retire();
+        assert!(
+            ends_within(spare, Duration::from_secs(30)).await,
+            "spare still there"
+        );
+        assert!(
+            ends_within(l.z.pid, Duration::from_secs(30)).await,
+            "zygote still there"
+        );
+        assert!(!l.reported(spare).await, "the spare's end was reported");
+
+        let l = Loaded::new().await;
+        let spare = l.spare(&[]).await;
+        l.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(
+            ends_within(spare, Duration::from_secs(30)).await,
+            "spare outlived its zygote"
+        );
     }
 }

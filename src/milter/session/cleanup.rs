@@ -204,7 +204,10 @@ mod tests {
         let mut warnings = Vec::new();
         let r = remove_settled(&dir, &mut |m| warnings.push(m));
         let writer_end = writer.join().unwrap();
-        assert!(started < writer_end, "the removal began after the writer had stopped");
+        assert!(
+            started < writer_end,
+            "the removal began after the writer had stopped"
+        );
         assert!(r.is_ok(), "{r:?} {warnings:?}");
         assert!(!dir.exists());
         assert!(warnings.is_empty(), "{warnings:?}");
