@@ -1089,13 +1089,21 @@ fn idle_probe(
     cfg: &Config,
 ) -> Result<IdleRow> {
     let transports = ["unix".to_string()];
+    // Our milter bounds its connections (`--max-connections`, 4,096 by
+    // default, protocol/SECURITY.md §9); the probe needs room for all of
+    // them and the live message.
+    let bound = (n + 1024).to_string();
+    let extra: &[&str] = match stack {
+        Stack::Ours => &["--max-connections", &bound],
+        Stack::Peer => &[],
+    };
     let mut run = start_stack(
         scratch,
         stack,
         Filter::Noop,
         &transports,
         &cfg.mux_args(),
-        &[],
+        extra,
         "idle",
     )?;
     let (target, milter) = &run.milters[0];
@@ -1109,11 +1117,11 @@ fn idle_probe(
     std::thread::sleep(Duration::from_millis(500));
     run.check_alive()?;
     let st = support::proc_stat(pid).unwrap_or_default();
-    let live = rt.block_on(one_message(
-        &target,
-        &milter_client::client(),
-        &cfg.messages[0].1,
-    ));
+    let client = milter_client::client();
+    let live = rt.block_on(async {
+        let msg = one_message(&target, &client, &cfg.messages[0].1);
+        tokio::time::timeout(Duration::from_secs(60), msg).await
+    });
     let row = IdleRow {
         stack,
         held: held.len(),
@@ -1123,7 +1131,7 @@ fn idle_probe(
         rss0,
         rss1: st.rss_kb,
         threads: st.threads,
-        live_ok: live.is_ok_and(|v| v.passed()),
+        live_ok: matches!(live, Ok(Ok(v)) if v.passed()),
     };
     drop(held);
     run.stop();
