@@ -62,6 +62,14 @@ impl Pool {
             self.metrics.reservation("activate_failed");
             return Reserve::ActivateFailed;
         }
+        let held = self.hold(i, qid);
+        self.metrics.reservation("held");
+        Reserve::Held(held)
+    }
+
+    /// Marks the free worker of slot `i` as held for `qid`: Busy with no
+    /// command, so no other request is given to it.
+    fn hold(&mut self, i: usize, qid: &str) -> Reservation {
         let id = self.next_reservation;
         self.next_reservation += 1;
         self.set_state(i, State::Busy);
@@ -70,12 +78,11 @@ impl Pool {
         s.cur_class = None;
         s.qid = qid.chars().take(31).collect();
         self.set_tag(i, &format!("reserved {qid}"), true);
-        self.metrics.reservation("held");
-        Reserve::Held(Reservation {
+        Reservation {
             slot: i,
             wid: self.slots[i].wid,
             id,
-        })
+        }
     }
 
     /// Whether `r` still holds its worker (it is lost when the worker died
