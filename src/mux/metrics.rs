@@ -54,7 +54,7 @@ pub fn outcome_label(o: &Outcome) -> &'static str {
     }
 }
 
-/// Folds an activation reason (pool.rs wording) into a label value.
+/// Folds an activation reason (pool/mod.rs wording) into a label value.
 pub fn activation_label(reason: &str) -> &'static str {
     if reason.starts_with("Bringing workers up to minWorkers") {
         "min_workers"
@@ -73,7 +73,7 @@ pub fn activation_label(reason: &str) -> &'static str {
     }
 }
 
-/// Folds a retirement reason (pool.rs / worker.rs wording) into a label.
+/// Folds a retirement reason (pool/mod.rs / worker.rs wording) into a label.
 pub fn retirement_label(reason: &str) -> &'static str {
     let table: [(&str, &'static str); 9] = [
         ("Idle timeout", "idle_timeout"),

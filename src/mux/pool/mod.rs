@@ -24,6 +24,9 @@ use super::{Class, State};
 use crate::sys::daemon::{self, LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING};
 use crate::sys::process::ProcessHandle;
 
+mod reserve;
+pub use reserve::{Reservation, Reserve};
+
 /// Consecutive exit-42/43 workers before the multiplexor gives up.
 pub const MAX_SYNTAX_ERROR_EXITS: u32 = 10;
 /// Maximum status tag length.
@@ -154,27 +157,6 @@ pub struct Pool {
     /// Workers that died before answering (`lasterror`).
     pub start_failures: StartFailures,
     next_reservation: u64,
-}
-
-/// A worker held for one control connection's next scan
-/// (protocol/multiplexor.md §27).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reservation {
-    pub slot: usize,
-    pub wid: u64,
-    pub id: u64,
-}
-
-/// The answer to a reservation request (protocol/multiplexor.md §27.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserve {
-    Held(Reservation),
-    /// The multiplexor queues requests (`-q`): no reservation is needed.
-    Declined,
-    /// No free worker (beyond the `keep` the client asked to leave).
-    NoFree,
-    ActivateFailed,
-    ShuttingDown,
 }
 
 impl Pool {
@@ -389,16 +371,8 @@ impl Pool {
             return Err(ActivateError::Unavailable);
         }
         let now = Instant::now();
-        if self.opts.wait > 0 {
-            if let Some(last) = self.last_activation {
-                if now.duration_since(last).as_secs() < self.opts.wait {
-                    daemon::log(
-                        LOG_INFO,
-                        &format!("Did not start worker {i}: Not enough time elapsed since last worker activation. (wait={})", self.opts.wait),
-                    );
-                    return Err(ActivateError::TooSoon);
-                }
-            }
+        if self.too_soon_to_activate(i, now) {
+            return Err(ActivateError::TooSoon);
         }
         self.last_activation = Some(now);
         let wid = self.next_wid;
@@ -409,53 +383,85 @@ impl Pool {
             reason: reason.to_string(),
             rx,
         };
-        let process = match self.launcher.launch(launch) {
-            Ok(process) => process,
-            Err(e) => {
-                daemon::log(
-                    LOG_ERR,
-                    &format!("Could not execute {}: {e}", self.opts.filter.display()),
-                );
-                self.count_failure(43);
-                return Err(ActivateError::Spawn(format!(
-                    "{}: {e}",
-                    self.opts.filter.display()
-                )));
-            }
-        };
+        let process = self.launch_or_count_failure(launch)?;
         self.next_wid += 1;
         self.activations += 1;
         self.metrics.activated(reason);
         self.history.activated(epoch_now());
-        let generation = self.generation;
-        let seq = self.activations;
-        {
-            let s = &mut self.slots[i];
-            s.process = process.clone();
-            s.wid = wid;
-            s.tx = Some(tx);
-            s.activated = Some(now);
-            s.activation_seq = seq;
-            s.first_request = None;
-            s.idle_since = now;
-            s.num_requests = 0;
-            s.num_scans = 0;
-            s.last_class = None;
-            s.cur_class = None;
-            s.generation = generation;
-            s.qid.clear();
-            s.expected_exit = false;
-            s.retire_after = false;
-            s.oom = false;
-            s.replied = false;
-            s.reservation = None;
-        }
+        self.fresh_slot(i, wid, process.clone(), tx, now);
         self.set_state(i, State::Idle);
         if let Some(p) = &process {
             self.log_start(i, p.pid(), reason);
         }
         self.stat("StartWorker", i, &format!("reason=\"{reason}\""));
         Ok(())
+    }
+
+    /// `-W`: whether the last activation was too recent to start slot `i`.
+    fn too_soon_to_activate(&self, i: usize, now: Instant) -> bool {
+        if self.opts.wait == 0 {
+            return false;
+        }
+        let Some(last) = self.last_activation else {
+            return false;
+        };
+        if now.duration_since(last).as_secs() >= self.opts.wait {
+            return false;
+        }
+        daemon::log(
+            LOG_INFO,
+            &format!("Did not start worker {i}: Not enough time elapsed since last worker activation. (wait={})", self.opts.wait),
+        );
+        true
+    }
+
+    /// Asks the launcher for the process; a failure to start one counts
+    /// towards the consecutive-failure limit like an exit 43.
+    fn launch_or_count_failure(
+        &mut self,
+        launch: LaunchWorker,
+    ) -> Result<Option<ProcessHandle>, ActivateError> {
+        self.launcher.launch(launch).map_err(|e| {
+            daemon::log(
+                LOG_ERR,
+                &format!("Could not execute {}: {e}", self.opts.filter.display()),
+            );
+            self.count_failure(43);
+            ActivateError::Spawn(format!("{}: {e}", self.opts.filter.display()))
+        })
+    }
+
+    /// Resets slot `i` for a new process: nothing of the previous one
+    /// (counts, classes, queue id, retirement flags, reservation) may carry over.
+    fn fresh_slot(
+        &mut self,
+        i: usize,
+        wid: u64,
+        process: Option<ProcessHandle>,
+        tx: mpsc::UnboundedSender<ToWorker>,
+        now: Instant,
+    ) {
+        let generation = self.generation;
+        let seq = self.activations;
+        let s = &mut self.slots[i];
+        s.process = process;
+        s.wid = wid;
+        s.tx = Some(tx);
+        s.activated = Some(now);
+        s.activation_seq = seq;
+        s.first_request = None;
+        s.idle_since = now;
+        s.num_requests = 0;
+        s.num_scans = 0;
+        s.last_class = None;
+        s.cur_class = None;
+        s.generation = generation;
+        s.qid.clear();
+        s.expected_exit = false;
+        s.retire_after = false;
+        s.oom = false;
+        s.replied = false;
+        s.reservation = None;
     }
 
     fn log_start(&self, i: usize, pid: u32, reason: &str) {
@@ -539,85 +545,99 @@ impl Pool {
             let _ = job.reply.send(Outcome::ShuttingDown);
             return None;
         }
-        let domain = if job.class == Class::RecipOk && self.opts.recipok_per_domain > 0 {
-            recipient_domain(&job.line)
-        } else {
-            String::new()
-        };
-        if !domain.is_empty() {
-            let n = self
-                .slots
-                .iter()
-                .filter(|s| {
-                    s.state == State::Busy
-                        && s.cur_class == Some(Class::RecipOk)
-                        && s.recip_domain.eq_ignore_ascii_case(&domain)
-                })
-                .count();
-            if n >= self.opts.recipok_per_domain {
-                daemon::log(
-                    LOG_INFO,
-                    &format!(
-                        "Hit per-domain recipok limit ({}) for domain {domain}",
-                        self.opts.recipok_per_domain
-                    ),
-                );
-                let _ = job.reply.send(Outcome::RecipokLimit);
-                return None;
-            }
+        let domain = self.limited_domain(&job);
+        if !domain.is_empty() && self.recipok_limit_hit(&domain) {
+            let _ = job.reply.send(Outcome::RecipokLimit);
+            return None;
         }
         let Some(i) = self.find_free(job.class) else {
-            if allow_queue && job.kind == JobKind::Client && self.queue.len() < self.opts.queue_size
-            {
-                let id = self.next_queue_id;
-                self.next_queue_id += 1;
-                self.queue.push_back(Queued { id, job });
-                daemon::log(
-                    LOG_INFO,
-                    &format!(
-                        "All workers are busy: Queueing request ({} queued)",
-                        self.queue.len()
-                    ),
-                );
-                return Some(id);
-            }
-            if allow_queue && self.opts.queue_size > 0 && job.kind == JobKind::Client {
-                daemon::log(LOG_WARNING, "Cannot queue request: request queue is full");
-            }
-            daemon::log(LOG_WARNING, "No free workers");
-            let _ = job.reply.send(Outcome::NoFree);
-            return None;
+            return self.queue_or_refuse(job, allow_queue);
         };
         if self.opts.log_scheduling {
-            let s = &self.slots[i];
-            daemon::log(
-                LOG_INFO,
-                &format!(
-                    "Scheduling {} worker {i} for cmdno {} (activated={}, last={})",
-                    s.state.name(),
-                    job.class.name(),
-                    s.activation_seq,
-                    s.last_class.map(Class::name).unwrap_or("none")
-                ),
-            );
+            self.log_scheduling(i, &job);
         }
-        if self.slots[i].state == State::Stopped {
-            let reason = match job.kind {
-                JobKind::Tick(_) => "About to run tick".to_string(),
-                JobKind::Map => "About to handle map request".to_string(),
-                JobKind::Client if job.class == Class::Scan => "About to perform scan".to_string(),
-                JobKind::Client => {
-                    let head = &job.line[..job.line.len().min(100)];
-                    format!("About to execute command '{}'", sanitize_reason(head))
-                }
-            };
-            if self.activate(i, &reason).is_err() {
-                let _ = job.reply.send(Outcome::ActivateFailed);
-                return None;
-            }
+        if self.slots[i].state == State::Stopped
+            && self.activate(i, &activation_reason(&job)).is_err()
+        {
+            let _ = job.reply.send(Outcome::ActivateFailed);
+            return None;
         }
         self.start_job(i, job, domain);
         None
+    }
+
+    /// The recipient domain `-y` counts this job under; empty when the
+    /// limit does not apply (protocol/multiplexor.md §11).
+    fn limited_domain(&self, job: &Job) -> String {
+        if job.class == Class::RecipOk && self.opts.recipok_per_domain > 0 {
+            recipient_domain(&job.line)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether `domain` already has `-y` busy recipok commands (logged).
+    fn recipok_limit_hit(&self, domain: &str) -> bool {
+        let n = self
+            .slots
+            .iter()
+            .filter(|s| {
+                s.state == State::Busy
+                    && s.cur_class == Some(Class::RecipOk)
+                    && s.recip_domain.eq_ignore_ascii_case(domain)
+            })
+            .count();
+        if n < self.opts.recipok_per_domain {
+            return false;
+        }
+        daemon::log(
+            LOG_INFO,
+            &format!(
+                "Hit per-domain recipok limit ({}) for domain {domain}",
+                self.opts.recipok_per_domain
+            ),
+        );
+        true
+    }
+
+    /// No worker is free: a client's request waits in the queue when
+    /// allowed and there is room (protocol/multiplexor.md §10), anything
+    /// else is answered with "no free workers".
+    fn queue_or_refuse(&mut self, job: Job, allow_queue: bool) -> Option<u64> {
+        if allow_queue && job.kind == JobKind::Client && self.queue.len() < self.opts.queue_size {
+            let id = self.next_queue_id;
+            self.next_queue_id += 1;
+            self.queue.push_back(Queued { id, job });
+            daemon::log(
+                LOG_INFO,
+                &format!(
+                    "All workers are busy: Queueing request ({} queued)",
+                    self.queue.len()
+                ),
+            );
+            return Some(id);
+        }
+        if allow_queue && self.opts.queue_size > 0 && job.kind == JobKind::Client {
+            daemon::log(LOG_WARNING, "Cannot queue request: request queue is full");
+        }
+        daemon::log(LOG_WARNING, "No free workers");
+        let _ = job.reply.send(Outcome::NoFree);
+        None
+    }
+
+    /// `-A`: which worker was chosen for which command.
+    fn log_scheduling(&self, i: usize, job: &Job) {
+        let s = &self.slots[i];
+        daemon::log(
+            LOG_INFO,
+            &format!(
+                "Scheduling {} worker {i} for cmdno {} (activated={}, last={})",
+                s.state.name(),
+                job.class.name(),
+                s.activation_seq,
+                s.last_class.map(Class::name).unwrap_or("none")
+            ),
+        );
     }
 
     fn start_job(&mut self, i: usize, job: Job, domain: String) {
@@ -658,100 +678,6 @@ impl Pool {
                 let _ = job.reply.send(Outcome::NoResponse);
             }
         }
-    }
-
-    // ------------------------------------------------------------ reservations
-
-    /// Holds a worker for a client's next scan
-    /// (protocol/multiplexor.md §27.2): an idle one, else a stopped slot activated for it, as for a
-    /// scan; none when `keep` or fewer are free. With `-q` requests wait in
-    /// the queue instead, so nothing is reserved.
-    pub fn reserve(&mut self, qid: &str, keep: usize) -> Reserve {
-        if self.shutting_down {
-            return Reserve::ShuttingDown;
-        }
-        if self.opts.queue_size > 0 {
-            return Reserve::Declined;
-        }
-        let found = if self.free() > keep {
-            self.find_free(Class::Scan)
-        } else {
-            None
-        };
-        let Some(i) = found else {
-            daemon::log(
-                LOG_WARNING,
-                &format!("{qid}: No free workers: cannot reserve one for this message"),
-            );
-            self.metrics.reservation("refused");
-            return Reserve::NoFree;
-        };
-        if self.slots[i].state == State::Stopped
-            && self
-                .activate(i, "About to reserve a worker for a scan")
-                .is_err()
-        {
-            self.metrics.reservation("activate_failed");
-            return Reserve::ActivateFailed;
-        }
-        let id = self.next_reservation;
-        self.next_reservation += 1;
-        self.set_state(i, State::Busy);
-        let s = &mut self.slots[i];
-        s.reservation = Some(id);
-        s.cur_class = None;
-        s.qid = qid.chars().take(31).collect();
-        self.set_tag(i, &format!("reserved {qid}"), true);
-        self.metrics.reservation("held");
-        Reserve::Held(Reservation {
-            slot: i,
-            wid: self.slots[i].wid,
-            id,
-        })
-    }
-
-    /// Whether `r` still holds its worker (it is lost when the worker died
-    /// or the multiplexor began shutting down).
-    fn holds(&self, r: &Reservation) -> bool {
-        let s = &self.slots[r.slot];
-        s.wid == r.wid && s.state == State::Busy && s.reservation == Some(r.id)
-    }
-
-    /// Ends a reservation that no scan used: the worker is idle again and
-    /// goes through the usual retirement checks. `why` is logged when set.
-    pub fn release(&mut self, r: &Reservation, why: Option<&str>) {
-        if !self.holds(r) {
-            return;
-        }
-        let i = r.slot;
-        if let Some(why) = why {
-            daemon::log(
-                LOG_WARNING,
-                &format!(
-                    "{}: Worker {i} reserved but not used: {why}; releasing it",
-                    self.slots[i].qid
-                ),
-            );
-        }
-        self.metrics
-            .reservation(if why.is_some() { "expired" } else { "released" });
-        self.slots[i].reservation = None;
-        self.set_state(i, State::Idle);
-        self.slots[i].idle_since = Instant::now();
-        self.check_expiry(i);
-        self.pump_queue();
-    }
-
-    /// Runs a client's job on its reserved worker; when the reservation was
-    /// lost meanwhile, the job takes the usual path
-    /// (protocol/multiplexor.md §6.1).
-    pub fn submit_reserved(&mut self, r: &Reservation, job: Job) -> Option<u64> {
-        if self.shutting_down || !self.holds(r) {
-            return self.submit(job, true);
-        }
-        self.metrics.reservation("used");
-        self.start_job(r.slot, job, String::new());
-        None
     }
 
     /// Removes a queued request that timed out; false when it already left
@@ -795,43 +721,39 @@ impl Pool {
         started: Instant,
     ) -> Outcome {
         let busy = self.count(State::Busy);
+        // A stale report (the slot was reaped or reused meanwhile) still
+        // answers its requester but changes no slot.
         let current = self.slots[i].wid == wid && self.slots[i].state == State::Busy;
         if current {
-            self.slots[i].num_requests += 1;
-            if job.kind == JobKind::Client && job.class.tracked_index().is_some() {
-                let ms = started.elapsed().as_millis() as u64;
-                self.history.record(job.class, epoch_now(), busy, ms);
-                if job.class == Class::Scan {
-                    self.slots[i].num_scans += 1;
-                    self.msgs += 1;
-                }
-            }
+            self.count_request(i, job, busy, started);
         }
-        let outcome = match how {
+        let outcome = self.outcome_of(i, job, how, current, busy);
+        if current {
+            self.after_command(i, job);
+        }
+        self.pump_queue();
+        outcome
+    }
+
+    /// What the requester gets for how the command ended; a worker that
+    /// timed out, failed to take the command or broke the protocol is
+    /// retired (only if the report is `current`).
+    fn outcome_of(
+        &mut self,
+        i: usize,
+        job: &Job,
+        how: Completion,
+        current: bool,
+        busy: usize,
+    ) -> Outcome {
+        match how {
             Completion::Reply { bytes, violation } => {
-                if current {
-                    self.slots[i].replied = true;
-                    let ev = self.start_failures.answered();
-                    self.announce(ev);
-                }
-                if let Some(why) = violation {
-                    daemon::log(LOG_WARNING, &format!("Worker {i}: {why}; retiring it"));
-                    if current {
-                        self.kill(i, why);
-                    }
-                }
+                self.replied(i, current, violation);
                 Outcome::Reply(bytes)
             }
             Completion::Eof(bytes) => {
                 if current {
-                    // The process is going away on its own: keep it out of
-                    // reach until it is reaped, but report the exit as a
-                    // surprise.
-                    self.set_state(i, State::Killed);
-                    self.slots[i].expected_exit = false;
-                    if let Some(tx) = &self.slots[i].tx {
-                        let _ = tx.send(ToWorker::Retire { busy: false });
-                    }
+                    self.hung_up(i);
                 }
                 if bytes.is_empty() {
                     Outcome::NoResponse
@@ -856,21 +778,67 @@ impl Pool {
                 }
                 Outcome::WriteFailed
             }
-        };
-        if current && self.slots[i].state == State::Busy {
+        }
+    }
+
+    /// Counts a finished command of slot `i` in its totals and, for a
+    /// client's tracked command, in the history (protocol/multiplexor.md §5.10).
+    fn count_request(&mut self, i: usize, job: &Job, busy: usize, started: Instant) {
+        self.slots[i].num_requests += 1;
+        if job.kind == JobKind::Client && job.class.tracked_index().is_some() {
+            let ms = started.elapsed().as_millis() as u64;
+            self.history.record(job.class, epoch_now(), busy, ms);
+            if job.class == Class::Scan {
+                self.slots[i].num_scans += 1;
+                self.msgs += 1;
+            }
+        }
+    }
+
+    /// The worker answered: it is known to start properly; a reply that
+    /// broke the protocol (`violation`) retires it all the same.
+    fn replied(&mut self, i: usize, current: bool, violation: Option<&'static str>) {
+        if current {
+            self.slots[i].replied = true;
+            let ev = self.start_failures.answered();
+            self.announce(ev);
+        }
+        if let Some(why) = violation {
+            daemon::log(LOG_WARNING, &format!("Worker {i}: {why}; retiring it"));
+            if current {
+                self.kill(i, why);
+            }
+        }
+    }
+
+    /// The worker closed its stdout instead of answering.
+    fn hung_up(&mut self, i: usize) {
+        // The process is going away on its own: keep it out of
+        // reach until it is reaped, but report the exit as a
+        // surprise.
+        self.set_state(i, State::Killed);
+        self.slots[i].expected_exit = false;
+        if let Some(tx) = &self.slots[i].tx {
+            let _ = tx.send(ToWorker::Retire { busy: false });
+        }
+    }
+
+    /// Slot `i` finished its command and is still ours: idle again unless
+    /// it was retired, and retired now if it is due
+    /// (protocol/multiplexor.md §7.8).
+    fn after_command(&mut self, i: usize, job: &Job) {
+        if self.slots[i].state == State::Busy {
             self.set_state(i, State::Idle);
             self.slots[i].idle_since = Instant::now();
             self.slots[i].cur_class = None;
         }
-        if current && job.class == Class::Scan && job.kind == JobKind::Client {
+        if job.class == Class::Scan && job.kind == JobKind::Client {
             let n = self.slots[i].num_requests;
             self.stat("EndFilter", i, &format!("numRequests={n}"));
         }
-        if current && self.slots[i].state == State::Idle {
+        if self.slots[i].state == State::Idle {
             self.check_expiry(i);
         }
-        self.pump_queue();
-        outcome
     }
 
     fn check_expiry(&mut self, i: usize) {
@@ -974,84 +942,113 @@ impl Pool {
             return;
         }
         self.metrics.reaped(wid, status);
-        let pid = self.slots[i].pid().unwrap_or(0);
         let was_killed = self.slots[i].state == State::Killed;
         let expected = was_killed && self.slots[i].expected_exit;
-        let suffix = if expected {
-            ""
-        } else {
-            " (WORKER DIED UNEXPECTEDLY)"
-        };
         if was_killed {
             self.failures = 0;
         }
         if let Some(code) = status.code() {
-            let prio = if expected { LOG_DEBUG } else { LOG_ERR };
-            if self.opts.verbose || !expected {
-                daemon::log(
-                    prio,
-                    &format!(
-                        "Reap: worker {i} (pid {pid}) exited normally with status {code}{suffix}"
-                    ),
-                );
-            }
-            match code {
-                42 => {
-                    daemon::log(
-                        LOG_ERR,
-                        &format!(
-                            "You may have a syntax error in {}.  Check it with 'perl -c'",
-                            self.opts.filter.display()
-                        ),
-                    );
-                    self.count_failure(42);
-                }
-                43 => {
-                    daemon::log(
-                        LOG_ERR,
-                        &format!("Could not execute {}", self.opts.filter.display()),
-                    );
-                    self.count_failure(43);
-                }
-                _ => self.failures = 0,
-            }
+            self.exited_with(i, code, expected);
         } else if let Some(sig) = status.signal() {
-            // Only a worker we meant to kill died "as expected"; one killed from
-            // outside is unexpected whatever the signal (protocol/multiplexor.md §17).
-            if expected && (sig == libc::SIGTERM || sig == libc::SIGKILL) {
-                self.verbose(&format!(
-                    "Reap: worker {i} (pid {pid}) exited due to SIGTERM/SIGKILL as expected."
-                ));
-            } else {
-                daemon::log(
-                    LOG_ERR,
-                    &format!("Reap: worker {i} (pid {pid}) exited due to signal {sig}{suffix}"),
-                );
-            }
-            // Unlike upstream, whose reset here happens only with -l, a
-            // death by signal breaks the run of exit-42/43 workers
-            // whatever the logging (protocol/multiplexor.md §7.13, §22).
-            self.failures = 0;
+            self.killed_by(i, sig, expected);
         }
         self.record_exit(i, wid, expected, &status);
         if !expected {
             self.emit(|n| n.worker_exited_unexpectedly());
             if self.slots[i].num_requests == 0 {
-                if self.slots[i].oom {
-                    daemon::log(LOG_ERR, &format!("Worker {i} ran out of memory -- possible DoS attack due to complex MIME?"));
-                } else if self.opts.verbose {
-                    daemon::log(
-                        LOG_ERR,
-                        &format!("Worker {i} died prematurely -- check your filter rules"),
-                    );
-                } else {
-                    daemon::log(
-                        LOG_ERR,
-                        &format!("Worker {i} died prematurely -- check your filter rules and use the '-l' flag on mailmunge-multiplexor to see Perl error messages"),
-                    );
-                }
+                self.log_premature_death(i);
             }
         }
+        self.slot_stopped(i);
+    }
+
+    /// What the log says after a reaped worker's exit code, and whether it
+    /// counts towards the run of exit-42/43 workers that stops the
+    /// multiplexor.
+    fn exited_with(&mut self, i: usize, code: i32, expected: bool) {
+        let pid = self.slots[i].pid().unwrap_or(0);
+        let prio = if expected { LOG_DEBUG } else { LOG_ERR };
+        if self.opts.verbose || !expected {
+            daemon::log(
+                prio,
+                &format!(
+                    "Reap: worker {i} (pid {pid}) exited normally with status {code}{}",
+                    unexpected_suffix(expected)
+                ),
+            );
+        }
+        match code {
+            42 => {
+                daemon::log(
+                    LOG_ERR,
+                    &format!(
+                        "You may have a syntax error in {}.  Check it with 'perl -c'",
+                        self.opts.filter.display()
+                    ),
+                );
+                self.count_failure(42);
+            }
+            43 => {
+                daemon::log(
+                    LOG_ERR,
+                    &format!("Could not execute {}", self.opts.filter.display()),
+                );
+                self.count_failure(43);
+            }
+            _ => self.failures = 0,
+        }
+    }
+
+    /// What the log says after a reaped worker's fatal signal.
+    fn killed_by(&mut self, i: usize, sig: i32, expected: bool) {
+        let pid = self.slots[i].pid().unwrap_or(0);
+        // Only a worker we meant to kill died "as expected"; one killed from
+        // outside is unexpected whatever the signal (protocol/multiplexor.md §17).
+        if expected && (sig == libc::SIGTERM || sig == libc::SIGKILL) {
+            self.verbose(&format!(
+                "Reap: worker {i} (pid {pid}) exited due to SIGTERM/SIGKILL as expected."
+            ));
+        } else {
+            daemon::log(
+                LOG_ERR,
+                &format!(
+                    "Reap: worker {i} (pid {pid}) exited due to signal {sig}{}",
+                    unexpected_suffix(expected)
+                ),
+            );
+        }
+        // Unlike upstream, whose reset here happens only with -l, a
+        // death by signal breaks the run of exit-42/43 workers
+        // whatever the logging (protocol/multiplexor.md §7.13, §22).
+        self.failures = 0;
+    }
+
+    /// A worker died unexpectedly before finishing any command: most likely
+    /// the filter itself is broken, or a message exhausted its memory.
+    fn log_premature_death(&self, i: usize) {
+        if self.slots[i].oom {
+            daemon::log(
+                LOG_ERR,
+                &format!(
+                    "Worker {i} ran out of memory -- possible DoS attack due to complex MIME?"
+                ),
+            );
+        } else if self.opts.verbose {
+            daemon::log(
+                LOG_ERR,
+                &format!("Worker {i} died prematurely -- check your filter rules"),
+            );
+        } else {
+            daemon::log(
+                LOG_ERR,
+                &format!("Worker {i} died prematurely -- check your filter rules and use the '-l' flag on mailmunge-multiplexor to see Perl error messages"),
+            );
+        }
+    }
+
+    /// Slot `i`'s process is gone: the slot is Stopped and free for a
+    /// queued request or for the minimum filler.
+    fn slot_stopped(&mut self, i: usize) {
         {
             let s = &mut self.slots[i];
             s.process = None;
@@ -1251,6 +1248,28 @@ pub struct Counters {
     pub queued: usize,
     pub msgs: u64,
     pub activations: u64,
+}
+
+/// Ends a reap log line: nothing when we asked the worker to go.
+fn unexpected_suffix(expected: bool) -> &'static str {
+    if expected {
+        ""
+    } else {
+        " (WORKER DIED UNEXPECTEDLY)"
+    }
+}
+
+/// The reason logged and counted when a job activates a stopped worker.
+fn activation_reason(job: &Job) -> String {
+    match job.kind {
+        JobKind::Tick(_) => "About to run tick".to_string(),
+        JobKind::Map => "About to handle map request".to_string(),
+        JobKind::Client if job.class == Class::Scan => "About to perform scan".to_string(),
+        JobKind::Client => {
+            let head = &job.line[..job.line.len().min(100)];
+            format!("About to execute command '{}'", sanitize_reason(head))
+        }
+    }
 }
 
 /// The status tag for a dispatched command (protocol/multiplexor.md §8): first
