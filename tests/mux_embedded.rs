@@ -325,7 +325,7 @@ exit(0);
     let is_spare = |p: u32| spares_of(zygote).contains(&p);
     // A spare that has prepared, seen while it is still a spare.
     eventually("no spare prepared while waiting", || {
-        recorded().into_iter().any(|p| is_spare(p))
+        recorded().into_iter().any(is_spare)
     });
     let spare = recorded().into_iter().find(|&p| is_spare(p)).unwrap();
     eventually("the spare never served", || {

@@ -520,11 +520,13 @@ sub main::_mailmunge_do_main_loop {
         /// its event stream has ended).
         async fn reported(&self, pid: u32) -> bool {
             for _ in 0..3000 {
-                let reg = self.z.registry.lock().unwrap();
-                if reg.closed {
-                    return reg.early.contains_key(&pid);
+                let seen = {
+                    let reg = self.z.registry.lock().unwrap();
+                    reg.closed.then(|| reg.early.contains_key(&pid))
+                };
+                if let Some(seen) = seen {
+                    return seen;
                 }
-                drop(reg);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             panic!("the preloading process's event stream never ended");
