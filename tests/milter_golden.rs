@@ -171,6 +171,12 @@ async fn run_case(case: &str) {
         0,
         "{case}: not every recorded request was made"
     );
+    // The fake multiplexor answers `help` as upstream's does: the milter
+    // must never send it our reservation request (protocol/milter.md §17.1).
+    assert!(
+        !log.lines.iter().any(|l| l.starts_with(b"mmrs-")),
+        "{case}: a reservation request reached an upstream multiplexor"
+    );
     let files = case_dir(case).join("files");
     if files.exists() {
         assert_eq!(log.scans.len(), 1, "{case}: one scan");

@@ -143,6 +143,7 @@ fn config(f: &Fixture, flags: u8, more: u8) -> Config {
         log_times: false,
         my_ip: Some("192.0.2.1".into()),
         mx_timeout: Some(Duration::from_secs(600)),
+        reservations: Default::default(),
     }
 }
 
