@@ -105,6 +105,39 @@ fn no_reservation_without_a_free_worker() {
     assert_eq!(mx.req(b"scan X /y\n"), b"error: No free workers\n");
 }
 
+/// A request that finds every worker held waits for one to come free, up
+/// to 5 s (protocol/multiplexor.md §27.2), instead of being refused at once.
+#[test]
+fn a_reservation_waits_for_a_worker_to_come_free() {
+    let mx = Mx::start(&["-x", "1", "-m", "1"]);
+    mx.wait_for("status", |r| r.starts_with("I "));
+    let (holder, first) = reserve(&mx, "W1 0");
+    let slot = slot_of(&first);
+    // Nothing comes free: refused, but only after the wait.
+    let t0 = Instant::now();
+    let (_, refused) = reserve(&mx, "W2 0");
+    assert_eq!(refused, "error: No free workers\n");
+    assert!(t0.elapsed() >= Duration::from_millis(4500), "{:?}", t0.elapsed());
+    // A worker let go in the meantime goes to the waiting request at once.
+    let (sent_tx, sent) = std::sync::mpsc::channel();
+    let sock = mx.sock.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"mmrs-reserve W3 0\n").unwrap();
+        sent_tx.send(()).unwrap();
+        let mut line = [0u8; 64];
+        let n = s.read(&mut line).unwrap();
+        String::from_utf8_lossy(&line[..n]).into_owned()
+    });
+    sent.recv().unwrap();
+    let t1 = Instant::now();
+    drop(holder);
+    let second = waiter.join().unwrap();
+    assert_eq!(slot_of(&second), slot);
+    assert!(t1.elapsed() < Duration::from_secs(4), "{:?}", t1.elapsed());
+}
+
 #[test]
 fn only_a_scan_uses_a_reservation() {
     let mx = Mx::start_logged(&["-x", "1", "-m", "1"]);

@@ -288,7 +288,7 @@ async fn reserve(mux: Arc<Mux>, mut stream: Stream, args: &[u8]) {
         .next()
         .and_then(|w| crate::cformat::number::scan_int(&c_argument(w)))
         .map_or(0, |n| n.max(0) as usize);
-    let outcome = mux.lock().reserve(&qid, keep);
+    let outcome = reserve_within(&mux, &qid, keep, RESERVE_WAIT).await;
     let first: Vec<u8> = match outcome {
         Reserve::Held(r) => format!("reserved {}\n", r.slot).into_bytes(),
         Reserve::Declined => b"not-reserved queue\n".to_vec(),
@@ -326,6 +326,30 @@ async fn reserve(mux: Arc<Mux>, mut stream: Stream, args: &[u8]) {
     }
     drop(held);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// How long a reservation request waits for a worker to come free before
+/// it is refused: well inside the MTAs' own bounds on a milter's answer
+/// (Sendmail's default is 10 s; protocol/multiplexor.md §27.2).
+pub const RESERVE_WAIT: Duration = Duration::from_secs(5);
+
+/// A reservation, waiting up to `wait` for a worker to come free: a
+/// session then queues at its DATA command instead of being refused at
+/// once and coming back.
+async fn reserve_within(mux: &Arc<Mux>, qid: &str, keep: usize, wait: Duration) -> Reserve {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let last = tokio::time::Instant::now() >= deadline;
+        // Listening before the try: a worker freed in between is not missed.
+        let freed = mux.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let outcome = mux.lock().reserve(qid, keep, last);
+        if outcome != Reserve::NoFree || last {
+            return outcome;
+        }
+        let _ = tokio::time::timeout_at(deadline, freed).await;
+    }
 }
 
 /// The answer to anything but a scan on a reservation's connection.

@@ -101,6 +101,9 @@ pub struct Mux {
     pub pool: Mutex<Pool>,
     /// Wakes the minimum filler.
     pub fill: Notify,
+    /// Wakes reservation requests waiting for a worker to come free
+    /// (protocol/multiplexor.md §27.2).
+    pub freed: Notify,
     /// Wakes the shutdown sequence (SIGTERM or too many failures).
     pub shutdown: Notify,
 }
@@ -112,6 +115,7 @@ impl Mux {
             opts: opts.clone(),
             pool: Mutex::new(Pool::new(opts.clone(), me.clone())),
             fill: Notify::new(),
+            freed: Notify::new(),
             shutdown: Notify::new(),
         })
     }
@@ -304,6 +308,11 @@ impl Pool {
         }
         let free = self.free();
         self.emit(|n| n.state_change(i, old.name(), st.name(), free));
+        if matches!(st, State::Idle | State::Stopped) {
+            if let Some(me) = self.me.upgrade() {
+                me.freed.notify_waiters();
+            }
+        }
     }
 
     /// Sets a worker's status tag (sanitised, at most 63 bytes) and tells

@@ -33,8 +33,9 @@ impl Pool {
     /// Holds a worker for a client's next scan
     /// (protocol/multiplexor.md §27.2): an idle one, else a stopped slot activated for it, as for a
     /// scan; none when `keep` or fewer are free. With `-q` requests wait in
-    /// the queue instead, so nothing is reserved.
-    pub fn reserve(&mut self, qid: &str, keep: usize) -> Reserve {
+    /// the queue instead, so nothing is reserved. A refusal is logged and
+    /// counted only on the `last` try (the caller may wait and try again).
+    pub fn reserve(&mut self, qid: &str, keep: usize, last: bool) -> Reserve {
         if self.shutting_down {
             return Reserve::ShuttingDown;
         }
@@ -47,6 +48,9 @@ impl Pool {
             None
         };
         let Some(i) = found else {
+            if !last {
+                return Reserve::NoFree;
+            }
             daemon::log(
                 LOG_WARNING,
                 &format!("{qid}: No free workers: cannot reserve one for this message"),
