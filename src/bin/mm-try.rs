@@ -5,7 +5,9 @@
 use anyhow::{Context, Result};
 use mailmunge::config::startargs::Vars;
 use mailmunge::tryout::{self, options, Transaction, Verdict};
+use mailmunge::wire::sockspec::SockSpec;
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn main() {
@@ -34,7 +36,23 @@ fn bracket(a: &str) -> String {
 }
 
 fn run(cli: options::Options) -> Result<i32> {
-    let message = match &cli.message {
+    let message = read_message(&cli)?;
+    let target = Target::from_cli(&cli)?;
+    let (sender, recipients) = envelope(&cli, &message)?;
+    let t = transaction(&cli, sender, recipients, message);
+    let outcome = tryout::run(
+        &target.spec,
+        &target.spec_text,
+        &t,
+        Duration::from_secs(cli.timeout.max(1)),
+    )?;
+    report(&cli, &target, &outcome)?;
+    Ok(exit_code(&outcome.final_verdict))
+}
+
+/// The message: the named file, or standard input for none or `-`.
+fn read_message(cli: &options::Options) -> Result<Vec<u8>> {
+    Ok(match &cli.message {
         Some(p) if p.as_os_str() != "-" => {
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
         }
@@ -45,20 +63,41 @@ fn run(cli: options::Options) -> Result<i32> {
                 .context("reading standard input")?;
             v
         }
-    };
+    })
+}
 
-    let mut vars = Vars::from_env();
-    vars.read_env_files(&cli.env_files)?;
-    let spec_text = match &cli.milter {
-        Some(s) => s.clone(),
-        None => vars.milter_socket().to_string_lossy().into_owned(),
-    };
-    let mx_socket = cli.mx.clone().or_else(|| {
-        mailmunge::config::startargs::unix_socket_path(&vars.mx_socket()).map(Into::into)
-    });
-    let spec = tryout::parse_spec(&spec_text)?;
+/// Which milter to talk to, and which multiplexor to ask about a
+/// temporary failure: the options, else the start-up settings.
+struct Target {
+    spec_text: String,
+    spec: SockSpec,
+    mx_socket: Option<PathBuf>,
+}
 
-    let parsed = mail_parser::MessageParser::default().parse(&message[..]);
+impl Target {
+    fn from_cli(cli: &options::Options) -> Result<Target> {
+        let mut vars = Vars::from_env();
+        vars.read_env_files(&cli.env_files)?;
+        let spec_text = match &cli.milter {
+            Some(s) => s.clone(),
+            None => vars.milter_socket().to_string_lossy().into_owned(),
+        };
+        let mx_socket = cli.mx.clone().or_else(|| {
+            mailmunge::config::startargs::unix_socket_path(&vars.mx_socket()).map(Into::into)
+        });
+        let spec = tryout::parse_spec(&spec_text)?;
+        Ok(Target {
+            spec_text,
+            spec,
+            mx_socket,
+        })
+    }
+}
+
+/// Sender and recipients: the options, else the message's From:, To: and
+/// Cc:; the sender falls back to `<>`, but no recipient is an error.
+fn envelope(cli: &options::Options, message: &[u8]) -> Result<(String, Vec<String>)> {
+    let parsed = mail_parser::MessageParser::default().parse(message);
     let header_addrs = |which: &str| -> Vec<String> {
         let Some(m) = &parsed else { return vec![] };
         let addr = match which {
@@ -84,8 +123,17 @@ fn run(cli: options::Options) -> Result<i32> {
         !recipients.is_empty(),
         "no recipients: give --to, or a message with To: or Cc:"
     );
+    Ok((sender, recipients))
+}
 
-    let t = Transaction {
+/// The SMTP transaction to play, as an MTA on this host would.
+fn transaction(
+    cli: &options::Options,
+    sender: String,
+    recipients: Vec<String>,
+    message: Vec<u8>,
+) -> Transaction {
+    Transaction {
         client_ip: cli.client_ip.clone(),
         client_name: cli.client_name.clone(),
         client_port: 4567,
@@ -98,33 +146,36 @@ fn run(cli: options::Options) -> Result<i32> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into()),
         queue_id: format!("MMTRY{:X}", std::process::id()),
-    };
-    let outcome = tryout::run(
-        &spec,
-        &spec_text,
-        &t,
-        Duration::from_secs(cli.timeout.max(1)),
-    )?;
+    }
+}
 
+/// Writes the resulting message (`--output`), prints the outcome as text or
+/// JSON, and on a temporary failure asks the multiplexor why.
+fn report(cli: &options::Options, target: &Target, outcome: &tryout::Outcome) -> Result<()> {
     if let Some(path) = &cli.output {
         std::fs::write(path, &outcome.result)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if cli.json {
-        let mut v = serde_json::to_value(&outcome)?;
-        v["milter"] = serde_json::Value::String(spec_text.clone());
+        let mut v = serde_json::to_value(outcome)?;
+        v["milter"] = serde_json::Value::String(target.spec_text.clone());
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", tryout::render_text(&outcome));
+        print!("{}", tryout::render_text(outcome));
     }
-    if let (Verdict::Tempfail { .. }, Some(sock)) = (&outcome.final_verdict, &mx_socket) {
+    if let (Verdict::Tempfail { .. }, Some(sock)) = (&outcome.final_verdict, &target.mx_socket) {
         let why = mailmunge::ctrl::diagnose::why_tempfail_blocking(sock);
         eprintln!("mm-try: why the temporary failure: {why}");
     }
-    Ok(match outcome.final_verdict {
+    Ok(())
+}
+
+/// The exit status for the final verdict.
+fn exit_code(verdict: &Verdict) -> i32 {
+    match verdict {
         Verdict::Reject { .. } => 2,
         Verdict::Tempfail { .. } => 3,
         Verdict::Discard => 4,
         _ => 0,
-    })
+    }
 }

@@ -131,63 +131,13 @@ pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
         if line.len() >= MAX_LINE {
             return Err(ResultsError::OverlongLine(line.len()));
         }
-        let letter = line.first().copied().unwrap_or(0);
-        let arg = line.get(1..).unwrap_or(&[]);
-        let action = match letter {
-            b'B' | b'T' => {
-                let (c, d, t) = split3(arg);
-                let (code, dsn, text) = (Some(decode_c(c)), d.map(decode_c), t.map(decode_c));
-                if letter == b'B' {
-                    Action::Bounce { code, dsn, text }
-                } else {
-                    Action::Tempfail { code, dsn, text }
-                }
-            }
-            b'D' => Action::Discard,
-            b'C' => Action::ReplaceBody,
-            b'M' => Action::ContentType(decode_c(arg)),
-            b'H' => match split_word(arg) {
-                (n, Some(v)) => Action::AddHeader {
-                    name: decode_c(n),
-                    value: decode_c(v),
-                },
-                _ => continue,
-            },
-            b'N' | b'I' => match split3(arg) {
-                (n, Some(i), Some(v)) => {
-                    let (name, value) = (decode_c(n), decode_c(v));
-                    if letter == b'N' {
-                        Action::InsertHeader {
-                            index: index(&decode_c(i), 0),
-                            name,
-                            value,
-                        }
-                    } else {
-                        Action::ChangeHeader {
-                            name,
-                            index: index(&decode_c(i), 1),
-                            value,
-                        }
-                    }
-                }
-                _ => continue,
-            },
-            b'J' => match split_word(arg) {
-                (n, Some(i)) => Action::DeleteHeader {
-                    name: decode_c(n),
-                    index: index(&decode_c(i), 1),
-                },
-                _ => continue,
-            },
-            b'R' => Action::AddRcpt(decode_c(arg)),
-            b'S' => Action::DeleteRcpt(decode_c(arg)),
-            b'f' => Action::ChangeFrom(decode_c(arg)),
-            b'Q' => Action::Quarantine(decode_c(arg)),
-            b'F' => {
+        let action = match parse_line(line) {
+            Line::Action(a) => a,
+            Line::Malformed => continue,
+            Line::Finish => {
                 finished = true;
                 break;
             }
-            other => Action::Unknown(other),
         };
         let stop = matches!(
             action,
@@ -202,6 +152,92 @@ pub fn parse(data: &[u8]) -> Result<Results, ResultsError> {
         actions,
         rejecting,
         finished,
+    })
+}
+
+/// What one RESULTS line tells the reader.
+enum Line {
+    Action(Action),
+    /// A header line missing a field: skipped silently.
+    Malformed,
+    /// `F`: the end of the instructions.
+    Finish,
+}
+
+/// Reads one line (without its newline): the letter picks the kind.
+fn parse_line(line: &[u8]) -> Line {
+    let letter = line.first().copied().unwrap_or(0);
+    let arg = line.get(1..).unwrap_or(&[]);
+    let action = match letter {
+        b'B' | b'T' => refusal(letter, arg),
+        b'D' => Action::Discard,
+        b'C' => Action::ReplaceBody,
+        b'M' => Action::ContentType(decode_c(arg)),
+        b'H' | b'N' | b'I' | b'J' => match header_edit(letter, arg) {
+            Some(a) => a,
+            None => return Line::Malformed,
+        },
+        b'R' => Action::AddRcpt(decode_c(arg)),
+        b'S' => Action::DeleteRcpt(decode_c(arg)),
+        b'f' => Action::ChangeFrom(decode_c(arg)),
+        b'Q' => Action::Quarantine(decode_c(arg)),
+        b'F' => return Line::Finish,
+        other => Action::Unknown(other),
+    };
+    Line::Action(action)
+}
+
+/// `B` or `T`: code, DSN and text, the last two optional.
+fn refusal(letter: u8, arg: &[u8]) -> Action {
+    let (c, d, t) = split3(arg);
+    let (code, dsn, text) = (Some(decode_c(c)), d.map(decode_c), t.map(decode_c));
+    if letter == b'B' {
+        Action::Bounce { code, dsn, text }
+    } else {
+        Action::Tempfail { code, dsn, text }
+    }
+}
+
+/// `H`, `N`, `I` or `J`; `None` when a field is missing.
+fn header_edit(letter: u8, arg: &[u8]) -> Option<Action> {
+    match letter {
+        b'H' => match split_word(arg) {
+            (n, Some(v)) => Some(Action::AddHeader {
+                name: decode_c(n),
+                value: decode_c(v),
+            }),
+            _ => None,
+        },
+        b'J' => match split_word(arg) {
+            (n, Some(i)) => Some(Action::DeleteHeader {
+                name: decode_c(n),
+                index: index(&decode_c(i), 1),
+            }),
+            _ => None,
+        },
+        _ => indexed_header(letter, arg),
+    }
+}
+
+/// `N name idx value` (insert, index from 0) or `I name idx value`
+/// (change, index from 1).
+fn indexed_header(letter: u8, arg: &[u8]) -> Option<Action> {
+    let (n, Some(i), Some(v)) = split3(arg) else {
+        return None;
+    };
+    let (name, value) = (decode_c(n), decode_c(v));
+    Some(if letter == b'N' {
+        Action::InsertHeader {
+            index: index(&decode_c(i), 0),
+            name,
+            value,
+        }
+    } else {
+        Action::ChangeHeader {
+            name,
+            index: index(&decode_c(i), 1),
+            value,
+        }
     })
 }
 

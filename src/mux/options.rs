@@ -212,7 +212,9 @@ impl Options {
         Options::from_cli(argv0, cli)
     }
 
-    /// Applies upstream's defaults and clamps to raw options.
+    /// Applies upstream's defaults and clamps to raw options. The groups
+    /// are read in upstream's order, so the first bad value reported is the
+    /// same one upstream reports.
     pub fn from_cli(argv0: String, c: Cli) -> Result<Options, Exit> {
         if c.version {
             return Err(Exit::Version(format!(
@@ -223,105 +225,41 @@ impl Options {
         if c.help {
             return Err(Exit::Usage(None));
         }
-        let num = |v: &Option<String>, default: i64| -> Result<i64, Exit> {
-            match v {
-                None => Ok(default),
-                Some(s) => scan_int(s).ok_or(Exit::Usage(None)),
-            }
-        };
-        let max_workers = num(&c.max_workers, 2)?.max(1);
-        // Upstream quirk kept: `-m 0` (and the default 0) means 1, so no
-        // setting starts the pool empty (protocol/multiplexor.md §2).
-        let min_workers = num(&c.min_workers, 0)?.max(1).min(max_workers);
-        let mut per_domain = num(&c.recipok_per_domain, 0)?.max(0);
-        if per_domain >= max_workers {
-            per_domain = 0;
-        }
-        let max_requests = num(&c.max_requests, 500)?.max(1);
-        let lifetime = num(&c.max_lifetime, 0)?;
-        let idle_time = num(&c.idle_time, 300)?.max(10);
-        let busy_time = num(&c.busy_time, 120)?.max(10);
-        let cmd_time = num(&c.cmd_time, 10)?.max(10);
-        let slew = num(&c.slew, 1)?.max(1);
-        let wait = num(&c.wait, 0)?.max(0);
-        let queue_size = num(&c.queue_size, 0)?.max(0);
-        if queue_size > MAX_QUEUE_SIZE {
-            return Err(Exit::Fatal(format!(
-                "{argv0}: Request queue size {queue_size} too big ({MAX_QUEUE_SIZE} max)"
-            )));
-        }
-        let queue_timeout = num(&c.queue_timeout, 30)?.clamp(1, 600);
-        let backlog = match &c.backlog {
-            Some(_) => num(&c.backlog, 0)?.clamp(5, 200),
-            None => (max_workers / 4).clamp(5, 200),
-        };
-        let log_interval = match num(&c.log_interval, 0)? {
-            n if n <= 0 => 0,
-            n if n < 5 => 5,
-            n => n,
-        };
-        let rss_kb = num(&c.rss_kb, 0)?;
-        let mem_kb = num(&c.mem_kb, 0)?;
-        let tick_interval = num(&c.tick_interval, 0)?.max(0);
-        let tick_types = num(&c.tick_types, 1)?.clamp(1, 30);
-        let facility = match &c.facility {
-            None => libc::LOG_MAIL,
-            Some(f) => crate::sys::daemon::syslog_facility(f)
-                .ok_or_else(|| Exit::Fatal(format!("{argv0}: Unknown syslog facility {f}")))?,
-        };
-        let filter = c
-            .filter
-            .clone()
-            .unwrap_or_else(|| format!("{CONFDIR}/mailmunge-filter.pl"));
-        if !filter.starts_with('/') {
-            return Err(Exit::Fatal(format!(
-                "{argv0}: -f: You must supply an absolute path for filter program"
-            )));
-        }
-        let spool_dir = PathBuf::from(c.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string()));
-        let socket = c
-            .socket
-            .clone()
-            .unwrap_or_else(|| format!("{}/mailmunge-multiplexor.sock", spool_dir.display()));
-        if let Some(m) = &c.metrics {
-            crate::wire::sockspec::SockSpec::parse_mux(m)
-                .map_err(|e| Exit::Fatal(format!("{argv0}: --metrics: {e}")))?;
-        }
-        if c.embedded && !cfg!(unix) {
-            return Err(Exit::Fatal("embedded mode needs a Unix system".into()));
-        }
+        let pool = PoolLimits::from_cli(&c)?;
+        let timers = Timers::from_cli(&c)?;
+        let queue = QueueLimits::from_cli(&argv0, &c, pool.max_workers)?;
+        let monitor = Monitoring::from_cli(&c)?;
+        let facility = facility(&argv0, &c)?;
+        let paths = Paths::from_cli(&argv0, &c)?;
+        check_extensions(&argv0, &c)?;
         Ok(Options {
             argv0,
             user: c.user,
-            min_workers: min_workers as usize,
-            max_workers: max_workers as usize,
-            recipok_per_domain: per_domain as usize,
-            max_requests: max_requests as u64,
-            max_lifetime: if lifetime <= 0 {
-                None
-            } else {
-                Some(lifetime as u64)
-            },
-            idle_time: idle_time as u64,
-            busy_time: busy_time as u64,
-            cmd_time: cmd_time as u64,
-            slew: slew as u64,
-            wait: wait as u64,
-            queue_size: queue_size as usize,
-            queue_timeout: queue_timeout as u64,
-            backlog: backlog as i32,
-            log_interval: log_interval as u64,
+            min_workers: pool.min_workers as usize,
+            max_workers: pool.max_workers as usize,
+            recipok_per_domain: pool.per_domain as usize,
+            max_requests: pool.max_requests as u64,
+            max_lifetime: pool.max_lifetime,
+            idle_time: timers.idle_time as u64,
+            busy_time: timers.busy_time as u64,
+            cmd_time: timers.cmd_time as u64,
+            slew: timers.slew as u64,
+            wait: timers.wait as u64,
+            queue_size: queue.queue_size as usize,
+            queue_timeout: queue.queue_timeout as u64,
+            backlog: queue.backlog as i32,
+            log_interval: monitor.log_interval as u64,
             // Upstream casts the int to unsigned long: a negative value wraps.
-            rss_kb: rss_kb as u64,
-            mem_kb: mem_kb as u64,
-            tick_interval: tick_interval as u64,
-            tick_types: tick_types as u32,
-            socket,
+            rss_kb: monitor.rss_kb as u64,
+            mem_kb: monitor.mem_kb as u64,
+            tick_interval: monitor.tick_interval as u64,
+            tick_types: monitor.tick_types as u32,
+            socket: paths.socket,
             unpriv_socket: c.unpriv_socket,
             map_socket: c.map_socket,
             notify_socket: c.notify_socket,
-            spool_dir,
-            filter: PathBuf::from(filter),
+            spool_dir: paths.spool_dir,
+            filter: paths.filter,
             pid_file: c.pid_file.map(PathBuf::from),
             lock_file: c.lock_file.map(PathBuf::from),
             stats_file: c.stats_file.map(PathBuf::from),
@@ -338,6 +276,178 @@ impl Options {
             metrics: c.metrics,
         })
     }
+}
+
+/// Reads an optional number with C's `%d` rules; absent means `default`,
+/// unreadable is a usage error.
+fn num(v: &Option<String>, default: i64) -> Result<i64, Exit> {
+    match v {
+        None => Ok(default),
+        Some(s) => scan_int(s).ok_or(Exit::Usage(None)),
+    }
+}
+
+/// How many workers there are and how much each may do (`-x -m -y -r -V`).
+struct PoolLimits {
+    max_workers: i64,
+    min_workers: i64,
+    per_domain: i64,
+    max_requests: i64,
+    max_lifetime: Option<u64>,
+}
+
+impl PoolLimits {
+    fn from_cli(c: &Cli) -> Result<PoolLimits, Exit> {
+        let max_workers = num(&c.max_workers, 2)?.max(1);
+        // Upstream quirk kept: `-m 0` (and the default 0) means 1, so no
+        // setting starts the pool empty (protocol/multiplexor.md §2).
+        let min_workers = num(&c.min_workers, 0)?.max(1).min(max_workers);
+        let mut per_domain = num(&c.recipok_per_domain, 0)?.max(0);
+        if per_domain >= max_workers {
+            per_domain = 0;
+        }
+        let max_requests = num(&c.max_requests, 500)?.max(1);
+        let lifetime = num(&c.max_lifetime, 0)?;
+        Ok(PoolLimits {
+            max_workers,
+            min_workers,
+            per_domain,
+            max_requests,
+            max_lifetime: if lifetime <= 0 {
+                None
+            } else {
+                Some(lifetime as u64)
+            },
+        })
+    }
+}
+
+/// The timeouts and activation pacing, in seconds (`-i -b -c -w -W`).
+struct Timers {
+    idle_time: i64,
+    busy_time: i64,
+    cmd_time: i64,
+    slew: i64,
+    wait: i64,
+}
+
+impl Timers {
+    fn from_cli(c: &Cli) -> Result<Timers, Exit> {
+        Ok(Timers {
+            idle_time: num(&c.idle_time, 300)?.max(10),
+            busy_time: num(&c.busy_time, 120)?.max(10),
+            cmd_time: num(&c.cmd_time, 10)?.max(10),
+            slew: num(&c.slew, 1)?.max(1),
+            wait: num(&c.wait, 0)?.max(0),
+        })
+    }
+}
+
+/// The request queue and the listen backlog (`-q -Q -I`).
+struct QueueLimits {
+    queue_size: i64,
+    queue_timeout: i64,
+    backlog: i64,
+}
+
+impl QueueLimits {
+    fn from_cli(argv0: &str, c: &Cli, max_workers: i64) -> Result<QueueLimits, Exit> {
+        let queue_size = num(&c.queue_size, 0)?.max(0);
+        if queue_size > MAX_QUEUE_SIZE {
+            return Err(Exit::Fatal(format!(
+                "{argv0}: Request queue size {queue_size} too big ({MAX_QUEUE_SIZE} max)"
+            )));
+        }
+        let queue_timeout = num(&c.queue_timeout, 30)?.clamp(1, 600);
+        let backlog = match &c.backlog {
+            Some(_) => num(&c.backlog, 0)?.clamp(5, 200),
+            None => (max_workers / 4).clamp(5, 200),
+        };
+        Ok(QueueLimits {
+            queue_size,
+            queue_timeout,
+            backlog,
+        })
+    }
+}
+
+/// Status logging, worker memory limits and ticks (`-L -R -M -X -P`).
+struct Monitoring {
+    log_interval: i64,
+    rss_kb: i64,
+    mem_kb: i64,
+    tick_interval: i64,
+    tick_types: i64,
+}
+
+impl Monitoring {
+    fn from_cli(c: &Cli) -> Result<Monitoring, Exit> {
+        let log_interval = match num(&c.log_interval, 0)? {
+            n if n <= 0 => 0,
+            n if n < 5 => 5,
+            n => n,
+        };
+        Ok(Monitoring {
+            log_interval,
+            rss_kb: num(&c.rss_kb, 0)?,
+            mem_kb: num(&c.mem_kb, 0)?,
+            tick_interval: num(&c.tick_interval, 0)?.max(0),
+            tick_types: num(&c.tick_types, 1)?.clamp(1, 30),
+        })
+    }
+}
+
+/// The syslog facility of `-S`; an unknown name is fatal.
+fn facility(argv0: &str, c: &Cli) -> Result<libc::c_int, Exit> {
+    match &c.facility {
+        None => Ok(libc::LOG_MAIL),
+        Some(f) => crate::sys::daemon::syslog_facility(f)
+            .ok_or_else(|| Exit::Fatal(format!("{argv0}: Unknown syslog facility {f}"))),
+    }
+}
+
+/// The filter program, the spool directory and the control socket in it.
+struct Paths {
+    filter: PathBuf,
+    spool_dir: PathBuf,
+    socket: String,
+}
+
+impl Paths {
+    fn from_cli(argv0: &str, c: &Cli) -> Result<Paths, Exit> {
+        let filter = c
+            .filter
+            .clone()
+            .unwrap_or_else(|| format!("{CONFDIR}/mailmunge-filter.pl"));
+        if !filter.starts_with('/') {
+            return Err(Exit::Fatal(format!(
+                "{argv0}: -f: You must supply an absolute path for filter program"
+            )));
+        }
+        let spool_dir = PathBuf::from(c.spool_dir.clone().unwrap_or_else(|| SPOOLDIR.to_string()));
+        let socket = c
+            .socket
+            .clone()
+            .unwrap_or_else(|| format!("{}/mailmunge-multiplexor.sock", spool_dir.display()));
+        Ok(Paths {
+            filter: PathBuf::from(filter),
+            spool_dir,
+            socket,
+        })
+    }
+}
+
+/// Our extensions' own checks: `--metrics` must be a socket we can serve
+/// on, and `-E` needs fork.
+fn check_extensions(argv0: &str, c: &Cli) -> Result<(), Exit> {
+    if let Some(m) = &c.metrics {
+        crate::wire::sockspec::SockSpec::parse_mux(m)
+            .map_err(|e| Exit::Fatal(format!("{argv0}: --metrics: {e}")))?;
+    }
+    if c.embedded && !cfg!(unix) {
+        return Err(Exit::Fatal("embedded mode needs a Unix system".into()));
+    }
+    Ok(())
 }
 
 /// The usage text printed by `-h` and on option errors.

@@ -625,92 +625,163 @@ async fn run(
         stderr,
         status,
     } = w;
-    let pid = handle.pid();
     tokio::spawn(drain_stderr(mux.clone(), slot, wid, stderr));
     if let Some(st) = status {
         tokio::spawn(read_status(mux.clone(), slot, wid, st));
     }
-    let mut stdin = Some(stdin);
-    let mut out = LineReader::new(stdout);
-    let mut escalate: Option<(tokio::time::Instant, libc::c_int)> = None;
-    let mut rx_open = true;
+    let mut t = WorkerTask {
+        pid: handle.pid(),
+        mux,
+        slot,
+        wid,
+        handle,
+        stdin: Some(stdin),
+        out: LineReader::new(stdout),
+        escalate: None,
+        rx_open: true,
+    };
     let exit = loop {
-        let deadline = escalate
-            .map(|(t, _)| t)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
+        let deadline = t.next_deadline();
         tokio::select! {
             biased;
-            m = rx.recv(), if rx_open => match m {
-                Some(ToWorker::Job(job)) => match stdin.as_mut() {
-                    Some(w) => serve(&mux, slot, wid, w, &mut out, job).await,
-                    None => {
-                        let _ = job.reply.send(Outcome::NoResponse);
-                    }
-                },
-                Some(ToWorker::Retire { busy }) => {
-                    if stdin.take().is_some() {
-                        escalate = Some(if busy {
-                            let _ = handle.signal(libc::SIGTERM);
-                            (tokio::time::Instant::now() + KILL_AFTER, libc::SIGKILL)
-                        } else {
-                            (tokio::time::Instant::now() + TERM_AFTER, libc::SIGTERM)
-                        });
-                    }
-                }
-                None => {
-                    rx_open = false;
-                    if stdin.take().is_some() {
-                        escalate = Some((tokio::time::Instant::now() + TERM_AFTER, libc::SIGTERM));
-                    }
-                }
-            },
+            m = rx.recv(), if t.rx_open => t.on_message(m).await,
             st = child.wait() => break st,
-            r = out.fill(), if !out.at_eof() => {
-                if matches!(r, Ok(n) if n > 0) && stdin.is_none() {
-                    // Already retiring: whatever it prints on its way out
-                    // is nobody's reply.
-                    out.clear();
-                } else if matches!(r, Ok(n) if n > 0) {
-                    // Output nobody asked for: the worker is out of step
-                    // with the protocol (protocol/multiplexor.md §20.2), so retire it.
-                    out.clear();
-                    daemon::log(LOG_WARNING, &format!("Worker {slot} (pid {pid}) wrote output while idle; retiring it"));
-                    let mut p = mux.lock();
-                    if p.slots[slot].wid == wid {
-                        p.kill(slot, "Unsolicited output from worker");
-                    }
-                } else if r.is_err() {
-                    out.clear();
-                }
-            },
-            _ = tokio::time::sleep_until(deadline), if escalate.is_some() => {
-                if let Some((_, sig)) = escalate {
-                    let what = if sig == libc::SIGTERM { "taking too long to exit; sending SIGTERM" } else { "taking way too long to exit; sending SIGKILL" };
-                    if mux.opts.verbose {
-                        daemon::log(LOG_INFO, &format!("Worker {slot} (pid {pid}) {what}"));
-                    }
-                    let _ = handle.signal(libc::SIGCONT);
-                    let _ = handle.signal(sig);
-                    escalate = if sig == libc::SIGTERM { Some((tokio::time::Instant::now() + KILL_AFTER, libc::SIGKILL)) } else { None };
-                }
-            }
+            r = t.out.fill(), if !t.out.at_eof() => t.on_output(r),
+            _ = tokio::time::sleep_until(deadline), if t.escalate.is_some() => t.on_escalation_due(),
         }
     };
     if let Some(ru) = child.usage() {
-        mux.lock().log_usage(slot, wid, ru);
+        t.mux.lock().log_usage(slot, wid, ru);
     }
-    match exit {
-        Ok(status) => mux.lock().reaped(slot, wid, status),
-        Err(e) => {
-            daemon::log(
-                LOG_WARNING,
-                &format!("Worker {slot} (pid {pid}): wait failed: {e}"),
-            );
-            use std::os::unix::process::ExitStatusExt;
-            mux.lock()
-                .reaped(slot, wid, std::process::ExitStatus::from_raw(libc::SIGKILL));
+    t.reaped(exit);
+    fail_queued_jobs(rx);
+}
+
+/// What the worker task keeps between events: the worker's pipes and how
+/// far its retirement has got.
+struct WorkerTask {
+    mux: Arc<Mux>,
+    slot: usize,
+    wid: u64,
+    pid: u32,
+    handle: ProcessHandle,
+    /// `None` once the worker is retiring: no more commands go to it.
+    stdin: Option<pipe::Sender>,
+    out: LineReader<pipe::Receiver>,
+    /// When to send which signal if the worker has not exited by then.
+    escalate: Option<(tokio::time::Instant, libc::c_int)>,
+    /// False once the pool has dropped its sender.
+    rx_open: bool,
+}
+
+impl WorkerTask {
+    /// When the escalation timer fires; far away when none is armed.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        self.escalate
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400))
+    }
+
+    /// A message from the pool: run a job, start retiring, or (`None`, the
+    /// pool is gone) retire gently.
+    async fn on_message(&mut self, m: Option<ToWorker>) {
+        match m {
+            Some(ToWorker::Job(job)) => match self.stdin.as_mut() {
+                Some(w) => serve(&self.mux, self.slot, self.wid, w, &mut self.out, job).await,
+                None => {
+                    let _ = job.reply.send(Outcome::NoResponse);
+                }
+            },
+            Some(ToWorker::Retire { busy }) => {
+                if self.stdin.take().is_some() {
+                    self.escalate = Some(if busy {
+                        let _ = self.handle.signal(libc::SIGTERM);
+                        (tokio::time::Instant::now() + KILL_AFTER, libc::SIGKILL)
+                    } else {
+                        (tokio::time::Instant::now() + TERM_AFTER, libc::SIGTERM)
+                    });
+                }
+            }
+            None => {
+                self.rx_open = false;
+                if self.stdin.take().is_some() {
+                    self.escalate = Some((tokio::time::Instant::now() + TERM_AFTER, libc::SIGTERM));
+                }
+            }
         }
     }
+
+    /// Output read while no command is running.
+    fn on_output(&mut self, r: io::Result<usize>) {
+        let (slot, pid) = (self.slot, self.pid);
+        if matches!(r, Ok(n) if n > 0) && self.stdin.is_none() {
+            // Already retiring: whatever it prints on its way out
+            // is nobody's reply.
+            self.out.clear();
+        } else if matches!(r, Ok(n) if n > 0) {
+            // Output nobody asked for: the worker is out of step
+            // with the protocol (protocol/multiplexor.md §20.2), so retire it.
+            self.out.clear();
+            daemon::log(
+                LOG_WARNING,
+                &format!("Worker {slot} (pid {pid}) wrote output while idle; retiring it"),
+            );
+            let mut p = self.mux.lock();
+            if p.slots[slot].wid == self.wid {
+                p.kill(slot, "Unsolicited output from worker");
+            }
+        } else if r.is_err() {
+            self.out.clear();
+        }
+    }
+
+    /// The retiring worker has not exited in time: send the armed signal
+    /// and arm SIGKILL after SIGTERM.
+    fn on_escalation_due(&mut self) {
+        let (slot, pid) = (self.slot, self.pid);
+        if let Some((_, sig)) = self.escalate {
+            let what = if sig == libc::SIGTERM {
+                "taking too long to exit; sending SIGTERM"
+            } else {
+                "taking way too long to exit; sending SIGKILL"
+            };
+            if self.mux.opts.verbose {
+                daemon::log(LOG_INFO, &format!("Worker {slot} (pid {pid}) {what}"));
+            }
+            let _ = self.handle.signal(libc::SIGCONT);
+            let _ = self.handle.signal(sig);
+            self.escalate = if sig == libc::SIGTERM {
+                Some((tokio::time::Instant::now() + KILL_AFTER, libc::SIGKILL))
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Tells the pool the worker is gone; a failed wait counts as killed.
+    fn reaped(&self, exit: io::Result<std::process::ExitStatus>) {
+        let (slot, wid, pid) = (self.slot, self.wid, self.pid);
+        match exit {
+            Ok(status) => self.mux.lock().reaped(slot, wid, status),
+            Err(e) => {
+                daemon::log(
+                    LOG_WARNING,
+                    &format!("Worker {slot} (pid {pid}): wait failed: {e}"),
+                );
+                use std::os::unix::process::ExitStatusExt;
+                self.mux.lock().reaped(
+                    slot,
+                    wid,
+                    std::process::ExitStatus::from_raw(libc::SIGKILL),
+                );
+            }
+        }
+    }
+}
+
+/// Jobs still queued for a reaped worker get no response rather than
+/// waiting forever.
+fn fail_queued_jobs(mut rx: mpsc::UnboundedReceiver<ToWorker>) {
     rx.close();
     while let Ok(m) = rx.try_recv() {
         if let ToWorker::Job(job) = m {
