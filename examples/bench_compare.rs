@@ -427,31 +427,9 @@ fn start_milter(
 }
 
 /// Starts a whole stack: multiplexor with `filter`, one milter per
-/// transport.
-fn start_stack(
-    scratch: &Scratch,
-    stack: Stack,
-    filter: Filter,
-    transports: &[String],
-    mux_args: &[&str],
-    milter_extra: &[&str],
-    label: &str,
-) -> Result<Running> {
-    start_stack_q(
-        scratch,
-        stack,
-        filter,
-        transports,
-        mux_args,
-        milter_extra,
-        label,
-        true,
-    )
-}
-
-/// [`start_stack`]; `queue` false leaves out the milter's `-q` (MILTER_ARGS).
+/// transport; `queue` false leaves out the milter's `-q` (MILTER_ARGS).
 #[allow(clippy::too_many_arguments)]
-fn start_stack_q(
+fn start_stack(
     scratch: &Scratch,
     stack: Stack,
     filter: Filter,
@@ -722,6 +700,7 @@ fn matrix(
             &args,
             &[],
             filter.name(),
+            true,
         )
     };
     let mut peer = start(Stack::Peer)?;
@@ -883,6 +862,7 @@ fn capture_workdirs(
         &["-m", "1", "-x", "1"],
         &["-d"],
         "capture",
+        true,
     )?;
     let client = milter_client::client();
     let mut dirs = vec![];
@@ -1105,6 +1085,7 @@ fn idle_probe(
         &cfg.mux_args(),
         extra,
         "idle",
+        true,
     )?;
     let (target, milter) = &run.milters[0];
     let (target, pid) = (target.clone(), milter.pid());
@@ -1244,7 +1225,7 @@ fn overload(
     }
     let transports = ["unix".to_string()];
     let start = |st| {
-        start_stack_q(
+        start_stack(
             scratch,
             st,
             Filter::Typical,
