@@ -210,6 +210,22 @@ impl Scratch {
         self.spool.join("mx.sock")
     }
 
+    /// `mailmunge -D -p SPEC -m MUX -z SPOOL` for this scratch stack (as the
+    /// unprivileged user when root); callers add their own options.
+    pub fn milter_command(&self, spec: &str) -> Result<Command> {
+        let mut cmd = Command::new(binary("mailmunge")?);
+        cmd.args(user_args())
+            .arg("-D")
+            .arg("-p")
+            .arg(spec)
+            .arg("-m")
+            .arg(self.mux_socket())
+            .arg("-z")
+            .arg(&self.spool)
+            .env("MAILMUNGE_MY_IP", "127.0.0.1");
+        Ok(cmd)
+    }
+
     /// `PERL5LIB` for the workers: our copy first.
     pub fn perl5lib(&self) -> String {
         match std::env::var("PERL5LIB") {

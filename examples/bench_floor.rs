@@ -227,19 +227,10 @@ fn start_floor(scratch: &Scratch, target: &Target) -> Result<Daemon> {
 }
 
 fn start_ours(scratch: &Scratch, target: &Target, max_conn: usize) -> Result<Daemon> {
-    let mut cmd = Command::new(support::binary("mailmunge")?);
-    cmd.args(support::user_args())
-        .arg("-D")
-        .arg("-q")
+    let mut cmd = scratch.milter_command(&target.spec())?;
+    cmd.arg("-q")
         .arg("--max-connections")
-        .arg(max_conn.to_string())
-        .arg("-p")
-        .arg(target.spec())
-        .arg("-m")
-        .arg(scratch.mux_socket())
-        .arg("-z")
-        .arg(&scratch.spool)
-        .env("MAILMUNGE_MY_IP", "127.0.0.1");
+        .arg(max_conn.to_string());
     milter_client::spawn_milter("mailmunge", cmd, scratch.root.join("milter.log"), target)
 }
 

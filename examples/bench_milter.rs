@@ -19,7 +19,6 @@ mod milter_client;
 #[path = "../bench/support.rs"]
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,17 +35,8 @@ fn message() -> Arc<Message> {
 /// Starts `mailmunge -D` on `target`, connected to the scratch multiplexor,
 /// and waits until it accepts connections.
 fn start_milter(scratch: &Scratch, target: &Target, nofile: Option<u64>) -> Result<Daemon> {
-    let mut cmd = Command::new(support::binary("mailmunge")?);
-    cmd.args(support::user_args())
-        .arg("-D")
-        .arg("-p")
-        .arg(target.spec())
-        .arg("-m")
-        .arg(scratch.mux_socket())
-        .arg("-z")
-        .arg(&scratch.spool)
-        .args(support::extra_args("--milter-args")?)
-        .env("MAILMUNGE_MY_IP", "127.0.0.1");
+    let mut cmd = scratch.milter_command(&target.spec())?;
+    cmd.args(support::extra_args("--milter-args")?);
     if let Some(n) = nofile {
         use std::os::unix::process::CommandExt;
         // SAFETY: only setrlimit, which is async-signal-safe.
