@@ -266,10 +266,27 @@ pub async fn one_message(
     })
 }
 
+/// What one message of a driving session came to: the milter's verdict, a
+/// refusal or error on the way (its text), or no answer within 60 s.
+pub type Outcome = Result<Result<Verdict, String>, tokio::time::error::Elapsed>;
+
 /// `sessions` concurrent MTA sessions, one message per connection, back to
-/// back until `seconds` are up; a message counts when the milter lets it
-/// through (`continue`).
-pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Run {
+/// back until `seconds` are up. Each outcome goes to `tally` with how long
+/// the message took, into that session's state `S`; when `tally` says so
+/// the session pauses 10 ms before the next message (a refused message is
+/// not retried in a tight loop). Returns every session's state and the
+/// time taken.
+pub async fn drive_with<S, F>(
+    target: &Target,
+    msg: Arc<Message>,
+    sessions: usize,
+    seconds: f64,
+    tally: F,
+) -> (Vec<S>, Duration)
+where
+    S: Default + Send + 'static,
+    F: Fn(&mut S, Outcome, Duration) -> bool + Copy + Send + 'static,
+{
     let client = Arc::new(client());
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -277,42 +294,55 @@ pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds:
     for _ in 0..sessions {
         let (target, client, msg) = (target.clone(), client.clone(), msg.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Latencies::default();
-            let (mut errors, mut first_error) = (0usize, None);
+            let mut state = S::default();
             while Instant::now() < until {
                 let t = Instant::now();
-                match tokio::time::timeout(
-                    Duration::from_secs(60),
-                    one_message(&target, &client, &msg),
-                )
-                .await
-                {
-                    Ok(Ok(v)) if v.passed() => lat.push(t.elapsed()),
-                    Ok(Ok(v)) => {
-                        errors += 1;
-                        first_error.get_or_insert(format!("final action {}", v.describe()));
-                    }
-                    Ok(Err(e)) => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        first_error.get_or_insert("no answer within 60 s".into());
-                    }
+                let one = one_message(&target, &client, &msg);
+                let r = tokio::time::timeout(Duration::from_secs(60), one).await;
+                if tally(&mut state, r, t.elapsed()) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            (lat, errors, first_error)
+            state
         }));
     }
-    let mut run = Run::default();
+    let mut states = Vec::new();
     for t in tasks {
-        if let Ok((lat, errors, first)) = t.await {
-            run.add(lat, errors, first);
+        if let Ok(s) = t.await {
+            states.push(s);
         }
     }
-    run.elapsed = started.elapsed();
+    (states, started.elapsed())
+}
+
+/// [`drive_with`] counting latencies: a message counts when the milter
+/// lets it through (`continue`).
+pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Run {
+    type Tally = (Latencies, usize, Option<String>);
+    let (states, elapsed) = drive_with(target, msg, sessions, seconds, |st: &mut Tally, r, took| {
+        let failure = match r {
+            Ok(Ok(v)) if v.passed() => {
+                st.0.push(took);
+                return false;
+            }
+            Ok(Ok(v)) => format!("final action {}", v.describe()),
+            Ok(Err(e)) => {
+                st.1 += 1;
+                st.2.get_or_insert(e);
+                return true;
+            }
+            Err(_) => "no answer within 60 s".into(),
+        };
+        st.1 += 1;
+        st.2.get_or_insert(failure);
+        false
+    })
+    .await;
+    let mut run = Run::default();
+    for (lat, errors, first) in states {
+        run.add(lat, errors, first);
+    }
+    run.elapsed = elapsed;
     run
 }
 

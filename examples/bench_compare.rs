@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use milter_client::{drive, one_message, Message, Target};
+use milter_client::{drive, drive_with, one_message, Message, Target};
 use support::{Daemon, ProcTree, Scratch};
 
 /// The peer's programs, as Debian installs them.
@@ -1168,47 +1168,30 @@ fn refused_before_data(err: &str) -> bool {
 /// `sessions` MTA sessions back to back for `seconds`, each outcome
 /// counted by stage; a refused session retries after 10 ms, as `drive`.
 async fn drive_stages(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Stages {
-    let client = Arc::new(milter_client::client());
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..sessions {
-        let (target, client, msg) = (target.clone(), client.clone(), msg.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut st = Stages::default();
-            while Instant::now() < until {
-                st.attempts += 1;
-                let r = tokio::time::timeout(
-                    Duration::from_secs(60),
-                    one_message(&target, &client, &msg),
-                )
-                .await;
-                match r {
-                    Ok(Ok(v)) if v.passed() => {
-                        st.accepted += 1;
-                        continue;
-                    }
-                    Ok(Ok(_)) => st.after_body += 1,
-                    Ok(Err(e)) if e.starts_with("eom: ") => st.after_body += 1,
-                    Ok(Err(e)) if refused_before_data(&e) => st.before_data += 1,
-                    _ => st.other += 1,
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    let (states, elapsed) = drive_with(target, msg, sessions, seconds, |st: &mut Stages, r, _| {
+        st.attempts += 1;
+        match r {
+            Ok(Ok(v)) if v.passed() => {
+                st.accepted += 1;
+                return false;
             }
-            st
-        }));
-    }
-    let mut all = Stages::default();
-    for t in tasks {
-        if let Ok(st) = t.await {
-            all.attempts += st.attempts;
-            all.accepted += st.accepted;
-            all.before_data += st.before_data;
-            all.after_body += st.after_body;
-            all.other += st.other;
+            Ok(Ok(_)) => st.after_body += 1,
+            Ok(Err(e)) if e.starts_with("eom: ") => st.after_body += 1,
+            Ok(Err(e)) if refused_before_data(&e) => st.before_data += 1,
+            _ => st.other += 1,
         }
+        true
+    })
+    .await;
+    let mut all = Stages::default();
+    for st in states {
+        all.attempts += st.attempts;
+        all.accepted += st.accepted;
+        all.before_data += st.before_data;
+        all.after_body += st.after_body;
+        all.other += st.other;
     }
-    all.secs = started.elapsed().as_secs_f64();
+    all.secs = elapsed.as_secs_f64();
     all
 }
 
