@@ -319,25 +319,26 @@ where
 /// lets it through (`continue`).
 pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Run {
     type Tally = (Latencies, usize, Option<String>);
-    let (states, elapsed) = drive_with(target, msg, sessions, seconds, |st: &mut Tally, r, took| {
-        let failure = match r {
-            Ok(Ok(v)) if v.passed() => {
-                st.0.push(took);
-                return false;
-            }
-            Ok(Ok(v)) => format!("final action {}", v.describe()),
-            Ok(Err(e)) => {
-                st.1 += 1;
-                st.2.get_or_insert(e);
-                return true;
-            }
-            Err(_) => "no answer within 60 s".into(),
-        };
-        st.1 += 1;
-        st.2.get_or_insert(failure);
-        false
-    })
-    .await;
+    let (states, elapsed) =
+        drive_with(target, msg, sessions, seconds, |st: &mut Tally, r, took| {
+            let failure = match r {
+                Ok(Ok(v)) if v.passed() => {
+                    st.0.push(took);
+                    return false;
+                }
+                Ok(Ok(v)) => format!("final action {}", v.describe()),
+                Ok(Err(e)) => {
+                    st.1 += 1;
+                    st.2.get_or_insert(e);
+                    return true;
+                }
+                Err(_) => "no answer within 60 s".into(),
+            };
+            st.1 += 1;
+            st.2.get_or_insert(failure);
+            false
+        })
+        .await;
     let mut run = Run::default();
     for (lat, errors, first) in states {
         run.add(lat, errors, first);

@@ -117,7 +117,11 @@ fn a_reservation_waits_for_a_worker_to_come_free() {
     let t0 = Instant::now();
     let (_, refused) = reserve(&mx, "W2 0");
     assert_eq!(refused, "error: No free workers\n");
-    assert!(t0.elapsed() >= Duration::from_millis(4500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(4500),
+        "{:?}",
+        t0.elapsed()
+    );
     // A worker let go in the meantime goes to the waiting request at once.
     let (sent_tx, sent) = std::sync::mpsc::channel();
     let sock = mx.sock.clone();
