@@ -16,6 +16,7 @@ use super::job::{replies, Job, JobKind, Outcome};
 use super::pool::{epoch_now, Mux, Pool, Reservation, Reserve};
 use super::{report, Class};
 use crate::wire::sockspec::{Listener, Stream};
+use crate::wire::reservation;
 
 /// Request buffer size; a line of 4095 bytes or more is "too long".
 pub const MAX_CMD_LEN: usize = 4096;
@@ -248,14 +249,10 @@ async fn run_client_job(
     outcome.client_bytes()
 }
 
-/// The request word of a worker reservation (protocol/multiplexor.md §27.1).
-/// Our extension: the `mmrs-` prefix keeps it clear of filter commands.
-pub const RESERVE_COMMAND: &[u8] = b"mmrs-reserve";
-
 /// The arguments of a reservation request (`mmrs-reserve [QID [KEEP]]`), or
 /// `None` when the line is something else.
 fn reserve_arguments(line: &[u8]) -> Option<&[u8]> {
-    match line.strip_prefix(RESERVE_COMMAND)? {
+    match line.strip_prefix(reservation::COMMAND.as_bytes())? {
         [] => Some(&[]),
         [b' ', rest @ ..] => Some(rest),
         _ => None,
@@ -290,8 +287,8 @@ async fn reserve(mux: Arc<Mux>, mut stream: Stream, args: &[u8]) {
         .map_or(0, |n| n.max(0) as usize);
     let outcome = reserve_within(&mux, &qid, keep, RESERVE_WAIT).await;
     let first: Vec<u8> = match outcome {
-        Reserve::Held(r) => format!("reserved {}\n", r.slot).into_bytes(),
-        Reserve::Declined => b"not-reserved queue\n".to_vec(),
+        Reserve::Held(r) => reservation::reserved(r.slot),
+        Reserve::Declined => reservation::NOT_RESERVED.to_vec(),
         Reserve::NoFree => replies::NO_FREE.to_vec(),
         Reserve::ActivateFailed => replies::ACTIVATE_FAILED.to_vec(),
         Reserve::ShuttingDown => replies::SHUTTING_DOWN.to_vec(),

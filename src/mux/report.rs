@@ -227,7 +227,7 @@ const HELP_PRIV: &[(&str, &str)] = &[
     // Our extension, listed so that a client can tell that this
     // multiplexor has it (protocol/multiplexor.md §27.1).
     (
-        "mmrs-reserve",
+        crate::wire::reservation::COMMAND,
         "Hold a worker for the scan sent next on this connection (mailmunge-rs)",
     ),
 ];

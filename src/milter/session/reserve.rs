@@ -19,9 +19,8 @@ use super::{Config, Conn};
 use crate::milter::reply::Class;
 use crate::mm_log;
 use crate::wire::mxclient::{self, Held};
+use crate::wire::reservation::{self, Answer};
 
-/// The request word (protocol/multiplexor.md §27.1).
-const RESERVE: &str = "mmrs-reserve";
 /// How long a "no" from the `help` probe is believed before asking again
 /// (the multiplexor may be replaced by ours meanwhile).
 const RECHECK_AFTER: Duration = Duration::from_secs(60);
@@ -75,39 +74,10 @@ async fn supported(cfg: &Config) -> bool {
     let Some(help) = mx_request(cfg, "NOQUEUE", b"help\n").await else {
         return false;
     };
-    let yes = help
-        .split(|&b| b == b'\n')
-        .any(|l| l.starts_with(RESERVE.as_bytes()) && l.get(RESERVE.len()) == Some(&b' '));
+    let yes = reservation::advertised(&help);
     cfg.reservations
         .learnt(yes, "its help does not list mmrs-reserve");
     yes
-}
-
-/// The multiplexor's first answer to a reservation request.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    Reserved,
-    /// It queues requests (`-q`): go on without a reservation.
-    NotNeeded,
-    NoFree,
-    /// Another refusal of our multiplexor (`error: …`): tempfail.
-    Refused,
-    /// Not an answer of ours: treat the multiplexor as upstream's.
-    Foreign,
-}
-
-fn classify(ans: &[u8]) -> Answer {
-    if ans.starts_with(b"reserved ") && ans.ends_with(b"\n") {
-        Answer::Reserved
-    } else if ans.starts_with(b"not-reserved") {
-        Answer::NotNeeded
-    } else if ans == b"error: No free workers\n" {
-        Answer::NoFree
-    } else if ans.starts_with(b"error: ") {
-        Answer::Refused
-    } else {
-        Answer::Foreign
-    }
 }
 
 /// The DATA command: without `-q`, hold a worker for this message's scan,
@@ -126,7 +96,7 @@ pub(super) async fn data(cfg: &Config, cx: &mut Context<Conn>) -> Status {
     } else {
         0
     };
-    let line = mxclient::request_line(RESERVE, &[conn.qid_bytes(), keep.to_string().as_bytes()]);
+    let line = reservation::request(conn.qid_bytes(), keep);
     let (ans, held) = match mxclient::request_held(&cfg.mx_socket, &line, cfg.mx_timeout).await {
         Ok(r) => r,
         Err(e) => {
@@ -134,7 +104,7 @@ pub(super) async fn data(cfg: &Config, cx: &mut Context<Conn>) -> Status {
             return refuse(cfg, cx, &qid).await;
         }
     };
-    match classify(&ans) {
+    match Answer::parse(&ans) {
         Answer::Reserved if held.is_some() => {
             if let Some(msg) = conn.msg.as_mut() {
                 msg.reservation = held;
@@ -223,23 +193,6 @@ pub(super) async fn scan_reserved(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers() {
-        assert_eq!(classify(b"reserved 3\n"), Answer::Reserved);
-        assert_eq!(classify(b"not-reserved queue\n"), Answer::NotNeeded);
-        assert_eq!(classify(b"error: No free workers\n"), Answer::NoFree);
-        assert_eq!(
-            classify(b"error: Unable to activate worker\n"),
-            Answer::Refused
-        );
-        // What an upstream worker's unknown-command answer looks like.
-        assert_eq!(
-            classify(b"ok 0 Unknown%20command 554 5.7.1 0\n"),
-            Answer::Foreign
-        );
-        assert_eq!(classify(b""), Answer::Foreign);
-    }
 
     #[test]
     fn a_no_is_asked_again_later() {
