@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 # More SMTP sessions than workers, without -q (protocol/milter.md §17,
 # protocol/multiplexor.md §27): a session that cannot have a worker is
-# refused before its body is sent (at MAIL by the connect-time check, or
-# at the DATA command), never after the final dot; the sessions that got
+# refused at the DATA command, before its body is sent, never after the
+# final dot; the connect-time check gives way to that reservation
+# (protocol/milter.md §17.4), so every session reaches DATA; the sessions that got
 # a worker are delivered filtered; nothing is lost; no working directory
 # is left.
 #
@@ -43,12 +44,12 @@ for my $i (1 .. $SESSIONS) {
 
 my $at_data = sub { scalar grep { -e File::Spec->catfile($dir, "at-data-$_->{id}") } @sessions };
 my $ended   = sub { scalar grep { -e $_->{file} } @sessions };
-# Sessions refused at MAIL by the connect-time `free` check end without
-# reaching DATA; the others wait there.
+# Before protocol/milter.md §17.4 the connect-time `free` check refused some
+# sessions at MAIL, so they ended without reaching DATA.
 ok(eval { wait_until(60, 'every session at DATA or ended', sub { $at_data->() + $ended->() >= $SESSIONS }) },
     'every session reached DATA or was refused before it') or diag($@);
 my $waiting = $at_data->();
-cmp_ok($waiting, '>', $WORKERS, "more sessions at DATA ($waiting) than workers ($WORKERS)");
+is($waiting, $SESSIONS, "every session reached DATA ($waiting of $SESSIONS): none refused at connect");
 spew($go, '');
 
 my @blocked;
@@ -87,7 +88,8 @@ note('sessions by outcome: ' . join(', ', map { "$_ $stage{$_}" } sort keys %sta
 is_deeply(\@after_body, [], 'no session refused after its body was sent');
 is($stage{accepted} // 0, $WORKERS, 'as many sessions accepted as there are workers');
 is(($stage{data} // 0) + ($stage{accepted} // 0), $waiting, 'every other session that reached DATA was refused there');
-ok(!grep({ !/^(accepted|mail|data)\z/ } keys %stage), 'refusals only at MAIL (connect check) or DATA');
+ok(!grep({ !/^(accepted|data)\z/ } keys %stage), 'refusals only at DATA');
+unlike($f->stack->milter_log, qr/mfconnect: No free workers/, 'no connection refused by the connect check');
 
 $f->recovers(30);
 $f->nothing_lost;

@@ -130,6 +130,61 @@ async fn no_free_workers_tempfails_connect_unless_reserved_for_loopback() {
     );
 }
 
+/// protocol/milter.md §17.4: with a multiplexor that reserves workers and
+/// an MTA with a DATA stage, no worker free at connect refuses nothing
+/// there; the message is refused at DATA, before its body. An MTA without
+/// the DATA stage keeps upstream's connect check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_check_gives_way_to_the_reservation() {
+    let scratch = Scratch::new();
+    let mux_path = scratch.path().join("mx.sock");
+    let refusal = Step::new("mmrs-reserve", "error: No free workers");
+    let mux = FakeMux::start_with_help(
+        &mux_path,
+        vec![refusal],
+        "0\n",
+        &scratch.spool_str(),
+        RESERVING_HELP,
+    );
+    let milter = Milter::start(scratch.path(), &mux_path, &scratch.spool, &[], &[]);
+    let mut mta = milter.connect().await;
+    mta.negotiate().await;
+    assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, CONTINUE);
+    assert_eq!(mta.mail(&[b"<a@b>"]).await.kind, CONTINUE);
+    assert_eq!(mta.rcpt(&[b"<c@d>"]).await.kind, CONTINUE);
+    let data = mta.call(b'T', b"").await;
+    assert_eq!(data.kind, b'y', "a reply set at DATA: {data:?}");
+    assert!(
+        String::from_utf8_lossy(&data.data).starts_with("451 4.3.2 "),
+        "{data:?}"
+    );
+    {
+        let log = mux.log.lock().unwrap();
+        assert_eq!(log.free_count, 1, "only the start-up probe: {log:?}");
+        assert!(log.errors.is_empty(), "{:?}", log.errors);
+    }
+    assert_eq!(mux.remaining(), 0);
+    let e = Env {
+        scratch,
+        mux,
+        milter,
+    };
+    e.assert_log("mfdata: No free workers: tempfailing the message before it is sent");
+    e.wait_clean().await;
+    assert!(!e.milter.log().contains("mfconnect"), "{}", e.milter.log());
+
+    // Protocol version 2 (no DATA stage): refused at connect, as upstream.
+    let mut mta = e.milter.connect().await;
+    mta.negotiate_with(Offer {
+        version: 2,
+        actions: 0x3f,
+        protocol: 0x7f,
+    })
+    .await;
+    assert_eq!(mta.connect_inet("h", "192.0.2.10", 1).await.kind, TEMPFAIL);
+    e.assert_log("mfconnect: No free workers: Need 1, found 0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_multiplexor_tempfails_checks() {
     let e = start(FREE_REPLY, &["-s"], &[]);

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::job::{replies, Job, JobKind, Outcome};
 use super::pool::{epoch_now, Mux, Pool, Reservation, Reserve};
 use super::{report, Class};
-use crate::wire::sockspec::{Listener, Stream};
 use crate::wire::reservation;
+use crate::wire::sockspec::{Listener, Stream};
 
 /// Request buffer size; a line of 4095 bytes or more is "too long".
 pub const MAX_CMD_LEN: usize = 4096;

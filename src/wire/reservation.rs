@@ -77,7 +77,9 @@ mod tests {
 
     #[test]
     fn advertisement_is_a_help_line_of_its_own() {
-        assert!(advertised(b"help  -- x\nmmrs-reserve     -- Hold a worker\n"));
+        assert!(advertised(
+            b"help  -- x\nmmrs-reserve     -- Hold a worker\n"
+        ));
         assert!(!advertised(b"help  -- x\nmmrs-reserved -- no\n"));
         assert!(!advertised(b"scan /path -- Run a scan\n"));
     }

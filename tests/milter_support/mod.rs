@@ -99,6 +99,10 @@ pub struct FakeMux {
 /// The start and end of upstream's privileged `help` text.
 pub const UPSTREAM_HELP: &[u8] = b"help             -- List available multiplexor commands\nscan /path       -- Run a scan (do not invoke using md-mx-ctrl)\n(Analogous hload commands provide hourly information)\n";
 
+/// Upstream's `help` plus the line by which ours advertises worker
+/// reservations (protocol/multiplexor.md §27).
+pub const RESERVING_HELP: &[u8] = b"help             -- List available multiplexor commands\nmmrs-reserve     -- Hold a worker for a message until its scan\nscan /path       -- Run a scan (do not invoke using md-mx-ctrl)\n";
+
 /// The free-worker answer of the fake multiplexor.
 pub static FREE_REPLY: &str = "9\n";
 
@@ -106,6 +110,17 @@ impl FakeMux {
     /// Starts a fake multiplexor at `path` with a script; `free` is always
     /// answered with `free_reply` and does not consume a step.
     pub fn start(path: &Path, steps: Vec<Step>, free_reply: &'static str, spool: &str) -> FakeMux {
+        FakeMux::start_with_help(path, steps, free_reply, spool, UPSTREAM_HELP)
+    }
+
+    /// As `start`, answering `help` with `help` (e.g. `RESERVING_HELP`).
+    pub fn start_with_help(
+        path: &Path,
+        steps: Vec<Step>,
+        free_reply: &'static str,
+        spool: &str,
+        help: &'static [u8],
+    ) -> FakeMux {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -120,7 +135,8 @@ impl FakeMux {
                 };
                 let (log, script, spool, ids) =
                     (log2.clone(), script2.clone(), spool.clone(), ids.clone());
-                tokio::spawn(async move { serve(s, log, script, &spool, ids, free_reply).await });
+                let answers = Answers { free_reply, help };
+                tokio::spawn(async move { serve(s, log, script, &spool, ids, answers).await });
             }
         });
         FakeMux {
@@ -178,13 +194,20 @@ pub fn mmid(id: &str, ids: &Mutex<Vec<String>>) -> String {
     format!("MMID{}", n + 1)
 }
 
+/// What the fake multiplexor answers itself, without a script step.
+#[derive(Clone, Copy)]
+struct Answers {
+    free_reply: &'static str,
+    help: &'static [u8],
+}
+
 async fn serve(
     s: UnixStream,
     log: Arc<Mutex<MuxLog>>,
     script: Arc<Mutex<VecDeque<Step>>>,
     spool: &str,
     ids: Arc<Mutex<Vec<String>>>,
-    free_reply: &str,
+    answers: Answers,
 ) {
     let mut r = BufReader::new(s);
     let mut line = Vec::new();
@@ -192,10 +215,10 @@ async fn serve(
         return;
     }
     if line == b"help\n" {
-        // Like upstream's multiplexor, which lists no reservation request
+        // Upstream's multiplexor lists no reservation request
         // (protocol/milter.md §17.1): the milter goes on without one.
         log.lock().unwrap().help_count += 1;
-        let _ = r.get_mut().write_all(UPSTREAM_HELP).await;
+        let _ = r.get_mut().write_all(answers.help).await;
         return;
     }
     log.lock().unwrap().lines.push(line.clone());
@@ -206,7 +229,7 @@ async fn serve(
     let cmd = words.next().unwrap_or("").to_string();
     if cmd == "free" {
         log.lock().unwrap().free_count += 1;
-        let _ = r.get_mut().write_all(free_reply.as_bytes()).await;
+        let _ = r.get_mut().write_all(answers.free_reply.as_bytes()).await;
         return;
     }
     let args: Vec<String> = words
@@ -461,9 +484,9 @@ impl Scratch {
 // The MTA side of the milter protocol: the library's client, with every
 // failure a test failure.
 
-use mailmunge::wire::mtaclient::{self, MtaError, Offer};
+use mailmunge::wire::mtaclient::{self, MtaError};
 #[allow(unused_imports)] // not every harness uses both
-pub use mailmunge::wire::mtaclient::{nul_join as z, Packet};
+pub use mailmunge::wire::mtaclient::{nul_join as z, Offer, Packet};
 
 /// How long a test waits for any one packet from the milter.
 const REPLY_LIMIT: Duration = Duration::from_secs(10);
@@ -507,6 +530,11 @@ impl MtaClient {
     /// all protocol flags); returns the milter's reply.
     pub async fn negotiate(&mut self) -> Packet {
         self.c.negotiate(Offer::POSTFIX).await.unwrap()
+    }
+
+    /// Negotiation with another offer (an older MTA).
+    pub async fn negotiate_with(&mut self, offer: mtaclient::Offer) -> Packet {
+        self.c.negotiate(offer).await.unwrap()
     }
 
     pub async fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {

@@ -24,6 +24,7 @@ pub(super) async fn negotiate(
     opts: ProtoOpts,
 ) -> Status {
     cx.requested_actions = actions;
+    cx.data = Some(Conn::negotiated(opts.contains(ProtoOpts::NO_DATA)));
     cx.requested_opts = if cfg.see_rejected_rcpts && opts.contains(ProtoOpts::REJECTED_RCPT) {
         ProtoOpts::REJECTED_RCPT
     } else {
@@ -52,13 +53,19 @@ pub(super) async fn connect(
     hostname: CString,
     sock: SocketInfo,
 ) -> Status {
-    if cx.data.is_some() {
+    let data_stage = cx.data.as_ref().is_some_and(|c| c.mta_data_stage);
+    if cx.data.as_ref().is_some_and(Conn::is_connected) {
         close(cfg, cx).await;
     }
-    if !cfg.allow_queue && !workers_available(cfg, &sock).await {
+    cx.data = None;
+    if !cfg.allow_queue
+        && !defer_to_data(cfg, data_stage).await
+        && !workers_available(cfg, &sock).await
+    {
         return Status::Tempfail;
     }
-    let conn = new_conn(cfg, &cx.macros, hostname, &sock);
+    let mut conn = new_conn(cfg, &cx.macros, hostname, &sock);
+    conn.mta_data_stage = data_stage;
     let status = if cfg.relay_check {
         relay_check(cfg, &conn).await
     } else {
@@ -78,6 +85,14 @@ pub(super) async fn connect(
         );
     }
     status
+}
+
+/// Deliberate difference (protocol/milter.md §17.4): when our multiplexor
+/// reserves workers and the MTA has a DATA stage, the connect-time `free`
+/// check is left to the reservation at DATA, which waits for a worker
+/// instead of refusing at once.
+async fn defer_to_data(cfg: &Config, mta_data_stage: bool) -> bool {
+    mta_data_stage && super::reserve::supported(cfg).await
 }
 
 /// Without `-q`, a connection needs a free worker beyond those reserved
@@ -243,7 +258,7 @@ pub(super) async fn helo(cfg: &Config, cx: &mut Context<Conn>, arg: CString) -> 
 
 pub(super) async fn close(cfg: &Config, cx: &mut Context<Conn>) -> Status {
     if debug_allocation() {
-        if let Some(d) = cx.data.as_ref() {
+        if let Some(d) = cx.data.as_ref().filter(|c| c.is_connected()) {
             mm_log!(
                 Debug,
                 "Deallocating private data: ctx={:p} data={:p}",

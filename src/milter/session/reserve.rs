@@ -66,7 +66,7 @@ impl ReserveSupport {
 }
 
 /// Whether to send reservation requests, asking `help` when not known.
-async fn supported(cfg: &Config) -> bool {
+pub(super) async fn supported(cfg: &Config) -> bool {
     if let Some(yes) = cfg.reservations.cached() {
         return yes;
     }

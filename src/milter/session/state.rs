@@ -29,6 +29,10 @@ pub struct Conn {
     /// The client is 127.0.0.1 or ::1 (or unknown): `-R` does not apply
     /// to it (protocol/milter.md §3.1 step 2).
     pub(super) local: bool,
+    /// The MTA offered the DATA stage at negotiation, so a worker can be
+    /// reserved there (protocol/milter.md §17.4). Kept from the
+    /// negotiation through every connection of the milter session.
+    pub(super) mta_data_stage: bool,
 }
 
 /// State of the message being received.
@@ -48,6 +52,20 @@ pub(super) struct Msg {
 }
 
 impl Conn {
+    /// What negotiation leaves for the connect callback, before any
+    /// client is known.
+    pub(super) fn negotiated(mta_data_stage: bool) -> Conn {
+        Conn {
+            mta_data_stage,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the connect callback filled this in (not just negotiation).
+    pub(super) fn is_connected(&self) -> bool {
+        self.hostname.is_some()
+    }
+
     pub(super) fn qid(&self) -> String {
         match &self.qid {
             Some(q) => String::from_utf8_lossy(q).into_owned(),

@@ -937,9 +937,10 @@ sub dkim {
 =head2 reserved_for_loopback($e2e)
 
 Milter C<-R 2> with a multiplexor of 2 workers (the default of
-L<MMTest::Stack>): a connection from anywhere but 127.0.0.1 needs more
-than 2 free workers and is therefore always tempfailed, while 127.0.0.1
-is always let in.
+L<MMTest::Stack>): a message from anywhere but 127.0.0.1 must leave 2
+workers free and is therefore always tempfailed, while 127.0.0.1 is
+always let in. With our multiplexor the refusal comes at DATA, from the
+worker reservation (protocol/milter.md §17.4), before the body is sent.
 
 =cut
 
@@ -950,8 +951,11 @@ sub reserved_for_loopback {
         $e2e->stack->restart_milter(@orig, '-R', '2');
         my $id = _id($e2e, 'reserved-remote');
         my $res = $e2e->send(id => $id);
-        is($res->{failed_at}, 'mail', 'non-loopback client refused at MAIL');
-        is(join(' | ', @{ ($e2e->rejection($res) // {})->{lines} // [] }), $DEFAULT_TEMPFAIL{ $e2e->kind }, 'with a temporary failure');
+        is($res->{failed_at}, 'data', 'non-loopback client refused at DATA');
+        ok(!($res->{data}{body_sent} // 0), 'before its body was sent');
+        is(join(' | ', @{ ($e2e->rejection($res) // {})->{lines} // [] }), '451 4.3.2 No free filter worker; please try again later',
+            'with the reservation\'s temporary failure');
+        like($e2e->stack->milter_log, qr/mfdata: No free workers: tempfailing the message before it is sent/, 'logged by the milter');
         my $id2 = _id($e2e, 'reserved-local');
         my $res2 = $e2e->send(id => $id2, local_addr => '127.0.0.1');
         ok($res2->{ok}, '127.0.0.1 accepted') or diag($res2->{failure});
