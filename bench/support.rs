@@ -629,6 +629,30 @@ impl ProcTree {
     }
 }
 
+/// The machine's (idle, total) CPU ticks so far, from /proc/stat's `cpu`
+/// line (idle and iowait count as idle).
+pub fn machine_idle() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((idle, v.iter().sum()))
+}
+
+/// Idle share in % between two `machine_idle` readings (NaN if unknown).
+pub fn idle_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+            100.0 * i1.saturating_sub(i0) as f64 / (t1 - t0) as f64
+        }
+        _ => f64::NAN,
+    }
+}
+
 /// (ppid, utime+stime, cutime+cstime) from /proc/PID/stat.
 fn stat_times(pid: u32) -> Option<(u32, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

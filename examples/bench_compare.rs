@@ -475,6 +475,10 @@ struct Sample {
     cpu: [f64; 3],
     /// Peak kB: milter RSS, multiplexor RSS, workers' PSS summed.
     mem: [u64; 3],
+    /// CPU ms per 1000 messages of the load generator (this process).
+    client_cpu: f64,
+    /// Share of the machine's CPU time left idle during the cell, in %.
+    idle_pct: f64,
 }
 
 impl Sample {
@@ -534,10 +538,14 @@ fn measure(
     let (target, milter_pid, mux_pid) = (target.clone(), milter.pid(), run.mux.pid());
     rt.block_on(drive(&target, msg.clone(), sessions, cfg.warm_seconds));
     let before = ProcTree::snapshot();
+    let idle_before = support::machine_idle();
     let sampler = MemSampler::start(milter_pid, mux_pid);
     let mut r = rt.block_on(drive(&target, msg.clone(), sessions, cfg.seconds));
     let mem = sampler.stop();
+    let idle_pct = support::idle_share(idle_before, support::machine_idle());
     let after = ProcTree::snapshot();
+    let me = std::process::id();
+    let client_cpu = after.own_ticks(me).saturating_sub(before.own_ticks(me));
     let milter_cpu = after
         .tree_ticks(milter_pid)
         .saturating_sub(before.tree_ticks(milter_pid));
@@ -559,6 +567,8 @@ fn measure(
             r.cpu_ms_per_1000(mux_tree.saturating_sub(mux_own)),
         ],
         mem,
+        client_cpu: r.cpu_ms_per_1000(client_cpu),
+        idle_pct,
     })
 }
 
@@ -1480,19 +1490,21 @@ fn report(cfg: &Config, res: &Results) -> String {
     }
     p(table_start(
         "CPU and memory per stack",
-        "CPU seconds per 1,000 messages (medians): the milter process; the multiplexor process itself; its workers, i.e. every descendant of the multiplexor (exec'd workers, ours' preloading process and the workers it forks, MIMEDefang's forked embedded-Perl workers). Peak memory in kB: milter RSS, multiplexor RSS, workers' PSS summed (shared pages counted once).",
-        &["cell", "stack", "milter CPU", "mux CPU", "workers CPU", "milter RSS", "mux RSS", "workers PSS"],
+        "CPU seconds per 1,000 messages (medians): the milter process; the multiplexor process itself; its workers, i.e. every descendant of the multiplexor (exec'd workers, ours' preloading process and the workers it forks, MIMEDefang's forked embedded-Perl workers); the load generator playing the MTA (the benchmark process). Idle: share of the machine's CPU time nobody used during the cell. Peak memory in kB: milter RSS, multiplexor RSS, workers' PSS summed (shared pages counted once).",
+        &["cell", "stack", "milter CPU", "mux CPU", "workers CPU", "MTA CPU", "idle", "milter RSS", "mux RSS", "workers PSS"],
         2,
     ));
     for c in &res.cells {
         for st in [Stack::Peer, Stack::Ours] {
             p(format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} % | {} | {} | {} |",
                 c.label(),
                 st.name(),
                 f2(c.med(st, |s| s.cpu[0]) / 1000.0),
                 f2(c.med(st, |s| s.cpu[1]) / 1000.0),
                 f2(c.med(st, |s| s.cpu[2]) / 1000.0),
+                f2(c.med(st, |s| s.client_cpu) / 1000.0),
+                f0(c.med(st, |s| s.idle_pct)),
                 f0(c.med(st, |s| s.mem[0] as f64)),
                 f0(c.med(st, |s| s.mem[1] as f64)),
                 f0(c.med(st, |s| s.mem[2] as f64)),
