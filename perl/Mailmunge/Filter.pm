@@ -75,6 +75,11 @@ a temporary-failure (or C<error:>) reply and the worker keeps serving.
 # reply when a handler dies.
 my %VERDICT_COMMAND = map { $_ => 1 } qw(relayok helook senderok recipok);
 
+# Messages up to this size (bytes) are parsed with the parser's scratch
+# copies of encoded parts in memory rather than in files under the system
+# temporary directory (protocol/perl-core.md "Scan cost").
+our $TMP_IN_CORE_MAX = 4 * 1024 * 1024;
+
 =head1 CONSTRUCTION AND RUNNING
 
 =head2 new()
@@ -419,6 +424,8 @@ sub _percent_decode
 	my ($self, $str, $default) = @_;
 	$str = $default if !defined($str) || $str eq '';
 	$str = '' unless defined($str);
+	# Most fields have nothing escaped; skip the substitution for them.
+	return $str if index($str, '%') < 0;
 	$str =~ s/%([0-9A-Fa-f]{2})/chr(hex($1))/ge;
 	return $str;
 }
@@ -586,14 +593,14 @@ sub _scan_message
 	if (!mkdir($workdir, 0750)) {
 		return $self->_reply_error("Could not mkdir($workdir): $!");
 	}
-	my $parser = $self->_create_mime_parser($workdir);
-
 	my $fh = $self->inputmsg_fh();
 	if (!$fh) {
 		my $err = "$!";
 		$ctx->_signal_complete();
 		return $self->_reply_error('Could not open ' . $self->inputmsg() . ": $err");
 	}
+	my $size = -s $fh;
+	my $parser = $self->_mime_parser($workdir, defined($size) && $size <= $TMP_IN_CORE_MAX);
 	$self->push_tag($qid, 'Parsing Message');
 	my $entity = eval { $parser->parse($fh) };
 	my $perr = $@ ? _one_line($@) : "$!";
@@ -658,15 +665,31 @@ sub _log_if_postfix
 	return $self->log($ctx, $level, $msg);
 }
 
-# Private: a MIME::Parser that files bodies on disk under $dir.
+# Private: the parser for one scan.  Ours is made once per worker for each
+# setting and reused: MIME::Parser resets all its per-message state when a
+# parse starts, and output file names come from a counter of the filer
+# class, not of the object.  A subclass that overrides _create_mime_parser
+# gets its own parser for every scan, as before.
+sub _mime_parser
+{
+	my ($self, $dir, $tmp_in_core) = @_;
+	my $ours = ($self->can('_create_mime_parser') // 0) == \&_create_mime_parser;
+	return $self->_create_mime_parser($dir, $tmp_in_core) unless $ours;
+	my $key = ($tmp_in_core ? 1 : 0) . $dir;
+	return $self->{_mime_parsers}{$key} //= $self->_create_mime_parser($dir, $tmp_in_core);
+}
+
+# Private: a MIME::Parser that files bodies on disk under $dir.  With
+# $tmp_in_core its temporary copies stay in memory: the bodies and the
+# entity are the same either way, only cheaper to make.
 sub _create_mime_parser
 {
-	my ($self, $dir) = @_;
+	my ($self, $dir, $tmp_in_core) = @_;
 	my $parser = MIME::Parser->new();
 	$parser->extract_nested_messages(1);
 	$parser->extract_uuencode(1);
 	$parser->output_to_core(0);
-	$parser->tmp_to_core(0);
+	$parser->tmp_to_core($tmp_in_core ? 1 : 0);
 	my $filer = MIME::Parser::FileInto->new($dir);
 	$filer->ignore_filename(1);
 	$parser->filer($filer);
