@@ -690,7 +690,7 @@ sub _create_mime_parser
 	$parser->extract_uuencode(1);
 	$parser->output_to_core(0);
 	$parser->tmp_to_core($tmp_in_core ? 1 : 0);
-	my $filer = MIME::Parser::FileInto->new($dir);
+	my $filer = Mailmunge::Filter::_FileInto->new($dir);
 	$filer->ignore_filename(1);
 	$parser->filer($filer);
 	return $parser;
@@ -1342,6 +1342,22 @@ foreach my $method (qw(action_from_response action_bounce action_discard
 	};
 }
 
+# Private: the filer of our parsers.  With ignore_filename set, the stock
+# output_path looks up the part's recommended file name and then makes up
+# a name whether or not there was one; output_filename looks it up again
+# for the extension.  This goes straight to the made-up name: the same
+# file, one header lookup fewer per part.
+package Mailmunge::Filter::_FileInto;
+our @ISA = ('MIME::Parser::FileInto');
+
+sub output_path
+{
+	my ($self, $head) = @_;
+	return $self->SUPER::output_path($head) unless $self->ignore_filename;
+	return $self->find_unused_path($self->output_dir($head), $self->output_filename($head));
+}
+
+package Mailmunge::Filter;
 1;
 
 __END__
