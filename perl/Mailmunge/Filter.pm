@@ -337,7 +337,9 @@ sub _reply_to_mx
 	my ($self, $msg) = @_;
 	$self->{_replies}++;
 	my $fh = $self->{reply_fh} || \*STDOUT;
-	$fh->printflush("$msg\n");
+	# print then flush: what printflush does, without its select dance.
+	print {$fh} "$msg\n";
+	$fh->flush();
 	return;
 }
 
