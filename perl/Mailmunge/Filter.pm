@@ -405,6 +405,17 @@ sub _ensure_response
 
 # ------------------------------------------------------------------ percent codec
 
+# Lookup tables of the percent codec: byte => '%XX', and 'XX' (either
+# case) => byte; cheaper than formatting or converting each match.
+my %PERCENT_ESCAPE = map { chr($_) => sprintf('%%%02X', $_) } 0 .. 255;
+my %PERCENT_BYTE;
+foreach my $byte (0 .. 255) {
+	my ($hi, $lo) = (sprintf('%x', $byte >> 4), sprintf('%x', $byte & 15));
+	foreach my $h (lc($hi), uc($hi)) {
+		$PERCENT_BYTE{"$h$_"} = chr($byte) foreach (lc($lo), uc($lo));
+	}
+}
+
 # Private (used by Context and test helpers): escape every byte outside
 # 0x21..0x7E and % \ ' " as %XX.  Blank input encodes $default instead.
 sub _percent_encode
@@ -415,7 +426,7 @@ sub _percent_encode
 	# Characters that do not fit in a byte are sent as UTF-8 rather than
 	# being cut down to their low 8 bits.
 	utf8::encode($str) if $str =~ /[^\x00-\xFF]/;
-	$str =~ s/([^\x21-\x7E]|[%\\'"])/sprintf('%%%02X', ord($1))/ge;
+	$str =~ s/([^\x21-\x7E]|[%\\'"])/$PERCENT_ESCAPE{$1}/g;
 	return $str;
 }
 
@@ -428,7 +439,7 @@ sub _percent_decode
 	$str = '' unless defined($str);
 	# Most fields have nothing escaped; skip the substitution for them.
 	return $str if index($str, '%') < 0;
-	$str =~ s/%([0-9A-Fa-f]{2})/chr(hex($1))/ge;
+	$str =~ s/%([0-9A-Fa-f]{2})/$PERCENT_BYTE{$1}/g;
 	return $str;
 }
 
