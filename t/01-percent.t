@@ -63,6 +63,21 @@ is(Mailmunge::Filter->_percent_encode(undef), '', 'no default: empty');
 is(Mailmunge::Filter->_percent_encode("\x{2122}"), '%E2%84%A2', 'wide character sent as UTF-8');
 is(Mailmunge::Filter->_percent_encode("caf\x{e9}"), 'caf%E9', 'Latin-1 character stays one byte');
 
+# Every byte: escaped exactly when outside 0x21..0x7E or one of % \ ' ",
+# always as two upper-case hex digits; decoding takes either case.
+my ($enc_ok, $dec_ok) = (0, 0);
+foreach my $i (0 .. 255) {
+	my $c = chr($i);
+	my $escaped = ($i < 0x21 || $i > 0x7E || $c =~ /[%\\'"]/) ? sprintf('%%%02X', $i) : $c;
+	$enc_ok++ if Mailmunge::Filter->_percent_encode("<$c>") eq "<$escaped>";
+	my ($hi, $lo) = (sprintf('%x', $i >> 4), sprintf('%x', $i & 15));
+	$dec_ok++ if 4 == grep { Mailmunge::Filter->_percent_decode("<%$_>") eq "<$c>" }
+		("$hi$lo", uc("$hi$lo"), uc($hi) . $lo, $hi . uc($lo));
+}
+is($enc_ok, 256, 'every byte encodes as specified');
+is($dec_ok, 256, 'every escape decodes, in any case mix');
+is(Mailmunge::Filter->_percent_decode('%4g%%41%4'), '%4g%A%4', 'a % without two hex digits stays');
+
 # Callable on an object too.
 my $f = bless {}, 'Mailmunge::Filter';
 is($f->_percent_encode('a b'), 'a%20b', 'method call on an object');

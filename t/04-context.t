@@ -214,6 +214,34 @@ is($ctx->sender, 'x', 'partial COMMANDS fine without need_f');
 is($ctx->recipients, undef, 'no R lines: recipients undef');
 is($ctx->esmtp_args, undef, 'no s lines: esmtp_args undef');
 
+# The reader skips the decoder for lines without '%' only when nothing
+# could tell: escaped R pieces are still decoded, a filter's own decoder
+# and a Context subclass's own recipient store are still called.
+spew('COMMANDS', join('', map { "$_\n" } 'R<r%20three@x> mail%20er h%25 a', 'R<plain@x> m', 'F'));
+open($fh, '<', 'COMMANDS') or die;
+$ctx = Mailmunge::Context->new()->_read_command_filehandle('Mailmunge::Filter', $fh, 1);
+close($fh);
+is_deeply($ctx->recipients, ['<r three@x>', '<plain@x>'], 'R pieces decoded, plain ones kept');
+is_deeply($ctx->get_recipient_mailer('<r three@x>'), ['mail er', 'h%', 'a'], 'escaped mailer triple');
+is_deeply($ctx->get_recipient_mailer('<plain@x>'), ['m', '?', '?'], 'plain triple, missing pieces ?');
+{
+	package T::CountingFilter;
+	our @ISA = ('Mailmunge::Filter');
+	our @SEEN;
+	sub _percent_decode { my ($self, @a) = @_; push(@SEEN, $a[0]); return $self->SUPER::_percent_decode(@a); }
+	package T::OwnStoreContext;
+	our @ISA = ('Mailmunge::Context');
+	sub _push_recipient { my ($self, $r) = @_; push(@{$self->{recipients}}, "seen:$r"); return; }
+}
+open($fh, '<', 'COMMANDS') or die;
+$ctx = T::OwnStoreContext->new()->_read_command_filehandle('T::CountingFilter', $fh, 1);
+close($fh);
+is_deeply(\@T::CountingFilter::SEEN,
+	['R<r%20three@x> mail%20er h%25 a', '<r%20three@x>', 'mail%20er', 'h%25', 'a', 'R<plain@x> m', '<plain@x>', 'm', 'F'],
+	"a filter's own decoder sees every line and piece");
+is_deeply($ctx->recipients, ['seen:<r three@x>', 'seen:<plain@x>'], "a Context subclass's own _push_recipient is used");
+is_deeply($ctx->get_recipient_mailer('<plain@x>'), ['m', '?', '?'], 'and the triple still stored');
+
 # Filter::read_commands_file
 my $f = bless {}, 'Mailmunge::Filter';
 $ctx = $f->read_commands_file(undef, 0);

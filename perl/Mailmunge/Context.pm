@@ -400,10 +400,13 @@ sub _results_fh
 {
 	my ($self) = @_;
 	if (!$self->{results_fh}) {
-		my $fh = IO::File->new('RESULTS', '>>')
+		# A plain open, then blessed as IO::File->new would have
+		# returned it: the same handle for a fraction of the cost.
+		my $fh;
+		open($fh, '>>', 'RESULTS')
 		    or die("Could not open RESULTS file: $!\n");
 		binmode($fh);
-		$self->{results_fh} = $fh;
+		$self->{results_fh} = bless($fh, 'IO::File');
 	}
 	return $self->{results_fh};
 }
@@ -828,12 +831,20 @@ sub _read_command_filehandle
 	require Mailmunge::Filter;
 	my $saw_f = 0;
 	my $last_rcpt;
+	# With the stock decoder a line without '%' decodes to itself, and so
+	# does each of its pieces: such lines (nearly all) skip the calls.
+	my $stock = ($filter->can('_percent_decode') // 0) == \&Mailmunge::Filter::_percent_decode;
+	# Likewise recipients go straight into the hash unless a subclass
+	# has its own way of storing them.
+	my $own_store = ($self->can('_push_recipient') // 0) == \&_push_recipient
+	    && ($self->can('_set_recipient_mailer') // 0) == \&_set_recipient_mailer;
 	while (defined(my $raw = <$fh>)) {
 		chomp($raw);
+		my $verbatim = $stock && index($raw, '%') < 0;
 		# The whole line is decoded first (so the letter itself may be
 		# escaped); '=' and 'R' lines split the raw text and decode
 		# each piece, because their pieces are space-separated.
-		my $line = $filter->_percent_decode($raw);
+		my $line = $verbatim ? $raw : $filter->_percent_decode($raw);
 		my $letter = substr($line, 0, 1);
 		next if $letter eq '';
 		my $arg = substr($line, 1);
@@ -849,10 +860,19 @@ sub _read_command_filehandle
 			next;
 		}
 		if ($letter eq 'R') {
-			my ($rcpt, $mailer, $host, $addr) = map { $filter->_percent_decode($_, '?') } split(' ', $rawarg);
+			# split(' ') yields no empty pieces, so the '?' default of
+			# the decoder only ever applies to missing ones.
+			my ($rcpt, $mailer, $host, $addr) = $verbatim ? split(' ', $rawarg)
+			    : map { $filter->_percent_decode($_, '?') } split(' ', $rawarg);
 			$rcpt = '?' unless defined($rcpt);
-			$self->_push_recipient($rcpt);
-			$self->_set_recipient_mailer($rcpt, [ map { defined($_) ? $_ : '?' } ($mailer, $host, $addr) ]);
+			my $triple = [ $mailer // '?', $host // '?', $addr // '?' ];
+			if ($own_store) {
+				push(@{$self->{recipients}}, $rcpt);
+				$self->{recipient_mailer}->{$rcpt} = $triple;
+			} else {
+				$self->_push_recipient($rcpt);
+				$self->_set_recipient_mailer($rcpt, $triple);
+			}
 			$last_rcpt = $rcpt;
 			next;
 		}

@@ -75,6 +75,11 @@ a temporary-failure (or C<error:>) reply and the worker keeps serving.
 # reply when a handler dies.
 my %VERDICT_COMMAND = map { $_ => 1 } qw(relayok helook senderok recipok);
 
+# Messages up to this size (bytes) are parsed with the parser's scratch
+# copies of encoded parts in memory rather than in files under the system
+# temporary directory (protocol/perl-core.md "Scan cost").
+our $TMP_IN_CORE_MAX = 4 * 1024 * 1024;
+
 =head1 CONSTRUCTION AND RUNNING
 
 =head2 new()
@@ -332,7 +337,9 @@ sub _reply_to_mx
 	my ($self, $msg) = @_;
 	$self->{_replies}++;
 	my $fh = $self->{reply_fh} || \*STDOUT;
-	$fh->printflush("$msg\n");
+	# print then flush: what printflush does, without its select dance.
+	print {$fh} "$msg\n";
+	$fh->flush();
 	return;
 }
 
@@ -398,6 +405,17 @@ sub _ensure_response
 
 # ------------------------------------------------------------------ percent codec
 
+# Lookup tables of the percent codec: byte => '%XX', and 'XX' (either
+# case) => byte; cheaper than formatting or converting each match.
+my %PERCENT_ESCAPE = map { chr($_) => sprintf('%%%02X', $_) } 0 .. 255;
+my %PERCENT_BYTE;
+foreach my $byte (0 .. 255) {
+	my ($hi, $lo) = (sprintf('%x', $byte >> 4), sprintf('%x', $byte & 15));
+	foreach my $h (lc($hi), uc($hi)) {
+		$PERCENT_BYTE{"$h$_"} = chr($byte) foreach (lc($lo), uc($lo));
+	}
+}
+
 # Private (used by Context and test helpers): escape every byte outside
 # 0x21..0x7E and % \ ' " as %XX.  Blank input encodes $default instead.
 sub _percent_encode
@@ -408,7 +426,7 @@ sub _percent_encode
 	# Characters that do not fit in a byte are sent as UTF-8 rather than
 	# being cut down to their low 8 bits.
 	utf8::encode($str) if $str =~ /[^\x00-\xFF]/;
-	$str =~ s/([^\x21-\x7E]|[%\\'"])/sprintf('%%%02X', ord($1))/ge;
+	$str =~ s/([^\x21-\x7E]|[%\\'"])/$PERCENT_ESCAPE{$1}/g;
 	return $str;
 }
 
@@ -419,7 +437,9 @@ sub _percent_decode
 	my ($self, $str, $default) = @_;
 	$str = $default if !defined($str) || $str eq '';
 	$str = '' unless defined($str);
-	$str =~ s/%([0-9A-Fa-f]{2})/chr(hex($1))/ge;
+	# Most fields have nothing escaped; skip the substitution for them.
+	return $str if index($str, '%') < 0;
+	$str =~ s/%([0-9A-Fa-f]{2})/$PERCENT_BYTE{$1}/g;
 	return $str;
 }
 
@@ -586,14 +606,14 @@ sub _scan_message
 	if (!mkdir($workdir, 0750)) {
 		return $self->_reply_error("Could not mkdir($workdir): $!");
 	}
-	my $parser = $self->_create_mime_parser($workdir);
-
 	my $fh = $self->inputmsg_fh();
 	if (!$fh) {
 		my $err = "$!";
 		$ctx->_signal_complete();
 		return $self->_reply_error('Could not open ' . $self->inputmsg() . ": $err");
 	}
+	my $size = -s $fh;
+	my $parser = $self->_mime_parser($workdir, defined($size) && $size <= $TMP_IN_CORE_MAX);
 	$self->push_tag($qid, 'Parsing Message');
 	my $entity = eval { $parser->parse($fh) };
 	my $perr = $@ ? _one_line($@) : "$!";
@@ -658,16 +678,32 @@ sub _log_if_postfix
 	return $self->log($ctx, $level, $msg);
 }
 
-# Private: a MIME::Parser that files bodies on disk under $dir.
+# Private: the parser for one scan.  Ours is made once per worker for each
+# setting and reused: MIME::Parser resets all its per-message state when a
+# parse starts, and output file names come from a counter of the filer
+# class, not of the object.  A subclass that overrides _create_mime_parser
+# gets its own parser for every scan, as before.
+sub _mime_parser
+{
+	my ($self, $dir, $tmp_in_core) = @_;
+	my $ours = ($self->can('_create_mime_parser') // 0) == \&_create_mime_parser;
+	return $self->_create_mime_parser($dir, $tmp_in_core) unless $ours;
+	my $key = ($tmp_in_core ? 1 : 0) . $dir;
+	return $self->{_mime_parsers}{$key} //= $self->_create_mime_parser($dir, $tmp_in_core);
+}
+
+# Private: a MIME::Parser that files bodies on disk under $dir.  With
+# $tmp_in_core its temporary copies stay in memory: the bodies and the
+# entity are the same either way, only cheaper to make.
 sub _create_mime_parser
 {
-	my ($self, $dir) = @_;
+	my ($self, $dir, $tmp_in_core) = @_;
 	my $parser = MIME::Parser->new();
 	$parser->extract_nested_messages(1);
 	$parser->extract_uuencode(1);
 	$parser->output_to_core(0);
-	$parser->tmp_to_core(0);
-	my $filer = MIME::Parser::FileInto->new($dir);
+	$parser->tmp_to_core($tmp_in_core ? 1 : 0);
+	my $filer = Mailmunge::Filter::_FileInto->new($dir);
 	$filer->ignore_filename(1);
 	$parser->filer($filer);
 	return $parser;
@@ -1319,6 +1355,22 @@ foreach my $method (qw(action_from_response action_bounce action_discard
 	};
 }
 
+# Private: the filer of our parsers.  With ignore_filename set, the stock
+# output_path looks up the part's recommended file name and then makes up
+# a name whether or not there was one; output_filename looks it up again
+# for the extension.  This goes straight to the made-up name: the same
+# file, one header lookup fewer per part.
+package Mailmunge::Filter::_FileInto;
+our @ISA = ('MIME::Parser::FileInto');
+
+sub output_path
+{
+	my ($self, $head) = @_;
+	return $self->SUPER::output_path($head) unless $self->ignore_filename;
+	return $self->find_unused_path($self->output_dir($head), $self->output_filename($head));
+}
+
+package Mailmunge::Filter;
 1;
 
 __END__
