@@ -169,9 +169,9 @@ impl MtaStream {
     }
 
     /// Gives the (empty) buffer back unless a mail transaction is open:
-    /// an idle session holds none (protocol/milter.md §18.3), while a
-    /// session in a message keeps it for the next command instead of
-    /// allocating and freeing it around every read (§18.6).
+    /// an idle session holds none, while a session in a message keeps it
+    /// for the next command instead of allocating and freeing it around
+    /// every read (protocol/milter.md §18.3, §18.6).
     fn release_if_idle(&mut self) {
         if !self.in_transaction && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
