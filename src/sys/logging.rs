@@ -507,7 +507,12 @@ mod tests {
             tracing::warn!(target: "indymilter::session", "odd reply");
             emit(libc::LOG_DEBUG, None, "ours");
         });
-        let seen: Vec<String> = got.lock().unwrap().iter().map(|(_, l)| l.text.clone()).collect();
+        let seen: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.text.clone())
+            .collect();
         assert_eq!(seen, vec!["odd reply".to_string(), "ours".to_string()]);
     }
 
