@@ -50,6 +50,28 @@ pub fn symlist(extra: &[String]) -> String {
         .join(" ")
 }
 
+/// [`CommandsBlock::line`] appended to `out` (a file's queue, with no
+/// block in between).
+pub fn line_into(out: &mut Vec<u8>, letter: u8, arg: Option<&[u8]>) {
+    out.push(letter);
+    if let Some(a) = arg {
+        encode_into(out, a, Variant::CommandsFile);
+    }
+    out.push(b'\n');
+}
+
+/// [`CommandsBlock::recipient`] appended to `out`.
+pub fn recipient_into(out: &mut Vec<u8>, rcpt: &[u8], mailer: &[u8], host: &[u8], addr: &[u8]) {
+    out.push(b'R');
+    for (i, f) in [rcpt, mailer, host, addr].into_iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        encode_into(out, f, Variant::CommandsFile);
+    }
+    out.push(b'\n');
+}
+
 /// A block of COMMANDS lines being assembled.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CommandsBlock(Vec<u8>);
@@ -61,11 +83,7 @@ impl CommandsBlock {
 
     /// `<letter><encoded arg>\n`; `None` writes the bare letter.
     pub fn line(&mut self, letter: u8, arg: Option<&[u8]>) -> &mut Self {
-        self.0.push(letter);
-        if let Some(a) = arg {
-            encode_into(&mut self.0, a, Variant::CommandsFile);
-        }
-        self.0.push(b'\n');
+        line_into(&mut self.0, letter, arg);
         self
     }
 
@@ -81,14 +99,7 @@ impl CommandsBlock {
 
     /// `R<rcpt> <mailer> <host> <addr>\n`, each field encoded.
     pub fn recipient(&mut self, rcpt: &[u8], mailer: &[u8], host: &[u8], addr: &[u8]) -> &mut Self {
-        self.0.push(b'R');
-        for (i, f) in [rcpt, mailer, host, addr].into_iter().enumerate() {
-            if i > 0 {
-                self.0.push(b' ');
-            }
-            encode_into(&mut self.0, f, Variant::CommandsFile);
-        }
-        self.0.push(b'\n');
+        recipient_into(&mut self.0, rcpt, mailer, host, addr);
         self
     }
 

@@ -168,6 +168,16 @@ impl MtaStream {
         self.buf.reserve(want);
     }
 
+    /// Gives the (empty) buffer back unless a mail transaction is open:
+    /// an idle session holds none, while a session in a message keeps it
+    /// for the next command instead of allocating and freeing it around
+    /// every read (protocol/milter.md §18.3, §18.6).
+    fn release_if_idle(&mut self) {
+        if !self.in_transaction && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Follows MAIL ... end of message, and logs the first content command
     /// that comes outside that span (indymilter skips it without a reply,
     /// as libmilter does, so an MTA doing this would wait for nothing).
@@ -296,9 +306,7 @@ impl AsyncRead for MtaStream {
                     this.buf.clear();
                     this.pos = 0;
                     this.framed = 0;
-                    if this.buf.capacity() > KEEP_CAPACITY {
-                        this.buf = Vec::new();
-                    }
+                    this.release_if_idle();
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -323,9 +331,8 @@ impl AsyncRead for MtaStream {
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        if this.buf.is_empty() && this.buf.capacity() > KEEP_CAPACITY {
-                            // Nothing in flight: an idle session holds no buffer.
-                            this.buf = Vec::new();
+                        if this.buf.is_empty() {
+                            this.release_if_idle();
                         }
                         return Poll::Pending;
                     }
@@ -421,6 +428,27 @@ mod tests {
         drop(ours);
         writer.await.unwrap();
         r.map(|_| out)
+    }
+
+    /// Sends `p`, then reads exactly its bytes back through `ours`.
+    async fn pass(ours: &mut MtaStream, mta: &mut tokio::net::UnixStream, p: &[u8]) {
+        mta.write_all(p).await.unwrap();
+        let mut got = vec![0u8; p.len()];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, p);
+    }
+
+    #[tokio::test]
+    async fn buffer_kept_in_a_transaction_given_back_after_it() {
+        let (a, mut mta) = tokio::net::UnixStream::pair().unwrap();
+        let mut ours = MtaStream::new(Stream::Unix(a), DEFAULT_MAX_PACKET, None);
+        pass(&mut ours, &mut mta, &packet(b"Hmx.example\0")).await;
+        assert_eq!(ours.buf.capacity(), 0, "idle after HELO: nothing held");
+        pass(&mut ours, &mut mta, &packet(b"M<a@b>\0")).await;
+        pass(&mut ours, &mut mta, &packet(b"R<c@d>\0")).await;
+        assert!(ours.buf.capacity() >= READ_CHUNK, "kept within the message");
+        pass(&mut ours, &mut mta, &packet(b"E")).await;
+        assert_eq!(ours.buf.capacity(), 0, "given back at end of message");
     }
 
     #[tokio::test]

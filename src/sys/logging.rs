@@ -176,6 +176,29 @@ fn wanted(meta: &tracing::Metadata<'_>) -> bool {
 
 // ---------------------------------------------------------------- layers
 
+/// The outermost layer: turns [`wanted`] into each call site's cached
+/// interest, so an unwanted event (indymilter's `trace!` per milter
+/// command) stops at its call site instead of being dispatched to every
+/// layer and dropped there (protocol/milter.md §18.5).
+pub struct WantedOnly;
+
+impl<S: Subscriber> Layer<S> for WantedOnly {
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if wanted(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        wanted(meta)
+    }
+}
+
 /// Sends each event's line to syslog (or, in tests, to any function).
 pub struct SyslogLayer<F> {
     sink: F,
@@ -349,7 +372,8 @@ pub fn init(ident: &str, facility: libc::c_int, options: libc::c_int) -> Backend
     let subscriber = tracing_subscriber::registry()
         .with(journal.map(|j| j.with_filter(tracing_subscriber::filter::filter_fn(wanted))))
         .with((backend == Backend::Syslog).then(|| SyslogLayer::new(syslog_sink)))
-        .with(copy.then(|| StderrLayer::new(ident, stderr_sink)));
+        .with(copy.then(|| StderrLayer::new(ident, stderr_sink)))
+        .with(WantedOnly);
     let _ = tracing::subscriber::set_global_default(subscriber);
     let _ = INSTALLED.set(backend);
     if let Some(e) = unreachable {
@@ -469,6 +493,27 @@ mod tests {
                 .unwrap()
                 .push((*event.metadata().level(), line_of(event)));
         }
+    }
+
+    #[test]
+    fn unwanted_events_stop_before_the_layers() {
+        let got: Arc<Mutex<Vec<(Level, Line)>>> = Arc::default();
+        let sub = tracing_subscriber::registry()
+            .with(Fields(got.clone()))
+            .with(WantedOnly);
+        tracing::subscriber::with_default(sub, || {
+            tracing::trace!(target: "indymilter::connection", "message read");
+            tracing::info!(target: "indymilter::session", "got next command");
+            tracing::warn!(target: "indymilter::session", "odd reply");
+            emit(libc::LOG_DEBUG, None, "ours");
+        });
+        let seen: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.text.clone())
+            .collect();
+        assert_eq!(seen, vec!["odd reply".to_string(), "ours".to_string()]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::mxrequest::check;
 use super::smtp_reply::verdict_status;
 use super::state::{append_macro, macro_value, no_private_data, Msg};
 use super::{Config, Conn};
-use crate::milter::commands::{CommandsBlock, STANDARD_MACROS};
+use crate::milter::commands::{self, CommandsBlock, STANDARD_MACROS};
 use crate::milter::reply::Verdict;
 use crate::milter::spool::{self, BodyFilter, WorkDir};
 use crate::mm_log;
@@ -203,18 +203,19 @@ async fn sender_check(
 }
 
 /// `{rcpt_mailer}`, `{rcpt_host}` and `{rcpt_addr}`, `?` when missing or
-/// empty.
-struct RcptMacros {
-    mailer: Vec<u8>,
-    host: Vec<u8>,
-    addr: Vec<u8>,
+/// empty; borrowed from the macro table (no copy per recipient,
+/// protocol/milter.md §18.6).
+struct RcptMacros<'a> {
+    mailer: &'a [u8],
+    host: &'a [u8],
+    addr: &'a [u8],
 }
 
-impl RcptMacros {
-    fn from(m: &Macros) -> Self {
+impl<'a> RcptMacros<'a> {
+    fn from(m: &'a Macros) -> Self {
         let field = |name| match macro_value(m, name) {
-            Some(v) if !v.is_empty() => v.to_vec(),
-            _ => b"?".to_vec(),
+            Some(v) if !v.is_empty() => v,
+            _ => b"?".as_slice(),
         };
         RcptMacros {
             mailer: field("rcpt_mailer"),
@@ -235,7 +236,7 @@ pub(super) async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString
     }
     queue_pending_qid(conn, &cx.macros);
     let rm = RcptMacros::from(&cx.macros);
-    let rcpt = first_arg(&args);
+    let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
     if cfg.rcpt_check {
         // The worker reads COMMANDS for recipok (protocol/milter.md §7.3).
         let msg = conn.msg.as_mut().expect("checked");
@@ -243,17 +244,17 @@ pub(super) async fn rcpt(cfg: &Config, cx: &mut Context<Conn>, args: Vec<CString
             let qid = conn.qid();
             return write_failed(cfg, conn, &qid, e).await;
         }
-        if let Some(status) = recipient_check(cfg, conn, &mut cx.reply, &rcpt, &rm, &args).await {
+        if let Some(status) = recipient_check(cfg, conn, &mut cx.reply, rcpt, &rm, &args).await {
             return status;
         }
     }
     let msg = conn.msg.as_mut().expect("checked");
-    let mut block = CommandsBlock::new();
-    block.recipient(&rcpt, &rm.mailer, &rm.host, &rm.addr);
+    // Rendered straight into the COMMANDS queue (no block per recipient).
+    let queue = msg.dir.files().commands.pending_mut();
+    commands::recipient_into(queue, rcpt, rm.mailer, rm.host, rm.addr);
     for a in args.iter().skip(1) {
-        block.line(b'r', Some(a.as_bytes()));
+        commands::line_into(queue, b'r', Some(a.as_bytes()));
     }
-    msg.dir.files().commands.buffer(block.as_bytes());
     if let Err(e) = msg.dir.settle().await {
         let qid = conn.qid();
         return write_failed(cfg, conn, &qid, e).await;
@@ -279,7 +280,7 @@ async fn recipient_check(
     conn: &mut Conn,
     reply: &mut SmtpReply,
     rcpt: &[u8],
-    rm: &RcptMacros,
+    rm: &RcptMacros<'_>,
     args: &[CString],
 ) -> Option<Status> {
     let qid = conn.qid();
@@ -296,9 +297,9 @@ async fn recipient_check(
         helo,
         msg.dir.path.as_bytes().to_vec(),
         qid_field,
-        rm.mailer.clone(),
-        rm.host.clone(),
-        rm.addr.clone(),
+        rm.mailer.to_vec(),
+        rm.host.to_vec(),
+        rm.addr.to_vec(),
     ];
     fields.extend(args.iter().skip(1).map(|a| a.as_bytes().to_vec()));
     let line = mxclient::request_line("recipok", &fields);

@@ -123,14 +123,15 @@ impl Conn {
     /// Writes `Q<qid>` and the `=i` line if a real qid is known and not yet
     /// in COMMANDS.
     pub(super) fn pending_qid_lines(&mut self, m: &Macros, block: &mut CommandsBlock) {
-        if let Some(q) = self.qid.clone() {
-            if !self.qid_written {
-                block.line(b'Q', Some(&q));
-                // Upstream quirk kept: `=i` again, after the one among the
-                // standard macros (protocol/milter.md §10.19).
-                append_macro(block, m, "i");
-                self.qid_written = true;
-            }
+        if self.qid_written {
+            return;
+        }
+        if let Some(q) = &self.qid {
+            block.line(b'Q', Some(q));
+            // Upstream quirk kept: `=i` again, after the one among the
+            // standard macros (protocol/milter.md §10.19).
+            append_macro(block, m, "i");
+            self.qid_written = true;
         }
     }
 }
