@@ -1442,12 +1442,12 @@ sub _plain_handle
 	return !tied(*$fh);
 }
 
-# Reads $in from its position.  Returns the bytes the stock loop prints
-# before its final (held) line, that held line, the end-of-stream token and,
-# when a boundary line of %$bh ended the chunk, the offset just after it
-# relative to the start (undef at end of input).  Prints to $out whatever
-# can no longer be the held line, so memory stays at about a block plus
-# the longest line.
+# Reads $in from its position and prints to $out what the stock loop
+# prints before its last (held) line, as soon as it can no longer be that
+# line, so memory stays at about a block plus the longest line.  Returns
+# the held line (everything not printed yet), the end-of-stream token and,
+# when a boundary line of %$bh ended the chunk, the offset just after that
+# line relative to the start (undef at end of input).
 sub _scan_to_boundary
 {
 	my ($bh, $in, $out) = @_;
