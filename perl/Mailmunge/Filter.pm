@@ -698,7 +698,7 @@ sub _mime_parser
 sub _create_mime_parser
 {
 	my ($self, $dir, $tmp_in_core) = @_;
-	my $parser = MIME::Parser->new();
+	my $parser = Mailmunge::Filter::_Parser->new();
 	$parser->extract_nested_messages(1);
 	$parser->extract_uuencode(1);
 	$parser->output_to_core(0);
@@ -1368,6 +1368,175 @@ sub output_path
 	my ($self, $head) = @_;
 	return $self->SUPER::output_path($head) unless $self->ignore_filename;
 	return $self->find_unused_path($self->output_dir($head), $self->output_filename($head));
+}
+
+# Private: our parsers.  The only difference from MIME::Parser is the
+# reader a parse starts with (MIME::Parser makes a stock one when none is
+# given; every other reader of the parse is spawned from it and so shares
+# its class).  See protocol/perl-core.md "Scan cost".
+package Mailmunge::Filter::_Parser;
+our @ISA = ('MIME::Parser');
+
+sub process_part
+{
+	my ($self, $in, $rdr, @rest) = @_;
+	$rdr ||= Mailmunge::Filter::_Reader->new();
+	return $self->SUPER::process_part($in, $rdr, @rest);
+}
+
+# Private: a MIME::Parser::Reader whose read_chunk reads the input in
+# blocks and looks only at lines starting with "--", instead of reading,
+# testing and printing every line.  It writes the same bytes, leaves the
+# same end-of-stream state and puts the input back where the stock loop
+# would have left it (just after the boundary line), so the stock code
+# that reads on from there sees no difference.  Whenever a precondition
+# of that equivalence is not obviously met (terminators, newline
+# normalisation, a handle that is not a plain seekable PerlIO one,
+# unusual $/ or $\) the stock method does the work.
+package Mailmunge::Filter::_Reader;
+our @ISA = ('MIME::Parser::Reader');
+
+# Bytes read at a time; tests set it tiny to put boundaries on block edges.
+our $BLOCK = 65536;
+
+# Input layers under which read() returns the bytes readline would.
+my %PLAIN_LAYER = map { $_ => 1 } qw(unix perlio stdio scalar);
+
+sub read_chunk
+{
+	my ($self, $in, $out, $keep_newline, $normalize_newlines) = @_;
+	my $start = _fast_start($self, $in, $out, $normalize_newlines);
+	return $self->SUPER::read_chunk($in, $out, $keep_newline, $normalize_newlines)
+		unless defined($start);
+	my ($text, $eos, $resume) = _scan_to_boundary($self->{BH}, $in, $out);
+	# As the stock loop: the held line loses its line end on a boundary.
+	$text =~ s/[\r\n]+\Z// if ($eos =~ /^(DELIM|CLOSE)/ && !($keep_newline && $text =~ m/^[\r\n]\z/));
+	if (defined($resume)) {
+		seek($in, $start + $resume, 0) or die("MIME reader: cannot seek input: $!\n");
+	}
+	print $out $text;
+	${$self->{EOS}} = $eos;
+	return 1;
+}
+
+# The input position if the block path applies, else undef.
+sub _fast_start
+{
+	my ($self, $in, $out, $normalize_newlines) = @_;
+	return undef if $normalize_newlines || %{$self->{TH}};
+	return undef unless defined($/) && $/ eq "\n" && !defined($\);
+	return undef unless _plain_handle($in) && _plain_handle($out);
+	return undef if grep { !$PLAIN_LAYER{$_} } PerlIO::get_layers($in);
+	my $pos = tell($in);
+	return undef unless defined($pos) && $pos >= 0;
+	# Seeking where we are proves the handle can go back later.
+	return undef unless seek($in, $pos, 0);
+	return $pos;
+}
+
+sub _plain_handle
+{
+	my ($fh) = @_;
+	my $class = ref($fh);
+	return 0 unless $class eq 'GLOB' || $class eq 'IO::File' || $class eq 'IO::Handle';
+	return !tied(*$fh);
+}
+
+# Reads $in from its position and prints to $out what the stock loop
+# prints before its last (held) line, as soon as it can no longer be that
+# line, so memory stays at about a block plus the longest line.  Returns
+# the held line (everything not printed yet), the end-of-stream token and,
+# when a boundary line of %$bh ended the chunk, the offset just after that
+# line relative to the start (undef at end of input).
+sub _scan_to_boundary
+{
+	my ($bh, $in, $out) = @_;
+	my $buf = '';       # input from offset $gone on; starts at a line start
+	my $gone = 0;       # bytes of input already printed and dropped
+	my $ls = 0;         # start of the first line not known to be no boundary
+	my $checked = 0;    # the line at $ls is known not to be one
+	my $from = 0;       # where to search on within the line at $ls
+	my $eof = 0;
+	# The first line comes through readline as in the stock loop, which
+	# leaves the handle's per-open state (what slurp-mode reads see at
+	# end of input) as that loop would.
+	my $first = readline($in);
+	if (defined($first)) {
+		$buf = $first;
+	} else {
+		$eof = 1;
+	}
+	while (1) {
+		my $len = length($buf);
+		if (!$checked) {
+			if ($ls + 2 > $len && !$eof) {
+				# Too little to tell whether the line starts with "--".
+			} elsif (substr($buf, $ls, 2) eq '--') {
+				my $nl = index($buf, "\n", $from);
+				if ($nl >= 0 || $eof) {
+					my $end = $nl >= 0 ? $nl + 1 : $len;
+					(my $maybe = substr($buf, $ls, $end - $ls)) =~ s/[ \t\r\n]+\Z//;
+					if ($bh->{$maybe}) {
+						my $h = _line_before($buf, $ls);
+						print $out substr($buf, 0, $h) if $h;
+						return (substr($buf, $h, $ls - $h), $bh->{$maybe}, $gone + $end);
+					}
+					$ls = $from = $end;
+					next if $end < $len;
+				} else {
+					$from = $len;
+				}
+			} else {
+				$checked = 1;
+				$from = $ls;
+			}
+		}
+		if ($checked) {
+			my $p = index($buf, "\n--", $from);
+			if ($p >= 0) {
+				$ls = $from = $p + 1;
+				$checked = 0;
+				next;
+			}
+			my $q = rindex($buf, "\n");
+			if ($q >= $from) {
+				# The last line may still turn out to start with "--".
+				$ls = $from = $q + 1;
+				$checked = 0;
+				next;
+			}
+			$from = $len;
+		}
+		last if $eof;
+		# Keep the line that could be held back, print what is before it.
+		my $keep = $checked ? $ls : _line_before($buf, $ls);
+		if ($keep > 0) {
+			print $out substr($buf, 0, $keep);
+			substr($buf, 0, $keep, '');
+			$gone += $keep;
+			$ls -= $keep;
+			$from -= $keep;
+		}
+		next if read($in, $buf, $BLOCK, length($buf));
+		# End of input (or a read error): the stock loop's final readline
+		# leaves the handle in its own end state; do the same.
+		my $line = readline($in);
+		if (defined($line)) {
+			$buf .= $line;
+		} else {
+			$eof = 1;
+		}
+	}
+	# No boundary: the stock loop prints everything, its last line unchanged.
+	return ($buf, 'EOF', undef);
+}
+
+# Start of the line that ends just before offset $ls (a line start).
+sub _line_before
+{
+	my ($buf, $ls) = @_;
+	return 0 if $ls < 2;
+	return rindex($buf, "\n", $ls - 2) + 1;
 }
 
 package Mailmunge::Filter;
