@@ -58,10 +58,7 @@ pub(super) async fn connect(
         close(cfg, cx).await;
     }
     cx.data = None;
-    if !cfg.allow_queue
-        && !defer_to_data(cfg, data_stage).await
-        && !workers_available(cfg, &sock).await
-    {
+    if !cfg.allow_queue && !workers_available(cfg, &sock, data_stage).await {
         return Status::Tempfail;
     }
     let mut conn = new_conn(cfg, &cx.macros, hostname, &sock);
@@ -87,22 +84,22 @@ pub(super) async fn connect(
     status
 }
 
-/// Deliberate difference (protocol/milter.md §17.4): when our multiplexor
-/// reserves workers and the MTA has a DATA stage, the connect-time `free`
-/// check is left to the reservation at DATA, which waits for a worker
-/// instead of refusing at once.
-async fn defer_to_data(cfg: &Config, mta_data_stage: bool) -> bool {
-    mta_data_stage && super::reserve::supported(cfg).await
-}
-
 /// Without `-q`, a connection needs a free worker beyond those reserved
 /// for loopback (`-R`) unless it comes from there (protocol/milter.md §3.1
 /// step 2). Logs why when it does not get one.
-async fn workers_available(cfg: &Config, sock: &SocketInfo) -> bool {
+///
+/// Deliberate difference (protocol/milter.md §17.4): when our multiplexor
+/// reserves workers and the MTA has a DATA stage, only an unreachable
+/// multiplexor refuses here; finding no worker free is left to the
+/// reservation at DATA, which waits for one instead of refusing at once.
+async fn workers_available(cfg: &Config, sock: &SocketInfo, mta_data_stage: bool) -> bool {
     let Some(n) = free_workers(cfg).await else {
         mm_log!(Warning, "mfconnect: Error communicating with multiplexor");
         return false;
     };
+    if mta_data_stage && super::reserve::supported(cfg).await {
+        return true;
+    }
     let is_local = is_localhost(sock);
     let reserved = cfg.reserved_for_loopback;
     let required = if reserved >= 0 && !is_local {
