@@ -1375,6 +1375,9 @@ sub output_path
 # given; every other reader of the parse is spawned from it and so shares
 # its class).  See protocol/perl-core.md "Scan cost".
 package Mailmunge::Filter::_Parser;
+
+# Input layers under which read() returns the bytes readline would.
+my %PLAIN_LAYER = map { $_ => 1 } qw(unix perlio stdio scalar);
 our @ISA = ('MIME::Parser');
 
 sub process_part
@@ -1382,6 +1385,64 @@ sub process_part
 	my ($self, $in, $rdr, @rest) = @_;
 	$rdr ||= Mailmunge::Filter::_Reader->new();
 	return $self->SUPER::process_part($in, $rdr, @rest);
+}
+
+# MIME::Parser looks for uuencoded or BinHex data in every plain-text body
+# (extract_uuencode is on) by reading the body line by line; almost always
+# nothing is there and the parse goes on from the start of the body.  We
+# answer that usual case with a pattern search over blocks and leave the
+# handle as the stock loop would (at end of input, same line counter); when
+# a line might qualify, the stock method does the whole job from scratch.
+# See protocol/perl-core.md "Scan cost".
+sub hunt_for_uuencode
+{
+	my ($self, $encoded, $ent) = @_;
+	return $self->SUPER::hunt_for_uuencode($encoded, $ent)
+		unless defined($/) && $/ eq "\n"
+		&& Mailmunge::Filter::_Reader::_plain_handle($encoded)
+		&& !grep { !$PLAIN_LAYER{$_} } PerlIO::get_layers($encoded);
+	$self->debug('sniffing around for UUENCODE');
+	$encoded->seek(0, 0) or die("MIME parser: cannot seek: $!\n");
+	my $lines0 = $.;
+	my ($found, $lines) = _sniff_encoded($encoded);
+	if ($found) {
+		# Undo our reading so the stock method starts where we did.
+		$encoded->seek(0, 0) or die("MIME parser: cannot seek: $!\n");
+		$. = $lines0;    # seek made $. the counter of $encoded
+		return $self->SUPER::hunt_for_uuencode($encoded, $ent);
+	}
+	my $at = tell($encoded);    # makes $. its line counter again
+	$. = $lines0 + $lines;
+	$self->debug('no one made the cut');
+	return 0;
+}
+
+# Whether a line of $fh (from its position to the end) starts like
+# uuencoded or BinHex data, as the stock heuristic tests line by line, and
+# how many lines readline would have returned.  Reads to end of input when
+# nothing qualifies.
+sub _sniff_encoded
+{
+	my ($fh) = @_;
+	# An in-memory handle on an undefined scalar (an empty body) makes
+	# read() warn where readline does not.
+	no warnings 'uninitialized';
+	my ($carry, $lines, $last) = ('', 0, '');
+	while (1) {
+		my $n = read($fh, my $block, $Mailmunge::Filter::_Reader::BLOCK);
+		die("MIME parser: cannot read: $!\n") unless defined($n);
+		last unless $n;
+		$last = substr($block, -1);
+		$lines += ($block =~ tr/\n//);
+		# $carry is the unfinished last line of the previous block, so
+		# every ^ below is at the start of a line as readline cuts them.
+		my $buf = $carry . $block;
+		return (1, 0) if $buf =~ /^begin [0-7]{3}/m || $buf =~ /^\(This file must be converted with/mi;
+		my $nl = rindex($buf, "\n");
+		$carry = $nl < 0 ? $buf : substr($buf, $nl + 1);
+	}
+	$lines++ if $last ne '' && $last ne "\n";
+	return (0, $lines);
 }
 
 # Private: a MIME::Parser::Reader whose read_chunk reads the input in
@@ -1399,8 +1460,6 @@ our @ISA = ('MIME::Parser::Reader');
 # Bytes read at a time; tests set it tiny to put boundaries on block edges.
 our $BLOCK = 65536;
 
-# Input layers under which read() returns the bytes readline would.
-my %PLAIN_LAYER = map { $_ => 1 } qw(unix perlio stdio scalar);
 
 sub read_chunk
 {
