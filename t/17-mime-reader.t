@@ -284,6 +284,15 @@ my %EDGE = (
 		'(This file must be converted', 'x(This file must be converted with', ''],
 	'uuencode as the last line' => ['', 'x', 'begin 644'],
 	'empty body' => [''],
+	'part names in many spellings' => ['Content-Type: multipart/mixed; boundary=b1', '', '--b1',
+		'Content-Type: image/gif; NAME="a.GIF"', '', 'x', '--b1',
+		'Content-Type: text/plain; charset=us-ascii', 'Content-Disposition: attachment; FileName=b.pdf', '', 'x', '--b1',
+		"Content-Type: application/octet-stream;\n name*0*=utf-8''c%2E;\n name*1=zip", '', 'x', '--b1',
+		'Content-Type: text/html; charset=nameless', '', 'x', '--b1',
+		'Content-Type: text/plain; name==?UTF-8?B?ZC5kb2M=?=', '', 'x', '--b1',
+		'Content-Type: text/plain', 'Content-Disposition: inline', '', 'x', '--b1',
+		'Content-Type: application/pdf; name=" "', '', 'x', '--b1',
+		'Content-Type: image/png', '', 'x', '--b1--', ''],
 	'uuencode in a quoted-printable body' => ['Content-Transfer-Encoding: quoted-printable', '', 'begin 644 a',
 		'#86)C', '`', 'end'],
 );
@@ -411,6 +420,37 @@ foreach my $i (1 .. 120) {
 	}
 }
 is($hunt_same, $hunt_cases, "uuencode hunt: same answer, position, eof and \$. ($hunt_cases cases)");
+
+# Our filer skips the recommended-name lookup for a part whose headers
+# mention no name; that must never hide a name MIME-tools would find.
+my @PNAME = ('name', 'NaMe', 'filename', 'FILENAME', 'name*0*', 'name*1', 'filename*', 'file', 'charset',
+	'nam', 'xname', 'name*');
+my @PVALUE = ('"x.gif"', "utf-8''a%2Ejpg", 'x.gif', '=?UTF-8?B?eS5wbmc=?=', '" "', '""', 'y', '"na;me.txt"');
+my ($named, $unnamed, $hidden) = (0, 0, 0);
+foreach my $i (1 .. 3000) {
+	# Random charsets make MIME-tools' word decoder complain.
+	local $SIG{__WARN__} = sub { };
+	my $head = MIME::Head->new();
+	foreach my $tag ('Content-Type', 'Content-Disposition') {
+		next if rand() < 0.2;
+		my $text = join('', pick('text/plain', 'image/gif', 'inline', 'attachment', 'name', ''),
+			map { pick(';', '; ', ";\n ", ' ') . pick(@PNAME) . pick('=', ' = ', '') . pick(@PVALUE) } 1 .. int(rand(4)));
+		$head->replace($tag, $text) if $text =~ /\S/;
+	}
+	my $rec = $head->recommended_filename;
+	$named++ if defined($rec);
+	next unless Mailmunge::Filter::_FileInto::_names_nothing($head);
+	$unnamed++;
+	if (defined($rec)) {
+		$hidden++;
+		diag('name hidden: ' . $head->as_string) if $hidden < 4;
+	}
+}
+ok($named > 100 && $unnamed > 100, "random heads: $named with a recommended name, $unnamed seen as naming nothing");
+is($hidden, 0, 'no head seen as naming nothing has a recommended name');
+my $view = Mailmunge::Filter::_UnnamedHead->new(MIME::Head->new([ "Content-Type: Image/GIF\n" ]));
+is_deeply([ $view->recommended_filename, $view->mime_type, $view->mime_encoding ], [ undef, 'image/gif', '7bit' ],
+	'the unnamed view answers for the head');
 
 # A stock MIME::Parser (a filter's own _create_mime_parser) keeps the
 # stock reader.

@@ -1359,7 +1359,10 @@ foreach my $method (qw(action_from_response action_bounce action_discard
 # output_path looks up the part's recommended file name and then makes up
 # a name whether or not there was one; output_filename looks it up again
 # for the extension.  This goes straight to the made-up name: the same
-# file, one header lookup fewer per part.
+# file, one header lookup fewer per part.  When neither the part's
+# Content-Type nor its Content-Disposition mentions a name at all (most
+# parts), output_filename is shown the head through a view that already
+# knows there is no recommended name, which spares two header parses.
 package Mailmunge::Filter::_FileInto;
 our @ISA = ('MIME::Parser::FileInto');
 
@@ -1367,8 +1370,44 @@ sub output_path
 {
 	my ($self, $head) = @_;
 	return $self->SUPER::output_path($head) unless $self->ignore_filename;
-	return $self->find_unused_path($self->output_dir($head), $self->output_filename($head));
+	my $view = _names_nothing($head) ? Mailmunge::Filter::_UnnamedHead->new($head) : $head;
+	return $self->find_unused_path($self->output_dir($head), $self->output_filename($view));
 }
+
+# True when MIME::Head::recommended_filename of $head is surely undef: it
+# only reads the parameters filename (Content-Disposition) and name
+# (Content-Type) of the first such field, parameter names are taken from
+# the field's text with newlines removed and lowercased, and no character
+# but N, A, M and E lowercases to n, a, m or e.
+sub _names_nothing
+{
+	my ($head) = @_;
+	return 0 unless ref($head) eq 'MIME::Head';
+	foreach my $tag ('content-disposition', 'content-type') {
+		my $raw = $head->get($tag, 0);
+		next unless defined($raw);
+		$raw =~ tr/\n//d;
+		return 0 if $raw =~ /name/i;
+	}
+	return 1;
+}
+
+# Private: a MIME::Head seen by our filer's output_filename when the part
+# names no file; every other method goes to the head itself.
+package Mailmunge::Filter::_UnnamedHead;
+
+sub new { my ($class, $head) = @_; return bless({ head => $head }, $class); }
+sub recommended_filename { return undef; }
+sub mime_type { my $self = shift; return $self->{head}->mime_type(@_); }
+
+our $AUTOLOAD;
+sub AUTOLOAD
+{
+	my $self = shift;
+	(my $method = $AUTOLOAD) =~ s/.*:://;
+	return $self->{head}->$method(@_);
+}
+sub DESTROY { return; }
 
 # Private: our parsers.  The only difference from MIME::Parser is the
 # reader a parse starts with (MIME::Parser makes a stock one when none is
