@@ -376,6 +376,10 @@ is(parse_dump(1, $nested, 1, 'data'), parse_dump(0, $nested, 1, 'data'), 'parse_
 my $before = $fast;
 is(parse_dump(1, $nested, 1, 'pipe'), parse_dump(0, $nested, 1, 'file'), 'from a pipe: same parse');
 is($fast, $before, 'and the pipe was read by the stock loop');
+# A single-part body is hunted for uuencode on the parser's input itself;
+# from a pipe, that is the in-memory copy MIME::Parser makes of it.
+my $plain_uu = join("\n", 'From: a@example.com', '', 'text', 'begin 644 a.txt', '#86)C', '`', 'end', '');
+is(parse_dump(1, $plain_uu, 1, 'pipe'), parse_dump(0, $plain_uu, 1, 'pipe'), 'single part from a pipe: same parse');
 
 # The uuencode hunt on its own: our block search must leave the handle as
 # the stock line loop does (answer, position, end of file, line counter

@@ -1436,18 +1436,15 @@ sub process_part
 sub hunt_for_uuencode
 {
 	my ($self, $encoded, $ent) = @_;
-	return $self->SUPER::hunt_for_uuencode($encoded, $ent)
-		unless defined($/) && $/ eq "\n"
-		&& Mailmunge::Filter::_Reader::_plain_handle($encoded)
-		&& !grep { !$PLAIN_LAYER{$_} } PerlIO::get_layers($encoded);
+	return $self->SUPER::hunt_for_uuencode($encoded, $ent) unless _can_sniff($encoded);
 	$self->debug('sniffing around for UUENCODE');
 	$encoded->seek(0, 0) or die("MIME parser: cannot seek: $!\n");
-	my $lines0 = $.;
+	my $lines0 = $.;    # seek made $. the counter of $encoded
 	my ($found, $lines) = _sniff_encoded($encoded);
-	if ($found) {
+	if (!defined($found) || $found) {
 		# Undo our reading so the stock method starts where we did.
 		$encoded->seek(0, 0) or die("MIME parser: cannot seek: $!\n");
-		$. = $lines0;    # seek made $. the counter of $encoded
+		$. = $lines0;
 		return $self->SUPER::hunt_for_uuencode($encoded, $ent);
 	}
 	my $at = tell($encoded);    # makes $. its line counter again
@@ -1456,10 +1453,23 @@ sub hunt_for_uuencode
 	return 0;
 }
 
+# Whether our search gives what the stock line loop would: lines cut at
+# "\n", a plain untied handle whose read() returns readline's bytes, and
+# one that certainly seeks (a regular file or memory), so no failure of
+# the stock method's own seek goes unreproduced.
+sub _can_sniff
+{
+	my ($fh) = @_;
+	return 0 unless defined($/) && $/ eq "\n" && Mailmunge::Filter::_Reader::_plain_handle($fh);
+	my @layers = PerlIO::get_layers($fh);
+	return 0 if grep { !$PLAIN_LAYER{$_} } @layers;
+	return (grep { $_ eq 'scalar' } @layers) || -f $fh;
+}
+
 # Whether a line of $fh (from its position to the end) starts like
 # uuencoded or BinHex data, as the stock heuristic tests line by line, and
-# how many lines readline would have returned.  Reads to end of input when
-# nothing qualifies.
+# how many lines readline would have returned (undef on a read error).
+# Reads to end of input when nothing qualifies.
 sub _sniff_encoded
 {
 	my ($fh) = @_;
@@ -1469,7 +1479,8 @@ sub _sniff_encoded
 	my ($carry, $lines, $last) = ('', 0, '');
 	while (1) {
 		my $n = read($fh, my $block, $Mailmunge::Filter::_Reader::BLOCK);
-		die("MIME parser: cannot read: $!\n") unless defined($n);
+		# The stock loop would stop at a read error; it may do that itself.
+		return (undef, 0) unless defined($n);
 		last unless $n;
 		$last = substr($block, -1);
 		$lines += ($block =~ tr/\n//);
