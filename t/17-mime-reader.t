@@ -147,6 +147,8 @@ sub parse_dump
 	# MIME-tools makes up a boundary (time, pid, counter) for uuencoded
 	# parts it extracts.
 	$dump =~ s/boundary="----------=_[^"]*"/boundary="(made up)"/g;
+	# and names a part without a file name after an array's address.
+	$dump =~ s/ARRAY\(0x[0-9a-f]+\)/ARRAY(address)/g;
 	return $dump;
 }
 
@@ -276,6 +278,23 @@ my %EDGE = (
 	'digest' => ['Content-Type: multipart/digest; boundary=d', '', '--d', '', 'Subject: one', '', 'b1', '--d', '',
 		'Subject: two', '', 'b2', '--d--'],
 	'not multipart' => ['Content-Type: text/plain', '', '--b1', 'body', '--b1--'],
+	'uuencode at top level' => ['Content-Type: text/plain', '', 'hello', 'begin 600 a.gif', '#86)C', '`', 'end', 'bye'],
+	'binhex at top level' => ['', 'x', '(this FILE must be converted with BinHex 4.0)', ':!!!:', ''],
+	'uuencode decoys' => ['', 'begin 64 x', 'Begin 644 x', ' begin 644 x', 'xbegin 644 x', 'begin  644',
+		'(This file must be converted', 'x(This file must be converted with', ''],
+	'uuencode as the last line' => ['', 'x', 'begin 644'],
+	'empty body' => [''],
+	'part names in many spellings' => ['Content-Type: multipart/mixed; boundary=b1', '', '--b1',
+		'Content-Type: image/gif; NAME="a.GIF"', '', 'x', '--b1',
+		'Content-Type: text/plain; charset=us-ascii', 'Content-Disposition: attachment; FileName=b.pdf', '', 'x', '--b1',
+		"Content-Type: application/octet-stream;\n name*0*=utf-8''c%2E;\n name*1=zip", '', 'x', '--b1',
+		'Content-Type: text/html; charset=nameless', '', 'x', '--b1',
+		'Content-Type: text/plain; name==?UTF-8?B?ZC5kb2M=?=', '', 'x', '--b1',
+		'Content-Type: text/plain', 'Content-Disposition: inline', '', 'x', '--b1',
+		'Content-Type: application/pdf; name=" "', '', 'x', '--b1',
+		'Content-Type: image/png', '', 'x', '--b1--', ''],
+	'uuencode in a quoted-printable body' => ['Content-Transfer-Encoding: quoted-printable', '', 'begin 644 a',
+		'#86)C', '`', 'end'],
 );
 foreach my $name (sort keys %EDGE) {
 	my $lines = $EDGE{$name};
@@ -357,6 +376,85 @@ is(parse_dump(1, $nested, 1, 'data'), parse_dump(0, $nested, 1, 'data'), 'parse_
 my $before = $fast;
 is(parse_dump(1, $nested, 1, 'pipe'), parse_dump(0, $nested, 1, 'file'), 'from a pipe: same parse');
 is($fast, $before, 'and the pipe was read by the stock loop');
+# A single-part body is hunted for uuencode on the parser's input itself;
+# from a pipe, that is the in-memory copy MIME::Parser makes of it.
+my $plain_uu = join("\n", 'From: a@example.com', '', 'text', 'begin 644 a.txt', '#86)C', '`', 'end', '');
+is(parse_dump(1, $plain_uu, 1, 'pipe'), parse_dump(0, $plain_uu, 1, 'pipe'), 'single part from a pipe: same parse');
+
+# The uuencode hunt on its own: our block search must leave the handle as
+# the stock line loop does (answer, position, end of file, line counter
+# $.), for bodies with and without candidates, at tiny block sizes, from
+# a file and from memory, and after lines already read.
+my @HUNT = ('plain', 'begin 644 a', 'begin 64', 'BEGIN 644', '(this file must be converted with x', '',
+	"\r", 'begin 7', 'egin 644', 'x' x 300);
+sub hunt_state
+{
+	my ($ours, $body, $via, $skip) = @_;
+	my $parser = $ours ? Mailmunge::Filter::_Parser->new() : MIME::Parser->new();
+	$parser->output_to_core(1);
+	my $fh;
+	if ($via eq 'file') {
+		spew("$tmp/hunt", $body);
+		open($fh, '<', "$tmp/hunt") or die("hunt: $!");
+	} else {
+		open($fh, '<', \$body) or die("in-memory: $!");
+	}
+	my $skipped = 0;
+	$skipped++ while $skipped < $skip && defined(readline($fh));
+	my $ent = MIME::Entity->build(Type => 'text/plain', Data => '');
+	my $found = $ours ? $parser->hunt_for_uuencode($fh, $ent) : MIME::Parser::hunt_for_uuencode($parser, $fh, $ent);
+	my $lines = $.;
+	return join(' ', ($found ? 1 : 0), 'lines', $lines, 'at', tell($fh), 'eof', (eof($fh) ? 1 : 0),
+		'rest', length(join('', <$fh>)));
+}
+my ($hunt_cases, $hunt_same) = (0, 0);
+foreach my $i (1 .. 120) {
+	my $body = join('', map { pick(@HUNT) . pick("\n", "\n", "\r\n", '') } 1 .. int(rand(12)));
+	foreach my $via ('file', 'memory') {
+		my $skip = int(rand(3));
+		my $want = hunt_state(0, $body, $via, $skip);
+		foreach my $block (1, 2, 5, 65536) {
+			local $Mailmunge::Filter::_Reader::BLOCK = $block;
+			$hunt_cases++;
+			my $got = hunt_state(1, $body, $via, $skip);
+			$hunt_same++ if $got eq $want;
+			diag("hunt differs for " . join('|', split(/\n/, $body)) . ": stock $want, ours $got")
+				if $got ne $want && $hunt_same + 5 > $hunt_cases;
+		}
+	}
+}
+is($hunt_same, $hunt_cases, "uuencode hunt: same answer, position, eof and \$. ($hunt_cases cases)");
+
+# Our filer skips the recommended-name lookup for a part whose headers
+# mention no name; that must never hide a name MIME-tools would find.
+my @PNAME = ('name', 'NaMe', 'filename', 'FILENAME', 'name*0*', 'name*1', 'filename*', 'file', 'charset',
+	'nam', 'xname', 'name*');
+my @PVALUE = ('"x.gif"', "utf-8''a%2Ejpg", 'x.gif', '=?UTF-8?B?eS5wbmc=?=', '" "', '""', 'y', '"na;me.txt"');
+my ($named, $unnamed, $hidden) = (0, 0, 0);
+foreach my $i (1 .. 3000) {
+	# Random charsets make MIME-tools' word decoder complain.
+	local $SIG{__WARN__} = sub { };
+	my $head = MIME::Head->new();
+	foreach my $tag ('Content-Type', 'Content-Disposition') {
+		next if rand() < 0.2;
+		my $text = join('', pick('text/plain', 'image/gif', 'inline', 'attachment', 'name', ''),
+			map { pick(';', '; ', ";\n ", ' ') . pick(@PNAME) . pick('=', ' = ', '') . pick(@PVALUE) } 1 .. int(rand(4)));
+		$head->replace($tag, $text) if $text =~ /\S/;
+	}
+	my $rec = $head->recommended_filename;
+	$named++ if defined($rec);
+	next unless Mailmunge::Filter::_FileInto::_names_nothing($head);
+	$unnamed++;
+	if (defined($rec)) {
+		$hidden++;
+		diag('name hidden: ' . $head->as_string) if $hidden < 4;
+	}
+}
+ok($named > 100 && $unnamed > 100, "random heads: $named with a recommended name, $unnamed seen as naming nothing");
+is($hidden, 0, 'no head seen as naming nothing has a recommended name');
+my $view = Mailmunge::Filter::_UnnamedHead->new(MIME::Head->new([ "Content-Type: Image/GIF\n" ]));
+is_deeply([ $view->recommended_filename, $view->mime_type, $view->mime_encoding ], [ undef, 'image/gif', '7bit' ],
+	'the unnamed view answers for the head');
 
 # A stock MIME::Parser (a filter's own _create_mime_parser) keeps the
 # stock reader.

@@ -1359,7 +1359,10 @@ foreach my $method (qw(action_from_response action_bounce action_discard
 # output_path looks up the part's recommended file name and then makes up
 # a name whether or not there was one; output_filename looks it up again
 # for the extension.  This goes straight to the made-up name: the same
-# file, one header lookup fewer per part.
+# file, one header lookup fewer per part.  When neither the part's
+# Content-Type nor its Content-Disposition mentions a name at all (most
+# parts), output_filename is shown the head through a view that already
+# knows there is no recommended name, which spares two header parses.
 package Mailmunge::Filter::_FileInto;
 our @ISA = ('MIME::Parser::FileInto');
 
@@ -1367,14 +1370,53 @@ sub output_path
 {
 	my ($self, $head) = @_;
 	return $self->SUPER::output_path($head) unless $self->ignore_filename;
-	return $self->find_unused_path($self->output_dir($head), $self->output_filename($head));
+	my $view = _names_nothing($head) ? Mailmunge::Filter::_UnnamedHead->new($head) : $head;
+	return $self->find_unused_path($self->output_dir($head), $self->output_filename($view));
 }
+
+# True when MIME::Head::recommended_filename of $head is surely undef: it
+# only reads the parameters filename (Content-Disposition) and name
+# (Content-Type) of the first such field, parameter names are taken from
+# the field's text with newlines removed and lowercased, and no character
+# but N, A, M and E lowercases to n, a, m or e.
+sub _names_nothing
+{
+	my ($head) = @_;
+	return 0 unless ref($head) eq 'MIME::Head';
+	foreach my $tag ('content-disposition', 'content-type') {
+		my $raw = $head->get($tag, 0);
+		next unless defined($raw);
+		$raw =~ tr/\n//d;
+		return 0 if $raw =~ /name/i;
+	}
+	return 1;
+}
+
+# Private: a MIME::Head seen by our filer's output_filename when the part
+# names no file; every other method goes to the head itself.
+package Mailmunge::Filter::_UnnamedHead;
+
+sub new { my ($class, $head) = @_; return bless({ head => $head }, $class); }
+sub recommended_filename { return undef; }
+sub mime_type { my $self = shift; return $self->{head}->mime_type(@_); }
+
+our $AUTOLOAD;
+sub AUTOLOAD
+{
+	my $self = shift;
+	(my $method = $AUTOLOAD) =~ s/.*:://;
+	return $self->{head}->$method(@_);
+}
+sub DESTROY { return; }
 
 # Private: our parsers.  The only difference from MIME::Parser is the
 # reader a parse starts with (MIME::Parser makes a stock one when none is
 # given; every other reader of the parse is spawned from it and so shares
 # its class).  See protocol/perl-core.md "Scan cost".
 package Mailmunge::Filter::_Parser;
+
+# Input layers under which read() returns the bytes readline would.
+my %PLAIN_LAYER = map { $_ => 1 } qw(unix perlio stdio scalar);
 our @ISA = ('MIME::Parser');
 
 sub process_part
@@ -1382,6 +1424,75 @@ sub process_part
 	my ($self, $in, $rdr, @rest) = @_;
 	$rdr ||= Mailmunge::Filter::_Reader->new();
 	return $self->SUPER::process_part($in, $rdr, @rest);
+}
+
+# MIME::Parser looks for uuencoded or BinHex data in every plain-text body
+# (extract_uuencode is on) by reading the body line by line; almost always
+# nothing is there and the parse goes on from the start of the body.  We
+# answer that usual case with a pattern search over blocks and leave the
+# handle as the stock loop would (at end of input, same line counter); when
+# a line might qualify, the stock method does the whole job from scratch.
+# See protocol/perl-core.md "Scan cost".
+sub hunt_for_uuencode
+{
+	my ($self, $encoded, $ent) = @_;
+	return $self->SUPER::hunt_for_uuencode($encoded, $ent) unless _can_sniff($encoded);
+	$self->debug('sniffing around for UUENCODE');
+	$encoded->seek(0, 0) or die("MIME parser: cannot seek: $!\n");
+	my $lines0 = $.;    # seek made $. the counter of $encoded
+	my ($found, $lines) = _sniff_encoded($encoded);
+	if (!defined($found) || $found) {
+		# Undo our reading so the stock method starts where we did.
+		$encoded->seek(0, 0) or die("MIME parser: cannot seek: $!\n");
+		$. = $lines0;
+		return $self->SUPER::hunt_for_uuencode($encoded, $ent);
+	}
+	my $at = tell($encoded);    # makes $. its line counter again
+	$. = $lines0 + $lines;
+	$self->debug('no one made the cut');
+	return 0;
+}
+
+# Whether our search gives what the stock line loop would: lines cut at
+# "\n", a plain untied handle whose read() returns readline's bytes, and
+# one that certainly seeks (a regular file or memory), so no failure of
+# the stock method's own seek goes unreproduced.
+sub _can_sniff
+{
+	my ($fh) = @_;
+	return 0 unless defined($/) && $/ eq "\n" && Mailmunge::Filter::_Reader::_plain_handle($fh);
+	my @layers = PerlIO::get_layers($fh);
+	return 0 if grep { !$PLAIN_LAYER{$_} } @layers;
+	return (grep { $_ eq 'scalar' } @layers) || -f $fh;
+}
+
+# Whether a line of $fh (from its position to the end) starts like
+# uuencoded or BinHex data, as the stock heuristic tests line by line, and
+# how many lines readline would have returned (undef on a read error).
+# Reads to end of input when nothing qualifies.
+sub _sniff_encoded
+{
+	my ($fh) = @_;
+	# An in-memory handle on an undefined scalar (an empty body) makes
+	# read() warn where readline does not.
+	no warnings 'uninitialized';
+	my ($carry, $lines, $last) = ('', 0, '');
+	while (1) {
+		my $n = read($fh, my $block, $Mailmunge::Filter::_Reader::BLOCK);
+		# The stock loop would stop at a read error; it may do that itself.
+		return (undef, 0) unless defined($n);
+		last unless $n;
+		$last = substr($block, -1);
+		$lines += ($block =~ tr/\n//);
+		# $carry is the unfinished last line of the previous block, so
+		# every ^ below is at the start of a line as readline cuts them.
+		my $buf = $carry . $block;
+		return (1, 0) if $buf =~ /^begin [0-7]{3}/m || $buf =~ /^\(This file must be converted with/mi;
+		my $nl = rindex($buf, "\n");
+		$carry = $nl < 0 ? $buf : substr($buf, $nl + 1);
+	}
+	$lines++ if $last ne '' && $last ne "\n";
+	return (0, $lines);
 }
 
 # Private: a MIME::Parser::Reader whose read_chunk reads the input in
@@ -1399,8 +1510,6 @@ our @ISA = ('MIME::Parser::Reader');
 # Bytes read at a time; tests set it tiny to put boundaries on block edges.
 our $BLOCK = 65536;
 
-# Input layers under which read() returns the bytes readline would.
-my %PLAIN_LAYER = map { $_ => 1 } qw(unix perlio stdio scalar);
 
 sub read_chunk
 {
