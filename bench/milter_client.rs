@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mailmunge::wire::mtaclient::{self, MtaClient, MtaError, Offer, Packet};
 use mailmunge::wire::sockspec::SockSpec;
 
-use crate::support::{Daemon, Latencies, Run, START_LIMIT};
+use crate::support::{self, Daemon, Latencies, Run, START_LIMIT};
 
 /// Where a milter listens.
 #[derive(Clone, Debug)]
@@ -201,7 +201,18 @@ pub struct Verdict {
     pub verdict: mtaclient::Verdict,
     /// The changes in the order the milter sent them.
     pub modifications: Vec<mtaclient::Modification>,
+    /// Where the message's time went, as the MTA saw it (`STAGES`).
+    pub stages: [Duration; 4],
 }
+
+/// The stages of a message's time, as the MTA waits for the milter.
+#[allow(dead_code)]
+pub const STAGES: [&str; 4] = [
+    "connect to HELO",
+    "MAIL",
+    "RCPT to last body chunk",
+    "end of message",
+];
 
 impl Verdict {
     /// True when the milter let the message through (`continue`).
@@ -243,9 +254,12 @@ pub async fn one_message(
     client: &Client,
     msg: &Message,
 ) -> Result<Verdict, String> {
+    let mut marks = [Instant::now(); 5];
     let mut s = open(target, client).await?;
     greet(&mut s, "client.example", 40000).await?;
+    marks[1] = Instant::now();
     proceed("mail", s.mail(&[b"<sender@example.com>"]).await)?;
+    marks[2] = Instant::now();
     for r in &msg.recipients {
         proceed("rcpt", s.rcpt(&[r.as_bytes()]).await)?;
     }
@@ -257,15 +271,18 @@ pub async fn one_message(
     for chunk in msg.body.chunks(mtaclient::BODY_CHUNK) {
         proceed("body", s.body(chunk).await)?;
     }
+    marks[3] = Instant::now();
     let eom = s
         .end_of_message(&[])
         .await
         .and_then(|e| e.decode())
         .map_err(|e| format!("eom: {e}"))?;
+    marks[4] = Instant::now();
     s.quit(false).await.map_err(|e| format!("quit: {e}"))?;
     Ok(Verdict {
         verdict: eom.verdict,
         modifications: eom.modifications,
+        stages: std::array::from_fn(|i| marks[i + 1] - marks[i]),
     })
 }
 
@@ -321,12 +338,13 @@ where
 /// [`drive_with`] counting latencies: a message counts when the milter
 /// lets it through (`continue`).
 pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds: f64) -> Run {
-    type Tally = (Latencies, usize, Option<String>);
+    type Tally = (Latencies, usize, Option<String>, [Duration; 4]);
     let (states, elapsed) =
         drive_with(target, msg, sessions, seconds, |st: &mut Tally, r, took| {
             let failure = match r {
                 Ok(Ok(v)) if v.passed() => {
                     st.0.push(took);
+                    support::add_durations(&mut st.3, &v.stages);
                     return false;
                 }
                 Ok(Ok(v)) => format!("final action {}", v.describe()),
@@ -343,8 +361,9 @@ pub async fn drive(target: &Target, msg: Arc<Message>, sessions: usize, seconds:
         })
         .await;
     let mut run = Run::default();
-    for (lat, errors, first) in states {
+    for (lat, errors, first, stages) in states {
         run.add(lat, errors, first);
+        support::add_durations(&mut run.stages, &stages);
     }
     run.elapsed = elapsed;
     run

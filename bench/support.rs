@@ -781,6 +781,17 @@ pub struct Run {
     pub elapsed: Duration,
     /// One sample per completed request.
     pub lat: Latencies,
+    /// Time by stage summed over the completed messages, for drivers that
+    /// know stages (`milter_client::STAGES`).
+    pub stages: [Duration; 4],
+}
+
+/// Adds `b` to `a`, element by element.
+#[allow(dead_code)]
+pub fn add_durations(a: &mut [Duration; 4], b: &[Duration; 4]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += *y;
+    }
 }
 
 impl Run {

@@ -479,6 +479,8 @@ struct Sample {
     client_cpu: f64,
     /// Share of the machine's CPU time left idle during the cell, in %.
     idle_pct: f64,
+    /// Mean ms per passed message in each of `milter_client::STAGES`.
+    stages_ms: [f64; 4],
 }
 
 impl Sample {
@@ -569,7 +571,42 @@ fn measure(
         mem,
         client_cpu: r.cpu_ms_per_1000(client_cpu),
         idle_pct,
+        stages_ms: r
+            .stages
+            .map(|d| d.as_secs_f64() * 1000.0 / r.ok.max(1) as f64),
     })
+}
+
+/// Where a session's time goes in the 16-session cells over the unix socket
+/// (bench/README.md, finding 5).
+fn stage_table(cells: &[Cell]) -> String {
+    let shown: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.sessions == 16 && c.transport == "unix")
+        .collect();
+    if shown.is_empty() {
+        return String::new();
+    }
+    let mut cols = vec!["cell", "stack"];
+    cols.extend(milter_client::STAGES);
+    let mut out = table_start(
+        "Session time by stage",
+        "16 sessions, unix socket: mean ms per passed message that the MTA waited for the milter in each stage (medians over the repetitions). Connect to HELO includes the connection and the negotiation; end of message includes the scan and the wait for a worker.",
+        &cols,
+        2,
+    );
+    for c in shown {
+        for st in [Stack::Peer, Stack::Ours] {
+            let ms: Vec<String> = (0..4).map(|i| f1(c.med(st, |s| s.stages_ms[i]))).collect();
+            out.push_str(&format!(
+                "\n| {} | {} | {} |",
+                c.label(),
+                st.name(),
+                ms.join(" | ")
+            ));
+        }
+    }
+    out
 }
 
 /// One cell of the matrix and its samples, `reps` per stack, in run order.
@@ -1511,6 +1548,7 @@ fn report(cfg: &Config, res: &Results) -> String {
             ));
         }
     }
+    p(stage_table(&res.cells));
     p(table_start(
         "Worker activation",
         "`-m 1 -x 4 -r 2 -w 600`, the typical filter; `ping` needing a new worker versus the next `ping` on it; `free` asked every 2 ms meanwhile.",

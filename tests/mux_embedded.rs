@@ -42,6 +42,19 @@ fn workers_are_forked_from_the_preloaded_filter() {
 }
 
 #[test]
+fn preloaded_workers_run_nicer_than_the_multiplexor() {
+    // protocol/multiplexor.md §28: the preloading process takes the step,
+    // and the workers it forks inherit it.
+    require_perl_modules!("IO::FDPass");
+    let mx = Mx::start(&["-E", "--worker-nice", "3"]);
+    let want = (nice_of(mx.pid()) + 3).min(19);
+    for what in ["pid", "loadpid"] {
+        let pid: i32 = mx.req_s(what).trim().parse().unwrap();
+        assert_eq!(nice_of(pid), want, "{what}");
+    }
+}
+
+#[test]
 fn forked_worker_closing_its_reply_channel_is_noticed_at_once() {
     require_perl_modules!("IO::FDPass");
     // The busy timeout is far away: only the end of file on the worker's

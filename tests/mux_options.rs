@@ -54,6 +54,22 @@ fn memory_limits_reach_workers() {
 }
 
 #[test]
+fn workers_run_nicer_than_the_multiplexor() {
+    // protocol/multiplexor.md §28: 5 steps by default, as many as asked
+    // otherwise, and 0 keeps upstream's equal priority.
+    for (args, step) in [
+        (&[][..], 5),
+        (&["--worker-nice", "2"][..], 2),
+        (&["--worker-nice", "0"][..], 0),
+    ] {
+        let mx = Mx::start(args);
+        let worker: i32 = mx.req_s("pid").trim().parse().unwrap();
+        let ours = nice_of(mx.pid());
+        assert_eq!(nice_of(worker), (ours + step).min(19), "{args:?}");
+    }
+}
+
+#[test]
 fn verbose_logging_of_worker_stderr_and_status() {
     let mx = Mx::start_logged(&["-l", "-L", "5", "-x", "2"]);
     assert_eq!(mx.req(b"stderr hello from the filter\n"), b"ok\n");

@@ -58,6 +58,7 @@ fn example_values_are_the_defaults() {
         ("-i", "300"),
         ("-r", "500"),
         ("-f", "/etc/mailmunge/mailmunge-filter.pl"),
+        ("--worker-nice", "5"),
     ];
     for d in [Daemon::Milter, Daemon::Multiplexor] {
         let mut with: Vec<OsString> = startargs::argv(d, &file, false);

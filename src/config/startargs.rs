@@ -138,6 +138,7 @@ const MULTIPLEXOR_FLAGS: &[(&str, &str, Kind)] = &[
     ("MX_RECIPOK_PERDOMAIN", "-y", Value),
     // Ours (protocol/metrics.md), not upstream's: last before -z.
     ("MX_METRICS_SOCKET", "--metrics", Value),
+    ("MX_WORKER_NICE", "--worker-nice", Value),
     ("SPOOLDIR", "-z", Value),
 ];
 
@@ -572,6 +573,7 @@ mod tests {
             ("MX_MAXIMUM", "-x"),
             ("MX_RECIPOK_PERDOMAIN", "-y"),
             ("MX_METRICS_SOCKET", "--metrics"),
+            ("MX_WORKER_NICE", "--worker-nice"),
         ] {
             assert_eq!(
                 only(Daemon::Multiplexor, name, "v1"),
@@ -637,7 +639,7 @@ mod tests {
         );
         assert_eq!(
             flags(Daemon::Multiplexor),
-            "-D-E-G-I-L-M-N-O-P-Q-R-S-T-U-V-W-X-Y-Z-a-b-c-f-i-l-m-p-q-r-w-x-y--metrics-z-s-o"
+            "-D-E-G-I-L-M-N-O-P-Q-R-S-T-U-V-W-X-Y-Z-a-b-c-f-i-l-m-p-q-r-w-x-y--metrics--worker-nice-z-s-o"
         );
     }
 
@@ -838,7 +840,7 @@ mod tests {
     #[test]
     fn known_variables_cover_section_two() {
         let k = known_variables();
-        assert_eq!(k.len(), 54);
+        assert_eq!(k.len(), 55);
         for n in [
             "MM_EXTRA",
             "SOCKET",

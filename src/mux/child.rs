@@ -81,6 +81,22 @@ pub fn perl_command(filter: &std::path::Path) -> (&'static str, Vec<String>) {
     (perl_path(), switches)
 }
 
+/// The nice value for a worker `step`s above the multiplexor's own
+/// (protocol/multiplexor.md §28), at most 19; none for 0.
+fn worker_priority(step: i32) -> Option<libc::c_int> {
+    if step <= 0 {
+        return None;
+    }
+    // getpriority may legitimately return -1: errno tells an error apart.
+    nix::errno::Errno::clear();
+    // SAFETY: a plain system call that reads no memory of ours.
+    let ours = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if nix::errno::Errno::last_raw() != 0 {
+        return None;
+    }
+    Some((ours + step).min(19))
+}
+
 /// Everything a child needs after fork, prepared before it: cwd, signal
 /// dispositions, rlimits, and which descriptor becomes fd 3.
 pub struct ChildSetup {
@@ -90,6 +106,8 @@ pub struct ChildSetup {
     mem_bytes: u64,
     /// The descriptor limit the multiplexor was started with.
     nofile: Option<libc::rlimit>,
+    /// The nice value to take (`--worker-nice` above ours), or none.
+    nice: Option<libc::c_int>,
 }
 
 impl ChildSetup {
@@ -101,6 +119,7 @@ impl ChildSetup {
             rss_bytes: opts.rss_kb.saturating_mul(1024),
             mem_bytes: opts.mem_kb.saturating_mul(1024),
             nofile: daemon::original_nofile(),
+            nice: worker_priority(opts.worker_nice),
         }
     }
 
@@ -123,6 +142,11 @@ impl ChildSetup {
     fn apply(&self) {
         use nix::sys::resource::{setrlimit, Resource};
         let _ = nix::unistd::chdir(self.spool.as_c_str());
+        if let Some(n) = self.nice {
+            // SAFETY: a plain system call on this process; raising the
+            // nice value needs no privilege.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+        }
         // SAFETY: SIG_DFL and SIG_IGN install no handler that could run;
         // nix's signal() is unsafe for handlers only, and sigaction would
         // need a struct built here: the libc call is the simplest.

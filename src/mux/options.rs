@@ -62,11 +62,14 @@ pub struct Cli {
     pub help: bool,
     /// Our extension: Prometheus metrics endpoint (protocol/metrics.md).
     pub metrics: Option<String>,
+    /// Our extension: how much nicer than the multiplexor workers run
+    /// (protocol/multiplexor.md §28).
+    pub worker_nice: Option<String>,
 }
 
 /// Upstream's getopt string
 /// `GAa:Tt:um:x:y:r:i:b:c:s:hdlf:p:o:w:W:U:S:q:Q:L:R:M:I:DEO:X:Y:N:vZP:z:V:`
-/// plus `--metrics`, in the order of the usage text.
+/// plus `--metrics` and `--worker-nice`, in the order of the usage text.
 #[rustfmt::skip]
 pub const OPTIONS: &[Opt<Cli>] = &[
     Opt::last(Short('h'), "Print usage info and exit", |c| c.help = true),
@@ -112,7 +115,11 @@ pub const OPTIONS: &[Opt<Cli>] = &[
     // Undocumented upstream: log every scheduling decision.
     Opt::flag(Short('A'), "", |c| c.log_scheduling = true),
     Opt::text(Long("metrics"), "sock", "Serve Prometheus metrics on sock (inet:PORT)", |c, v| c.metrics = Some(v)),
+    Opt::text(Long("worker-nice"), "n", "Run workers n steps nicer than the multiplexor (default 5; 0..19)", |c, v| c.worker_nice = Some(v)),
 ];
+
+/// Default of `--worker-nice` (protocol/multiplexor.md §28).
+pub const DEFAULT_WORKER_NICE: i32 = 5;
 
 /// Normalised options.
 #[derive(Debug, Clone)]
@@ -161,6 +168,9 @@ pub struct Options {
     pub ident: String,
     /// `--metrics` socket specification.
     pub metrics: Option<String>,
+    /// `--worker-nice`: added to the multiplexor's nice value for every
+    /// worker and the preloading process; 0 = the same priority.
+    pub worker_nice: i32,
 }
 
 /// Why option parsing stopped the program.
@@ -232,6 +242,7 @@ impl Options {
         let facility = facility(&argv0, &c)?;
         let paths = Paths::from_cli(&argv0, &c)?;
         check_extensions(&argv0, &c)?;
+        let worker_nice = worker_nice(&argv0, &c)?;
         Ok(Options {
             argv0,
             user: c.user,
@@ -274,6 +285,7 @@ impl Options {
             facility,
             ident: c.ident.unwrap_or_else(|| "mailmunge-multiplexor".into()),
             metrics: c.metrics,
+            worker_nice,
         })
     }
 }
@@ -450,6 +462,20 @@ fn check_extensions(argv0: &str, c: &Cli) -> Result<(), Exit> {
     Ok(())
 }
 
+/// `--worker-nice`: a whole number from 0 to 19, else a fatal error (it is
+/// ours, so no upstream clamp to mimic).
+fn worker_nice(argv0: &str, c: &Cli) -> Result<i32, Exit> {
+    let Some(v) = &c.worker_nice else {
+        return Ok(DEFAULT_WORKER_NICE);
+    };
+    match v.trim().parse::<i32>() {
+        Ok(n) if (0..=19).contains(&n) => Ok(n),
+        _ => Err(Exit::Fatal(format!(
+            "{argv0}: --worker-nice: '{v}' is not a number from 0 to 19"
+        ))),
+    }
+}
+
 /// The usage text printed by `-h` and on option errors.
 pub fn usage(argv0: &str) -> String {
     format!(
@@ -505,6 +531,22 @@ mod tests {
         assert_eq!(o.max_lifetime, None);
         assert_eq!(o.facility, libc::LOG_MAIL);
         assert_eq!(o.ident, "mailmunge-multiplexor");
+        assert_eq!(o.worker_nice, DEFAULT_WORKER_NICE);
+    }
+
+    #[test]
+    fn worker_nice_is_a_number_from_0_to_19() {
+        assert_eq!(p(&["--worker-nice", "0"]).unwrap().worker_nice, 0);
+        assert_eq!(p(&["--worker-nice=19"]).unwrap().worker_nice, 19);
+        for bad in ["20", "-1", "5x", ""] {
+            assert_eq!(
+                p(&["--worker-nice", bad]).unwrap_err(),
+                Exit::Fatal(format!(
+                    "mux: --worker-nice: '{bad}' is not a number from 0 to 19"
+                )),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

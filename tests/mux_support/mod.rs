@@ -323,3 +323,12 @@ pub fn request(sock: &Path, line: &[u8]) -> Vec<u8> {
     s.read_to_end(&mut out).expect("reply before timeout");
     out
 }
+
+/// The nice value of process `pid` (field 19 of /proc/PID/stat).
+#[allow(dead_code)]
+pub fn nice_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(16).unwrap().parse().unwrap()
+}
