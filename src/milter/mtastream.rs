@@ -42,13 +42,19 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct MtaStream {
     inner: Stream,
     max_packet: usize,
-    /// Bytes read from the MTA: `buf[pos..framed]` are whole, checked (and
-    /// possibly repaired) packets ready for indymilter, `buf[framed..]`
-    /// the start of a packet still arriving. One buffer, framed in place:
-    /// no copy or allocation per packet.
+    /// Bytes read from the MTA: `buf[pos..framed]` are checked (and
+    /// possibly repaired) packets ready for indymilter, the last of them
+    /// possibly only begun (its rest comes [`MtaStream::direct`]);
+    /// `buf[framed..]` the start of a packet still arriving. One buffer,
+    /// framed in place: no copy or allocation per packet.
     buf: Vec<u8>,
     pos: usize,
     framed: usize,
+    /// Bytes of the packet being read that go from the socket straight
+    /// into the reader's memory: its header was checked and it needs no
+    /// repair, so the rest is not staged in `buf` (protocol/milter.md §18.8).
+    /// While non-zero, `framed == buf.len()`.
+    direct: usize,
     /// Set when the MTA sent a packet the adapter refuses: the connection
     /// ends once the packets before it have been read.
     refused: Option<Refusal>,
@@ -88,6 +94,7 @@ impl MtaStream {
             buf: Vec::new(),
             pos: 0,
             framed: 0,
+            direct: 0,
             refused: None,
             eof: false,
             in_transaction: false,
@@ -118,6 +125,14 @@ impl MtaStream {
                 return;
             }
             if rest.len() < 4 + len {
+                if rest.len() > 4 && rest[4] != b'C' {
+                    // Only a connect packet may need repair: the rest of
+                    // any other passes through unstaged.
+                    let (cmd, missing) = (rest[4], 4 + len - rest.len());
+                    self.note_order(cmd);
+                    self.direct = missing;
+                    self.framed = self.buf.len();
+                }
                 return;
             }
             self.note_order(rest[4]);
@@ -150,7 +165,8 @@ impl MtaStream {
 
     /// Room for the next read: at least [`READ_CHUNK`], or the rest of the
     /// packet being read when its length is known (it is at most
-    /// `max_packet`, checked by [`MtaStream::frame`]).
+    /// `max_packet`, checked by [`MtaStream::frame`]; only a connect
+    /// packet is staged whole).
     fn make_room(&mut self) {
         if self.pos > 0 {
             // Everything before `pos` was handed on.
@@ -310,6 +326,9 @@ impl AsyncRead for MtaStream {
                 }
                 return Poll::Ready(Ok(()));
             }
+            if this.direct > 0 {
+                return this.read_direct(cx, out);
+            }
             if let Some(r) = this.refused {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -346,6 +365,47 @@ impl AsyncRead for MtaStream {
             }
             this.frame();
         }
+    }
+}
+
+impl MtaStream {
+    /// Reads the rest of a checked packet from the socket straight into
+    /// `out` (at most [`MtaStream::direct`] bytes): one copy fewer than
+    /// staging it in `buf`.
+    fn read_direct(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if out.remaining() == 0 {
+            // A read of 0 bytes must not look like the end of the stream.
+            return Poll::Ready(Ok(()));
+        }
+        let n = {
+            let mut part = out.take(self.direct);
+            let start = part.filled().as_ptr();
+            match Pin::new(&mut self.inner).poll_read(cx, &mut part) {
+                Poll::Ready(Ok(())) => {
+                    // The reader filled `out`'s memory, not some other buffer.
+                    assert_eq!(start, part.filled().as_ptr());
+                    part.filled().len()
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.release_if_idle();
+                    return Poll::Pending;
+                }
+            }
+        };
+        if n == 0 {
+            // The MTA went away inside a packet: the reader sees the end
+            // (a truncated packet is indymilter's to report).
+            self.eof = true;
+            self.direct = 0;
+            return Poll::Ready(Ok(()));
+        }
+        // SAFETY: the read initialised these `n` bytes of `out`'s
+        // unfilled part, right after what was filled.
+        unsafe { out.assume_init(n) };
+        out.advance(n);
+        self.direct -= n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -460,6 +520,47 @@ mod tests {
         want.extend(packet(&connect(b'6', b"2001:db8::1")));
         want.extend(packet(b"Hmx.example\0"));
         for step in [1, 3, 7, 1000] {
+            assert_eq!(through(&input, step).await.unwrap(), want, "step {step}");
+        }
+    }
+
+    /// The rest of a packet that needs no repair goes from the socket to
+    /// the reader unstaged (protocol/milter.md §18.8); the packets after
+    /// it are framed and repaired as before.
+    #[tokio::test]
+    async fn packet_rest_bypasses_the_buffer() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut chunk = b"B".to_vec();
+        chunk.extend_from_slice(&body);
+        let (a, mut mta) = tokio::net::UnixStream::pair().unwrap();
+        let mut ours = MtaStream::new(Stream::Unix(a), DEFAULT_MAX_PACKET, None);
+        pass(&mut ours, &mut mta, &packet(b"M<a@b>\0")).await;
+        let p = packet(&chunk);
+        let writer = tokio::spawn(async move {
+            mta.write_all(&p).await.unwrap();
+            mta
+        });
+        let mut got = vec![0u8; 4 + chunk.len()];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, packet(&chunk));
+        assert!(
+            ours.buf.capacity() < 2 * READ_CHUNK,
+            "staged {} bytes of a {}-byte packet",
+            ours.buf.capacity(),
+            got.len()
+        );
+        let mut mta = writer.await.unwrap();
+        pass(&mut ours, &mut mta, &packet(b"E")).await;
+
+        let mut input = packet(b"Hmx.example\0");
+        input.extend(packet(&chunk));
+        input.extend(packet(&connect(b'6', b"IPv6:2001:db8::1")));
+        input.extend(packet(b"Ltiny\0x\0"));
+        let mut want = packet(b"Hmx.example\0");
+        want.extend(packet(&chunk));
+        want.extend(packet(&connect(b'6', b"2001:db8::1")));
+        want.extend(packet(b"Ltiny\0x\0"));
+        for step in [5, 4099, 65536, 1 << 20] {
             assert_eq!(through(&input, step).await.unwrap(), want, "step {step}");
         }
     }
