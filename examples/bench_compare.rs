@@ -5,10 +5,15 @@
 //! directory, the same worker options and equivalent filters. Cells
 //! (filter x transport x message x concurrent MTA sessions) run
 //! interleaved, peer then ours, repeated; each ratio ours/peer is the
-//! median of the paired ratios. Then worker activation (exec and -E), the
-//! Perl-only ceiling (one worker driven on its stdin/stdout) and an
-//! idle-session probe. Writes the tables into bench/README.md (between
-//! markers) and the chart bench/compare.png (gnuplot).
+//! median of the paired ratios. Then the indymilter floor (the same
+//! messages and sessions on a milter on indymilter alone,
+//! bench/floor_milter.rs: this program started again as `serve SOCKET`),
+//! worker activation (exec and -E), the Perl-only ceiling (one worker
+//! driven on its stdin/stdout), idle-session probes and overload. The
+//! report opens with the issue 11 targets, each against its budget and,
+//! where the crate sets one, the floor. Writes the tables into
+//! bench/README.md (between markers) and the chart bench/compare.png
+//! (gnuplot).
 //!
 //! cargo build --release --bins && cargo run --release --example bench_compare -- --quick
 //! cargo build --release --bins && cargo run --release --example bench_compare
@@ -18,8 +23,11 @@
 //! plain,multipart,large,rcpt50; --idle N (0 skips the probe);
 //! --activations N; --ceiling-seconds N; --no-embedded (drop -E);
 //! --no-write (print only; leave README and chart alone); --spool-base DIR;
-//! --phases matrix,activation,ceiling,idle,overload (any subset).
+//! --phases matrix,floor,activation,ceiling,idle,overload (any subset;
+//! only a run of all of them writes).
 
+#[path = "../bench/floor_milter.rs"]
+mod floor_milter;
 #[path = "../bench/milter_client.rs"]
 mod milter_client;
 #[path = "../bench/support.rs"]
@@ -126,7 +134,14 @@ fn messages(names: &[String]) -> Result<Vec<(String, Arc<Message>)>> {
 }
 
 /// The parts of a run, in order.
-const PHASES: &[&str] = &["matrix", "activation", "ceiling", "idle", "overload"];
+const PHASES: &[&str] = &[
+    "matrix",
+    "floor",
+    "activation",
+    "ceiling",
+    "idle",
+    "overload",
+];
 
 /// What to run.
 struct Config {
@@ -142,7 +157,7 @@ struct Config {
     activations: usize,
     ceiling_seconds: f64,
     embedded: bool,
-    /// Which parts run: matrix, activation, ceiling, idle, overload.
+    /// Which parts run: matrix, floor, activation, ceiling, idle, overload.
     phases: Vec<String>,
     write: bool,
 }
@@ -843,6 +858,104 @@ fn peer_embedded(run: &Running) -> String {
 }
 
 // ---------------------------------------------------------------------
+// The indymilter floor
+
+/// One message and session count on the floor milter, its runs in order.
+struct FloorCell {
+    message: String,
+    sessions: usize,
+    runs: Vec<Sample>,
+}
+
+impl FloorCell {
+    /// Median over the repetitions of one figure.
+    fn med(&self, f: impl Fn(&Sample) -> f64) -> f64 {
+        median(self.runs.iter().map(f).collect())
+    }
+}
+
+/// The matrix's messages and session counts over the unix socket, on the
+/// floor milter (bench/floor_milter.rs) instead of a stack: the same
+/// warm-up, seconds and repetitions as the matrix, so its CPU per message
+/// sits beside the stacks' in the report. It has no multiplexor.
+fn floor_phase(
+    rt: &tokio::runtime::Runtime,
+    scratch: &Scratch,
+    cfg: &Config,
+) -> Result<Vec<FloorCell>> {
+    let target = Target::Unix(scratch.root.join("floor-cpu.sock"));
+    let mut milter = floor_milter::start(&target)?;
+    let max = cfg.sessions.iter().copied().max().unwrap_or(1);
+    rt.block_on(drive(&target, cfg.messages[0].1.clone(), max, 1.0));
+    let mut cells: Vec<FloorCell> = cfg
+        .messages
+        .iter()
+        .flat_map(|(label, _)| {
+            cfg.sessions.iter().map(|&n| FloorCell {
+                message: label.clone(),
+                sessions: n,
+                runs: vec![],
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for rep in 0..cfg.reps {
+        for cell in cells.iter_mut() {
+            let msg = cfg
+                .messages
+                .iter()
+                .find(|(l, _)| *l == cell.message)
+                .map(|(_, m)| m.clone())
+                .context("message")?;
+            let s = measure_floor(rt, &mut milter, &target, &msg, cell.sessions, cfg)?;
+            eprintln!(
+                "[{:>4.0} s] floor {}/{}: {} x{}  {:.0}/s  {:.2} s CPU/1000",
+                started.elapsed().as_secs_f64(),
+                rep + 1,
+                cfg.reps,
+                cell.message,
+                cell.sessions,
+                s.msgs_s,
+                s.cpu[0] / 1000.0
+            );
+            cell.runs.push(s);
+        }
+    }
+    milter.stop();
+    Ok(cells)
+}
+
+/// One cell on the floor milter, as [`measure`] does it on a stack: a
+/// short untimed warm-up, then `seconds` of `sessions` concurrent
+/// sessions; the milter's CPU (its multiplexor and workers: none).
+fn measure_floor(
+    rt: &tokio::runtime::Runtime,
+    milter: &mut support::Daemon,
+    target: &Target,
+    msg: &Arc<Message>,
+    sessions: usize,
+    cfg: &Config,
+) -> Result<Sample> {
+    milter.check_alive()?;
+    let pid = milter.pid();
+    rt.block_on(drive(target, msg.clone(), sessions, cfg.warm_seconds));
+    let before = ProcTree::snapshot();
+    let mut r = rt.block_on(drive(target, msg.clone(), sessions, cfg.seconds));
+    let after = ProcTree::snapshot();
+    milter.check_alive()?;
+    let cpu = after.tree_ticks(pid).saturating_sub(before.tree_ticks(pid));
+    Ok(Sample {
+        msgs_s: r.per_second(),
+        p50: r.lat.quantile_ms(0.5),
+        p99: r.lat.quantile_ms(0.99),
+        errors: r.errors,
+        first_error: r.first_error.take(),
+        cpu: [r.cpu_ms_per_1000(cpu), 0.0, 0.0],
+        ..Sample::default()
+    })
+}
+
+// ---------------------------------------------------------------------
 // Activation
 
 struct ActivationRow {
@@ -1094,7 +1207,8 @@ fn ceilings(
 // Idle sessions
 
 struct IdleRow {
-    stack: Stack,
+    /// The milter: a stack's name or the floor's.
+    name: &'static str,
     held: usize,
     failures: usize,
     first_failure: Option<String>,
@@ -1103,6 +1217,13 @@ struct IdleRow {
     rss1: u64,
     threads: u64,
     live_ok: bool,
+}
+
+impl IdleRow {
+    /// RSS growth per held session, kB.
+    fn kb_per_session(&self) -> f64 {
+        (self.rss1 as f64 - self.rss0 as f64) / self.held.max(1) as f64
+    }
 }
 
 /// Holds `n` milter sessions that negotiated and said HELO, then stay
@@ -1136,22 +1257,55 @@ fn idle_probe(
     )?;
     let (target, milter) = &run.milters[0];
     let (target, pid) = (target.clone(), milter.pid());
+    let row = hold_idle(rt, stack.name(), &target, pid, n, cfg, || run.check_alive());
+    run.stop();
+    row
+}
+
+/// The same probe on a fresh floor milter (bench/floor_milter.rs).
+fn floor_idle_probe(
+    rt: &tokio::runtime::Runtime,
+    scratch: &Scratch,
+    cfg: &Config,
+) -> Result<IdleRow> {
+    let target = Target::Unix(scratch.root.join("floor-idle.sock"));
+    let mut milter = floor_milter::start(&target)?;
+    let pid = milter.pid();
+    let row = hold_idle(rt, floor_milter::NAME, &target, pid, cfg.idle, cfg, || {
+        milter.check_alive()
+    });
+    milter.stop();
+    row
+}
+
+/// Opens `n` idle sessions on the milter `pid` listening on `target`,
+/// reads its RSS before and with them, then sends one message beside them;
+/// `check` fails when a process of the milter's stack has died.
+fn hold_idle(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    target: &Target,
+    pid: u32,
+    n: usize,
+    cfg: &Config,
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<IdleRow> {
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = support::proc_stat(pid).map(|s| s.rss_kb).unwrap_or(0);
     let started = Instant::now();
     let mut held = vec![];
-    let (failures, first_failure) = milter_client::open_idle(rt, &target, n, true, &mut held);
+    let (failures, first_failure) = milter_client::open_idle(rt, target, n, true, &mut held);
     let open_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    run.check_alive()?;
+    check()?;
     let st = support::proc_stat(pid).unwrap_or_default();
     let client = milter_client::client();
     let live = rt.block_on(async {
-        let msg = one_message(&target, &client, &cfg.messages[0].1);
+        let msg = one_message(target, &client, &cfg.messages[0].1);
         tokio::time::timeout(Duration::from_secs(60), msg).await
     });
     let row = IdleRow {
-        stack,
+        name,
         held: held.len(),
         failures,
         first_failure,
@@ -1162,7 +1316,6 @@ fn idle_probe(
         live_ok: matches!(live, Ok(Ok(v)) if v.passed()),
     };
     drop(held);
-    run.stop();
     Ok(row)
 }
 
@@ -1382,6 +1535,10 @@ struct Results {
     activation: Vec<ActivationRow>,
     ceiling: Vec<CeilingRow>,
     idle: Vec<IdleRow>,
+    /// The `floor` phase: the matrix's messages and session counts on the
+    /// floor milter, and its idle probe.
+    floor: Vec<FloorCell>,
+    floor_idle: Option<IdleRow>,
     overload: Vec<OverloadRow>,
     foreign: Vec<String>,
 }
@@ -1424,13 +1581,369 @@ fn table_start(title: &str, intro: &str, cols: &[&str], text: usize) -> String {
     )
 }
 
+/// How a figure stands against an upper budget of issue 11.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    Met,
+    /// Above the budget, and so is the floor milter alone: no milter on
+    /// indymilter can meet it.
+    FloorAbove,
+    NotMet,
+}
+
+impl Verdict {
+    /// `ours` against `budget` (at most), knowing what the floor milter
+    /// spends (NaN where it was not measured or has no part).
+    fn of(ours: f64, budget: f64, floor: f64) -> Verdict {
+        if ours <= budget {
+            Verdict::Met
+        } else if floor >= budget {
+            Verdict::FloorAbove
+        } else {
+            Verdict::NotMet
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::FloorAbove => "floor above budget",
+            Verdict::NotMet => "**not met**",
+        }
+    }
+
+    /// One verdict for several figures (one per filter): the common one,
+    /// or each labelled.
+    fn joined(v: &[(&str, Verdict)]) -> String {
+        match v {
+            [] => "-".into(),
+            [(_, first), rest @ ..] if rest.iter().all(|(_, x)| x == first) => first.text().into(),
+            _ => v
+                .iter()
+                .map(|(name, x)| format!("{name}: {}", x.text()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+/// Issue 11's idle target: this many sessions...
+const IDLE_TARGET_SESSIONS: f64 = 10_000.0;
+/// ...in this many MB (1,000 kB) of milter RSS.
+const IDLE_TARGET_MB: f64 = 16.0;
+/// Issue 11's CPU target: milter + multiplexor at most this share of the
+/// peer's.
+const CPU_TARGET_SHARE: f64 = 0.5;
+/// Issue 11's activation target with -E, ms.
+const ACTIVATION_TARGET_MS: f64 = 1.0;
+
+/// Milter + multiplexor CPU, ms per 1,000 messages.
+fn milter_mux_cpu(s: &Sample) -> f64 {
+    s.cpu[0] + s.cpu[1]
+}
+
+/// The floor milter's CPU in seconds per 1,000 messages for a message and
+/// session count (NaN when the `floor` phase did not run).
+fn floor_cpu_s(res: &Results, message: &str, sessions: usize) -> f64 {
+    res.floor
+        .iter()
+        .find(|f| f.message == message && f.sessions == sessions)
+        .map_or(f64::NAN, |f| f.med(|s| s.cpu[0]) / 1000.0)
+}
+
+/// One row of the targets table, given as target, where, budget, ours,
+/// floor, verdict; the verdict is shown third, where the eye finds it.
+fn target_row([target, place, budget, ours, floor, verdict]: [&str; 6]) -> String {
+    format!("\n| {target} | {place} | {verdict} | {budget} | {ours} | {floor} |")
+}
+
+/// The table that opens the report: every target of issue 11 against this
+/// run's figures, with the floor milter's where indymilter sets one.
+fn targets_table(cfg: &Config, res: &Results) -> String {
+    let filters: Vec<&str> = cfg
+        .filters
+        .iter()
+        .filter(|f| res.cells.iter().any(|c| c.filter == **f))
+        .map(|f| f.name())
+        .collect();
+    let mut o = table_start(
+        "Targets (issue 11)",
+        &format!(
+            "Each target against this run. CPU: milter + multiplexor seconds per 1,000 messages over the unix socket (medians{}); the budget is {CPU_TARGET_SHARE}x MIMEDefang's milter + multiplexor in the same cell. The floor is a milter on indymilter alone, every callback answering continue, no spool, no multiplexor (bench/floor_milter.rs, the `floor` phase: same messages, sessions, seconds and repetitions, run after the matrix): what any milter on that crate spends. Verdict: met; **not met**; floor above budget (the floor alone reaches the budget, so no milter on indymilter can meet it).",
+            if filters.len() > 1 {
+                format!("; values {}", filters.join(" / "))
+            } else {
+                String::new()
+            }
+        ),
+        &["target", "where", "verdict", "budget", "ours", "indymilter floor"],
+        3,
+    );
+    let rows = [
+        throughput_rows(res),
+        cpu_rows(cfg, res, &filters),
+        idle_row(res),
+        activation_row(res),
+    ]
+    .concat();
+    // A partial run may have measured none of them.
+    if rows.is_empty() {
+        return String::new();
+    }
+    o.push_str(&rows);
+    o
+}
+
+/// messages/s and p99 against the peer, over every cell.
+fn throughput_rows(res: &Results) -> String {
+    let n = res.cells.len();
+    if n == 0 {
+        return String::new();
+    }
+    let mut o = String::new();
+    let ratios: Vec<(f64, &Cell)> = res
+        .cells
+        .iter()
+        .map(|c| (c.ratio(|s| s.msgs_s), c))
+        .filter(|(r, _)| r.is_finite())
+        .collect();
+    let ahead = ratios.iter().filter(|(r, _)| *r >= 1.0).count();
+    if let Some((low, c)) = ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+        o.push_str(&target_row([
+            "messages/s ≥ 1.0x MIMEDefang's",
+            &format!("every cell ({n})"),
+            "≥ 1.00x",
+            &format!("{ahead} of {n} cells; lowest {low:.2}x ({})", c.label()),
+            "-",
+            if ahead == n { "met" } else { "**not met**" },
+        ]));
+    }
+    let p99: Vec<(f64, &Cell)> = res
+        .cells
+        .iter()
+        .map(|c| {
+            (
+                c.med(Stack::Ours, |s| s.p99) / c.med(Stack::Peer, |s| s.p99),
+                c,
+            )
+        })
+        .filter(|(r, _)| r.is_finite())
+        .collect();
+    let under = p99.iter().filter(|(r, _)| *r <= 1.0).count();
+    if let Some((worst, c)) = p99.iter().max_by(|a, b| a.0.total_cmp(&b.0)) {
+        let by = (worst - 1.0) * 100.0;
+        let side = if by > 0.0 { "above" } else { "below" };
+        o.push_str(&target_row([
+            "p99 ≤ MIMEDefang's",
+            &format!("every cell ({n})"),
+            "≤ 1.00x",
+            &format!(
+                "{under} of {n} cells; worst {:.0} % {side} ({}: {} against {} ms)",
+                by.abs(),
+                c.label(),
+                f1(c.med(Stack::Ours, |s| s.p99)),
+                f1(c.med(Stack::Peer, |s| s.p99))
+            ),
+            "-",
+            if under == n { "met" } else { "**not met**" },
+        ]));
+    }
+    o
+}
+
+/// Milter + multiplexor CPU: one row per message and session count over
+/// the unix socket (each filter's figures side by side), one row for all
+/// TCP cells (judged against the floor of the same message and sessions
+/// over the unix socket: the floor milter has no TCP listener).
+fn cpu_rows(cfg: &Config, res: &Results, filters: &[&str]) -> String {
+    let mut o = String::new();
+    let target = format!("milter + mux CPU ≤ {CPU_TARGET_SHARE}x MIMEDefang's");
+    let budget_of = |c: &Cell| CPU_TARGET_SHARE * c.med(Stack::Peer, milter_mux_cpu) / 1000.0;
+    let ours_of = |c: &Cell| c.med(Stack::Ours, milter_mux_cpu) / 1000.0;
+    for (message, _) in &cfg.messages {
+        for &n in &cfg.sessions {
+            let cells: Vec<&Cell> = filters
+                .iter()
+                .filter_map(|f| {
+                    res.cells.iter().find(|c| {
+                        c.filter.name() == *f
+                            && c.transport == "unix"
+                            && &c.message == message
+                            && c.sessions == n
+                    })
+                })
+                .collect();
+            if cells.is_empty() {
+                continue;
+            }
+            let floor = floor_cpu_s(res, message, n);
+            let join = |f: &dyn Fn(&Cell) -> f64| {
+                cells
+                    .iter()
+                    .map(|c| f2(f(c)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            let verdicts: Vec<(&str, Verdict)> = cells
+                .iter()
+                .map(|c| {
+                    let v = Verdict::of(ours_of(c), budget_of(c), floor);
+                    (c.filter.name(), v)
+                })
+                .collect();
+            o.push_str(&target_row([
+                &target,
+                &format!("unix, {message} x{n}"),
+                &join(&budget_of),
+                &join(&ours_of),
+                &f2(floor),
+                &Verdict::joined(&verdicts),
+            ]));
+        }
+    }
+    let tcp: Vec<(Verdict, f64, &Cell)> = res
+        .cells
+        .iter()
+        .filter(|c| c.transport == "tcp")
+        .map(|c| {
+            let floor = floor_cpu_s(res, &c.message, c.sessions);
+            let v = Verdict::of(ours_of(c), budget_of(c), floor);
+            (v, ours_of(c) / budget_of(c), c)
+        })
+        .collect();
+    if !tcp.is_empty() {
+        let count = |v: Verdict| tcp.iter().filter(|(x, _, _)| *x == v).count();
+        let (met, above, not) = (
+            count(Verdict::Met),
+            count(Verdict::FloorAbove),
+            count(Verdict::NotMet),
+        );
+        let worst = tcp
+            .iter()
+            .filter(|(v, _, _)| *v == Verdict::NotMet)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(_, r, c)| format!("; worst not met: {} at {r:.1}x the budget", c.label()))
+            .unwrap_or_default();
+        let overall = if met == tcp.len() {
+            Verdict::Met
+        } else if not == 0 {
+            Verdict::FloorAbove
+        } else {
+            Verdict::NotMet
+        };
+        o.push_str(&target_row([
+            &target,
+            &format!("tcp, all {} cells", tcp.len()),
+            "per cell",
+            &format!("met in {met}, floor above budget in {above}, not met in {not}{worst}"),
+            "the unix figures",
+            overall.text(),
+        ]));
+    }
+    o
+}
+
+/// Issue 11's idle target against ours and the floor: RSS growth per
+/// session, scaled to 10,000 sessions when the probe held another count.
+fn idle_row(res: &Results) -> String {
+    let Some(ours) = res.idle.iter().find(|r| r.name == Stack::Ours.name()) else {
+        return String::new();
+    };
+    let mb = |r: &IdleRow| r.kb_per_session() * IDLE_TARGET_SESSIONS / 1000.0;
+    let ours_mb = mb(ours);
+    let floor_mb = res.floor_idle.as_ref().map_or(f64::NAN, mb);
+    let scaled = if ours.held as f64 == IDLE_TARGET_SESSIONS {
+        String::new()
+    } else {
+        format!(" (scaled from {} held)", ours.held)
+    };
+    let floor = if floor_mb.is_finite() {
+        format!(
+            "{floor_mb:.1} MB; ours − floor {:.1} MB",
+            ours_mb - floor_mb
+        )
+    } else {
+        "-".into()
+    };
+    target_row([
+        "10,000 idle sessions ≤ 16 MB of milter RSS",
+        &format!("after HELO, unix socket{scaled}"),
+        &format!("{IDLE_TARGET_MB:.0} MB"),
+        &format!("{ours_mb:.1} MB ({:.2} kB each)", ours.kb_per_session()),
+        &floor,
+        Verdict::of(ours_mb, IDLE_TARGET_MB, floor_mb).text(),
+    ])
+}
+
+/// Issue 11's activation target: ours with -E.
+fn activation_row(res: &Results) -> String {
+    let act = |st: Stack| {
+        res.activation
+            .iter()
+            .find(|a| a.stack == st && a.embedded)
+            .map(|a| a.cold_p50 - a.warm_p50)
+    };
+    let Some(ours) = act(Stack::Ours) else {
+        return String::new();
+    };
+    let peer = act(Stack::Peer).map_or(String::new(), |p| format!(" (MIMEDefang {p:.1} ms)"));
+    target_row([
+        "-E worker activation ≤ 1 ms",
+        "ours, p50",
+        &format!("{ACTIVATION_TARGET_MS:.0} ms"),
+        &format!("{ours:.1} ms{peer}"),
+        "-",
+        Verdict::of(ours, ACTIVATION_TARGET_MS, f64::NAN).text(),
+    ])
+}
+
+/// The floor phase's own figures.
+fn floor_table(res: &Results) -> String {
+    if res.floor.is_empty() {
+        return String::new();
+    }
+    let mut o = table_start(
+        "The indymilter floor",
+        "A milter on indymilter alone (bench/floor_milter.rs) over the unix socket, driven like the matrix drives the stacks (medians over the repetitions). It has no multiplexor and no workers: its CPU is the milter's.",
+        &["message", "sessions", "msgs/s", "p50 ms", "p99 ms", "milter CPU s/1000 msgs", "errors"],
+        1,
+    );
+    for c in &res.floor {
+        o.push_str(&format!(
+            "\n| {} | {} | {} | {} | {} | {} | {} |",
+            c.message,
+            c.sessions,
+            f0(c.med(|s| s.msgs_s)),
+            f1(c.med(|s| s.p50)),
+            f1(c.med(|s| s.p99)),
+            f2(c.med(|s| s.cpu[0]) / 1000.0),
+            c.runs.iter().map(|s| s.errors).sum::<usize>()
+        ));
+    }
+    for e in res.floor.iter().flat_map(|c| {
+        c.runs
+            .iter()
+            .find_map(|s| s.first_error.clone())
+            .map(|e| format!("{} x{}: {e}", c.message, c.sessions))
+    }) {
+        o.push_str(&format!("\n\nFirst error, {e}"));
+    }
+    o
+}
+
 fn report(cfg: &Config, res: &Results) -> String {
     let mut o = String::new();
     let mut p = |s: String| {
         o.push_str(&s);
         o.push('\n');
     };
-    let mode = if cfg.quick { "`--quick`" } else { "full" };
+    let mode = if cfg.phases.len() < PHASES.len() {
+        format!("partial (`--phases {}`)", cfg.phases.join(","))
+    } else if cfg.quick {
+        "`--quick`".into()
+    } else {
+        "full".into()
+    };
     p(format!(
         "Run: {}, {mode} run, commit {}, {:.0} s. {}; {}; perl {}.",
         res.started,
@@ -1469,6 +1982,7 @@ fn report(cfg: &Config, res: &Results) -> String {
     for n in &res.notes {
         p(format!("- {n}"));
     }
+    p(targets_table(cfg, res));
     p(table_start(
         "Ratios ours / MIMEDefang",
         "Medians over the repetitions; ratio = median of the paired ratios (> 1: ours handles more messages per second; CPU < 1: ours spends less).",
@@ -1549,6 +2063,7 @@ fn report(cfg: &Config, res: &Results) -> String {
         }
     }
     p(stage_table(&res.cells));
+    p(floor_table(res));
     p(table_start(
         "Worker activation",
         "`-m 1 -x 4 -r 2 -w 600`, the typical filter; `ping` needing a new worker versus the next `ping` on it; `free` asked every 2 ms meanwhile.",
@@ -1595,31 +2110,36 @@ fn report(cfg: &Config, res: &Results) -> String {
             f2(ours.cpu_ms)
         ));
     }
-    if !res.idle.is_empty() {
+    if !res.idle.is_empty() || res.floor_idle.is_some() {
         p(table_start(
             "Idle sessions",
-            "A fresh milter on the unix socket; sessions connect, negotiate, send connect and HELO, then stay silent. Milter RSS before and with them held; then one message on a new connection.",
-            &["stack", "idle sessions held", "failed", "open time s", "milter RSS before kB", "with them kB", "kB per session", "milter threads", "new message passes"],
+            "A fresh milter on the unix socket; sessions connect, negotiate, send connect and HELO, then stay silent. Milter RSS before and with them held; then one message on a new connection. The indymilter floor: a milter on indymilter alone (the `floor` phase).",
+            &["milter", "idle sessions held", "failed", "open time s", "milter RSS before kB", "with them kB", "kB per session", "milter threads", "new message passes"],
             1,
         ));
-        for r in &res.idle {
+        for r in res.idle.iter().chain(&res.floor_idle) {
             p(format!(
                 "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} |",
-                r.stack.name(),
+                r.name,
                 r.held,
                 r.failures,
                 r.open_s,
                 r.rss0,
                 r.rss1,
-                f1((r.rss1 as f64 - r.rss0 as f64) / r.held.max(1) as f64),
+                f1(r.kb_per_session()),
                 r.threads,
                 if r.live_ok { "yes" } else { "NO" }
             ));
         }
-        for r in res.idle.iter().filter(|r| r.first_failure.is_some()) {
+        for r in res
+            .idle
+            .iter()
+            .chain(&res.floor_idle)
+            .filter(|r| r.first_failure.is_some())
+        {
             p(format!(
                 "\n{}: first failure: {}",
-                r.stack.name(),
+                r.name,
                 r.first_failure.as_deref().unwrap_or_default()
             ));
         }
@@ -1706,6 +2226,10 @@ fn chart(scratch: &Scratch, cfg: &Config, cells: &[Cell]) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Started again as the floor milter of the `floor` phase.
+    if let Some(served) = floor_milter::serve_requested() {
+        return served;
+    }
     support::install_interrupt_cleanup()?;
     let cfg = Config::from_args()?;
     ensure_peer()?;
@@ -1722,6 +2246,8 @@ fn main() -> Result<()> {
         activation: vec![],
         ceiling: vec![],
         idle: vec![],
+        floor: vec![],
+        floor_idle: None,
         overload: vec![],
         foreign,
     };
@@ -1748,6 +2274,14 @@ fn main() -> Result<()> {
         res.cells.extend(cells);
         res.max_load = res.max_load.max(load1());
     }
+    if cfg.runs("floor") {
+        eprintln!("the indymilter floor...");
+        res.floor = floor_phase(&rt, &scratch, &cfg)?;
+        if cfg.idle > 0 {
+            res.floor_idle = Some(floor_idle_probe(&rt, &scratch, &cfg)?);
+        }
+    }
+    res.max_load = res.max_load.max(load1());
     for embedded in [false, true].into_iter().filter(|_| cfg.runs("activation")) {
         for st in [Stack::Peer, Stack::Ours] {
             res.activation

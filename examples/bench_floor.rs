@@ -1,10 +1,10 @@
 //! What indymilter itself costs, against mailmunge (bench/README.md,
-//! "The indymilter floor"). Two milters, each fresh per run: a minimal
-//! indymilter milter (this program in `serve` mode: the runtime mailmunge
-//! builds, every callback registered and answering continue at once, no
-//! per-connection data, no spool, no multiplexor) and the real
-//! `mailmunge` (with a multiplexor of no-op workers and `-q`, so connect
-//! costs no `free` request).
+//! `bench_floor`). Two milters, each fresh per run: a minimal indymilter
+//! milter (bench/floor_milter.rs: this program in `serve` mode, the
+//! runtime mailmunge builds, every callback registered and answering
+//! continue at once, no per-connection data, no spool, no multiplexor) and
+//! the real `mailmunge` (with a multiplexor of no-op workers and `-q`, so
+//! connect costs no `free` request).
 //!
 //! - Idle sessions: N MTA connections that negotiate, send connect and
 //!   HELO and then stay silent; the milter's RSS before and with them.
@@ -20,12 +20,13 @@
 //! Options: --idle N (default 10000; 0 skips), --seconds N (default 5; 0
 //! skips), --reps N (default 2).
 
+#[path = "../bench/floor_milter.rs"]
+mod floor_milter;
 #[path = "../bench/milter_client.rs"]
 mod milter_client;
 #[path = "../bench/support.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -34,10 +35,8 @@ use milter_client::{Session, Target};
 use support::{Daemon, Scratch};
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve") {
-        let path = args.get(2).context("serve SOCKET")?;
-        return serve(path);
+    if let Some(served) = floor_milter::serve_requested() {
+        return served;
     }
     support::install_interrupt_cleanup()?;
     let n: usize = support::arg("--idle", 10000)?;
@@ -65,14 +64,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-const NAMES: [&str; 2] = ["indymilter floor", "mailmunge"];
+const NAMES: [&str; 2] = [floor_milter::NAME, "mailmunge"];
 
 /// A fresh milter of kind `i` (0: the floor, 1: mailmunge) on a socket
 /// named after `tag`.
 fn start(scratch: &Scratch, i: usize, tag: &str, max_conn: usize) -> Result<(Target, Daemon)> {
     let target = Target::Unix(scratch.spool.join(format!("{tag}-{i}.sock")));
     let milter = if i == 0 {
-        start_floor(scratch, &target)?
+        floor_milter::start(&target)?
     } else {
         start_ours(scratch, &target, max_conn)?
     };
@@ -211,65 +210,10 @@ fn measure(
     })
 }
 
-/// This program in `serve` mode, on `target`.
-fn start_floor(scratch: &Scratch, target: &Target) -> Result<Daemon> {
-    let Target::Unix(path) = target else {
-        bail!("the floor milter listens on a unix socket");
-    };
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("serve").arg(path);
-    milter_client::spawn_milter(
-        "indymilter floor",
-        cmd,
-        scratch.root.join("floor.log"),
-        target,
-    )
-}
-
 fn start_ours(scratch: &Scratch, target: &Target, max_conn: usize) -> Result<Daemon> {
     let mut cmd = scratch.milter_command(&target.spec())?;
     cmd.arg("-q")
         .arg("--max-connections")
         .arg(max_conn.to_string());
     milter_client::spawn_milter("mailmunge", cmd, scratch.root.join("milter.log"), target)
-}
-
-/// The floor: indymilter on the runtime mailmunge builds (one thread),
-/// every callback answering continue at once, no per-connection data.
-fn serve(path: &str) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let listener = tokio::net::UnixListener::bind(path)?;
-        use indymilter::Status::Continue;
-        // Every callback registered, as mailmunge does: the MTA is then
-        // asked at every stage (and offered no step to skip).
-        let callbacks: indymilter::Callbacks<()> = indymilter::Callbacks::new()
-            .on_connect(|_cx, _host, _sock| Box::pin(async { Continue }))
-            .on_helo(|_cx, _arg| Box::pin(async { Continue }))
-            .on_mail(|_cx, _args| Box::pin(async { Continue }))
-            .on_rcpt(|_cx, _args| Box::pin(async { Continue }))
-            .on_data(|_cx| Box::pin(async { Continue }))
-            .on_header(|_cx, _name, _value| Box::pin(async { Continue }))
-            .on_eoh(|_cx| Box::pin(async { Continue }))
-            .on_body(|_cx, _chunk| Box::pin(async { Continue }))
-            .on_eom(|_cx| Box::pin(async { Continue }))
-            .on_abort(|_cx| Box::pin(async { Continue }))
-            .on_close(|_cx| Box::pin(async { Continue }))
-            .on_unknown(|_cx, _arg| Box::pin(async { Continue }));
-        let config = indymilter::Config {
-            max_connections: 1_000_000,
-            ..Default::default()
-        };
-        let stop = async {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-            }
-        };
-        indymilter::run(listener, callbacks, config, stop).await?;
-        Ok(())
-    })
 }
