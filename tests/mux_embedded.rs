@@ -55,6 +55,29 @@ fn preloaded_workers_run_nicer_than_the_multiplexor() {
 }
 
 #[test]
+fn preloading_loads_what_a_first_scan_would() {
+    // protocol/multiplexor.md §23.1.
+    require_perl_modules!("IO::FDPass", "MIME::Decoder");
+    let loaded = |extra: &[&str], m: &str| {
+        let sp = Spool::new();
+        std::fs::write(sp.file("worker-load-mime"), "").unwrap();
+        let mx = Mx::start_in(sp, &worker_path(), extra);
+        mx.req_s(&format!("inc {m}"))
+    };
+    for m in [
+        "PerlIO/scalar.pm",
+        "MIME/Decoder/NBit.pm",
+        "MIME/Decoder/Base64.pm",
+        "MIME/Decoder/QuotedPrint.pm",
+        "MIME/Decoder/Binary.pm",
+    ] {
+        assert_eq!(loaded(&["-E"], m), "loaded\n", "{m}");
+    }
+    // An exec'd worker loads them at first use, as upstream's.
+    assert_eq!(loaded(&[], "MIME/Decoder/Base64.pm"), "not loaded\n");
+}
+
+#[test]
 fn forked_worker_closing_its_reply_channel_is_noticed_at_once() {
     require_perl_modules!("IO::FDPass");
     // The busy timeout is far away: only the end of file on the worker's

@@ -95,6 +95,19 @@ if (!$main::MAILMUNGE_FILTER) {
 }
 $0 = "mailmunge-multiplexor: preloaded $zy_filter";
 
+# What a scan loads on first use, loaded here once so that every worker
+# has it from the start: in-memory file handles, and, for a filter on
+# MIME-tools, the decoders of the usual transfer encodings.  Otherwise each
+# new worker searched @INC, compiled them and loaded a shared object in its
+# first scan (protocol/multiplexor.md §23.1).
+for my $m ('PerlIO::scalar',
+           $INC{'MIME/Decoder.pm'}
+               ? map { "MIME::Decoder::$_" } qw(NBit Base64 QuotedPrint Binary)
+               : ()) {
+    (my $file = "$m.pm") =~ s{::}{/}g;
+    eval { require $file; 1 };
+}
+
 # Descriptors per worker: stdin, stdout, stderr, and the -Z status pipe.
 my $zy_nfds = ($zy_mode eq '-embserveru') ? 4 : 3;
 # Workers handed out (their exits are reported).

@@ -5,7 +5,9 @@
 #
 # Start-up behaviour is steered by files in the current directory (the
 # spool dir): "worker-exit-at-start" holds an exit code to die with at once;
-# "worker-fail-load" makes loading fail in -embserver mode.
+# "worker-fail-load" makes loading fail in -embserver mode;
+# "worker-load-mime" makes it load MIME::Decoder, as a filter using
+# MIME-tools does.
 #
 # With -embserver/-embserveru it follows the embedded contract
 # (protocol/worker-protocol.md §1.2): loading only registers
@@ -66,6 +68,7 @@ while (defined(my $line = <STDIN>)) {
     }
     elsif ($cmd eq 'pid')      { out($$); }
     elsif ($cmd eq 'loadpid')  { out($loaded_in); }
+    elsif ($cmd eq 'inc')      { out($INC{$args[0]} ? 'loaded' : 'not loaded'); }
     elsif ($cmd eq 'taint')    { out(${^TAINT} ? 'tainted' : 'untainted'); }
     elsif ($cmd eq 'count')    { out($served); }
     elsif ($cmd eq 'argv')     { out(join(' ', @ARGV)); }
@@ -101,6 +104,8 @@ while (defined(my $line = <STDIN>)) {
     else { out('ok 0 Unknown%20command 554 5.7.1 0'); }
 }
 }
+
+require MIME::Decoder if -e 'worker-load-mime';
 
 if ($mode eq '-embserver' || $mode eq '-embserveru') {
     die "load failure requested\n" if -e 'worker-fail-load';
