@@ -624,6 +624,15 @@ fn stage_table(cells: &[Cell]) -> String {
     out
 }
 
+/// The message of `--messages` with this label.
+fn message_named(cfg: &Config, label: &str) -> Result<Arc<Message>> {
+    cfg.messages
+        .iter()
+        .find(|(l, _)| l == label)
+        .map(|(_, m)| m.clone())
+        .context("message")
+}
+
 /// One cell of the matrix and its samples, `reps` per stack, in run order.
 struct Cell {
     filter: Filter,
@@ -812,12 +821,7 @@ fn matrix(
     let started = Instant::now();
     for rep in 0..cfg.reps {
         for (i, cell) in cells.iter_mut().enumerate() {
-            let msg = cfg
-                .messages
-                .iter()
-                .find(|(l, _)| *l == cell.message)
-                .map(|(_, m)| m.clone())
-                .context("message")?;
+            let msg = message_named(cfg, &cell.message)?;
             let p = measure(rt, &mut peer, &cell.transport, &msg, cell.sessions, cfg)?;
             let o = measure(rt, &mut ours, &cell.transport, &msg, cell.sessions, cfg)?;
             eprintln!(
@@ -901,12 +905,7 @@ fn floor_phase(
     let started = Instant::now();
     for rep in 0..cfg.reps {
         for cell in cells.iter_mut() {
-            let msg = cfg
-                .messages
-                .iter()
-                .find(|(l, _)| *l == cell.message)
-                .map(|(_, m)| m.clone())
-                .context("message")?;
+            let msg = message_named(cfg, &cell.message)?;
             let s = measure_floor(rt, &mut milter, &target, &msg, cell.sessions, cfg)?;
             eprintln!(
                 "[{:>4.0} s] floor {}/{}: {} x{}  {:.0}/s  {:.2} s CPU/1000",
