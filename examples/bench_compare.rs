@@ -499,6 +499,24 @@ struct Sample {
 }
 
 impl Sample {
+    /// What a run of the load generator measured, with the CPU ticks of
+    /// milter, multiplexor and workers spent meanwhile; the stacks' memory,
+    /// the generator's CPU and the idle share are left to the caller.
+    fn of_run(r: &mut support::Run, ticks: [u64; 3]) -> Sample {
+        Sample {
+            msgs_s: r.per_second(),
+            p50: r.lat.quantile_ms(0.5),
+            p99: r.lat.quantile_ms(0.99),
+            errors: r.errors,
+            first_error: r.first_error.take(),
+            cpu: ticks.map(|t| r.cpu_ms_per_1000(t)),
+            stages_ms: r
+                .stages
+                .map(|d| d.as_secs_f64() * 1000.0 / r.ok.max(1) as f64),
+            ..Sample::default()
+        }
+    }
+
     fn cpu_total(&self) -> f64 {
         self.cpu.iter().sum()
     }
@@ -572,23 +590,12 @@ fn measure(
     let mux_tree = after
         .tree_ticks(mux_pid)
         .saturating_sub(before.tree_ticks(mux_pid));
+    let cpu = [milter_cpu, mux_own, mux_tree.saturating_sub(mux_own)];
     Ok(Sample {
-        msgs_s: r.per_second(),
-        p50: r.lat.quantile_ms(0.5),
-        p99: r.lat.quantile_ms(0.99),
-        errors: r.errors,
-        first_error: r.first_error.take(),
-        cpu: [
-            r.cpu_ms_per_1000(milter_cpu),
-            r.cpu_ms_per_1000(mux_own),
-            r.cpu_ms_per_1000(mux_tree.saturating_sub(mux_own)),
-        ],
         mem,
         client_cpu: r.cpu_ms_per_1000(client_cpu),
         idle_pct,
-        stages_ms: r
-            .stages
-            .map(|d| d.as_secs_f64() * 1000.0 / r.ok.max(1) as f64),
+        ..Sample::of_run(&mut r, cpu)
     })
 }
 
@@ -943,15 +950,7 @@ fn measure_floor(
     let after = ProcTree::snapshot();
     milter.check_alive()?;
     let cpu = after.tree_ticks(pid).saturating_sub(before.tree_ticks(pid));
-    Ok(Sample {
-        msgs_s: r.per_second(),
-        p50: r.lat.quantile_ms(0.5),
-        p99: r.lat.quantile_ms(0.99),
-        errors: r.errors,
-        first_error: r.first_error.take(),
-        cpu: [r.cpu_ms_per_1000(cpu), 0.0, 0.0],
-        ..Sample::default()
-    })
+    Ok(Sample::of_run(&mut r, [cpu, 0, 0]))
 }
 
 // ---------------------------------------------------------------------

@@ -339,22 +339,15 @@ impl AsyncRead for MtaStream {
                 return Poll::Ready(Ok(()));
             }
             this.make_room();
-            let filled = {
-                let mut rb = ReadBuf::uninit(this.buf.spare_capacity_mut());
-                let start = rb.filled().as_ptr();
-                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        // The reader filled our memory, not some other buffer.
-                        assert_eq!(start, rb.filled().as_ptr());
-                        rb.filled().len()
+            let mut rb = ReadBuf::uninit(this.buf.spare_capacity_mut());
+            let filled = match read_into(&mut this.inner, cx, &mut rb) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if this.buf.is_empty() {
+                        this.release_if_idle();
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        if this.buf.is_empty() {
-                            this.release_if_idle();
-                        }
-                        return Poll::Pending;
-                    }
+                    return Poll::Pending;
                 }
             };
             // SAFETY: the read initialised `filled` bytes of the spare
@@ -368,6 +361,26 @@ impl AsyncRead for MtaStream {
     }
 }
 
+/// One read from the MTA into the empty `rb`, which borrows memory of the
+/// caller's: the number of bytes read. The callers mark those bytes
+/// initialised in their own memory, which is only sound if the reader
+/// filled `rb` and did not put another buffer in its place: checked.
+fn read_into(
+    inner: &mut Stream,
+    cx: &mut Context<'_>,
+    rb: &mut ReadBuf<'_>,
+) -> Poll<io::Result<usize>> {
+    let start = rb.filled().as_ptr();
+    match Pin::new(inner).poll_read(cx, rb) {
+        Poll::Ready(Ok(())) => {
+            assert_eq!(start, rb.filled().as_ptr());
+            Poll::Ready(Ok(rb.filled().len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 impl MtaStream {
     /// Reads the rest of a checked packet from the socket straight into
     /// `out` (at most [`MtaStream::direct`] bytes): one copy fewer than
@@ -377,20 +390,12 @@ impl MtaStream {
             // A read of 0 bytes must not look like the end of the stream.
             return Poll::Ready(Ok(()));
         }
-        let n = {
-            let mut part = out.take(self.direct);
-            let start = part.filled().as_ptr();
-            match Pin::new(&mut self.inner).poll_read(cx, &mut part) {
-                Poll::Ready(Ok(())) => {
-                    // The reader filled `out`'s memory, not some other buffer.
-                    debug_assert_eq!(start, part.filled().as_ptr());
-                    part.filled().len()
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.release_if_idle();
-                    return Poll::Pending;
-                }
+        let n = match read_into(&mut self.inner, cx, &mut out.take(self.direct)) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                self.release_if_idle();
+                return Poll::Pending;
             }
         };
         if n == 0 {
