@@ -106,7 +106,7 @@ async fn start_message(
         })
         .await;
     }
-    conn.msg = Some(Msg {
+    conn.msg = Some(Box::new(Msg {
         dir,
         sender: sender.to_vec(),
         first_rcpt: None,
@@ -115,7 +115,7 @@ async fn start_message(
         body: BodyFilter::new(cfg.strip_bare_cr),
         filter_failed: false,
         reservation: None,
-    });
+    }));
     if let Some(e) = failure {
         write_failed(cfg, conn, &qid, e).await;
         return false;

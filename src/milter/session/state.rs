@@ -25,7 +25,9 @@ pub struct Conn {
     /// The MTA queue id; `None` is upstream's `NOQUEUE`.
     pub(super) qid: Option<Vec<u8>>,
     pub(super) qid_written: bool,
-    pub(super) msg: Option<Msg>,
+    /// Boxed: an idle connection holds only the pointer, not a message's
+    /// few hundred bytes of state (protocol/milter.md §18.3).
+    pub(super) msg: Option<Box<Msg>>,
     /// The client is 127.0.0.1 or ::1 (or unknown): `-R` does not apply
     /// to it (protocol/milter.md §3.1 step 2).
     pub(super) local: bool,
@@ -176,4 +178,21 @@ pub(super) fn no_private_data(callback: &str) -> Status {
         "{callback}: Unable to obtain private data from milter context"
     );
     Status::Tempfail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle session holds a `Conn` (protocol/milter.md §18.3): the
+    /// message's state stays out of it until MAIL, so a connection that
+    /// only said HELO costs the pointer, not the spool queues.
+    #[test]
+    fn an_idle_connection_holds_no_message_state() {
+        let conn = std::mem::size_of::<Conn>();
+        let msg = std::mem::size_of::<Msg>();
+        assert!(msg > 200, "Msg is {msg} bytes: the bound below is too loose");
+        assert!(conn < msg, "Conn is {conn} bytes, a message's state {msg}");
+        assert!(conn <= 192, "Conn is {conn} bytes");
+    }
 }
