@@ -191,7 +191,10 @@ mod tests {
     fn an_idle_connection_holds_no_message_state() {
         let conn = std::mem::size_of::<Conn>();
         let msg = std::mem::size_of::<Msg>();
-        assert!(msg > 200, "Msg is {msg} bytes: the bound below is too loose");
+        assert!(
+            msg > 200,
+            "Msg is {msg} bytes: the bound below is too loose"
+        );
         assert!(conn < msg, "Conn is {conn} bytes, a message's state {msg}");
         assert!(conn <= 192, "Conn is {conn} bytes");
     }
