@@ -1461,11 +1461,13 @@ fn overload(
     // Repetitions outermost, as in the matrix: each repetition's 4- and
     // 16-session cells run back to back, so their ratio is paired.
     for rep in 1..=cfg.reps {
-        for (row, (label, msg)) in rows.iter_mut().zip(
-            msgs.iter()
-                .flat_map(|m| std::iter::repeat(m).take(OVERLOAD_SESSIONS.len())),
-        ) {
-            let n = row.sessions;
+        for row in rows.iter_mut() {
+            let (label, n) = (row.message.clone(), row.sessions);
+            let msg = msgs
+                .iter()
+                .find(|(l, _)| *l == label)
+                .map(|(_, m)| m.clone())
+                .context("message")?;
             let cell = |run: &mut Running| -> Result<Stages> {
                 let target = run.milters[0].0.clone();
                 rt.block_on(drive_stages(&target, msg.clone(), n, cfg.warm_seconds));
